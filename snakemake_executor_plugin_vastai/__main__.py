@@ -1,0 +1,5 @@
+"""`python -m snakemake_executor_plugin_vastai`: hands over to the CLI."""
+
+from snakemake_executor_plugin_vastai.cli import main
+
+raise SystemExit(main())
