@@ -1,0 +1,116 @@
+"""The life cycle of one Snakemake job on Vast.ai, as data.
+
+This module holds no I/O. It names the job states and the transitions between
+them; ``driver.py`` performs each state's side effect and then fires the
+trigger this table allows. Every transition is journaled (in the machine's
+``before_state_change`` hook, see ``driver.py``) *before* the side effect of
+the state it enters, so a crash at any point leaves a journal that says what
+may have happened.
+
+Reading the table, top to bottom, is reading a job's life::
+
+    searching -> renting -> booting -> uploading -> running -> downloading
+              -> destroying -> succeeded | failed | cancelled
+
+Every failure and every cancel goes through ``destroying``: nothing a job
+rented is ever left behind by a path through this table.
+
+How Vast.ai's ``actual_status`` of the job's instance maps onto these states
+(the instance's facts are kept apart from the job's, in the journal's
+``instances`` table):
+
+- ``None``/``created``/``loading``: the job is ``booting``.
+- ``running``: booting ends once SSH answers too; the job then uploads/runs.
+- ``exited``/``stopped``/``frozen`` while booting: fail fast (``fail``), so
+  Snakemake's ``--retries`` resubmits the job on another machine.
+- ``offline``/``unknown`` (lost host heartbeat): tolerated for a bounded grace
+  period while booting or running, then ``fail``.
+- ``rebooting``: treated like booting.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    """Where a job is in its life on Vast.ai."""
+
+    SEARCHING = "searching"
+    RENTING = "renting"
+    BOOTING = "booting"
+    UPLOADING = "uploading"
+    RUNNING = "running"
+    DOWNLOADING = "downloading"
+    DESTROYING = "destroying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing is rented and nothing more will happen."""
+        return self in TERMINAL_STATES
+
+    @property
+    def may_hold_instance(self) -> bool:
+        """True in the states where an instance may exist for this job."""
+        return self in HOLDING_STATES
+
+
+S = JobState
+TERMINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
+HOLDING_STATES = frozenset({S.RENTING, S.BOOTING, S.UPLOADING, S.RUNNING, S.DOWNLOADING,
+                            S.DESTROYING})
+ACTIVE_STATES = [s for s in JobState if s not in TERMINAL_STATES]
+BEFORE_DESTROYING = [s for s in ACTIVE_STATES if s is not S.DESTROYING]
+
+# One dict per transition, in the order a job meets them. ``conditions`` name
+# predicates on the job model (see driver.JobModel); where several rows share
+# a trigger and source, the first whose conditions hold wins.
+TRANSITIONS: list[dict] = [
+    # searching: ask the marketplace for offers matching the job's resources
+    {"trigger": "offers_found", "source": S.SEARCHING, "dest": S.RENTING},
+    # renting: create an instance from the cheapest candidate
+    {"trigger": "offer_taken", "source": S.RENTING, "dest": S.RENTING},
+    {"trigger": "search_again", "source": S.RENTING, "dest": S.SEARCHING},
+    {"trigger": "rented", "source": S.RENTING, "dest": S.BOOTING},
+    # resume: a job re-attached to an instance that an earlier run rented
+    {"trigger": "resume", "source": S.SEARCHING, "dest": S.DOWNLOADING,
+     "conditions": "remote_job_finished"},
+    {"trigger": "resume", "source": S.SEARCHING, "dest": S.RUNNING,
+     "conditions": "remote_job_started"},
+    {"trigger": "resume", "source": S.SEARCHING, "dest": S.BOOTING},
+    # booting: wait for actual_status running and an SSH answer
+    {"trigger": "booted", "source": S.BOOTING, "dest": S.UPLOADING},
+    # uploading: sources and declared inputs; transient SSH drops retry in place
+    {"trigger": "retry", "source": [S.UPLOADING, S.RUNNING, S.DOWNLOADING], "dest": "="},
+    {"trigger": "uploaded", "source": S.UPLOADING, "dest": S.RUNNING},
+    # running: the job runs detached; its end is seen over SSH
+    {"trigger": "completed", "source": S.RUNNING, "dest": S.DOWNLOADING},
+    # downloading: declared outputs and logs come home
+    {"trigger": "downloaded", "source": S.DOWNLOADING, "dest": S.DESTROYING},
+    # failure and cancel, from anywhere before destroying
+    {"trigger": "fail", "source": BEFORE_DESTROYING, "dest": S.DESTROYING},
+    {"trigger": "cancel", "source": BEFORE_DESTROYING, "dest": S.DESTROYING},
+    # destroying: retried until the API confirms the instance gone
+    {"trigger": "destroy_retry", "source": S.DESTROYING, "dest": "="},
+    {"trigger": "destroyed", "source": S.DESTROYING, "dest": S.CANCELLED,
+     "conditions": "was_cancelled"},
+    {"trigger": "destroyed", "source": S.DESTROYING, "dest": S.FAILED,
+     "conditions": "has_failed"},
+    {"trigger": "destroyed", "source": S.DESTROYING, "dest": S.SUCCEEDED},
+]
+
+CONDITIONS = ("remote_job_finished", "remote_job_started", "was_cancelled", "has_failed")
+
+
+def machine_kwargs() -> dict:
+    """Arguments shared by every ``transitions`` machine built from this table."""
+    return {
+        "states": JobState,
+        "transitions": TRANSITIONS,
+        "initial": S.SEARCHING,
+        "auto_transitions": False,
+        "ignore_invalid_triggers": False,
+    }

@@ -1,0 +1,323 @@
+"""The one adapter around the official ``vastai`` SDK.
+
+Everything the plugin asks of Vast.ai goes through :class:`VastAPI`, which adds
+what the SDK leaves to its callers:
+
+- Retries with exponential backoff and jitter for transient answers (429, 5xx,
+  connection errors). The real service sends no ``Retry-After`` with its 429s,
+  so we pace ourselves: a 429 also pushes back every later call to the same
+  endpoint (shared by all job threads), which lowers our request rate during a
+  burst instead of hammering the API. A ``Retry-After`` header, when present,
+  is honoured. The retry budget is time-based (``retry_budget`` seconds) so a
+  job never fails on transient errors before the budget is spent.
+- Error mapping: a gone offer (``no_such_ask``) is :class:`OfferGone`; a bad
+  key is :class:`VastAuthError`; an unreachable URL past the budget is
+  :class:`VastUnavailable`. Messages never contain the API key.
+- One batched instance listing (paged by the SDK) serves the status of every
+  job, instead of one request per job.
+
+The SDK is imported lazily, so ``snakemake --dry-run`` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_URL = "https://console.vast.ai"
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class VastError(Exception):
+    """An answer from Vast.ai the plugin cannot turn into progress."""
+
+
+class VastAuthError(VastError):
+    """The API key was refused (401/403)."""
+
+
+class VastUnavailable(VastError):
+    """Transient failures outlasted the retry budget (or the URL never answered)."""
+
+
+class OfferGone(VastError):
+    """The offer was rented by someone else between search and create."""
+
+
+class _Transient(Exception):
+    """Internal: one attempt failed in a way worth retrying."""
+
+    def __init__(self, reason: str, retry_after: float | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.status = status
+
+
+@dataclass
+class Pacer:
+    """Per-endpoint 'not before' times shared by all threads (429 back-off)."""
+
+    penalty: dict[str, float] = field(default_factory=dict)
+    not_before: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait(self, endpoint: str, sleep: Callable[[float], None]) -> None:
+        """Sleep until this endpoint may be called again."""
+        with self.lock:
+            delay = self.not_before.get(endpoint, 0.0) - time.monotonic()
+        if delay > 0:
+            sleep(delay)
+
+    def throttled(self, endpoint: str, retry_after: float | None) -> None:
+        """Push the endpoint back: doubling penalty, or the server's own hint."""
+        with self.lock:
+            step = min(max(self.penalty.get(endpoint, 0.25) * 2, 0.5), 30.0)
+            self.penalty[endpoint] = step
+            wait = retry_after if retry_after is not None else step * random.uniform(0.8, 1.2)
+            self.not_before[endpoint] = max(self.not_before.get(endpoint, 0.0),
+                                            time.monotonic() + wait)
+
+    def succeeded(self, endpoint: str) -> None:
+        """Relax the penalty again after a success (additive decrease)."""
+        with self.lock:
+            if endpoint in self.penalty:
+                self.penalty[endpoint] = max(self.penalty[endpoint] / 2, 0.0)
+                if self.penalty[endpoint] < 0.05:
+                    del self.penalty[endpoint]
+
+
+@dataclass
+class CallStats:
+    """Counts for logs and benchmarks: calls, retries and throttles per endpoint."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bump(self, table: dict[str, int], endpoint: str) -> None:
+        with self.lock:
+            table[endpoint] = table.get(endpoint, 0) + 1
+
+
+class VastAPI:
+    """Vast.ai as the plugin needs it: search, create, status, destroy."""
+
+    def __init__(self, api_key: str, url: str | None = None, *, retry_budget: float = 300.0,
+                 request_timeout: float = 30.0,
+                 on_retry: Callable[[str, str, float], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.url = (url or DEFAULT_URL).rstrip("/")
+        self.retry_budget = retry_budget
+        self.request_timeout = request_timeout
+        self._api_key = api_key
+        self._on_retry = on_retry
+        self._sleep = sleep
+        self._sdk_obj: Any = None
+        self._sdk_lock = threading.Lock()
+        self.pacer = Pacer()
+        self.stats = CallStats()
+
+    def __repr__(self) -> str:
+        return f"VastAPI(url={self.url!r})"
+
+    # -- the SDK, lazily -------------------------------------------------------
+    @property
+    def _sdk(self) -> Any:
+        with self._sdk_lock:
+            if self._sdk_obj is None:
+                from vastai import VastAI
+
+                # retry=1: backoff is ours (shared pacing, time budget, logging).
+                sdk = VastAI(api_key=self._api_key, server_url=self.url, retry=1, raw=True,
+                             quiet=True)
+                sdk.client.timeout = self.request_timeout
+                self._sdk_obj = sdk
+            return self._sdk_obj
+
+    # -- the retry loop -------------------------------------------------------
+    def _call(self, endpoint: str, fn: Callable[[], Any], *, budget: float | None = None) -> Any:
+        """Run one SDK call with pacing, retries and error mapping."""
+        deadline = time.monotonic() + (self.retry_budget if budget is None else budget)
+        backoff = 0.5
+        attempt = 0
+        while True:
+            self.pacer.wait(endpoint, self._sleep)
+            self.stats.bump(self.stats.calls, endpoint)
+            try:
+                result = _attempt(fn)
+            except _Transient as exc:
+                attempt += 1
+                if exc.status == 429:
+                    self.pacer.throttled(endpoint, exc.retry_after)
+                now = time.monotonic()
+                if now >= deadline:
+                    raise VastUnavailable(
+                        f"Vast.ai API at {self.url} kept failing for {endpoint} "
+                        f"({attempt} attempts over {self.retry_budget:.0f}s budget; last: {exc})"
+                    ) from None
+                delay = min(backoff * random.uniform(0.5, 1.5), 30.0, deadline - now)
+                if exc.retry_after is not None:
+                    delay = min(max(delay, exc.retry_after), max(deadline - now, 0.0))
+                backoff = min(backoff * 2, 30.0)
+                self.stats.bump(self.stats.retries, endpoint)
+                if self._on_retry:
+                    self._on_retry(endpoint, str(exc), delay)
+                self._sleep(delay)
+                continue
+            self.pacer.succeeded(endpoint)
+            return result
+
+    # -- operations -------------------------------------------------------------
+    def check_access(self) -> dict:
+        """Fail early (before renting) on a wrong key or an unreachable URL."""
+        return self._call("users/current", lambda: self._sdk.show_user(), budget=20.0)
+
+    def search_offers(self, query: dict, order: list, limit: int, storage_gb: float) -> list[dict]:
+        """Offers matching ``query``, best first per ``order``."""
+        from vastai.api import offers
+
+        def run() -> list[dict]:
+            q = dict(query)
+            return offers.search_offers(self._sdk.client, query=q, order=order, limit=limit,
+                                        storage=storage_gb, no_default=True)
+
+        return self._call("bundles", run)
+
+    def create_instance(self, offer_id: int, *, image: str, disk_gb: float, label: str,
+                        onstart: str | None = None, env: dict[str, str] | None = None,
+                        runtype: str = "ssh_direc ssh_proxy", args: list[str] | None = None,
+                        ) -> int:
+        """Rent ``offer_id``; return the new instance id. Raises OfferGone."""
+        from vastai.api import instances
+
+        payload = instances.build_create_instance_payload(
+            image=image, disk=disk_gb, env=dict(env or {}), label=label, onstart_cmd=onstart,
+            runtype=runtype, args=args,
+        )
+
+        def run() -> int:
+            answer = instances.create_instance_from_payload(self._sdk.client, offer_id,
+                                                            dict(payload))
+            if not answer.get("success", True) or "new_contract" not in answer:
+                raise VastError(f"creating an instance from offer {offer_id} failed: "
+                                f"{_brief(answer)}")
+            return int(answer["new_contract"])
+
+        # Creating is not idempotent: a retried create after a lost answer could
+        # rent twice. The caller journals the label first and, on doubt, looks
+        # the instance up by label (find_by_label) before trying again.
+        return self._call("asks", run, budget=min(self.retry_budget, 60.0))
+
+    def attach_ssh_key(self, instance_id: int, public_line: str) -> None:
+        """Let our per-run key log in to the instance."""
+        self._call("instances/ssh", lambda: self._sdk.attach_ssh(instance_id, public_line))
+
+    def list_instances(self, label_prefix: str | None = None) -> list[dict]:
+        """Every instance of the account (one paged listing), optionally by label prefix."""
+        from vastai.api import instances
+
+        rows = self._call("instances/list", lambda: instances.show_instances(self._sdk.client))
+        if label_prefix is None:
+            return rows
+        return [r for r in rows if str(r.get("label") or "").startswith(label_prefix)]
+
+    def find_by_label(self, label: str) -> dict | None:
+        """The instance carrying exactly this label, if any."""
+        for row in self.list_instances(label):
+            if row.get("label") == label:
+                return row
+        return None
+
+    def show_instance(self, instance_id: int) -> dict | None:
+        """One instance's row, or None once it is gone."""
+        return self._call("instances/show", lambda: self._sdk.show_instance(instance_id))
+
+    def destroy_instance(self, instance_id: int) -> None:
+        """Destroy; an instance that is already gone counts as destroyed."""
+
+        def run() -> None:
+            try:
+                self._sdk.destroy_instance(instance_id)
+            except _http_error() as exc:
+                if _status(exc) == 404:
+                    return
+                raise
+
+        self._call("instances/destroy", run)
+
+    def logs(self, instance_id: int, tail: int = 200) -> str:
+        """The instance's container log (onstart/entrypoint output)."""
+        return self._call("instances/logs",
+                          lambda: self._sdk.logs(instance_id, tail=str(tail)), budget=30.0)
+
+
+def _http_error() -> type[Exception]:
+    import requests
+
+    return requests.HTTPError
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _brief(answer: Any) -> str:
+    """A short, key-free rendering of an API answer for error messages."""
+    if isinstance(answer, dict):
+        parts = [f"{k}={answer[k]}" for k in ("error", "msg", "detail") if k in answer]
+        return ", ".join(parts) or str(sorted(answer))[:200]
+    return str(answer)[:200]
+
+
+def _answer_of(exc: Exception) -> dict:
+    response = getattr(exc, "response", None)
+    try:
+        data = response.json() if response is not None else {}
+    except ValueError:
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def _attempt(fn: Callable[[], Any]) -> Any:
+    """One SDK call, with exceptions sorted into transient, gone, auth and fatal."""
+    import requests
+
+    try:
+        return fn()
+    except requests.HTTPError as exc:
+        code = _status(exc)
+        answer = _answer_of(exc)
+        if code in TRANSIENT_STATUS:
+            retry_after = _retry_after(exc)
+            raise _Transient(f"HTTP {code} {_brief(answer)}", retry_after, code) from None
+        if code in (401, 403):
+            raise VastAuthError(
+                f"Vast.ai refused the API key (HTTP {code}); check --vastai-api-key / "
+                "VAST_API_KEY") from None
+        if answer.get("error") == "no_such_ask" or "no_such_ask" in str(answer):
+            raise OfferGone(_brief(answer)) from None
+        raise VastError(f"Vast.ai answered HTTP {code}: {_brief(answer)}") from None
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise _Transient(f"connection problem: {type(exc).__name__}") from None
+    except TimeoutError as exc:  # the SDK's log polling
+        raise _Transient(str(exc)) from None
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def by_id(rows: Iterable[dict]) -> dict[int, dict]:
+    """Index instance rows by id."""
+    return {int(r["id"]): r for r in rows if r.get("id") is not None}
