@@ -1,0 +1,172 @@
+"""Snakemake executor plugin: every job on the cheapest matching Vast.ai GPU instance.
+
+This module is what Snakemake imports: the settings dataclass, the common
+settings, and a thin :class:`Executor` that wires the parts together. It is
+imported on every ``snakemake`` start (plugins register their CLI options), so
+it imports nothing heavy; the SDK, paramiko and SQLite come in on first use.
+
+Where to find things: ``machine.py`` (job states and transitions, as data),
+``driver.py`` (each state's side effect), ``journal.py`` (SQLite journal),
+``offers.py`` (resources -> offer search), ``validation.py`` (early checks),
+``vast.py`` (the SDK adapter), ``remote.py`` (the paramiko adapter),
+``payload.py`` (what travels to and from an instance), ``runtime.py`` (one
+run's shared parts), ``simulator/`` (the local Vast.ai).
+"""
+
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+from snakemake_interface_executor_plugins.settings import (
+    CommonSettings,
+    ExecutorSettingsBase,
+)
+
+if TYPE_CHECKING:
+    from .runtime import Run
+
+__version__ = "0.1.0"
+DEFAULT_IMAGE = "vastai/pytorch:@vastai-automatic-tag"
+
+
+@dataclass
+class ExecutorSettings(ExecutorSettingsBase):
+    """Options shown as ``--vastai-<name>``; also settable in a profile config.yaml.
+
+    Snakemake turns these type hints into argparse types, so they must be real
+    types at runtime (hence ``Optional[...]`` and no postponed annotations).
+    """
+
+    api_key: Optional[str] = field(default=None, metadata={
+        "help": "Vast.ai API key (else SNAKEMAKE_VASTAI_API_KEY or VAST_API_KEY). Prefer the "
+                "environment: a key on the command line is visible in the process list.",
+        "env_var": True, "required": False})
+    api_url: Optional[str] = field(default=None, metadata={
+        "help": "Vast.ai API base URL (default: the real service; VAST_URL is honoured). "
+                "Point it at the bundled simulator to try the plugin for free.",
+        "env_var": False, "required": False})
+    gpu_name: Optional[str] = field(default=None, metadata={
+        "help": "Default GPU model for jobs without a gpu_model resource, e.g. RTX_4090.",
+        "env_var": False, "required": False})
+    max_price: Optional[float] = field(default=None, metadata={
+        "help": "Highest price per instance in $/h (dph_total).",
+        "env_var": False, "required": False})
+    geolocation: Optional[str] = field(default=None, metadata={
+        "help": "Region shortcut (EU, NA, AS, AF, LC, OC) or country codes like PL,DE,CZ.",
+        "env_var": False, "required": False})
+    disk: float = field(default=40, metadata={
+        "help": "Disk to rent per instance, in GB.", "env_var": False, "required": False})
+    image: str = field(default=DEFAULT_IMAGE, metadata={
+        "help": "Docker image jobs run in (needs python on PATH).",
+        "env_var": False, "required": False})
+    reliability: float = field(default=0.98, metadata={
+        "help": "Lowest host reliability accepted (0 turns the filter off).",
+        "env_var": False, "required": False})
+    no_datacenter: bool = field(default=False, metadata={
+        "help": "Also rent from non-datacenter (hobbyist) hosts.",
+        "env_var": False, "required": False})
+    order: str = field(default="dph_total", metadata={
+        "help": "How offers are ranked, vastai syntax (e.g. dlperf_usd- for perf per $).",
+        "env_var": False, "required": False})
+    search_query: Optional[str] = field(default=None, metadata={
+        "help": "Extra offer filters in vastai query syntax, e.g. 'cuda_vers>=12.4'.",
+        "env_var": False, "required": False})
+    boot_timeout: int = field(default=1800, metadata={
+        "help": "Seconds an instance may take to reach running before the job fails.",
+        "env_var": False, "required": False})
+    no_forward_credentials: bool = field(default=False, metadata={
+        "help": "Do not forward local AWS_*/AZURE_STORAGE_* credentials to jobs.",
+        "env_var": False, "required": False})
+    keep_instances: bool = field(default=False, metadata={
+        "help": "Do not destroy instances after their job (debugging; they keep billing!).",
+        "env_var": False, "required": False})
+    status_interval: float = field(default=5.0, metadata={
+        "help": "Seconds between instance status listings (one API call serves all jobs).",
+        "env_var": False, "required": False})
+    offline_grace: float = field(default=120.0, metadata={
+        "help": "Seconds an offline/unknown host is tolerated before its job fails.",
+        "env_var": False, "required": False})
+
+
+common_settings = CommonSettings(
+    non_local_exec=True,
+    implies_no_shared_fs=True,
+    job_deploy_sources=False,
+    pass_default_storage_provider_args=True,
+    pass_default_resources_args=True,
+    pass_envvar_declarations_to_cmd=False,  # secrets go to a 0600 env file, not argv
+    auto_deploy_default_storage_provider=False,
+    init_seconds_before_status_checks=0,
+    can_transfer_local_files=True,  # SSH mode: the plugin ships inputs and outputs itself
+)
+
+STATUS_CHECK_SECONDS = 0.2  # check_active_jobs reads memory only; no API call
+
+
+class Executor(RemoteExecutor):
+    """Thin glue between Snakemake and a :class:`~.runtime.Run`."""
+
+    def __post_init__(self) -> None:
+        from .startup import start_run
+
+        self.next_seconds_between_status_checks = STATUS_CHECK_SECONDS
+        self.run: Run = start_run(self)
+        self._signals_installed = False
+
+    def run_jobs(self, jobs: list[JobExecutorInterface]) -> None:
+        self._install_signal_handlers()
+        super().run_jobs(jobs)
+
+    def run_job(self, job: JobExecutorInterface) -> None:
+        model = self.run.submit(job)
+        self.report_job_submission(SubmittedJobInfo(job=job, external_jobid=model.job_id))
+
+    async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]):
+        from .machine import JobState
+
+        for info in active_jobs:
+            driver = self.run.drivers.get(str(info.external_jobid))
+            if driver is None or not driver.done.is_set():
+                yield info
+                continue
+            model = driver.m
+            if model.state is JobState.SUCCEEDED:
+                self.report_job_success(info)
+            else:
+                self.report_job_error(info, msg=model.failure or f"job {model.state.value}",
+                                      aux_logs=[model.log_path])
+
+    def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
+        self.run.cancel_all()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.run.cancel_all()
+        self.run.close("finished")
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGHUP behave like Ctrl-C: Snakemake cancels, we destroy.
+
+        Snakemake's scheduler installs its own SIGTERM handler ("finish running
+        jobs") after creating the executor; for rented GPUs, waiting is the
+        wrong answer, so ours goes in at the first submission.
+        """
+        if self._signals_installed or threading.current_thread() is not threading.main_thread():
+            return
+        self._signals_installed = True
+
+        def interrupt(signum: int, _frame: Any) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupt)
+
+
+def workdir() -> Path:
+    return Path(os.getcwd())

@@ -1,0 +1,55 @@
+"""``python -m snakemake_executor_plugin_vastai``: demo, simulate.
+
+Each subcommand is a short function that hands its remaining arguments to the
+module that owns the concern, so ``--help`` of each is that module's own.
+
+Examples::
+
+    python -m snakemake_executor_plugin_vastai demo
+    python -m snakemake_executor_plugin_vastai simulate --port 0
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+USAGE = """usage: python -m snakemake_executor_plugin_vastai COMMAND [ARGS...]
+
+commands:
+  demo       run an example workflow through the plugin on the bundled simulator
+  simulate   start the local Vast.ai simulator (REST API + SSH instances)
+
+'COMMAND --help' shows each command's options.
+"""
+
+
+def _demo(argv: list[str]) -> int:
+    from .demo import main
+
+    return main(argv)
+
+
+def _simulate(argv: list[str]) -> int:
+    from .simulator.cli import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "demo": _demo,
+    "simulate": _simulate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; exit code 2 on usage errors."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"unknown command {args[0]!r}\n\n{USAGE}", end="", file=sys.stderr)
+        return 2
+    return command(args[1:])

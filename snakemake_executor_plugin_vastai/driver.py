@@ -1,0 +1,545 @@
+"""Drives one job through the machine in ``machine.py``.
+
+Each job runs in its own thread: look at the state, perform that state's side
+effect (an API call, an SSH transfer), then fire the trigger the transition
+table allows. The machine's ``before_state_change`` hook journals every
+transition (a guarded update plus an append-only row) before the new state is
+entered, and so before the new state's side effect runs. A crash therefore
+always leaves a journal at least as far along as reality, and the instance
+label is journaled before the create call so even an instance whose id never
+reached the journal is found again.
+
+Failures raise :class:`JobFailure` inside a step; the loop turns them into the
+``fail`` trigger, which leads through ``destroying``. Transient trouble (API
+throttling, SSH drops) is retried inside the step, with backoff, and shows in
+the journal as ``retry`` transitions.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from transitions.extensions import LockedMachine
+
+from .machine import JobState, machine_kwargs
+from .offers import describe
+from .remote import (
+    AllowedPaths,
+    Endpoint,
+    HostKeyMismatch,
+    RemoteError,
+    RemoteSession,
+    SSHUnavailable,
+    UnsafeArchive,
+)
+from .vast import OfferGone, VastAuthError, VastError
+
+if TYPE_CHECKING:
+    from .runtime import Run
+
+MAX_SEARCHES = 3  # searches after every candidate was taken, before giving up
+CANDIDATES_PER_SEARCH = 5
+OFFLINE_GRACE = 120.0  # seconds an offline/unknown host is tolerated
+SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
+DESTROY_BACKOFF_MAX = 60.0
+
+# status_msg fragments that mean the instance will never boot (fail fast).
+FATAL_BOOT_PATTERNS = re.compile(
+    r"toomanyrequests|pull rate limit|manifest unknown|manifest for .* not found|"
+    r"no space left on device|unauthorized|authentication required|pull access denied|"
+    r"repository does not exist|invalid reference format|OCI runtime create failed|"
+    r"error response from daemon",
+    re.IGNORECASE,
+)
+BOOT_FAILED_STATUSES = frozenset({"exited", "stopped", "frozen"})
+HEARTBEAT_LOST_STATUSES = frozenset({"offline", "unknown"})
+
+
+class JobFailure(Exception):
+    """The job cannot succeed on this instance; the message is for the user."""
+
+
+class JobCancelled(Exception):
+    """Snakemake asked us to stop."""
+
+
+@dataclass(eq=False)
+class JobModel:
+    """The per-job model the shared machine drives (``state`` is set by it)."""
+
+    job_id: str
+    run: Run = field(repr=False)
+    snakemake_job: Any = field(repr=False)
+    rule: str
+    attempt: int
+    fingerprint: str
+    log_path: str
+    state: JobState = JobState.SEARCHING
+    candidates: list[dict] = field(default_factory=list)
+    searches: int = 0
+    label: str | None = None
+    instance_id: int | None = None
+    offer: dict | None = None
+    endpoint: Endpoint | None = None
+    exit_code: int | None = None
+    remote_started: bool = False
+    failure: str | None = None
+    cancel_requested: bool = False
+    log_offset: int = 0
+    billed: tuple[float, float] | None = None
+
+    # -- conditions named in machine.TRANSITIONS ----------------------------------
+    def remote_job_finished(self, event: Any = None) -> bool:
+        return self.exit_code is not None
+
+    def remote_job_started(self, event: Any = None) -> bool:
+        return self.remote_started
+
+    def was_cancelled(self, event: Any = None) -> bool:
+        return self.cancel_requested and self.failure is None
+
+    def has_failed(self, event: Any = None) -> bool:
+        return self.failure is not None
+
+    # -- the journal hook -------------------------------------------------------
+    def journal_transition(self, event: Any) -> None:
+        """Write-ahead: commit the transition before the state (and its effect) begins."""
+        source = JobState[event.transition.source].value
+        dest = JobState[event.transition.dest].value
+        self.run.journal.transition(
+            self.job_id, source=source, dest=dest, trigger=event.event.name,
+            detail=event.kwargs.get("detail"), **event.kwargs.get("fields", {}),
+        )
+        self.run.log.debug("transition", job=self.job_id, rule=self.rule, source=source,
+                           dest=dest, trigger=event.event.name,
+                           detail=event.kwargs.get("detail"), instance=self.instance_id)
+
+
+def build_machine() -> LockedMachine:
+    """One machine for all jobs; each job is a model added at its current state."""
+    return LockedMachine(model=None, send_event=True,
+                         before_state_change="journal_transition", **machine_kwargs())
+
+
+class JobDriver:
+    """Runs one job's steps in a thread until a terminal state."""
+
+    def __init__(self, model: JobModel, machine: LockedMachine) -> None:
+        self.m = model
+        self.run = model.run
+        self.machine = machine
+        self.session: RemoteSession | None = None
+        self._session_lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._main, name=f"vastai-job-{model.job_id}",
+                                       daemon=True)
+
+    # -- plumbing ---------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def fire(self, trigger: str, detail: Any = None, **fields: Any) -> None:
+        getattr(self.m, trigger)(detail=detail, fields=fields)
+
+    def cancel(self) -> None:
+        """Ask the job to stop; interrupts blocking SSH reads."""
+        self.m.cancel_requested = True
+        self._drop_session()
+
+    def interrupt(self) -> None:
+        """Break a blocking SSH call so the step re-checks the instance."""
+        self._drop_session()
+
+    def check_cancel(self) -> None:
+        if self.m.cancel_requested:
+            raise JobCancelled()
+
+    def _drop_session(self) -> None:
+        with self._session_lock:
+            session, self.session = self.session, None
+        if session is not None:
+            session.close()
+
+    def _main(self) -> None:
+        try:
+            while not self.m.state.is_terminal:
+                self._step()
+        finally:
+            self._drop_session()
+            if self.m.instance_id is not None:
+                self.run.watcher.unwatch(self.m.instance_id)
+            self.run.job_ended(self.m)
+            self.done.set()
+
+    def _step(self) -> None:
+        state = self.m.state
+        try:
+            STEPS[state](self)
+        except JobCancelled:
+            if state is not JobState.DESTROYING:
+                self.fire("cancel", detail="cancelled by Snakemake")
+        except JobFailure as exc:
+            self._fail(state, str(exc))
+        except Exception as exc:  # a bug or an unforeseen answer: still clean up
+            self.run.log.exception("unexpected error", job=self.m.job_id, rule=self.m.rule)
+            self._fail(state, f"internal error in state {state.value}: {exc!r}")
+
+    def _fail(self, state: JobState, message: str) -> None:
+        if state is JobState.DESTROYING:
+            time.sleep(1.0)  # destroying never gives up; the step is retried
+            return
+        self.m.failure = message
+        self.run.journal.update_job(self.m.job_id, last_error=message)
+        self.fire("fail", detail=message)
+
+    # -- searching ----------------------------------------------------------------
+    def step_searching(self) -> None:
+        self.check_cancel()
+        request = self.run.offer_request(self.m)
+        self.run.log.info("searching offers", job=self.m.job_id, rule=self.m.rule,
+                          query=request.text, verbose=True)
+        offers = self.run.api.search_offers(request.query, request.order, request.limit,
+                                            request.storage_gb)
+        offers = [o for o in offers if not self.run.offer_claimed(int(o["id"]))]
+        if not offers:
+            if self.m.searches == 0:
+                raise JobFailure(f"rule {self.m.rule}: no Vast.ai offer matches "
+                                 f"{describe(request)} (loosen the job's resources, "
+                                 "--vastai-max-price, --vastai-gpu-name or "
+                                 "--vastai-geolocation)")
+            self._search_pause()
+            return
+        self.m.candidates = offers[:CANDIDATES_PER_SEARCH]
+        self.fire("offers_found", detail={"candidates": len(self.m.candidates),
+                                          "query": request.text})
+
+    def _search_pause(self) -> None:
+        if self.m.searches >= MAX_SEARCHES:
+            raise JobFailure(f"rule {self.m.rule}: every matching offer was rented by someone "
+                             f"else, {self.m.searches} searches in a row")
+        time.sleep(min(2.0 ** self.m.searches, 10.0) * random.uniform(0.5, 1.0))
+        self.m.searches += 1
+
+    # -- renting -------------------------------------------------------------------
+    def step_renting(self) -> None:
+        while self.m.candidates:
+            self.check_cancel()
+            offer = self.m.candidates.pop(0)
+            if not self.run.claim_offer(int(offer["id"])):
+                continue
+            if self._rent(offer):
+                return
+            self.fire("offer_taken", detail={"offer": offer["id"]})
+        self.m.searches += 1
+        if self.m.searches > MAX_SEARCHES:
+            raise JobFailure(f"rule {self.m.rule}: every candidate offer was taken by someone "
+                             f"else ({MAX_SEARCHES} searches)")
+        self.fire("search_again", detail="all candidates taken")
+
+    def _rent(self, offer: dict) -> bool:
+        """Create the instance (label journaled first). False if the offer is gone."""
+        label = self.m.label or f"{self.run.journal.label_prefix}{self.m.job_id}"
+        self.run.journal.record_rent_intent(job_id=self.m.job_id, run_id=self.run.run_id,
+                                            label=label, offer=offer_facts(offer))
+        self.m.label = label  # only once the intent is journaled (destroying looks it up)
+        try:
+            instance_id = self.run.create_instance(offer, label, self.m)
+        except OfferGone:
+            self.run.release_offer(int(offer["id"]))
+            return False
+        except VastAuthError as exc:
+            raise JobFailure(str(exc)) from None
+        except VastError as exc:
+            instance_id = self._adopt_after_doubt(label, exc)
+        self.m.instance_id = instance_id
+        self.m.offer = offer
+        self.run.journal.record_instance_created(label, instance_id)
+        facts = offer_facts(offer)
+        self.fire("rented", detail={"instance": instance_id, **facts}, label=label,
+                  instance_id=instance_id, offer_id=facts["offer_id"],
+                  machine_id=facts["machine_id"], gpu_name=facts["gpu_name"],
+                  num_gpus=facts["num_gpus"], dph_total=facts["dph_total"])
+        return True
+
+    def _adopt_after_doubt(self, label: str, exc: VastError) -> int:
+        """A create whose answer was lost may still have rented: look it up by label."""
+        row = self.run.api.find_by_label(label)
+        if row is None:
+            raise JobFailure(f"rule {self.m.rule}: creating an instance failed: {exc}")
+        return int(row["id"])
+
+    # -- booting -------------------------------------------------------------------
+    def step_booting(self) -> None:
+        iid = self._instance_id()
+        self.run.attach_key(iid)
+        self.run.watcher.watch(iid)
+        deadline = time.monotonic() + self.run.settings.boot_timeout
+        offline_since: float | None = None
+        generation = 0
+        while True:
+            self.check_cancel()
+            if time.monotonic() > deadline:
+                raise JobFailure(f"instance {iid} did not boot within "
+                                 f"{self.run.settings.boot_timeout}s (--vastai-boot-timeout)")
+            generation = self.run.watcher.wait_next(generation, timeout=5.0)
+            seen = self.run.watcher.sighting(iid)
+            if seen is None:
+                continue
+            row = seen.row
+            if row is None:
+                raise JobFailure(f"instance {iid} vanished while booting")
+            status = str(row.get("actual_status") or "")
+            message = str(row.get("status_msg") or "")
+            self.run.journal.update_instance_status(iid, status)
+            if FATAL_BOOT_PATTERNS.search(message) and status != "running":
+                raise JobFailure(f"instance {iid} failed to boot: {message}")
+            if status in BOOT_FAILED_STATUSES:
+                raise JobFailure(f"instance {iid} went {status} while booting: {message}")
+            offline_since = self._heartbeat(iid, status, offline_since)
+            if status == "running" and self._try_connect(row):
+                self.fire("booted", detail={"host": self.m.endpoint.host,
+                                            "port": self.m.endpoint.port},
+                          ssh_host=self.m.endpoint.host, ssh_port=self.m.endpoint.port)
+                return
+
+    def _heartbeat(self, iid: int, status: str, since: float | None) -> float | None:
+        """Tolerate a lost host heartbeat for a bounded grace period."""
+        if status not in HEARTBEAT_LOST_STATUSES:
+            return None
+        now = time.monotonic()
+        since = since or now
+        if now - since > self.run.settings.offline_grace:
+            raise JobFailure(f"instance {iid} has been {status} for more than "
+                             f"{self.run.settings.offline_grace:.0f}s")
+        return since
+
+    def _try_connect(self, row: dict) -> bool:
+        """First SSH contact pins the host key; refused connections mean 'not yet'."""
+        endpoint = ssh_endpoint(row)
+        if endpoint is None:
+            return False
+        self.m.endpoint = endpoint
+        try:
+            self._connect()
+        except SSHUnavailable:
+            return False
+        return True
+
+    def _connect(self) -> RemoteSession:
+        iid = self._instance_id()
+        assert self.m.endpoint is not None
+        pinned = self.run.journal.pinned_host_key(iid)
+        try:
+            session = RemoteSession.connect(self.m.endpoint, self.run.key.pkey,
+                                            pinned_host_key=pinned,
+                                            timeout=self.run.settings.ssh_timeout)
+        except HostKeyMismatch as exc:
+            raise JobFailure(f"instance {iid}: {exc}; refusing to talk to it") from None
+        if pinned is None:
+            self.run.journal.record_instance_contact(
+                iid, ssh_host=self.m.endpoint.host, ssh_port=self.m.endpoint.port,
+                host_key=session.host_key)
+        with self._session_lock:
+            old, self.session = self.session, session
+        if old is not None:
+            old.close()
+        return session
+
+    def _session(self) -> RemoteSession:
+        with self._session_lock:
+            session = self.session
+        return session if session is not None else self._connect()
+
+    def _instance_id(self) -> int:
+        if self.m.instance_id is None:
+            raise JobFailure("internal: no instance for this job")
+        return self.m.instance_id
+
+    # -- SSH steps with reconnects ----------------------------------------------------
+    def _with_ssh(self, what: str, action: Callable[[RemoteSession], Any]) -> Any:
+        """Run ``action``; on SSH trouble reconnect with backoff within the budget."""
+        deadline = time.monotonic() + SSH_RETRY_BUDGET
+        delay = 0.5
+        while True:
+            self.check_cancel()
+            try:
+                return action(self._session())
+            except SSHUnavailable as exc:
+                self._drop_session()
+                self.check_cancel()
+                self._check_instance_alive()
+                if time.monotonic() > deadline:
+                    raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing during "
+                                     f"{what}: {exc}") from None
+                self.fire("retry", detail=f"{what}: {exc}")
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 10.0)
+            except UnsafeArchive as exc:
+                raise JobFailure(f"instance {self.m.instance_id}: {exc}") from None
+            except RemoteError as exc:
+                raise JobFailure(f"instance {self.m.instance_id}: {what} failed: {exc}") from None
+
+    def _check_instance_alive(self) -> None:
+        """After an SSH failure: is the instance gone or offline for too long?"""
+        iid = self._instance_id()
+        seen = self.run.watcher.sighting(iid)
+        if seen is not None and seen.row is None:
+            raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
+
+    # -- uploading -------------------------------------------------------------------
+    def step_uploading(self) -> None:
+        shipment = self.run.shipment(self.m)
+        sent = self._with_ssh("upload", lambda s: s.upload(shipment.files, self.run.remote_dir))
+        self.fire("uploaded", detail={"files": len(shipment.files), "bytes": sent})
+
+    # -- running ---------------------------------------------------------------------
+    def step_running(self) -> None:
+        if not self.m.remote_started:
+            command = self.run.job_command(self.m)
+            env = self.run.job_environment(self.m)
+            self._with_ssh("launch", lambda s: s.launch(self.run.remote_dir, command, env=env))
+            self.m.remote_started = True
+        end = self._with_ssh("run", self._follow)
+        if end.lost:
+            raise JobFailure(f"instance {self.m.instance_id}: the job's process disappeared "
+                             "on the host (killed?) without an exit code")
+        self.m.exit_code = int(end.rc)
+        self.fire("completed", detail={"exit_code": self.m.exit_code},
+                  exit_code=self.m.exit_code)
+
+    def _follow(self, session: RemoteSession) -> Any:
+        # The local log file is the authority on how far we got: after a drop
+        # the follower resumes at exactly the bytes already written.
+        return session.follow(self.run.remote_dir, offset=self.m.log_offset,
+                              on_output=self._log_bytes)
+
+    def _log_bytes(self, chunk: bytes) -> None:
+        self.run.append_job_log(self.m, chunk)
+        self.m.log_offset += len(chunk)
+
+    # -- downloading -------------------------------------------------------------------
+    def step_downloading(self) -> None:
+        ok = self.m.exit_code == 0
+        back = self.run.homecoming(self.m, succeeded=ok)
+        allowed = AllowedPaths(back.files, back.directories)
+        if back.paths:
+            try:
+                self._with_ssh("download", lambda s: s.download(
+                    self.run.remote_dir, back.paths, self.run.workdir, allowed=allowed,
+                    max_bytes=self.run.settings.max_download_bytes))
+            except JobFailure:
+                if ok:
+                    raise
+                # the job failed anyway; missing logs must not hide its exit code
+        if not ok:
+            self.m.failure = (f"rule {self.m.rule}: the job exited with code {self.m.exit_code} "
+                              f"on instance {self.m.instance_id}; remote log: {self.m.log_path}"
+                              f"{log_tail(self.m.log_path)}")
+            self.run.journal.update_job(self.m.job_id, last_error=self.m.failure)
+        self.fire("downloaded", detail={"paths": len(back.paths), "exit_code": self.m.exit_code})
+
+    # -- destroying ------------------------------------------------------------------
+    def step_destroying(self) -> None:
+        self._drop_session()
+        iid = self.m.instance_id
+        if iid is None and self.m.label is not None:
+            iid = self._find_unjournaled()
+        if iid is None:
+            self.fire("destroyed", detail="nothing was rented")
+            return
+        if self.run.settings.keep_instances:
+            self.run.log.warning("keeping instance (it keeps billing!)", job=self.m.job_id,
+                                 instance=iid)
+            self.fire("destroyed", detail={"kept": iid})
+            return
+        self._destroy(iid)
+
+    def _find_unjournaled(self) -> int | None:
+        """A create that may have happened although its id never came back."""
+        try:
+            row = self.run.api.find_by_label(self.m.label or "")
+        except VastError:
+            return None
+        if row is None:
+            self.run.journal.record_instance_destroyed(label=self.m.label)
+            return None
+        self.run.journal.record_instance_created(self.m.label, int(row["id"]))
+        return int(row["id"])
+
+    def _destroy(self, iid: int) -> None:
+        delay = 1.0
+        while True:
+            self.run.journal.record_destroy_requested(instance_id=iid)
+            try:
+                self.run.api.destroy_instance(iid)
+                gone = self.run.api.show_instance(iid) is None
+            except VastError as exc:
+                self.fire("destroy_retry", detail=str(exc))
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, DESTROY_BACKOFF_MAX)
+                continue
+            if gone:
+                self.run.journal.record_instance_destroyed(instance_id=iid)
+                self.run.watcher.unwatch(iid)
+                self.fire("destroyed", detail={"instance": iid})
+                return
+            self.fire("destroy_retry", detail="instance still listed after destroy")
+            time.sleep(delay)
+            delay = min(delay * 2, DESTROY_BACKOFF_MAX)
+
+
+STEPS: dict[JobState, Callable[[JobDriver], None]] = {
+    JobState.SEARCHING: JobDriver.step_searching,
+    JobState.RENTING: JobDriver.step_renting,
+    JobState.BOOTING: JobDriver.step_booting,
+    JobState.UPLOADING: JobDriver.step_uploading,
+    JobState.RUNNING: JobDriver.step_running,
+    JobState.DOWNLOADING: JobDriver.step_downloading,
+    JobState.DESTROYING: JobDriver.step_destroying,
+}
+
+
+def log_tail(path: str, lines: int = 20) -> str:
+    """The end of a job's log, indented, for the error Snakemake shows."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(handle.tell() - 8192, 0))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    tail = text.splitlines()[-lines:]
+    return ("\n    " + "\n    ".join(tail)) if tail else ""
+
+
+def offer_facts(offer: dict) -> dict:
+    """The facts of an offer worth journaling (no secrets live in offers)."""
+    return {
+        "offer_id": int(offer["id"]),
+        "machine_id": offer.get("machine_id"),
+        "gpu_name": offer.get("gpu_name"),
+        "num_gpus": offer.get("num_gpus"),
+        "dph_total": offer.get("dph_total"),
+        "geolocation": offer.get("geolocation"),
+    }
+
+
+def ssh_endpoint(row: dict) -> Endpoint | None:
+    """Direct SSH (public IP + mapped port 22) if offered, else the SSH proxy."""
+    ports = row.get("ports") or {}
+    direct = ports.get("22/tcp") if isinstance(ports, dict) else None
+    ip = row.get("public_ipaddr")
+    if direct and ip:
+        try:
+            return Endpoint(host=str(ip).strip(), port=int(direct[0]["HostPort"]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            pass
+    if row.get("ssh_host") and row.get("ssh_port"):
+        return Endpoint(host=str(row["ssh_host"]), port=int(row["ssh_port"]))
+    return None

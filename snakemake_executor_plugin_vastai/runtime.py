@@ -1,0 +1,284 @@
+"""One Snakemake run's shared parts: journal, API, SSH key, watcher, job registry.
+
+The executor (``__init__.py``) creates a :class:`Run` when Snakemake starts it
+and hands each job to a :class:`~.driver.JobDriver`. Everything a job step
+needs beyond its own model lives here: the offer claims shared between jobs
+(so concurrent jobs do not all race for the same cheapest offer), the run's
+source archive (built once), the per-job log files, and the cleanup that
+destroys whatever the run still holds when Snakemake stops.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import payload
+from .driver import JobDriver, JobModel, build_machine
+from .journal import Journal
+from .keys import RunKey
+from .logs import SECRETS, PluginLogger
+from .machine import JobState
+from .offers import OfferRequest, OfferSettings, build_offer_request
+from .vast import VastAPI
+from .watcher import InstanceWatcher
+
+LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
+CANCEL_WAIT = 300.0  # seconds cancel() waits for every job to be destroyed
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Resolved executor settings (the API key is held by VastAPI, not here)."""
+
+    api_url: str
+    image: str
+    disk: float
+    boot_timeout: float
+    keep_instances: bool
+    forward_credentials: bool
+    status_interval: float
+    offline_grace: float
+    offer_settings: OfferSettings
+    ssh_timeout: float = 20.0
+    max_download_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class SnakemakeHooks:
+    """What the run needs from the executor object Snakemake created."""
+
+    job_command: Callable[[Any], str]
+    declared_envvars: Callable[[], Mapping[str, str]]
+    write_source_archive: Callable[[Path], None] | None
+    snakemake_version: str
+
+
+class Run:
+    """Shared state of one ``snakemake --executor vastai`` run."""
+
+    def __init__(self, *, workdir: Path, settings: RunSettings, api_key: str,
+                 hooks: SnakemakeHooks, log: PluginLogger, journal: Journal | None = None,
+                 plugin_version: str = "0") -> None:
+        self.workdir = workdir
+        self.settings = settings
+        self.hooks = hooks
+        self.log = log
+        SECRETS.add([api_key])
+        self.journal = journal or Journal.for_workdir(workdir)
+        self.run_id = self.journal.start_run(
+            snakemake_version=hooks.snakemake_version, plugin_version=plugin_version,
+            settings=public_settings(settings))
+        self.api = VastAPI(api_key, settings.api_url, on_retry=self._api_retry)
+        key_dir = workdir / ".snakemake" / "vastai" / "keys"
+        self.key = RunKey.load_or_create(key_dir, self.run_id)
+        self.watcher = InstanceWatcher(self.api, self.journal.label_prefix,
+                                       settings.status_interval, on_error=self._watch_error)
+        self.machine = build_machine()
+        self.remote_dir = payload.REMOTE_DIR
+        self.drivers: dict[str, JobDriver] = {}
+        self._claims: set[int] = set()
+        self._lock = threading.Lock()
+        self._archive: Path | None = None
+        self._archive_lock = threading.Lock()
+        self._log_files: dict[str, Any] = {}
+        self._closed = False
+        self.watcher.start()
+        atexit.register(self._at_exit)
+
+    # -- jobs ---------------------------------------------------------------------
+    def submit(self, job: Any) -> JobModel:
+        """Journal a new job and start its driver thread."""
+        rule = job_rule(job)
+        fp = payload.fingerprint(rule, job.output, self.hooks.job_command(job),
+                                 getattr(job, "params", ""), job.input, self.workdir)
+        log_path = self._log_path(job, rule)
+        job_id = self.journal.add_job(run_id=self.run_id, rule=rule,
+                                      snakemake_jobid=job.jobid, fingerprint=fp,
+                                      attempt=job.attempt, state=JobState.SEARCHING.value,
+                                      log_path=str(log_path))
+        model = JobModel(job_id=job_id, run=self, snakemake_job=job, rule=rule,
+                         attempt=job.attempt, fingerprint=fp, log_path=str(log_path))
+        self.machine.add_model(model, initial=JobState.SEARCHING)
+        driver = JobDriver(model, self.machine)
+        with self._lock:
+            self.drivers[job_id] = driver
+        self.log.info("job submitted", job=job_id, rule=rule, attempt=job.attempt)
+        driver.start()
+        return model
+
+    def job_ended(self, model: JobModel) -> None:
+        """Called by a driver thread when its job reached a terminal state."""
+        with self._lock:
+            handle = self._log_files.pop(model.job_id, None)
+        if handle is not None:
+            handle.close()
+        self.machine.remove_model(model)
+        level = "info" if model.state is JobState.SUCCEEDED else "warning"
+        first_line = model.failure.splitlines()[0] if model.failure else None
+        getattr(self.log, level)(f"job {model.state.value}", job=model.job_id, rule=model.rule,
+                                 instance=model.instance_id, error=first_line)
+
+    # -- offers --------------------------------------------------------------------
+    def offer_request(self, model: JobModel) -> OfferRequest:
+        job = model.snakemake_job
+        excluded = self.journal.failed_machines(model.fingerprint)
+        return build_offer_request(self.settings.offer_settings, dict(job.resources),
+                                   int(job.threads or 1), rule=model.rule,
+                                   exclude_machines=excluded)
+
+    def claim_offer(self, offer_id: int) -> bool:
+        """Reserve an offer for one job of this run; False if another job has it."""
+        with self._lock:
+            if offer_id in self._claims:
+                return False
+            self._claims.add(offer_id)
+            return True
+
+    def offer_claimed(self, offer_id: int) -> bool:
+        with self._lock:
+            return offer_id in self._claims
+
+    def release_offer(self, offer_id: int) -> None:
+        with self._lock:
+            self._claims.discard(offer_id)
+
+    def create_instance(self, offer: dict, label: str, model: JobModel) -> int:
+        request = self.offer_request(model)
+        return self.api.create_instance(
+            int(offer["id"]), image=self.settings.image, disk_gb=request.storage_gb,
+            label=label, onstart=self.onstart_script(),
+            runtype="ssh_direc ssh_proxy")
+
+    def onstart_script(self) -> str:
+        """Authorise our run key and keep Vast.ai's auto-tmux out of our SSH sessions."""
+        key = shlex.quote(self.key.public_line)
+        return ("mkdir -p ~/.ssh && chmod 700 ~/.ssh && "
+                f"echo {key} >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys && "
+                "touch ~/.no_auto_tmux")
+
+    def attach_key(self, instance_id: int) -> None:
+        self.api.attach_ssh_key(instance_id, self.key.public_line)
+
+    # -- what travels ----------------------------------------------------------------
+    def source_archive(self) -> Path | None:
+        """The workflow's source archive, built once per run (Snakemake's own format)."""
+        if self.hooks.write_source_archive is None:
+            return None
+        with self._archive_lock:
+            if self._archive is None:
+                target = self.workdir / ".snakemake" / "vastai" / f"sources-{self.run_id}.tar.xz"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.hooks.write_source_archive(target)
+                self._archive = target
+            return self._archive
+
+    def shipment(self, model: JobModel) -> payload.Shipment:
+        return payload.shipment(model.snakemake_job.input, self.workdir, model.rule,
+                                self.source_archive())
+
+    def homecoming(self, model: JobModel, *, succeeded: bool) -> payload.Homecoming:
+        job = model.snakemake_job
+        return payload.homecoming(job.output, job.log, getattr(job, "benchmark", None),
+                                  self.workdir, model.rule, succeeded=succeeded)
+
+    def job_command(self, model: JobModel) -> str:
+        return payload.job_script(self.hooks.job_command(model.snakemake_job),
+                                  self.hooks.snakemake_version)
+
+    def job_environment(self, model: JobModel) -> dict[str, str]:
+        env = payload.forwarded_environment(
+            os.environ, self.hooks.declared_envvars(),
+            forward_credentials=self.settings.forward_credentials)
+        SECRETS.add(env.values())
+        return env
+
+    # -- logs ------------------------------------------------------------------------
+    def _log_path(self, job: Any, rule: str) -> Path:
+        directory = self.workdir / LOG_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{rule}.job{job.jobid}.attempt{job.attempt}.log"
+
+    def append_job_log(self, model: JobModel, chunk: bytes) -> None:
+        """Stream the remote job's output into its local log as it arrives."""
+        with self._lock:
+            handle = self._log_files.get(model.job_id)
+            if handle is None:
+                fd = os.open(model.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                handle = os.fdopen(fd, "ab", buffering=0)
+                self._log_files[model.job_id] = handle
+        handle.write(chunk)
+
+    def _api_retry(self, endpoint: str, reason: str, delay: float) -> None:
+        self.log.info("API retry", endpoint=endpoint, reason=reason, wait=round(delay, 2),
+                      verbose=True)
+
+    def _watch_error(self, exc: Exception) -> None:
+        self.log.warning("instance listing failed; retrying next tick", error=str(exc))
+
+    # -- the end -----------------------------------------------------------------------
+    def cancel_all(self, wait: float = CANCEL_WAIT) -> None:
+        """Cancel every job and wait until each has destroyed what it rented."""
+        with self._lock:
+            drivers = list(self.drivers.values())
+        for driver in drivers:
+            if not driver.m.state.is_terminal:
+                driver.cancel()
+        deadline = time.monotonic() + wait
+        for driver in drivers:
+            driver.done.wait(max(deadline - time.monotonic(), 0.0))
+
+    def _at_exit(self) -> None:
+        """Interpreter exit without a clean shutdown: still destroy what we hold."""
+        if not self._closed:
+            self.cancel_all(wait=120.0)
+            self.close("interrupted")
+
+    def close(self, outcome: str) -> None:
+        """End the run: stop the watcher, journal the outcome, print the summary."""
+        if self._closed:
+            return
+        self._closed = True
+        self.watcher.stop()
+        self.journal.end_run(self.run_id, outcome)
+        self.log.info(self.summary())
+
+    def summary(self) -> str:
+        with self._lock:
+            models = [d.m for d in self.drivers.values()]
+        states: dict[str, int] = {}
+        for m in models:
+            states[m.state.value] = states.get(m.state.value, 0) + 1
+        seconds, dollars = self.journal.run_cost(self.run_id)
+        rented = sum(1 for m in models if m.instance_id is not None)
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        return (f"run summary: {len(models)} jobs ({parts or 'none'}), {rented} instances "
+                f"rented, {seconds / 3600:.4f} instance-hours, ${dollars:.4f}")
+
+
+def job_rule(job: Any) -> str:
+    """A rule name for the job (group jobs are named after their group)."""
+    if job.is_group():
+        return f"group-{job.groupid}"
+    return str(job.rule.name)
+
+
+def public_settings(settings: RunSettings) -> dict:
+    """Settings as journaled: no secrets live in RunSettings by construction."""
+    offer = settings.offer_settings
+    return {
+        "api_url": settings.api_url, "image": settings.image, "disk": settings.disk,
+        "boot_timeout": settings.boot_timeout, "keep_instances": settings.keep_instances,
+        "forward_credentials": settings.forward_credentials,
+        "gpu_name": offer.gpu_name, "max_price": offer.max_price,
+        "geolocation": offer.geolocation, "reliability": offer.reliability,
+        "allow_hobbyist": offer.allow_hobbyist, "order": offer.order,
+        "search_query": offer.search_query,
+    }

@@ -1,0 +1,104 @@
+"""Turning Snakemake's executor object into a ready :class:`~.runtime.Run`.
+
+Everything that can be wrong with the user's input is checked here, once,
+before the first instance is rented: settings, every scheduled job's
+resources, the API key and the API URL. Errors are Snakemake
+``WorkflowError``s whose message names the option, rule or file at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from snakemake_interface_common.exceptions import WorkflowError
+
+from .logs import SECRETS, PluginLogger
+from .offers import OfferSettings
+from .runtime import Run, RunSettings, SnakemakeHooks
+from .validation import ConfigError, validate_job_resources, validate_settings
+from .vast import DEFAULT_URL, VastAuthError, VastError
+
+API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
+
+
+def resolve_api_key(settings: Any) -> str:
+    """The key from --vastai-api-key, SNAKEMAKE_VASTAI_API_KEY or VAST_API_KEY."""
+    key = getattr(settings, "api_key", None)
+    for name in API_KEY_ENV:
+        key = key or os.environ.get(name)
+    if not key or not key.strip():
+        raise WorkflowError(
+            "No Vast.ai API key: set VAST_API_KEY (or SNAKEMAKE_VASTAI_API_KEY, or "
+            "--vastai-api-key). Keys are at https://console.vast.ai/manage-keys/")
+    return key.strip()
+
+
+def resolve_api_url(settings: Any) -> str:
+    url = getattr(settings, "api_url", None) or os.environ.get("VAST_URL") or DEFAULT_URL
+    return url.rstrip("/")
+
+
+def run_settings(settings: Any) -> RunSettings:
+    """Validated, resolved settings; raises WorkflowError naming the bad option."""
+    try:
+        validate_settings(settings)
+        offer_settings = OfferSettings.from_executor_settings(settings)
+    except ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
+    return RunSettings(
+        api_url=resolve_api_url(settings), image=settings.image, disk=float(settings.disk),
+        boot_timeout=float(settings.boot_timeout), keep_instances=bool(settings.keep_instances),
+        forward_credentials=not settings.no_forward_credentials,
+        status_interval=float(settings.status_interval),
+        offline_grace=float(settings.offline_grace), offer_settings=offer_settings)
+
+
+def validate_scheduled_jobs(workflow: Any) -> None:
+    """Check every job Snakemake plans to run, before anything is rented."""
+    dag = getattr(workflow, "dag", None)
+    if dag is None:
+        return
+    try:
+        jobs = list(dag.needrun_jobs())
+    except Exception:  # the DAG interface is Snakemake-internal; never block on it
+        return
+    for job in jobs:
+        for single in (job.jobs if job.is_group() else [job]):
+            try:
+                validate_job_resources(single.rule.name, dict(single.resources),
+                                       int(single.threads or 1))
+            except ConfigError as exc:
+                raise WorkflowError(str(exc)) from None
+
+
+def start_run(executor: Any) -> Run:
+    """Everything checked, then the run's journal, key, API client and watcher."""
+    import snakemake
+
+    log = PluginLogger(executor.logger)
+    settings = executor.workflow.executor_settings
+    api_key = resolve_api_key(settings)
+    SECRETS.add([api_key])
+    resolved = run_settings(settings)
+    validate_scheduled_jobs(executor.workflow)
+    hooks = SnakemakeHooks(
+        job_command=executor.format_job_exec,
+        declared_envvars=executor.envvars,
+        write_source_archive=getattr(executor.workflow, "write_source_archive", None),
+        snakemake_version=snakemake.__version__,
+    )
+    run = Run(workdir=Path(os.getcwd()), settings=resolved, api_key=api_key, hooks=hooks,
+              log=log)
+    try:
+        run.api.check_access()
+    except VastAuthError as exc:
+        run.close("refused")
+        raise WorkflowError(str(exc)) from None
+    except VastError as exc:
+        run.close("unreachable")
+        raise WorkflowError(f"Vast.ai API at {resolved.api_url} is not reachable "
+                            f"(--vastai-api-url / VAST_URL): {exc}") from None
+    log.info("run started", run=run.run_id, api=resolved.api_url, image=resolved.image)
+    return run

@@ -1,0 +1,139 @@
+"""End to end: the real ``snakemake --executor vastai`` CLI against the simulator.
+
+Every test ends by asserting the simulator's ground truth holds no live
+instance of ours.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import (
+    alive,
+    fanout_workflow,
+    interrupt,
+    run_snakemake,
+    start_snakemake,
+    wait_for,
+    write_workflow,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def journal_rows(workdir: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(workdir / ".snakemake" / "vastai" / "journal.sqlite") as db:
+        return db.execute(sql).fetchall()
+
+
+def test_fanout_workflow_runs_and_brings_outputs_home(tmp_path, simulator):
+    wf = fanout_workflow(tmp_path / "wf", n=8, factor=3)
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = (wf / "results/final/report.txt").read_text().splitlines()
+    assert report == [f"s{i} {len(f'hello{chr(10)}s{i}{chr(10)}') * 3}" for i in range(8)]
+    assert (wf / "results/tree/a/b/first.txt").read_text() == "s0 27\n"
+    assert (wf / "results/tree/top.txt").read_text() == "tree\n"
+    assert (wf / "logs/score/s5.log").read_text() == "scoring s5\n"
+    truth = simulator.truth()
+    assert truth["created_count"] == 8 + 8 + 2  # split, score, tree+report
+    assert alive(truth) == []
+    states = journal_rows(wf, "select state, count(*) from jobs group by state")
+    assert states == [("succeeded", 18)]
+    logs = list((wf / ".snakemake/auxiliary/vastai-logs").glob("score.*.log"))
+    assert len(logs) == 8
+
+
+def test_failing_job_reports_remote_log_and_destroys_instance(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule boom:\n    output: "out.txt"\n'
+                     '    shell: "echo remote-says-goodbye >&2; exit 3"\n',
+    })
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "out.txt")
+    assert result.returncode != 0
+    # the remote Snakemake reports the failed shell command and exits 1
+    assert "exited with code 1" in result.stderr
+    assert "echo remote-says-goodbye" in result.stderr  # the remote log's tail is shown
+    log = next((wf / ".snakemake/auxiliary/vastai-logs").glob("boom.*.log")).read_text()
+    assert "remote-says-goodbye" in log
+    assert not (wf / "out.txt").exists()
+    assert alive(simulator.truth()) == []
+    assert journal_rows(wf, "select state, last_error like '%code 1%' from jobs") == [
+        ("failed", 1)]
+
+
+def test_fatal_boot_error_is_retried_on_another_machine(tmp_path, simulator):
+    simulator.add_fault("boot_fatal", next_n=1,
+                        status_msg="Error response from daemon: toomanyrequests: "
+                                   "You have reached your pull rate limit")
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule one:\n    output: "one.txt"\n    shell: "echo ok > {output}"\n',
+    })
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--retries", "1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (wf / "one.txt").read_text() == "ok\n"
+    truth = simulator.truth()
+    machines = [i["machine_id"] for i in truth["instances"]]
+    assert len(machines) == 2 and machines[0] != machines[1]
+    assert alive(truth) == []
+    errors = journal_rows(wf, "select last_error from jobs where state = 'failed'")
+    assert len(errors) == 1 and "pull rate limit" in errors[0][0]
+
+
+def test_offers_taken_while_renting_fall_through(tmp_path, simulator):
+    simulator.add_fault("offer_taken", count=3)
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule one:\n    output: "one.txt"\n    shell: "echo ok > {output}"\n',
+    })
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode == 0, result.stderr[-4000:]
+    taken = journal_rows(wf, "select count(*) from transitions where trigger = 'offer_taken'")
+    assert taken == [(3,)]
+    assert alive(simulator.truth()) == []
+
+
+def test_ssh_drops_mid_upload_and_mid_run_are_survived(tmp_path, simulator):
+    big = "x" * (4 << 20)
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule one:\n    input: "big.txt"\n    output: "one.txt"\n'
+                     '    shell: "sleep 1.5; wc -c < {input} > {output}"\n',
+        "big.txt": big,
+    })
+    simulator.add_fault("ssh_drop", next_n=1, after_bytes=1 << 20)
+    simulator.add_fault("ssh_drop", next_n=1, after_seconds=2.0)
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (wf / "one.txt").read_text().strip() == str(4 << 20)
+    retries = journal_rows(wf, "select count(*) from transitions where trigger = 'retry'")
+    assert retries[0][0] >= 1
+    assert alive(simulator.truth()) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_run_destroys_every_instance(tmp_path, simulator, sig):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule all:\n    input: expand("o{i}.txt", i=range(3))\n'
+                     'rule slow:\n    output: "o{i}.txt"\n    shell: "sleep 60; touch {output}"\n',
+    })
+    proc = start_snakemake(wf, simulator.url, simulator.api_key)
+    try:
+        assert wait_for(lambda: len(alive(simulator.truth())) == 3, timeout=60)
+        assert wait_for(lambda: _running_jobs(wf) == 3, timeout=60)
+        out = interrupt(proc, sig)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert alive(simulator.truth()) == [], out[-3000:]
+    states = journal_rows(wf, "select state from jobs")
+    assert {s for (s,) in states} == {"cancelled"}
+
+
+def _running_jobs(wf: Path) -> int:
+    try:
+        return journal_rows(wf, "select count(*) from jobs where state = 'running'")[0][0]
+    except sqlite3.Error:
+        return 0

@@ -1,0 +1,171 @@
+"""The transition table: reachability, cleanup paths, and the journal-first order."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from transitions.extensions import LockedMachine
+
+from snakemake_executor_plugin_vastai.machine import (
+    CONDITIONS,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    JobState,
+    machine_kwargs,
+)
+
+
+def edges() -> list[tuple[JobState, JobState, str]]:
+    out = []
+    for row in TRANSITIONS:
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        for src in sources:
+            dest = src if row["dest"] == "=" else row["dest"]
+            out.append((JobState(src), JobState(dest), row["trigger"]))
+    return out
+
+
+def reachable(start: JobState) -> set[JobState]:
+    seen = {start}
+    queue = deque([start])
+    while queue:
+        state = queue.popleft()
+        for src, dest, _ in edges():
+            if src is state and dest not in seen:
+                seen.add(dest)
+                queue.append(dest)
+    return seen
+
+
+def test_every_state_is_reachable_from_the_initial_state():
+    assert reachable(JobState.SEARCHING) == set(JobState)
+
+
+@pytest.mark.parametrize("state", [s for s in JobState if s not in TERMINAL_STATES])
+def test_every_active_state_has_a_path_to_destroying(state):
+    assert JobState.DESTROYING in reachable(state)
+
+
+@pytest.mark.parametrize("state", [s for s in JobState if s not in TERMINAL_STATES])
+def test_every_active_state_can_fail_or_cancel_into_destroying(state):
+    """Cleanup is one step away from anywhere: fail and cancel lead to destroying."""
+    if state is JobState.DESTROYING:
+        return
+    triggers = {t for src, dest, t in edges() if src is state and dest is JobState.DESTROYING}
+    assert {"fail", "cancel"} <= triggers
+
+
+def test_terminal_states_have_no_way_out():
+    assert not [e for e in edges() if e[0] in TERMINAL_STATES]
+
+
+def test_terminal_states_are_entered_only_from_destroying():
+    sources = {src for src, dest, _ in edges() if dest in TERMINAL_STATES}
+    assert sources == {JobState.DESTROYING}
+
+
+def test_conditions_named_in_the_table_are_declared():
+    named = set()
+    for row in TRANSITIONS:
+        cond = row.get("conditions")
+        if cond:
+            named.update([cond] if isinstance(cond, str) else cond)
+    assert named == set(CONDITIONS)
+
+
+class Model:
+    def __init__(self, journal: list, fail_journal: bool = False):
+        self.journal = journal
+        self.fail_journal = fail_journal
+        self.failed = False
+        self.cancelled = False
+        self.finished = False
+        self.started = False
+
+    def remote_job_finished(self, event=None):
+        return self.finished
+
+    def remote_job_started(self, event=None):
+        return self.started
+
+    def was_cancelled(self, event=None):
+        return self.cancelled
+
+    def has_failed(self, event=None):
+        return self.failed
+
+    def journal_transition(self, event):
+        if self.fail_journal:
+            raise OSError("disk full")
+        self.journal.append((event.transition.source, event.transition.dest, event.event.name))
+
+
+def machine() -> LockedMachine:
+    return LockedMachine(model=None, send_event=True, before_state_change="journal_transition",
+                         **machine_kwargs())
+
+
+def test_happy_path_is_journaled_in_order():
+    log: list = []
+    m, job = machine(), Model(log)
+    m.add_model(job)
+    for trigger in ["offers_found", "rented", "booted", "uploaded", "completed", "downloaded",
+                    "destroyed"]:
+        getattr(job, trigger)()
+    assert job.state is JobState.SUCCEEDED
+    assert [d for _, d, _ in log] == ["RENTING", "BOOTING", "UPLOADING", "RUNNING",
+                                      "DOWNLOADING", "DESTROYING", "SUCCEEDED"]
+
+
+def test_a_failed_journal_write_leaves_the_state_unchanged():
+    """Write-ahead: if the transition cannot be journaled, it does not happen."""
+    m, job = machine(), Model([], fail_journal=True)
+    m.add_model(job, initial=JobState.BOOTING)
+    with pytest.raises(OSError):
+        job.booted()
+    assert job.state is JobState.BOOTING
+
+
+@pytest.mark.parametrize(("finished", "started", "dest"), [
+    (True, True, JobState.DOWNLOADING),
+    (False, True, JobState.RUNNING),
+    (False, False, JobState.BOOTING),
+])
+def test_resume_enters_the_state_the_remote_job_is_in(finished, started, dest):
+    m, job = machine(), Model([])
+    job.finished, job.started = finished, started
+    m.add_model(job)
+    job.resume()
+    assert job.state is dest
+
+
+@pytest.mark.parametrize(("failed", "cancelled", "dest"), [
+    (False, False, JobState.SUCCEEDED),
+    (True, False, JobState.FAILED),
+    (False, True, JobState.CANCELLED),
+])
+def test_destroyed_ends_in_the_outcome_of_the_job(failed, cancelled, dest):
+    m, job = machine(), Model([])
+    job.failed, job.cancelled = failed, cancelled
+    m.add_model(job, initial=JobState.DESTROYING)
+    job.destroyed()
+    assert job.state is dest
+
+
+def test_triggers_not_in_the_table_are_refused():
+    from transitions.core import MachineError
+
+    m, job = machine(), Model([])
+    m.add_model(job, initial=JobState.SUCCEEDED)
+    with pytest.raises(MachineError):
+        job.fail()
+
+
+def test_job_model_attributes_do_not_shadow_triggers():
+    """transitions silently skips binding a trigger that a model attribute shadows."""
+    from snakemake_executor_plugin_vastai.driver import JobModel
+
+    triggers = {row["trigger"] for row in TRANSITIONS}
+    attributes = set(JobModel.__dataclass_fields__) | set(dir(JobModel))
+    assert not triggers & attributes
