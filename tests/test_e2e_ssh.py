@@ -137,3 +137,46 @@ def _running_jobs(wf: Path) -> int:
         return journal_rows(wf, "select count(*) from jobs where state = 'running'")[0][0]
     except sqlite3.Error:
         return 0
+
+
+def test_profile_config_yaml_drives_the_plugin(tmp_path, simulator):
+    """Settings from profiles/default/config.yaml, with a plain `snakemake` command."""
+    import subprocess
+    import sys
+
+    from tests.e2e import sim_env
+
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule one:\n    output: "one.txt"\n    shell: "echo ok > {output}"\n',
+        "profiles/default/config.yaml": (
+            f"executor: vastai\njobs: 2\nvastai-api-url: {simulator.url}\n"
+            "vastai-status-interval: 0.2\nvastai-max-price: 0.5\nvastai-gpu-name: RTX_3090\n"),
+    })
+    result = subprocess.run([sys.executable, "-m", "snakemake"], cwd=wf,
+                            env=sim_env(simulator.api_key), capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    truth = simulator.truth()
+    assert [i["gpu_name"] for i in truth["instances"]] == ["RTX 3090"]
+    assert truth["instances"][0]["dph_total"] <= 0.5
+    assert alive(truth) == []
+
+
+def test_journal_is_written_ahead_of_every_rent_and_destroy(tmp_path, simulator):
+    """The label is journaled before the create call, the destroy intent before destroy."""
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule all:\n    input: expand("o{i}.txt", i=range(3))\n'
+                     'rule one:\n    output: "o{i}.txt"\n'
+                     '    shell: "echo {wildcards.i} > {output}"\n',
+    })
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode == 0, result.stderr[-4000:]
+    truth = {i["id"]: i for i in simulator.truth()["instances"]}
+    rows = journal_rows(wf, "select instance_id, label, requested_at, destroy_requested_at, "
+                            "destroyed_at from instances")
+    assert len(rows) == 3
+    for instance_id, label, requested, destroy_requested, destroyed in rows:
+        sim = truth[instance_id]
+        assert sim["label"] == label
+        assert requested <= sim["created_at"]
+        assert destroy_requested <= sim["destroyed_at"] <= destroyed
