@@ -30,6 +30,7 @@ from typing import Any
 
 DEFAULT_URL = "https://console.vast.ai"
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+PAGE_SIZE = 25  # the v1 listing's maximum
 
 
 class VastError(Exception):
@@ -218,10 +219,26 @@ class VastAPI:
         self._call("instances/ssh", lambda: self._sdk.attach_ssh(instance_id, public_line))
 
     def list_instances(self, label_prefix: str | None = None) -> list[dict]:
-        """Every instance of the account (one paged listing), optionally by label prefix."""
+        """Every instance of the account, optionally only those with our label prefix.
+
+        Pages are fetched one by one, each with its own retries: the real API
+        rate-limits back-to-back calls to one endpoint, and the SDK's own
+        helper (which restarts from page one on any error) would then never
+        finish an account with more than one page of instances.
+        """
         from vastai.api import instances
 
-        rows = self._call("instances/list", lambda: instances.show_instances(self._sdk.client))
+        rows: list[dict] = []
+        params: dict[str, Any] = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}],
+                                  "limit": PAGE_SIZE}
+        while True:
+            page = self._call("instances/list", lambda p=dict(params):
+                              instances.show_instances_v1(self._sdk.client, p))
+            rows.extend(page.get("instances") or [])
+            token = page.get("next_token")
+            if not token:
+                break
+            params["after_token"] = token
         if label_prefix is None:
             return rows
         return [r for r in rows if str(r.get("label") or "").startswith(label_prefix)]

@@ -1,1 +1,20 @@
-"""A local Vast.ai: REST API, marketplace, instances as SSH sandboxes, faults, ground truth."""
+"""A local Vast.ai: REST API, marketplace, instances as SSH sandboxes, faults, ground truth.
+
+Modules, one concern each:
+
+- ``server``: ``SimConfig`` and the ``Simulator`` facade (start, stop, truth, faults).
+- ``api``: HTTP server, routing, auth, rate limiting, service faults, request counts.
+- ``routes``: what each REST endpoint does.
+- ``catalog``: the seeded built-in offer catalogue, or offers loaded from JSON.
+- ``market``: offer availability, search (filters, order, limit) and renting.
+- ``query``: evaluation of ``{field: {op: value}}`` filters and orderings.
+- ``fleet``: the account's instances and SSH keys, tying market and faults together.
+- ``instances``: one instance's lifecycle, processes, logs and billing clock.
+- ``timeline``: the per-instance scheduler.
+- ``faults``: the fault plan (every kind documented there).
+- ``sandbox``/``sshd``: the process side and the SSH server of an instance.
+- ``cli``: the ``simulate`` command; ``testing``: pytest fixtures.
+
+Importing this package is cheap; ``from ...simulator.server import Simulator`` pulls in
+the rest (asyncssh included).
+"""

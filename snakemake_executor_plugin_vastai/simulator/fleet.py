@@ -1,0 +1,227 @@
+"""The simulated account: its instances and SSH keys, tied to the market and the faults.
+
+Everything the REST routes do to instances goes through ``Fleet``: rent an offer, destroy,
+reboot, attach a key, read logs, list. It owns instance ids (deterministic given the seed),
+the per-instance directories under ``<state_dir>/instances/<id>/`` and logs under
+``<state_dir>/logs/``, and the account's SSH keys (installed on instances created later,
+as Vast does).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import catalog, sandbox
+from .faults import Fault, FaultPlan
+from .instances import Instance, LaunchSpec
+from .market import FOREIGN, Market, OfferGone
+
+FOREIGN_IMAGE = "vastai/base-image:cuda-12.4.1-auto"
+
+
+class FleetClosed(RuntimeError):
+    """The simulator is stopping; nothing new may start."""
+
+
+class Fleet:
+    """All instances of the account. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        market: Market,
+        plan: FaultPlan,
+        state_dir: Path,
+        sim_tag: str,
+        seed: int,
+        boot_delay_for: Callable[[int], float],
+    ) -> None:
+        self.market = market
+        self.plan = plan
+        self.state_dir = state_dir
+        self.sim_tag = sim_tag
+        self._boot_delay_for = boot_delay_for
+        self._lock = threading.Lock()
+        self._instances: dict[int, Instance] = {}
+        self._ids = random.Random(f"vastai-sim-ids-{seed}")
+        self._next_id = self._ids.randrange(20_000_000, 29_000_000)
+        self._keys: dict[int, dict[str, Any]] = {}
+        self._next_key = 100_000 + seed % 1000
+        self._closed = False
+
+    # ----- instances
+
+    def _allocate_id(self) -> int:
+        with self._lock:
+            if self._closed:
+                raise FleetClosed("the simulator is stopping")
+            self._next_id += self._ids.randrange(1, 40)
+            return self._next_id
+
+    def create(self, offer_id: int, payload: dict[str, Any]) -> int:
+        """Rent ``offer_id``. Raises OfferGone, ValueError (bad payload) or FleetClosed."""
+        spec = LaunchSpec.from_payload(payload)
+        if self.plan.take_offer(offer_id):
+            self.market.snatch(offer_id)
+            raise OfferGone(offer_id)
+        iid = self._allocate_id()
+        offer = self.market.take(offer_id, iid)
+        if spec.disk > float(offer.get("disk_space") or 0.0):
+            self.market.release(offer_id)
+            raise ValueError(
+                f"disk {spec.disk:g} GB exceeds the offer's "
+                f"{float(offer.get('disk_space') or 0):g} GB"
+            )
+        faults = self.plan.for_new_instance(spec.label)
+        inst = self._build(iid, offer, spec, faults, foreign=False)
+        inst.start()
+        return iid
+
+    def create_foreign(self, label: str) -> int:
+        """A running instance on the account that no workflow started."""
+        offer_id = self.market.first_available()
+        if offer_id is None:
+            raise OfferGone("no offer left for a foreign instance")
+        iid = self._allocate_id()
+        offer = self.market.take(offer_id, FOREIGN)
+        spec = LaunchSpec(image=FOREIGN_IMAGE, label=label, disk=16.0)
+        inst = self._build(iid, offer, spec, [], foreign=True)
+        inst.start_running_now()
+        return iid
+
+    def _build(
+        self,
+        iid: int,
+        offer: dict[str, Any],
+        spec: LaunchSpec,
+        faults: list[Fault],
+        *,
+        foreign: bool,
+    ) -> Instance:
+        box = self.state_dir / "instances" / str(iid)
+        shutil.rmtree(box, ignore_errors=True)  # a reused state dir: never share a sandbox
+        inst = Instance(
+            iid=iid,
+            offer=catalog.price(offer, spec.disk),
+            spec=spec,
+            tag=f"sim{self.sim_tag}-i{iid}",
+            sandbox_dir=box,
+            log_path=self.state_dir / "logs" / f"{iid}.log",
+            boot_delay=self._boot_delay_for(iid),
+            faults=faults,
+            keys=[k["public_key"] for k in self.account_keys()],
+            on_vanish=self._vanished,
+            foreign=foreign,
+        )
+        with self._lock:
+            if self._closed:
+                self.market.release(int(offer["id"]))
+                raise FleetClosed("the simulator is stopping")
+            self._instances[iid] = inst
+        return inst
+
+    def _vanished(self, inst: Instance) -> None:
+        """A vanish fault fired: the machine is gone for good."""
+        self.market.retire(int(inst.offer["id"]))
+        inst.teardown()
+
+    def get(self, iid: int) -> Instance | None:
+        """A live instance of the account (destroyed and vanished ones are gone)."""
+        with self._lock:
+            inst = self._instances.get(iid)
+        return inst if inst is not None and inst.alive else None
+
+    def visible(self) -> list[Instance]:
+        """Live instances, by id."""
+        with self._lock:
+            return [i for _, i in sorted(self._instances.items()) if i.alive]
+
+    def everything(self) -> list[Instance]:
+        """Every instance ever created (for the ground truth)."""
+        with self._lock:
+            return [i for _, i in sorted(self._instances.items())]
+
+    def destroy(self, iid: int) -> bool:
+        """Destroy: gone from the API, SSH down, processes killed, offer back on sale."""
+        inst = self.get(iid)
+        if inst is None or not inst.end():
+            return False
+        self.market.release(int(inst.offer["id"]))
+        inst.teardown()
+        return True
+
+    def add_fault(self, fault: Fault) -> None:
+        """A fault aimed at one existing instance."""
+        inst = self.get(int(fault.instance_id or 0))
+        if inst is None:
+            raise ValueError(f"no live instance {fault.instance_id}")
+        inst.add_fault(fault)
+
+    # ----- account SSH keys
+
+    def account_keys(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(k) for k in self._keys.values()]
+
+    def add_account_key(self, public_key: str) -> dict[str, Any]:
+        with self._lock:
+            self._next_key += 1
+            key = {
+                "id": self._next_key,
+                "public_key": public_key.strip(),
+                "created_at": time.time(),
+                "deleted_at": None,
+            }
+            self._keys[key["id"]] = key
+            return dict(key)
+
+    def remove_account_key(self, key_id: int) -> bool:
+        with self._lock:
+            return self._keys.pop(key_id, None) is not None
+
+    # ----- stopping and checking
+
+    def close(self) -> None:
+        """Stop every instance's SSH server and processes (in parallel). Idempotent.
+
+        Instances the client did not destroy stay ``alive`` in the truth (a leak stays
+        visible), but their billing clock stops with the simulator.
+        """
+        with self._lock:
+            self._closed = True
+            instances = list(self._instances.values())
+        for inst in instances:
+            inst.freeze()
+        threads = [threading.Thread(target=i.teardown, daemon=True) for i in instances]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30.0)
+
+    def leftovers(self) -> dict[str, list[int]]:
+        """Processes and listening SSH ports of this simulator that still exist."""
+        pids: list[int] = []
+        ports: list[int] = []
+        running = [i for i in self.everything() if i.alive and not self._closed]
+        in_use = {i.ssh_port for i in running}
+        for inst in self.everything():
+            if inst in running:
+                continue
+            pids += sandbox.tagged_pids(inst.tag)
+            port = inst.ssh_port
+            if port and port not in in_use and _listening(port):
+                ports.append(port)
+        return {"pids": sorted(pids), "ports": sorted(ports)}
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
