@@ -51,7 +51,9 @@ class Fleet:
         self._lock = threading.Lock()
         self._instances: dict[int, Instance] = {}
         self._ids = random.Random(f"vastai-sim-ids-{seed}")
-        self._next_id = self._ids.randrange(20_000_000, 29_000_000)
+        # Ids grow with wall-clock time, like the real service's, so a workflow
+        # journal that outlives one simulator never meets a reused id in the next.
+        self._next_id = 20_000_000 + int(time.time() * 1000) % 900_000_000
         self._keys: dict[int, dict[str, Any]] = {}
         self._next_key = 100_000 + seed % 1000
         self._closed = False
