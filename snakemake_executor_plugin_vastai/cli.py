@@ -1,4 +1,4 @@
-"""``python -m snakemake_executor_plugin_vastai``: demo, simulate.
+"""``python -m snakemake_executor_plugin_vastai``: demo, simulate, journal, statechart.
 
 Each subcommand is a short function that hands its remaining arguments to the
 module that owns the concern, so ``--help`` of each is that module's own.
@@ -7,6 +7,8 @@ Examples::
 
     python -m snakemake_executor_plugin_vastai demo
     python -m snakemake_executor_plugin_vastai simulate --port 0
+    python -m snakemake_executor_plugin_vastai journal jobs
+    python -m snakemake_executor_plugin_vastai statechart
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ USAGE = """usage: python -m snakemake_executor_plugin_vastai COMMAND [ARGS...]
 commands:
   demo       run an example workflow through the plugin on the bundled simulator
   simulate   start the local Vast.ai simulator (REST API + SSH instances)
+  journal    inspect this workflow's journal (runs, jobs, instances, cost, cleanup)
+  statechart regenerate statecharts/ from the job state machine
 
 'COMMAND --help' shows each command's options.
 """
@@ -36,9 +40,23 @@ def _simulate(argv: list[str]) -> int:
     return main(argv)
 
 
+def _journal(argv: list[str]) -> int:
+    from .journal_cli import main
+
+    return main(argv)
+
+
+def _statechart(argv: list[str]) -> int:
+    from .statechart import main
+
+    return main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "demo": _demo,
     "simulate": _simulate,
+    "journal": _journal,
+    "statechart": _statechart,
 }
 
 

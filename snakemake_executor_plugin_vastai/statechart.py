@@ -1,0 +1,77 @@
+"""Draw the job state machine from its definition, into ``statecharts/``.
+
+``python -m snakemake_executor_plugin_vastai statechart`` regenerates the
+files; ``--check`` only compares and exits 1 on drift (the test suite runs the
+same comparison, so the picture can never disagree with ``machine.py``). The
+drawing uses the transitions library's Mermaid engine, which needs no system
+graphviz; GitHub renders the Markdown file's Mermaid block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .machine import machine_kwargs
+
+CHART_DIR = Path(__file__).resolve().parent.parent / "statecharts"
+MERMAID_FILE = "job-lifecycle.mmd"
+MARKDOWN_FILE = "job-lifecycle.md"
+
+HEADER = """\
+# Job life cycle
+
+Generated from `snakemake_executor_plugin_vastai/machine.py` by
+`python -m snakemake_executor_plugin_vastai statechart`; a test fails when this
+file and the code disagree. Guards are shown in brackets. Every failure and
+every cancel passes through `DESTROYING`.
+
+"""
+
+
+def mermaid() -> str:
+    """The chart as Mermaid ``stateDiagram-v2`` text, drawn from the initial state."""
+    from transitions.extensions import GraphMachine
+
+    class Drawing:
+        """A bare model: the drawing needs no job."""
+
+    drawing = Drawing()
+    GraphMachine(model=drawing, graph_engine="mermaid", show_conditions=True,
+                 title="Job life cycle", **machine_kwargs())
+    lines = [line.rstrip() for line in drawing.get_graph().draw(None).rstrip().splitlines()]
+    if lines[:1] == ["---"] and len(lines) > 2 and lines[2] == "---":
+        lines[1] = f"title: {lines[1]}"  # Mermaid front matter is YAML
+    return "\n".join(lines) + "\n"
+
+
+def rendered() -> dict[str, str]:
+    """File name -> content, for every file in statecharts/."""
+    text = mermaid()
+    return {MERMAID_FILE: text, MARKDOWN_FILE: f"{HEADER}```mermaid\n{text}```\n"}
+
+
+def drift(directory: Path = CHART_DIR) -> list[str]:
+    """Names of chart files that are missing or differ from the code."""
+    return [name for name, text in rendered().items()
+            if not (directory / name).exists() or (directory / name).read_text() != text]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Example: ``python -m snakemake_executor_plugin_vastai statechart --check``."""
+    parser = argparse.ArgumentParser(prog="python -m snakemake_executor_plugin_vastai statechart",
+                                     description="Regenerate statecharts/ from machine.py.")
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 on drift")
+    parser.add_argument("--dir", type=Path, default=CHART_DIR, help="output directory")
+    args = parser.parse_args(argv)
+    stale = drift(args.dir)
+    if args.check:
+        for name in stale:
+            print(f"{args.dir / name} is out of date; run the statechart command", file=sys.stderr)
+        return 1 if stale else 0
+    args.dir.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered().items():
+        (args.dir / name).write_text(text)
+        print(f"wrote {args.dir / name}")
+    return 0

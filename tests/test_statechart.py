@@ -1,0 +1,26 @@
+"""The committed statechart is what the machine definition draws."""
+
+from __future__ import annotations
+
+from snakemake_executor_plugin_vastai import statechart
+from snakemake_executor_plugin_vastai.machine import TRANSITIONS, JobState
+
+
+def test_committed_statechart_matches_the_machine():
+    assert statechart.drift() == [], "run: python -m snakemake_executor_plugin_vastai statechart"
+
+
+def test_chart_shows_every_state_and_trigger():
+    text = statechart.mermaid()
+    for state in JobState:
+        assert f'state "{state.name}"' in text
+    for row in TRANSITIONS:
+        assert row["trigger"] in text
+
+
+def test_drift_is_detected(tmp_path):
+    statechart.main(["--dir", str(tmp_path)])
+    assert statechart.drift(tmp_path) == []
+    (tmp_path / statechart.MERMAID_FILE).write_text("stateDiagram-v2\n")
+    assert statechart.drift(tmp_path) == [statechart.MERMAID_FILE]
+    assert statechart.main(["--dir", str(tmp_path), "--check"]) == 1
