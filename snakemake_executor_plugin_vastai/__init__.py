@@ -89,6 +89,11 @@ class ExecutorSettings(ExecutorSettingsBase):
     status_interval: float = field(default=5.0, metadata={
         "help": "Seconds between instance status listings (one API call serves all jobs).",
         "env_var": False, "required": False})
+    on_restart: str = field(default="resume", metadata={
+        "help": "What to do with instances an earlier, crashed run left alive: 'resume' "
+                "re-attaches jobs Snakemake runs again and destroys the rest; 'destroy' "
+                "destroys them all at start.",
+        "env_var": False, "required": False, "choices": ["resume", "destroy"]})
     offline_grace: float = field(default=120.0, metadata={
         "help": "Seconds an offline/unknown host is tolerated before its job fails.",
         "env_var": False, "required": False})
@@ -113,6 +118,9 @@ class Executor(RemoteExecutor):
     """Thin glue between Snakemake and a :class:`~.runtime.Run`."""
 
     def __post_init__(self) -> None:
+        from .vast import skip_serverless_client
+
+        skip_serverless_client()
         from .startup import start_run
 
         self.next_seconds_between_status_checks = STATUS_CHECK_SECONDS
@@ -147,7 +155,7 @@ class Executor(RemoteExecutor):
 
     def shutdown(self) -> None:
         super().shutdown()
-        self.run.cancel_all()
+        self.run.finish()
         self.run.close("finished")
 
     def _install_signal_handlers(self) -> None:

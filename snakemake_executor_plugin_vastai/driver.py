@@ -17,8 +17,10 @@ the journal as ``retry`` transitions.
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from transitions.extensions import LockedMachine
 
 from .machine import JobState, machine_kwargs
 from .offers import describe
+from .recovery import resumable_state
 from .remote import (
     AllowedPaths,
     Endpoint,
@@ -59,6 +62,22 @@ FATAL_BOOT_PATTERNS = re.compile(
 )
 BOOT_FAILED_STATUSES = frozenset({"exited", "stopped", "frozen"})
 HEARTBEAT_LOST_STATUSES = frozenset({"offline", "unknown"})
+
+
+CRASH_ENV = "SNAKEMAKE_VASTAI_CRASH_AT"
+CRASH_POINTS = ("after_rent_intent", "after_create", "after_launch", "after_download",
+                "after_destroy_request")
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash tests: SIGKILL ourselves at a named point.
+
+    Inert unless ``SNAKEMAKE_VASTAI_CRASH_AT`` names this point. The points sit
+    where a crash is hardest to survive, e.g. between the create request and
+    the journal write of its answer.
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class JobFailure(Exception):
@@ -92,7 +111,8 @@ class JobModel:
     failure: str | None = None
     cancel_requested: bool = False
     log_offset: int = 0
-    billed: tuple[float, float] | None = None
+    claim: Any = None  # recovery.Claim: an earlier run's live instance to re-attach to
+    key: Any = None  # the SSH key for this job's instance (an earlier run's, on resume)
 
     # -- conditions named in machine.TRANSITIONS ----------------------------------
     def remote_job_finished(self, event: Any = None) -> bool:
@@ -179,6 +199,9 @@ class JobDriver:
 
     def _step(self) -> None:
         state = self.m.state
+        if self.m.cancel_requested and state is not JobState.DESTROYING:
+            self.fire("cancel", detail="cancelled")
+            return
         try:
             STEPS[state](self)
         except JobCancelled:
@@ -201,6 +224,9 @@ class JobDriver:
     # -- searching ----------------------------------------------------------------
     def step_searching(self) -> None:
         self.check_cancel()
+        if self.m.claim is not None:
+            self.step_resuming()
+            return
         request = self.run.offer_request(self.m)
         self.run.log.info("searching offers", job=self.m.job_id, rule=self.m.rule,
                           query=request.text, verbose=True)
@@ -226,6 +252,35 @@ class JobDriver:
         time.sleep(min(2.0 ** self.m.searches, 10.0) * random.uniform(0.5, 1.0))
         self.m.searches += 1
 
+    # -- resuming (an earlier run's instance) -------------------------------------------
+    def step_resuming(self) -> None:
+        """Re-attach to a live instance from an earlier run instead of renting anew."""
+        claim, self.m.claim = self.m.claim, None
+        self.m.instance_id = int(claim.instance["instance_id"])
+        self.m.label = claim.instance["label"]
+        self.m.key = claim.key
+        self.m.endpoint = ssh_endpoint(claim.row)
+        status = None
+        if claim.key is not None and self.m.endpoint is not None \
+                and claim.row.get("actual_status") == "running":
+            try:
+                status = self._with_ssh("re-attach", lambda s: s.job_status(self.run.remote_dir))
+            except JobFailure as exc:
+                self.run.log.warning("cannot re-attach over SSH; booting it again",
+                                     job=self.m.job_id, instance=self.m.instance_id,
+                                     error=str(exc))
+        self.m.remote_started, self.m.exit_code = resumable_state(status)
+        if not self.m.remote_started:
+            self.m.key = None  # the boot step authorises this run's key
+        self.run.watcher.watch(self.m.instance_id)
+        old = claim.job
+        self.fire("resume", detail={"from_job": old["id"], "from_run": old["run_id"],
+                                    "instance": self.m.instance_id, "remote": str(status)},
+                  resumed_from=old["id"], label=self.m.label, instance_id=self.m.instance_id,
+                  offer_id=old.get("offer_id"), machine_id=old.get("machine_id"),
+                  gpu_name=old.get("gpu_name"), num_gpus=old.get("num_gpus"),
+                  dph_total=old.get("dph_total"))
+
     # -- renting -------------------------------------------------------------------
     def step_renting(self) -> None:
         while self.m.candidates:
@@ -248,6 +303,7 @@ class JobDriver:
         self.run.journal.record_rent_intent(job_id=self.m.job_id, run_id=self.run.run_id,
                                             label=label, offer=offer_facts(offer))
         self.m.label = label  # only once the intent is journaled (destroying looks it up)
+        crash_point("after_rent_intent")
         try:
             instance_id = self.run.create_instance(offer, label, self.m)
         except OfferGone:
@@ -257,6 +313,7 @@ class JobDriver:
             raise JobFailure(str(exc)) from None
         except VastError as exc:
             instance_id = self._adopt_after_doubt(label, exc)
+        crash_point("after_create")
         self.m.instance_id = instance_id
         self.m.offer = offer
         self.run.journal.record_instance_created(label, instance_id)
@@ -336,7 +393,7 @@ class JobDriver:
         assert self.m.endpoint is not None
         pinned = self.run.journal.pinned_host_key(iid)
         try:
-            session = RemoteSession.connect(self.m.endpoint, self.run.key.pkey,
+            session = RemoteSession.connect(self.m.endpoint, (self.m.key or self.run.key).pkey,
                                             pinned_host_key=pinned,
                                             timeout=self.run.settings.ssh_timeout)
         except HostKeyMismatch as exc:
@@ -405,6 +462,7 @@ class JobDriver:
             env = self.run.job_environment(self.m)
             self._with_ssh("launch", lambda s: s.launch(self.run.remote_dir, command, env=env))
             self.m.remote_started = True
+            crash_point("after_launch")
         end = self._with_ssh("run", self._follow)
         if end.lost:
             raise JobFailure(f"instance {self.m.instance_id}: the job's process disappeared "
@@ -442,6 +500,7 @@ class JobDriver:
                               f"on instance {self.m.instance_id}; remote log: {self.m.log_path}"
                               f"{log_tail(self.m.log_path)}")
             self.run.journal.update_job(self.m.job_id, last_error=self.m.failure)
+        crash_point("after_download")
         self.fire("downloaded", detail={"paths": len(back.paths), "exit_code": self.m.exit_code})
 
     # -- destroying ------------------------------------------------------------------
@@ -478,6 +537,7 @@ class JobDriver:
             self.run.journal.record_destroy_requested(instance_id=iid)
             try:
                 self.run.api.destroy_instance(iid)
+                crash_point("after_destroy_request")
                 gone = self.run.api.show_instance(iid) is None
             except VastError as exc:
                 self.fire("destroy_retry", detail=str(exc))

@@ -27,7 +27,8 @@ from .keys import RunKey
 from .logs import SECRETS, PluginLogger
 from .machine import JobState
 from .offers import OfferRequest, OfferSettings, build_offer_request
-from .vast import VastAPI
+from .recovery import Recovery, scheduled_fingerprints
+from .vast import VastAPI, VastError
 from .watcher import InstanceWatcher
 
 LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
@@ -49,6 +50,7 @@ class RunSettings:
     offer_settings: OfferSettings
     ssh_timeout: float = 20.0
     max_download_bytes: int | None = None
+    on_restart: str = "resume"
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,15 @@ class Run:
             snakemake_version=hooks.snakemake_version, plugin_version=plugin_version,
             settings=public_settings(settings))
         self.api = VastAPI(api_key, settings.api_url, on_retry=self._api_retry)
-        key_dir = workdir / ".snakemake" / "vastai" / "keys"
-        self.key = RunKey.load_or_create(key_dir, self.run_id)
+        self.key_dir = workdir / ".snakemake" / "vastai" / "keys"
+        self.key = RunKey.load_or_create(self.key_dir, self.run_id)
         self.watcher = InstanceWatcher(self.api, self.journal.label_prefix,
                                        settings.status_interval, on_error=self._watch_error)
         self.machine = build_machine()
         self.remote_dir = payload.REMOTE_DIR
         self.drivers: dict[str, JobDriver] = {}
+        self.recovery = Recovery(self, settings.on_restart)
+        self._untracked: list[threading.Thread] = []
         self._claims: set[int] = set()
         self._lock = threading.Lock()
         self._archive: Path | None = None
@@ -94,25 +98,69 @@ class Run:
         atexit.register(self._at_exit)
 
     # -- jobs ---------------------------------------------------------------------
+    def fingerprint(self, job: Any) -> str:
+        """The job's identity across runs (see payload.fingerprint)."""
+        return payload.fingerprint(job_rule(job), job.output, command_text(job),
+                                   getattr(job, "params", ""), job.input, self.workdir)
+
+    def reconcile(self, workflow: Any) -> None:
+        """Before renting anything: settle what earlier runs left (see recovery.py)."""
+        scheduled = scheduled_fingerprints(workflow, self.workdir, self.fingerprint)
+        self.recovery.reconcile(scheduled)
+
     def submit(self, job: Any) -> JobModel:
-        """Journal a new job and start its driver thread."""
+        """Journal a new job and start its driver thread (re-attaching if it can)."""
         rule = job_rule(job)
-        fp = payload.fingerprint(rule, job.output, self.hooks.job_command(job),
-                                 getattr(job, "params", ""), job.input, self.workdir)
+        fp = self.fingerprint(job)
         log_path = self._log_path(job, rule)
         job_id = self.journal.add_job(run_id=self.run_id, rule=rule,
                                       snakemake_jobid=job.jobid, fingerprint=fp,
                                       attempt=job.attempt, state=JobState.SEARCHING.value,
                                       log_path=str(log_path))
         model = JobModel(job_id=job_id, run=self, snakemake_job=job, rule=rule,
-                         attempt=job.attempt, fingerprint=fp, log_path=str(log_path))
-        self.machine.add_model(model, initial=JobState.SEARCHING)
+                         attempt=job.attempt, fingerprint=fp, log_path=str(log_path),
+                         claim=self.recovery.claim(fp))
+        if model.claim is not None:
+            self.recovery.resumed += 1
+        self.log.info("job submitted", job=job_id, rule=rule, attempt=job.attempt,
+                      resuming=model.claim.job["id"] if model.claim else None)
+        self._start(model, JobState.SEARCHING)
+        return model
+
+    def _start(self, model: JobModel, state: JobState) -> JobDriver:
+        self.machine.add_model(model, initial=state)
         driver = JobDriver(model, self.machine)
         with self._lock:
-            self.drivers[job_id] = driver
-        self.log.info("job submitted", job=job_id, rule=rule, attempt=job.attempt)
+            self.drivers[model.job_id] = driver
         driver.start()
-        return model
+        return driver
+
+    def close_old_job(self, row: dict, instance_id: int | None, label: str | None) -> None:
+        """Drive an earlier run's unfinished job to cancelled, destroying its instance."""
+        model = JobModel(job_id=row["id"], run=self, snakemake_job=None, rule=row["rule"],
+                         attempt=int(row.get("attempt") or 1), fingerprint=row["fingerprint"],
+                         log_path=str(row.get("log_path") or ""), cancel_requested=True,
+                         instance_id=instance_id, label=label)
+        self._start(model, JobState(row["state"]))
+
+    def destroy_untracked(self, instance_id: int, label: str | None = None) -> None:
+        """Destroy an instance of this workflow that no job row owns (in the background)."""
+
+        def destroy() -> None:
+            try:
+                if label:
+                    self.journal.record_destroy_requested(label=label)
+                self.api.destroy_instance(instance_id)
+                if label:
+                    self.journal.record_instance_destroyed(label=label)
+            except VastError as exc:
+                self.log.error("could not destroy a leftover instance; run 'journal cleanup'",
+                               instance=instance_id, error=str(exc))
+
+        thread = threading.Thread(target=destroy, name=f"vastai-destroy-{instance_id}",
+                                  daemon=True)
+        self._untracked.append(thread)
+        thread.start()
 
     def job_ended(self, model: JobModel) -> None:
         """Called by a driver thread when its job reached a terminal state."""
@@ -224,6 +272,13 @@ class Run:
         self.log.warning("instance listing failed; retrying next tick", error=str(exc))
 
     # -- the end -----------------------------------------------------------------------
+    def finish(self) -> None:
+        """The scheduler is done: destroy unclaimed leftovers, wait for every job."""
+        self.recovery.release_unclaimed()
+        self.cancel_all()
+        for thread in self._untracked:
+            thread.join(timeout=CANCEL_WAIT)
+
     def cancel_all(self, wait: float = CANCEL_WAIT) -> None:
         """Cancel every job and wait until each has destroyed what it rented."""
         with self._lock:
@@ -251,16 +306,38 @@ class Run:
         self.log.info(self.summary())
 
     def summary(self) -> str:
+        """One line: jobs by outcome, instances rented/resumed, instance-hours, dollars."""
         with self._lock:
-            models = [d.m for d in self.drivers.values()]
+            models = [d.m for d in self.drivers.values() if d.m.snakemake_job is not None]
         states: dict[str, int] = {}
         for m in models:
             states[m.state.value] = states.get(m.state.value, 0) + 1
-        seconds, dollars = self.journal.run_cost(self.run_id)
-        rented = sum(1 for m in models if m.instance_id is not None)
+        labels = {m.label for m in models if m.label and m.instance_id is not None}
+        resumed = self.recovery.resumed
+        seconds = dollars = 0.0
+        for label in labels:
+            cost = self.journal.instance_cost(label)
+            seconds, dollars = seconds + cost[0], dollars + cost[1]
         parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        return (f"run summary: {len(models)} jobs ({parts or 'none'}), {rented} instances "
-                f"rented, {seconds / 3600:.4f} instance-hours, ${dollars:.4f}")
+        return (f"run summary: {len(models)} jobs ({parts or 'none'}), "
+                f"{len(labels) - resumed} instances rented, {resumed} resumed, "
+                f"{seconds / 3600:.4f} instance-hours, ${dollars:.4f}")
+
+
+def command_text(job: Any) -> str:
+    """What the job runs, stable across runs (unlike the spawned Snakemake command line)."""
+    if job.is_group():
+        return "\n".join(command_text(j) for j in job.jobs)
+    rule = job.rule
+    for attr in ("script", "notebook", "wrapper"):
+        value = getattr(rule, attr, None)
+        if value:
+            return f"{attr}:{value}"
+    try:
+        shellcmd = job.shellcmd
+    except Exception:
+        shellcmd = None
+    return f"shell:{shellcmd}" if shellcmd else f"run:{rule.name}"
 
 
 def job_rule(job: Any) -> str:
@@ -280,5 +357,5 @@ def public_settings(settings: RunSettings) -> dict:
         "gpu_name": offer.gpu_name, "max_price": offer.max_price,
         "geolocation": offer.geolocation, "reliability": offer.reliability,
         "allow_hobbyist": offer.allow_hobbyist, "order": offer.order,
-        "search_query": offer.search_query,
+        "search_query": offer.search_query, "on_restart": settings.on_restart,
     }

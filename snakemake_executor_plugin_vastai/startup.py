@@ -52,7 +52,8 @@ def run_settings(settings: Any) -> RunSettings:
         boot_timeout=float(settings.boot_timeout), keep_instances=bool(settings.keep_instances),
         forward_credentials=not settings.no_forward_credentials,
         status_interval=float(settings.status_interval),
-        offline_grace=float(settings.offline_grace), offer_settings=offer_settings)
+        offline_grace=float(settings.offline_grace), offer_settings=offer_settings,
+        on_restart=str(getattr(settings, "on_restart", "resume")))
 
 
 def validate_scheduled_jobs(workflow: Any) -> None:
@@ -100,5 +101,6 @@ def start_run(executor: Any) -> Run:
         run.close("unreachable")
         raise WorkflowError(f"Vast.ai API at {resolved.api_url} is not reachable "
                             f"(--vastai-api-url / VAST_URL): {exc}") from None
+    run.reconcile(executor.workflow)
     log.info("run started", run=run.run_id, api=resolved.api_url, image=resolved.image)
     return run
