@@ -89,6 +89,10 @@ class ExecutorSettings(ExecutorSettingsBase):
     status_interval: float = field(default=5.0, metadata={
         "help": "Seconds between instance status listings (one API call serves all jobs).",
         "env_var": False, "required": False})
+    max_spend: Optional[float] = field(default=None, metadata={
+        "help": "Dollars this run may spend on instances; once reached, no new instance is "
+                "rented, running jobs finish, and the run fails.",
+        "env_var": False, "required": False})
     on_restart: str = field(default="resume", metadata={
         "help": "What to do with instances an earlier, crashed run left alive: 'resume' "
                 "re-attaches jobs Snakemake runs again and destroys the rest; 'destroy' "

@@ -136,9 +136,10 @@ class JobModel:
             self.job_id, source=source, dest=dest, trigger=event.event.name,
             detail=event.kwargs.get("detail"), **event.kwargs.get("fields", {}),
         )
-        self.run.log.debug("transition", job=self.job_id, rule=self.rule, source=source,
-                           dest=dest, trigger=event.event.name,
-                           detail=event.kwargs.get("detail"), instance=self.instance_id)
+        self.run.log.info("transition", job=self.job_id, rule=self.rule, state=dest,
+                          source=source, trigger=event.event.name,
+                          detail=event.kwargs.get("detail"), instance=self.instance_id,
+                          verbose=True)
 
 
 def build_machine() -> LockedMachine:
@@ -161,6 +162,12 @@ class JobDriver:
                                        daemon=True)
 
     # -- plumbing ---------------------------------------------------------------
+    def log(self, level: str, event: str, **kw: Any) -> None:
+        """Log with the job's identity, state and instance on every event."""
+        getattr(self.run.log, level)(event, job=self.m.job_id, rule=self.m.rule,
+                                     state=self.m.state.value, instance=self.m.instance_id,
+                                     **kw)
+
     def start(self) -> None:
         self.thread.start()
 
@@ -210,7 +217,7 @@ class JobDriver:
         except JobFailure as exc:
             self._fail(state, str(exc))
         except Exception as exc:  # a bug or an unforeseen answer: still clean up
-            self.run.log.exception("unexpected error", job=self.m.job_id, rule=self.m.rule)
+            self.log("exception", "unexpected error")
             self._fail(state, f"internal error in state {state.value}: {exc!r}")
 
     def _fail(self, state: JobState, message: str) -> None:
@@ -227,9 +234,11 @@ class JobDriver:
         if self.m.claim is not None:
             self.step_resuming()
             return
+        capped = self.run.spend_cap_reached()
+        if capped:
+            raise JobFailure(f"rule {self.m.rule}: {capped}")
         request = self.run.offer_request(self.m)
-        self.run.log.info("searching offers", job=self.m.job_id, rule=self.m.rule,
-                          query=request.text, verbose=True)
+        self.log("info", "searching offers", query=request.text, verbose=True)
         offers = self.run.api.search_offers(request.query, request.order, request.limit,
                                             request.storage_gb)
         offers = [o for o in offers if not self.run.offer_claimed(int(o["id"]))]
@@ -266,9 +275,8 @@ class JobDriver:
             try:
                 status = self._with_ssh("re-attach", lambda s: s.job_status(self.run.remote_dir))
             except JobFailure as exc:
-                self.run.log.warning("cannot re-attach over SSH; booting it again",
-                                     job=self.m.job_id, instance=self.m.instance_id,
-                                     error=str(exc))
+                self.log("warning", "cannot re-attach over SSH; booting it again",
+                         error=str(exc))
         self.m.remote_started, self.m.exit_code = resumable_state(status)
         if not self.m.remote_started:
             self.m.key = None  # the boot step authorises this run's key
@@ -285,6 +293,9 @@ class JobDriver:
     def step_renting(self) -> None:
         while self.m.candidates:
             self.check_cancel()
+            capped = self.run.spend_cap_reached()
+            if capped:
+                raise JobFailure(f"rule {self.m.rule}: {capped}")
             offer = self.m.candidates.pop(0)
             if not self.run.claim_offer(int(offer["id"])):
                 continue
@@ -513,8 +524,7 @@ class JobDriver:
             self.fire("destroyed", detail="nothing was rented")
             return
         if self.run.settings.keep_instances:
-            self.run.log.warning("keeping instance (it keeps billing!)", job=self.m.job_id,
-                                 instance=iid)
+            self.log("warning", "keeping instance (it keeps billing!)")
             self.fire("destroyed", detail={"kept": iid})
             return
         self._destroy(iid)

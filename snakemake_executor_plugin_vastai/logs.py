@@ -13,9 +13,12 @@ any registered secret value found anywhere in the event, become ``***``.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -103,20 +106,87 @@ class _SnakemakeSink:
     msg = info
 
 
-class PluginLogger:
-    """The object handed around: ``log.info("event", job=..., instance=...)``."""
+EVENT_FIELDS = ("job", "rule", "state", "instance")
+
+
+class _JsonLinesSink:
+    """Appends one JSON object per line to the run's event file (mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+        self._lock = threading.Lock()
+        self.path = path
+
+    def msg(self, line: str) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(line + "\n")
+
+    debug = info = warning = error = critical = exception = msg
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def _event_fields(_logger: Any, method: str, event_dict: dict) -> dict:
+    """Every event carries job, rule, state, instance (None when not about a job) and time."""
+    for name in EVENT_FIELDS:
+        event_dict.setdefault(name, None)
+    event_dict["level"] = method
+    event_dict["ts"] = round(time.time(), 6)
+    return event_dict
+
+
+class _Sinks:
+    """Shared by a logger and its bound children."""
 
     def __init__(self, snakemake_logger: Any) -> None:
-        sink = _SnakemakeSink(snakemake_logger)
-        self._sink = sink
-        self._log = structlog.wrap_logger(
-            sink, processors=[redact, structlog.processors.format_exc_info, _render],
-        )
+        self.human = structlog.wrap_logger(
+            _SnakemakeSink(snakemake_logger),
+            processors=[redact, structlog.processors.format_exc_info, _render])
+        self.events: Any = None
+        self.file: _JsonLinesSink | None = None
+
+
+class PluginLogger:
+    """The object handed around: ``log.info("event", job=..., instance=...)``.
+
+    Human lines go to Snakemake's logger; with :meth:`open_events`, every event
+    also lands as JSON in the run's event file. ``verbose=True`` events are
+    debug-level for humans (shown with ``--verbose``) and always in the file.
+    """
+
+    def __init__(self, snakemake_logger: Any, *, _sinks: _Sinks | None = None,
+                 _context: dict | None = None) -> None:
+        self._sinks = _sinks or _Sinks(snakemake_logger)
+        self._context = dict(_context or {})
+
+    def bind(self, **context: Any) -> PluginLogger:
+        """A logger that adds ``context`` to every event (e.g. job=..., rule=...)."""
+        return PluginLogger(None, _sinks=self._sinks, _context={**self._context, **context})
+
+    def open_events(self, path: Path) -> None:
+        """Start the JSON-lines event file of this run."""
+        sink = _JsonLinesSink(path)
+        self._sinks.file = sink
+        self._sinks.events = structlog.wrap_logger(sink, processors=[
+            _event_fields, redact, structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(default=str)])
+
+    def close(self) -> None:
+        if self._sinks.file is not None:
+            self._sinks.events = None
+            self._sinks.file.close()
 
     def _emit(self, method: str, event: str, kw: dict) -> None:
-        if kw.pop("verbose", False) and method == "info":
-            method = "debug"
-        getattr(self._log, method)(event, **kw)
+        kw = {**self._context, **kw}
+        human = "debug" if kw.pop("verbose", False) and method == "info" else method
+        if self._sinks.events is not None:
+            getattr(self._sinks.events, method)(event, **dict(kw))
+        getattr(self._sinks.human, human)(event, **kw)
 
     def debug(self, event: str, **kw: Any) -> None:
         self._emit("debug", event, kw)

@@ -51,6 +51,7 @@ class RunSettings:
     ssh_timeout: float = 20.0
     max_download_bytes: int | None = None
     on_restart: str = "resume"
+    max_spend: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Run:
         self.run_id = self.journal.start_run(
             snakemake_version=hooks.snakemake_version, plugin_version=plugin_version,
             settings=public_settings(settings))
+        self.events_path = workdir / ".snakemake" / "vastai" / "logs" / f"{self.run_id}.jsonl"
+        self.log.open_events(self.events_path)
         self.api = VastAPI(api_key, settings.api_url, on_retry=self._api_retry)
         self.key_dir = workdir / ".snakemake" / "vastai" / "keys"
         self.key = RunKey.load_or_create(self.key_dir, self.run_id)
@@ -172,7 +175,8 @@ class Run:
         level = "info" if model.state is JobState.SUCCEEDED else "warning"
         first_line = model.failure.splitlines()[0] if model.failure else None
         getattr(self.log, level)(f"job {model.state.value}", job=model.job_id, rule=model.rule,
-                                 instance=model.instance_id, error=first_line)
+                                 state=model.state.value, instance=model.instance_id,
+                                 error=first_line)
 
     # -- offers --------------------------------------------------------------------
     def offer_request(self, model: JobModel) -> OfferRequest:
@@ -181,6 +185,17 @@ class Run:
         return build_offer_request(self.settings.offer_settings, dict(job.resources),
                                    int(job.threads or 1), rule=model.rule,
                                    exclude_machines=excluded)
+
+    def spend_cap_reached(self) -> str | None:
+        """A message once --vastai-max-spend is used up by this run's instances."""
+        cap = self.settings.max_spend
+        if cap is None:
+            return None
+        _seconds, spent = self.journal.run_cost(self.run_id)
+        if spent < cap:
+            return None
+        return (f"--vastai-max-spend of ${cap:g} reached (this run's instances cost "
+                f"${spent:.4f}); no new instance is rented, running jobs finish")
 
     def claim_offer(self, offer_id: int) -> bool:
         """Reserve an offer for one job of this run; False if another job has it."""
@@ -304,6 +319,7 @@ class Run:
         self.watcher.stop()
         self.journal.end_run(self.run_id, outcome)
         self.log.info(self.summary())
+        self.log.close()
 
     def summary(self) -> str:
         """One line: jobs by outcome, instances rented/resumed, instance-hours, dollars."""
@@ -358,4 +374,5 @@ def public_settings(settings: RunSettings) -> dict:
         "geolocation": offer.geolocation, "reliability": offer.reliability,
         "allow_hobbyist": offer.allow_hobbyist, "order": offer.order,
         "search_query": offer.search_query, "on_restart": settings.on_restart,
+        "max_spend": settings.max_spend,
     }

@@ -53,7 +53,23 @@ def run_settings(settings: Any) -> RunSettings:
         forward_credentials=not settings.no_forward_credentials,
         status_interval=float(settings.status_interval),
         offline_grace=float(settings.offline_grace), offer_settings=offer_settings,
-        on_restart=str(getattr(settings, "on_restart", "resume")))
+        on_restart=str(getattr(settings, "on_restart", "resume")),
+        max_spend=max_spend(settings))
+
+
+def max_spend(settings: Any) -> float | None:
+    """--vastai-max-spend, which must be a positive number of dollars if given."""
+    value = getattr(settings, "max_spend", None)
+    if value is None:
+        return None
+    try:
+        cap = float(value)
+    except (TypeError, ValueError):
+        cap = -1.0
+    if not cap > 0:
+        raise WorkflowError(f"--vastai-max-spend must be a positive number of dollars, "
+                            f"not {value!r}")
+    return cap
 
 
 def validate_scheduled_jobs(workflow: Any) -> None:

@@ -180,3 +180,47 @@ def test_journal_is_written_ahead_of_every_rent_and_destroy(tmp_path, simulator)
         assert sim["label"] == label
         assert requested <= sim["created_at"]
         assert destroy_requested <= sim["destroyed_at"] <= destroyed
+
+
+def test_spend_cap_stops_new_rentals_and_fails_the_run(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule all:\n    input: "b.txt"\n'
+                     'rule a:\n    output: "a.txt"\n    shell: "sleep 1; echo a > {output}"\n'
+                     'rule b:\n    input: "a.txt"\n    output: "b.txt"\n'
+                     '    shell: "cat {input} > {output}"\n',
+    })
+    result = run_snakemake(wf, simulator.url, simulator.api_key,
+                           "--vastai-max-spend", "0.00001")
+    assert result.returncode != 0
+    assert (wf / "a.txt").exists() and not (wf / "b.txt").exists()
+    assert "--vastai-max-spend of $1e-05 reached" in result.stderr
+    truth = simulator.truth()
+    assert truth["created_count"] == 1
+    assert alive(truth) == []
+
+
+def test_secrets_reach_the_job_but_no_log_journal_or_output(tmp_path, simulator):
+    """A planted credential and the API key never show up in any log line or the journal."""
+    import hashlib
+
+    from tests.e2e import sim_env
+
+    planted = "planted-aws-secret-7c1d9e"
+    wf = write_workflow(tmp_path / "wf", {  # the job writes a hash of what it saw
+        "Snakefile": 'rule one:\n    output: "one.txt"\n'
+                     '    shell: "printf %s \\"$AWS_SECRET_ACCESS_KEY\\" | sha256sum | '
+                     'cut -c1-64 > {output}"\n',
+    })
+    env = sim_env(simulator.api_key, AWS_SECRET_ACCESS_KEY=planted)
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--verbose", env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (wf / "one.txt").read_text().strip() == hashlib.sha256(planted.encode()).hexdigest()
+    assert "transition" in result.stderr  # --verbose shows every transition
+    snakemake_dir = wf / ".snakemake"
+    files = [p for p in snakemake_dir.rglob("*") if p.is_file()
+             and "vastai-logs" not in p.parts and "keys" not in p.parts]
+    assert any(p.suffix == ".jsonl" for p in files)
+    for secret in (planted, simulator.api_key):
+        assert secret not in result.stdout + result.stderr
+        for path in files:
+            assert secret.encode() not in path.read_bytes(), path
