@@ -16,6 +16,8 @@ from pathlib import Path
 from .machine import machine_kwargs
 
 CHART_DIR = Path(__file__).resolve().parent.parent / "statecharts"
+README = CHART_DIR.parent / "README.md"
+START, END = "<!-- statechart:start -->", "<!-- statechart:end -->"
 MERMAID_FILE = "job-lifecycle.mmd"
 MARKDOWN_FILE = "job-lifecycle.md"
 
@@ -52,10 +54,23 @@ def rendered() -> dict[str, str]:
     return {MERMAID_FILE: text, MARKDOWN_FILE: f"{HEADER}```mermaid\n{text}```\n"}
 
 
-def drift(directory: Path = CHART_DIR) -> list[str]:
-    """Names of chart files that are missing or differ from the code."""
-    return [name for name, text in rendered().items()
-            if not (directory / name).exists() or (directory / name).read_text() != text]
+def drift(directory: Path = CHART_DIR, readme: Path | None = README) -> list[str]:
+    """Names of chart files (and the README's embedded chart) that differ from the code."""
+    stale = [name for name, text in rendered().items()
+             if not (directory / name).exists() or (directory / name).read_text() != text]
+    if readme is not None and readme.exists() and readme_with_chart(readme) != readme.read_text():
+        stale.append(readme.name)
+    return stale
+
+
+def readme_with_chart(readme: Path) -> str:
+    """The README with the chart between its statechart markers replaced by the current one."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        return text
+    head, rest = text.split(START, 1)
+    _old, tail = rest.split(END, 1)
+    return f"{head}{START}\n```mermaid\n{mermaid()}```\n{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on drift")
     parser.add_argument("--dir", type=Path, default=CHART_DIR, help="output directory")
     args = parser.parse_args(argv)
-    stale = drift(args.dir)
+    readme = README if args.dir == CHART_DIR else None
+    stale = drift(args.dir, readme)
     if args.check:
         for name in stale:
             print(f"{args.dir / name} is out of date; run the statechart command", file=sys.stderr)
@@ -74,4 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in rendered().items():
         (args.dir / name).write_text(text)
         print(f"wrote {args.dir / name}")
+    if readme is not None and readme.exists():
+        readme.write_text(readme_with_chart(readme))
+        print(f"updated the chart in {readme}")
     return 0

@@ -20,7 +20,16 @@ def test_chart_shows_every_state_and_trigger():
 
 def test_drift_is_detected(tmp_path):
     statechart.main(["--dir", str(tmp_path)])
-    assert statechart.drift(tmp_path) == []
+    assert statechart.drift(tmp_path, None) == []
     (tmp_path / statechart.MERMAID_FILE).write_text("stateDiagram-v2\n")
-    assert statechart.drift(tmp_path) == [statechart.MERMAID_FILE]
+    assert statechart.drift(tmp_path, None) == [statechart.MERMAID_FILE]
     assert statechart.main(["--dir", str(tmp_path), "--check"]) == 1
+
+
+def test_readme_embeds_the_current_chart(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{statechart.START}\nold\n{statechart.END}\nafter\n")
+    assert readme.name in statechart.drift(statechart.CHART_DIR, readme)
+    readme.write_text(statechart.readme_with_chart(readme))
+    assert statechart.drift(statechart.CHART_DIR, readme) == []
+    assert readme.read_text().endswith("after\n")
