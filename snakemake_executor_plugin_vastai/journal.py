@@ -227,6 +227,9 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", [repr(time.time())])
 
 
+WORKFLOW_ID_FILE = "workflow-id"
+
+
 # -- the journal ---------------------------------------------------------------------------
 class Journal:
     """The journal of one working directory; safe to share between threads.
@@ -268,13 +271,37 @@ class Journal:
             )
             self._configure(busy_timeout)
             self._migrate()
-            self.workflow_id: str = self._meta("workflow_id")
+            self.workflow_id: str = self._adopt_workflow_id()
             self._job_columns = self._columns("jobs")
             self._instance_columns = self._columns("instances")
         except BaseException:
             self._conn.close()
             raise
         _restrict_side_files(self.path)
+
+    def _adopt_workflow_id(self) -> str:
+        """The workflow id, kept in a side file too so it outlives a lost journal.
+
+        A journal moved aside as corrupt must not make the next run blind to the
+        instances it rented: a fresh journal (no runs yet) takes the id, and so
+        the label prefix, from ``workflow-id`` next to it.
+        """
+        sidecar = self.path.with_name(WORKFLOW_ID_FILE)
+        current = self._meta("workflow_id")
+        try:
+            kept = sidecar.read_text().strip()
+        except OSError:
+            kept = ""
+        fresh = not self._rows("SELECT id FROM runs LIMIT 1", [])
+        if fresh and re.fullmatch(r"[0-9a-f]{8}", kept) and kept != current:
+            with self._lock:
+                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'workflow_id'", [kept])
+            return kept
+        if kept != current:
+            fd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(current + "\n")
+        return current
 
     @classmethod
     def for_workdir(cls, workdir: Path | str, **kwargs: Any) -> Journal:
@@ -929,6 +956,30 @@ class Journal:
         return UnknownInstance(
             f"{what} is not in journal {self.path}; was its rent intent recorded?", self.path
         )
+
+    # -- queries for the journal CLI --------------------------------------------------------
+    def runs_with_prefix(self, prefix: str) -> list[dict]:
+        """Runs whose id starts with ``prefix``: people type the first few characters."""
+        return self._rows(
+            "SELECT * FROM runs WHERE substr(id, 1, ?) = ? ORDER BY started_at, rowid",
+            [len(prefix), prefix],
+        )
+
+    def jobs_with_prefix(self, prefix: str) -> list[dict]:
+        """Jobs whose id starts with ``prefix`` (substr, not LIKE: ``_`` is no wildcard)."""
+        return self._rows(
+            "SELECT * FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY created_at, rowid",
+            [len(prefix), prefix],
+        )
+
+    def instances_with_cost(self) -> list[dict]:
+        """Every instance row plus ``billed_seconds`` and ``billed_dollars`` (as
+        :meth:`instance_cost` computes them), from one read with one clock reading."""
+        now = self._clock()
+        rows = self.instances()
+        for row in rows:
+            row["billed_seconds"], row["billed_dollars"] = _cost(row, now)
+        return rows
 
 
 # -- module helpers --------------------------------------------------------------------------

@@ -77,7 +77,8 @@ class Recovery:
         journal = self.run.journal
         old_jobs = journal.unfinished_jobs(exclude_run=self.run.run_id)
         maybe_alive = journal.instances_possibly_alive()
-        if not old_jobs and not maybe_alive:
+        first_run = len(journal.runs()) <= 1
+        if not old_jobs and not maybe_alive and not first_run:
             return
         listing = self.run.api.list_instances(journal.label_prefix)
         by_id = {int(r["id"]): r for r in listing}

@@ -9,11 +9,13 @@ resources, the API key and the API URL. Errors are Snakemake
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
+from .journal import Journal, JournalCorrupt, JournalError
 from .logs import SECRETS, PluginLogger
 from .offers import OfferSettings
 from .runtime import Run, RunSettings, SnakemakeHooks
@@ -90,6 +92,50 @@ def validate_scheduled_jobs(workflow: Any) -> None:
                 raise WorkflowError(str(exc)) from None
 
 
+UNTRACKED_SHOWN = 10
+
+
+def check_git(workdir: Path, log: PluginLogger) -> None:
+    """The workflow must be a git repository: git-tracked files are what gets shipped.
+
+    Files git does not track are listed in a warning, because a script that is
+    neither tracked nor declared as an input is silently missing remotely.
+    """
+    try:
+        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=workdir,
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise WorkflowError(f"git is needed to ship the workflow's sources ({exc})") from None
+    if inside.returncode != 0 or inside.stdout.strip() != "true":
+        raise WorkflowError(
+            f"The workflow directory {workdir} is not a git repository. The vastai executor "
+            "ships the git-tracked files to each instance: run 'git init' and 'git add' the "
+            "Snakefile, scripts and config files (no commit needed).")
+    listed = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", "."],
+                            cwd=workdir, capture_output=True, text=True, timeout=60)
+    untracked = [f for f in listed.stdout.splitlines() if f and not f.startswith(".snakemake/")]
+    if untracked:
+        shown = ", ".join(untracked[:UNTRACKED_SHOWN])
+        more = f" and {len(untracked) - UNTRACKED_SHOWN} more" if len(untracked) > 10 else ""
+        log.warning(f"{len(untracked)} files in the workflow directory are not tracked by git "
+                    f"and will not be shipped unless a rule declares them as input: {shown}"
+                    f"{more} ('git add' them if jobs need them)")
+
+
+def open_journal(workdir: Path, log: PluginLogger) -> Journal:
+    """The workflow's journal; a corrupt one is moved aside (never overwritten) with a warning."""
+    try:
+        return Journal.for_workdir(workdir)
+    except JournalCorrupt as exc:
+        moved = Journal.move_aside(exc.path)
+        log.warning(f"the journal {exc.path} is corrupt ({exc}); it was moved to {moved} and a "
+                    "new one started. Instances it recorded are still found by their label "
+                    "prefix at start.")
+        return Journal.for_workdir(workdir)
+    except JournalError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
 def start_run(executor: Any) -> Run:
     """Everything checked, then the run's journal, key, API client and watcher."""
     import snakemake
@@ -106,8 +152,11 @@ def start_run(executor: Any) -> Run:
         write_source_archive=getattr(executor.workflow, "write_source_archive", None),
         snakemake_version=snakemake.__version__,
     )
-    run = Run(workdir=Path(os.getcwd()), settings=resolved, api_key=api_key, hooks=hooks,
-              log=log)
+    workdir = Path(os.getcwd())
+    check_git(workdir, log)
+    journal = open_journal(workdir, log)
+    run = Run(workdir=workdir, settings=resolved, api_key=api_key, hooks=hooks, log=log,
+              journal=journal)
     try:
         run.api.check_access()
     except VastAuthError as exc:

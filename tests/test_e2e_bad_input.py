@@ -72,3 +72,65 @@ def test_unreachable_api_url_is_reported(tmp_path):
     result = run_snakemake(wf, f"http://127.0.0.1:{port}", "some-key", timeout=120)
     assert result.returncode != 0
     assert "not reachable" in result.stderr and "--vastai-api-url" in result.stderr
+
+
+def test_workflow_outside_git_is_refused_before_renting(tmp_path, simulator):
+    import subprocess
+
+    wf = tmp_path / "nogit"
+    wf.mkdir()
+    (wf / "Snakefile").write_text('rule one:\n    output: "one.txt"\n    shell: "touch {output}"\n')
+    result = run_snakemake(wf, simulator.url, simulator.api_key, timeout=120)
+    assert result.returncode != 0
+    assert "not a git repository" in result.stderr and str(wf) in result.stderr
+    assert simulator.truth()["created_count"] == 0
+    assert subprocess.run(["git", "status"], cwd=wf, capture_output=True).returncode != 0
+
+
+def test_untracked_files_are_listed_in_a_warning(tmp_path, simulator):
+    wf = workflow(tmp_path)
+    (wf / "helper.py").write_text("print('not shipped')\n")
+    result = run_snakemake(wf, simulator.url, simulator.api_key, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not tracked by git" in result.stderr and "helper.py" in result.stderr
+
+
+def test_corrupt_journal_is_moved_aside_and_its_instances_still_found(tmp_path, simulator):
+    """A leftover instance of a journal that got corrupted is destroyed by the next run."""
+    import vastai
+
+    wf = workflow(tmp_path)
+    first = run_snakemake(wf, simulator.url, simulator.api_key, timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    prefix = "smk-" + (wf / ".snakemake/vastai/workflow-id").read_text().strip() + "-"
+    sdk = vastai.VastAI(api_key=simulator.api_key, server_url=simulator.url)
+    offer = sdk.search_offers("num_gpus=1", order="dph_total", limit=1)[0]
+    leftover = sdk.create_instance(offer["id"], image="x", disk=10, label=prefix + "lost")
+    journal = wf / ".snakemake/vastai/journal.sqlite"
+    journal.write_bytes(b"this is not sqlite" * 100)
+    (wf / "one.txt").unlink()
+    second = run_snakemake(wf, simulator.url, simulator.api_key, timeout=120)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "is corrupt" in second.stderr and "moved to" in second.stderr
+    moved = list(journal.parent.glob("journal.sqlite.corrupt-*"))
+    assert len(moved) == 1 and moved[0].read_bytes().startswith(b"this is not sqlite")
+    truth = {i["id"]: i for i in simulator.truth()["instances"]}
+    assert not truth[leftover["new_contract"]]["alive"]
+    assert [i for i in truth.values() if i["alive"]] == []
+
+
+def test_journal_from_a_newer_plugin_is_refused(tmp_path, simulator):
+    import sqlite3
+
+    wf = workflow(tmp_path)
+    first = run_snakemake(wf, simulator.url, simulator.api_key, timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    journal = wf / ".snakemake/vastai/journal.sqlite"
+    with sqlite3.connect(journal) as db:
+        db.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    created = simulator.truth()["created_count"]
+    (wf / "one.txt").unlink()
+    second = run_snakemake(wf, simulator.url, simulator.api_key, timeout=120)
+    assert second.returncode != 0
+    assert str(journal) in second.stderr and "newer" in second.stderr
+    assert simulator.truth()["created_count"] == created
