@@ -6,7 +6,9 @@ Connecting
     and hand it to a paramiko ``Transport``. The host key is checked against the
     pinned one *before* we authenticate: a changed key raises ``HostKeyMismatch``,
     which callers must never retry. Refused, reset, dropped and timed-out
-    connections raise ``SSHUnavailable`` (transient: retry with backoff).
+    connections raise ``SSHUnavailable`` (transient: retry with backoff), and so
+    does a refused key (``AuthRejected``): on a fresh Vast.ai instance the key may
+    not be installed yet. AES-GCM is offered first (no separate MAC pass).
 
 Moving files
     Both directions stream one uncompressed tar through ONE exec channel: that is
@@ -24,7 +26,8 @@ The detached-run protocol
     ``job.sh``, ``env`` (0600: it may hold secrets, which therefore never appear
     on a command line) and the wrapper ``run.sh`` inside the tar stream, then
     starts ``setsid nohup sh run.sh > log 2>&1 < /dev/null &`` and returns the pid
-    the wrapper recorded. The wrapper sources ``env``, runs ``job.sh`` and writes
+    the wrapper recorded (it refuses while a job is still running there, so a retried
+    launch cannot run the job twice). The wrapper sources ``env``, runs ``job.sh`` and writes
     the exit code to ``rc`` last, atomically (tmp + mv). It outlives the job, so
     a job killed by SIGKILL gets 137 recorded; a dropped SSH connection touches
     neither.
