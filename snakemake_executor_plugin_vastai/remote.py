@@ -800,6 +800,15 @@ class RemoteSession:
             raise SSHUnavailable(f"{self.endpoint}: cannot start {what}: {exc}") from None
         return chan
 
+    def _close_input(self, chan: paramiko.Channel, what: str) -> None:
+        """Send EOF on stdin; a link that died just after the exec is a transient loss."""
+        try:
+            chan.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            chan.close()
+            raise SSHUnavailable(f"{self.endpoint}: connection lost starting {what}: "
+                                 f"{exc or type(exc).__name__}") from None
+
     def _exit_status(self, chan: paramiko.Channel, what: str) -> int:
         """The remote exit status; a channel that died without one means a lost link."""
         if not chan.status_event.wait(self.io_timeout):
@@ -870,7 +879,7 @@ class RemoteSession:
             feeder = threading.Thread(target=self._feed, args=(chan, stdin), daemon=True)
             feeder.start()
         else:
-            chan.shutdown_write()
+            self._close_input(chan, "command")
         try:
             rc = self._pump(chan, out.extend, err.extend, "command", timeout=timeout)
         finally:
@@ -881,7 +890,7 @@ class RemoteSession:
 
     @staticmethod
     def _feed(chan: paramiko.Channel, data: bytes) -> None:
-        with contextlib.suppress(OSError, paramiko.SSHException):
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             chan.sendall(data)
             chan.shutdown_write()
 
@@ -915,7 +924,7 @@ class RemoteSession:
         except LocalFileError:
             chan.close()  # remote tar sees a truncated archive and stops
             raise
-        except (OSError, paramiko.SSHException):
+        except (OSError, EOFError, paramiko.SSHException):
             pass  # the remote side stopped reading: its exit status and stderr say why
         err = bytearray()
         rc = self._pump(chan, lambda _: None, err.extend, "upload", stall=self.io_timeout)
@@ -946,7 +955,7 @@ class RemoteSession:
         if not wanted:
             return []
         chan = self._exec(scripts.download_command(remote_dir, wanted), "download")
-        chan.shutdown_write()
+        self._close_input(chan, "download")
         limit = None if max_bytes is None else max_bytes + max_bytes // 8 + 16 * 1024 * 1024
         reader = _ChannelReader(chan, str(self.endpoint), limit)
         extractor = _Extractor(Path(local_root), allowed, max_bytes)
@@ -1032,7 +1041,7 @@ class RemoteSession:
         """
         command = scripts.follow_command(job_dir, offset, poll, heartbeat)
         chan = self._exec(command, "follow")
-        chan.shutdown_write()
+        self._close_input(chan, "follow")
         reached = offset
         err = bytearray()
 
