@@ -12,4 +12,6 @@ fi
 python3 -m pip install --quiet --disable-pip-version-check 'uv>=0.4,<1'
 uv sync --quiet --extra test
 uv run --no-sync ruff check .
-uv run --no-sync python -m pytest "$@"
+# Three workers: most end-to-end time is spent waiting on simulated boots,
+# SSH round trips and Snakemake start-up, so 3 processes fit 2 cores.
+uv run --no-sync python -m pytest -n 3 --dist loadfile "$@"
