@@ -9,9 +9,9 @@ as Vast does).
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -224,6 +224,32 @@ class Fleet:
 
 
 def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    """Whether THIS process still listens on ``port``.
+
+    Connecting to the port would not do: once freed, a port may be taken by
+    another process (another simulator of a parallel test run) at once.
+    """
+    return port in _own_listening_ports()
+
+
+def _own_listening_ports() -> set[int]:
+    """TCP ports this process listens on, from /proc (socket inodes of our fds)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
