@@ -49,6 +49,7 @@ The detached-run protocol
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import select
@@ -67,6 +68,13 @@ import paramiko
 
 from . import remote_scripts as scripts
 from .keys import fingerprint
+
+# paramiko logs a refused connection (normal while an instance boots) at ERROR
+# with tracebacks; with no handler configured, Python's last-resort handler
+# prints them on the user's terminal. connect() already turns the failure into
+# SSHUnavailable, so give paramiko's logger a handler that drops what nobody set
+# up to receive (an application that configures logging still gets the records).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CHUNK = 1024 * 1024  # local file reads and channel receives
 SEND_BATCH = 256 * 1024  # coalesce small tar pieces into sends of about this size

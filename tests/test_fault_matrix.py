@@ -317,12 +317,6 @@ OFFLINE_SSH_GAP = (
     "faults.py documents 'SSH connections are reset', so the plugin's reconnect path "
     "is never exercised by an offline host"
 )
-PARAMIKO_NOISE_BUG = (
-    "plugin bug: every refused SSH connection prints paramiko's 'Exception (client): "
-    "Error reading SSH protocol banner' and two tracebacks to the user's terminal: the "
-    "'paramiko' logger has no handler, so logging.lastResort writes its ERROR records "
-    "to stderr although RemoteSession.connect already maps the error to SSHUnavailable"
-)
 
 CASES: list[Case] = [
     # ----- the API
@@ -457,7 +451,6 @@ CASES: list[Case] = [
         "ssh-refused-quietly",
         faults=(("ssh_refuse", dict(seconds=4)),),
         checks=(succeeds(),),
-        xfail=PARAMIKO_NOISE_BUG,
     ),
     Case(
         "ssh-drop-mid-upload",
