@@ -49,7 +49,11 @@ rule boom:
 IMAGE = "vastai/pytorch:2.4.1-cuda-12.4.1"
 # The journal stamps an instance's birth and death when the API has answered, the
 # simulator when it acts: on a loaded machine that lag, not the CLI, can exceed 1%.
-API_LAG = 0.25  # seconds of lag tolerated per instance beyond 1%
+# Seconds tolerated per instance beyond 1%: the journal prices from our own
+# timestamps (after the create answer, after the confirming show), which lag the
+# server's clock by a round trip or two -- more on a loaded machine. Issue 5 keeps
+# the strict 1% target open (price from the API's start_date instead).
+API_LAG = 1.0
 
 
 @dataclass
