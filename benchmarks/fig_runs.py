@@ -172,8 +172,9 @@ def billed_figure(bench: Bench, jobs: int, repeats: int) -> list[Figure]:
                    value=Summary.of(j.destroy_delay for j in jobs_), target="< 1 s",
                    details={"destroy_confirmed_after": _median(
                        [_diff(j.terminal, j.destroyed) for j in jobs_])})
+    # A failed job has no "last byte home": the delay is measured on the others only.
     return [_with_failures(check(fig, lambda v: v < 2.0), outcomes),
-            _with_failures(check(delay, lambda v: v < 1.0), outcomes)]
+            _with_failures(check(delay, lambda v: v < 1.0), outcomes, fatal=False)]
 
 
 def _diff(a: float | None, b: float | None) -> float | None:

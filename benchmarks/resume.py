@@ -45,6 +45,7 @@ class ResumeResult:
     instances_after: int = 0
     triggers: list[str] = field(default_factory=list)
     job: timeline.JobTimes | None = None
+    run_started: float | None = None  # the restarted run's journal start (executor created)
     reason: str = ""
 
     def seconds(self) -> float | None:
@@ -112,6 +113,8 @@ def _read_journal(result: ResumeResult, workdir: Path, truth: dict[str, Any]) ->
         result.job = jobs[0]
         rows = timeline.journal_jobs(workdir)
         result.triggers = [t["trigger"] for t in rows[0]["transitions"]] if rows else []
+    runs = timeline.runs(workdir)
+    result.run_started = runs[-1]["started_at"] if runs else None
 
 
 def _judge(result: ResumeResult) -> None:

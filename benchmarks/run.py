@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -97,8 +98,20 @@ def meta(quick: bool, seconds: float) -> dict[str, object]:
     }
 
 
+def _interruptible() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so every simulator is stopped on the way
+    out (a shell ignores SIGINT for background jobs; SIGTERM would skip `finally`)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _interruptible()
     names = selected(args.only)
     plan = QUICK if args.quick else FULL
     base = Path(tempfile.mkdtemp(prefix="vastai-bench-"))

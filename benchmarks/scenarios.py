@@ -96,7 +96,9 @@ def clean_env(api_key: str) -> dict[str, str]:
 
 
 def snakemake_argv(url: str, scenario: Scenario) -> list[str]:
-    argv = [sys.executable, "-m", "snakemake", "--executor", "vastai",
+    """The CLI under test. ``--keep-going``: one failed job must not stop Snakemake from
+    submitting the rest, or a run of 200 would quietly measure fewer jobs."""
+    argv = [sys.executable, "-m", "snakemake", "--executor", "vastai", "--keep-going",
             "--jobs", str(scenario.jobs), "--vastai-api-url", url]
     if scenario.status_interval is not None:
         argv += ["--vastai-status-interval", f"{scenario.status_interval:g}"]

@@ -115,10 +115,13 @@ def serve(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    parent = os.getppid()
     sim.start()
     print(json.dumps({"url": sim.url, "api_key": sim.api_key, "pid": os.getpid()}), flush=True)
     try:
-        while not done.wait(0.5):
+        # Also stop when the benchmark that started us is gone (killed by a timeout, say):
+        # a simulator in its own session would otherwise outlive it with all its instances.
+        while not done.wait(0.5) and os.getppid() == parent:
             pass
     finally:
         sim.stop()
