@@ -153,7 +153,6 @@ class Case:
     args: tuple[str, ...] = ()
     inject: Inject | None = None
     sim: dict[str, Any] = field(default_factory=dict)  # SimConfig fields
-    quiet: bool = True  # stderr must hold no Python traceback
     xfail: str | None = None  # a known plugin bug or simulator gap (strict xfail)
     race: KnownRace | None = None  # a known bug that only some runs hit
 
