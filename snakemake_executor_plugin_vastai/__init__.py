@@ -131,6 +131,16 @@ class Executor(RemoteExecutor):
         self.run: Run = start_run(self)
         self._signals_installed = False
 
+    async def sleep(self) -> None:
+        """Status checks read memory only, so they run often from the very first one.
+
+        Snakemake starts its status thread before ``__post_init__`` could lower
+        the interval, so the base class would sleep its default 10 s first.
+        """
+        import asyncio
+
+        await asyncio.sleep(STATUS_CHECK_SECONDS)
+
     def run_jobs(self, jobs: list[JobExecutorInterface]) -> None:
         self._install_signal_handlers()
         super().run_jobs(jobs)
@@ -151,8 +161,9 @@ class Executor(RemoteExecutor):
             if model.state is JobState.SUCCEEDED:
                 self.report_job_success(info)
             else:
-                self.report_job_error(info, msg=model.failure or f"job {model.state.value}",
-                                      aux_logs=[model.log_path])
+                # Snakemake appends its own sentence to msg without a separator.
+                msg = (model.failure or f"job {model.state.value}").rstrip("\n") + "\n"
+                self.report_job_error(info, msg=msg, aux_logs=[model.log_path])
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
         self.run.cancel_all()
