@@ -98,6 +98,11 @@ class ExecutorSettings(ExecutorSettingsBase):
                 "re-attaches jobs Snakemake runs again and destroys the rest; 'destroy' "
                 "destroys them all at start.",
         "env_var": False, "required": False, "choices": ["resume", "destroy"]})
+    max_runtime: Optional[float] = field(default=None, metadata={
+        "help": "Storage mode: seconds a job may run once its instance is running; then the "
+                "instance is destroyed and the job fails unless its outputs are in storage "
+                "(0 or unset = no cap).",
+        "env_var": False, "required": False})
     offline_grace: float = field(default=120.0, metadata={
         "help": "Seconds an offline/unknown host is tolerated before its job fails.",
         "env_var": False, "required": False})

@@ -17,6 +17,7 @@ the journal as ``retry`` transitions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -41,6 +42,7 @@ from .remote import (
     SSHUnavailable,
     UnsafeArchive,
 )
+from .storage import exit_code_from_log, exit_token
 from .vast import OfferGone, VastAuthError, VastError
 
 if TYPE_CHECKING:
@@ -113,6 +115,8 @@ class JobModel:
     log_offset: int = 0
     claim: Any = None  # recovery.Claim: an earlier run's live instance to re-attach to
     key: Any = None  # the SSH key for this job's instance (an earlier run's, on resume)
+    storage: bool = False  # storage mode: data moves through a bucket, no SSH at all
+    offline_since: float | None = None  # monotonic time the host's heartbeat was lost
 
     # -- conditions named in machine.TRANSITIONS ----------------------------------
     def remote_job_finished(self, event: Any = None) -> bool:
@@ -126,6 +130,9 @@ class JobModel:
 
     def has_failed(self, event: Any = None) -> bool:
         return self.failure is not None
+
+    def in_storage_mode(self, event: Any = None) -> bool:
+        return self.storage
 
     # -- the journal hook -------------------------------------------------------
     def journal_transition(self, event: Any) -> None:
@@ -270,7 +277,9 @@ class JobDriver:
         self.m.key = claim.key
         self.m.endpoint = ssh_endpoint(claim.row)
         status = None
-        if claim.key is not None and self.m.endpoint is not None \
+        if self.m.storage:
+            status = storage_resume_status(claim.row)
+        elif claim.key is not None and self.m.endpoint is not None \
                 and claim.row.get("actual_status") == "running":
             try:
                 status = self._with_ssh("re-attach", lambda s: s.job_status(self.run.remote_dir))
@@ -278,6 +287,8 @@ class JobDriver:
                 self.log("warning", "cannot re-attach over SSH; booting it again",
                          error=str(exc))
         self.m.remote_started, self.m.exit_code = resumable_state(status)
+        if self.m.storage:  # the exit code is read from the log once running
+            self.m.remote_started, self.m.exit_code = status == "running", None
         if not self.m.remote_started:
             self.m.key = None  # the boot step authorises this run's key
         self.run.watcher.watch(self.m.instance_id)
@@ -345,7 +356,8 @@ class JobDriver:
     # -- booting -------------------------------------------------------------------
     def step_booting(self) -> None:
         iid = self._instance_id()
-        self.run.attach_key(iid)
+        if not self.m.storage:
+            self.run.attach_key(iid)
         self.run.watcher.watch(iid)
         deadline = time.monotonic() + self.run.settings.boot_timeout
         offline_since: float | None = None
@@ -367,6 +379,11 @@ class JobDriver:
             self.run.journal.update_instance_status(iid, status)
             if FATAL_BOOT_PATTERNS.search(message) and status != "running":
                 raise JobFailure(f"instance {iid} failed to boot: {message}")
+            if self.m.storage and (status == "running" or status == "exited"):
+                # the container runs the job itself; one that already ended is judged
+                # by its log in the running step
+                self.fire("booted", detail={"status": status})
+                return
             if status in BOOT_FAILED_STATUSES:
                 raise JobFailure(f"instance {iid} went {status} while booting: {message}")
             offline_since = self._heartbeat(iid, status, offline_since)
@@ -383,8 +400,9 @@ class JobDriver:
         now = time.monotonic()
         since = since or now
         if now - since > self.run.settings.offline_grace:
-            raise JobFailure(f"instance {iid} has been {status} for more than "
-                             f"{self.run.settings.offline_grace:.0f}s")
+            raise JobFailure(f"instance {iid} has been {status} (host heartbeat lost) for more "
+                             f"than {self.run.settings.offline_grace:g}s "
+                             "(--vastai-offline-grace)")
         return since
 
     def _try_connect(self, row: dict) -> bool:
@@ -442,6 +460,8 @@ class JobDriver:
                 self._drop_session()
                 self.check_cancel()
                 self._check_instance_alive()
+                if self.m.offline_since is not None:  # the grace period decides
+                    deadline = max(deadline, time.monotonic() + 1.0)
                 if time.monotonic() > deadline:
                     raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing during "
                                      f"{what}: {exc}") from None
@@ -457,8 +477,12 @@ class JobDriver:
         """After an SSH failure: is the instance gone or offline for too long?"""
         iid = self._instance_id()
         seen = self.run.watcher.sighting(iid)
-        if seen is not None and seen.row is None:
+        if seen is None:
+            return
+        if seen.row is None:
             raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
+        status = str(seen.row.get("actual_status") or "")
+        self.m.offline_since = self._heartbeat(iid, status, self.m.offline_since)
 
     # -- uploading -------------------------------------------------------------------
     def step_uploading(self) -> None:
@@ -468,6 +492,9 @@ class JobDriver:
 
     # -- running ---------------------------------------------------------------------
     def step_running(self) -> None:
+        if self.m.storage:
+            self.step_running_storage()
+            return
         if not self.m.remote_started:
             command = self.run.job_command(self.m)
             env = self.run.job_environment(self.m)
@@ -491,6 +518,97 @@ class JobDriver:
     def _log_bytes(self, chunk: bytes) -> None:
         self.run.append_job_log(self.m, chunk)
         self.m.log_offset += len(chunk)
+
+    # -- running in storage mode --------------------------------------------------------
+    def step_running_storage(self) -> None:
+        """Watch the container, never SSH: its end shows as ``exited`` plus our exit line
+        in its log, or (a host that never reports the exit) as the outputs in the bucket.
+        """
+        iid = self._instance_id()
+        self.run.watcher.watch(iid)
+        started = time.monotonic()
+        cap = self.run.settings.max_runtime
+        next_probe = started + self.run.output_check_interval
+        outputs_since: float | None = None
+        generation = 0
+        while True:
+            self.check_cancel()
+            generation = self.run.watcher.wait_next(generation, timeout=5.0)
+            seen = self.run.watcher.sighting(iid)
+            if seen is not None and seen.row is None:
+                if self.run.outputs_present(self.m):
+                    self._complete_storage(0, "the instance vanished after its outputs "
+                                              "reached storage")
+                    return
+                raise JobFailure(f"instance {iid} vanished while running")
+            status = str(seen.row.get("actual_status") or "") if seen else ""
+            self.m.offline_since = self._heartbeat(iid, status, self.m.offline_since)
+            if status in BOOT_FAILED_STATUSES and self._finish_from_log(exited=True):
+                return
+            now = time.monotonic()
+            if now >= next_probe:
+                next_probe = now + self.run.output_check_interval
+                if self.run.outputs_present(self.m):
+                    outputs_since = outputs_since or now
+                    if self._finish_from_log(exited=False, outputs_since=outputs_since):
+                        return
+            if cap and now - started > cap:
+                self._runtime_exceeded(cap)
+                return
+
+    def _finish_from_log(self, *, exited: bool, outputs_since: float | None = None) -> bool:
+        """Read the instance log for our exit line; True once the job is judged."""
+        iid = self._instance_id()
+        try:
+            text = self.run.instance_log(iid)
+        except VastError as exc:
+            self.log("warning", "cannot read the instance log yet", error=str(exc))
+            return False
+        rc = exit_code_from_log(text, exit_token(self.m.label or ""))
+        if rc is not None:
+            self.run.write_job_log(self.m, text)
+            self._complete_storage(rc)
+            return True
+        if exited:
+            self.run.write_job_log(self.m, text)
+            if self.run.outputs_present(self.m):
+                self._complete_storage(0, "the container exited without an exit line, "
+                                          "but every output is in storage")
+                return True
+            raise JobFailure(f"instance {iid}: the container exited without reporting the "
+                             f"job's exit code; log: {self.m.log_path}"
+                             f"{log_tail(self.m.log_path)}")
+        if outputs_since is not None and \
+                time.monotonic() - outputs_since > self.run.output_settle_seconds:
+            self.run.write_job_log(self.m, text)
+            self._complete_storage(0, f"every output is in storage and instance {iid} has "
+                                      "not reported the job's end; taking it as done")
+            return True
+        return False
+
+    def _runtime_exceeded(self, cap: float) -> None:
+        """--vastai-max-runtime: a job with all outputs in storage is done, else failed."""
+        iid = self._instance_id()
+        with contextlib.suppress(VastError):
+            self.run.write_job_log(self.m, self.run.instance_log(iid))
+        if self.run.outputs_present(self.m):
+            self._complete_storage(0, f"--vastai-max-runtime {cap:g}s reached with every "
+                                      "output in storage")
+            return
+        raise JobFailure(f"rule {self.m.rule}: the job ran longer than --vastai-max-runtime "
+                         f"{cap:g}s on instance {iid}, which is destroyed; log: "
+                         f"{self.m.log_path}{log_tail(self.m.log_path)}")
+
+    def _complete_storage(self, rc: int, note: str | None = None) -> None:
+        if note:
+            self.log("warning", note)
+        self.m.exit_code = rc
+        if rc != 0:
+            self.m.failure = (f"rule {self.m.rule}: the job exited with code {rc} on instance "
+                              f"{self.m.instance_id}; log: {self.m.log_path}"
+                              f"{log_tail(self.m.log_path)}")
+            self.run.journal.update_job(self.m.job_id, last_error=self.m.failure)
+        self.fire("completed", detail={"exit_code": rc, "note": note}, exit_code=rc)
 
     # -- downloading -------------------------------------------------------------------
     def step_downloading(self) -> None:
@@ -598,6 +716,12 @@ def offer_facts(offer: dict) -> dict:
         "dph_total": offer.get("dph_total"),
         "geolocation": offer.get("geolocation"),
     }
+
+
+def storage_resume_status(row: dict) -> str:
+    """Storage mode re-attach: a container that runs or ran has started the job."""
+    status = str(row.get("actual_status") or "")
+    return "running" if status in ("running", "exited", "offline", "unknown") else status
 
 
 def ssh_endpoint(row: dict) -> Endpoint | None:

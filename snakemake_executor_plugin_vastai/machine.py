@@ -12,6 +12,9 @@ Reading the table, top to bottom, is reading a job's life::
     searching -> renting -> booting -> uploading -> running -> downloading
               -> destroying -> succeeded | failed | cancelled
 
+In storage mode (see ``storage.py``) the data moves through a bucket, so two
+explicit rows skip the SSH states: booting -> running and running -> destroying.
+
 Every failure and every cancel goes through ``destroying``: nothing a job
 rented is ever left behind by a path through this table.
 
@@ -81,12 +84,18 @@ TRANSITIONS: list[dict] = [
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.RUNNING,
      "conditions": "remote_job_started"},
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.BOOTING},
-    # booting: wait for actual_status running and an SSH answer
+    # booting: wait for actual_status running and an SSH answer; in storage mode
+    # the container starts the job itself and nothing is uploaded
+    {"trigger": "booted", "source": S.BOOTING, "dest": S.RUNNING,
+     "conditions": "in_storage_mode"},
     {"trigger": "booted", "source": S.BOOTING, "dest": S.UPLOADING},
     # uploading: sources and declared inputs; transient SSH drops retry in place
     {"trigger": "retry", "source": [S.UPLOADING, S.RUNNING, S.DOWNLOADING], "dest": "="},
     {"trigger": "uploaded", "source": S.UPLOADING, "dest": S.RUNNING},
-    # running: the job runs detached; its end is seen over SSH
+    # running: the job runs detached; its end is seen over SSH (storage mode: in
+    # the instance status and log; its outputs are in the bucket, none to download)
+    {"trigger": "completed", "source": S.RUNNING, "dest": S.DESTROYING,
+     "conditions": "in_storage_mode"},
     {"trigger": "completed", "source": S.RUNNING, "dest": S.DOWNLOADING},
     # downloading: declared outputs and logs come home
     {"trigger": "downloaded", "source": S.DOWNLOADING, "dest": S.DESTROYING},
@@ -102,7 +111,8 @@ TRANSITIONS: list[dict] = [
     {"trigger": "destroyed", "source": S.DESTROYING, "dest": S.SUCCEEDED},
 ]
 
-CONDITIONS = ("remote_job_finished", "remote_job_started", "was_cancelled", "has_failed")
+CONDITIONS = ("remote_job_finished", "remote_job_started", "was_cancelled", "has_failed",
+              "in_storage_mode")
 
 
 def machine_kwargs() -> dict:

@@ -16,7 +16,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,12 @@ from .logs import SECRETS, PluginLogger
 from .machine import JobState
 from .offers import OfferRequest, OfferSettings, build_offer_request
 from .recovery import Recovery, scheduled_fingerprints
+from .storage import StorageSetup, container_args, exit_token
 from .vast import VastAPI, VastError
 from .watcher import InstanceWatcher
 
 LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
+LOG_LINES = 20000  # lines of an instance log fetched when a storage-mode job ends
 CANCEL_WAIT = 300.0  # seconds cancel() waits for every job to be destroyed
 
 
@@ -52,6 +54,7 @@ class RunSettings:
     max_download_bytes: int | None = None
     on_restart: str = "resume"
     max_spend: float | None = None
+    max_runtime: float = 0.0  # seconds a storage-mode job may run; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class SnakemakeHooks:
     declared_envvars: Callable[[], Mapping[str, str]]
     write_source_archive: Callable[[Path], None] | None
     snakemake_version: str
+    storage: StorageSetup | None = None  # storage mode (see storage.py), else SSH mode
+    credential_env: Mapping[str, str] = field(default_factory=dict)  # e.g. Google creds
 
 
 class Run:
@@ -88,6 +93,7 @@ class Run:
                                        settings.status_interval, on_error=self._watch_error)
         self.machine = build_machine()
         self.remote_dir = payload.REMOTE_DIR
+        self.storage = hooks.storage
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self, settings.on_restart)
         self._untracked: list[threading.Thread] = []
@@ -122,7 +128,7 @@ class Run:
                                       log_path=str(log_path))
         model = JobModel(job_id=job_id, run=self, snakemake_job=job, rule=rule,
                          attempt=job.attempt, fingerprint=fp, log_path=str(log_path),
-                         claim=self.recovery.claim(fp))
+                         claim=self.recovery.claim(fp), storage=self.storage is not None)
         if model.claim is not None:
             self.recovery.resumed += 1
         self.log.info("job submitted", job=job_id, rule=rule, attempt=job.attempt,
@@ -215,6 +221,12 @@ class Run:
 
     def create_instance(self, offer: dict, label: str, model: JobModel) -> int:
         request = self.offer_request(model)
+        if self.storage is not None:
+            # The container runs the job; credentials travel in its environment.
+            return self.api.create_instance(
+                int(offer["id"]), image=self.settings.image, disk_gb=request.storage_gb,
+                label=label, env=self.job_environment(model), runtype="args",
+                args=self.container_args(model, label))
         return self.api.create_instance(
             int(offer["id"]), image=self.settings.image, disk_gb=request.storage_gb,
             label=label, onstart=self.onstart_script(),
@@ -256,10 +268,21 @@ class Run:
         return payload.job_script(self.hooks.job_command(model.snakemake_job),
                                   self.hooks.snakemake_version)
 
+    def container_args(self, model: JobModel, label: str) -> list[str]:
+        """Storage mode: the container command that deploys the sources and runs the job."""
+        assert self.storage is not None
+        return container_args(job_command=self.hooks.job_command(model.snakemake_job),
+                              deploy_command=self.storage.deploy_command,
+                              mode=self.storage.mode,
+                              snakemake_version=self.hooks.snakemake_version,
+                              job_dir=self.remote_dir, token=exit_token(label))
+
     def job_environment(self, model: JobModel) -> dict[str, str]:
         env = payload.forwarded_environment(
             os.environ, self.hooks.declared_envvars(),
             forward_credentials=self.settings.forward_credentials)
+        if self.settings.forward_credentials:
+            env.update(self.hooks.credential_env)
         SECRETS.add(env.values())
         return env
 
@@ -278,6 +301,41 @@ class Run:
                 handle = os.fdopen(fd, "ab", buffering=0)
                 self._log_files[model.job_id] = handle
         handle.write(chunk)
+
+    def write_job_log(self, model: JobModel, text: str) -> None:
+        """Storage mode: the instance log, fetched whole at the end, is the job's log."""
+        with self._lock:
+            handle = self._log_files.pop(model.job_id, None)
+        if handle is not None:
+            handle.close()
+        fd = os.open(model.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text if text.endswith("\n") or not text else text + "\n")
+
+    # -- storage mode ------------------------------------------------------------------
+    @property
+    def output_check_interval(self) -> float:
+        """How often a running storage-mode job's outputs are looked for in the bucket."""
+        return max(3.0 * self.settings.status_interval, 1.0)
+
+    @property
+    def output_settle_seconds(self) -> float:
+        """Outputs present but no exit line: how long to wait for the job's own end."""
+        return max(10.0 * self.settings.status_interval, 5.0)
+
+    def outputs_present(self, model: JobModel) -> bool:
+        """True if the job has storage outputs and every one of them exists."""
+        if self.storage is None or model.snakemake_job is None:
+            return False
+        try:
+            return self.storage.outputs.all_present(model.snakemake_job.output) is True
+        except Exception as exc:  # any provider error: not (yet) known to be there
+            self.log.warning("cannot check the job's outputs in storage", job=model.job_id,
+                             error=f"{type(exc).__name__}: {exc}")
+            return False
+
+    def instance_log(self, instance_id: int) -> str:
+        return self.api.logs(instance_id, tail=LOG_LINES)
 
     def _api_retry(self, endpoint: str, reason: str, delay: float) -> None:
         self.log.info("API retry", endpoint=endpoint, reason=reason, wait=round(delay, 2),
@@ -374,5 +432,5 @@ def public_settings(settings: RunSettings) -> dict:
         "geolocation": offer.geolocation, "reliability": offer.reliability,
         "allow_hobbyist": offer.allow_hobbyist, "order": offer.order,
         "search_query": offer.search_query, "on_restart": settings.on_restart,
-        "max_spend": settings.max_spend,
+        "max_spend": settings.max_spend, "max_runtime": settings.max_runtime,
     }

@@ -19,6 +19,16 @@ from .journal import Journal, JournalCorrupt, JournalError
 from .logs import SECRETS, PluginLogger
 from .offers import OfferSettings
 from .runtime import Run, RunSettings, SnakemakeHooks
+from .storage import (
+    OutputProbe,
+    StorageCheckFailed,
+    StorageMode,
+    StorageSetup,
+    check_storage,
+    credential_environment,
+    deploy_command,
+    storage_mode,
+)
 from .validation import ConfigError, validate_job_resources, validate_settings
 from .vast import DEFAULT_URL, VastAuthError, VastError
 
@@ -56,7 +66,7 @@ def run_settings(settings: Any) -> RunSettings:
         status_interval=float(settings.status_interval),
         offline_grace=float(settings.offline_grace), offer_settings=offer_settings,
         on_restart=str(getattr(settings, "on_restart", "resume")),
-        max_spend=max_spend(settings))
+        max_spend=max_spend(settings), max_runtime=max_runtime(settings))
 
 
 def max_spend(settings: Any) -> float | None:
@@ -72,6 +82,49 @@ def max_spend(settings: Any) -> float | None:
         raise WorkflowError(f"--vastai-max-spend must be a positive number of dollars, "
                             f"not {value!r}")
     return cap
+
+
+def max_runtime(settings: Any) -> float:
+    """--vastai-max-runtime: seconds (0 or unset = no cap), never negative."""
+    value = getattr(settings, "max_runtime", None)
+    if value is None:
+        return 0.0
+    try:
+        cap = float(value)
+    except (TypeError, ValueError):
+        cap = -1.0
+    if not cap >= 0:
+        raise WorkflowError(f"--vastai-max-runtime must be a number of seconds >= 0 "
+                            f"(0 = no cap), not {value!r}")
+    return cap
+
+
+def storage_preflight(workflow: Any, forward_credentials: bool
+                      ) -> tuple[StorageMode | None, dict[str, str]]:
+    """Storage mode's checks (bucket, credentials) and the credentials files to forward.
+
+    All of it before renting: a wrong prefix or a missing key must cost nothing.
+    """
+    try:
+        credential_env = credential_environment(os.environ) if forward_credentials else {}
+        mode = storage_mode(workflow)
+        if mode is not None:
+            check_storage(workflow, mode)
+    except StorageCheckFailed as exc:
+        raise WorkflowError(str(exc)) from None
+    SECRETS.add(credential_env.values())
+    return mode, credential_env
+
+
+def deploy_sources(workflow: Any, mode: StorageMode) -> StorageSetup:
+    """Snakemake uploads the run's source archive to the bucket, once per run."""
+    try:
+        workflow.upload_sources()
+        command = deploy_command(workflow)
+    except Exception as exc:
+        raise WorkflowError(f"uploading the workflow's sources to {mode.prefix} failed: "
+                            f"{type(exc).__name__}: {exc}") from None
+    return StorageSetup(mode=mode, deploy_command=command, outputs=OutputProbe())
 
 
 def validate_scheduled_jobs(workflow: Any) -> None:
@@ -146,14 +199,16 @@ def start_run(executor: Any) -> Run:
     SECRETS.add([api_key])
     resolved = run_settings(settings)
     validate_scheduled_jobs(executor.workflow)
+    workdir = Path(os.getcwd())
+    check_git(workdir, log)
+    mode, credential_env = storage_preflight(executor.workflow, resolved.forward_credentials)
     hooks = SnakemakeHooks(
         job_command=executor.format_job_exec,
         declared_envvars=executor.envvars,
         write_source_archive=getattr(executor.workflow, "write_source_archive", None),
         snakemake_version=snakemake.__version__,
+        credential_env=credential_env,
     )
-    workdir = Path(os.getcwd())
-    check_git(workdir, log)
     journal = open_journal(workdir, log)
     run = Run(workdir=workdir, settings=resolved, api_key=api_key, hooks=hooks, log=log,
               journal=journal)
@@ -166,6 +221,13 @@ def start_run(executor: Any) -> Run:
         run.close("unreachable")
         raise WorkflowError(f"Vast.ai API at {resolved.api_url} is not reachable "
                             f"(--vastai-api-url / VAST_URL): {exc}") from None
+    if mode is not None:
+        try:
+            run.storage = deploy_sources(executor.workflow, mode)
+        except WorkflowError:
+            run.close("storage unavailable")
+            raise
     run.reconcile(executor.workflow)
-    log.info("run started", run=run.run_id, api=resolved.api_url, image=resolved.image)
+    log.info("run started", run=run.run_id, api=resolved.api_url, image=resolved.image,
+             mode="storage" if mode else "ssh", storage=mode.prefix if mode else None)
     return run

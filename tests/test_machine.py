@@ -82,6 +82,7 @@ class Model:
         self.cancelled = False
         self.finished = False
         self.started = False
+        self.storage = False
 
     def remote_job_finished(self, event=None):
         return self.finished
@@ -94,6 +95,9 @@ class Model:
 
     def has_failed(self, event=None):
         return self.failed
+
+    def in_storage_mode(self, event=None):
+        return self.storage
 
     def journal_transition(self, event):
         if self.fail_journal:
@@ -116,6 +120,20 @@ def test_happy_path_is_journaled_in_order():
     assert job.state is JobState.SUCCEEDED
     assert [d for _, d, _ in log] == ["RENTING", "BOOTING", "UPLOADING", "RUNNING",
                                       "DOWNLOADING", "DESTROYING", "SUCCEEDED"]
+
+
+def test_storage_mode_skips_the_ssh_states_by_explicit_rows():
+    """Storage mode: no upload, no download; the rest of the life is the same."""
+    log: list = []
+    m, job = machine(), Model(log)
+    job.storage = True
+    m.add_model(job)
+    for trigger in ["offers_found", "rented", "booted", "completed", "destroyed"]:
+        getattr(job, trigger)()
+    assert job.state is JobState.SUCCEEDED
+    assert [d for _, d, _ in log] == ["RENTING", "BOOTING", "RUNNING", "DESTROYING",
+                                      "SUCCEEDED"]
+    assert {"uploaded", "downloaded"}.isdisjoint(t for _, _, t in log)
 
 
 def test_a_failed_journal_write_leaves_the_state_unchanged():
