@@ -221,3 +221,90 @@ def test_no_forward_credentials_keeps_them_home(tmp_path, simulator, s3_server):
     assert result.returncode == 0, result.stderr[-4000:]
     lines = s3_server.read(bucket, "wf/out/creds.txt").decode().splitlines()
     assert lines == ["absent", "absent", "absent"]
+
+
+NO_CREDENTIALS = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+                  "AWS_CONFIG_FILE": "/nonexistent/config", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def _without_aws(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("AWS_")} | NO_CREDENTIALS
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("plugin-missing", "gcs"),
+    ("bucket-missing", "does not exist"),
+    # Snakemake itself looks the outputs up in the bucket while building the DAG, before
+    # any executor exists: it stops with its own (traceback-laden) error naming the cause.
+    ("credentials-missing", "Unable to locate credentials"),
+    ("google-file-unreadable", "Google credentials file"),
+    ("negative-runtime-cap", "--vastai-max-runtime"),
+])
+def test_bad_storage_input_fails_before_renting(tmp_path, simulator, s3_server,  # noqa: F811
+                                                case, expected):
+    bucket = new_bucket(s3_server)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": CHAIN})
+    args = storage_args(s3_server, bucket)
+    env = s3_env(simulator.api_key)
+    if case == "plugin-missing":
+        args[1] = "gcs"
+        args[3] = "gcs://bucket/wf"
+        args = args[:4]
+    elif case == "bucket-missing":
+        args[3] = "s3://no-such-bucket-here/wf"
+    elif case == "credentials-missing":
+        env = _without_aws(env)
+    elif case == "google-file-unreadable":
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "missing.json")
+    else:
+        args += ["--vastai-max-runtime", "-5"]
+    result = run_snakemake(wf, simulator.url, simulator.api_key, *args, env=env)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr[-3000:]
+    if case != "credentials-missing":
+        assert "Traceback" not in result.stderr
+    assert simulator.truth()["created_count"] == 0
+    assert SECRET_KEY not in result.stderr
+
+
+SLOW = '''\
+rule slow:
+    output:
+        "out/slow.txt",
+    shell:
+        "sleep 3 && echo slow-done > {output}"
+'''
+
+
+@pytest.mark.parametrize("finished_meanwhile", [False, True])
+def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_server,  # noqa: F811
+                                                       finished_meanwhile):
+    """SIGKILL right after the create; the restart re-attaches instead of renting again,
+    whether the container still runs or has finished while Snakemake was down."""
+    import subprocess
+    import sys
+
+    from snakemake_executor_plugin_vastai.driver import CRASH_ENV
+    from tests.e2e import wait_for
+
+    bucket = new_bucket(s3_server)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": SLOW})
+    args = ["out/slow.txt", *storage_args(s3_server, bucket), "--rerun-incomplete"]
+    env = s3_env(simulator.api_key)
+    crashed = run_snakemake(wf, simulator.url, simulator.api_key, *args,
+                            env={**env, CRASH_ENV: "after_create"})
+    assert crashed.returncode < 0  # killed at the crash point
+    assert simulator.truth()["created_count"] == 1
+    if finished_meanwhile:
+        assert wait_for(lambda: simulator.truth()["instances"][0]["actual_status"] == "exited",
+                        timeout=90)
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock", *args], cwd=wf, env=env,
+                   capture_output=True, timeout=120, check=True)
+    result = run_snakemake(wf, simulator.url, simulator.api_key, *args, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert s3_server.read(bucket, "wf/out/slow.txt") == b"slow-done\n"
+    truth = simulator.truth()
+    assert truth["created_count"] == 1  # resumed, not rented again
+    assert alive(truth) == []
+    resumed = journal_rows(wf, "select count(*) from jobs where resumed_from is not null")
+    assert resumed == [(1,)]
