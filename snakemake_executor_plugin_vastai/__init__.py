@@ -99,9 +99,9 @@ class ExecutorSettings(ExecutorSettingsBase):
                 "destroys them all at start.",
         "env_var": False, "required": False, "choices": ["resume", "destroy"]})
     max_runtime: Optional[float] = field(default=None, metadata={
-        "help": "Storage mode: seconds a job may run once its instance is running; then the "
-                "instance is destroyed and the job fails unless its outputs are in storage "
-                "(0 or unset = no cap).",
+        "help": "Seconds a job may run once its instance is running; then the instance is "
+                "destroyed and the job fails (in storage mode: unless its outputs are in "
+                "storage). 0 or unset = no cap.",
         "env_var": False, "required": False})
     offline_grace: float = field(default=120.0, metadata={
         "help": "Seconds an offline/unknown host is tolerated before its job fails.",

@@ -117,6 +117,8 @@ class JobModel:
     key: Any = None  # the SSH key for this job's instance (an earlier run's, on resume)
     storage: bool = False  # storage mode: data moves through a bucket, no SSH at all
     offline_since: float | None = None  # monotonic time the host's heartbeat was lost
+    running_since: float | None = None  # monotonic time the job first entered running
+    over_runtime: bool = False  # --vastai-max-runtime passed (SSH mode: set by a timer)
 
     # -- conditions named in machine.TRANSITIONS ----------------------------------
     def remote_job_finished(self, event: Any = None) -> bool:
@@ -459,6 +461,8 @@ class JobDriver:
             except SSHUnavailable as exc:
                 self._drop_session()
                 self.check_cancel()
+                if self.m.over_runtime:
+                    raise JobFailure(self._over_runtime_message()) from None
                 self._check_instance_alive()
                 if self.m.offline_since is not None:  # the grace period decides
                     deadline = max(deadline, time.monotonic() + 1.0)
@@ -492,9 +496,35 @@ class JobDriver:
 
     # -- running ---------------------------------------------------------------------
     def step_running(self) -> None:
+        if self.m.running_since is None:  # retries re-enter the state; the clock runs on
+            self.m.running_since = time.monotonic()
         if self.m.storage:
             self.step_running_storage()
             return
+        timer = self._runtime_timer()
+        try:
+            self._run_over_ssh()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _runtime_timer(self) -> threading.Timer | None:
+        """--vastai-max-runtime in SSH mode: break the follow when the time is up."""
+        cap = self.run.settings.max_runtime
+        if not cap or self.m.running_since is None:
+            return None
+        left = max(cap - (time.monotonic() - self.m.running_since), 0.0)
+
+        def time_up() -> None:
+            self.m.over_runtime = True
+            self.interrupt()
+
+        timer = threading.Timer(left, time_up)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _run_over_ssh(self) -> None:
         if not self.m.remote_started:
             command = self.run.job_command(self.m)
             env = self.run.job_environment(self.m)
@@ -526,7 +556,7 @@ class JobDriver:
         """
         iid = self._instance_id()
         self.run.watcher.watch(iid)
-        started = time.monotonic()
+        started = self.m.running_since or time.monotonic()
         cap = self.run.settings.max_runtime
         next_probe = started + self.run.output_check_interval
         outputs_since: float | None = None
@@ -595,9 +625,12 @@ class JobDriver:
             self._complete_storage(0, f"--vastai-max-runtime {cap:g}s reached with every "
                                       "output in storage")
             return
-        raise JobFailure(f"rule {self.m.rule}: the job ran longer than --vastai-max-runtime "
-                         f"{cap:g}s on instance {iid}, which is destroyed; log: "
-                         f"{self.m.log_path}{log_tail(self.m.log_path)}")
+        raise JobFailure(self._over_runtime_message())
+
+    def _over_runtime_message(self) -> str:
+        return (f"rule {self.m.rule}: the job ran longer than --vastai-max-runtime "
+                f"{self.run.settings.max_runtime:g}s on instance {self.m.instance_id}, which "
+                f"is destroyed; log: {self.m.log_path}{log_tail(self.m.log_path)}")
 
     def _complete_storage(self, rc: int, note: str | None = None) -> None:
         if note:
