@@ -53,6 +53,7 @@ CANDIDATES_PER_SEARCH = 5
 OFFLINE_GRACE = 120.0  # seconds an offline/unknown host is tolerated
 SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
 DESTROY_BACKOFF_MAX = 60.0
+LOG_WAIT_SECONDS = 120.0  # storage mode: how long an exited container's log is retried
 
 # status_msg fragments that mean the instance will never boot (fail fast).
 FATAL_BOOT_PATTERNS = re.compile(
@@ -560,6 +561,7 @@ class JobDriver:
         cap = self.run.settings.max_runtime
         next_probe = started + self.run.output_check_interval
         outputs_since: float | None = None
+        exited_since: float | None = None
         generation = 0
         while True:
             self.check_cancel()
@@ -573,8 +575,13 @@ class JobDriver:
                 raise JobFailure(f"instance {iid} vanished while running")
             status = str(seen.row.get("actual_status") or "") if seen else ""
             self.m.offline_since = self._heartbeat(iid, status, self.m.offline_since)
-            if status in BOOT_FAILED_STATUSES and self._finish_from_log(exited=True):
-                return
+            if status in BOOT_FAILED_STATUSES:
+                exited_since = exited_since or time.monotonic()
+                if self._finish_from_log(exited=True):
+                    return
+                if time.monotonic() - exited_since > LOG_WAIT_SECONDS:
+                    self._judge_without_log(status)
+                    return
             now = time.monotonic()
             if now >= next_probe:
                 next_probe = now + self.run.output_check_interval
@@ -615,6 +622,16 @@ class JobDriver:
                                       "not reported the job's end; taking it as done")
             return True
         return False
+
+    def _judge_without_log(self, status: str) -> None:
+        """The container ended but its log stays unreadable: the bucket decides."""
+        if self.run.outputs_present(self.m):
+            self._complete_storage(0, "the instance log could not be read, but every output "
+                                      "is in storage")
+            return
+        raise JobFailure(f"instance {self.m.instance_id} went {status} and its log could not "
+                         f"be read for {LOG_WAIT_SECONDS:.0f}s; the job's outputs are not in "
+                         "storage")
 
     def _runtime_exceeded(self, cap: float) -> None:
         """--vastai-max-runtime: a job with all outputs in storage is done, else failed."""

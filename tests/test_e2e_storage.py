@@ -232,7 +232,7 @@ def _without_aws(env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("case", "expected"), [
-    ("plugin-missing", "gcs"),
+    ("plugin-missing", "snakemake-storage-plugin-gcs is not installed"),
     ("bucket-missing", "does not exist"),
     # Snakemake itself looks the outputs up in the bucket while building the DAG, before
     # any executor exists: it stops with its own (traceback-laden) error naming the cause.
