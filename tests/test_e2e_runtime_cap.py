@@ -8,16 +8,9 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e import alive, run_snakemake, write_workflow
+from tests.test_e2e_storage import HANGING
 
 pytestmark = pytest.mark.e2e
-
-HANGING = '''\
-rule hang:
-    output:
-        "out/hang.txt",
-    shell:
-        "sleep 600 && touch {output}"
-'''
 
 
 def test_hung_ssh_job_is_destroyed_at_the_runtime_cap(tmp_path, simulator):
