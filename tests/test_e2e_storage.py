@@ -308,3 +308,55 @@ def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_s
     assert alive(truth) == []
     resumed = journal_rows(wf, "select count(*) from jobs where resumed_from is not null")
     assert resumed == [(1,)]
+
+
+def test_host_that_never_reports_the_exit_is_caught_by_the_outputs(tmp_path, simulator,
+                                                                   s3_server):  # noqa: F811
+    """The container ends but the host keeps saying ``running`` (and billing): the job's
+    outputs in the bucket plus its exit line end it, and the instance is destroyed."""
+    bucket = new_bucket(s3_server)
+    simulator.add_fault("stays_running")
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": CHAIN})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "results/a.txt",
+                           *storage_args(s3_server, bucket), env=s3_env(simulator.api_key),
+                           timeout=180)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert s3_server.read(bucket, "wf/results/a.txt") == b"a-made\n"
+    truth = simulator.truth()
+    assert alive(truth) == []
+    (inst,) = [i for i in truth["instances"] if not i.get("foreign")]
+    assert "exited" not in [status for _, status in inst["history"]]  # it never said so
+
+
+def test_no_forwarded_secret_in_any_process_argv(tmp_path, simulator, s3_server):  # noqa: F811
+    """While storage-mode jobs run (container script, remote Snakemake, its storage
+    plugin), no process on this machine carries a forwarded secret in its argv."""
+    import subprocess
+    import time
+
+    from tests.e2e import snakemake_argv, wait_for
+    from tests.test_hostile_host import _all_argv
+
+    bucket = new_bucket(s3_server)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": SLOW})
+    env = s3_env(simulator.api_key, AZURE_STORAGE_KEY="planted-azure-0b7e44")
+    argv = snakemake_argv(simulator.url, "out/slow.txt", *storage_args(s3_server, bucket))
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as sink:
+        proc = subprocess.Popen(argv, cwd=wf, env=env, stdout=subprocess.DEVNULL, stderr=sink)
+    seen: list[bytes] = []
+    try:
+        assert wait_for(lambda: b"sleep 3" in b"\0".join(_all_argv()), timeout=90)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            seen.extend(_all_argv())
+            time.sleep(0.2)
+        assert proc.wait(timeout=120) == 0, errors.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    blob = b"\0".join(seen)
+    assert b"snakemake-vastai-exit" in blob  # the sampling saw the container script
+    for secret in (SECRET_KEY, "planted-azure-0b7e44", simulator.api_key):
+        assert secret.encode() not in blob
+    assert alive(simulator.truth()) == []
