@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 MAX_SEARCHES = 3  # searches after every candidate was taken, before giving up
 CANDIDATES_PER_SEARCH = 5
+MAX_EXTRA_OFFERS = 200  # offers asked for beyond the limit, to see past our own claims
 OFFLINE_GRACE = 120.0  # seconds an offline/unknown host is tolerated
 SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
 DESTROY_BACKOFF_MAX = 60.0
@@ -249,11 +250,13 @@ class JobDriver:
             raise JobFailure(f"rule {self.m.rule}: {capped}")
         request = self.run.offer_request(self.m)
         self.log("info", "searching offers", query=request.text, verbose=True)
-        offers = self.run.api.search_offers(request.query, request.order, request.limit,
-                                            request.storage_gb)
-        offers = [o for o in offers if not self.run.offer_claimed(int(o["id"]))]
+        # Ask for enough offers to see past those this run's other jobs are renting.
+        limit = request.limit + min(self.run.claimed_count(), MAX_EXTRA_OFFERS)
+        found = self.run.api.search_offers(request.query, request.order, limit,
+                                           request.storage_gb)
+        offers = [o for o in found if not self.run.offer_claimed(int(o["id"]))]
         if not offers:
-            if self.m.searches == 0:
+            if not found and self.m.searches == 0:
                 raise JobFailure(f"rule {self.m.rule}: no Vast.ai offer matches "
                                  f"{describe(request)} (loosen the job's resources, "
                                  "--vastai-max-price, --vastai-gpu-name or "
@@ -529,7 +532,18 @@ class JobDriver:
         if not self.m.remote_started:
             command = self.run.job_command(self.m)
             env = self.run.job_environment(self.m)
-            self._with_ssh("launch", lambda s: s.launch(self.run.remote_dir, command, env=env))
+            tries = 0
+
+            def launch(session: RemoteSession) -> None:
+                nonlocal tries
+                tries += 1
+                # A retry after a lost answer: the first launch may have started the job
+                # (the instance has one job directory, so a job found there is ours).
+                if tries > 1 and session.job_status(self.run.remote_dir) != "absent":
+                    return
+                session.launch(self.run.remote_dir, command, env=env)
+
+            self._with_ssh("launch", launch)
             self.m.remote_started = True
             crash_point("after_launch")
         end = self._with_ssh("run", self._follow)

@@ -215,6 +215,10 @@ class Run:
         with self._lock:
             return offer_id in self._claims
 
+    def claimed_count(self) -> int:
+        with self._lock:
+            return len(self._claims)
+
     def release_offer(self, offer_id: int) -> None:
         with self._lock:
             self._claims.discard(offer_id)
