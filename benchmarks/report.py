@@ -132,6 +132,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu_model": _cpu_model(),
         "cores": _cores(),
+        "memory_gib": _memory_gib(),
         "python": platform.python_version(),
         "paramiko": paramiko.__version__,
         "openssh": _openssh(),
@@ -155,6 +156,17 @@ def _cores() -> int:
     import os
 
     return len(os.sched_getaffinity(0))
+
+
+def _memory_gib() -> float | None:
+    """MemTotal from /proc/meminfo, in GiB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _openssh() -> str:

@@ -56,6 +56,10 @@ SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
 DESTROY_BACKOFF_MAX = 60.0
 LOG_WAIT_SECONDS = 120.0  # storage mode: how long an exited container's log is retried
 
+# What a dying link can raise from deep inside paramiko when the adapter did not
+# translate it: treated like SSHUnavailable (reconnect and retry within the budget).
+LINK_ERRORS: tuple[type[BaseException], ...] = (EOFError, ConnectionError, TimeoutError)
+
 # status_msg fragments that mean the instance will never boot (fail fast).
 FATAL_BOOT_PATTERNS = re.compile(
     r"toomanyrequests|pull rate limit|manifest unknown|manifest for .* not found|"
@@ -462,7 +466,7 @@ class JobDriver:
             self.check_cancel()
             try:
                 return action(self._session())
-            except SSHUnavailable as exc:
+            except (SSHUnavailable, *LINK_ERRORS) as exc:
                 self._drop_session()
                 self.check_cancel()
                 if self.m.over_runtime:
@@ -470,10 +474,11 @@ class JobDriver:
                 self._check_instance_alive()
                 if self.m.offline_since is not None:  # the grace period decides
                     deadline = max(deadline, time.monotonic() + 1.0)
+                reason = str(exc) or type(exc).__name__
                 if time.monotonic() > deadline:
                     raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing during "
-                                     f"{what}: {exc}") from None
-                self.fire("retry", detail=f"{what}: {exc}")
+                                     f"{what}: {reason}") from None
+                self.fire("retry", detail=f"{what}: {reason}")
                 time.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 10.0)
             except UnsafeArchive as exc:
