@@ -401,6 +401,9 @@ class JobDriver:
                 self.fire("booted", detail={"host": self.m.endpoint.host,
                                             "port": self.m.endpoint.port},
                           ssh_host=self.m.endpoint.host, ssh_port=self.m.endpoint.port)
+                # From here SSH itself (the follower's heartbeat) says whether the host
+                # lives; the listing is consulted again only after SSH trouble.
+                self.run.watcher.unwatch(iid)
                 return
 
     def _heartbeat(self, iid: int, status: str, since: float | None) -> float | None:
@@ -471,6 +474,7 @@ class JobDriver:
                 self.check_cancel()
                 if self.m.over_runtime:
                     raise JobFailure(self._over_runtime_message()) from None
+                self.run.watcher.watch(self._instance_id())  # fresh listings from now on
                 self._check_instance_alive()
                 if self.m.offline_since is not None:  # the grace period decides
                     deadline = max(deadline, time.monotonic() + 1.0)

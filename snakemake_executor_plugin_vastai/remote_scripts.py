@@ -56,7 +56,7 @@ echo "$rc" > .vastai/rc.tmp && mv -f .vastai/rc.tmp .vastai/rc
 # from the rc file written by the wrapper, never from the log's content.
 # status: print one line: "running", "finished N", "lost" or "absent".
 FOLLOWER_PY = r"""
-import os, sys, time
+import os, select, sys, time
 
 def read_rc(ctl):
     try:
@@ -114,10 +114,21 @@ def write_all(fd, data):
     while view:
         view = view[os.write(fd, view):]
 
+def exit_waiter(ctl):
+    # A pidfd becomes readable when the wrapper exits: the follower sleeps long while
+    # the job is quiet and still sees its end at once (Linux >= 5.3; else plain polls).
+    try:
+        with open(os.path.join(ctl, "pid"), "rb") as f:
+            return os.pidfd_open(int(f.read(32).strip()))
+    except (AttributeError, OSError, ValueError):
+        return None
+
 def follow(ctl, offset, poll, beat):
     path = os.path.join(ctl, "log")
     log = None
     last = time.monotonic()
+    waiter = exit_waiter(ctl)
+    delay = poll
     while True:
         if log is None:
             try:
@@ -129,6 +140,7 @@ def follow(ctl, offset, poll, beat):
         if chunk:
             write_all(1, chunk)
             offset += len(chunk)
+            delay = poll
             continue
         state = status(ctl)
         if state != "running":
@@ -144,7 +156,12 @@ def follow(ctl, offset, poll, beat):
         if time.monotonic() - last >= beat:
             write_all(2, b"hb\n")
             last = time.monotonic()
-        time.sleep(poll)
+        if waiter is None:
+            time.sleep(poll)
+            continue
+        # Quiet job: poll the log less and less often (up to 1 s); its exit wakes us.
+        select.select([waiter], [], [], delay)
+        delay = min(delay * 1.5, max(poll, 1.0))
 
 def main():
     mode, ctl = sys.argv[1], sys.argv[2]

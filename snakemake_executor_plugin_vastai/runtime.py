@@ -178,6 +178,8 @@ class Run:
         if handle is not None:
             handle.close()
         self.machine.remove_model(model)
+        if model.offer is not None:  # its machine may be rented again by a later job
+            self.release_offer(int(model.offer["id"]))
         level = "info" if model.state is JobState.SUCCEEDED else "warning"
         first_line = model.failure.splitlines()[0] if model.failure else None
         getattr(self.log, level)(f"job {model.state.value}", job=model.job_id, rule=model.rule,
