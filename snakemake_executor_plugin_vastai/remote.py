@@ -442,6 +442,11 @@ class _ChannelReader:
             data = self.chan.recv(CHUNK)
         except TimeoutError:
             raise SSHUnavailable(f"{self.where}: download stalled (no data)") from None
+        except (EOFError, OSError, paramiko.SSHException) as exc:
+            # A link that dies with data still buffered raises instead of returning b"":
+            # that is a lost connection (retry), not an internal error.
+            lost = f"{self.where}: connection lost during download: {exc!r}"
+            raise SSHUnavailable(lost) from None
         # A clean end comes with EOF or at least an exit status (sent before the close);
         # a channel closed without either was cut off with its connection.
         if not data and not self.chan.eof_received and self.chan.exit_status == -1:
@@ -987,7 +992,8 @@ class RemoteSession:
                 f"{self.endpoint}: corrupt archive from {remote_dir}: {exc}; {_tail(err)}"
             ) from None
         except BaseException:
-            chan.close()
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                chan.close()
             raise
         rc = self._exit_status(chan, "download")
         err = _drain_stderr(chan)

@@ -437,6 +437,30 @@ def test_junk_after_the_archive_is_refused(tmp_path: Path) -> None:
         reader.drain()
 
 
+class DyingChannel(FakeChannel):
+    """Serves part of an archive, then raises as paramiko does when the link dies
+    with data still buffered (EOFError, OSError or SSHException, not b"")."""
+
+    def __init__(self, data: bytes, error: BaseException) -> None:
+        super().__init__(data)
+        self._error = error
+
+    def recv(self, n: int) -> bytes:
+        if not self._data:
+            raise self._error
+        return super().recv(n)
+
+
+@pytest.mark.parametrize(
+    "error", [EOFError(), OSError("socket closed"), paramiko.SSHException("link gone")]
+)
+def test_link_dying_mid_download_is_ssh_unavailable(tmp_path: Path, error: Exception) -> None:
+    data = local_tar([{"name": "out.txt", "repeat": 100_000}])[:30_000]
+    reader = _ChannelReader(DyingChannel(data, error), "test", None)  # type: ignore[arg-type]
+    with pytest.raises(SSHUnavailable, match="connection lost during download"):
+        _Extractor(tmp_path, AllowedPaths(["out.txt"], []), None).extract(reader)
+
+
 def test_stream_cap_stops_an_endless_archive(tmp_path: Path) -> None:
     data = local_tar([{"name": f"outdir/f{i}", "data": "y" * 1000} for i in range(200)])
     with pytest.raises(UnsafeArchive, match="huge"):
