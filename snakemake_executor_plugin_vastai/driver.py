@@ -413,9 +413,9 @@ class JobDriver:
         now = time.monotonic()
         since = since or now
         if now - since > self.run.settings.offline_grace:
-            raise JobFailure(f"instance {iid} has been {status} (host heartbeat lost) for more "
-                             f"than {self.run.settings.offline_grace:g}s "
-                             "(--vastai-offline-grace)")
+            raise JobFailure(f"instance {iid} has been {status} for more than "
+                             f"{self.run.settings.offline_grace:g}s (host heartbeat lost; "
+                             "--vastai-offline-grace)")
         return since
 
     def _try_connect(self, row: dict) -> bool:

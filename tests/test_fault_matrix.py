@@ -28,7 +28,6 @@ import pytest
 from tests.faults_matrix_cases import (
     Case,
     Inject,
-    KnownRace,
     Matrix,
     Outcome,
     fails,
@@ -102,9 +101,10 @@ MATRIX_ROWS: list[tuple[str, str, str]] = [
         "`instance N has been offline for more than 3s`",
     ),
     (
-        "Host offline while its job runs",
-        "Known gap: the grace is enforced only while booting; the job carries on over SSH",
-        "The job succeeds if SSH keeps working, however long the host stays offline",
+        "Host offline while its job runs (SSH links drop)",
+        "Reconnects while the host is back within the grace; beyond it fails the job and "
+        "destroys the instance",
+        "Within the grace nothing; beyond it `instance N has been offline for more than 3s`",
     ),
     (
         "Instance vanishes while booting, running or downloading",
@@ -122,8 +122,7 @@ MATRIX_ROWS: list[tuple[str, str, str]] = [
         "SSH connection dropped mid-upload, mid-run or mid-download",
         "Reconnects with backoff (180 s budget per step): uploads again, follows the log from "
         "the byte it reached, downloads again (files land under temporary names first)",
-        "Nothing; the journal shows `retry` transitions (known: a drop mid-download sometimes "
-        "fails the job with `EOFError()`)",
+        "Nothing; the journal shows `retry` transitions",
     ),
     (
         "Host key changes (another machine answers)",
@@ -295,29 +294,6 @@ def offer_taken_transitions(n: int):
     return check
 
 
-# Known bugs, named once (the report to the lead has the details and fixes).
-DOWNLOAD_EOF_RACE = KnownRace(
-    "internal error in state downloading: EOFError()",
-    "plugin bug (race, about 1 run in 4): remote.py _ChannelReader._receive catches only "
-    "TimeoutError around chan.recv; when the link dies while paramiko still holds buffered "
-    "data, recv's WINDOW_ADJUST raises EOFError from Packetizer.write_all, download()'s "
-    "'except BaseException: chan.close(); raise' re-raises it (chan.close raises EOFError "
-    "again), and the job fails with 'internal error in state downloading: EOFError()' "
-    "instead of reconnecting",
-)
-OFFLINE_GRACE_BUG = (
-    "plugin bug: --vastai-offline-grace is enforced only in JobDriver.step_booting "
-    "(_heartbeat); in uploading/running/downloading nothing reads the watcher's "
-    "actual_status, so a host offline far beyond the grace keeps its job (README: "
-    "'Seconds a host may be offline/unknown before its job fails')"
-)
-OFFLINE_SSH_GAP = (
-    "simulator gap: the offline fault only refuses NEW SSH connections "
-    "(Instance._go_offline -> set_accepting(False)); established ones survive, although "
-    "faults.py documents 'SSH connections are reset', so the plugin's reconnect path "
-    "is never exercised by an offline host"
-)
-
 CASES: list[Case] = [
     # ----- the API
     Case(
@@ -396,14 +372,12 @@ CASES: list[Case] = [
         snakefile=sleepy(5),
         faults=(("offline", dict(after_seconds=3, duration=1.5)),),
         checks=(succeeds(), went_through("offline"), journal_retries("running")),
-        xfail=OFFLINE_SSH_GAP,
     ),
     Case(
         "offline-mid-run-beyond-grace",
         snakefile=sleepy(6),
         faults=(("offline", dict(after_seconds=3, duration=60)),),
         checks=(went_through("offline"), fails("has been offline for more than 3s")),
-        xfail=OFFLINE_GRACE_BUG,
     ),
     Case(
         "vanish-while-booting",
@@ -432,7 +406,6 @@ CASES: list[Case] = [
             output_size("big.bin", 128 * MIB),
             retried_elsewhere("vanished during downloading"),
         ),
-        race=DOWNLOAD_EOF_RACE,
     ),
     Case(
         "job-killed-by-host",
@@ -468,7 +441,6 @@ CASES: list[Case] = [
             output_size("big.bin", 16 * MIB),
             journal_retries("downloading"),
         ),
-        race=DOWNLOAD_EOF_RACE,
     ),
     Case(
         "host-key-changed",

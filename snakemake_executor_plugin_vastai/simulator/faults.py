@@ -25,8 +25,9 @@ Instance fault kinds:
   ``"manifest unknown"``, ``"no space left on device"``,
   ``"unauthorized: authentication required"``. SSH never answers.
 - ``offline(after_seconds=0.5, duration=3.0)``: ``after_seconds`` after reaching running
-  the host loses its heartbeat: ``actual_status`` is ``offline`` and SSH connections are
-  reset; processes keep running. After ``duration`` it is ``running`` again.
+  the host loses its heartbeat: ``actual_status`` is ``offline``, established SSH
+  connections are torn down and new ones reset; processes keep running. After
+  ``duration`` it is ``running`` again.
 - ``vanish(after_seconds=0.0, at_state="running")``: ``after_seconds`` after entering
   ``at_state`` (``created``, ``loading`` or ``running``) the instance disappears: gone from
   every API answer, SSH down, processes killed, billing stopped, its offer retired.
@@ -38,6 +39,10 @@ Instance fault kinds:
   of the instance gets ``signal`` (SIGKILL: an OOM kill); sshd keeps serving.
 - ``host_key_change(after_seconds=0.0)``: the SSH host key changes ``after_seconds`` after
   running (a different machine answering on the same address).
+- ``stays_running()``: runtype ``args`` only: when the container command ends, the host
+  never reports it. ``actual_status`` stays ``running`` (and billing goes on) until the
+  instance is destroyed; the log keeps the command's output; the truth's ``exit_code``
+  has the real code.
 
 Service faults (no targeting; ``count`` limits how many requests they hit):
 
@@ -87,6 +92,7 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "ssh_drop": {"after_bytes": None, "after_seconds": None},
     "kill_job": {"after_seconds": 0.0, "signal": 9},
     "host_key_change": {"after_seconds": 0.0},
+    "stays_running": {},
 }
 SERVICE_KINDS: dict[str, dict[str, Any]] = {
     "api_status": {

@@ -149,6 +149,7 @@ class Instance:
         self._on_vanish = on_vanish
         self._lock = threading.RLock()
         self._blocked: set[str] = {"boot"}  # reasons SSH refuses indefinitely
+        self._hide_exit = False  # stays_running fault: the end of args is never reported
         self._generation = 0
         self._watchers: list[threading.Thread] = []
         self._torn = False
@@ -457,6 +458,9 @@ class Instance:
     def _become_running(self, gen: int) -> None:
         if not self._current(gen):
             return
+        if self._take({"stays_running"}):  # before the command can end
+            with self._lock:
+                self._hide_exit = True
         self._set("running", f"success, running {self.spec.image}")
         self._block("boot", False)
         self._start_main_process(gen)
@@ -513,6 +517,8 @@ class Instance:
         msg = self.status_msg
         self._set("offline", msg)
         self._block("offline", True)
+        if self.ssh is not None:  # a host without heartbeat has no working links either
+            self.ssh.drop_connections()
         self.timeline.after(duration, lambda: self._back_online(gen, msg))
 
     def _back_online(self, gen: int, msg: str | None) -> None:
@@ -592,6 +598,8 @@ class Instance:
             return
         with self._lock:
             self.exit_code = code
+            if self._hide_exit:  # stays_running: the host never says so
+                return
         self._set("exited", f"Exited ({code})", cur_state="stopped")
         self._block("exited", True)
         sandbox.kill_tagged(self.tag)

@@ -96,6 +96,34 @@ def test_offline_and_back(sim, key):
     assert key.run(port, "echo back")[1] == "back\n"
 
 
+def test_offline_tears_down_established_connections(sim, key):
+    """A host that loses its heartbeat loses its links too: a command in flight over an
+    established connection does not quietly finish."""
+    sim.add_fault("offline", after_seconds=1.0, duration=3.0)
+    api = sdk(sim)
+    iid = rent(api, onstart_cmd="sleep 300")
+    port = wait_status(api, iid, "running")["ssh_port"]
+    started = time.monotonic()
+    with pytest.raises(SSH_ERRORS):
+        key.run(port, "sleep 8; echo survived", timeout=15)
+    assert time.monotonic() - started < 7  # torn down when it went offline, not at the end
+
+
+def test_stays_running_hides_the_end_of_the_args_command(sim):
+    sim.add_fault("stays_running", next_n=1)
+    api = sdk(sim)
+    iid = rent(api, args=["sh", "-c", "echo finished-work; exit 4"])
+    wait_status(api, iid, "running")
+    assert wait_for(lambda: truth_of(sim, iid)["exit_code"] == 4)
+    time.sleep(0.5)
+    row = api.show_instance(iid)
+    assert row["actual_status"] == "running"  # never reported
+    assert "finished-work" in api.logs(iid)
+    assert truth_of(sim, iid)["alive"] is True
+    other = rent(api, args=["sh", "-c", "exit 0"])  # next_n=1: the next one reports
+    wait_status(api, other, "exited")
+
+
 @pytest.mark.parametrize("state", ["loading", "running"])
 def test_vanish(sim, state):
     sim.add_fault("vanish", at_state=state, after_seconds=0.1)
