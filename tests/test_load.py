@@ -20,8 +20,11 @@ sends more: a throttled answer is cheaper than a listing page). Then the
 jobs are released and finish -- downloads and destroys under the same burst.
 Every job must succeed and no instance may be left alive.
 
-``VASTAI_LOAD_JOBS`` lowers the job count for a quick local try; the suite
-runs 200. ``pytest -s`` shows the figures.
+The suite runs 50 jobs: 200 take about 6 minutes of both cores of a 2-core
+machine (each remote Snakemake costs ~1.4 CPU-seconds and all 200 wait at
+once), which the suite's 15-minute budget cannot hold. The full scale runs on
+demand: ``VASTAI_LOAD_JOBS=200 pytest tests/test_load.py -s`` (``-s`` shows the
+figures).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from tests.e2e import alive, sim_env, snakemake_argv, wait_for, write_workflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-JOBS = int(os.environ.get("VASTAI_LOAD_JOBS", "200"))
+JOBS = int(os.environ.get("VASTAI_LOAD_JOBS", "50"))
 WINDOW = 10.0  # seconds of steady listing measured before and during the burst
 THROTTLED = 0.30  # share of all API requests answered 429
 FAILING = 0.05  # share of all API requests answered 5xx
@@ -107,6 +110,20 @@ def tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def reboot_held_instance(sim: SimProcess) -> None:
+    """Let the instance held in boot boot normally (a reboot clears its fault); the API
+    call itself may meet the burst's 429s, so it is retried."""
+    held = [i["id"] for i in sim.truth()["instances"] if i["actual_status"] == "loading"]
+    assert len(held) == 1, held
+    for _ in range(50):
+        try:
+            sim.call("PUT", f"/api/v0/instances/reboot/{held[0]}/", {})
+            return
+        except OSError:  # urllib's HTTPError (429/503) and URLError are OSErrors
+            time.sleep(0.2)
+    raise AssertionError(f"could not reboot instance {held[0]}")
+
+
 def test_200_jobs_survive_a_429_and_5xx_burst_and_the_plugin_backs_off(tmp_path):
     started, release = tmp_path / "started", tmp_path / "release"
     started.mkdir()
@@ -116,6 +133,9 @@ def test_200_jobs_survive_a_429_and_5xx_burst_and_the_plugin_backs_off(tmp_path)
     offers = write_offers(tmp_path / "offers.json", JOBS + 20)
     output = tmp_path / "snakemake.log"
     with SimProcess(tmp_path / "sim", offers=offers) as sim, open(output, "w") as out:
+        # The plugin lists instances only while some job waits for one to boot (SSH tells
+        # it the rest), so one instance is held in boot: the steady loop to measure.
+        sim.call("POST", "/_sim/faults", {"kind": "boot_hang", "next_n": 1})
         t0 = time.time()
         proc = subprocess.Popen(snakemake_argv(sim.url, jobs=JOBS), cwd=workdir,
                                 env=sim_env(sim.api_key), stdout=out,
@@ -123,7 +143,7 @@ def test_200_jobs_survive_a_429_and_5xx_burst_and_the_plugin_backs_off(tmp_path)
         try:
             settled = wait_for(
                 lambda: (proc.poll() is not None
-                         or len(list(started.iterdir())) + len(failures(workdir)) >= JOBS),
+                         or len(list(started.iterdir())) + len(failures(workdir)) >= JOBS - 1),
                 timeout=600, interval=0.5)
             assert settled and proc.poll() is None, (
                 f"only {len(list(started.iterdir()))}/{JOBS} jobs started:\n{tail(output)}")
@@ -137,6 +157,7 @@ def test_200_jobs_survive_a_429_and_5xx_burst_and_the_plugin_backs_off(tmp_path)
             time.sleep(WINDOW)
             burst_window_end = time.time()
             release.touch()
+            reboot_held_instance(sim)
             proc.wait(timeout=600)
         finally:
             if proc.poll() is None:
