@@ -488,7 +488,8 @@ class JobDriver:
             except UnsafeArchive as exc:
                 raise JobFailure(f"instance {self.m.instance_id}: {exc}") from None
             except RemoteError as exc:
-                raise JobFailure(f"instance {self.m.instance_id}: {what} failed: {exc}") from None
+                raise JobFailure(f"instance {self.m.instance_id}: {what} failed: {exc}"
+                                 f"{disk_hint(str(exc))}") from None
 
     def _check_instance_alive(self) -> None:
         """After an SSH failure: is the instance gone or offline for too long?"""
@@ -764,6 +765,18 @@ STEPS: dict[JobState, Callable[[JobDriver], None]] = {
     JobState.DOWNLOADING: JobDriver.step_downloading,
     JobState.DESTROYING: JobDriver.step_destroying,
 }
+
+
+DISK_FULL = re.compile(r"No space left on device|Wrote only \d+ of \d+ bytes|"
+                       r"Disk quota exceeded", re.IGNORECASE)
+
+
+def disk_hint(message: str) -> str:
+    """What to do when the host's error says its disk is full."""
+    if not DISK_FULL.search(message):
+        return ""
+    return ("; the instance's disk is full: rent more with --vastai-disk or the rule's "
+            "disk_mb resource")
 
 
 def log_tail(path: str, lines: int = 20) -> str:

@@ -154,6 +154,7 @@ class Case:
     inject: Inject | None = None
     sim: dict[str, Any] = field(default_factory=dict)  # SimConfig fields
     xfail: str | None = None  # a known plugin bug or simulator gap (strict xfail)
+    needs_mount: bool = False  # the simulator's disk_full fault mounts a tmpfs (root only)
     race: KnownRace | None = None  # a known bug that only some runs hit
 
 

@@ -25,6 +25,7 @@ import os
 
 import pytest
 
+from snakemake_executor_plugin_vastai.simulator.sandbox import can_mount
 from tests.faults_matrix_cases import (
     Case,
     Inject,
@@ -125,6 +126,13 @@ MATRIX_ROWS: list[tuple[str, str, str]] = [
         "Nothing; the journal shows `retry` transitions",
     ),
     (
+        "Remote disk full during upload",
+        "Fails the job at once with the host's own error, destroys the instance; "
+        "`--retries` tries another machine",
+        "`instance N: upload failed: ... Wrote only 3584 of 10240 bytes ...; the instance's "
+        "disk is full: rent more with --vastai-disk or the rule's disk_mb resource`",
+    ),
+    (
         "Host key changes (another machine answers)",
         "Refuses to talk to it, fails the job, destroys the instance",
         "`host key changed (pinned ..., offered ...); ... refusing to talk to it`",
@@ -138,11 +146,6 @@ MATRIX_ROWS: list[tuple[str, str, str]] = [
         "Destroy request fails (HTTP 5xx, or refused)",
         "Retries until the API confirms the instance is gone; never gives up",
         "Nothing; the job ends as it would have, and no instance is left",
-    ),
-    (
-        "Remote disk full during upload",
-        "Not tested yet: the simulator cannot fill a disk",
-        "Not known",
     ),
 ]
 MATRIX_TABLE = "\n".join(
@@ -420,6 +423,14 @@ CASES: list[Case] = [
         checks=(succeeds(), booted_after(2.5)),
     ),
     Case(
+        "disk-full-during-upload",
+        snakefile=one_rule("wc -c < {input} > {output}", inputs="big.txt"),
+        files=BIG_INPUT,
+        faults=(("disk_full", dict(after_bytes=MIB)),),
+        checks=(fails("the instance's disk is full", "--vastai-disk"), rented(1)),
+        needs_mount=True,
+    ),
+    Case(
         "ssh-drop-mid-upload",
         snakefile=one_rule("wc -c < {input} > {output}", inputs="big.txt"),
         files=BIG_INPUT,
@@ -459,17 +470,6 @@ CASES: list[Case] = [
         "destroy-refused",
         faults=(("api_status", dict(code=400, endpoint="DELETE *", count=2)),),
         checks=(succeeds(), service_fault_spent("api_status"), destroy_retried(2)),
-    ),
-    # ----- the remote disk
-    Case(
-        "disk-full-during-upload",
-        snakefile=one_rule("wc -c < {input} > {output}", inputs="big.txt"),
-        files=BIG_INPUT,
-        args=("--vastai-disk", "0.001"),
-        checks=(fails("No space left on device"),),
-        xfail="simulator gap: instances ignore the rented disk size (LaunchSpec.disk) and "
-        "no fault fills the remote disk, so a full disk during upload cannot be "
-        "emulated; this run succeeds",
     ),
 ]
 
@@ -533,6 +533,8 @@ def matrix(request, tmp_path_factory):
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_fault(case: Case, matrix: Matrix):
+    if case.needs_mount and not can_mount():
+        pytest.skip("the disk_full fault needs root to mount a tmpfs")
     outcome = matrix.outcome(case)
     universal_checks(outcome)  # nothing left renting, whatever else happened
     if case.race is not None and case.race.signature in outcome.stderr:

@@ -39,6 +39,10 @@ Instance fault kinds:
   of the instance gets ``signal`` (SIGKILL: an OOM kill); sshd keeps serving.
 - ``host_key_change(after_seconds=0.0)``: the SSH host key changes ``after_seconds`` after
   running (a different machine answering on the same address).
+- ``disk_full(after_bytes)``: the instance's disk (its sandbox, HOME) holds only about
+  ``after_bytes`` (a size-limited tmpfs mounted over it at running, so writes beyond it
+  fail with a real ENOSPC, "No space left on device"). Needs root to mount; see
+  ``sandbox.can_mount()``.
 - ``stays_running()``: runtype ``args`` only: when the container command ends, the host
   never reports it. ``actual_status`` stays ``running`` (and billing goes on) until the
   instance is destroyed; the log keeps the command's output; the truth's ``exit_code``
@@ -93,6 +97,7 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "kill_job": {"after_seconds": 0.0, "signal": 9},
     "host_key_change": {"after_seconds": 0.0},
     "stays_running": {},
+    "disk_full": {"after_bytes": _REQUIRED},
 }
 SERVICE_KINDS: dict[str, dict[str, Any]] = {
     "api_status": {

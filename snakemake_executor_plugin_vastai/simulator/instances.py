@@ -150,6 +150,7 @@ class Instance:
         self._lock = threading.RLock()
         self._blocked: set[str] = {"boot"}  # reasons SSH refuses indefinitely
         self._hide_exit = False  # stays_running fault: the end of args is never reported
+        self._small_disk = False  # disk_full fault: a tmpfs is mounted over the sandbox
         self._generation = 0
         self._watchers: list[threading.Thread] = []
         self._torn = False
@@ -240,6 +241,9 @@ class Instance:
         for watcher in list(self._watchers):
             if watcher is not threading.current_thread():
                 watcher.join(5.0)
+        if self._small_disk:
+            sandbox.unmount(self.sandbox)
+            self._small_disk = False
 
     def remove_files(self) -> None:
         """Delete the sandbox and log (used when the whole state dir goes away)."""
@@ -461,6 +465,9 @@ class Instance:
         if self._take({"stays_running"}):  # before the command can end
             with self._lock:
                 self._hide_exit = True
+        for fault in self._take({"disk_full"}):
+            self._small_disk = sandbox.mount_small_disk(self.sandbox,
+                                                        int(fault.params["after_bytes"]))
         self._set("running", f"success, running {self.spec.image}")
         self._block("boot", False)
         self._start_main_process(gen)

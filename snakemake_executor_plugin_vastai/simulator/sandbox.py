@@ -16,7 +16,9 @@ environment (``env -i ...``) escapes the tag and thus ``kill_tagged``.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 TAG_VAR = "VASTAI_SIM_TAG"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -178,3 +182,40 @@ def kill_tagged(tag: str, grace: float = 0.5) -> int:
         hit |= set(signal_pids(survivors, signal.SIGKILL))
         survivors = _wait_gone(survivors, time.monotonic() + 1.0)
     return len(hit)
+
+
+# -- a small disk (the disk_full fault) ---------------------------------------------------
+def mount_small_disk(path: Path, size_bytes: int) -> bool:
+    """Mount a tmpfs of about ``size_bytes`` over ``path``: writes beyond it get ENOSPC.
+
+    Returns False (and mounts nothing) where mounting is not permitted.
+    """
+    size_kib = max(size_bytes // 1024, 16)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0700",
+                           "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        log.warning("disk_full fault: cannot mount a tmpfs on %s: %s", path,
+                    done.stderr.strip())
+        return False
+    return True
+
+
+def unmount(path: Path) -> None:
+    """Undo :func:`mount_small_disk` (lazily: a process may still hold a file there)."""
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def can_mount() -> bool:
+    """Whether :func:`mount_small_disk` works here (root with mount permission)."""
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    probe = Path(tempfile.mkdtemp(prefix="vastai-sim-mount-"))
+    try:
+        if not mount_small_disk(probe, 64 * 1024):
+            return False
+        unmount(probe)
+        return True
+    finally:
+        probe.rmdir()

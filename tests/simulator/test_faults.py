@@ -356,3 +356,19 @@ def test_faults_over_http_and_clear(sim):
 def test_invalid_faults_are_rejected(kind, params):
     with pytest.raises(ValueError):
         FaultPlan().add(kind, **params)
+
+
+def test_disk_full_gives_a_real_enospc(sim, key):
+    from snakemake_executor_plugin_vastai.simulator.sandbox import can_mount
+
+    if not can_mount():
+        pytest.skip("the disk_full fault needs root to mount a tmpfs")
+    sim.add_fault("disk_full", next_n=1, after_bytes=512 * 1024)
+    api = sdk(sim)
+    iid = rent(api, onstart_cmd="sleep 300")
+    port = wait_status(api, iid, "running")["ssh_port"]
+    status, _, err = key.run(port, "head -c 2000000 /dev/zero > fill.bin")
+    assert status != 0 and "No space left on device" in err
+    assert key.run(port, "rm fill.bin; echo small > ok.txt && cat ok.txt")[1] == "small\n"
+    api.destroy_instance(iid)
+    wait_for(lambda: not truth_of(sim, iid)["alive"])
