@@ -387,6 +387,8 @@ class JobDriver:
             status = str(row.get("actual_status") or "")
             message = str(row.get("status_msg") or "")
             self.run.journal.update_instance_status(iid, status)
+            if row.get("start_date"):
+                self.run.journal.record_instance_started(iid, float(row["start_date"]))
             if FATAL_BOOT_PATTERNS.search(message) and status != "running":
                 raise JobFailure(f"instance {iid} failed to boot: {message}")
             if self.m.storage and (status == "running" or status == "exited"):
@@ -739,6 +741,7 @@ class JobDriver:
             self.run.journal.record_destroy_requested(instance_id=iid)
             try:
                 self.run.api.destroy_instance(iid)
+                self.run.journal.record_destroy_accepted(iid)
                 crash_point("after_destroy_request")
                 gone = self.run.api.show_instance(iid) is None
             except VastError as exc:

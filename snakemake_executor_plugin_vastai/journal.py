@@ -18,7 +18,7 @@ may open it: a run, a restarted run, ``sqlite-utils``), foreign keys on. It is
 plain SQLite, readable with ``sqlite-utils rows journal.sqlite jobs`` or
 ``datasette journal.sqlite``. All timestamps are ``time.time()`` epoch seconds.
 
-Schema (version 1; migrations only ever add tables and columns)
+Schema (version 2; migrations only ever add tables and columns)
 ----------------------------------------------------------------
 ``meta(key TEXT PK, value TEXT)``
     ``schema_version``, ``workflow_id`` (random hex, created once),
@@ -41,12 +41,16 @@ exit_code, log_path, last_error, resumed_from -> jobs)``
 run_id -> runs, offer_id, machine_id, gpu_name, num_gpus, dph_total,
 geolocation, offer, ssh_host, ssh_port, host_key, requested_at, created_at,
 contacted_at, destroy_requested_at, destroyed_at, last_status,
-last_status_at)``
+last_status_at, started_at, destroy_accepted_at)``
     One row per instance label, written before the create call
     (``requested_at``); ``instance_id`` stays NULL until the API answers.
     ``offer`` is JSON of the offer facts. ``host_key`` is the instance's public
     SSH host key, pinned on first contact. ``destroyed_at`` set means "known
     not to exist any more" (also for a label that was never created).
+    ``started_at`` is the API's ``start_date`` (Vast.ai's clock) and
+    ``destroy_accepted_at`` the time the first destroy request was accepted:
+    costs run from the one to the other (falling back to ``created_at`` and
+    ``destroyed_at`` where a fact is missing), as Vast.ai bills.
 ``transitions(id INTEGER PK AUTOINCREMENT, job_id -> jobs, run_id -> runs,
 from_state, to_state, trigger, at, detail)``
     Append-only (triggers refuse UPDATE and DELETE): one row per state change,
@@ -118,7 +122,9 @@ INSTANCE_MANAGED = frozenset(
         "host_key",
         "contacted_at",
         "destroy_requested_at",
+        "destroy_accepted_at",
         "destroyed_at",
+        "started_at",
         "offer",
     }
 )
@@ -225,6 +231,15 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         db.execute(sql)
     db.execute("INSERT INTO meta (key, value) VALUES ('workflow_id', ?)", [secrets.token_hex(4)])
     db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", [repr(time.time())])
+
+
+@migration
+def m002_billing_clock(db: sqlite_utils.Database) -> None:
+    """Vast.ai's own start time of an instance and the moment its destroy was accepted:
+    the client's create/destroy-confirmed times drift from the billing clock by the
+    request latencies (seconds under load), which costs were priced on before."""
+    db.execute("ALTER TABLE instances ADD COLUMN started_at REAL")
+    db.execute("ALTER TABLE instances ADD COLUMN destroy_accepted_at REAL")
 
 
 WORKFLOW_ID_FILE = "workflow-id"
@@ -852,6 +867,23 @@ class Journal:
             if cursor.rowcount != 1:
                 raise self._unknown_instance(f"instance {instance_id}")
 
+    def record_instance_started(self, instance_id: int, start_date: float) -> None:
+        """Vast.ai's ``start_date`` of the instance (the billing clock starts there)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE instances SET started_at = COALESCE(started_at, ?) WHERE instance_id = ?",
+                [float(start_date), instance_id],
+            )
+
+    def record_destroy_accepted(self, instance_id: int) -> None:
+        """The API accepted a destroy request (the billing clock stops there)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE instances SET destroy_accepted_at = COALESCE(destroy_accepted_at, ?) "
+                "WHERE instance_id = ?",
+                [self._clock(), instance_id],
+            )
+
     def record_destroy_requested(
         self, *, label: str | None = None, instance_id: int | None = None
     ) -> None:
@@ -1122,12 +1154,17 @@ def _describe(label: str | None, instance_id: int | None) -> str:
 
 
 def _cost(row: Mapping[str, Any], now: float) -> tuple[float, float]:
-    start = row["created_at"]
-    if start is None:
-        return 0.0, 0.0
-    end = row["destroyed_at"] if row["destroyed_at"] is not None else now
+    """Billed time on Vast.ai's clock where known (see the schema notes), else ours."""
+    if row["created_at"] is None and row.get("started_at") is None:
+        return 0.0, 0.0  # never created
+    start = _first(row.get("started_at"), row["created_at"])
+    end = _first(row.get("destroy_accepted_at"), row["destroyed_at"], now)
     seconds = max(0.0, float(end) - float(start))
     return seconds, seconds / 3600.0 * float(row["dph_total"] or 0.0)
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
 
 
 def _plain(value: Any) -> Any:

@@ -160,6 +160,7 @@ class Run:
                 if label:
                     self.journal.record_destroy_requested(label=label)
                 self.api.destroy_instance(instance_id)
+                self.journal.record_destroy_accepted(instance_id)
                 if label:
                     self.journal.record_instance_destroyed(label=label)
             except VastError as exc:

@@ -237,7 +237,7 @@ def test_reopen_keeps_workflow_id_and_runs_migrations_once(tmp_path: Path) -> No
         assert again.workflow_id == workflow_id
         again.close()
     rows = raw(first.path, "SELECT version, name FROM migrations ORDER BY version")
-    assert rows == [(1, "m001_initial")]
+    assert rows == [(1, "m001_initial"), (2, "m002_billing_clock")]
 
 
 def test_a_new_migration_runs_once_and_keeps_the_data(
@@ -254,13 +254,14 @@ def test_a_new_migration_runs_once_and_keeps_the_data(
         db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER")
 
     monkeypatch.setattr(journal_module, "MIGRATIONS", [*journal_module.MIGRATIONS, m002_add_column])
-    monkeypatch.setattr(Journal, "SCHEMA_VERSION", 2)
+    version = len(journal_module.MIGRATIONS)  # the patched list, with the new step
+    monkeypatch.setattr(Journal, "SCHEMA_VERSION", version)
     for _ in range(2):
         upgraded = Journal.for_workdir(tmp_path)
         upgraded.update_job(job_id, priority=5)  # the new column is settable at once
         upgraded.close()
     assert calls == [1]
-    assert raw(j.path, "SELECT value FROM meta WHERE key='schema_version'") == [("2",)]
+    assert raw(j.path, "SELECT value FROM meta WHERE key='schema_version'") == [(str(version),)]
     assert raw(j.path, "SELECT state, priority FROM jobs") == [("searching", 5)]
 
 

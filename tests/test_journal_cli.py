@@ -47,13 +47,11 @@ rule boom:
     shell: "sleep 2; echo boom-goes-the-job >&2; exit 3"
 """
 IMAGE = "vastai/pytorch:2.4.1-cuda-12.4.1"
-# The journal stamps an instance's birth and death when the API has answered, the
-# simulator when it acts: on a loaded machine that lag, not the CLI, can exceed 1%.
-# Seconds tolerated per instance beyond 1%: the journal prices from our own
-# timestamps (after the create answer, after the confirming show), which lag the
-# server's clock by a round trip or two -- more on a loaded machine. Issue 5 keeps
-# the strict 1% target open (price from the API's start_date instead).
-API_LAG = 1.0
+# The journal prices an instance on Vast.ai's clock: from the API's start_date to
+# the moment its destroy request was accepted. What remains between it and the
+# simulator's bill is the destroy answer's trip back (milliseconds; more on a
+# loaded machine): tolerated per instance beyond the 1% target.
+API_LAG = 0.05
 
 
 @dataclass
@@ -82,7 +80,13 @@ def sim() -> Iterator[Simulator]:
 @pytest.fixture(scope="module")
 def finished(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Finished:
     workdir = write_workflow(tmp_path_factory.mktemp("jcli") / "wf", {"Snakefile": SNAKEFILE})
+    # Slow create answers and slow destroy confirmations: the client's own clock then
+    # runs seconds apart from the billing clock, and only pricing on Vast.ai's facts
+    # (start_date, the accepted destroy) stays within 1% of the bill.
+    sim.add_fault("api_latency", seconds=1.5, endpoint="PUT */asks/*")
+    sim.add_fault("api_latency", seconds=1.5, endpoint="GET /api/v0/instances/*")
     result = run_snakemake(workdir, sim.url, sim.api_key, "--keep-going")
+    sim.clear_faults()
     assert result.returncode != 0, "the boom job should have failed the run"
     assert "vastai: run summary: 3 jobs (1 failed, 2 succeeded)" in result.stderr
     truth = sim.truth()
@@ -284,7 +288,13 @@ def test_instances_match_the_simulators_bill(capsys, finished):
     assert {r["instance_id"] for r in rows} == set(truth)
     with Journal(finished.journal) as journal:
         for row in rows:
-            assert row["billed_dollars"] == billed([truth[row["instance_id"]]])
+            fact = truth[row["instance_id"]]
+            with capsys.disabled():  # `pytest -s` shows the agreement
+                print(f"instance {fact['id']}: journal {row['billed_seconds']:.3f} s, "
+                      f"simulator {fact['billed_seconds']:.3f} s")
+            assert row["billed_seconds"] == pytest.approx(fact["billed_seconds"], rel=0.01,
+                                                          abs=API_LAG)
+            assert row["billed_dollars"] == billed([fact])
             assert (row["billed_seconds"], row["billed_dollars"]) == pytest.approx(
                 journal.instance_cost(row["label"])
             )
