@@ -36,15 +36,38 @@ API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
 
 
 def resolve_api_key(settings: Any) -> str:
-    """The key from --vastai-api-key, SNAKEMAKE_VASTAI_API_KEY or VAST_API_KEY."""
+    """The key from --vastai-api-key, SNAKEMAKE_VASTAI_API_KEY, VAST_API_KEY, or the file
+    ``vastai set api-key`` saved (where the official CLI and SDK look for it)."""
     key = getattr(settings, "api_key", None)
     for name in API_KEY_ENV:
         key = key or os.environ.get(name)
+    key = key or key_from_file()
     if not key or not key.strip():
         raise WorkflowError(
             "No Vast.ai API key: set VAST_API_KEY (or SNAKEMAKE_VASTAI_API_KEY, or "
-            "--vastai-api-key). Keys are at https://console.vast.ai/manage-keys/")
+            "--vastai-api-key), or save one with 'vastai set api-key'. Keys are at "
+            "https://console.vast.ai/manage-keys/")
     return key.strip()
+
+
+def api_key_files() -> list[Path]:
+    """The key files of the official vastai CLI/SDK, in their order of preference."""
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return [Path(config) / "vastai" / "vast_api_key", Path(os.path.expanduser("~/.vast_api_key"))]
+
+
+def key_from_file() -> str | None:
+    """The first existing key file's content; an unreadable one is an error naming it."""
+    for path in api_key_files():
+        if not os.path.lexists(path):
+            continue
+        try:
+            return path.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise WorkflowError(f"cannot read the Vast.ai API key file {path}: {reason} "
+                                "(fix or remove it, or set VAST_API_KEY)") from None
+    return None
 
 
 def resolve_api_url(settings: Any) -> str:

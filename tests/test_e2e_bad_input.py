@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -46,9 +47,50 @@ def test_unknown_gpu_name_fails_the_job_without_renting(tmp_path, simulator):
     assert simulator.truth()["created_count"] == 0
 
 
+def no_key_env(home: Path) -> dict[str, str]:
+    """No key in the environment, and a HOME of the test's own (no saved key file)."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = sim_env(None, HOME=str(home))
+    env.pop("XDG_CONFIG_HOME", None)
+    return env
+
+
+def test_the_key_saved_by_vastai_set_api_key_is_used(tmp_path, simulator):
+    home = tmp_path / "home"
+    key_file = home / ".config/vastai/vast_api_key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(simulator.api_key + "\n")
+    wf = workflow(tmp_path)
+    result = run_snakemake(wf, simulator.url, None, timeout=120, env=no_key_env(home))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert simulator.api_key not in result.stderr
+
+
+def test_unreadable_api_key_file_is_named_before_renting(tmp_path, simulator):
+    home = tmp_path / "home"
+    (home / ".vast_api_key").mkdir(parents=True)  # unreadable as a file, even for root
+    wf = workflow(tmp_path)
+    result = run_snakemake(wf, simulator.url, None, timeout=120, env=no_key_env(home))
+    assert result.returncode != 0
+    assert f"cannot read the Vast.ai API key file {home / '.vast_api_key'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert simulator.truth()["created_count"] == 0
+
+
+def test_max_price_below_every_offer_rents_nothing(tmp_path, simulator):
+    wf = workflow(tmp_path)
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-max-price", "0.0001",
+                           timeout=120)
+    assert result.returncode != 0
+    assert "no Vast.ai offer matches" in result.stderr
+    assert "--vastai-max-price" in result.stderr
+    assert simulator.truth()["created_count"] == 0
+
+
 def test_missing_api_key_is_reported(tmp_path, simulator):
     wf = workflow(tmp_path)
-    result = run_snakemake(wf, simulator.url, None, timeout=120, env=sim_env(None))
+    result = run_snakemake(wf, simulator.url, None, timeout=120,
+                           env=no_key_env(tmp_path / "home"))
     assert result.returncode != 0
     assert "VAST_API_KEY" in result.stderr
     assert simulator.truth()["created_count"] == 0
