@@ -1015,8 +1015,26 @@ def api_url(journal: Journal, option: str | None) -> tuple[str, str]:
     if latest is not None:
         settings = _parse_json(latest["settings"])
         if isinstance(settings, dict) and settings.get("api_url"):
-            return str(settings["api_url"]).rstrip("/"), f"recorded by run {latest['id']}"
+            recorded = str(settings["api_url"]).rstrip("/")
+            if not trusted_recorded_url(recorded):
+                # The key goes wherever the URL points: a journal file is not enough say-so.
+                raise CliError(
+                    f"the journal's latest run used the API at {recorded}; the key is sent "
+                    "only to the real service or this machine unless you name the URL: pass "
+                    f"--api-url {recorded} (or set VAST_URL) if you trust it"
+                )
+            return recorded, f"recorded by run {latest['id']}"
     return DEFAULT_URL, "default"
+
+
+def trusted_recorded_url(url: str) -> bool:
+    """The real service, or a server on this machine (the bundled simulator)."""
+    from urllib.parse import urlsplit
+
+    if url == DEFAULT_URL.rstrip("/"):
+        return True
+    host = urlsplit(url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def list_ours(journal: Journal, args: argparse.Namespace) -> list[dict]:

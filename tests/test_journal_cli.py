@@ -482,6 +482,20 @@ def test_alive_with_a_refused_key_or_no_api(capsys, finished, tmp_path, monkeypa
     assert code == 1 and "could not ask Vast.ai at http://127.0.0.1:9" in err
 
 
+def test_a_recorded_url_elsewhere_is_not_trusted_with_the_key(capsys, copy, api_env):
+    """A journal file (copied, attached to a bug report, edited) cannot redirect the key:
+    a recorded API URL that is neither the real service nor this machine needs --api-url."""
+    import sqlite3
+
+    with sqlite3.connect(copy) as db:
+        db.execute("UPDATE runs SET settings = json_set(settings, '$.api_url', "
+                   "'http://collector.example.invalid')")
+    code, _, err = cli(capsys, "--journal", str(copy), "instances", "--alive")
+    assert code == 2
+    assert "--api-url http://collector.example.invalid" in err
+    assert "asking Vast.ai at http://collector" not in err  # nothing was sent
+
+
 # -- cleanup --------------------------------------------------------------------------------------
 def test_cleanup_destroys_leftovers_and_never_a_foreign_instance(capsys, copy, sim, api_env):
     _job, leftover, label, _run = journal_leftover(copy, sim, state="running")
