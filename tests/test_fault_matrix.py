@@ -65,7 +65,8 @@ MATRIX_ROWS: list[tuple[str, str, str]] = [
     (
         "API unreachable for a while (connections reset, or requests hanging)",
         "Every call, the batched status listing included, retries within its budget; a "
-        "running job is followed over SSH and does not need the API",
+        "running job is followed over SSH and does not need the API; the destroy waits "
+        "for the API to answer again",
         "Nothing; the job succeeds",
     ),
     (
@@ -321,14 +322,18 @@ CASES: list[Case] = [
     ),
     Case(
         "api-down-mid-run-reset",
-        snakefile=sleepy(6),
-        inject=Inject(("running",), api_down(6, "reset")),
+        # A running SSH job needs no API; the outage outlasts the job, so the destroy
+        # after it meets the outage and must wait it out.
+        snakefile=sleepy(2),
+        inject=Inject(("running",), api_down(8, "reset")),
         checks=(succeeds(), rejected("down", 1)),
     ),
     Case(
         "api-down-mid-run-hang",
-        snakefile=sleepy(6),
-        inject=Inject(("running",), api_down(6, "hang")),
+        # A running SSH job needs no API; the outage outlasts the job, so the destroy
+        # after it meets the outage and must wait it out.
+        snakefile=sleepy(2),
+        inject=Inject(("running",), api_down(8, "hang")),
         checks=(succeeds(), rejected("down", 1)),
     ),
     # ----- the marketplace
