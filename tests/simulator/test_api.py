@@ -164,6 +164,8 @@ def test_log_url_answers_404_first_and_needs_no_auth(simulator):
     api = sdk(simulator)
     iid = rent(api, onstart_cmd="echo hi")
     wait_status(api, iid, "running")
+    # The log is snapshotted at request time: wait until the onstart has written it.
+    assert wait_for(lambda: simulator.fleet.get(iid).log_text() == "hi\n")
     url = raw(simulator, "PUT", f"/api/v0/instances/request_logs/{iid}/", json={}).json()
     first = requests.get(url["result_url"], timeout=5)
     assert first.status_code == 404
