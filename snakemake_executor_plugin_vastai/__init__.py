@@ -151,6 +151,13 @@ class Executor(RemoteExecutor):
         self._install_signal_handlers()
         super().run_jobs(jobs)
 
+    def get_job_args(self, job: JobExecutorInterface, **kwargs: Any) -> str:
+        """Snakemake's job arguments, but shell-quoted (see jobargs.py)."""
+        from .jobargs import job_args
+
+        return job_args(job, cores=kwargs.get("cores", self.cores),
+                        unneeded_temp_files=self.workflow.dag.get_unneeded_temp_files(job))
+
     def run_job(self, job: JobExecutorInterface) -> None:
         model = self.run.submit(job)
         self.report_job_submission(SubmittedJobInfo(job=job, external_jobid=model.job_id))

@@ -19,6 +19,7 @@ from .journal import Journal, JournalCorrupt, JournalError
 from .logs import SECRETS, PluginLogger
 from .offers import OfferSettings
 from .runtime import Run, RunSettings, SnakemakeHooks
+from .sources import SourcesError, git_files, newline_paths, write_archive
 from .storage import (
     OutputProbe,
     StorageCheckFailed,
@@ -166,6 +167,20 @@ def validate_scheduled_jobs(workflow: Any) -> None:
                                        int(single.threads or 1))
             except ConfigError as exc:
                 raise WorkflowError(str(exc)) from None
+            check_job_paths(single)
+
+
+def check_job_paths(job: Any) -> None:
+    """A newline in a declared path cannot cross a command line safely: refuse it early."""
+    declared = [*job.input, *job.output, *job.log]
+    benchmark = getattr(job, "benchmark", None)
+    if benchmark:
+        declared.append(benchmark)
+    bad = newline_paths(str(p) for p in declared)
+    if bad:
+        raise WorkflowError(
+            f"rule {job.rule.name}: the path {bad[0]!r} contains a newline, which the vastai "
+            "executor cannot pass to the remote Snakemake; rename it (nothing was rented)")
 
 
 UNTRACKED_SHOWN = 10
@@ -187,9 +202,16 @@ def check_git(workdir: Path, log: PluginLogger) -> None:
             f"The workflow directory {workdir} is not a git repository. The vastai executor "
             "ships the git-tracked files to each instance: run 'git init' and 'git add' the "
             "Snakefile, scripts and config files (no commit needed).")
-    listed = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", "."],
-                            cwd=workdir, capture_output=True, text=True, timeout=60)
-    untracked = [f for f in listed.stdout.splitlines() if f and not f.startswith(".snakemake/")]
+    try:
+        bad = newline_paths(git_files(workdir))
+        untracked = [f for f in git_files(workdir, "--others", "--exclude-standard")
+                     if not f.startswith(".snakemake/")]
+    except SourcesError as exc:
+        raise WorkflowError(str(exc)) from None
+    if bad:
+        raise WorkflowError(
+            f"the git-tracked file {bad[0]!r} has a newline in its name, which the vastai "
+            "executor cannot ship; rename it or 'git rm --cached' it (nothing was rented)")
     if untracked:
         shown = ", ".join(untracked[:UNTRACKED_SHOWN])
         more = f" and {len(untracked) - UNTRACKED_SHOWN} more" if len(untracked) > 10 else ""
@@ -228,7 +250,8 @@ def start_run(executor: Any) -> Run:
     hooks = SnakemakeHooks(
         job_command=executor.format_job_exec,
         declared_envvars=executor.envvars,
-        write_source_archive=getattr(executor.workflow, "write_source_archive", None),
+        write_source_archive=lambda target: write_archive(executor.workflow, target, workdir,
+                                                          warn=log.warning),
         snakemake_version=snakemake.__version__,
         credential_env=credential_env,
     )
@@ -245,6 +268,8 @@ def start_run(executor: Any) -> Run:
         raise WorkflowError(f"Vast.ai API at {resolved.api_url} is not reachable "
                             f"(--vastai-api-url / VAST_URL): {exc}") from None
     if mode is not None:
+        # Snakemake's own archive writer misreads git's quoted names (see sources.py).
+        executor.workflow.write_source_archive = hooks.write_source_archive
         try:
             run.storage = deploy_sources(executor.workflow, mode)
         except WorkflowError:

@@ -1,0 +1,213 @@
+"""The catalogue of differential workflows, as data.
+
+Each :class:`Case` is a small workflow (a dict of files) plus the command-line words both
+runs share. ``tests/differential.py`` runs a case under the local executor and under
+``--executor vastai`` and compares the trees; any other mode (storage mode, say) can run
+the same catalogue with its own argv. A case marked ``slow`` runs only on demand
+(``pytest -m differential_slow``); the others run in CI.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
+def _benchmark(data: bytes) -> bytes:
+    """Benchmark files hold timings: compare the header and the shape of each row."""
+    lines = data.decode("utf-8", "replace").splitlines()
+    return "\n".join([lines[0], *(f"{len(line.split(chr(9)))} columns" for line in lines[1:])]
+                     ).encode() if lines else b""
+
+
+def _exists(_data: bytes) -> bytes:
+    """Files whose content carries times and paths (a report): presence is what counts."""
+    return b""
+
+
+_TIMESTAMP = re.compile(rb"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?")
+
+
+NORMALISERS: Mapping[str, Callable[[bytes], bytes]] = MappingProxyType({
+    "same": _same, "benchmark": _benchmark, "exists": _exists,
+})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One workflow, run both ways. Paths are relative to the workflow directory."""
+
+    name: str
+    files: Mapping[str, str | bytes]
+    promise: str  # what the case shows, one line
+    untracked: tuple[str, ...] = ()  # files left out of git (shipped as declared inputs)
+    targets: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()  # for both runs
+    local_args: tuple[str, ...] = ()
+    remote_args: tuple[str, ...] = ()
+    then: tuple[tuple[str, ...], ...] = ()  # follow-up runs with the same executor
+    expect_failure: bool = False
+    fuzzy: Mapping[str, str] = field(default_factory=dict)  # glob -> NORMALISERS key
+    ignored: tuple[str, ...] = ()  # paths left out of the comparison
+    workdir_name: str = "wf"
+    commit: bool = True
+    slow: bool = False
+    rents: int | None = None  # instances the vastai run must create (None: not checked)
+
+    def is_tracked(self, rel: str) -> bool:
+        return rel not in self.untracked
+
+    def normaliser(self, rel: str) -> Callable[[bytes], bytes]:
+        for pattern, name in self.fuzzy.items():
+            if fnmatch.fnmatchcase(rel, pattern):
+                return NORMALISERS[name]
+        return _same
+
+
+# -- the workflows ------------------------------------------------------------------------
+CHAIN = Case(
+    name="chain",
+    promise="a script:, a config file, params and a two-step chain",
+    files={
+        "Snakefile": '''\
+configfile: "config.yaml"
+
+rule all:
+    input: "out/summary.txt"
+
+rule count:
+    input: "data/words.txt"
+    output: "out/count.txt"
+    params: word=config["word"]
+    script: "scripts/count.py"
+
+rule summary:
+    input: "out/count.txt"
+    output: "out/summary.txt"
+    log: "logs/summary.log"
+    shell: "(echo summary; cat {input}) > {output} 2> {log}; echo done >> {log}"
+''',
+        "config.yaml": "word: gpu\n",
+        "scripts/count.py": '''\
+text = open(snakemake.input[0]).read()
+with open(snakemake.output[0], "w") as out:
+    out.write(f"{snakemake.params.word} {text.count(snakemake.params.word)}\\n")
+''',
+        "data/words.txt": "gpu cpu gpu tpu gpu\n",
+    },
+    untracked=("data/words.txt",),
+    rents=2,
+)
+
+# Names POSIX and git allow but shells and naive parsers trip on.
+ODD = "in put/h\u00e9llo w\u00f6rld \"q\" 'a' $HOME \\back -n.txt"
+ODD_WILDCARD = "-x $y 'z' \u00fc"
+
+ODD_NAMES = Case(
+    name="odd_names",
+    promise="spaces, quotes, non-ASCII, $, backslashes and leading dashes in every kind of "
+            "path, tracked and untracked, and in the workflow directory's own name",
+    workdir_name="wf dir \u00e9 $x 'q' -n",
+    files={
+        "Snakefile": f'''\
+ODD = {ODD!r}
+WILD = {ODD_WILDCARD!r}
+
+rule all:
+    input: "res/" + WILD + "/done.txt", "res dir/-tree", "--version"
+
+rule top:
+    input: "--help.txt"
+    output: "--version"
+    shell: "cat -- {{input:q}} > {{output:q}}"
+
+rule copy:
+    input: tracked="data/" + ODD, shipped="more/" + ODD
+    output: "res/{{name}}/done.txt"
+    log: "logs/{{name}} \\\\ $l.log"
+    shell: "cat {{input.tracked:q}} {{input.shipped:q}} > {{output:q}}; "
+           "echo {{wildcards.name:q}} > {{log:q}}"
+
+rule tree:
+    input: "data/" + ODD
+    output: directory("res dir/-tree")
+    params: sub="sub $d \\ 'q'"
+    shell: "mkdir -p {{output:q}}/{{params.sub:q}} && cp {{input:q}} {{output:q}}/{{params.sub:q}}/"
+''',
+        f"data/{ODD}": "tracked odd file\n",
+        f"more/{ODD}": "untracked odd file\n",
+        "scripts/-dash 'q'.py": "print('tracked script with an odd name')\n",
+        "--help.txt": "a top-level input named like an option\n",
+    },
+    untracked=(f"more/{ODD}", "--help.txt"),
+    rents=3,
+)
+
+GROUP = Case(
+    name="group",
+    promise="two rules in one group run on one instance; every member's output, log and "
+            "benchmark comes home",
+    files={
+        "Snakefile": '''\
+rule all:
+    input: "out/c.txt"
+
+rule a:
+    output: "out/a.txt"
+    log: "logs/a.log"
+    group: "g"
+    shell: "echo a > {output}; echo log-a > {log}"
+
+rule b:
+    input: "out/a.txt"
+    output: "out/b.txt"
+    log: "logs/b.log"
+    benchmark: "bench/b.tsv"
+    group: "g"
+    resources: mem_mb=100
+    shell: "(cat {input}; echo b) > {output}; echo log-b > {log}"
+
+rule c:
+    input: "out/b.txt"
+    output: "out/c.txt"
+    shell: "(cat {input}; echo c) > {output}"
+''',
+    },
+    fuzzy={"bench/*": "benchmark"},
+    rents=2,
+)
+
+FAILED_LOG = Case(
+    name="failed_log_keep_going",
+    promise="a failing job's log comes home, its output does not; --keep-going finishes "
+            "the independent job",
+    files={
+        "Snakefile": '''\
+rule all:
+    input: "ok.txt", "bad.txt"
+
+rule ok:
+    output: "ok.txt"
+    shell: "sleep 2; echo ok > {output}"
+
+rule bad:
+    output: "bad.txt"
+    log: "logs/bad.log"
+    shell: "echo partial > {output}; echo 'bad things happened' > {log}; exit 3"
+''',
+    },
+    args=("--keep-going",),
+    expect_failure=True,
+    rents=2,
+)
+
+FAST_CASES: tuple[Case, ...] = (CHAIN, ODD_NAMES, GROUP, FAILED_LOG)
+SLOW_CASES: tuple[Case, ...] = ()
+CASES: tuple[Case, ...] = FAST_CASES + SLOW_CASES
