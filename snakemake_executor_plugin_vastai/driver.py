@@ -526,7 +526,7 @@ class JobDriver:
 
     def _runtime_timer(self) -> threading.Timer | None:
         """--vastai-max-runtime in SSH mode: break the follow when the time is up."""
-        cap = self.run.settings.max_runtime
+        cap = self.run.max_runtime(self.m)
         if not cap or self.m.running_since is None:
             return None
         left = max(cap - (time.monotonic() - self.m.running_since), 0.0)
@@ -584,7 +584,7 @@ class JobDriver:
         iid = self._instance_id()
         self.run.watcher.watch(iid)
         started = self.m.running_since or time.monotonic()
-        cap = self.run.settings.max_runtime
+        cap = self.run.max_runtime(self.m)
         next_probe = started + self.run.output_check_interval
         outputs_since: float | None = None
         exited_since: float | None = None
@@ -672,7 +672,7 @@ class JobDriver:
 
     def _over_runtime_message(self) -> str:
         return (f"rule {self.m.rule}: the job ran longer than --vastai-max-runtime "
-                f"{self.run.settings.max_runtime:g}s on instance {self.m.instance_id}, which "
+                f"{self.run.max_runtime(self.m):g}s on instance {self.m.instance_id}, which "
                 f"is destroyed; log: {self.m.log_path}{log_tail(self.m.log_path)}")
 
     def _complete_storage(self, rc: int, note: str | None = None) -> None:
@@ -695,15 +695,15 @@ class JobDriver:
             try:
                 self._with_ssh("download", lambda s: s.download(
                     self.run.remote_dir, back.paths, self.run.workdir, allowed=allowed,
-                    max_bytes=self.run.settings.max_download_bytes))
+                    max_bytes=self.run.settings.max_download_bytes, optional=back.optional))
             except JobFailure:
                 if ok:
                     raise
                 # the job failed anyway; missing logs must not hide its exit code
         if not ok:
             self.m.failure = (f"rule {self.m.rule}: the job exited with code {self.m.exit_code} "
-                              f"on instance {self.m.instance_id}; remote log: {self.m.log_path}"
-                              f"{log_tail(self.m.log_path)}")
+                              f"on instance {self.m.instance_id}{self.run.failure_note(self.m)}"
+                              f"; remote log: {self.m.log_path}{log_tail(self.m.log_path)}")
             self.run.journal.update_job(self.m.job_id, last_error=self.m.failure)
         crash_point("after_download")
         self.fire("downloaded", detail={"paths": len(back.paths), "exit_code": self.m.exit_code})

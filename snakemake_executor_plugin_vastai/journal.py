@@ -549,8 +549,11 @@ class Journal:
         attempt: int,
         state: str,
         log_path: str | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> str:
-        """Journal a submitted job in its first state; returns the job id."""
+        """Journal a submitted job in its first state; returns the job id.
+
+        ``detail`` goes on the submit row (a group job's members, for instance)."""
         job_id = uuid.uuid4().hex[:12]
         state = _state(state)
         now = self._clock()
@@ -571,7 +574,7 @@ class Journal:
                 updated_at=now,
                 log_path=log_path,
             )
-            _insert_transition(db, job_id, run_id, None, state, "submit", now, None)
+            _insert_transition(db, job_id, run_id, None, state, "submit", now, detail)
         return job_id
 
     def transition(

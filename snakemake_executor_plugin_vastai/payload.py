@@ -83,14 +83,82 @@ def _size(path: Path) -> int:
 
 @dataclass(frozen=True)
 class Homecoming:
-    """Paths a job may bring back: declared files and declared directories."""
+    """Paths a job may bring back: declared files and declared directories.
+
+    ``optional`` paths may be missing on the instance without failing the download: a
+    group's temp() outputs that the group itself consumed (its remote Snakemake deletes
+    them, and the local one does not expect them).
+    """
 
     files: list[str]
     directories: list[str]
+    optional: tuple[str, ...] = ()
 
     @property
     def paths(self) -> list[str]:
         return [*self.directories, *self.files]
+
+
+def job_homecoming(job: Any, workdir: Path, *, succeeded: bool) -> Homecoming:
+    """What a job (or every member of a group job) brings home.
+
+    A group job's own ``output`` holds only what leaves the group; Snakemake still checks
+    every member's outputs, logs and benchmark afterwards, so all of them come home.
+    ``pipe()`` and ``service()`` outputs live only while the group runs: never fetched.
+    """
+    members = list(job.jobs) if job.is_group() else [job]
+    files: list[str] = []
+    dirs: list[str] = []
+    optional: list[str] = []
+    for member in members:
+        rule = str(member.rule.name)
+        outputs = [o for o in member.output if not _streamed(o)]
+        back = homecoming(outputs, member.log, getattr(member, "benchmark", None), workdir,
+                          rule, succeeded=succeeded)
+        files.extend(f for f in back.files if f not in files)
+        dirs.extend(d for d in back.directories if d not in dirs)
+        if job.is_group():
+            optional.extend(relative_inside(str(o), workdir, "output", rule)
+                            for o in outputs if _flagged(o, "temp"))
+    return Homecoming(files=files, directories=dirs, optional=tuple(optional))
+
+
+def group_members(job: Any) -> list[str]:
+    """``rule (job N)`` for each member of a group job, in Snakemake's run order."""
+    if not job.is_group():
+        return []
+    return [f"{member.rule.name} (job {member.jobid})" for member in job]  # toposorted
+
+
+_ERROR_IN_RULE = re.compile(r"^\s*Error in rule (\S+?):\s*$", re.MULTILINE)
+
+
+def failed_members_note(job: Any, log_path: str) -> str:
+    """``; failed in group g: rule b (log: logs/b.log)`` from the remote Snakemake's log.
+
+    The remote Snakemake runs the whole group and prints ``Error in rule X:`` for each
+    member that failed; the member's own log files are named after it.
+    """
+    try:
+        text = Path(log_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    failed = list(dict.fromkeys(_ERROR_IN_RULE.findall(text)))
+    notes = []
+    for rule in failed:
+        logs = [str(f) for m in job.jobs if m.rule.name == rule for f in m.log]
+        notes.append(f"rule {rule}" + (f" (log: {', '.join(logs)})" if logs else ""))
+    return f"; failed in group {job.groupid}: {'; '.join(notes)}" if notes else ""
+
+
+def _flagged(item: Any, flag: str) -> bool:
+    flags = getattr(item, "flags", None)
+    return bool(flags) and flag in flags
+
+
+def _streamed(item: Any) -> bool:
+    """pipe() and service() outputs: a FIFO or socket shared by a group's members."""
+    return _flagged(item, "pipe") or _flagged(item, "service")
 
 
 def homecoming(outputs: Iterable[Any], logs: Iterable[Any], benchmark: Any, workdir: Path,

@@ -957,11 +957,13 @@ class RemoteSession:
         *,
         allowed: AllowedPaths,
         max_bytes: int | None = None,
+        optional: Sequence[str] = (),
     ) -> list[Path]:
         """Bring ``paths`` (relative to ``remote_dir``) home under ``local_root``.
 
         One exec channel running ``tar -c``, streamed into the safe extractor. Paths
-        that exist are written; missing ones then raise ``MissingRemotePaths``.
+        that exist are written; missing ones then raise ``MissingRemotePaths`` (except
+        those in ``optional``).
         Returns the local paths written (files and links).
         """
         wanted = [clean_relative(p) for p in paths]
@@ -1004,7 +1006,8 @@ class RemoteSession:
             raise RemoteError(
                 f"{self.endpoint}: packing {remote_dir} failed (tar exit {rc}): {_tail(err)}"
             )
-        missing = [p for p in wanted if p not in extractor.seen]
+        may_lack = {clean_relative(p) for p in optional}
+        missing = [p for p in wanted if p not in extractor.seen and p not in may_lack]
         if missing:
             raise MissingRemotePaths(
                 f"{self.endpoint}: not found in {remote_dir} on the instance: "

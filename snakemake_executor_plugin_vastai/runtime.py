@@ -28,6 +28,7 @@ from .logs import SECRETS, PluginLogger
 from .machine import JobState
 from .offers import OfferRequest, OfferSettings, build_offer_request
 from .recovery import Recovery, scheduled_fingerprints
+from .rule_settings import JobSettings, container_of, job_settings
 from .storage import StorageSetup, container_args, exit_token
 from .vast import VastAPI, VastError
 from .watcher import InstanceWatcher
@@ -125,7 +126,7 @@ class Run:
         job_id = self.journal.add_job(run_id=self.run_id, rule=rule,
                                       snakemake_jobid=job.jobid, fingerprint=fp,
                                       attempt=job.attempt, state=JobState.SEARCHING.value,
-                                      log_path=str(log_path))
+                                      log_path=str(log_path), detail=submit_detail(job))
         model = JobModel(job_id=job_id, run=self, snakemake_job=job, rule=rule,
                          attempt=job.attempt, fingerprint=fp, log_path=str(log_path),
                          claim=self.recovery.claim(fp), storage=self.storage is not None)
@@ -191,9 +192,22 @@ class Run:
     def offer_request(self, model: JobModel) -> OfferRequest:
         job = model.snakemake_job
         excluded = self.journal.failed_machines(model.fingerprint)
-        return build_offer_request(self.settings.offer_settings, dict(job.resources),
+        return build_offer_request(self.job_settings(model).offer, dict(job.resources),
                                    int(job.threads or 1), rule=model.rule,
                                    exclude_machines=excluded)
+
+    def job_settings(self, model: JobModel) -> JobSettings:
+        """The run's settings with the job's rule overrides (see rule_settings.py)."""
+        job = model.snakemake_job
+        return job_settings(image=self.settings.image, max_runtime=self.settings.max_runtime,
+                            offer=self.settings.offer_settings, resources=dict(job.resources),
+                            rule=model.rule, container_url=container_of(job))
+
+    def max_runtime(self, model: JobModel) -> float:
+        """Seconds this job may run (0 = no cap)."""
+        if model.snakemake_job is None:  # an earlier run's job, being closed
+            return self.settings.max_runtime
+        return self.job_settings(model).max_runtime
 
     def spend_cap_reached(self) -> str | None:
         """A message once --vastai-max-spend is used up by this run's instances."""
@@ -231,11 +245,11 @@ class Run:
         if self.storage is not None:
             # The container runs the job; credentials travel in its environment.
             return self.api.create_instance(
-                int(offer["id"]), image=self.settings.image, disk_gb=request.storage_gb,
+                int(offer["id"]), image=self.job_settings(model).image, disk_gb=request.storage_gb,
                 label=label, env=self.job_environment(model), runtype="args",
                 args=self.container_args(model, label))
         return self.api.create_instance(
-            int(offer["id"]), image=self.settings.image, disk_gb=request.storage_gb,
+            int(offer["id"]), image=self.job_settings(model).image, disk_gb=request.storage_gb,
             label=label, onstart=self.onstart_script(),
             runtype="ssh_direc ssh_proxy")
 
@@ -267,9 +281,13 @@ class Run:
                                 self.source_archive())
 
     def homecoming(self, model: JobModel, *, succeeded: bool) -> payload.Homecoming:
-        job = model.snakemake_job
-        return payload.homecoming(job.output, job.log, getattr(job, "benchmark", None),
-                                  self.workdir, model.rule, succeeded=succeeded)
+        return payload.job_homecoming(model.snakemake_job, self.workdir, succeeded=succeeded)
+
+    def failure_note(self, model: JobModel) -> str:
+        """For a failed group job: which member(s) failed, and their logs."""
+        if model.snakemake_job is None or not model.snakemake_job.is_group():
+            return ""
+        return payload.failed_members_note(model.snakemake_job, model.log_path)
 
     def job_command(self, model: JobModel) -> str:
         return payload.job_script(self.hooks.job_command(model.snakemake_job),
@@ -419,6 +437,12 @@ def command_text(job: Any) -> str:
     except Exception:
         shellcmd = None
     return f"shell:{shellcmd}" if shellcmd else f"run:{rule.name}"
+
+
+def submit_detail(job: Any) -> dict | None:
+    """What the journal's submit row says about a group job: its members."""
+    members = payload.group_members(job)
+    return {"group": str(job.groupid), "members": members} if members else None
 
 
 def job_rule(job: Any) -> str:

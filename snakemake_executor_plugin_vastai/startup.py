@@ -18,6 +18,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 from .journal import Journal, JournalCorrupt, JournalError
 from .logs import SECRETS, PluginLogger
 from .offers import OfferSettings
+from .rule_settings import container_of, validate_rule_settings
 from .runtime import Run, RunSettings, SnakemakeHooks
 from .sources import SourcesError, git_files, newline_paths, write_archive
 from .storage import (
@@ -165,9 +166,16 @@ def validate_scheduled_jobs(workflow: Any) -> None:
             try:
                 validate_job_resources(single.rule.name, dict(single.resources),
                                        int(single.threads or 1))
+                validate_rule_settings(single.rule.name, dict(single.resources),
+                                       container_of(single))
             except ConfigError as exc:
                 raise WorkflowError(str(exc)) from None
             check_job_paths(single)
+        if job.is_group():
+            try:
+                container_of(job)
+            except ConfigError as exc:
+                raise WorkflowError(str(exc)) from None
 
 
 def check_job_paths(job: Any) -> None:

@@ -208,6 +208,67 @@ rule bad:
     rents=2,
 )
 
-FAST_CASES: tuple[Case, ...] = (CHAIN, ODD_NAMES, GROUP, FAILED_LOG)
+GROUP_FAILS = Case(
+    name="group_member_fails",
+    promise="a failing group member is reported with its rule and log; every member's log "
+            "comes home. (The local executor ignores groups, so there rule a's output stays; "
+            "Snakemake removes the outputs of every member of a failed group job, as with "
+            "any remote executor: out/ is left out of the comparison.)",
+    files={
+        "Snakefile": '''\
+rule all:
+    input: "out/b.txt"
+
+rule a:
+    output: "out/a.txt"
+    log: "logs/a.log"
+    group: "g"
+    shell: "echo a > {output}; echo log-a > {log}"
+
+rule b:
+    input: "out/a.txt"
+    output: "out/b.txt"
+    log: "logs/b.log"
+    group: "g"
+    shell: "echo 'b broke' > {log}; exit 7"
+''',
+    },
+    expect_failure=True,
+    ignored=("out",),
+    rents=1,
+)
+
+RULE_SETTINGS = Case(
+    name="rule_settings",
+    promise="per-rule image, price cap, disk, region and reliability as resources (also "
+            "via --set-resources and --default-resources); container: chooses the image",
+    files={
+        "Snakefile": '''\
+rule all:
+    input: "a.txt", "b.txt", "c.txt"
+
+rule a:
+    output: "a.txt"
+    resources: vastai_max_price="0.4", vastai_disk=55, vastai_geolocation="EU"
+    shell: "echo a > {output}"
+
+rule b:
+    output: "b.txt"
+    container: "docker://python:3.12-slim"
+    shell: "echo b > {output}"
+
+rule c:
+    output: "c.txt"
+    resources: vastai_image="vastai/base-image:cuda-12.4.1-auto"
+    shell: "echo c > {output}"
+''',
+    },
+    args=("--set-resources", "c:vastai_reliability='0.99'",
+          "--default-resources", "vastai_disk=66"),
+    rents=3,
+)
+
+FAST_CASES: tuple[Case, ...] = (CHAIN, ODD_NAMES, GROUP, GROUP_FAILS, FAILED_LOG,
+                                RULE_SETTINGS)
 SLOW_CASES: tuple[Case, ...] = ()
 CASES: tuple[Case, ...] = FAST_CASES + SLOW_CASES

@@ -1,14 +1,21 @@
 """Every catalogued workflow ends the same under the local executor and on the simulator.
 
 Fast cases run in CI; ``pytest -m differential_slow tests/test_differential.py`` runs the
-rest (the whole catalogue: ``pytest -m 'differential or differential_slow'``).
+rest (the whole catalogue: ``pytest -m 'differential or differential_slow'``). Some cases
+also promise something only the vastai run can show (which image an instance ran, what a
+failure message names); those checks follow the comparison.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from tests.differential import run_case
+from snakemake_executor_plugin_vastai.validation import expand_geolocation
+from tests.differential import Differential, run_case
 from tests.differential_cases import FAST_CASES, SLOW_CASES, Case
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +30,52 @@ def _params(cases: tuple[Case, ...], mark: pytest.MarkDecorator) -> list:
 def test_workflow_ends_as_under_the_local_executor(case: Case, tmp_path, simulator):
     result = run_case(case, tmp_path, simulator)
     result.assert_same()
+    truth = simulator.truth()
     if case.rents is not None:
-        created = simulator.truth()["created_count"]
-        assert created == case.rents, result.explain()
+        assert truth["created_count"] == case.rents, result.explain()
+    extra = EXTRA_CHECKS.get(case.name)
+    if extra is not None:
+        extra(result, [i for i in truth["instances"] if not i.get("foreign")])
+
+
+def _journal(result: Differential, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal",
+                           *args, "--json"], cwd=result.remote.workdir, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def _group_members_journaled(result: Differential, instances: list[dict]) -> None:
+    jobs = _journal(result, "jobs")
+    rows = jobs["jobs"] if isinstance(jobs, dict) else jobs
+    (group,) = [j for j in rows if j["rule"] == "group-g"]
+    shown = _journal(result, "show", group["id"])
+    submit = shown["transitions"][0]
+    assert submit["trigger"] == "submit"
+    assert [m.split(" ")[0] for m in submit["detail"]["members"]] == ["a", "b"]
+
+
+def _failing_member_named(result: Differential, instances: list[dict]) -> None:
+    assert "failed in group g: rule b (log: logs/b.log)" in result.remote.stderr, \
+        result.explain()
+    assert (result.remote.workdir / "logs/b.log").read_text() == "b broke\n"
+    assert (result.remote.workdir / "logs/a.log").read_text() == "log-a\n"
+
+
+def _rule_settings_reached_the_rentals(result: Differential, instances: list[dict]) -> None:
+    by_image = {i["image"]: i for i in instances}
+    a = by_image["vastai/pytorch:@vastai-automatic-tag"]  # rule a: price, disk, region
+    assert a["dph_total"] <= 0.4 and a["disk"] == 55
+    assert a["geolocation"].split(",")[-1].strip() in expand_geolocation("EU")
+    b = by_image["python:3.12-slim"]  # rule b: its container, --default-resources disk
+    assert b["disk"] == 66
+    c = by_image["vastai/base-image:cuda-12.4.1-auto"]  # rule c: image, --set-resources
+    assert c["reliability"] >= 0.99 and c["disk"] == 66
+
+
+EXTRA_CHECKS = {
+    "group": _group_members_journaled,
+    "group_member_fails": _failing_member_named,
+    "rule_settings": _rule_settings_reached_the_rentals,
+}
