@@ -106,7 +106,7 @@ def job_homecoming(job: Any, workdir: Path, *, succeeded: bool) -> Homecoming:
     every member's outputs, logs and benchmark afterwards, so all of them come home.
     ``pipe()`` and ``service()`` outputs live only while the group runs: never fetched.
     """
-    members = list(job.jobs) if job.is_group() else [job]
+    members = list(job) if job.is_group() else [job]  # a group iterates in run order
     files: list[str] = []
     dirs: list[str] = []
     optional: list[str] = []
@@ -197,11 +197,36 @@ def forwarded_environment(environ: Mapping[str, str], declared: Mapping[str, str
 _SNAKEMAKE_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
 
 
-def job_script(command: str, snakemake_version: str) -> str:
+EXIT_NO_CONDA = 98
+
+
+def conda_check(rules: Iterable[str], image: str) -> str:
+    """A shell line that stops the job with a clear message when the image has no conda.
+
+    Without it the remote Snakemake fails with "Error running conda info", which names
+    neither the rule nor the image.
+    """
+    names = ", ".join(sorted(set(rules)))
+    message = (f"vastai: rule {names} uses conda: (--software-deployment-method conda) but "
+               f"the image {image} has no conda, mamba or micromamba on PATH; choose an "
+               "image with conda (the rule's vastai_image resource or --vastai-image)")
+    return ("command -v conda >/dev/null 2>&1 || command -v mamba >/dev/null 2>&1 || "
+            "command -v micromamba >/dev/null 2>&1 || "
+            f"{{ echo {shlex.quote(message)} >&2; exit {EXIT_NO_CONDA}; }}")
+
+
+def conda_rules(job: Any) -> list[str]:
+    """Rules of the job (or group) that declare a conda environment."""
+    members = list(job.jobs) if job.is_group() else [job]
+    return [str(m.rule.name) for m in members if getattr(m, "conda_env_spec", None)]
+
+
+def job_script(command: str, snakemake_version: str, checks: Iterable[str] = ()) -> str:
     """The remote shell script: bootstrap, unpack sources, run the job.
 
     Bootstrap installs Snakemake at the local version only when the image
-    lacks it (real images usually do; the simulator never does).
+    lacks it (real images usually do; the simulator never does). ``checks`` are shell
+    lines run first (e.g. :func:`conda_check`).
     """
     version = snakemake_version if _SNAKEMAKE_VERSION_RE.match(snakemake_version) else ""
     pin = f"snakemake=={version}" if version else "snakemake"
@@ -212,6 +237,7 @@ def job_script(command: str, snakemake_version: str) -> str:
     )
     return "\n".join([
         "set -e",
+        *checks,
         'command -v python >/dev/null 2>&1 || { echo "vastai: no python on PATH in this image; '
         'choose an image with python (--vastai-image)" >&2; exit 127; }',
         "python -c 'import snakemake' 2>/dev/null || "

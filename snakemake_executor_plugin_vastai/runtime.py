@@ -68,6 +68,7 @@ class SnakemakeHooks:
     snakemake_version: str
     storage: StorageSetup | None = None  # storage mode (see storage.py), else SSH mode
     credential_env: Mapping[str, str] = field(default_factory=dict)  # e.g. Google creds
+    uses_conda: bool = False  # --software-deployment-method conda
 
 
 class Run:
@@ -290,8 +291,11 @@ class Run:
         return payload.failed_members_note(model.snakemake_job, model.log_path)
 
     def job_command(self, model: JobModel) -> str:
-        return payload.job_script(self.hooks.job_command(model.snakemake_job),
-                                  self.hooks.snakemake_version)
+        job = model.snakemake_job
+        conda = payload.conda_rules(job) if self.hooks.uses_conda else []
+        checks = [payload.conda_check(conda, self.job_settings(model).image)] if conda else []
+        return payload.job_script(self.hooks.job_command(job), self.hooks.snakemake_version,
+                                  checks)
 
     def container_args(self, model: JobModel, label: str) -> list[str]:
         """Storage mode: the container command that deploys the sources and runs the job."""

@@ -228,6 +228,13 @@ def check_git(workdir: Path, log: PluginLogger) -> None:
                     f"{more} ('git add' them if jobs need them)")
 
 
+def uses_conda(workflow: Any) -> bool:
+    """Whether Snakemake was asked to deploy conda environments (built on the instance)."""
+    settings = getattr(workflow, "deployment_settings", None)
+    methods = getattr(settings, "deployment_method", None) or ()
+    return any(str(getattr(m, "name", m)).lower() == "conda" for m in methods)
+
+
 def open_journal(workdir: Path, log: PluginLogger) -> Journal:
     """The workflow's journal; a corrupt one is moved aside (never overwritten) with a warning."""
     try:
@@ -262,6 +269,7 @@ def start_run(executor: Any) -> Run:
                                                           warn=log.warning),
         snakemake_version=snakemake.__version__,
         credential_env=credential_env,
+        uses_conda=uses_conda(executor.workflow),
     )
     journal = open_journal(workdir, log)
     run = Run(workdir=workdir, settings=resolved, api_key=api_key, hooks=hooks, log=log,

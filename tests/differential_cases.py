@@ -268,7 +268,318 @@ rule c:
     rents=3,
 )
 
+BENCHMARK = Case(
+    name="benchmark",
+    promise="benchmark: files come home (timings differ; header and row shape compared)",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "b/x.txt"
+
+rule x:
+    output: "b/x.txt"
+    benchmark: "benchmarks/x.tsv"
+    shell: "echo x > {output}"
+""",
+    },
+    fuzzy={"benchmarks/*": "benchmark"},
+    slow=True,
+    rents=1,
+)
+
+TEMP_PROTECTED = Case(
+    name="temp_protected",
+    promise="temp() intermediates are removed once consumed; protected() outputs end "
+            "read-only",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "final.txt"
+
+rule make:
+    output: temp("tmp/inter.txt")
+    shell: "echo inter > {output}"
+
+rule finish:
+    input: "tmp/inter.txt"
+    output: protected("final.txt")
+    shell: "(cat {input}; echo final) > {output}"
+""",
+    },
+    slow=True,
+    rents=2,
+)
+
+DIRECTORY_ANCIENT = Case(
+    name="directory_ancient",
+    promise="directory() outputs come home whole; ancient() inputs do not trigger reruns",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "listing.txt"
+
+rule tree:
+    output: directory("tree")
+    shell: "mkdir -p {output}/x/y && echo 1 > {output}/x/y/one && echo 2 > {output}/two"
+
+rule listing:
+    input: t="tree", old=ancient("ref.txt")
+    output: "listing.txt"
+    shell: "(cd {input.t} && find . -type f | sort; cat ../{input.old}) > {output}"
+""",
+        "ref.txt": "reference\n",
+    },
+    untracked=("ref.txt",),
+    slow=True,
+    rents=2,
+)
+
+CHECKPOINT = Case(
+    name="checkpoint",
+    promise="a checkpoint's output decides the rest of the DAG after it came home",
+    files={
+        "Snakefile": """\
+import os
+
+rule all:
+    input: "merged.txt"
+
+checkpoint split:
+    output: directory("parts")
+    shell: "mkdir -p {output} && for i in 1 2 3; do echo part$i > {output}/p$i.txt; done"
+
+rule upper:
+    input: "parts/{i}.txt"
+    output: "upper/{i}.txt"
+    shell: "tr a-z A-Z < {input} > {output}"
+
+def parts(wildcards):
+    out = checkpoints.split.get().output[0]
+    names = glob_wildcards(os.path.join(out, "{i}.txt")).i
+    return expand("upper/{i}.txt", i=sorted(names))
+
+rule merge:
+    input: parts
+    output: "merged.txt"
+    shell: "cat {input} > {output}"
+""",
+    },
+    slow=True,
+    rents=5,
+)
+
+LOCALRULE = Case(
+    name="localrule",
+    promise="localrules: run on this machine, nothing rented for them",
+    files={
+        "Snakefile": """\
+localrules: here
+
+rule all:
+    input: "there.txt"
+
+rule here:
+    output: "here.txt"
+    shell: "echo here > {output}"
+
+rule there:
+    input: "here.txt"
+    output: "there.txt"
+    shell: "(cat {input}; echo there) > {output}"
+""",
+    },
+    slow=True,
+    rents=1,
+)
+
+THREADS_RESOURCES = Case(
+    name="threads_resources",
+    promise="--set-threads, --set-resources and --default-resources reach the job as "
+            "locally",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "t.txt"
+
+rule t:
+    output: "t.txt"
+    threads: 1
+    resources: level=1
+    shell: "echo threads={threads} level={resources.level} extra={resources.extra} > {output}"
+""",
+    },
+    args=("--set-threads", "t=2", "--set-resources", "t:level=5",
+          "--default-resources", "extra=9"),
+    slow=True,
+    rents=1,
+)
+
+TOUCH = Case(
+    name="touch",
+    promise="--touch marks outputs up to date without running (or renting) anything",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "out.txt"
+
+rule one:
+    input: "in.txt"
+    output: "out.txt"
+    shell: "cp {input} {output}"
+""",
+        "out.txt": "already here\n",
+        "in.txt": "newer input\n",
+    },
+    untracked=("out.txt", "in.txt"),
+    args=("--touch",),
+    slow=True,
+    rents=0,
+)
+
+DRY_RUN = Case(
+    name="dry_run",
+    promise="--dry-run rents nothing and writes nothing",
+    files={
+        "Snakefile": """\
+rule one:
+    output: "out.txt"
+    shell: "echo one > {output}"
+""",
+    },
+    args=("--dry-run",),
+    rents=0,
+)
+
+REPORT = Case(
+    name="report",
+    promise="snakemake --report after a remote run builds the report from its metadata",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "res/plot.txt"
+
+rule plot:
+    output: report("res/plot.txt", caption="caption.rst", category="Results")
+    shell: "echo plotted > {output}"
+""",
+        "caption.rst": "The result.\n",
+    },
+    then=(("--report", "report.html"),),
+    fuzzy={"report.html": "exists"},
+    slow=True,
+    rents=1,
+)
+
+GROUP_COMPONENTS = Case(
+    name="group_components",
+    promise="--group-components packs two components of a group into one group job, "
+            "one instance",
+    files={
+        "Snakefile": """\
+rule all:
+    input: expand("g/{i}.txt", i=range(4))
+
+rule one:
+    output: "g/{i}.txt"
+    group: "fan"
+    shell: "echo {wildcards.i} > {output}"
+""",
+    },
+    args=("--group-components", "fan=2"),
+    slow=True,
+    rents=2,
+)
+
+GROUP_PIPE = Case(
+    name="group_pipe",
+    promise="a pipe() between two members of a group works on the instance",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "p/counted.txt"
+
+rule produce:
+    output: pipe("p/stream")
+    group: "p"
+    shell: "for i in 1 2 3; do echo line$i; done > {output}"
+
+rule consume:
+    input: "p/stream"
+    output: "p/counted.txt"
+    group: "p"
+    shell: "wc -l < {input} > {output}"
+""",
+    },
+    slow=True,
+    rents=1,
+)
+
+GROUP_SERVICE = Case(
+    name="group_service",
+    promise="a service() job serves a group member on the same instance",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "s/client.txt"
+
+rule server:
+    output: service("s/socket")
+    group: "svc"
+    shell: "python3 scripts/serve.py {output}"
+
+rule client:
+    input: "s/socket"
+    output: "s/client.txt"
+    group: "svc"
+    shell: "python3 scripts/ask.py {input} > {output}"
+""",
+        "scripts/serve.py": """\
+import os, socket, sys
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(1)
+conn, _ = srv.accept()
+conn.sendall(b"served\\n")
+conn.close()
+""",
+        "scripts/ask.py": """\
+import socket, sys, time
+for _ in range(100):
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sys.argv[1])
+        break
+    except OSError:
+        time.sleep(0.1)
+print(s.recv(100).decode().strip())
+""",
+    },
+    slow=True,
+    rents=1,
+)
+
+CONDA = Case(
+    name="conda_without_conda",
+    promise="conda: rules with --software-deployment-method conda fail as locally when no "
+            "conda is there, with an error naming the rule",
+    files={
+        "Snakefile": """\
+rule one:
+    output: "c.txt"
+    conda: "envs/tiny.yaml"
+    shell: "echo c > {output}"
+""",
+        "envs/tiny.yaml": "channels: [conda-forge]\ndependencies: [python]\n",
+    },
+    args=("--software-deployment-method", "conda"),
+    expect_failure=True,
+    slow=True,
+)
+
 FAST_CASES: tuple[Case, ...] = (CHAIN, ODD_NAMES, GROUP, GROUP_FAILS, FAILED_LOG,
-                                RULE_SETTINGS)
-SLOW_CASES: tuple[Case, ...] = ()
+                                RULE_SETTINGS, DRY_RUN)
+SLOW_CASES: tuple[Case, ...] = (BENCHMARK, TEMP_PROTECTED, DIRECTORY_ANCIENT, CHECKPOINT,
+                                LOCALRULE, THREADS_RESOURCES, TOUCH, REPORT,
+                                GROUP_COMPONENTS, GROUP_PIPE, GROUP_SERVICE, CONDA)
 CASES: tuple[Case, ...] = FAST_CASES + SLOW_CASES
