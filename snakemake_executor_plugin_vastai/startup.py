@@ -189,6 +189,12 @@ def check_job_paths(job: Any) -> None:
         raise WorkflowError(
             f"rule {job.rule.name}: the path {bad[0]!r} contains a newline, which the vastai "
             "executor cannot pass to the remote Snakemake; rename it (nothing was rented)")
+    for name, value in dict(getattr(job, "wildcards_dict", None) or {}).items():
+        if "," in str(value):
+            raise WorkflowError(
+                f"rule {job.rule.name}: wildcard {name}={str(value)!r} contains a comma, which "
+                "Snakemake's remote job arguments (--target-jobs) cannot carry; avoid commas "
+                "in wildcard values (nothing was rented)")
 
 
 UNTRACKED_SHOWN = 10

@@ -473,7 +473,7 @@ rule plot:
 GROUP_COMPONENTS = Case(
     name="group_components",
     promise="--group-components packs two components of a group into one group job, "
-            "one instance",
+            "one instance sized for both (threads and memory added up by Snakemake)",
     files={
         "Snakefile": """\
 rule all:
@@ -482,7 +482,9 @@ rule all:
 rule one:
     output: "g/{i}.txt"
     group: "fan"
-    shell: "echo {wildcards.i} > {output}"
+    threads: 2
+    resources: mem_mb=1500
+    shell: "echo {wildcards.i} {threads} > {output}"
 """,
     },
     args=("--group-components", "fan=2"),

@@ -9,11 +9,13 @@ failure message names); those checks follow the comparison.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
+from snakemake_executor_plugin_vastai.offers import ram_mib
 from snakemake_executor_plugin_vastai.validation import expand_geolocation
 from tests.differential import Differential, run_case
 from tests.differential_cases import FAST_CASES, SLOW_CASES, Case
@@ -74,7 +76,25 @@ def _rule_settings_reached_the_rentals(result: Differential, instances: list[dic
     assert c["reliability"] >= 0.99 and c["disk"] == 66
 
 
+def _groups_sized_for_their_members(result: Differential, instances: list[dict]) -> None:
+    """Two parallel members of 2 threads and 1500 MB each: 4 cores, 3000 MB per instance."""
+    with sqlite3.connect(result.remote.workdir / ".snakemake/vastai/journal.sqlite") as db:
+        details = [json.loads(d) for (d,) in db.execute(
+            "select detail from transitions where trigger = 'offers_found'")]
+    assert len(details) == 2
+    for detail in details:
+        assert "cpu_cores_effective>=4" in detail["query"], detail
+        assert f"cpu_ram>={ram_mib(3000) / 1000:g}" in detail["query"], detail
+
+
+def _conda_error_names_rule_and_image(result: Differential, instances: list[dict]) -> None:
+    assert "rule one uses conda:" in result.remote.stderr, result.explain()
+    assert "has no conda" in result.remote.stderr
+
+
 EXTRA_CHECKS = {
+    "group_components": _groups_sized_for_their_members,
+    "conda_without_conda": _conda_error_names_rule_and_image,
     "group": _group_members_journaled,
     "group_member_fails": _failing_member_named,
     "rule_settings": _rule_settings_reached_the_rentals,
