@@ -9,7 +9,9 @@ Where to find things: ``machine.py`` (job states and transitions, as data),
 ``driver.py`` (each state's side effect), ``journal.py`` (SQLite journal),
 ``offers.py`` (resources -> offer search), ``validation.py`` (early checks),
 ``vast.py`` (the SDK adapter), ``remote.py`` (the paramiko adapter),
-``payload.py`` (what travels to and from an instance), ``storage.py``
+``payload.py`` (what travels to and from an instance), ``sources.py`` (the
+source archive), ``jobargs.py`` (the remote job arguments), ``rule_settings.py``
+(per-rule overrides), ``storage.py``
 (storage mode: data through a bucket), ``runtime.py`` (one
 run's shared parts), ``simulator/`` (the local Vast.ai).
 """
