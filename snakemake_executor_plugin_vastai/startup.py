@@ -234,11 +234,39 @@ def check_git(workdir: Path, log: PluginLogger) -> None:
                     f"{more} ('git add' them if jobs need them)")
 
 
-def uses_conda(workflow: Any) -> bool:
-    """Whether Snakemake was asked to deploy conda environments (built on the instance)."""
+def deployment_methods(workflow: Any) -> set[str]:
+    """Snakemake's --software-deployment-method values, lower case ("conda", "apptainer")."""
     settings = getattr(workflow, "deployment_settings", None)
     methods = getattr(settings, "deployment_method", None) or ()
-    return any(str(getattr(m, "name", m)).lower() == "conda" for m in methods)
+    return {str(getattr(m, "name", m)).lower() for m in methods}
+
+
+def check_apptainer(workflow: Any) -> None:
+    """Apptainer cannot run inside a Vast.ai (Docker) instance: say so before renting.
+
+    A rule's ``container: "docker://..."`` becomes its instance image instead, so the
+    job runs in that image without Apptainer.
+    """
+    if "apptainer" not in deployment_methods(workflow):
+        return
+    try:
+        jobs = list(workflow.dag.needrun_jobs())
+    except Exception:  # the DAG interface is Snakemake-internal; never block on it
+        return
+    for job in jobs:
+        for single in (job.jobs if job.is_group() else [job]):
+            if getattr(single, "container_img_url", None) and not single.is_local:
+                raise WorkflowError(
+                    f"rule {single.rule.name}: --software-deployment-method apptainer cannot "
+                    "work on Vast.ai, whose instances are Docker containers; drop apptainer "
+                    "from --software-deployment-method: the rule's container: docker://... "
+                    "image becomes its instance image and the job runs in it directly "
+                    "(nothing was rented)")
+
+
+def uses_conda(workflow: Any) -> bool:
+    """Whether Snakemake was asked to deploy conda environments (built on the instance)."""
+    return "conda" in deployment_methods(workflow)
 
 
 def open_journal(workdir: Path, log: PluginLogger) -> Journal:
@@ -265,6 +293,7 @@ def start_run(executor: Any) -> Run:
     SECRETS.add([api_key])
     resolved = run_settings(settings)
     validate_scheduled_jobs(executor.workflow)
+    check_apptainer(executor.workflow)
     workdir = Path(os.getcwd())
     check_git(workdir, log)
     mode, credential_env = storage_preflight(executor.workflow, resolved.forward_credentials)

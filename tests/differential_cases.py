@@ -99,6 +99,7 @@ with open(snakemake.output[0], "w") as out:
         "data/words.txt": "gpu cpu gpu tpu gpu\n",
     },
     untracked=("data/words.txt",),
+    commit=False,  # git add is enough, as the README says
     rents=2,
 )
 

@@ -60,6 +60,17 @@ def test_a_wildcard_value_with_a_comma_is_refused_naming_the_rule(tmp_path, simu
     assert simulator.truth()["created_count"] == 0
 
 
+def test_apptainer_deployment_is_refused_and_the_docker_image_suggested(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": one_rule(
+        '    container: "docker://python:3.12-slim"\n')})
+    result = run_snakemake(wf, simulator.url, simulator.api_key,
+                           "--software-deployment-method", "apptainer", timeout=120)
+    assert result.returncode != 0
+    assert "rule one: --software-deployment-method apptainer cannot work" in result.stderr, \
+        result.stderr[-3000:]
+    assert simulator.truth()["created_count"] == 0
+
+
 def test_a_rules_own_runtime_cap_stops_a_hung_job(tmp_path, simulator):
     wf = write_workflow(tmp_path / "wf", {"Snakefile": (
         'rule hang:\n    output: "h.txt"\n    resources: vastai_max_runtime=3\n'
