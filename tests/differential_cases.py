@@ -181,6 +181,36 @@ rule c:
     rents=2,
 )
 
+GROUP_TEMP = Case(
+    name="group_temp",
+    promise="temp() outputs of a group: one consumed only inside the group, one also "
+            "needed by a job outside it; both end as locally (removed once consumed)",
+    files={
+        "Snakefile": """\
+rule all:
+    input: "out/b.txt", "out/c.txt"
+
+rule a:
+    output: inner=temp("tmp/inner.txt"), shared=temp("tmp/shared.txt")
+    group: "g"
+    shell: "echo inner > {output.inner}; echo shared > {output.shared}"
+
+rule b:
+    input: "tmp/inner.txt", "tmp/shared.txt"
+    output: "out/b.txt"
+    group: "g"
+    shell: "cat {input} > {output}"
+
+rule c:
+    input: "tmp/shared.txt"
+    output: "out/c.txt"
+    shell: "(cat {input}; echo c) > {output}"
+""",
+    },
+    slow=True,
+    rents=2,
+)
+
 FAILED_LOG = Case(
     name="failed_log_keep_going",
     promise="a failing job's log comes home, its output does not; --keep-going finishes "
@@ -579,7 +609,7 @@ rule one:
 CASES: tuple[Case, ...] = (
     CHAIN, ODD_NAMES, GROUP, GROUP_FAILS, FAILED_LOG, RULE_SETTINGS, DRY_RUN,
     BENCHMARK, TEMP_PROTECTED, DIRECTORY_ANCIENT, CHECKPOINT, LOCALRULE, THREADS_RESOURCES,
-    TOUCH, REPORT, GROUP_COMPONENTS, GROUP_PIPE, GROUP_SERVICE, CONDA,
+    TOUCH, REPORT, GROUP_COMPONENTS, GROUP_PIPE, GROUP_SERVICE, GROUP_TEMP, CONDA,
 )
 FAST_CASES: tuple[Case, ...] = tuple(c for c in CASES if not c.slow)
 SLOW_CASES: tuple[Case, ...] = tuple(c for c in CASES if c.slow)
