@@ -156,7 +156,7 @@ class Executor(RemoteExecutor):
         self.report_job_submission(SubmittedJobInfo(job=job, external_jobid=model.job_id))
 
     async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]):
-        from .machine import JobState
+        from .redaction import scrub
 
         for info in active_jobs:
             driver = self.run.drivers.get(str(info.external_jobid))
@@ -164,12 +164,14 @@ class Executor(RemoteExecutor):
                 yield info
                 continue
             model = driver.m
-            if model.state is JobState.SUCCEEDED:
+            if model.work_succeeded:
+                # Outputs are home; an unconfirmed destroy fails the run at shutdown
+                # instead (reporting an error here would make Snakemake delete them).
                 self.report_job_success(info)
             else:
                 # Snakemake appends its own sentence to msg without a separator.
                 msg = (model.failure or f"job {model.state.value}").rstrip("\n") + "\n"
-                self.report_job_error(info, msg=msg, aux_logs=[model.log_path])
+                self.report_job_error(info, msg=scrub(msg), aux_logs=[model.log_path])
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
         self.run.cancel_all()
@@ -177,7 +179,11 @@ class Executor(RemoteExecutor):
     def shutdown(self) -> None:
         super().shutdown()
         self.run.finish()
-        self.run.close("finished")
+        pending = self.run.close("finished")
+        if pending:
+            from snakemake_interface_common.exceptions import WorkflowError
+
+            raise WorkflowError(pending)
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGHUP behave like Ctrl-C: Snakemake cancels, we destroy.

@@ -15,7 +15,13 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
-from .journal import Journal, JournalCorrupt, JournalError
+from .journal import (
+    RELATIVE_PATH,
+    WORKFLOW_ID_FILE,
+    Journal,
+    JournalCorrupt,
+    JournalError,
+)
 from .logs import SECRETS, PluginLogger
 from .offers import OfferSettings
 from .runtime import Run, RunSettings, SnakemakeHooks
@@ -37,17 +43,31 @@ API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
 
 def resolve_api_key(settings: Any) -> str:
     """The key from --vastai-api-key, SNAKEMAKE_VASTAI_API_KEY, VAST_API_KEY, or the file
-    ``vastai set api-key`` saved (where the official CLI and SDK look for it)."""
-    key = getattr(settings, "api_key", None)
+    ``vastai set api-key`` saved (where the official CLI and SDK look for it).
+
+    The key is registered as a secret before anything else looks at it, and a key
+    that could never travel in an HTTP header is refused here: ``requests`` would
+    otherwise quote it whole in an exception message.
+    """
+    key, source = getattr(settings, "api_key", None), "--vastai-api-key"
     for name in API_KEY_ENV:
-        key = key or os.environ.get(name)
-    key = key or key_from_file()
+        if not key:
+            key, source = os.environ.get(name), name
+    if not key:
+        key, source = key_from_file(), "the key file 'vastai set api-key' saved"
+    SECRETS.add([key])
     if not key or not key.strip():
         raise WorkflowError(
             "No Vast.ai API key: set VAST_API_KEY (or SNAKEMAKE_VASTAI_API_KEY, or "
             "--vastai-api-key), or save one with 'vastai set api-key'. Keys are at "
             "https://console.vast.ai/manage-keys/")
-    return key.strip()
+    key = key.strip()
+    if not key.isprintable() or any(c.isspace() for c in key) or not key.isascii():
+        raise WorkflowError(
+            f"the Vast.ai API key from {source} contains whitespace, control or non-ASCII "
+            "characters (a stray newline or quote?); copy it again from "
+            "https://console.vast.ai/manage-keys/ (the key itself is not shown here)")
+    return key
 
 
 def api_key_files() -> list[Path]:
@@ -199,7 +219,25 @@ def check_git(workdir: Path, log: PluginLogger) -> None:
 
 
 def open_journal(workdir: Path, log: PluginLogger) -> Journal:
-    """The workflow's journal; a corrupt one is moved aside (never overwritten) with a warning."""
+    """The workflow's journal; a corrupt one is moved aside (never overwritten) with a
+    warning, and so is one copied along with its workflow directory (see
+    :func:`leave_copied_journal`)."""
+    journal = _open_journal(workdir, log)
+    here = str(workdir.resolve())
+    home = journal.copied_from(workdir)
+    if home is not None:
+        journal.close()
+        moved = leave_copied_journal(workdir)
+        log.warning(f"this workflow directory is a copy of {home} (same journal and label "
+                    "prefix): it gets a fresh label prefix, so the two never touch each "
+                    f"other's instances; the copied journal is kept at {moved}")
+        journal = _open_journal(workdir, log)
+    if journal.home() != here:
+        journal.set_home(here)
+    return journal
+
+
+def _open_journal(workdir: Path, log: PluginLogger) -> Journal:
     try:
         return Journal.for_workdir(workdir)
     except JournalCorrupt as exc:
@@ -210,6 +248,13 @@ def open_journal(workdir: Path, log: PluginLogger) -> Journal:
         return Journal.for_workdir(workdir)
     except JournalError as exc:
         raise WorkflowError(str(exc)) from None
+
+
+def leave_copied_journal(workdir: Path) -> Path:
+    """Set a copied journal and its workflow id aside, so a fresh id (and prefix) is made."""
+    path = workdir / RELATIVE_PATH
+    (path.parent / WORKFLOW_ID_FILE).unlink(missing_ok=True)
+    return Journal.move_aside(path, why="copied")
 
 
 def start_run(executor: Any) -> Run:
