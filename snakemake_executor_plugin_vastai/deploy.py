@@ -178,8 +178,10 @@ def _local_path(source: Any) -> str | None:
         return None
     if isinstance(source, str | os.PathLike) and not hasattr(source, "get_path_or_uri"):
         return os.fspath(source)
-    is_local = getattr(source, "is_local", None)
-    if callable(is_local) and is_local():
+    is_local = getattr(source, "is_local", False)  # a property in Snakemake 9
+    if callable(is_local):
+        is_local = is_local()
+    if is_local and hasattr(source, "get_path_or_uri"):
         return str(source.get_path_or_uri(secret_free=True))
     return None
 

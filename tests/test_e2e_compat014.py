@@ -210,3 +210,24 @@ def test_a_deploy_pattern_that_selects_nothing_fails_before_renting(tmp_path, si
     truth = simulator.truth()
     assert truth["created_count"] == 0
     assert alive(truth) == []
+
+
+def test_included_script_and_config_files_ship_without_being_listed(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'configfile: "config/c.yaml"\ninclude: "rules/main.rules"\n',
+        "rules/main.rules": 'rule go:\n    output: "go.txt"\n'
+                            '    resources: deploy="notes/needed.txt"\n'
+                            '    script: "../scripts/go.py"\n',
+        "scripts/go.py": 'note = open("notes/needed.txt").read().strip()\n'
+                         'open(snakemake.output[0], "w").write(note + snakemake.config["x"])\n',
+        "scripts/unused_sibling.py": "print('not needed')\n",
+        "notes/needed.txt": "needed-",
+        "notes/other.txt": "not needed",
+        "config/c.yaml": "x: configured\n",
+    }, track=["."])
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "go.txt")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (wf / "go.txt").read_text() == "needed-configured"
+    assert source_archive_members(wf) == {
+        "Snakefile", "rules/main.rules", "scripts/go.py", "config/c.yaml", "notes/needed.txt"}
+    assert alive(simulator.truth()) == []
