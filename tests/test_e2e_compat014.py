@@ -13,6 +13,7 @@ Every test ends with no live instance.
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import alive, run_snakemake, write_workflow
+from tests.s3 import s3_server  # noqa: F401 (fixture)
+from tests.test_e2e_storage import new_bucket, s3_env, storage_args
 
 pytestmark = pytest.mark.e2e
 
@@ -230,4 +233,19 @@ def test_included_script_and_config_files_ship_without_being_listed(tmp_path, si
     assert (wf / "go.txt").read_text() == "needed-configured"
     assert source_archive_members(wf) == {
         "Snakefile", "rules/main.rules", "scripts/go.py", "config/c.yaml", "notes/needed.txt"}
+    assert alive(simulator.truth()) == []
+
+
+def test_storage_mode_puts_only_the_scoped_sources_in_the_bucket(tmp_path, simulator,
+                                                                  s3_server):  # noqa: F811
+    bucket = new_bucket(s3_server)
+    wf, _ = one_rule_repo(tmp_path / "wf")
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "one.txt",
+                           "--vastai-deploy-paths", "need.py",
+                           *storage_args(s3_server, bucket), env=s3_env(simulator.api_key))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert s3_server.read(bucket, "wf/one.txt").decode().split() == ["needed", "0"]
+    (key,) = [k for k in s3_server.keys(bucket) if "snakemake-workflow-sources" in k]
+    with tarfile.open(fileobj=io.BytesIO(s3_server.read(bucket, key))) as tar:
+        assert {m.name for m in tar.getmembers() if m.isfile()} == {"Snakefile", "need.py"}
     assert alive(simulator.truth()) == []
