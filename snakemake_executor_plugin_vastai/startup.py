@@ -31,7 +31,12 @@ from .storage import (
     deploy_command,
     storage_mode,
 )
-from .validation import ConfigError, validate_job_resources, validate_settings
+from .validation import (
+    ConfigError,
+    parse_image_reference,
+    validate_job_resources,
+    validate_settings,
+)
 from .vast import DEFAULT_URL, VastAuthError, VastError
 
 API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
@@ -87,7 +92,7 @@ def resolve_image(settings: Any, container_image: str | None = None) -> str:
     if image:
         return str(image)
     if container_image and not str(container_image).startswith("snakemake/snakemake"):
-        return str(container_image)
+        return parse_image_reference(container_image, "--container-image")
     return DEFAULT_IMAGE
 
 
@@ -96,11 +101,11 @@ def run_settings(settings: Any, container_image: str | None = None) -> RunSettin
     try:
         validate_settings(settings)
         offer_settings = OfferSettings.from_executor_settings(settings)
+        image = resolve_image(settings, container_image)
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
     return RunSettings(
-        api_url=resolve_api_url(settings), image=resolve_image(settings, container_image),
-        disk=float(settings.disk),
+        api_url=resolve_api_url(settings), image=image, disk=float(settings.disk),
         boot_timeout=float(settings.boot_timeout), keep_instances=bool(settings.keep_instances),
         forward_credentials=not settings.no_forward_credentials,
         status_interval=float(settings.status_interval),

@@ -131,3 +131,8 @@ def test_a_pattern_that_selects_nothing_is_an_error_naming_who_gave_it():
 ])  # fmt: skip
 def test_the_image_is_vastai_image_then_an_explicit_container_image(image, container, expected):
     assert resolve_image(SimpleNamespace(image=image), container) == expected
+
+
+def test_an_explicit_container_image_is_checked_like_vastai_image():
+    with pytest.raises(ConfigError, match="--container-image='Me/Bad Image'"):
+        resolve_image(SimpleNamespace(image=None), "Me/Bad Image")

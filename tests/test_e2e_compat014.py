@@ -14,12 +14,15 @@ Every test ends with no live instance.
 from __future__ import annotations
 
 import io
+import json
 import os
+import sqlite3
 import tarfile
 from pathlib import Path
 
 import pytest
 
+import snakemake_executor_plugin_vastai as plugin
 from tests.e2e import alive, run_snakemake, write_workflow
 from tests.s3 import s3_server  # noqa: F401 (fixture)
 from tests.test_e2e_storage import new_bucket, s3_env, storage_args
@@ -228,11 +231,17 @@ def test_included_script_and_config_files_ship_without_being_listed(tmp_path, si
         "notes/other.txt": "not needed",
         "config/c.yaml": "x: configured\n",
     }, track=["."])
-    result = run_snakemake(wf, simulator.url, simulator.api_key, "go.txt")
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "go.txt",
+                           "--container-image", "ghcr.io/acme/cuda-py:12")
     assert result.returncode == 0, result.stderr[-4000:]
     assert (wf / "go.txt").read_text() == "needed-configured"
     assert source_archive_members(wf) == {
         "Snakefile", "rules/main.rules", "scripts/go.py", "config/c.yaml", "notes/needed.txt"}
+    # as in 0.1.4, an explicit --container-image is the image when --vastai-image is unset
+    with sqlite3.connect(wf / ".snakemake" / "vastai" / "journal.sqlite") as db:
+        settings, version = db.execute("select settings, plugin_version from runs").fetchone()
+    assert json.loads(settings)["image"] == "ghcr.io/acme/cuda-py:12"
+    assert version == plugin.__version__
     assert alive(simulator.truth()) == []
 
 
