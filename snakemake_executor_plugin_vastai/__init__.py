@@ -32,7 +32,7 @@ from snakemake_interface_executor_plugins.settings import (
 if TYPE_CHECKING:
     from .runtime import Run
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 DEFAULT_IMAGE = "vastai/pytorch:@vastai-automatic-tag"
 
 
@@ -63,8 +63,9 @@ class ExecutorSettings(ExecutorSettingsBase):
         "env_var": False, "required": False})
     disk: float = field(default=40, metadata={
         "help": "Disk to rent per instance, in GB.", "env_var": False, "required": False})
-    image: str = field(default=DEFAULT_IMAGE, metadata={
-        "help": "Docker image jobs run in (needs python on PATH).",
+    image: Optional[str] = field(default=None, metadata={
+        "help": f"Docker image jobs run in (needs python on PATH). Default: an explicitly "
+                f"given --container-image, else {DEFAULT_IMAGE}.",
         "env_var": False, "required": False})
     reliability: float = field(default=0.98, metadata={
         "help": "Lowest host reliability accepted (0 turns the filter off).",
@@ -106,6 +107,12 @@ class ExecutorSettings(ExecutorSettingsBase):
         "env_var": False, "required": False})
     offline_grace: float = field(default=120.0, metadata={
         "help": "Seconds an offline/unknown host is tolerated before its job fails.",
+        "env_var": False, "required": False})
+    deploy_paths: Optional[str] = field(default=None, metadata={
+        "help": "Ship only these comma-separated paths/globs of the workflow's sources "
+                "(relative to the working directory) instead of every git-tracked file; "
+                "unioned with every rule's `deploy` resource. The Snakefile, includes, "
+                "config, script and conda files always ship. E.g. 'train.py,scripts/**'.",
         "env_var": False, "required": False})
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
+from . import DEFAULT_IMAGE, __version__
+from .deploy import Scope, apply_scope
 from .journal import (
     RELATIVE_PATH,
     WORKFLOW_ID_FILE,
@@ -35,7 +37,12 @@ from .storage import (
     deploy_command,
     storage_mode,
 )
-from .validation import ConfigError, validate_job_resources, validate_settings
+from .validation import (
+    ConfigError,
+    parse_image_reference,
+    validate_job_resources,
+    validate_settings,
+)
 from .vast import DEFAULT_URL, VastAuthError, VastError
 
 API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
@@ -95,15 +102,30 @@ def resolve_api_url(settings: Any) -> str:
     return url.rstrip("/")
 
 
-def run_settings(settings: Any) -> RunSettings:
+def resolve_image(settings: Any, container_image: str | None = None) -> str:
+    """--vastai-image, else an explicitly given --container-image, else Vast.ai's PyTorch.
+
+    Snakemake's own default container image (snakemake/snakemake) has neither CUDA
+    nor the tools jobs expect, so it counts as not given (as in the 0.1.4 plugin).
+    """
+    image = getattr(settings, "image", None)
+    if image:
+        return str(image)
+    if container_image and not str(container_image).startswith("snakemake/snakemake"):
+        return parse_image_reference(container_image, "--container-image")
+    return DEFAULT_IMAGE
+
+
+def run_settings(settings: Any, container_image: str | None = None) -> RunSettings:
     """Validated, resolved settings; raises WorkflowError naming the bad option."""
     try:
         validate_settings(settings)
         offer_settings = OfferSettings.from_executor_settings(settings)
+        image = resolve_image(settings, container_image)
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
     return RunSettings(
-        api_url=resolve_api_url(settings), image=settings.image, disk=float(settings.disk),
+        api_url=resolve_api_url(settings), image=image, disk=float(settings.disk),
         boot_timeout=float(settings.boot_timeout), keep_instances=bool(settings.keep_instances),
         forward_credentials=not settings.no_forward_credentials,
         status_interval=float(settings.status_interval),
@@ -188,6 +210,20 @@ def validate_scheduled_jobs(workflow: Any) -> None:
                 raise WorkflowError(str(exc)) from None
 
 
+def scope_sources(workflow: Any, settings: Any, log: PluginLogger) -> Scope:
+    """Narrow the source archive to the deploy paths (see deploy.py), checked before renting."""
+
+    def report(shipped: int, total: int, scope: Scope) -> None:
+        log.info(f"shipping {shipped} of {total} source files (deploy: "
+                 f"{', '.join(scope.patterns)}; plus the Snakefile, includes, config and "
+                 "script files)")
+
+    try:
+        return apply_scope(workflow, getattr(settings, "deploy_paths", None), report)
+    except ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
 UNTRACKED_SHOWN = 10
 
 
@@ -265,10 +301,13 @@ def start_run(executor: Any) -> Run:
     settings = executor.workflow.executor_settings
     api_key = resolve_api_key(settings)
     SECRETS.add([api_key])
-    resolved = run_settings(settings)
+    container_image = getattr(getattr(executor.workflow, "remote_execution_settings", None),
+                              "container_image", None)
+    resolved = run_settings(settings, container_image)
     validate_scheduled_jobs(executor.workflow)
     workdir = Path(os.getcwd())
     check_git(workdir, log)
+    scope_sources(executor.workflow, settings, log)
     mode, credential_env = storage_preflight(executor.workflow, resolved.forward_credentials)
     hooks = SnakemakeHooks(
         job_command=executor.format_job_exec,
@@ -279,7 +318,7 @@ def start_run(executor: Any) -> Run:
     )
     journal = open_journal(workdir, log)
     run = Run(workdir=workdir, settings=resolved, api_key=api_key, hooks=hooks, log=log,
-              journal=journal)
+              journal=journal, plugin_version=__version__)
     try:
         run.api.check_access()
     except VastAuthError as exc:
