@@ -1,9 +1,10 @@
-"""The run's source archive: the files a job needs besides its declared inputs.
+"""The workflow's source files: what the run's source archive is built from.
 
-The same set of files Snakemake's own ``write_source_archive`` packs (the Snakefile and
-its includes, config files, ``script:``/``notebook:`` files and their directories, local
-conda environment files, and every git-tracked file under 10 MB), with one difference
-that matters: git is asked for NUL-separated names (``git ls-files -z``). Snakemake reads
+The same set of files Snakemake's own ``DAG.get_sources`` lists (the Snakefile and its
+includes, config files, ``script:``/``notebook:`` files and their directories, local
+conda environment files, and every git-tracked file; Snakemake then leaves out files
+over 10 MB), with one difference that matters: git is asked for NUL-separated names
+(``git ls-files -z``). Snakemake reads
 git's default output, which quotes any name holding a space-adjacent oddity such as
 non-ASCII characters, quotes or backslashes (``"h\\303\\251llo.txt"``), and then fails to
 find the quoted name on disk. Here any name POSIX and git allow is packed as it is.
@@ -17,12 +18,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-MAX_SOURCE_BYTES = 10_000_000  # Snakemake's own limit for files in its source archive
 
 
 class SourcesError(RuntimeError):
@@ -88,36 +86,14 @@ def source_files(workflow: Any, workdir: Path) -> list[str]:
     return sorted(files)
 
 
-def write_archive(workflow: Any, target: Path, workdir: Path | None = None,
-                  warn: Any = None) -> None:
-    """Pack the sources into ``target`` (tar.xz), skipping what Snakemake skips."""
-    workdir = workdir or Path(os.getcwd())
-    with tarfile.open(target, "w:xz") as archive:
-        for rel in packable(source_files(workflow, workdir), workdir, warn):
-            archive.add(workdir / rel, arcname=rel, recursive=False)
+def install(workflow: Any, workdir: Path) -> None:
+    """Make Snakemake's own archive builders list sources the NUL-separated way.
 
-
-def packable(files: Iterable[str], workdir: Path, warn: Any = None) -> list[str]:
-    """Files inside the workflow directory, existing, and under the size limit."""
-    kept = []
-    for rel in files:
-        if rel.startswith(".."):
-            _say(warn, f"source file {rel!r} lies outside the workflow directory; not shipped")
-            continue
-        path = workdir / rel
-        if not path.is_file() and not path.is_symlink():
-            continue  # deleted but still in git's index, or a directory (submodule root)
-        if path.stat().st_size > MAX_SOURCE_BYTES:
-            _say(warn, f"source file {rel!r} is larger than 10 MB and is not shipped with the "
-                       "sources; declare it as an input if a job needs it")
-            continue
-        kept.append(rel)
-    return kept
-
-
-def _say(warn: Any, message: str) -> None:
-    if warn is not None:
-        warn(message)
+    Both ``write_source_archive`` (SSH mode) and ``upload_sources`` (storage mode) pack
+    what ``workflow.dag.get_sources()`` returns, so the replacement goes there, on this
+    workflow's DAG object only, before ``deploy.apply_scope`` narrows it.
+    """
+    workflow.dag.get_sources = lambda: set(source_files(workflow, workdir))
 
 
 def newline_paths(paths: Iterable[str]) -> list[str]:

@@ -4,7 +4,6 @@ of the remote Snakemake command line, and the early refusal of newlines."""
 from __future__ import annotations
 
 import subprocess
-import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,27 +59,14 @@ def fake_workflow(included: list[str] = ()) -> SimpleNamespace:
                            dag=SimpleNamespace(jobs=[]))
 
 
-def test_the_source_archive_holds_every_odd_name_byte_for_byte(tmp_path, monkeypatch):
+def test_the_source_listing_snakemake_archives_holds_every_odd_name(tmp_path, monkeypatch):
     repo = git_repo(tmp_path / "wf \u00e9 $x 'q'", ["Snakefile", *ODD_NAMES])
     monkeypatch.chdir(repo)
-    target = tmp_path / "sources.tar.xz"
-    sources.write_archive(fake_workflow(["Snakefile"]), target, repo)
-    with tarfile.open(target) as archive:
-        members = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
-    assert set(members) == {"Snakefile", *ODD_NAMES}
-    for name in ODD_NAMES:
-        assert members[name] == (repo / name).read_bytes()
-
-
-def test_big_and_outside_files_are_left_out_with_a_warning(tmp_path):
-    (tmp_path / "big.bin").write_bytes(b"\0" * (sources.MAX_SOURCE_BYTES + 1))
-    (tmp_path / "ok.txt").write_text("ok")
-    said: list[str] = []
-    kept = sources.packable(["big.bin", "ok.txt", "../elsewhere.txt", "gone.txt"], tmp_path,
-                            said.append)
-    assert kept == ["ok.txt"]
-    assert any("big.bin" in s and "10 MB" in s for s in said)
-    assert any("elsewhere" in s for s in said)
+    workflow = fake_workflow(["Snakefile"])
+    sources.install(workflow, repo)
+    listed = workflow.dag.get_sources()
+    assert listed == {"Snakefile", *ODD_NAMES}
+    assert all((repo / name).is_file() for name in listed)  # what the archive opens
 
 
 def test_names_with_newlines_are_found():
