@@ -606,10 +606,51 @@ rule one:
     slow=True,
 )
 
+RUN_SHADOW = Case(
+    name="run_shadow",
+    promise="run: blocks, input functions, params lambdas, a helper module next to a "
+            "script, and shadow: rules",
+    files={
+        "Snakefile": """\
+def source(wildcards):
+    return f"data/{wildcards.x}.txt"
+
+rule all:
+    input: "r/one.txt", "r/shadowed.txt"
+
+rule py:
+    input: source
+    output: "r/{x}.txt"
+    params: upper=lambda wildcards: wildcards.x.upper()
+    run:
+        with open(input[0]) as src, open(output[0], "w") as out:
+            out.write(src.read() + params.upper + "\\n")
+
+rule shadowed:
+    input: "r/one.txt"
+    output: "r/shadowed.txt"
+    shadow: "minimal"
+    script: "scripts/shadow.py"
+""",
+        "scripts/shadow.py": """\
+from helper import decorate
+open("scratch.tmp", "w").write("never comes home")
+with open(snakemake.output[0], "w") as out:
+    out.write(decorate(open(snakemake.input[0]).read()))
+""",
+        "scripts/helper.py": "def decorate(text):\n    return '[' + text.strip() + ']\\n'\n",
+        "data/one.txt": "one\n",
+    },
+    untracked=("data/one.txt",),
+    slow=True,
+    rents=2,
+)
+
 CASES: tuple[Case, ...] = (
     CHAIN, ODD_NAMES, GROUP, GROUP_FAILS, FAILED_LOG, RULE_SETTINGS, DRY_RUN,
     BENCHMARK, TEMP_PROTECTED, DIRECTORY_ANCIENT, CHECKPOINT, LOCALRULE, THREADS_RESOURCES,
-    TOUCH, REPORT, GROUP_COMPONENTS, GROUP_PIPE, GROUP_SERVICE, GROUP_TEMP, CONDA,
+    TOUCH, REPORT, GROUP_COMPONENTS, GROUP_PIPE, GROUP_SERVICE, GROUP_TEMP, RUN_SHADOW,
+    CONDA,
 )
 FAST_CASES: tuple[Case, ...] = tuple(c for c in CASES if not c.slow)
 SLOW_CASES: tuple[Case, ...] = tuple(c for c in CASES if c.slow)
