@@ -744,8 +744,8 @@ class JobDriver:
         raise JobFailure(self._over_runtime_message())
 
     def _over_runtime_message(self) -> str:
-        return (f"rule {self.m.rule}: the job ran longer than --vastai-max-runtime "
-                f"{self.run.max_runtime(self.m):g}s on instance {self.m.instance_id}, which "
+        return (f"rule {self.m.rule}: the job ran longer than "
+                f"{self.run.runtime_cap_text(self.m)} on instance {self.m.instance_id}, which "
                 f"is destroyed; log: {self.m.log_path}{log_tail(self.m.log_path)}")
 
     def _complete_storage(self, rc: int, note: str | None = None) -> None:

@@ -94,6 +94,15 @@ def runtime_cap(global_cap: float, resources: Mapping[str, object], rule: str) -
     return positive(minutes, resource(rule, "runtime"), "minutes, as Snakemake counts them") * 60
 
 
+def runtime_cap_origin(global_cap: float, resources: Mapping[str, object]) -> str:
+    """Which setting the cap of :func:`runtime_cap` comes from, for messages."""
+    if _given(resources, "vastai_max_runtime") is not None:
+        return "the rule's vastai_max_runtime resource"
+    if global_cap:
+        return "--vastai-max-runtime"
+    return "the rule's runtime resource"
+
+
 def offer_overrides(offer: OfferSettings, resources: Mapping[str, object],
                     rule: str) -> OfferSettings:
     """The offer settings with the rule's price, disk, region and reliability."""

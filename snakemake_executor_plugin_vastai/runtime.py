@@ -29,7 +29,7 @@ from .logs import SECRETS, PluginLogger
 from .machine import JobState
 from .offers import OfferRequest, OfferSettings, build_offer_request
 from .recovery import Recovery, scheduled_fingerprints
-from .rule_settings import JobSettings, container_of, job_settings
+from .rule_settings import JobSettings, container_of, job_settings, runtime_cap_origin
 from .storage import StorageSetup, container_args, exit_token
 from .teardown import Teardown
 from .vast import VastAPI, VastError
@@ -217,6 +217,15 @@ class Run:
         if model.snakemake_job is None:  # an earlier run's job, being closed
             return self.settings.max_runtime
         return self.job_settings(model).max_runtime
+
+    def runtime_cap_text(self, model: JobModel) -> str:
+        """``--vastai-max-runtime 3s`` or ``the rule's runtime resource (120s)``."""
+        cap = self.max_runtime(model)
+        if model.snakemake_job is None:
+            return f"--vastai-max-runtime {cap:g}s"
+        origin = runtime_cap_origin(self.settings.max_runtime,
+                                    dict(model.snakemake_job.resources))
+        return f"{origin} {cap:g}s" if origin.startswith("--") else f"{origin} ({cap:g}s)"
 
     def spend_cap_reached(self) -> str | None:
         """A message once --vastai-max-spend is used up by this run's instances."""

@@ -9,6 +9,7 @@ from snakemake_executor_plugin_vastai.offers import OfferSettings, build_offer_r
 from snakemake_executor_plugin_vastai.rule_settings import (
     container_image,
     job_settings,
+    runtime_cap_origin,
     validate_rule_settings,
 )
 from snakemake_executor_plugin_vastai.validation import ConfigError
@@ -52,6 +53,13 @@ def test_runtime_minutes_cap_only_when_no_explicit_cap_is_set():
     assert settings({"runtime": 2}, max_runtime=30).max_runtime == 30
     assert settings({"runtime": 2, "vastai_max_runtime": 10}, max_runtime=30).max_runtime == 10
     assert settings({"vastai_max_runtime": 0}, max_runtime=30).max_runtime == 0
+
+
+def test_the_cap_says_where_it_comes_from():
+    assert runtime_cap_origin(30, {"vastai_max_runtime": 5}) == \
+        "the rule's vastai_max_runtime resource"
+    assert runtime_cap_origin(30, {"runtime": 2}) == "--vastai-max-runtime"
+    assert runtime_cap_origin(0, {"runtime": 2}) == "the rule's runtime resource"
 
 
 @pytest.mark.parametrize(("resources", "culprit"), [
