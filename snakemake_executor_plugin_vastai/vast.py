@@ -283,9 +283,17 @@ class VastAPI:
         rows: list[dict] = []
         params: dict[str, Any] = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}],
                                   "limit": PAGE_SIZE}
+        def fetch(p: dict) -> dict:
+            page = instances.show_instances_v1(self._sdk.client, p)
+            if not isinstance(page, dict) or not isinstance(page.get("instances", []), list):
+                raise _Transient("garbled listing: not a page of instances")
+            if any(not isinstance(r, dict) or r.get("id") is None
+                   for r in page.get("instances") or []):
+                raise _Transient("garbled listing: a row without an id")
+            return page
+
         while True:
-            page = self._call("instances/list", lambda p=dict(params):
-                              instances.show_instances_v1(self._sdk.client, p))
+            page = self._call("instances/list", lambda p=dict(params): fetch(p))
             rows.extend(page.get("instances") or [])
             token = page.get("next_token")
             if not token:
@@ -300,11 +308,6 @@ class VastAPI:
         answer followed by a retry can leave two)."""
         rows = [r for r in self.list_instances(label) if r.get("label") == label]
         return sorted(rows, key=lambda r: int(r["id"]))
-
-    def find_by_label(self, label: str) -> dict | None:
-        """The lowest-id instance carrying exactly this label, if any."""
-        rows = self.find_all_by_label(label)
-        return rows[0] if rows else None
 
     def show_instance(self, instance_id: int, budget: float | None = None) -> dict | None:
         """One instance's row, or None once it is gone."""
@@ -387,6 +390,9 @@ def _attempt(fn: Callable[[], Any]) -> Any:
         raise _Transient(str(exc)) from None
     except requests.RequestException as exc:  # e.g. InvalidHeader: its text may quote a key
         raise VastError(f"request failed: {type(exc).__name__}: {scrub(str(exc))}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        # The SDK parsing an answer of the wrong shape (JSON, but not what it expects).
+        raise _Transient(f"garbled answer: {type(exc).__name__}") from None
 
 
 def _retry_after(exc: Exception) -> float | None:
