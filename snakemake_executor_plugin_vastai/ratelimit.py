@@ -5,19 +5,19 @@ API key and refuses a call that comes sooner with HTTP 429, without
 ``Retry-After``; the body names the interval (``endpoint threshold=<seconds>``).
 Waiting for a "not before" time does not survive many threads: they all wake
 at that instant, one call wins, the others are refused together, and the herd
-repeats until the retry budget is gone. So callers here queue: each takes a
-ticket, and the head of an endpoint's queue is released one interval after the
-call before it. Calls leave one interval apart, in the order they asked, and
-nobody fires at the same instant as another.
+repeats until the retry budget is gone. So callers here queue, and the head of
+an endpoint's queue is released one interval after the call before it. Calls
+leave one interval apart, in the order they asked (retries first), and nobody
+fires at the same instant as another.
 
 The interval is learned, per endpoint:
 
 - A refusal that states a threshold sets the interval to that threshold plus
   a margin (our clock and the service's differ by the network's jitter and by
   how late a busy Python thread sends after its release).
-- A refusal while we already kept to the stated threshold, or one that states
-  none, widens the interval by ``WIDEN`` (at least ``MIN_STEP``), up to
-  ``MAX_INTERVAL``.
+- A refusal while we already kept to the stated threshold widens the interval
+  by one more margin; one that states no threshold multiplies it by ``WIDEN``
+  (at least ``MIN_STEP``); never beyond ``MAX_INTERVAL``.
 - After ``HOLD`` seconds without a refusal, each success takes ``RELAX`` of the
   distance to the floor off the interval. The floor is the stated threshold
   (with its margin) for ``REMEMBER`` seconds after the service last stated it,
@@ -36,12 +36,12 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MIN_INTERVAL = 0.05  # seconds between calls to one endpoint, always
 MAX_INTERVAL = 30.0
 MARGIN = 0.1  # share added to a stated threshold
-MARGIN_MIN = 0.02  # seconds added at least
+MARGIN_MIN = 0.05  # seconds added at least (a busy Python thread sends late)
 WIDEN = 1.25  # factor for a refusal we cannot explain by the stated threshold
 MIN_STEP = 0.25  # seconds: the interval after an unexplained refusal, at least
 HOLD = 5.0  # seconds without a refusal before the interval relaxes
@@ -71,8 +71,7 @@ class EndpointPace:
     interval: float = MIN_INTERVAL
     last_release: float = -math.inf  # when the latest call was let go (or refused)
     not_before: float = -math.inf  # a Retry-After, when the service sends one
-    next_ticket: int = 0
-    serving: int = 0  # the ticket at the head of the queue
+    queue: list[_Waiter] = field(default_factory=list)  # the head goes next
     stated: float = 0.0  # the stated threshold with its margin (0: none known)
     stated_at: float = -math.inf
     refused_at: float = -math.inf
@@ -85,6 +84,21 @@ class EndpointPace:
 
     def release_at(self) -> float:
         return max(self.last_release + self.interval, self.not_before)
+
+    def place_for(self, waiter: _Waiter) -> int:
+        """Where a new waiter queues: retries behind retries, first attempts at the end."""
+        if not waiter.retry:
+            return len(self.queue)
+        return next((i for i, w in enumerate(self.queue) if not w.retry), len(self.queue))
+
+
+class _Waiter:
+    """One caller in an endpoint's queue."""
+
+    __slots__ = ("retry",)
+
+    def __init__(self, retry: bool) -> None:
+        self.retry = retry
 
 
 class RateLimiter:
@@ -101,29 +115,37 @@ class RateLimiter:
             pace = self._endpoints[endpoint] = EndpointPace()
         return pace
 
-    def wait(self, endpoint: str) -> float:
+    def wait(self, endpoint: str, *, retry: bool = False) -> float:
         """Queue for the endpoint; return (at this caller's slot) the release time.
 
-        Pass the release time to :meth:`refused` if the call is refused: it tells a
-        call sent under what we know now from one sent before we learned it.
+        A ``retry`` (the same call again after a refusal or an error) queues ahead of
+        first attempts, behind earlier retries: a call already under way should not
+        wait behind a whole burst and spend its retry budget there. Pass the
+        release time to :meth:`refused` if the call is refused: it tells a call sent
+        under what we know now from one sent before we learned it.
         """
         with self._cond:
             pace = self._pace(endpoint)
-            ticket = pace.next_ticket
-            pace.next_ticket += 1
-            while True:
-                now = self._clock()
-                if pace.serving == ticket:
-                    delay = pace.release_at() - now
-                    if delay <= 0:
-                        pace.serving += 1
-                        pace.last_release = now
-                        pace.calls += 1
-                        self._cond.notify_all()  # the next in line computes its own slot
-                        return now
-                    self._cond.wait(delay)  # woken early if the interval changes
-                else:
-                    self._cond.wait()
+            me = _Waiter(retry)
+            pace.queue.insert(pace.place_for(me), me)
+            try:
+                while True:
+                    now = self._clock()
+                    if pace.queue[0] is me:
+                        delay = pace.release_at() - now
+                        if delay <= 0:
+                            pace.queue.pop(0)
+                            pace.last_release = now
+                            pace.calls += 1
+                            self._cond.notify_all()  # the next in line computes its slot
+                            return now
+                        self._cond.wait(delay)  # woken early if the interval changes
+                    else:
+                        self._cond.wait()
+            except BaseException:  # interrupted in the queue: do not hold up those behind
+                pace.queue.remove(me)
+                self._cond.notify_all()
+                raise
 
     def refused(self, endpoint: str, detail: str = "", retry_after: float | None = None,
                 released: float | None = None) -> float:
@@ -141,7 +163,7 @@ class RateLimiter:
             if stated is not None and with_margin(stated) > pace.interval:
                 pace.interval = with_margin(stated)
             elif not same_wave:  # we kept to what we knew and were refused anyway: widen
-                pace.interval = min(max(pace.interval * WIDEN, MIN_STEP), MAX_INTERVAL)
+                pace.interval = min(self._widened(pace, stated), MAX_INTERVAL)
             if stated is not None:
                 pace.stated, pace.stated_at = with_margin(stated), now
             if retry_after is not None:
@@ -151,6 +173,14 @@ class RateLimiter:
             pace.refusals += 1
             self._cond.notify_all()  # waiting heads re-read the interval
             return pace.interval
+
+    @staticmethod
+    def _widened(pace: EndpointPace, stated: float | None) -> float:
+        """One more margin if the service told us its threshold (our own lateness is the
+        likely cause), else ``WIDEN`` times as long (at least ``MIN_STEP``)."""
+        if stated is not None:
+            return pace.interval + (with_margin(stated) - stated)
+        return max(pace.interval * WIDEN, MIN_STEP)
 
     def succeeded(self, endpoint: str) -> None:
         """A call went through: after a quiet spell, relax the interval a little."""

@@ -144,11 +144,13 @@ class VastAPI:
     def _call(self, endpoint: str, fn: Callable[[], Any], *, budget: float | None = None) -> Any:
         """Run one SDK call with pacing, retries and error mapping."""
         budget = self.retry_budget if budget is None else budget
-        deadline = time.monotonic() + budget
         backoff = 0.5
         attempt = 0
         while True:
-            released = self.pacer.wait(endpoint)  # this call's slot, one interval after the last
+            # This call's slot, one interval after the last; retries go first.
+            released = self.pacer.wait(endpoint, retry=attempt > 0)
+            if attempt == 0:  # queueing behind a burst is not failing: the budget starts now
+                deadline = released + budget
             self.stats.bump(self.stats.calls, endpoint)
             try:
                 result = _attempt(fn)

@@ -112,7 +112,7 @@ def test_the_threshold_is_read_from_the_429_body(text, seconds):
 
 def test_a_stated_threshold_becomes_the_interval_with_a_margin():
     limiter = RateLimiter(clock=Clock())
-    assert limiter.refused("bundles", BODY.format(t=0.25)) == pytest.approx(0.275)
+    assert limiter.refused("bundles", BODY.format(t=0.25)) == pytest.approx(0.30)
     assert limiter.refused("asks", BODY.format(t=4.5)) == pytest.approx(4.95)
 
 
@@ -134,7 +134,7 @@ def test_a_refusal_at_the_learned_interval_widens_it():
     learned = limiter.refused("asks", BODY.format(t=0.25))
     clock.now += 1.0
     widened = limiter.refused("asks", BODY.format(t=0.25), released=clock.now - 0.01)
-    assert widened == pytest.approx(learned * ratelimit.WIDEN)
+    assert widened == pytest.approx(learned + (with_margin(0.25) - 0.25))
 
 
 def test_a_refusal_without_a_threshold_widens_to_at_least_the_minimum_step():
@@ -219,3 +219,49 @@ def test_a_burst_against_the_simulators_throttle_meets_almost_no_429(simulator_f
     # after that the queue keeps to it. (The old pacer: one winner per wake-up.)
     assert refused <= 4, (refused, api.pacer.snapshot())
     assert api.pacer.interval("users/current") == pytest.approx(with_margin(0.1))
+
+
+def test_a_caller_interrupted_in_the_queue_does_not_hold_up_those_behind_it():
+    limiter = RateLimiter()
+    limiter.refused("asks", BODY.format(t=0.2))
+    limiter.wait("asks")  # the head is now held for one interval
+
+    class Interrupt(BaseException):
+        pass
+
+    def interrupted(delay: float | None = None) -> bool:
+        raise Interrupt
+
+    # The next caller is interrupted while waiting for its slot (as by Ctrl-C).
+    real_wait = limiter._cond.wait
+    limiter._cond.wait = interrupted
+    with pytest.raises(Interrupt):
+        limiter.wait("asks")
+    limiter._cond.wait = real_wait
+    done = threading.Event()
+    threading.Thread(target=lambda: (limiter.wait("asks"), done.set()), daemon=True).start()
+    assert done.wait(5), "the queue stalled behind an interrupted caller"
+
+
+def test_a_retry_goes_ahead_of_first_attempts_queued_behind_a_burst():
+    """A refused call must not wait behind the whole burst (and spend its budget there)."""
+    limiter = RateLimiter()
+    limiter.refused("asks", BODY.format(t=0.1))
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def call(name: str, retry: bool) -> None:
+        limiter.wait("asks", retry=retry)
+        with lock:
+            order.append(name)
+
+    limiter.wait("asks")  # the endpoint is busy for one interval
+    first = [threading.Thread(target=call, args=(f"first-{i}", False)) for i in range(5)]
+    for thread in first:
+        thread.start()
+    time.sleep(0.05)  # all five are queued
+    retry = threading.Thread(target=call, args=("retry", True))
+    retry.start()
+    for thread in [*first, retry]:
+        thread.join(10)
+    assert order.index("retry") <= 1, order  # at most the head already released goes first
