@@ -16,8 +16,8 @@ The interval is learned, per endpoint:
   a margin (our clock and the service's differ by the network's jitter and by
   how late a busy Python thread sends after its release).
 - A refusal while we already kept to the stated threshold widens the interval
-  by one more margin; one that states no threshold multiplies it by ``WIDEN``
-  (at least ``MIN_STEP``); never beyond ``MAX_INTERVAL``.
+  by one more margin, up to twice the stated one; a refusal that states none
+  multiplies it by ``WIDEN`` (at least ``MIN_STEP``); never beyond ``MAX_INTERVAL``.
 - After ``HOLD`` seconds without a refusal, each success takes ``RELAX`` of the
   distance to the floor off the interval. The floor is the stated threshold
   (with its margin) for ``REMEMBER`` seconds after the service last stated it,
@@ -178,8 +178,8 @@ class RateLimiter:
     def _widened(pace: EndpointPace, stated: float | None) -> float:
         """One more margin if the service told us its threshold (our own lateness is the
         likely cause), else ``WIDEN`` times as long (at least ``MIN_STEP``)."""
-        if stated is not None:
-            return pace.interval + (with_margin(stated) - stated)
+        if stated is not None:  # at most twice what it says: more would not be lateness
+            return min(pace.interval + (with_margin(stated) - stated), 2 * with_margin(stated))
         return max(pace.interval * WIDEN, MIN_STEP)
 
     def succeeded(self, endpoint: str) -> None:
