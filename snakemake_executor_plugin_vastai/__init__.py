@@ -32,7 +32,7 @@ from snakemake_interface_executor_plugins.settings import (
 if TYPE_CHECKING:
     from .runtime import Run
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 DEFAULT_IMAGE = "vastai/pytorch:@vastai-automatic-tag"
 
 
@@ -63,8 +63,9 @@ class ExecutorSettings(ExecutorSettingsBase):
         "env_var": False, "required": False})
     disk: float = field(default=40, metadata={
         "help": "Disk to rent per instance, in GB.", "env_var": False, "required": False})
-    image: str = field(default=DEFAULT_IMAGE, metadata={
-        "help": "Docker image jobs run in (needs python on PATH).",
+    image: Optional[str] = field(default=None, metadata={
+        "help": f"Docker image jobs run in (needs python on PATH). Default: an explicitly "
+                f"given --container-image, else {DEFAULT_IMAGE}.",
         "env_var": False, "required": False})
     reliability: float = field(default=0.98, metadata={
         "help": "Lowest host reliability accepted (0 turns the filter off).",
@@ -106,6 +107,12 @@ class ExecutorSettings(ExecutorSettingsBase):
         "env_var": False, "required": False})
     offline_grace: float = field(default=120.0, metadata={
         "help": "Seconds an offline/unknown host is tolerated before its job fails.",
+        "env_var": False, "required": False})
+    deploy_paths: Optional[str] = field(default=None, metadata={
+        "help": "Ship only these comma-separated paths/globs of the workflow's sources "
+                "(relative to the working directory) instead of every git-tracked file; "
+                "unioned with every rule's `deploy` resource. The Snakefile, includes, "
+                "config, script and conda files always ship. E.g. 'train.py,scripts/**'.",
         "env_var": False, "required": False})
 
 
@@ -156,7 +163,7 @@ class Executor(RemoteExecutor):
         self.report_job_submission(SubmittedJobInfo(job=job, external_jobid=model.job_id))
 
     async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]):
-        from .machine import JobState
+        from .redaction import scrub
 
         for info in active_jobs:
             driver = self.run.drivers.get(str(info.external_jobid))
@@ -164,12 +171,14 @@ class Executor(RemoteExecutor):
                 yield info
                 continue
             model = driver.m
-            if model.state is JobState.SUCCEEDED:
+            if model.work_succeeded:
+                # Outputs are home; an unconfirmed destroy fails the run at shutdown
+                # instead (reporting an error here would make Snakemake delete them).
                 self.report_job_success(info)
             else:
                 # Snakemake appends its own sentence to msg without a separator.
                 msg = (model.failure or f"job {model.state.value}").rstrip("\n") + "\n"
-                self.report_job_error(info, msg=msg, aux_logs=[model.log_path])
+                self.report_job_error(info, msg=scrub(msg), aux_logs=[model.log_path])
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
         self.run.cancel_all()
@@ -177,7 +186,11 @@ class Executor(RemoteExecutor):
     def shutdown(self) -> None:
         super().shutdown()
         self.run.finish()
-        self.run.close("finished")
+        pending = self.run.close("finished")
+        if pending:
+            from snakemake_interface_common.exceptions import WorkflowError
+
+            raise WorkflowError(pending)
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM/SIGHUP behave like Ctrl-C: Snakemake cancels, we destroy.

@@ -22,7 +22,7 @@ commands:
   demo       run an example workflow through the plugin on the bundled simulator
   simulate   start the local Vast.ai simulator (REST API + SSH instances)
   journal    inspect this workflow's journal (runs, jobs, instances, cost, cleanup)
-  statechart regenerate statecharts/ from the job state machine
+  statechart regenerate statecharts/ from the job state machine (source checkout)
 
 'COMMAND --help' shows each command's options.
 """
@@ -47,8 +47,14 @@ def _journal(argv: list[str]) -> int:
 
 
 def _statechart(argv: list[str]) -> int:
-    from .statechart import main
-
+    try:
+        from .statechart import main
+    except ModuleNotFoundError as exc:  # repository tooling: not in the installed wheel
+        if exc.name != f"{__package__}.statechart":
+            raise
+        print("statechart rewrites statecharts/ of a source checkout; run it from one",
+              file=sys.stderr)
+        return 2
     return main(argv)
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from transitions.extensions import LockedMachine
 
+from .journal import JournalError
 from .machine import JobState, machine_kwargs
 from .offers import describe
 from .recovery import resumable_state
@@ -43,7 +44,7 @@ from .remote import (
     UnsafeArchive,
 )
 from .storage import exit_code_from_log, exit_token
-from .vast import OfferGone, VastAuthError, VastError
+from .vast import CreateInDoubt, OfferGone, VastAuthError, VastError
 
 if TYPE_CHECKING:
     from .runtime import Run
@@ -53,8 +54,10 @@ CANDIDATES_PER_SEARCH = 5
 MAX_EXTRA_OFFERS = 200  # offers asked for beyond the limit, to see past our own claims
 OFFLINE_GRACE = 120.0  # seconds an offline/unknown host is tolerated
 SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
-DESTROY_BACKOFF_MAX = 60.0
 LOG_WAIT_SECONDS = 120.0  # storage mode: how long an exited container's log is retried
+# Pauses before each label lookup after a create whose answer was lost: the server may
+# act after the client gave up waiting, so one empty listing is not proof.
+DOUBT_LOOKUPS = (0.5, 2.0, 5.0)
 
 # What a dying link can raise from deep inside paramiko when the adapter did not
 # translate it: treated like SSHUnavailable (reconnect and retry within the budget).
@@ -125,6 +128,8 @@ class JobModel:
     offline_since: float | None = None  # monotonic time the host's heartbeat was lost
     running_since: float | None = None  # monotonic time the job first entered running
     over_runtime: bool = False  # --vastai-max-runtime passed (SSH mode: set by a timer)
+    teardown_pending: bool = False  # the run stopped waiting before the destroy was confirmed
+    broken: bool = False  # the step loop broke (journal refused); torn down outside the machine
 
     # -- conditions named in machine.TRANSITIONS ----------------------------------
     def remote_job_finished(self, event: Any = None) -> bool:
@@ -141,6 +146,14 @@ class JobModel:
 
     def in_storage_mode(self, event: Any = None) -> bool:
         return self.storage
+
+    @property
+    def work_succeeded(self) -> bool:
+        """The job's own work is done and home, whatever became of its instance."""
+        if self.state is JobState.SUCCEEDED:
+            return True
+        return (self.state is JobState.DESTROYING and self.exit_code == 0
+                and self.failure is None and not self.cancel_requested and not self.broken)
 
     # -- the journal hook -------------------------------------------------------
     def journal_transition(self, event: Any) -> None:
@@ -209,15 +222,43 @@ class JobDriver:
             session.close()
 
     def _main(self) -> None:
+        """Step until terminal. Whatever ends this thread, an instance it may hold is torn
+        down (:meth:`_last_resort`): a job never stops billing in the dark."""
         try:
-            while not self.m.state.is_terminal:
+            while not self.m.state.is_terminal and not self.m.teardown_pending:
                 self._step()
+        except BaseException as exc:  # a journal that cannot be written, a bug
+            self._last_resort(exc)
         finally:
             self._drop_session()
             if self.m.instance_id is not None:
                 self.run.watcher.unwatch(self.m.instance_id)
-            self.run.job_ended(self.m)
+            with contextlib.suppress(Exception):
+                self.run.job_ended(self.m)
             self.done.set()
+
+    def _last_resort(self, exc: BaseException) -> None:
+        """The step loop broke (e.g. the journal refused a transition): tear the instance
+        down outside the machine, journal writes best effort, and say so."""
+        with contextlib.suppress(Exception):
+            self.log("error", "job thread failed; tearing its instance down",
+                     error=f"{type(exc).__name__}: {exc}")
+        self.m.failure = self.m.failure or (
+            f"rule {self.m.rule}: internal error in state {self.m.state.value}: "
+            f"{type(exc).__name__}: {exc}")
+        self.m.broken = True
+        if self.m.instance_id is None and self.m.label is None:
+            return
+        if self.run.settings.keep_instances:
+            return
+        teardown = self.run.teardown
+        deadline = time.monotonic() + self.run.teardown_wait
+        if self.m.instance_id is not None:
+            done = teardown.destroy(self.m.instance_id, label=self.m.label, deadline=deadline)
+        else:
+            teardown.destroy_label(self.m.label or "", deadline=deadline)
+            done = self.m.label not in teardown.pending_labels
+        self.m.teardown_pending = not done
 
     def _step(self) -> None:
         state = self.m.state
@@ -231,6 +272,8 @@ class JobDriver:
                 self.fire("cancel", detail="cancelled by Snakemake")
         except JobFailure as exc:
             self._fail(state, str(exc))
+        except JournalError:
+            raise  # the machine cannot move on; _main tears down without it
         except VastError as exc:  # e.g. the API stayed unavailable: its message says what to do
             self._fail(state, f"rule {self.m.rule}: {exc}")
         except Exception as exc:  # a bug or an unforeseen answer: still clean up
@@ -242,7 +285,8 @@ class JobDriver:
             time.sleep(1.0)  # destroying never gives up; the step is retried
             return
         self.m.failure = message
-        self.run.journal.update_job(self.m.job_id, last_error=message)
+        with contextlib.suppress(JournalError):  # the message also travels in the transition
+            self.run.journal.update_job(self.m.job_id, last_error=message)
         self.fire("fail", detail=message)
 
     # -- searching ----------------------------------------------------------------
@@ -345,8 +389,10 @@ class JobDriver:
             return False
         except VastAuthError as exc:
             raise JobFailure(str(exc)) from None
-        except VastError as exc:
-            instance_id = self._adopt_after_doubt(label, exc)
+        except CreateInDoubt as exc:
+            instance_id = self._resolve_doubt(label, exc)
+            if instance_id is None:
+                return False
         crash_point("after_create")
         self.m.instance_id = instance_id
         self.m.offer = offer
@@ -358,12 +404,28 @@ class JobDriver:
                   num_gpus=facts["num_gpus"], dph_total=facts["dph_total"])
         return True
 
-    def _adopt_after_doubt(self, label: str, exc: VastError) -> int:
-        """A create whose answer was lost may still have rented: look it up by label."""
-        row = self.run.api.find_by_label(label)
-        if row is None:
-            raise JobFailure(f"rule {self.m.rule}: creating an instance failed: {exc}")
-        return int(row["id"])
+    def _resolve_doubt(self, label: str, exc: CreateInDoubt) -> int | None:
+        """A create whose answer was lost may still have rented: look the label up (more
+        than once: the server may act after the answer timed out). One found is adopted,
+        any more are torn down as strays; none means the offer may be tried again."""
+        self.log("warning", "create answer lost; looking the instance up by its label",
+                 label=label, error=str(exc))
+        for wait in DOUBT_LOOKUPS:
+            time.sleep(wait)
+            self.check_cancel()
+            try:
+                rows = self.run.api.find_all_by_label(label)
+            except VastError as lookup:
+                raise JobFailure(f"rule {self.m.rule}: creating an instance failed ({exc}) "
+                                 f"and looking it up failed too ({lookup}); its label "
+                                 f"{label} is journaled and is torn down if it exists") from None
+            if rows:
+                for extra in rows[1:]:
+                    self.run.teardown.destroy_stray(extra, f"a second instance with label "
+                                                           f"{label} after a lost create answer")
+                return int(rows[0]["id"])
+        self.fire("offer_taken", detail={"create_in_doubt": str(exc), "found": 0})
+        return None
 
     # -- booting -------------------------------------------------------------------
     def step_booting(self) -> None:
@@ -380,6 +442,7 @@ class JobDriver:
                 raise JobFailure(f"instance {iid} did not boot within "
                                  f"{self.run.settings.boot_timeout}s (--vastai-boot-timeout)")
             generation = self.run.watcher.wait_next(generation, timeout=5.0)
+            self._check_listing_health(iid)
             seen = self.run.watcher.sighting(iid)
             if seen is None:
                 continue
@@ -409,6 +472,16 @@ class JobDriver:
                 # lives; the listing is consulted again only after SSH trouble.
                 self.run.watcher.unwatch(iid)
                 return
+
+    def _check_listing_health(self, iid: int) -> None:
+        """The batched listing has failed for longer than the API's retry budget: the
+        API-outage path (fail, tear down, Snakemake's --retries decide)."""
+        since = self.run.watcher.failing_since
+        budget = self.run.api.retry_budget
+        if since is not None and time.monotonic() - since > budget:
+            raise JobFailure(f"instance {iid}: the Vast.ai instance listing has failed for "
+                             f"more than {budget:.0f}s (see the log for why); the instance "
+                             "is torn down; check https://status.vast.ai and rerun")
 
     def _heartbeat(self, iid: int, status: str, since: float | None) -> float | None:
         """Tolerate a lost host heartbeat for a bounded grace period."""
@@ -712,53 +785,37 @@ class JobDriver:
 
     # -- destroying ------------------------------------------------------------------
     def step_destroying(self) -> None:
+        """The one teardown (teardown.py); a destroy not confirmed stays pending."""
         self._drop_session()
         iid = self.m.instance_id
-        if iid is None and self.m.label is not None:
-            iid = self._find_unjournaled()
-        if iid is None:
-            self.fire("destroyed", detail="nothing was rented")
-            return
-        if self.run.settings.keep_instances:
+        if self.run.settings.keep_instances and iid is not None:
             self.log("warning", "keeping instance (it keeps billing!)")
             self.fire("destroyed", detail={"kept": iid})
             return
-        self._destroy(iid)
+        teardown = self.run.teardown
+        deadline = time.monotonic() + self.run.teardown_wait
+        if iid is not None:
+            self.run.watcher.unwatch(iid)
+            done = teardown.destroy(iid, label=self.m.label, on_retry=self._destroy_retry,
+                                    deadline=deadline)
+            detail: Any = {"instance": iid}
+        elif self.m.label is not None:  # a create that may have rented without an answer
+            gone = teardown.destroy_label(self.m.label, on_retry=self._destroy_retry,
+                                          deadline=deadline)
+            done = self.m.label not in teardown.pending_labels and not (
+                set(gone) & set(teardown.pending))
+            detail = {"label": self.m.label, "instances": gone} if gone else \
+                "nothing was rented"
+        else:
+            done, detail = True, "nothing was rented"
+        if not done:
+            self.m.teardown_pending = True
+            return
+        self.fire("destroyed", detail=detail)
 
-    def _find_unjournaled(self) -> int | None:
-        """A create that may have happened although its id never came back."""
-        try:
-            row = self.run.api.find_by_label(self.m.label or "")
-        except VastError:
-            return None
-        if row is None:
-            self.run.journal.record_instance_destroyed(label=self.m.label)
-            return None
-        self.run.journal.record_instance_created(self.m.label, int(row["id"]))
-        return int(row["id"])
-
-    def _destroy(self, iid: int) -> None:
-        delay = 1.0
-        while True:
-            self.run.journal.record_destroy_requested(instance_id=iid)
-            try:
-                self.run.api.destroy_instance(iid)
-                self.run.journal.record_destroy_accepted(iid)
-                crash_point("after_destroy_request")
-                gone = self.run.api.show_instance(iid) is None
-            except VastError as exc:
-                self.fire("destroy_retry", detail=str(exc))
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, DESTROY_BACKOFF_MAX)
-                continue
-            if gone:
-                self.run.journal.record_instance_destroyed(instance_id=iid)
-                self.run.watcher.unwatch(iid)
-                self.fire("destroyed", detail={"instance": iid})
-                return
-            self.fire("destroy_retry", detail="instance still listed after destroy")
-            time.sleep(delay)
-            delay = min(delay * 2, DESTROY_BACKOFF_MAX)
+    def _destroy_retry(self, reason: str) -> None:
+        with contextlib.suppress(Exception):  # bookkeeping only: the teardown goes on
+            self.fire("destroy_retry", detail=reason)
 
 
 STEPS: dict[JobState, Callable[[JobDriver], None]] = {

@@ -18,22 +18,27 @@ may open it: a run, a restarted run, ``sqlite-utils``), foreign keys on. It is
 plain SQLite, readable with ``sqlite-utils rows journal.sqlite jobs`` or
 ``datasette journal.sqlite``. All timestamps are ``time.time()`` epoch seconds.
 
-Schema (version 2; migrations only ever add tables and columns)
+Schema (version 3; migrations only ever add tables and columns)
 ----------------------------------------------------------------
 ``meta(key TEXT PK, value TEXT)``
     ``schema_version``, ``workflow_id`` (random hex, created once),
-    ``created_at``.
+    ``created_at``, ``workdir`` (the directory it was last used in: a copied
+    workflow directory is told apart from a moved one by it).
 ``migrations(version INTEGER PK, name TEXT, applied_at REAL)``
     One row per schema migration applied, when.
 ``runs(id TEXT PK, started_at, ended_at, outcome, pid, hostname,
-snakemake_version, plugin_version, settings)``
+snakemake_version, plugin_version, settings, pid_started_at)``
     One row per Snakemake invocation. ``ended_at`` stays NULL when the run
     crashed. ``settings`` is JSON of the non-secret executor settings.
+    ``pid``, ``hostname`` and ``pid_started_at`` are the run's lease
+    (``leases.py``).
 ``jobs(id TEXT PK, run_id -> runs, snakemake_jobid, rule, fingerprint,
 attempt, state, created_at, updated_at, ended_at, label, instance_id,
 offer_id, machine_id, gpu_name, num_gpus, dph_total, ssh_host, ssh_port,
-exit_code, log_path, last_error, resumed_from -> jobs)``
+exit_code, log_path, last_error, resumed_from -> jobs, fingerprint_parts)``
     The current state of each job (indexes on fingerprint, run_id, state).
+    ``fingerprint_parts`` is JSON of the fingerprint's components (short
+    hashes), so a restart can name what changed.
     ``ended_at`` is set on entering a terminal state. ``resumed_from`` names
     the earlier run's job this one re-attached to; that earlier job then no
     longer counts as unfinished.
@@ -51,6 +56,11 @@ last_status_at, started_at, destroy_accepted_at)``
     ``destroy_accepted_at`` the time the first destroy request was accepted:
     costs run from the one to the other (falling back to ``created_at`` and
     ``destroyed_at`` where a fact is missing), as Vast.ai bills.
+``strays(instance_id INTEGER PK, label, run_id -> runs, reason, dph_total,
+found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
+    Instances listed with this workflow's prefix that no ``instances`` row
+    owns (a duplicate left by a lost create answer, a label marked gone that
+    appeared later), journaled before their teardown.
 ``transitions(id INTEGER PK AUTOINCREMENT, job_id -> jobs, run_id -> runs,
 from_state, to_state, trigger, at, detail)``
     Append-only (triggers refuse UPDATE and DELETE): one row per state change,
@@ -67,7 +77,9 @@ not pass secrets in any field. As a second line of defence, every dict that is
 stored as JSON (transition details, run settings, offers) is redacted first:
 values under keys matching ``key|token|secret|passw(or)d|credential|auth``
 (any case, at any depth) become ``"***"`` (``None`` and booleans are kept:
-they cannot carry a secret). Strings are stored as given. A host key that
+they cannot carry a secret). Every string written, detail texts and error
+messages included, is scrubbed of the registered secrets (``redaction.py``)
+first, in whatever escaped form an exception quoted them. A host key that
 looks like a private key is refused.
 """
 
@@ -92,23 +104,25 @@ from urllib.parse import quote
 import sqlite_utils
 
 from .machine import TERMINAL_STATES as _TERMINAL_JOB_STATES
+from .redaction import redact, scrub
 
 RELATIVE_PATH = Path(".snakemake") / "vastai" / "journal.sqlite"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
-BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
+# Seconds a writer waits for another process's transaction (the environment variable
+# lets tests make a locked journal fail fast).
+BUSY_TIMEOUT = float(os.environ.get("SNAKEMAKE_VASTAI_JOURNAL_BUSY_TIMEOUT") or 30.0)
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 
 TERMINAL_STATES: tuple[str, ...] = tuple(sorted(s.value for s in _TERMINAL_JOB_STATES))
-SECRET_KEY_RE = re.compile(r"key|token|secret|passw(or)?d|credential|auth", re.IGNORECASE)
-MASK = "***"
 
 # Columns set once at submit; everything else on a job may be updated.
 JOB_IDENTITY = frozenset(
-    {"id", "run_id", "rule", "fingerprint", "attempt", "snakemake_jobid", "created_at"}
+    {"id", "run_id", "rule", "fingerprint", "fingerprint_parts", "attempt", "snakemake_jobid",
+     "created_at"}
 )
 JOB_BOOKKEEPING = frozenset({"state", "updated_at", "ended_at"})
 # Instance columns only this module's own methods write (pinning, life cycle).
@@ -242,6 +256,28 @@ def m002_billing_clock(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE instances ADD COLUMN destroy_accepted_at REAL")
 
 
+@migration
+def m003_leases_and_strays(db: sqlite_utils.Database) -> None:
+    """Run leases, fingerprint parts and stray instances.
+
+    ``runs.pid_started_at`` (the process's start time) makes "this run is dead"
+    provable despite pid reuse, so a run never touches a live run's jobs.
+    ``jobs.fingerprint_parts`` (JSON, component -> short hash) lets a restart say
+    *what* changed in a job it will not re-attach to. ``strays`` holds instances
+    found with this workflow's prefix that no instance row owns (a duplicate from
+    a create whose answer was lost, or a label whose row says gone), so their
+    teardown is journaled like any other.
+    """
+    db.execute("ALTER TABLE runs ADD COLUMN pid_started_at REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN fingerprint_parts TEXT")
+    db.execute(
+        """CREATE TABLE strays (
+            instance_id INTEGER PRIMARY KEY, label TEXT, run_id TEXT REFERENCES runs(id),
+            reason TEXT, dph_total REAL, found_at REAL NOT NULL, destroy_requested_at REAL,
+            destroy_accepted_at REAL, destroyed_at REAL)"""
+    )
+
+
 WORKFLOW_ID_FILE = "workflow-id"
 
 
@@ -346,18 +382,18 @@ class Journal:
         self.close()
 
     @staticmethod
-    def move_aside(path: Path | str) -> Path:
-        """Rename a damaged journal (and its -wal/-shm) out of the way; return the new path.
+    def move_aside(path: Path | str, why: str = "corrupt") -> Path:
+        """Rename a journal (and its -wal/-shm) out of the way; return the new path.
 
         Nothing is deleted: the renamed files may still name instances that bill.
         """
         path = Path(path)
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = path.with_name(f"{path.name}.corrupt-{stamp}")
+        target = path.with_name(f"{path.name}.{why}-{stamp}")
         n = 1
         while any(Path(f"{target}{s}").exists() for s in ("", *SIDE_SUFFIXES)):
             n += 1
-            target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+            target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
         for suffix in SIDE_SUFFIXES:
             side = Path(f"{path}{suffix}")
             if side.exists():
@@ -498,9 +534,18 @@ class Journal:
 
     # -- runs --------------------------------------------------------------------------------
     def start_run(
-        self, *, snakemake_version: str, plugin_version: str, settings: Mapping[str, Any]
+        self,
+        *,
+        snakemake_version: str,
+        plugin_version: str,
+        settings: Mapping[str, Any],
+        pid_started_at: float | None = None,
     ) -> str:
-        """Journal a new Snakemake invocation; later transitions are attributed to it."""
+        """Journal a new Snakemake invocation; later transitions are attributed to it.
+
+        ``pid``, ``hostname`` and ``pid_started_at`` form the run's lease (see
+        ``leases.py``): while that process lives, no other run touches this one's work.
+        """
         now = self._clock()
         run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
         with self._write() as db:
@@ -511,6 +556,7 @@ class Journal:
                 started_at=now,
                 pid=os.getpid(),
                 hostname=socket.gethostname(),
+                pid_started_at=pid_started_at,
                 snakemake_version=snakemake_version,
                 plugin_version=plugin_version,
                 settings=_to_json(settings),
@@ -549,6 +595,7 @@ class Journal:
         attempt: int,
         state: str,
         log_path: str | None = None,
+        fingerprint_parts: Mapping[str, str] | None = None,
     ) -> str:
         """Journal a submitted job in its first state; returns the job id."""
         job_id = uuid.uuid4().hex[:12]
@@ -570,6 +617,8 @@ class Journal:
                 created_at=now,
                 updated_at=now,
                 log_path=log_path,
+                fingerprint_parts=None if fingerprint_parts is None else _to_json(
+                    fingerprint_parts),
             )
             _insert_transition(db, job_id, run_id, None, state, "submit", now, None)
         return job_id
@@ -877,40 +926,110 @@ class Journal:
 
     def record_destroy_accepted(self, instance_id: int) -> None:
         """The API accepted a destroy request (the billing clock stops there)."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE instances SET destroy_accepted_at = COALESCE(destroy_accepted_at, ?) "
-                "WHERE instance_id = ?",
-                [self._clock(), instance_id],
-            )
+        self._instance_or_stray_update(
+            "destroy_accepted_at = COALESCE(destroy_accepted_at, ?)", [self._clock()],
+            None, instance_id, strict=False)
 
     def record_destroy_requested(
         self, *, label: str | None = None, instance_id: int | None = None
     ) -> None:
         """Write-ahead for the destroy call (the first request's time is kept)."""
-        where, params = _instance_match(label, instance_id)
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE instances SET destroy_requested_at = COALESCE(destroy_requested_at, ?) "
-                f"WHERE {where}",
-                [self._clock(), *params],
-            )
-            if cursor.rowcount != 1:
-                raise self._unknown_instance(_describe(label, instance_id))
+        self._instance_or_stray_update(
+            "destroy_requested_at = COALESCE(destroy_requested_at, ?)", [self._clock()],
+            label, instance_id)
 
     def record_instance_destroyed(
         self, *, label: str | None = None, instance_id: int | None = None, at: float | None = None
     ) -> None:
         """The instance is known gone (or, for a label never created, never existed)."""
-        where, params = _instance_match(label, instance_id)
         when = self._clock() if at is None else at
+        self._instance_or_stray_update(
+            "destroyed_at = COALESCE(destroyed_at, ?)", [when], label, instance_id)
+
+    def _instance_or_stray_update(
+        self, assignment: str, values: list[Any], label: str | None, instance_id: int | None,
+        *, strict: bool = True,
+    ) -> None:
+        """Update the instance row (by label and/or id), else the stray with that id."""
+        where, params = _instance_match(label, instance_id)
         with self._write() as db:
-            cursor = db.execute(
-                f"UPDATE instances SET destroyed_at = COALESCE(destroyed_at, ?) WHERE {where}",
-                [when, *params],
-            )
-            if cursor.rowcount != 1:
+            cursor = db.execute(f"UPDATE instances SET {assignment} WHERE {where}",
+                                [*values, *params])
+            if cursor.rowcount == 1:
+                return
+            if instance_id is not None:
+                cursor = db.execute(f"UPDATE strays SET {assignment} WHERE instance_id = ?",
+                                    [*values, instance_id])
+                if cursor.rowcount == 1:
+                    return
+            if strict:
                 raise self._unknown_instance(_describe(label, instance_id))
+
+    # -- strays: instances with our prefix that no instance row owns ---------------------
+    def record_stray(
+        self, instance_id: int, *, label: str | None, reason: str, dph_total: float | None = None
+    ) -> bool:
+        """Journal a stray before tearing it down; False if an instance row owns the id."""
+        with self._write() as db:
+            if self._instance_row(db, "instance_id = ?", [instance_id]) is not None:
+                return False
+            db.execute(
+                "INSERT OR IGNORE INTO strays (instance_id, label, run_id, reason, dph_total, "
+                "found_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [instance_id, label, self._run_id, scrub(reason), dph_total, self._clock()],
+            )
+            return True
+
+    def strays(self) -> list[dict]:
+        return self._rows("SELECT * FROM strays ORDER BY found_at, instance_id")
+
+    def strays_possibly_alive(self) -> list[dict]:
+        return self._rows(
+            "SELECT * FROM strays WHERE destroyed_at IS NULL ORDER BY found_at, instance_id"
+        )
+
+    # -- who owns what (run leases) ---------------------------------------------------------
+    def run(self, run_id: str) -> dict | None:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def instance_owner_runs(self) -> dict[str, str]:
+        """label -> the run whose job last used the instance (a resume moves ownership)."""
+        owners = {
+            row["label"]: row["run_id"]
+            for row in self._rows("SELECT label, run_id FROM instances")
+        }
+        for row in self._rows(
+            "SELECT label, run_id FROM jobs WHERE label IS NOT NULL ORDER BY created_at, rowid"
+        ):
+            owners[row["label"]] = row["run_id"]
+        return owners
+
+    # -- where this journal lives --------------------------------------------------------
+    def home(self) -> str | None:
+        """The working directory this journal was last used in (None before it was recorded)."""
+        rows = self._rows("SELECT value FROM meta WHERE key = 'workdir'")
+        return str(rows[0]["value"]) if rows else None
+
+    def copied_from(self, workdir: Path | str) -> str | None:
+        """The directory this journal came from, if ``workdir`` is a copy of it: the journal
+        was last used elsewhere and that directory still holds the same workflow (a moved
+        directory leaves nothing behind)."""
+        home = self.home()
+        if home is None or home == str(Path(workdir).resolve()):
+            return None
+        sidecar = Path(home) / RELATIVE_PATH.parent / WORKFLOW_ID_FILE
+        try:
+            same = sidecar.read_text().strip() == self.workflow_id
+        except OSError:
+            return None
+        return home if same else None
+
+    def set_home(self, workdir: Path | str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('workdir', ?)", [str(workdir)]
+            )
 
     def instances(self) -> list[dict]:
         return self._rows("SELECT * FROM instances ORDER BY requested_at, label")
@@ -1061,21 +1180,6 @@ def _refuse_newer(path: Path, found: int, known: int) -> None:
         )
 
 
-def redact(value: Any) -> Any:
-    """A copy of ``value`` with secret-looking keys' values replaced by ``***``, at any depth."""
-    if isinstance(value, Mapping):
-        return {str(k): _redact_item(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
-
-
-def _redact_item(key: str, value: Any) -> Any:
-    if SECRET_KEY_RE.search(key) and value is not None and not isinstance(value, bool):
-        return MASK
-    return redact(value)
-
-
 def _to_json(value: Mapping[str, Any]) -> str:
     """Strict JSON of a redacted dict: arbitrary objects are refused, as their repr could
     carry a secret past the key-based redaction."""
@@ -1103,6 +1207,7 @@ def _insert_transition(
     """The append-only row; encoding the detail here keeps a bad detail inside the
     transaction, so it aborts the state change too."""
     text = detail if detail is None or isinstance(detail, str) else _to_json(detail)
+    text = None if text is None else scrub(text)
     _insert(
         db,
         "transitions",
@@ -1118,7 +1223,8 @@ def _insert_transition(
 
 def _insert(db: sqlite_utils.Database, table: str, **row: Any) -> None:
     """INSERT one row; table and column names come from this module, never from callers."""
-    db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({_marks(row)})", list(row.values()))
+    values = [scrub(v) if isinstance(v, str) else v for v in row.values()]
+    db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({_marks(row)})", values)
 
 
 def _offer_facts(offer: Mapping[str, Any]) -> dict[str, Any]:
@@ -1168,8 +1274,10 @@ def _first(*values: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """Enum members (JobState) as their plain value, so SQLite stores text."""
-    return value.value if isinstance(value, Enum) else value
+    """Enum members (JobState) as their plain value, so SQLite stores text; strings
+    scrubbed of registered secrets (an error message may quote one)."""
+    value = value.value if isinstance(value, Enum) else value
+    return scrub(value) if isinstance(value, str) else value
 
 
 def _state(state: str) -> str:

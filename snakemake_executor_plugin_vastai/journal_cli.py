@@ -42,7 +42,6 @@ import argparse
 import inspect
 import json
 import os
-import socket
 import sqlite3
 import sys
 import time
@@ -53,9 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import tables
+from . import leases, listing, tables
 from .journal import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
 from .machine import JobState
+from .redaction import scrub
+from .teardown import Teardown
 from .vast import DEFAULT_URL, VastAPI, VastAuthError, VastError
 
 PROG = "python -m snakemake_executor_plugin_vastai journal"
@@ -317,19 +318,10 @@ def run_status(run: dict) -> str:
 
 
 def run_is_live(run: dict) -> bool:
-    """True while the run has no end and its process lives on this host.
-
-    A run on another host cannot be checked from here and counts as not live.
-    """
-    if run["ended_at"] is not None or run.get("hostname") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(run["pid"]), 0)
-    except PermissionError:  # someone else's process holds the pid: it exists
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
+    """True while the run has no end and its own process lives on this host (its lease,
+    ``leases.py``). A run on another host cannot be checked from here and counts as not
+    live."""
+    return leases.is_live(run)
 
 
 # -- jobs --------------------------------------------------------------------------------
@@ -795,6 +787,7 @@ def cmd_cleanup(journal: Journal, args: argparse.Namespace) -> int:
         destroyed 393107267 (smk-b7fb4a81-1c2d3e4f5a6b)
     """
     _refuse_while_running(journal, args)
+    _refuse_copied(journal)
     api, source = open_api(journal, args)
     with api_errors(api, source):
         listing = api.list_instances(journal.label_prefix)
@@ -856,6 +849,19 @@ def plan_json(plan: CleanupPlan) -> dict[str, list]:
 
 def _say_to(stream: Any) -> Callable[[str], None]:
     return lambda text: print(text, file=stream, flush=True)
+
+
+def _refuse_copied(journal: Journal) -> None:
+    """A journal copied along with its directory names the original's instances."""
+    if journal.path.parent.parts[-2:] != RELATIVE_PATH.parent.parts:
+        return  # a journal file outside a workflow directory, named with --journal
+    original = journal.copied_from(journal.path.parent.parent.parent)
+    if original is not None:
+        raise CliError(
+            f"this directory's journal was copied from {original}: its instances belong to "
+            "that workflow. Run cleanup there; a snakemake run here first gives this copy a "
+            "fresh label prefix of its own"
+        )
 
 
 def _refuse_while_running(journal: Journal, args: argparse.Namespace) -> None:
@@ -940,37 +946,39 @@ def confirm(count: int, stream: Any) -> bool:
 
 
 def destroy(api: VastAPI, journal: Journal, target: Target) -> str | None:
-    """Journal the request, destroy, confirm gone, journal that; an error message or None."""
+    """The one teardown (teardown.py), bounded by GONE_WAIT; an error message or None."""
     if not target.label.startswith(journal.label_prefix):  # never reached: a last guard
         return f"instance {target.instance_id}: label {target.label!r} is not this workflow's"
+    teardown = Teardown(api, journal, _CliLog())
+    deadline = time.monotonic() + GONE_WAIT
     row = target.row
     try:
-        if row is not None:
-            if row["instance_id"] is None:
-                journal.record_instance_created(row["label"], target.instance_id)
-            journal.record_destroy_requested(label=row["label"])
-        api.destroy_instance(target.instance_id)
-        if not wait_gone(api, target.instance_id):
-            return f"instance {target.instance_id} is still listed {GONE_WAIT:.0f}s after destroy"
-        if row is not None:
-            journal.record_instance_destroyed(label=row["label"])
-    except (VastError, JournalError) as exc:
+        if row is not None and row["instance_id"] is None:
+            journal.record_instance_created(row["label"], target.instance_id)
+    except JournalError as exc:
         return f"instance {target.instance_id} ({target.label}): {exc}"
+    if row is None:
+        done = teardown.destroy_stray(target.listed, "not in the journal (journal cleanup)",
+                                      deadline=deadline)
+    else:
+        done = teardown.destroy(target.instance_id, label=target.label, deadline=deadline)
+    if not done:
+        return (f"instance {target.instance_id} ({target.label}) is not confirmed gone "
+                f"{GONE_WAIT:.0f}s after the destroy request; run cleanup again")
     return None
 
 
-def wait_gone(
-    api: VastAPI, instance_id: int, timeout: float = GONE_WAIT, sleep: Callable = time.sleep
-) -> bool:
-    """Poll show_instance until the API no longer knows the instance (or time runs out)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.2
-    while api.show_instance(instance_id) is not None:
-        if time.monotonic() >= deadline:
-            return False
-        sleep(delay)
-        delay = min(delay * 2, 5.0)
-    return True
+class _CliLog:
+    """The teardown's log, for the CLI: errors and warnings on stderr."""
+
+    def _say(self, event: str, **kw: Any) -> None:
+        details = ", ".join(f"{k}={v}" for k, v in kw.items() if v is not None)
+        print(scrub(f"{event}" + (f" ({details})" if details else "")), file=sys.stderr)
+
+    warning = error = _say
+
+    def info(self, event: str, **kw: Any) -> None:
+        pass
 
 
 # -- the API -------------------------------------------------------------------------------
@@ -1068,19 +1076,12 @@ def api_errors(api: VastAPI, source: str) -> Iterator[None]:
         ) from None
 
 
-def match_listing(rows: list[dict], listing: list[dict]) -> tuple[dict[str, dict], list[dict]]:
-    """Journal rows -> listed instances, by id and else by label (a create whose answer was
-    lost has no id in the journal); also the listed instances no row names."""
-    by_id = {int(item["id"]): item for item in listing}
-    by_label = {str(item.get("label")): item for item in listing}
-    matched: dict[str, dict] = {}
-    for row in rows:
-        hit = by_id.get(int(row["instance_id"])) if row.get("instance_id") is not None else None
-        hit = hit or by_label.get(str(row["label"]))
-        if hit is not None:
-            matched[row["label"]] = hit
-    used = {int(item["id"]) for item in matched.values()}
-    return matched, [item for item in listing if int(item["id"]) not in used]
+def match_listing(rows: list[dict], found: list[dict]) -> tuple[dict[str, dict], list[dict]]:
+    """Journal rows -> listed instances (the one matcher, ``listing.py``); also the listed
+    instances no row owns (strays: duplicates, unknown labels)."""
+    matched = listing.match(rows, found, prefix="")
+    return ({label: listed for label, (_row, listed) in matched.alive.items()},
+            [stray.listed for stray in matched.strays])
 
 
 def _status(listed: dict) -> str:

@@ -7,65 +7,37 @@ and the user's global logging is untouched. Events marked ``verbose=True``
 (offer queries, transitions, API retries) go out at debug level and show with
 ``--verbose`` only.
 
-Every event passes :func:`redact` first: values of keys that look secret, and
-any registered secret value found anywhere in the event, become ``***``.
+Redaction (``redaction.py``) runs twice: on the event's fields first, and on
+each sink's final text (after tracebacks are rendered), so a secret quoted
+inside an exception message is masked too.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-SECRET_KEY_RE = re.compile(r"key|token|secret|password|passwd|credential|auth", re.IGNORECASE)
-MASK = "***"
+from .redaction import SECRETS, redact, scrub
 
+__all__ = ["SECRETS", "PluginLogger"]
 
-class SecretRegistry:
-    """Values that must never be printed (the API key, forwarded credentials)."""
-
-    def __init__(self) -> None:
-        self._values: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, values: Iterable[str | None]) -> None:
-        with self._lock:
-            self._values.update(v for v in values if v and len(v) >= 4)
-
-    def scrub(self, text: str) -> str:
-        with self._lock:
-            values = sorted(self._values, key=len, reverse=True)
-        for value in values:
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
-
-
-SECRETS = SecretRegistry()
-
-
-def _scrub_value(key: str, value: Any) -> Any:
-    if SECRET_KEY_RE.search(key) and value is not None and key not in ("label_prefix",):
-        return MASK
-    if isinstance(value, str):
-        return SECRETS.scrub(value)
-    if isinstance(value, dict):
-        return {k: _scrub_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub_value("", v) for v in value]
-    return value
-
-
-def redact(_logger: Any, _name: str, event_dict: dict) -> dict:
-    """structlog processor: mask secret-looking keys and known secret values."""
-    return {k: (_scrub_value(k, v) if k != "event" else SECRETS.scrub(str(v)))
-            for k, v in event_dict.items()}
+def redact_event(_logger: Any, _name: str, event_dict: dict) -> dict:
+    """structlog processor: mask secret-looking keys and known secret values early, so
+    even a sink that forgets the final scrub never sees them in structured fields."""
+    out = {}
+    for k, v in event_dict.items():
+        if k == "exc_info":  # rendered (then scrubbed by the sink) by format_exc_info
+            out[k] = v
+        elif k == "event":
+            out[k] = scrub(str(v))
+        else:
+            out[k] = redact({k: v})[k]
+    return out
 
 
 def _render(_logger: Any, method: str, event_dict: dict) -> str:
@@ -85,7 +57,8 @@ class _SnakemakeSink:
         self._logger = logger
 
     def _emit(self, level: str, message: str) -> None:
-        getattr(self._logger, level, self._logger.info)(message)
+        # The final text, traceback included, is what must hold no secret.
+        getattr(self._logger, level, self._logger.info)(scrub(message))
 
     def debug(self, message: str) -> None:
         self._emit("debug", message)
@@ -120,6 +93,7 @@ class _JsonLinesSink:
         self.path = path
 
     def msg(self, line: str) -> None:
+        line = scrub(line)  # after JSON encoding: escaped forms of a secret are known too
         with self._lock:
             if not self._file.closed:
                 self._file.write(line + "\n")
@@ -146,7 +120,7 @@ class _Sinks:
     def __init__(self, snakemake_logger: Any) -> None:
         self.human = structlog.wrap_logger(
             _SnakemakeSink(snakemake_logger),
-            processors=[redact, structlog.processors.format_exc_info, _render])
+            processors=[redact_event, structlog.processors.format_exc_info, _render])
         self.events: Any = None
         self.file: _JsonLinesSink | None = None
 
@@ -173,7 +147,7 @@ class PluginLogger:
         sink = _JsonLinesSink(path)
         self._sinks.file = sink
         self._sinks.events = structlog.wrap_logger(sink, processors=[
-            _event_fields, redact, structlog.processors.format_exc_info,
+            _event_fields, redact_event, structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(default=str)])
 
     def close(self) -> None:

@@ -1,16 +1,14 @@
-"""What a job sends to its instance, what it may bring back, and who it is.
+"""What a job sends to its instance and what it may bring back.
 
 Pure functions over a Snakemake job: the files to upload (the run's source
 archive and the job's declared inputs), the paths allowed to come home (its
 declared outputs, logs and benchmark), the shell script that runs it remotely,
-the environment forwarded to it, and the fingerprint that lets a later run
-recognise the same job after a crash.
+and the environment forwarded to it. (Who a job is across runs:
+``fingerprint.py``.)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shlex
@@ -155,42 +153,3 @@ def job_script(command: str, snakemake_version: str) -> str:
     ])
 
 
-def fingerprint(rule: str, outputs: Iterable[Any], command: str, params: Any,
-                inputs: Iterable[Any], workdir: Path) -> str:
-    """A stable identity for 'the same job', across runs of the same workflow.
-
-    What makes a job's result differ: its rule, outputs, command and params,
-    and its input files (path, size and modification time; content hashing
-    would cost a read of every input at submit time).
-    """
-    facts = {
-        "rule": rule,
-        "outputs": sorted(str(o) for o in outputs),
-        "command": command,
-        "params": _stable(params),
-        "inputs": sorted(_input_fact(str(i), workdir) for i in inputs),
-    }
-    blob = json.dumps(facts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
-
-
-def _input_fact(path: str, workdir: Path) -> str:
-    p = Path(path) if Path(path).is_absolute() else workdir / path
-    try:
-        st = p.stat()
-    except OSError:
-        return f"{path}:missing"
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _stable(value: Any) -> Any:
-    """Params as plain data (Snakemake's Params is list-like with names)."""
-    try:
-        items = value.items() if hasattr(value, "items") else None
-    except TypeError:
-        items = None
-    if items is not None:
-        return {str(k): str(v) for k, v in items}
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value]
-    return str(value)

@@ -26,16 +26,27 @@ journal is found too). Then, by policy (``--vastai-on-restart``):
 
 Earlier jobs that are not resumed are driven to ``cancelled`` through the
 same state machine (``cancel`` -> ``destroying``), so the journal never keeps a
-job that looks active forever.
+job that looks active forever. A job whose destroy was requested but never
+confirmed (a crash while destroying) is finished the same way: its listed
+instance is torn down, never taken for "nothing was rented".
+
+Only the work of provably dead runs is touched (``leases.py``): two runs in
+one directory each finish their own jobs. Instances that no journal row owns
+(``listing.py``: duplicates of a label after a lost create answer, unknown
+labels) are torn down as strays; a live run's own strays are left to its
+end-of-run sweep. Every teardown goes through ``teardown.py``.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import fingerprint as fingerprints
+from . import leases, listing
 from .keys import KeyFileError, RunKey
 
 if TYPE_CHECKING:
@@ -68,69 +79,101 @@ class Recovery:
         self.destroyed_at_start = 0
 
     # -- at start ---------------------------------------------------------------------
-    def reconcile(self, scheduled: set[str]) -> None:
-        """Compare journal and API; keep claimable instances, destroy the others.
+    def reconcile(self, scheduled: dict[str, dict[str, str]]) -> None:
+        """Compare journal and API; keep claimable instances, tear the others down.
 
-        ``scheduled`` holds the fingerprints of the jobs Snakemake plans to run
-        whose inputs exist now (computed by the caller from the DAG).
+        ``scheduled`` maps the fingerprints of the jobs Snakemake plans to run whose
+        inputs exist now to their parts (computed by the caller from the DAG).
+        Only the work of provably dead runs is touched (``leases.py``).
         """
         journal = self.run.journal
-        old_jobs = journal.unfinished_jobs(exclude_run=self.run.run_id)
-        maybe_alive = journal.instances_possibly_alive()
+        dead = self._dead_runs()
+        owners = journal.instance_owner_runs()
+        old_jobs = [j for j in journal.unfinished_jobs(exclude_run=self.run.run_id)
+                    if j["run_id"] in dead]
+        maybe_alive = [r for r in journal.instances_possibly_alive()
+                       if owners.get(r["label"], r["run_id"]) in dead]
         first_run = len(journal.runs()) <= 1
-        if not old_jobs and not maybe_alive and not first_run:
+        if not old_jobs and not maybe_alive and not journal.strays_possibly_alive() \
+                and not first_run:
             return
-        listing = self.run.api.list_instances(journal.label_prefix)
-        by_id = {int(r["id"]): r for r in listing}
-        by_label = {str(r.get("label")): r for r in listing}
-        alive = self._settle_instances(maybe_alive, by_id, by_label)
-        self._destroy_unjournaled(listing)
+        found = self.run.api.list_instances(journal.label_prefix)
+        # The journal is read after the listing: a live run journals a label before its
+        # create call, so every instance in the listing has its row by now.
+        matched = listing.match(journal.instances(), found, journal.label_prefix)
+        owners = journal.instance_owner_runs()
+        alive = self._settle(matched, owners, dead)
+        self._destroy_strays(matched.strays, owners, dead, found)
+        handled: set[str] = set()
         for job in old_jobs:
-            claim = self._claim_for(job, alive)
+            entry = alive.get(job.get("label") or "")
+            claim = self._claim_for(job, entry)
             if claim is not None and self.policy == "resume" and job["fingerprint"] in scheduled:
                 with self._lock:
                     self._claims.setdefault(job["fingerprint"], claim)
-                continue
-            self._close(job, claim)
-        self._close_orphan_instances(alive, old_jobs)
+            else:
+                self._say_why(job, entry, scheduled)
+                self._close(job, entry)
+            if job.get("label"):
+                handled.add(job["label"])
+        self._close_orphan_instances(alive, handled)
         self.run.log.info("reconciled earlier runs", unfinished_jobs=len(old_jobs),
                           live_instances=len(alive), kept_for_resume=len(self._claims),
                           policy=self.policy)
 
-    def _settle_instances(self, rows: list[dict], by_id: dict[int, dict],
-                          by_label: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
-        """Journal rows -> {label: (journal row, listing row)} for the living; mark the dead."""
+    def _dead_runs(self) -> set[str]:
+        """Earlier runs that are provably over; say which live ones are left alone."""
+        dead = set()
+        for run in self.run.journal.runs():
+            if run["id"] == self.run.run_id:
+                continue
+            if leases.is_provably_dead(run):
+                dead.add(run["id"])
+            elif run.get("ended_at") is None:
+                self.run.log.info("another run of this workflow is still running here or on "
+                                  "another host; its jobs and instances are left to it",
+                                  other_run=run["id"], pid=run.get("pid"),
+                                  host=run.get("hostname"))
+        return dead
+
+    def _settle(self, matched: listing.Matched, owners: dict[str, str],
+                dead: set[str]) -> dict[str, tuple[dict, dict]]:
+        """Dead runs' rows: mark the unlisted gone, learn ids found by label; the living."""
         journal = self.run.journal
-        alive: dict[str, tuple[dict, dict]] = {}
-        for row in rows:
-            listed = by_id.get(int(row["instance_id"])) if row.get("instance_id") else None
-            listed = listed or by_label.get(row["label"])
-            if listed is None:
+        for row in matched.gone:
+            if owners.get(row["label"], row["run_id"]) in dead:
                 journal.record_instance_destroyed(label=row["label"])
+        for stray in journal.strays_possibly_alive():
+            if stray["instance_id"] not in {s.instance_id for s in matched.strays}:
+                journal.record_instance_destroyed(instance_id=int(stray["instance_id"]))
+        alive: dict[str, tuple[dict, dict]] = {}
+        for label, (row, listed) in matched.alive.items():
+            if owners.get(label, row["run_id"]) not in dead:
                 continue
             if row.get("instance_id") is None:
-                journal.record_instance_created(row["label"], int(listed["id"]))
+                journal.record_instance_created(label, int(listed["id"]))
                 row = {**row, "instance_id": int(listed["id"])}
-            alive[row["label"]] = (row, listed)
+            alive[label] = (row, listed)
         return alive
 
-    def _destroy_unjournaled(self, listing: list[dict]) -> None:
-        """Instances with our prefix but no journal row at all (journal lost or moved aside)."""
-        known = {r["label"] for r in self.run.journal.instances()}
-        for row in listing:
-            if row.get("label") not in known:
-                self.run.log.warning("destroying an instance of this workflow that the journal "
-                                     "does not know", instance=row["id"], label=row.get("label"))
-                self.run.destroy_untracked(int(row["id"]))
-                self.destroyed_at_start += 1
+    def _destroy_strays(self, strays: list[listing.Stray], owners: dict[str, str],
+                        dead: set[str], found: list[dict]) -> None:
+        """Instances no journal row owns: torn down, unless a live run's label (that run
+        sweeps its own at its end)."""
+        for stray in strays:
+            owner = owners.get(stray.label)
+            if owner is not None and owner not in dead and owner != self.run.run_id:
+                continue
+            self.run.destroy_untracked(stray.instance_id, stray=stray.listed,
+                                       reason=stray.reason)
+            self.destroyed_at_start += 1
 
-    def _claim_for(self, job: dict, alive: dict[str, tuple[dict, dict]]) -> Claim | None:
-        label = job.get("label")
-        if not label or label not in alive:
+    def _claim_for(self, job: dict, entry: tuple[dict, dict] | None) -> Claim | None:
+        if entry is None:
             return None
-        instance, listed = alive[label]
+        instance, listed = entry
         if instance.get("destroy_requested_at") is not None:
-            return None
+            return None  # a destroy was asked for: only finishing it is right
         try:
             key = RunKey.load_or_create(self.run.key_dir, job["run_id"]) \
                 if (self.run.key_dir / job["run_id"]).exists() else None
@@ -138,18 +181,34 @@ class Recovery:
             key = None
         return Claim(job=job, instance=instance, row=listed, key=key)
 
-    def _close(self, job: dict, claim: Claim | None) -> None:
-        """Drive an earlier job to cancelled, destroying its instance if it has one."""
-        instance_id = int(claim.instance["instance_id"]) if claim else None
-        if claim is not None:
+    def _say_why(self, job: dict, entry: tuple[dict, dict] | None,
+                 scheduled: dict[str, dict[str, str]]) -> None:
+        """A live instance not re-attached: name what changed, if the job is scheduled."""
+        if entry is None or self.policy != "resume":
+            return
+        old = _parts(job)
+        for parts in scheduled.values():
+            if old and parts.get("identity") == old.get("identity"):
+                what = ", ".join(fingerprints.changed(old, parts)) or "its fingerprint"
+                self.run.log.warning(
+                    "not re-attaching: the job changed since the run that started it; its "
+                    "instance is torn down and the job runs anew", rule=job["rule"],
+                    old_job=job["id"], instance=entry[0].get("instance_id"), changed=what)
+                return
+
+    def _close(self, job: dict, entry: tuple[dict, dict] | None) -> None:
+        """Drive an earlier job to cancelled through the one teardown: its live instance if
+        listed (also when a destroy was already requested), else nothing to destroy."""
+        instance_id = int(entry[0]["instance_id"]) if entry else None
+        if entry is not None:
             self.destroyed_at_start += 1
-        self.run.close_old_job(job, instance_id, claim.instance["label"] if claim else None)
+        self.run.close_old_job(job, instance_id, entry[0]["label"] if entry else None)
 
     def _close_orphan_instances(self, alive: dict[str, tuple[dict, dict]],
-                                old_jobs: list[dict]) -> None:
-        """Live journaled instances whose job is no longer unfinished (e.g. crashed mid-destroy)."""
+                                handled: set[str]) -> None:
+        """Live instances of dead runs whose job is no longer unfinished (e.g. the job row
+        reached a terminal state while its destroy was never confirmed)."""
         claimed = {c.instance["label"] for c in self._claims.values()}
-        handled = {j.get("label") for j in old_jobs}
         for label, (instance, _listed) in alive.items():
             if label in claimed or label in handled:
                 continue
@@ -168,23 +227,33 @@ class Recovery:
         with self._lock:
             leftovers, self._claims = list(self._claims.values()), {}
         for claim in leftovers:
-            self._close(claim.job, claim)
+            self._close(claim.job, (claim.instance, claim.row))
 
 
-def scheduled_fingerprints(workflow: Any, workdir: Path, fingerprint_of: Any) -> set[str]:
-    """Fingerprints of the jobs Snakemake plans to run whose inputs all exist now."""
+def _parts(job: dict) -> dict[str, str]:
+    try:
+        parts = json.loads(job.get("fingerprint_parts") or "{}")
+    except ValueError:
+        return {}
+    return parts if isinstance(parts, dict) else {}
+
+
+def scheduled_fingerprints(workflow: Any, workdir: Path,
+                           parts_of: Any) -> dict[str, dict[str, str]]:
+    """Fingerprint -> parts of the jobs Snakemake plans to run whose inputs all exist now."""
     dag = getattr(workflow, "dag", None)
     if dag is None:
-        return set()
+        return {}
     try:
         jobs = list(dag.needrun_jobs())
     except Exception:  # Snakemake-internal interface: never block a run on it
-        return set()
-    found = set()
+        return {}
+    found: dict[str, dict[str, str]] = {}
     for job in jobs:
         try:
             if all((workdir / str(f)).exists() for f in job.input):
-                found.add(fingerprint_of(job))
+                parts = parts_of(job)
+                found[fingerprints.combine(parts)] = parts
         except Exception:
             continue
     return found

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import payload
+from . import fingerprint as fingerprints
+from . import leases, listing, payload
 from .driver import JobDriver, JobModel, build_machine
 from .journal import Journal
 from .keys import RunKey
@@ -29,12 +30,15 @@ from .machine import JobState
 from .offers import OfferRequest, OfferSettings, build_offer_request
 from .recovery import Recovery, scheduled_fingerprints
 from .storage import StorageSetup, container_args, exit_token
+from .teardown import Teardown
 from .vast import VastAPI, VastError
 from .watcher import InstanceWatcher
 
 LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
 LOG_LINES = 20000  # lines of an instance log fetched when a storage-mode job ends
-CANCEL_WAIT = 300.0  # seconds cancel() waits for every job to be destroyed
+# Seconds a teardown may take before it gives up, leaving the instance journaled as pending
+# and the run failing with the cleanup command (the environment variable is for tests).
+CANCEL_WAIT = float(os.environ.get("SNAKEMAKE_VASTAI_CANCEL_WAIT") or 300.0)
 
 
 @dataclass(frozen=True)
@@ -83,10 +87,12 @@ class Run:
         self.journal = journal or Journal.for_workdir(workdir)
         self.run_id = self.journal.start_run(
             snakemake_version=hooks.snakemake_version, plugin_version=plugin_version,
-            settings=public_settings(settings))
+            settings=public_settings(settings), pid_started_at=leases.process_start_time())
         self.events_path = workdir / ".snakemake" / "vastai" / "logs" / f"{self.run_id}.jsonl"
         self.log.open_events(self.events_path)
         self.api = VastAPI(api_key, settings.api_url, on_retry=self._api_retry)
+        self.teardown = Teardown(self.api, self.journal, self.log)
+        self.teardown_wait = CANCEL_WAIT
         self.key_dir = workdir / ".snakemake" / "vastai" / "keys"
         self.key = RunKey.load_or_create(self.key_dir, self.run_id)
         self.watcher = InstanceWatcher(self.api, self.journal.label_prefix,
@@ -97,6 +103,7 @@ class Run:
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self, settings.on_restart)
         self._untracked: list[threading.Thread] = []
+        self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
         self._claims: set[int] = set()
         self._lock = threading.Lock()
         self._archive: Path | None = None
@@ -107,25 +114,28 @@ class Run:
         atexit.register(self._at_exit)
 
     # -- jobs ---------------------------------------------------------------------
+    def fingerprint_parts(self, job: Any) -> dict[str, str]:
+        """The job's identity across runs, as named parts (see fingerprint.py)."""
+        return fingerprints.job_parts(job, self.workdir, self.settings.image)
+
     def fingerprint(self, job: Any) -> str:
-        """The job's identity across runs (see payload.fingerprint)."""
-        return payload.fingerprint(job_rule(job), job.output, command_text(job),
-                                   getattr(job, "params", ""), job.input, self.workdir)
+        return fingerprints.combine(self.fingerprint_parts(job))
 
     def reconcile(self, workflow: Any) -> None:
         """Before renting anything: settle what earlier runs left (see recovery.py)."""
-        scheduled = scheduled_fingerprints(workflow, self.workdir, self.fingerprint)
+        scheduled = scheduled_fingerprints(workflow, self.workdir, self.fingerprint_parts)
         self.recovery.reconcile(scheduled)
 
     def submit(self, job: Any) -> JobModel:
         """Journal a new job and start its driver thread (re-attaching if it can)."""
         rule = job_rule(job)
-        fp = self.fingerprint(job)
+        parts = self.fingerprint_parts(job)
+        fp = fingerprints.combine(parts)
         log_path = self._log_path(job, rule)
         job_id = self.journal.add_job(run_id=self.run_id, rule=rule,
                                       snakemake_jobid=job.jobid, fingerprint=fp,
                                       attempt=job.attempt, state=JobState.SEARCHING.value,
-                                      log_path=str(log_path))
+                                      log_path=str(log_path), fingerprint_parts=parts)
         model = JobModel(job_id=job_id, run=self, snakemake_job=job, rule=rule,
                          attempt=job.attempt, fingerprint=fp, log_path=str(log_path),
                          claim=self.recovery.claim(fp), storage=self.storage is not None)
@@ -152,20 +162,15 @@ class Run:
                          instance_id=instance_id, label=label)
         self._start(model, JobState(row["state"]))
 
-    def destroy_untracked(self, instance_id: int, label: str | None = None) -> None:
-        """Destroy an instance of this workflow that no job row owns (in the background)."""
+    def destroy_untracked(self, instance_id: int, label: str | None = None,
+                          stray: dict | None = None, reason: str = "") -> None:
+        """Tear down an instance no job of this run drives (in the background)."""
 
         def destroy() -> None:
-            try:
-                if label:
-                    self.journal.record_destroy_requested(label=label)
-                self.api.destroy_instance(instance_id)
-                self.journal.record_destroy_accepted(instance_id)
-                if label:
-                    self.journal.record_instance_destroyed(label=label)
-            except VastError as exc:
-                self.log.error("could not destroy a leftover instance; run 'journal cleanup'",
-                               instance=instance_id, error=str(exc))
+            if stray is not None:
+                self.teardown.destroy_stray(stray, reason)
+            else:
+                self.teardown.destroy(instance_id, label=label)
 
         thread = threading.Thread(target=destroy, name=f"vastai-destroy-{instance_id}",
                                   daemon=True)
@@ -176,6 +181,8 @@ class Run:
         """Called by a driver thread when its job reached a terminal state."""
         with self._lock:
             handle = self._log_files.pop(model.job_id, None)
+            if model.broken:
+                self.broken_jobs += 1
         if handle is not None:
             handle.close()
         self.machine.remove_model(model)
@@ -349,18 +356,48 @@ class Run:
                       verbose=True)
 
     def _watch_error(self, exc: Exception) -> None:
-        self.log.warning("instance listing failed; retrying next tick", error=str(exc))
+        self.log.warning("instance listing failed; retrying next tick",
+                         error=f"{type(exc).__name__}: {exc}")
 
     # -- the end -----------------------------------------------------------------------
     def finish(self) -> None:
-        """The scheduler is done: destroy unclaimed leftovers, wait for every job."""
+        """The scheduler is done: destroy unclaimed leftovers, wait for every job, sweep."""
         self.recovery.release_unclaimed()
         self.cancel_all()
-        for thread in self._untracked:
-            thread.join(timeout=CANCEL_WAIT)
+        self._join_untracked(CANCEL_WAIT)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """End of run: strays carrying this run's labels (an instance a lost create answer
+        made, found after its job moved on) are torn down; so are unknown labels."""
+        if self.settings.keep_instances:
+            return
+        try:
+            found = self.api.list_instances(self.journal.label_prefix)
+        except VastError as exc:
+            self.log.warning("end-of-run listing failed; strays, if any, are found by the "
+                             "next run or 'journal cleanup'", error=str(exc))
+            return
+        rows = self.journal.instances()  # read after the listing: see recovery.py
+        owners = self.journal.instance_owner_runs()
+        runs = {run["id"]: run for run in self.journal.runs()}
+        for stray in listing.match(rows, found, self.journal.label_prefix).strays:
+            owner = runs.get(owners.get(stray.label, ""))
+            if owner is None or owner["id"] == self.run_id or leases.is_provably_dead(owner):
+                self.destroy_untracked(stray.instance_id, stray=stray.listed,
+                                       reason=stray.reason)
+        self._join_untracked(CANCEL_WAIT)
+
+    def _join_untracked(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        for thread in list(self._untracked):
+            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        if any(t.is_alive() for t in self._untracked):
+            self.teardown.give_up.set()
 
     def cancel_all(self, wait: float = CANCEL_WAIT) -> None:
-        """Cancel every job and wait until each has destroyed what it rented."""
+        """Cancel every job and wait until each has destroyed what it rented; past ``wait``
+        the teardowns still running give up and their instances stay pending."""
         with self._lock:
             drivers = list(self.drivers.values())
         for driver in drivers:
@@ -369,6 +406,10 @@ class Run:
         deadline = time.monotonic() + wait
         for driver in drivers:
             driver.done.wait(max(deadline - time.monotonic(), 0.0))
+        if not all(driver.done.is_set() for driver in drivers):
+            self.teardown.give_up.set()
+            for driver in drivers:
+                driver.done.wait(5.0)
 
     def _at_exit(self) -> None:
         """Interpreter exit without a clean shutdown: still destroy what we hold."""
@@ -376,15 +417,25 @@ class Run:
             self.cancel_all(wait=120.0)
             self.close("interrupted")
 
-    def close(self, outcome: str) -> None:
-        """End the run: stop the watcher, journal the outcome, print the summary."""
+    def close(self, outcome: str) -> str | None:
+        """End the run: stop the watcher, journal the outcome, print the summary. Returns
+        the error for instances not confirmed destroyed (the run must then fail)."""
         if self._closed:
-            return
+            return None
         self._closed = True
         self.watcher.stop()
-        self.journal.end_run(self.run_id, outcome)
+        pending = self.teardown.pending_message()
+        if pending:
+            outcome = f"{outcome}; teardown pending"
+        try:
+            self.journal.end_run(self.run_id, outcome)
+        except Exception as exc:  # the summary and the pending message still matter
+            self.log.warning("could not journal the run's end", error=str(exc))
         self.log.info(self.summary())
+        if pending:
+            self.log.error(pending)
         self.log.close()
+        return pending
 
     def summary(self) -> str:
         """One line: jobs by outcome, instances rented/resumed, instance-hours, dollars."""
@@ -400,25 +451,13 @@ class Run:
             cost = self.journal.instance_cost(label)
             seconds, dollars = seconds + cost[0], dollars + cost[1]
         parts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        return (f"run summary: {len(models)} jobs ({parts or 'none'}), "
+        broken = (f", {self.broken_jobs} ended by an internal error (instances torn down)"
+                  if self.broken_jobs else "")
+        pending = self.teardown.pending_ids()
+        unconfirmed = f", {len(pending)} destroy(s) not confirmed" if pending else ""
+        return (f"run summary: {len(models)} jobs ({parts or 'none'}){broken}, "
                 f"{len(labels) - resumed} instances rented, {resumed} resumed, "
-                f"{seconds / 3600:.4f} instance-hours, ${dollars:.4f}")
-
-
-def command_text(job: Any) -> str:
-    """What the job runs, stable across runs (unlike the spawned Snakemake command line)."""
-    if job.is_group():
-        return "\n".join(command_text(j) for j in job.jobs)
-    rule = job.rule
-    for attr in ("script", "notebook", "wrapper"):
-        value = getattr(rule, attr, None)
-        if value:
-            return f"{attr}:{value}"
-    try:
-        shellcmd = job.shellcmd
-    except Exception:
-        shellcmd = None
-    return f"shell:{shellcmd}" if shellcmd else f"run:{rule.name}"
+                f"{seconds / 3600:.4f} instance-hours, ${dollars:.4f}{unconfirmed}")
 
 
 def job_rule(job: Any) -> str:

@@ -15,7 +15,15 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
-from .journal import Journal, JournalCorrupt, JournalError
+from . import DEFAULT_IMAGE, __version__
+from .deploy import Scope, apply_scope
+from .journal import (
+    RELATIVE_PATH,
+    WORKFLOW_ID_FILE,
+    Journal,
+    JournalCorrupt,
+    JournalError,
+)
 from .logs import SECRETS, PluginLogger
 from .offers import OfferSettings
 from .runtime import Run, RunSettings, SnakemakeHooks
@@ -29,7 +37,12 @@ from .storage import (
     deploy_command,
     storage_mode,
 )
-from .validation import ConfigError, validate_job_resources, validate_settings
+from .validation import (
+    ConfigError,
+    parse_image_reference,
+    validate_job_resources,
+    validate_settings,
+)
 from .vast import DEFAULT_URL, VastAuthError, VastError
 
 API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
@@ -37,17 +50,31 @@ API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
 
 def resolve_api_key(settings: Any) -> str:
     """The key from --vastai-api-key, SNAKEMAKE_VASTAI_API_KEY, VAST_API_KEY, or the file
-    ``vastai set api-key`` saved (where the official CLI and SDK look for it)."""
-    key = getattr(settings, "api_key", None)
+    ``vastai set api-key`` saved (where the official CLI and SDK look for it).
+
+    The key is registered as a secret before anything else looks at it, and a key
+    that could never travel in an HTTP header is refused here: ``requests`` would
+    otherwise quote it whole in an exception message.
+    """
+    key, source = getattr(settings, "api_key", None), "--vastai-api-key"
     for name in API_KEY_ENV:
-        key = key or os.environ.get(name)
-    key = key or key_from_file()
+        if not key:
+            key, source = os.environ.get(name), name
+    if not key:
+        key, source = key_from_file(), "the key file 'vastai set api-key' saved"
+    SECRETS.add([key])
     if not key or not key.strip():
         raise WorkflowError(
             "No Vast.ai API key: set VAST_API_KEY (or SNAKEMAKE_VASTAI_API_KEY, or "
             "--vastai-api-key), or save one with 'vastai set api-key'. Keys are at "
             "https://console.vast.ai/manage-keys/")
-    return key.strip()
+    key = key.strip()
+    if not key.isprintable() or any(c.isspace() for c in key) or not key.isascii():
+        raise WorkflowError(
+            f"the Vast.ai API key from {source} contains whitespace, control or non-ASCII "
+            "characters (a stray newline or quote?); copy it again from "
+            "https://console.vast.ai/manage-keys/ (the key itself is not shown here)")
+    return key
 
 
 def api_key_files() -> list[Path]:
@@ -75,15 +102,30 @@ def resolve_api_url(settings: Any) -> str:
     return url.rstrip("/")
 
 
-def run_settings(settings: Any) -> RunSettings:
+def resolve_image(settings: Any, container_image: str | None = None) -> str:
+    """--vastai-image, else an explicitly given --container-image, else Vast.ai's PyTorch.
+
+    Snakemake's own default container image (snakemake/snakemake) has neither CUDA
+    nor the tools jobs expect, so it counts as not given (as in the 0.1.4 plugin).
+    """
+    image = getattr(settings, "image", None)
+    if image:
+        return str(image)
+    if container_image and not str(container_image).startswith("snakemake/snakemake"):
+        return parse_image_reference(container_image, "--container-image")
+    return DEFAULT_IMAGE
+
+
+def run_settings(settings: Any, container_image: str | None = None) -> RunSettings:
     """Validated, resolved settings; raises WorkflowError naming the bad option."""
     try:
         validate_settings(settings)
         offer_settings = OfferSettings.from_executor_settings(settings)
+        image = resolve_image(settings, container_image)
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
     return RunSettings(
-        api_url=resolve_api_url(settings), image=settings.image, disk=float(settings.disk),
+        api_url=resolve_api_url(settings), image=image, disk=float(settings.disk),
         boot_timeout=float(settings.boot_timeout), keep_instances=bool(settings.keep_instances),
         forward_credentials=not settings.no_forward_credentials,
         status_interval=float(settings.status_interval),
@@ -168,6 +210,20 @@ def validate_scheduled_jobs(workflow: Any) -> None:
                 raise WorkflowError(str(exc)) from None
 
 
+def scope_sources(workflow: Any, settings: Any, log: PluginLogger) -> Scope:
+    """Narrow the source archive to the deploy paths (see deploy.py), checked before renting."""
+
+    def report(shipped: int, total: int, scope: Scope) -> None:
+        log.info(f"shipping {shipped} of {total} source files (deploy: "
+                 f"{', '.join(scope.patterns)}; plus the Snakefile, includes, config and "
+                 "script files)")
+
+    try:
+        return apply_scope(workflow, getattr(settings, "deploy_paths", None), report)
+    except ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
 UNTRACKED_SHOWN = 10
 
 
@@ -199,7 +255,25 @@ def check_git(workdir: Path, log: PluginLogger) -> None:
 
 
 def open_journal(workdir: Path, log: PluginLogger) -> Journal:
-    """The workflow's journal; a corrupt one is moved aside (never overwritten) with a warning."""
+    """The workflow's journal; a corrupt one is moved aside (never overwritten) with a
+    warning, and so is one copied along with its workflow directory (see
+    :func:`leave_copied_journal`)."""
+    journal = _open_journal(workdir, log)
+    here = str(workdir.resolve())
+    home = journal.copied_from(workdir)
+    if home is not None:
+        journal.close()
+        moved = leave_copied_journal(workdir)
+        log.warning(f"this workflow directory is a copy of {home} (same journal and label "
+                    "prefix): it gets a fresh label prefix, so the two never touch each "
+                    f"other's instances; the copied journal is kept at {moved}")
+        journal = _open_journal(workdir, log)
+    if journal.home() != here:
+        journal.set_home(here)
+    return journal
+
+
+def _open_journal(workdir: Path, log: PluginLogger) -> Journal:
     try:
         return Journal.for_workdir(workdir)
     except JournalCorrupt as exc:
@@ -212,6 +286,13 @@ def open_journal(workdir: Path, log: PluginLogger) -> Journal:
         raise WorkflowError(str(exc)) from None
 
 
+def leave_copied_journal(workdir: Path) -> Path:
+    """Set a copied journal and its workflow id aside, so a fresh id (and prefix) is made."""
+    path = workdir / RELATIVE_PATH
+    (path.parent / WORKFLOW_ID_FILE).unlink(missing_ok=True)
+    return Journal.move_aside(path, why="copied")
+
+
 def start_run(executor: Any) -> Run:
     """Everything checked, then the run's journal, key, API client and watcher."""
     import snakemake
@@ -220,10 +301,13 @@ def start_run(executor: Any) -> Run:
     settings = executor.workflow.executor_settings
     api_key = resolve_api_key(settings)
     SECRETS.add([api_key])
-    resolved = run_settings(settings)
+    container_image = getattr(getattr(executor.workflow, "remote_execution_settings", None),
+                              "container_image", None)
+    resolved = run_settings(settings, container_image)
     validate_scheduled_jobs(executor.workflow)
     workdir = Path(os.getcwd())
     check_git(workdir, log)
+    scope_sources(executor.workflow, settings, log)
     mode, credential_env = storage_preflight(executor.workflow, resolved.forward_credentials)
     hooks = SnakemakeHooks(
         job_command=executor.format_job_exec,
@@ -234,7 +318,7 @@ def start_run(executor: Any) -> Run:
     )
     journal = open_journal(workdir, log)
     run = Run(workdir=workdir, settings=resolved, api_key=api_key, hooks=hooks, log=log,
-              journal=journal)
+              journal=journal, plugin_version=__version__)
     try:
         run.api.check_access()
     except VastAuthError as exc:

@@ -548,6 +548,41 @@ def _check_name(name: str, image: str, culprit: str) -> None:
         )
 
 
+# -- deploy paths ----------------------------------------------------------------------
+DEPLOY_EXAMPLE = "e.g. 'train.py,scripts/**'"
+
+
+def deploy_patterns(value: object, culprit: str) -> tuple[str, ...]:
+    """The paths/globs of ``--vastai-deploy-paths`` or a ``deploy`` resource.
+
+    Comma-separated, relative to the working directory; blanks between commas are
+    ignored and a leading ``./`` is dropped. A pattern that climbs out of the
+    working directory (``..``) or is absolute can never match a shipped source
+    file (Snakemake ships only files below the working directory), so it is refused.
+    Which files each pattern selects is :mod:`.deploy`'s business.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{culprit}={value!r} must be a string of comma-separated paths or globs, "
+            f"{DEPLOY_EXAMPLE}"
+        )
+    patterns: list[str] = []
+    for raw in value.split(","):
+        pattern = raw.strip()
+        while pattern.startswith("./"):
+            pattern = pattern[2:]
+        if not pattern:
+            continue
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            raise ConfigError(
+                f"{culprit}={value!r}: {raw.strip()!r} points outside the working "
+                "directory; only files below it are shipped, so give paths relative "
+                f"to it, {DEPLOY_EXAMPLE}"
+            )
+        patterns.append(pattern)
+    return tuple(dict.fromkeys(patterns))
+
+
 # -- the two entry points --------------------------------------------------------------
 def validate_settings(settings: Any) -> None:
     """Check every executor setting; raise ConfigError naming the first bad option.
@@ -582,6 +617,8 @@ def validate_settings(settings: Any) -> None:
         raise ConfigError(f"{option('offline_grace')}={get('offline_grace')!r} cannot be negative")
     for name in ("no_datacenter", "no_forward_credentials", "keep_instances"):
         flag(get(name, False), option(name))
+    if get("deploy_paths") is not None:
+        deploy_patterns(get("deploy_paths"), option("deploy_paths"))
 
 
 def _check_api_url(url: object) -> None:
@@ -607,3 +644,6 @@ def validate_job_resources(rule: str, resources: Mapping[str, object], threads: 
     extra = resources.get("vastai_query")
     if extra is not None and not is_pending(extra):
         parse_filters(extra, resource(rule, "vastai_query"))
+    deploy = resources.get("deploy")
+    if deploy is not None and not is_pending(deploy):
+        deploy_patterns(deploy, resource(rule, "deploy"))

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .ratelimit import RateLimiter
+from .redaction import scrub
 from .shared_search import SharedSearches
 
 DEFAULT_URL = "https://console.vast.ai"
@@ -79,6 +80,11 @@ class VastUnavailable(VastError):
 
 class OfferGone(VastError):
     """The offer was rented by someone else between search and create."""
+
+
+class CreateInDoubt(VastError):
+    """A create request may have rented although no answer said so (timeout, 5xx, a dropped
+    or garbled answer). Never retried blindly: the caller looks the label up first."""
 
 
 class _Transient(Exception):
@@ -141,8 +147,13 @@ class VastAPI:
             return self._sdk_obj
 
     # -- the retry loop -------------------------------------------------------
-    def _call(self, endpoint: str, fn: Callable[[], Any], *, budget: float | None = None) -> Any:
-        """Run one SDK call with pacing, retries and error mapping."""
+    def _call(self, endpoint: str, fn: Callable[[], Any], *, budget: float | None = None,
+              in_doubt: Callable[[_Transient], VastError | None] | None = None) -> Any:
+        """Run one SDK call with pacing, retries and error mapping.
+
+        ``in_doubt`` (for requests that are not idempotent) may turn a failed attempt
+        into an error at once instead of a retry.
+        """
         budget = self.retry_budget if budget is None else budget
         backoff = 0.5
         attempt = 0
@@ -156,6 +167,9 @@ class VastAPI:
                 result = _attempt(fn)
             except _Transient as exc:
                 attempt += 1
+                doubt = in_doubt(exc) if in_doubt is not None else None
+                if doubt is not None:
+                    raise doubt from None
                 if exc.status == 429:  # learn the interval; the next slot is the wait
                     self.pacer.refused(endpoint, str(exc), exc.retry_after, released)
                 now = time.monotonic()
@@ -205,23 +219,35 @@ class VastAPI:
         """Rent ``offer_id``; return the new instance id. Raises OfferGone."""
         from vastai.api import instances
 
+        # cancel_unavail: if scheduling fails, say so instead of leaving a stopped
+        # instance behind that bills for its disk.
         payload = instances.build_create_instance_payload(
             image=image, disk=disk_gb, env=dict(env or {}), label=label, onstart_cmd=onstart,
-            runtype=runtype, args=args,
+            runtype=runtype, args=args, cancel_unavail=True,
         )
 
         def run() -> int:
             answer = instances.create_instance_from_payload(self._sdk.client, offer_id,
                                                             dict(payload))
+            if not isinstance(answer, dict):
+                raise _Transient(f"garbled create answer: {_brief(answer)}")
+            if "new_contract" in answer and not answer.get("success", True):
+                # Vast.ai can refuse and still have made a (stopped) instance.
+                raise _Transient(f"create answered {_brief(answer)} with a new contract")
             if not answer.get("success", True) or "new_contract" not in answer:
                 raise VastError(f"creating an instance from offer {offer_id} failed: "
                                 f"{_brief(answer)}")
             return int(answer["new_contract"])
 
-        # Creating is not idempotent: a retried create after a lost answer could
-        # rent twice. The caller journals the label first and, on doubt, looks
-        # the instance up by label (find_by_label) before trying again.
-        return self._call("asks", run, budget=min(self.retry_budget, 60.0))
+        def in_doubt(exc: _Transient) -> VastError | None:
+            # A 429 is refused before the server acts: safe to ask again. Anything else
+            # (timeout, 5xx, a dropped or garbled answer) may have rented an instance.
+            if exc.status == 429:
+                return None
+            return CreateInDoubt(f"creating an instance from offer {offer_id}: no clear "
+                                 f"answer ({exc})")
+
+        return self._call("asks", run, budget=min(self.retry_budget, 60.0), in_doubt=in_doubt)
 
     def attach_ssh_key(self, instance_id: int, public_line: str) -> None:
         """Let our per-run key log in to the instance."""
@@ -252,18 +278,23 @@ class VastAPI:
             return rows
         return [r for r in rows if str(r.get("label") or "").startswith(label_prefix)]
 
+    def find_all_by_label(self, label: str) -> list[dict]:
+        """Every instance carrying exactly this label, lowest id first (a lost create
+        answer followed by a retry can leave two)."""
+        rows = [r for r in self.list_instances(label) if r.get("label") == label]
+        return sorted(rows, key=lambda r: int(r["id"]))
+
     def find_by_label(self, label: str) -> dict | None:
-        """The instance carrying exactly this label, if any."""
-        for row in self.list_instances(label):
-            if row.get("label") == label:
-                return row
-        return None
+        """The lowest-id instance carrying exactly this label, if any."""
+        rows = self.find_all_by_label(label)
+        return rows[0] if rows else None
 
-    def show_instance(self, instance_id: int) -> dict | None:
+    def show_instance(self, instance_id: int, budget: float | None = None) -> dict | None:
         """One instance's row, or None once it is gone."""
-        return self._call("instances/show", lambda: self._sdk.show_instance(instance_id))
+        return self._call("instances/show", lambda: self._sdk.show_instance(instance_id),
+                          budget=budget)
 
-    def destroy_instance(self, instance_id: int) -> None:
+    def destroy_instance(self, instance_id: int, budget: float | None = None) -> None:
         """Destroy; an instance that is already gone counts as destroyed."""
 
         def run() -> None:
@@ -274,7 +305,7 @@ class VastAPI:
                     return
                 raise
 
-        self._call("instances/destroy", run)
+        self._call("instances/destroy", run, budget=budget)
 
     def logs(self, instance_id: int, tail: int = 200) -> str:
         """The instance's container log (onstart/entrypoint output)."""
@@ -345,8 +376,14 @@ def _attempt(fn: Callable[[], Any]) -> Any:
         raise VastError(f"Vast.ai answered HTTP {code}: {_brief(answer)}") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _Transient(f"connection problem: {type(exc).__name__}") from None
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+            requests.exceptions.JSONDecodeError) as exc:
+        # A truncated body, or a proxy's HTML page with status 200: the answer is lost.
+        raise _Transient(f"garbled answer: {type(exc).__name__}") from None
     except TimeoutError as exc:  # the SDK's log polling
         raise _Transient(str(exc)) from None
+    except requests.RequestException as exc:  # e.g. InvalidHeader: its text may quote a key
+        raise VastError(f"request failed: {type(exc).__name__}: {scrub(str(exc))}") from None
 
 
 def _retry_after(exc: Exception) -> float | None:

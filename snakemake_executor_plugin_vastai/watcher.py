@@ -4,16 +4,23 @@ Polling each job's instance separately would cost one API request per job per
 tick; Vast.ai rate-limits per endpoint, so 200 booting jobs would throttle
 themselves. One paged listing of the account's instances (filtered locally
 to this workflow's label prefix) answers for all of them.
+
+The watcher must outlive any answer: a truncated body, an HTML page with
+status 200 or a row of an unexpected shape costs one tick (logged, counted in
+:attr:`InstanceWatcher.failures`), never the thread. Jobs that wait on it see
+:attr:`InstanceWatcher.failing_since` and take the API-outage path once the
+listing has failed for longer than the API's retry budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .vast import VastAPI, VastError, by_id
+from .vast import VastAPI, by_id
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class InstanceWatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failures = 0  # ticks that ended in an error
+        self.failing_since: float | None = None  # monotonic time of the first failure in a row
 
     def start(self) -> None:
         if self._thread is None:
@@ -102,13 +111,17 @@ class InstanceWatcher:
 
     def _tick(self) -> None:
         try:
-            rows = self._api.list_instances(self._prefix)
-        except VastError as exc:  # budget spent: say so, try again next tick
+            rows = by_id(self._api.list_instances(self._prefix))
+        except Exception as exc:  # any answer at all must not end the watcher
+            self.failures += 1
+            self.failing_since = self.failing_since or time.monotonic()
             if self._on_error:
-                self._on_error(exc)
+                with contextlib.suppress(Exception):
+                    self._on_error(exc)
             return
+        self.failing_since = None
         with self._cond:
-            self._rows = by_id(rows)
+            self._rows = rows
             self._generation += 1
             self._listed_at = time.monotonic()
             self._cond.notify_all()

@@ -84,16 +84,3 @@ def test_job_script_refuses_odd_versions_in_the_pin():
     script = payload.job_script("true", "1.0; rm -rf /")
     assert "rm -rf" not in script
     assert "pip install --quiet snakemake\n" in script
-
-
-def test_fingerprint_is_stable_and_sensitive(tmp_path):
-    (tmp_path / "in.txt").write_text("x")
-    base = dict(rule="r", outputs=["o.txt"], command="cmd", params={"a": 1},
-                inputs=["in.txt"], workdir=tmp_path)
-    first = payload.fingerprint(**base)
-    assert first == payload.fingerprint(**base)
-    assert first != payload.fingerprint(**{**base, "command": "cmd2"})
-    assert first != payload.fingerprint(**{**base, "params": {"a": 2}})
-    assert first != payload.fingerprint(**{**base, "outputs": ["p.txt"]})
-    (tmp_path / "in.txt").write_text("xy")
-    assert first != payload.fingerprint(**base)

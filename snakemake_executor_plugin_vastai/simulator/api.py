@@ -398,11 +398,13 @@ class App:
         rate_limiter: RateLimiter,
         stats: Stats,
         stopping: threading.Event,
+        lost_answer: Callable[[str, str, str | None], tuple[str, float] | None] | None = None,
     ) -> None:
         self.api_key = api_key
         self.routes = routes
         self.control = control  # /_sim/ routes: no auth, no faults, not counted
         self.effect = effect
+        self.lost_answer = lost_answer
         self.rate_limiter = rate_limiter
         self.stats = stats
         self.stopping = stopping
@@ -422,8 +424,40 @@ class App:
             return
         if response.status >= 500:
             self.stats.count(self.stats.rejected, "5xx")
+        if response.status < 400 and self._lose(h, response):
+            return
         with contextlib.suppress(OSError):
             h.send(response)
+
+    def _lose(self, h: SimRequestHandler, response: Response) -> bool:
+        """The ``answer_lost`` fault: the work is done; its answer goes astray."""
+        path = urlsplit(h.path).path
+        if self.lost_answer is None or not path.startswith("/api/"):
+            return False
+        route, _ = _match(self.routes, h.command, path)
+        how = self.lost_answer(h.command, path, route.key if route else None)
+        if how is None:
+            return False
+        mode, seconds = how
+        self.stats.count(self.stats.rejected, "answer_lost")
+        if mode == "slow":
+            self.stopping.wait(seconds)
+            return False
+        if mode == "html":
+            with contextlib.suppress(OSError):
+                h.send(Response(200, gateway_page(502), content_type="text/html"))
+            return True
+        if mode == "truncate":
+            data = response.payload()
+            with contextlib.suppress(OSError):
+                h.send_response(200)
+                h.send_header("Content-Type", response.content_type)
+                h.send_header("Content-Length", str(len(data)))
+                h.end_headers()
+                h.wfile.write(data[: len(data) // 2])
+                h.wfile.flush()
+        h.drop()
+        return True
 
     def _handle(self, h: SimRequestHandler) -> Response | None:
         """Route one request; None means: answer nothing (drop the connection)."""

@@ -61,6 +61,12 @@ Service faults (no targeting; ``count`` limits how many requests they hit):
 - ``offer_taken(count=1, offer_id=None)``: the next ``count`` creates (on ``offer_id``
   only, if given) answer ``no_such_ask`` and the offer is gone from search, as if someone
   else rented it between search and create.
+- ``answer_lost(endpoint="*", count=1, mode="reset", seconds=0.0, fraction=1.0)``: the
+  server *does the work* (creates, destroys, lists), then the answer is lost on its way:
+  ``reset`` drops the connection without a byte; ``truncate`` sends the headers and half
+  the body, then drops it; ``html`` answers status 200 with a proxy's HTML page;
+  ``slow`` answers only after ``seconds`` (longer than the client's timeout, say).
+  Counted in the truth's ``rejected["answer_lost"]``.
 
 ``endpoint`` is an fnmatch glob tried against ``"METHOD /path"``, ``"/path"`` and the
 route pattern (``"PUT /api/v0/asks/{id}/"``), e.g. ``"*/bundles/*"`` or ``"PUT *"``.
@@ -110,7 +116,10 @@ SERVICE_KINDS: dict[str, dict[str, Any]] = {
     "api_latency": {"seconds": _REQUIRED, "fraction": 1.0, "endpoint": "*", "count": None},
     "api_down": {"seconds": _REQUIRED, "after_seconds": 0.0, "mode": "reset"},
     "offer_taken": {"count": 1, "offer_id": None},
+    "answer_lost": {"endpoint": "*", "count": 1, "mode": "reset", "seconds": 0.0,
+                    "fraction": 1.0},
 }
+LOST_MODES = ("reset", "truncate", "html", "slow")
 TARGETING = ("label_pattern", "next_n", "instance_id")
 BOOT_KINDS = frozenset({"boot_delay", "boot_hang", "boot_fatal"})
 VANISH_STATES = frozenset({"created", "loading", "running"})
@@ -188,6 +197,8 @@ def _check_values(kind: str, p: dict[str, Any]) -> None:
         raise ValueError("fault api_status: code must be an HTTP error status")
     if kind == "api_down" and p["mode"] not in ("reset", "hang"):
         raise ValueError("fault api_down: mode must be 'reset' or 'hang'")
+    if kind == "answer_lost" and p["mode"] not in LOST_MODES:
+        raise ValueError(f"fault answer_lost: mode must be one of {', '.join(LOST_MODES)}")
 
 
 def endpoint_matches(pattern: str, method: str, path: str, route: str | None) -> bool:
@@ -293,6 +304,15 @@ class FaultPlan:
                         ra = f.params["retry_after"]
                         effect.retry_after = None if ra is None else str(ra)
         return effect
+
+    def lost_answer(self, method: str, path: str, route: str | None) -> tuple[str, float] | None:
+        """After the work is done: how its answer is lost, if an ``answer_lost`` fault hits
+        (consumes counts)."""
+        with self._lock:
+            for f in self.faults:
+                if f.kind == "answer_lost" and self._hits(f, method, path, route):
+                    return str(f.params["mode"]), float(f.params["seconds"])
+        return None
 
     @staticmethod
     def _hits(f: Fault, method: str, path: str, route: str | None) -> bool:

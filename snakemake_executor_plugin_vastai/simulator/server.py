@@ -135,6 +135,7 @@ class Simulator:
                 routes=endpoints.routes(),
                 control=endpoints.control(),
                 effect=self.plan.api_effect,
+                lost_answer=self.plan.lost_answer,
                 rate_limiter=self.rate_limiter,
                 stats=self.stats,
                 stopping=stopping,
