@@ -273,6 +273,8 @@ class JobDriver:
             self._fail(state, str(exc))
         except JournalError:
             raise  # the machine cannot move on; _main tears down without it
+        except VastError as exc:  # e.g. the API stayed unavailable: its message says what to do
+            self._fail(state, f"rule {self.m.rule}: {exc}")
         except Exception as exc:  # a bug or an unforeseen answer: still clean up
             self.log("exception", "unexpected error")
             self._fail(state, f"internal error in state {state.value}: {exc!r}")
