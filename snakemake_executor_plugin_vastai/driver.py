@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 MAX_SEARCHES = 3  # searches after every candidate was taken, before giving up
 CANDIDATES_PER_SEARCH = 5
 MAX_EXTRA_OFFERS = 200  # offers asked for beyond the limit, to see past our own claims
-OFFLINE_GRACE = 120.0  # seconds an offline/unknown host is tolerated
 SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
 LOG_WAIT_SECONDS = 120.0  # storage mode: how long an exited container's log is retried
 # Pauses before each label lookup after a create whose answer was lost: the server may
@@ -130,6 +129,8 @@ class JobModel:
     over_runtime: bool = False  # --vastai-max-runtime passed (SSH mode: set by a timer)
     teardown_pending: bool = False  # the run stopped waiting before the destroy was confirmed
     broken: bool = False  # the step loop broke (journal refused); torn down outside the machine
+    outputs_home: bool = False  # exit 0 and every output downloaded (or in the bucket)
+    destroy_deadline: float | None = None  # monotonic time the teardown gives up
 
     # -- conditions named in machine.TRANSITIONS ----------------------------------
     def remote_job_finished(self, event: Any = None) -> bool:
@@ -149,11 +150,9 @@ class JobModel:
 
     @property
     def work_succeeded(self) -> bool:
-        """The job's own work is done and home, whatever became of its instance."""
-        if self.state is JobState.SUCCEEDED:
-            return True
-        return (self.state is JobState.DESTROYING and self.exit_code == 0
-                and self.failure is None and not self.cancel_requested and not self.broken)
+        """The job's own work is done and home, whatever became of its instance or the
+        journal afterwards: reporting it failed would make Snakemake delete the outputs."""
+        return self.state is JobState.SUCCEEDED or (self.outputs_home and self.exit_code == 0)
 
     # -- the journal hook -------------------------------------------------------
     def journal_transition(self, event: Any) -> None:
@@ -274,13 +273,19 @@ class JobDriver:
             self._fail(state, str(exc))
         except JournalError:
             raise  # the machine cannot move on; _main tears down without it
+        except VastError as exc:  # e.g. the API stayed unavailable: its message says what to do
+            self._fail(state, f"rule {self.m.rule}: {exc}")
         except Exception as exc:  # a bug or an unforeseen answer: still clean up
             self.log("exception", "unexpected error")
             self._fail(state, f"internal error in state {state.value}: {exc!r}")
 
     def _fail(self, state: JobState, message: str) -> None:
         if state is JobState.DESTROYING:
-            time.sleep(1.0)  # destroying never gives up; the step is retried
+            deadline = self.m.destroy_deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self.m.teardown_pending = True  # the run reports it; the journal keeps it
+                return
+            time.sleep(1.0)  # the step is retried until its deadline
             return
         self.m.failure = message
         with contextlib.suppress(JournalError):  # the message also travels in the transition
@@ -388,13 +393,19 @@ class JobDriver:
         except VastAuthError as exc:
             raise JobFailure(str(exc)) from None
         except CreateInDoubt as exc:
-            instance_id = self._resolve_doubt(label, exc)
-            if instance_id is None:
+            found = self._resolve_doubt(label, exc)
+            if not found:
                 return False
+            instance_id = int(found[0]["id"])
+        else:
+            found = []
         crash_point("after_create")
         self.m.instance_id = instance_id
         self.m.offer = offer
         self.run.journal.record_instance_created(label, instance_id)
+        for extra in found[1:]:  # journaled as strays and destroyed, beside this job
+            self.run.destroy_untracked(int(extra["id"]), stray=extra, reason=(
+                f"a second instance with label {label} after a lost create answer"))
         facts = offer_facts(offer)
         self.fire("rented", detail={"instance": instance_id, **facts}, label=label,
                   instance_id=instance_id, offer_id=facts["offer_id"],
@@ -402,10 +413,10 @@ class JobDriver:
                   num_gpus=facts["num_gpus"], dph_total=facts["dph_total"])
         return True
 
-    def _resolve_doubt(self, label: str, exc: CreateInDoubt) -> int | None:
+    def _resolve_doubt(self, label: str, exc: CreateInDoubt) -> list[dict]:
         """A create whose answer was lost may still have rented: look the label up (more
-        than once: the server may act after the answer timed out). One found is adopted,
-        any more are torn down as strays; none means the offer may be tried again."""
+        than once: the server may act after the answer timed out). The instances found,
+        lowest id first (the first is adopted); none means the offer may be tried again."""
         self.log("warning", "create answer lost; looking the instance up by its label",
                  label=label, error=str(exc))
         for wait in DOUBT_LOOKUPS:
@@ -418,12 +429,10 @@ class JobDriver:
                                  f"and looking it up failed too ({lookup}); its label "
                                  f"{label} is journaled and is torn down if it exists") from None
             if rows:
-                for extra in rows[1:]:
-                    self.run.teardown.destroy_stray(extra, f"a second instance with label "
-                                                           f"{label} after a lost create answer")
-                return int(rows[0]["id"])
-        self.fire("offer_taken", detail={"create_in_doubt": str(exc), "found": 0})
-        return None
+                return rows
+        self.log("info", "no instance carries the label: the create did not happen",
+                 label=label)
+        return []
 
     # -- booting -------------------------------------------------------------------
     def step_booting(self) -> None:
@@ -752,6 +761,7 @@ class JobDriver:
         if note:
             self.log("warning", note)
         self.m.exit_code = rc
+        self.m.outputs_home = rc == 0  # storage mode: the outputs are in the bucket
         if rc != 0:
             self.m.failure = (f"rule {self.m.rule}: the job exited with code {rc} on instance "
                               f"{self.m.instance_id}; log: {self.m.log_path}"
@@ -778,6 +788,7 @@ class JobDriver:
                               f"on instance {self.m.instance_id}{self.run.failure_note(self.m)}"
                               f"; remote log: {self.m.log_path}{log_tail(self.m.log_path)}")
             self.run.journal.update_job(self.m.job_id, last_error=self.m.failure)
+        self.m.outputs_home = ok  # before the journal hears of it: it may refuse
         crash_point("after_download")
         self.fire("downloaded", detail={"paths": len(back.paths), "exit_code": self.m.exit_code})
 
@@ -791,7 +802,9 @@ class JobDriver:
             self.fire("destroyed", detail={"kept": iid})
             return
         teardown = self.run.teardown
-        deadline = time.monotonic() + self.run.teardown_wait
+        if self.m.destroy_deadline is None:  # kept across retries of this step
+            self.m.destroy_deadline = time.monotonic() + self.run.teardown_wait
+        deadline = self.m.destroy_deadline
         if iid is not None:
             self.run.watcher.unwatch(iid)
             done = teardown.destroy(iid, label=self.m.label, on_retry=self._destroy_retry,

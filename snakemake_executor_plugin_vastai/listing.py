@@ -9,9 +9,12 @@ Rules, for the listed instances whose label carries this workflow's prefix:
 - else one whose label names a row that never learnt an id (a create whose
   answer was lost) belongs to that row; if several carry that label, the
   lowest id does and the others are strays;
-- everything else is a **stray**: a duplicate of a journaled label, or a label
-  the journal does not know (journal lost) or marked gone before it appeared.
-  Strays are never adopted by a job; they are torn down.
+- everything else is a **stray**: a duplicate of a journaled label, a label this
+  journal marked "never created" before it appeared, or a label it does not
+  know at all. Strays are never adopted by a job. The first two kinds are this
+  journal's own and are torn down; an *unknown* label is only reported: another
+  directory can carry the same prefix (a copy whose original was renamed, an
+  rsync to another path), so only ``journal cleanup``, which asks, destroys it.
 
 Journal rows not known destroyed that no listed instance matches are **gone**.
 """
@@ -27,6 +30,7 @@ class Stray:
 
     listed: dict
     reason: str
+    known: bool = True  # False: the label is not in this journal (only reported)
 
     @property
     def instance_id(self) -> int:
@@ -67,7 +71,8 @@ def match(rows: list[dict], listing: list[dict], prefix: str) -> Matched:
                 out.strays.append(Stray(listed, f"label {label} was journaled as never created"))
                 continue
         if row is None:
-            out.strays.append(Stray(listed, f"label {label} is not in the journal"))
+            out.strays.append(Stray(listed, f"label {label} is not in this journal",
+                                    known=False))
             continue
         out.alive[str(row["label"])] = (row, listed)
     for row in rows:

@@ -105,7 +105,11 @@ class Recovery:
         alive = self._settle(matched, owners, dead)
         self._destroy_strays(matched.strays, owners, dead, found)
         handled: set[str] = set()
+        owners = journal.instance_owner_runs()
         for job in old_jobs:
+            if owners.get(job.get("label") or "", self.run.run_id) not in (*dead,
+                                                                          self.run.run_id):
+                continue  # another live run took this job's instance over first
             entry = alive.get(job.get("label") or "")
             claim = self._claim_for(job, entry)
             if claim is not None and self.policy == "resume" and job["fingerprint"] in scheduled:
@@ -138,7 +142,8 @@ class Recovery:
 
     def _settle(self, matched: listing.Matched, owners: dict[str, str],
                 dead: set[str]) -> dict[str, tuple[dict, dict]]:
-        """Dead runs' rows: mark the unlisted gone, learn ids found by label; the living."""
+        """Dead runs' rows: mark the unlisted gone, learn ids found by label; the living
+        ones this run took over (``Journal.take_over``), to resume or tear down."""
         journal = self.run.journal
         for row in matched.gone:
             if owners.get(row["label"], row["run_id"]) in dead:
@@ -149,6 +154,9 @@ class Recovery:
         alive: dict[str, tuple[dict, dict]] = {}
         for label, (row, listed) in matched.alive.items():
             if owners.get(label, row["run_id"]) not in dead:
+                continue
+            # Journaled before acting, and only one live run wins it: the other leaves it.
+            if not journal.take_over(label, self.run.run_id, from_runs=dead):
                 continue
             if row.get("instance_id") is None:
                 journal.record_instance_created(label, int(listed["id"]))
@@ -161,6 +169,13 @@ class Recovery:
         """Instances no journal row owns: torn down, unless a live run's label (that run
         sweeps its own at its end)."""
         for stray in strays:
+            if not stray.known:
+                self.run.log.warning(
+                    "an instance carries this workflow's label prefix but is not in its "
+                    "journal (a copy of this directory elsewhere?); left alone. Destroy it "
+                    "with 'journal cleanup' if it is a leftover", instance=stray.instance_id,
+                    label=stray.label)
+                continue
             owner = owners.get(stray.label)
             if owner is not None and owner not in dead and owner != self.run.run_id:
                 continue

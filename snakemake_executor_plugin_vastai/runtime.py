@@ -11,6 +11,7 @@ destroys whatever the run still holds when Snakemake stops.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shlex
 import threading
@@ -29,10 +30,11 @@ from .logs import SECRETS, PluginLogger
 from .machine import JobState
 from .offers import OfferRequest, OfferSettings, build_offer_request
 from .recovery import Recovery, scheduled_fingerprints
+from .redaction import add_environment
 from .rule_settings import JobSettings, container_of, job_settings, runtime_cap_origin
 from .storage import StorageSetup, container_args, exit_token
 from .teardown import Teardown
-from .vast import VastAPI, VastError
+from .vast import VastAPI
 from .watcher import InstanceWatcher
 
 LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
@@ -113,6 +115,10 @@ class Run:
         self._log_files: dict[str, Any] = {}
         self._closed = False
         self.watcher.start()
+        self._beating = threading.Event()
+        self._beat_thread = threading.Thread(target=self._heartbeat, name="vastai-heartbeat",
+                                             daemon=True)
+        self._beat_thread.start()
         atexit.register(self._at_exit)
 
     # -- jobs ---------------------------------------------------------------------
@@ -329,7 +335,7 @@ class Run:
             forward_credentials=self.settings.forward_credentials)
         if self.settings.forward_credentials:
             env.update(self.hooks.credential_env)
-        SECRETS.add(env.values())
+        add_environment(env, declared=self.hooks.declared_envvars())
         return env
 
     # -- logs ------------------------------------------------------------------------
@@ -383,6 +389,14 @@ class Run:
     def instance_log(self, instance_id: int) -> str:
         return self.api.logs(instance_id, tail=LOG_LINES)
 
+    def _heartbeat(self) -> None:
+        """Keep the run's lease fresh (leases.py): other runs leave a beating run alone."""
+        while True:
+            with contextlib.suppress(Exception):  # best effort: a locked journal, say
+                self.journal.heartbeat(self.run_id)
+            if self._beating.wait(leases.HEARTBEAT_EVERY):
+                return
+
     def _api_retry(self, endpoint: str, reason: str, delay: float) -> None:
         self.log.info("API retry", endpoint=endpoint, reason=reason, wait=round(delay, 2),
                       verbose=True)
@@ -398,6 +412,17 @@ class Run:
         self.cancel_all()
         self._join_untracked(CANCEL_WAIT)
         self.sweep()
+        self._retry_pending()
+
+    def _retry_pending(self) -> None:
+        """Destroys that timed out earlier (a short API outage): one more try each, now."""
+        pending = dict(self.teardown.pending)
+        if not pending or self.settings.keep_instances:
+            return
+        self.teardown.give_up.clear()
+        deadline = time.monotonic() + min(CANCEL_WAIT, 60.0)
+        for iid, label in pending.items():
+            self.teardown.destroy(iid, label=label or None, deadline=deadline)
 
     def sweep(self) -> None:
         """End of run: strays carrying this run's labels (an instance a lost create answer
@@ -406,7 +431,7 @@ class Run:
             return
         try:
             found = self.api.list_instances(self.journal.label_prefix)
-        except VastError as exc:
+        except Exception as exc:  # a garbled answer too: the run must still close
             self.log.warning("end-of-run listing failed; strays, if any, are found by the "
                              "next run or 'journal cleanup'", error=str(exc))
             return
@@ -414,6 +439,8 @@ class Run:
         owners = self.journal.instance_owner_runs()
         runs = {run["id"]: run for run in self.journal.runs()}
         for stray in listing.match(rows, found, self.journal.label_prefix).strays:
+            if not stray.known:  # reported by the reconcile; another directory's maybe
+                continue
             owner = runs.get(owners.get(stray.label, ""))
             if owner is None or owner["id"] == self.run_id or leases.is_provably_dead(owner):
                 self.destroy_untracked(stray.instance_id, stray=stray.listed,
@@ -456,6 +483,7 @@ class Run:
             return None
         self._closed = True
         self.watcher.stop()
+        self._beating.set()
         pending = self.teardown.pending_message()
         if pending:
             outcome = f"{outcome}; teardown pending"
@@ -487,6 +515,11 @@ class Run:
                   if self.broken_jobs else "")
         pending = self.teardown.pending_ids()
         unconfirmed = f", {len(pending)} destroy(s) not confirmed" if pending else ""
+        if self.watcher.failures:
+            unconfirmed += f", {self.watcher.failures} instance listings failed"
+        if self.teardown.journal_failures:
+            unconfirmed += (f", {self.teardown.journal_failures} journal writes failed during "
+                            "teardown")
         return (f"run summary: {len(models)} jobs ({parts or 'none'}){broken}, "
                 f"{len(labels) - resumed} instances rented, {resumed} resumed, "
                 f"{seconds / 3600:.4f} instance-hours, ${dollars:.4f}{unconfirmed}")

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .journal import Journal, JournalError
-from .vast import VastAPI, VastError
+from .vast import VastAPI
 
 CLEANUP_COMMAND = "python -m snakemake_executor_plugin_vastai journal cleanup"
 BACKOFF_START = 1.0
@@ -73,8 +73,8 @@ class Teardown:
                               lambda j: j.record_destroy_accepted(instance_id))
                 gone = self.api.show_instance(instance_id, budget=budget) is None
                 reason = "still listed after the destroy request"
-            except VastError as exc:
-                gone, reason = False, str(exc)
+            except Exception as exc:  # VastError, or an answer nobody could parse
+                gone, reason = False, f"{type(exc).__name__}: {exc}"
             if gone:
                 self._journal("destroyed", lambda j: j.record_instance_destroyed(
                     instance_id=instance_id))
@@ -101,7 +101,7 @@ class Teardown:
             try:
                 rows = self.api.find_all_by_label(label)
                 break
-            except VastError as exc:
+            except Exception as exc:  # VastError, or an answer nobody could parse
                 if self.give_up.is_set() or (deadline is not None
                                              and time.monotonic() > deadline):
                     self.log.error("cannot look the instance up by its label; it may bill",

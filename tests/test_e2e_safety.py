@@ -212,6 +212,51 @@ def test_a_changed_script_is_not_reattached_after_a_crash(tmp_path, simulator):
     assert alive(truth) == []
 
 
+def test_a_changed_config_is_not_reattached_after_a_crash(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'configfile: "config.yaml"\n'
+                     'rule make:\n    output: "out.txt"\n    script: "make.py"\n',
+        "make.py": "import time\ntime.sleep(5)\n"
+                   "open(snakemake.output[0], 'w').write(snakemake.config['word'] + '\\n')\n",
+        "config.yaml": "word: old\n",
+    }, track=["Snakefile", "make.py", "config.yaml"])
+    proc = start(wf, simulator.url, simulator.api_key)
+    assert wait_for(lambda: job_in_state(wf, "running"), timeout=120)
+    kill_hard(proc)
+    (wf / "config.yaml").write_text("word: new\n")
+    unlock(wf)
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--rerun-incomplete")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (wf / "out.txt").read_text() == "new\n"
+    assert "changed=config" in result.stderr
+    assert alive(simulator.truth()) == []
+
+
+def test_outputs_home_before_a_journal_failure_are_kept_and_reported_done(tmp_path,
+                                                                          simulator):
+    """The download finished, then the journal refused the next transition: the job's
+    result is home and must not be reported failed (Snakemake would delete it)."""
+    size = 40_000_000
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": f'rule big:\n    output: "big.bin"\n'
+                     f'    shell: "head -c {size} /dev/zero > {{output}}"\n',
+    })
+    env = sim_env(simulator.api_key, SNAKEMAKE_VASTAI_JOURNAL_BUSY_TIMEOUT="1")
+    proc = start(wf, simulator.url, simulator.api_key, env=env, jobs=1)
+    assert wait_for(lambda: job_in_state(wf, "downloading"), timeout=180, interval=0.02)
+    db = sqlite3.connect(wf / ".snakemake/vastai/journal.sqlite", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    assert wait_for(lambda: (wf / "big.bin").exists() and (wf / "big.bin").stat().st_size
+                    == size, timeout=120, interval=0.02)
+    time.sleep(3)  # the downloading -> destroying transition meets the lock
+    db.execute("ROLLBACK")
+    db.close()
+    out, _ = proc.communicate(timeout=240)
+    assert "Removing output files of failed job" not in out
+    assert (wf / "big.bin").stat().st_size == size
+    assert alive(simulator.truth()) == []
+
+
 # -- 7. secrets inside exception texts -------------------------------------------------------------
 def test_a_malformed_key_is_refused_before_anything_and_never_printed(tmp_path, simulator):
     first, second = simulator.api_key, "tail-of-the-key-0123456789abcdef"
