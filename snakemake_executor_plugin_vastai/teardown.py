@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .journal import Journal, JournalError
+from .outcomes import crash_point
 from .vast import VastAPI
 
 CLEANUP_COMMAND = "python -m snakemake_executor_plugin_vastai journal cleanup"
@@ -71,6 +72,7 @@ class Teardown:
                 self.api.destroy_instance(instance_id, budget=budget)
                 self._journal("destroy accepted",
                               lambda j: j.record_destroy_accepted(instance_id))
+                crash_point("after_destroy_request")
                 gone = self.api.show_instance(instance_id, budget=budget) is None
                 reason = "still listed after the destroy request"
             except Exception as exc:  # VastError, or an answer nobody could parse
