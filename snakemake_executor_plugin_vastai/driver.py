@@ -22,7 +22,6 @@ and shows in the journal as ``retry`` transitions.
 from __future__ import annotations
 
 import contextlib
-import random
 import re
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from transitions.extensions import LockedMachine
 
+from .backoff import Backoff
 from .journal import JournalError
 from .machine import JobState, machine_kwargs
 from .offers import describe
@@ -156,6 +156,7 @@ class JobDriver:
         self.machine = machine
         self.transport: Transport = self.p.transport(self)
         self.m.storage = self.transport.skips_ssh
+        self.search_backoff = Backoff(start=1.0, cap=10.0)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._main, name=f"vastai-job-{model.job_id}",
                                        daemon=True)
@@ -296,7 +297,7 @@ class JobDriver:
         if self.m.searches >= MAX_SEARCHES:
             raise JobFailure(f"rule {self.m.rule}: every matching offer was rented by someone "
                              f"else, {self.m.searches} searches in a row")
-        time.sleep(min(2.0 ** self.m.searches, 10.0) * random.uniform(0.5, 1.0))
+        time.sleep(self.search_backoff.delay())
         self.m.searches += 1
 
     # -- resuming (an earlier run's instance) -------------------------------------------

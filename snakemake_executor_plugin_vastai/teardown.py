@@ -21,12 +21,12 @@ guarantees:
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .backoff import Backoff
 from .journal import Journal, JournalError
 from .outcomes import crash_point
 from .vast import VastAPI
@@ -65,7 +65,7 @@ class Teardown:
             self.pending[instance_id] = label or ""
         self._journal("destroy intent", lambda j: j.record_destroy_requested(
             instance_id=instance_id))
-        delay = BACKOFF_START
+        backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX)
         while True:
             budget = self._budget(deadline)
             try:
@@ -90,15 +90,14 @@ class Teardown:
                 return False
             if on_retry is not None:
                 on_retry(reason)
-            self._sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, BACKOFF_MAX)
+            self._sleep(backoff.delay())
 
     def destroy_label(self, label: str, *, on_retry: Callable[[str], None] | None = None,
                       deadline: float | None = None) -> list[int]:
         """Destroy every instance carrying ``label`` (a create that may have rented although
         its id never came back); the ids destroyed. A failing lookup is retried: "not
         listed" is only believed from an answer."""
-        delay = BACKOFF_START
+        backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX)
         while True:
             try:
                 rows = self.api.find_all_by_label(label)
@@ -113,8 +112,7 @@ class Teardown:
                     return []
                 if on_retry is not None:
                     on_retry(str(exc))
-                self._sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, BACKOFF_MAX)
+                self._sleep(backoff.delay())
         destroyed = []
         for row in rows:
             iid = int(row["id"])

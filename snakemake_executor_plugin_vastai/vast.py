@@ -25,13 +25,13 @@ The SDK is imported lazily, so ``snakemake --dry-run`` does not pay for it.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backoff import Backoff
 from .ratelimit import RateLimiter
 from .redaction import scrub
 from .shared_search import SharedSearches
@@ -155,7 +155,7 @@ class VastAPI:
         into an error at once instead of a retry.
         """
         budget = self.retry_budget if budget is None else budget
-        backoff = 0.5
+        backoff = Backoff(start=0.75, cap=30.0, jitter=0.67)  # 0.25-0.75 s, doubling
         attempt = 0
         while True:
             # This call's slot, one interval after the last; retries go first.
@@ -176,11 +176,10 @@ class VastAPI:
                 if now >= deadline:
                     raise VastUnavailable(unavailable_message(self.url, endpoint, attempt,
                                                               budget, exc)) from None
-                delay = 0.0 if exc.status == 429 else min(backoff * random.uniform(0.5, 1.5),
-                                                          30.0, deadline - now)
+                # After a 429 the limiter's next slot is the wait (ratelimit.py).
+                delay = 0.0 if exc.status == 429 else min(backoff.delay(), deadline - now)
                 if exc.retry_after is not None:
                     delay = min(max(delay, exc.retry_after), max(deadline - now, 0.0))
-                backoff = min(backoff * 2, 30.0)
                 self.stats.bump(self.stats.retries, endpoint)
                 if self._on_retry:
                     self._on_retry(endpoint, str(exc), delay)

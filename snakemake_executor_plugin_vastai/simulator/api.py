@@ -206,7 +206,9 @@ def injected(effect: ApiEffect, interval: float) -> Response:
     status = int(effect.status or 500)
     headers = {"Retry-After": effect.retry_after} if effect.retry_after is not None else {}
     if status == 429:
-        body: Any = {"detail": f"API requests too frequent endpoint threshold={interval or 1.0:g}"}
+        # Without a configured interval the fault models occasional throttling: the body
+        # states a short threshold (a client that learns from it must not crawl).
+        body: Any = {"detail": f"API requests too frequent endpoint threshold={interval or 0.2:g}"}
         return Response(status, body, headers=headers)
     if status in (502, 503, 504):
         return Response(status, gateway_page(status), "text/html", headers)

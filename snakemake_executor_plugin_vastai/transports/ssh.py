@@ -8,7 +8,6 @@ exactly the bytes already written to the local log.
 
 from __future__ import annotations
 
-import random
 import shlex
 import threading
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import payload
+from ..backoff import Backoff
 from ..outcomes import JobFailure, crash_point, disk_hint
 from ..recovery import resumable_state
 from ..remote import (
@@ -222,7 +222,7 @@ class SshTransport:
         """Run ``action``; on SSH trouble reconnect with backoff within the budget."""
         steps = self.steps
         deadline = time.monotonic() + SSH_RETRY_BUDGET
-        delay = 0.5
+        backoff = Backoff(start=0.5, cap=10.0)
         while True:
             steps.check_cancel()
             try:
@@ -241,8 +241,7 @@ class SshTransport:
                     raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing "
                                         f"during {what}: {reason}") from None
                 steps.fire("retry", detail=f"{what}: {reason}")
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 10.0)
+                time.sleep(backoff.delay())
             except UnsafeArchive as exc:
                 raise JobFailure(f"instance {self.m.instance_id}: {exc}") from None
             except RemoteError as exc:
