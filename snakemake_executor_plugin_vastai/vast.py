@@ -233,9 +233,11 @@ class VastAPI:
             if "new_contract" in answer and not answer.get("success", True):
                 # Vast.ai can refuse and still have made a (stopped) instance.
                 raise _Transient(f"create answered {_brief(answer)} with a new contract")
-            if not answer.get("success", True) or "new_contract" not in answer:
+            if answer.get("success") is False:  # a plain refusal: nothing was made
                 raise VastError(f"creating an instance from offer {offer_id} failed: "
                                 f"{_brief(answer)}")
+            if "new_contract" not in answer:  # an answer of the wrong shape: it may have
+                raise _Transient(f"garbled create answer: {_brief(answer)}")
             return int(answer["new_contract"])
 
         def in_doubt(exc: _Transient) -> VastError | None:

@@ -65,7 +65,7 @@ def unlock(workdir: Path) -> None:
 
 
 # -- 1. a lost create answer ----------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["reset", "truncate", "html"])
+@pytest.mark.parametrize("mode", ["reset", "truncate", "html", "garbage"])
 def test_a_lost_create_answer_rents_once_and_leaks_nothing(tmp_path, simulator, mode):
     simulator.add_fault("answer_lost", endpoint="PUT */asks/*", count=1, mode=mode)
     wf = write_workflow(tmp_path / "wf", ONE_JOB)
@@ -178,7 +178,7 @@ def test_a_journal_locked_by_another_process_still_destroys_the_instance(tmp_pat
 
 
 # -- 5. a malformed listing ---------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["truncate", "html"])
+@pytest.mark.parametrize("mode", ["truncate", "html", "garbage"])
 def test_malformed_listings_do_not_stop_status_tracking(tmp_path, simulator, mode):
     simulator.add_fault("answer_lost", endpoint="GET /api/v1/instances*", count=4, mode=mode)
     wf = write_workflow(tmp_path / "wf", ONE_JOB)

@@ -449,6 +449,10 @@ class App:
             with contextlib.suppress(OSError):
                 h.send(Response(200, gateway_page(502), content_type="text/html"))
             return True
+        if mode == "garbage":  # valid JSON, not what the endpoint answers
+            with contextlib.suppress(OSError):
+                h.send(Response(200, {"garbled": True, "instances": "none"}))
+            return True
         if mode == "truncate":
             data = response.payload()
             with contextlib.suppress(OSError):
