@@ -311,6 +311,15 @@ class VastAPI:
 
         self._call("instances/destroy", run, budget=budget)
 
+    def destroy_instances(self, instance_ids: list[int], budget: float | None = None) -> None:
+        """Destroy several instances in one request (``vastai destroy instances``). The
+        answer's shape is not documented: callers confirm each instance gone."""
+        from vastai.api import instances
+
+        ids = [int(i) for i in instance_ids]
+        self._call("instances/destroy_many",
+                   lambda: instances.destroy_instance(self._sdk.client, ids), budget=budget)
+
     def logs(self, instance_id: int, tail: int = 200) -> str:
         """The instance's container log (onstart/entrypoint output)."""
         return self._call("instances/logs",

@@ -147,3 +147,35 @@ def _wait(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.mark.parametrize("bulk_refused", [False, True])
+def test_destroys_that_meet_go_out_in_one_bulk_request(tmp_path, simulator, bulk_refused):
+    """Six teardowns at once (a Ctrl-C): one request in flight, the rest together; a
+    service that refuses the bulk endpoint gets single requests instead."""
+    import threading
+
+    from .simulator.helpers import rent, sdk
+
+    api = VastAPI(simulator.api_key, simulator.url, retry_budget=30, request_timeout=5)
+    ids = [rent(sdk(simulator), label=f"bulk-{n}") for n in range(6)]
+    simulator.add_fault("api_latency", seconds=0.5, endpoint="DELETE *")
+    if bulk_refused:
+        simulator.add_fault("api_status", code=405, endpoint="DELETE /api/v0/instances/")
+    teardown = Teardown(api, None, PluginLogger(logging.getLogger("test-bulk")))
+    results: dict[int, bool] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, teardown.destroy(i)))
+               for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == dict.fromkeys(ids, True)
+    requests = simulator.truth()["requests"]
+    single = requests.get("DELETE /api/v0/instances/{id}/", 0)
+    bulk = requests.get("DELETE /api/v0/instances/", 0)
+    if bulk_refused:
+        assert bulk == 1 and single >= len(ids), requests
+    else:
+        assert bulk >= 1 and single + bulk <= 3, requests
+    assert [i for i in simulator.truth()["instances"] if i["alive"]] == []
