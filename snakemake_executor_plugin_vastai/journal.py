@@ -23,7 +23,9 @@ Schema (version 3; migrations only ever add tables and columns)
 ``meta(key TEXT PK, value TEXT)``
     ``schema_version``, ``workflow_id`` (random hex, created once),
     ``created_at``, ``workdir`` (the directory it was last used in: a copied
-    workflow directory is told apart from a moved one by it).
+    workflow directory is told apart from a moved one by it),
+    ``adopted_after_loss`` (present until the first reconcile when the journal
+    took its prefix over from a lost one: unknown labels are then its own).
 ``migrations(version INTEGER PK, name TEXT, applied_at REAL)``
     One row per schema migration applied, when.
 ``runs(id TEXT PK, started_at, ended_at, outcome, pid, hostname,
@@ -356,6 +358,10 @@ class Journal:
         if fresh and re.fullmatch(r"[0-9a-f]{8}", kept) and kept != current:
             with self._lock:
                 self._conn.execute("UPDATE meta SET value = ? WHERE key = 'workflow_id'", [kept])
+                # The journal that knew this prefix's labels is lost: until a reconcile has
+                # looked, instances with the prefix that this journal does not know are ours.
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('adopted_after_loss', '1')")
             return kept
         if kept != current:
             fd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -1053,6 +1059,15 @@ class Journal:
         except OSError:
             return None
         return home if same else None
+
+    @property
+    def adopted_after_loss(self) -> bool:
+        """The prefix was taken over from a lost journal (see ``_adopt_workflow_id``)."""
+        return bool(self._rows("SELECT 1 FROM meta WHERE key = 'adopted_after_loss'"))
+
+    def clear_adopted_after_loss(self) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM meta WHERE key = 'adopted_after_loss'")
 
     def set_home(self, workdir: Path | str) -> None:
         with self._write() as db:

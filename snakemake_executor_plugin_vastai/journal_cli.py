@@ -870,8 +870,9 @@ def _refuse_while_running(journal: Journal, args: argparse.Namespace) -> None:
     if live and not args.force and not args.dry_run:
         run = live[-1]
         raise CliError(
-            f"run {run['id']} (pid {run['pid']} on {run.get('hostname')}) may still be running: "
-            "cleanup would destroy the instances its jobs use. Stop snakemake first (it "
+            f"run {run['id']} (pid {run['pid']} on {run.get('hostname')}) is still running, or "
+            "cannot be proven dead: cleanup would destroy the instances its jobs use. Stop "
+            "snakemake first (it "
             "destroys what it rented); a run that crashed on another host counts as running "
             f"until its heartbeat is {leases.STALE_AFTER / 60:.0f} minutes old; or pass --force"
         )

@@ -50,8 +50,13 @@ class Matched:
     strays: list[Stray] = field(default_factory=list)
 
 
-def match(rows: list[dict], listing: list[dict], prefix: str) -> Matched:
-    """Classify ``listing`` against journal instance ``rows`` (all of them, destroyed too)."""
+def match(rows: list[dict], listing: list[dict], prefix: str, *,
+          unknown_are_ours: bool = False) -> Matched:
+    """Classify ``listing`` against journal instance ``rows`` (all of them, destroyed too).
+
+    ``unknown_are_ours``: the journal replaced a lost one under the same prefix, so a
+    label it does not know was rented by that lost journal's runs (a known stray).
+    """
     ours = sorted((r for r in listing if str(r.get("label") or "").startswith(prefix)),
                   key=lambda r: int(r["id"]))
     by_id = {int(r["instance_id"]): r for r in rows if r.get("instance_id") is not None}
@@ -72,7 +77,7 @@ def match(rows: list[dict], listing: list[dict], prefix: str) -> Matched:
                 continue
         if row is None:
             out.strays.append(Stray(listed, f"label {label} is not in this journal",
-                                    known=False))
+                                    known=unknown_are_ours))
             continue
         out.alive[str(row["label"])] = (row, listed)
     for row in rows:

@@ -97,33 +97,41 @@ class Homecoming:
         return [*self.directories, *self.files]
 
 
-def job_homecoming(job: Any, workdir: Path, *, succeeded: bool) -> Homecoming:
+def job_homecoming(job: Any, workdir: Path, rule: str, *, succeeded: bool) -> Homecoming:
     """What a job (or every member of a group job) brings home.
 
     A group job's own ``output`` holds only what leaves the group; Snakemake still checks
     every member's outputs, logs and benchmark afterwards, so all of them come home.
     ``pipe()`` and ``service()`` outputs live only while the group runs: never fetched.
     """
-    members = list(job) if job.is_group() else [job]  # a group iterates in run order
+    group = is_group(job)
+    members = list(job) if group else [job]  # a group iterates in run order
     files: list[str] = []
     dirs: list[str] = []
     optional: list[str] = []
     for member in members:
-        rule = str(member.rule.name)
+        if group:
+            rule = str(member.rule.name)
         outputs = [o for o in member.output if not _streamed(o)]
         back = homecoming(outputs, member.log, getattr(member, "benchmark", None), workdir,
                           rule, succeeded=succeeded)
         files.extend(f for f in back.files if f not in files)
         dirs.extend(d for d in back.directories if d not in dirs)
-        if job.is_group():
+        if group:
             optional.extend(relative_inside(str(o), workdir, "output", rule)
                             for o in outputs if _flagged(o, "temp"))
     return Homecoming(files=files, directories=dirs, optional=tuple(optional))
 
 
+def is_group(job: Any) -> bool:
+    """Whether ``job`` is a Snakemake group job (a job-like without the method is not)."""
+    check = getattr(job, "is_group", None)
+    return bool(check()) if callable(check) else False
+
+
 def group_members(job: Any) -> list[str]:
     """``rule (job N)`` for each member of a group job, in Snakemake's run order."""
-    if not job.is_group():
+    if not is_group(job):
         return []
     return [f"{member.rule.name} (job {member.jobid})" for member in job]  # toposorted
 
@@ -215,7 +223,7 @@ def conda_check(rules: Iterable[str], image: str) -> str:
 
 def conda_rules(job: Any) -> list[str]:
     """Rules of the job (or group) that declare a conda environment."""
-    members = list(job.jobs) if job.is_group() else [job]
+    members = list(job.jobs) if is_group(job) else [job]
     return [str(m.rule.name) for m in members if getattr(m, "conda_env_spec", None)]
 
 

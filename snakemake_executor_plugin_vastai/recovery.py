@@ -95,12 +95,13 @@ class Recovery:
                        if owners.get(r["label"], r["run_id"]) in dead]
         first_run = len(journal.runs()) <= 1
         if not old_jobs and not maybe_alive and not journal.strays_possibly_alive() \
-                and not first_run:
+                and not first_run and not journal.adopted_after_loss:
             return
         found = self.run.api.list_instances(journal.label_prefix)
         # The journal is read after the listing: a live run journals a label before its
         # create call, so every instance in the listing has its row by now.
-        matched = listing.match(journal.instances(), found, journal.label_prefix)
+        matched = listing.match(journal.instances(), found, journal.label_prefix,
+                                unknown_are_ours=journal.adopted_after_loss)
         owners = journal.instance_owner_runs()
         alive = self._settle(matched, owners, dead)
         self._destroy_strays(matched.strays, owners, dead, found)
@@ -121,6 +122,8 @@ class Recovery:
             if job.get("label"):
                 handled.add(job["label"])
         self._close_orphan_instances(alive, handled)
+        if journal.adopted_after_loss:  # the lost journal's leftovers are settled now
+            journal.clear_adopted_after_loss()
         self.run.log.info("reconciled earlier runs", unfinished_jobs=len(old_jobs),
                           live_instances=len(alive), kept_for_resume=len(self._claims),
                           policy=self.policy)

@@ -25,13 +25,13 @@ The SDK is imported lazily, so ``snakemake --dry-run`` does not pay for it.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backoff import Backoff
 from .ratelimit import RateLimiter
 from .redaction import scrub
 from .shared_search import SharedSearches
@@ -155,7 +155,7 @@ class VastAPI:
         into an error at once instead of a retry.
         """
         budget = self.retry_budget if budget is None else budget
-        backoff = 0.5
+        backoff = Backoff(start=0.75, cap=30.0, jitter=0.67)  # 0.25-0.75 s, doubling
         attempt = 0
         while True:
             # This call's slot, one interval after the last; retries go first.
@@ -176,11 +176,10 @@ class VastAPI:
                 if now >= deadline:
                     raise VastUnavailable(unavailable_message(self.url, endpoint, attempt,
                                                               budget, exc)) from None
-                delay = 0.0 if exc.status == 429 else min(backoff * random.uniform(0.5, 1.5),
-                                                          30.0, deadline - now)
+                # After a 429 the limiter's next slot is the wait (ratelimit.py).
+                delay = 0.0 if exc.status == 429 else min(backoff.delay(), deadline - now)
                 if exc.retry_after is not None:
                     delay = min(max(delay, exc.retry_after), max(deadline - now, 0.0))
-                backoff = min(backoff * 2, 30.0)
                 self.stats.bump(self.stats.retries, endpoint)
                 if self._on_retry:
                     self._on_retry(endpoint, str(exc), delay)
@@ -234,9 +233,11 @@ class VastAPI:
             if "new_contract" in answer and not answer.get("success", True):
                 # Vast.ai can refuse and still have made a (stopped) instance.
                 raise _Transient(f"create answered {_brief(answer)} with a new contract")
-            if not answer.get("success", True) or "new_contract" not in answer:
+            if answer.get("success") is False:  # a plain refusal: nothing was made
                 raise VastError(f"creating an instance from offer {offer_id} failed: "
                                 f"{_brief(answer)}")
+            if "new_contract" not in answer:  # an answer of the wrong shape: it may have
+                raise _Transient(f"garbled create answer: {_brief(answer)}")
             return int(answer["new_contract"])
 
         def in_doubt(exc: _Transient) -> VastError | None:
@@ -309,6 +310,15 @@ class VastAPI:
                 raise
 
         self._call("instances/destroy", run, budget=budget)
+
+    def destroy_instances(self, instance_ids: list[int], budget: float | None = None) -> None:
+        """Destroy several instances in one request (``vastai destroy instances``). The
+        answer's shape is not documented: callers confirm each instance gone."""
+        from vastai.api import instances
+
+        ids = [int(i) for i in instance_ids]
+        self._call("instances/destroy_many",
+                   lambda: instances.destroy_instance(self._sdk.client, ids), budget=budget)
 
     def logs(self, instance_id: int, tail: int = 200) -> str:
         """The instance's container log (onstart/entrypoint output)."""

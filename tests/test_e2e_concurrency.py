@@ -48,7 +48,7 @@ def test_two_live_runs_in_one_directory_each_finish_their_own_jobs(tmp_path, sim
     wf = write_workflow(tmp_path / "wf", TWO_TARGETS)
     first = start(wf, simulator.url, simulator.api_key, "slow.txt")
     assert wait_for(lambda: journal_rows(wf, "select 1 from jobs where state = 'running'"),
-                    timeout=120)
+                    timeout=240)
     second = run_snakemake(wf, simulator.url, simulator.api_key, "quick.txt")
     out, _ = first.communicate(timeout=240)
     assert second.returncode == 0, second.stderr[-4000:]
@@ -69,7 +69,7 @@ def test_a_copied_directory_gets_its_own_prefix_and_leaves_the_original_alone(tm
     first = start(original, simulator.url, simulator.api_key, "slow.txt")
     assert wait_for(lambda: journal_rows(original,
                                          "select 1 from jobs where state = 'running'"),
-                    timeout=120)
+                    timeout=240)
     copy = tmp_path / "copy"
     shutil.copytree(original, copy)  # mid-run: the copied journal shows a running job
     (copy / "quick.txt").unlink()
@@ -103,7 +103,7 @@ def test_a_copy_whose_original_was_renamed_never_destroys_the_originals_instance
     first = start(original, simulator.url, simulator.api_key, "slow.txt")
     assert wait_for(lambda: journal_rows(original,
                                          "select 1 from jobs where state = 'running'"),
-                    timeout=120)
+                    timeout=240)
     second = run_snakemake(copy, simulator.url, simulator.api_key, "quick.txt")
     out, _ = first.communicate(timeout=240)
     assert second.returncode == 0, second.stderr[-4000:]
@@ -126,7 +126,7 @@ def test_an_instance_kept_for_resume_is_owned_in_the_journal(tmp_path, simulator
                                env=sim_env(simulator.api_key), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     assert wait_for(lambda: journal_rows(wf, "select 1 from jobs where state = 'running'"),
-                    timeout=120)
+                    timeout=240)
     os.killpg(crashed.pid, signal.SIGKILL)
     crashed.wait()
     subprocess.run([sys.executable, "-m", "snakemake", "--unlock"], cwd=wf,
@@ -136,7 +136,7 @@ def test_an_instance_kept_for_resume_is_owned_in_the_journal(tmp_path, simulator
                              stderr=subprocess.STDOUT, text=True)
     assert wait_for(lambda: journal_rows(wf, "select 1 from jobs where rule = 'c' and state "
                                              "in ('booting', 'uploading', 'running')"),
-                    timeout=120)
+                    timeout=240)
     second = run_snakemake(wf, simulator.url, simulator.api_key, "d.txt", jobs=1)
     out, _ = first.communicate(timeout=300)
     assert second.returncode == 0, second.stderr[-4000:]

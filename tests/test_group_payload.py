@@ -56,25 +56,25 @@ def make_group() -> Group:
 
 
 def test_every_member_brings_its_outputs_logs_and_benchmark(tmp_path: Path):
-    back = payload.job_homecoming(make_group(), tmp_path, succeeded=True)
+    back = payload.job_homecoming(make_group(), tmp_path, "group-g", succeeded=True)
     assert back.files == ["out/a.txt", "tmp/t.txt", "logs/a.log", "logs/b.log", "bench/b.tsv"]
     assert back.directories == ["out/b"]
     assert back.optional == ("tmp/t.txt",)  # consumed in the group: may be gone
 
 
 def test_pipes_and_services_never_travel(tmp_path: Path):
-    back = payload.job_homecoming(make_group(), tmp_path, succeeded=True)
+    back = payload.job_homecoming(make_group(), tmp_path, "group-g", succeeded=True)
     assert "p/stream" not in back.paths and "s/socket" not in back.paths
 
 
 def test_a_failed_group_brings_only_the_logs(tmp_path: Path):
-    back = payload.job_homecoming(make_group(), tmp_path, succeeded=False)
+    back = payload.job_homecoming(make_group(), tmp_path, "group-g", succeeded=False)
     assert back.paths == ["logs/a.log", "logs/b.log"]
 
 
 def test_a_single_jobs_temp_output_is_not_optional(tmp_path: Path):
     job = member("a", 1, [IOFile("tmp/t.txt", "temp")])
-    assert payload.job_homecoming(job, tmp_path, succeeded=True).optional == ()
+    assert payload.job_homecoming(job, tmp_path, "a", succeeded=True).optional == ()
 
 
 def test_members_are_listed_in_run_order():

@@ -84,6 +84,7 @@ def test_callers_queued_behind_one_search_share_it_and_each_starts_at_its_own_sl
     for thread in [first, *joined]:
         thread.join(10)
     assert market.limits == [20 + HANDOUT * 9]  # one request, sized for all ten
+    assert (searches.requests, searches.served) == (1, 10)
     heads = sorted(tuple(ids(r)[:HANDOUT]) for r in results)
     assert len(set(heads)) == 9  # nobody starts where another does
     assert all(len(r) == 20 for r in results)
