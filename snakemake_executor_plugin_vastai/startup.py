@@ -15,7 +15,7 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
-from . import DEFAULT_IMAGE, __version__
+from . import DEFAULT_IMAGE, __version__, checkpoints
 from .deploy import Scope, apply_scope
 from .journal import (
     RELATIVE_PATH,
@@ -35,6 +35,7 @@ from .storage import (
     check_storage,
     credential_environment,
     deploy_command,
+    storage_cli_args,
     storage_mode,
 )
 from .validation import (
@@ -186,10 +187,18 @@ def deploy_sources(workflow: Any, mode: StorageMode) -> StorageSetup:
     try:
         workflow.upload_sources()
         command = deploy_command(workflow)
+        storage_args = storage_cli_args(workflow)
+        local_prefix = checkpoints.remote_local_prefix(workflow, mode.provider)
     except Exception as exc:
         raise WorkflowError(f"uploading the workflow's sources to {mode.prefix} failed: "
                             f"{type(exc).__name__}: {exc}") from None
-    return StorageSetup(mode=mode, deploy_command=command, outputs=OutputProbe())
+
+    def checkpoint_fetch() -> str:
+        return checkpoints.fetch_command(checkpoints.created_queries(workflow), local_prefix,
+                                         storage_args)
+
+    return StorageSetup(mode=mode, deploy_command=command, outputs=OutputProbe(),
+                        checkpoint_fetch=checkpoint_fetch)
 
 
 def validate_scheduled_jobs(workflow: Any) -> None:
