@@ -38,6 +38,7 @@ from .storage import (
     storage_cli_args,
     storage_mode,
 )
+from .storage_features import check_storage_features
 from .validation import (
     ConfigError,
     parse_image_reference,
@@ -175,6 +176,9 @@ def storage_preflight(workflow: Any, forward_credentials: bool
         credential_env = credential_environment(os.environ) if forward_credentials else {}
         mode = storage_mode(workflow)
         if mode is not None:
+            problem = check_storage_features(workflow)
+            if problem:
+                raise StorageCheckFailed(problem)
             check_storage(workflow, mode)
     except StorageCheckFailed as exc:
         raise WorkflowError(str(exc)) from None
