@@ -319,7 +319,10 @@ def forget_stale_answers(job: Any) -> int:
     """
     renewed = 0
     for iofile in storage_products(job):
-        fresh = fresh_object(iofile.storage_object)
+        try:
+            fresh = fresh_object(iofile.storage_object)
+        except Exception:  # a plugin built differently: keep its object, as before
+            continue
         iofile.flags["storage_object"] = fresh
         fresh._iofile = iofile  # the back-reference Snakemake itself keeps
         renewed += 1
