@@ -10,7 +10,9 @@ keeps them, and input functions are evaluated in two places:
   the checkpoint's outputs into Snakemake's local storage copy first;
 - on the instance, when the remote Snakemake of a later job builds its own DAG: the
   container fetches the checkpoint outputs created so far into the remote job's local
-  storage copy before it runs the job (:func:`fetch_command`).
+  storage copy before it runs the job (:func:`fetch_command`). Only jobs whose rule has
+  an input or params function can consult a checkpoint there (:func:`may_consult`), so
+  only their containers fetch: a large checkpoint output is not copied into every job.
 
 Without this a glob finds nothing, silently: the DAG loses its data-dependent jobs, or a
 later job runs with an empty input list.
@@ -64,6 +66,18 @@ async def bring_home(job: Any) -> str | None:
                 f"this machine, where Snakemake reads them to update the DAG: "
                 f"{type(exc).__name__}: {exc}\n")
     return None
+
+
+def may_consult(job: Any) -> bool:
+    """Can evaluating this job's rule (or a grouped job's) call ``checkpoints.x.get()``?
+    Only input and params functions are evaluated while the remote Snakemake builds the
+    job's DAG; plain file names cannot consult a checkpoint."""
+    members = getattr(job, "jobs", None) or [job]
+    for member in members:
+        rule = member.rule
+        if any(callable(item) for item in (*rule.input, *rule.params)):
+            return True
+    return False
 
 
 def created_queries(workflow: Any) -> list[str]:

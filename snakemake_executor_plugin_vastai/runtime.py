@@ -286,7 +286,7 @@ class Run:
         """Storage mode: the container command that deploys the sources and runs the job."""
         assert self.storage is not None
         return container_args(job_command=self.hooks.job_command(model.snakemake_job),
-                              deploy_command=self.storage.prepare_command(),
+                              deploy_command=self.storage.prepare_command(model.snakemake_job),
                               mode=self.storage.mode,
                               snakemake_version=self.hooks.snakemake_version,
                               job_dir=self.remote_dir, token=exit_token(label))

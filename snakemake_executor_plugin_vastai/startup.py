@@ -197,7 +197,9 @@ def deploy_sources(workflow: Any, mode: StorageMode) -> StorageSetup:
         raise WorkflowError(f"uploading the workflow's sources to {mode.prefix} failed: "
                             f"{type(exc).__name__}: {exc}") from None
 
-    def checkpoint_fetch() -> str:
+    def checkpoint_fetch(job: Any) -> str:
+        if not checkpoints.may_consult(job):
+            return ""
         return checkpoints.fetch_command(checkpoints.created_queries(workflow), local_prefix,
                                          storage_args)
 

@@ -42,12 +42,12 @@ class StorageSetup:
     mode: StorageMode
     deploy_command: str
     outputs: OutputProbe
-    # the container's line fetching the checkpoint outputs created so far (checkpoints.py)
-    checkpoint_fetch: Callable[[], str] = lambda: ""
+    # a job's container line fetching the checkpoint outputs it may consult (checkpoints.py)
+    checkpoint_fetch: Callable[[Any], str] = lambda job: ""
 
-    def prepare_command(self) -> str:
+    def prepare_command(self, job: Any) -> str:
         """Deploy the sources, then fetch checkpoint outputs (evaluated per job)."""
-        return "\n".join(line for line in (self.deploy_command, self.checkpoint_fetch())
+        return "\n".join(line for line in (self.deploy_command, self.checkpoint_fetch(job))
                          if line)
 
 

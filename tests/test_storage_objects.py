@@ -116,3 +116,17 @@ def test_fetch_fails_loudly_for_a_missing_checkpoint_output(tmp_path, s3_server)
     done = subprocess.run(["sh", "-c", line], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0
+
+
+def test_only_jobs_with_input_or_params_functions_fetch_checkpoint_outputs():
+    def job(inputs=(), params=()):
+        return SimpleNamespace(rule=SimpleNamespace(input=list(inputs), params=list(params)))
+
+    def function(wildcards):
+        return []
+
+    assert checkpoints.may_consult(job(inputs=["parts/p1.txt"])) is False
+    assert checkpoints.may_consult(job(inputs=["a.txt", function])) is True
+    assert checkpoints.may_consult(job(params=[3, function])) is True
+    group = SimpleNamespace(jobs=[job(inputs=["x"]), job(inputs=[function])])
+    assert checkpoints.may_consult(group) is True
