@@ -7,8 +7,9 @@ run (orchestration, billing, API requests and CPU/memory all read the same
 200-job run) do not pay for it twice.
 
 Every run gets its own simulator process (fast profile: boots take
-``BOOT_DELAY`` seconds, no rate limits), its own workflow directory and an
-offer catalogue with enough matching offers for all its jobs.
+``BOOT_DELAY`` seconds, no rate limits, unless the scenario sets them), its own
+workflow directory and an offer catalogue with enough matching offers for all
+its jobs.
 """
 
 from __future__ import annotations
@@ -39,12 +40,17 @@ class Scenario:
     seconds: float = 0.0  # each job's own sleep
     status_interval: float | None = FAST_STATUS_INTERVAL  # None: the plugin's default
     extra: tuple[str, ...] = ()
+    rate_limit: float = 0.0  # the simulator's minimum interval per endpoint (0: none)
+    boot: float = BOOT_DELAY  # the simulator's boot delay
 
     @property
     def slug(self) -> str:
         interval = "default" if self.status_interval is None else f"{self.status_interval:g}"
         extra = "-".join(a.strip("-") for a in self.extra)
-        return f"n{self.jobs}-s{self.seconds:g}-i{interval}" + (f"-{extra}" if extra else "")
+        service = (f"-rl{self.rate_limit:g}" if self.rate_limit else "") + (
+            f"-b{self.boot:g}" if self.boot != BOOT_DELAY else "")
+        return (f"n{self.jobs}-s{self.seconds:g}-i{interval}{service}"
+                + (f"-{extra}" if extra else ""))
 
 
 @dataclass
@@ -114,7 +120,7 @@ def run_once(base: Path, scenario: Scenario, repeat: int) -> Outcome:
     root = base / f"{scenario.slug}-r{repeat}"
     shutil.rmtree(root, ignore_errors=True)
     workdir = write_workflow(root / "wf", scenario.jobs, scenario.seconds)
-    with SimProcess(root / "sim", boot_delay=BOOT_DELAY,
+    with SimProcess(root / "sim", boot_delay=scenario.boot, rate_limit=scenario.rate_limit,
                     offers=offers_for(base, scenario.jobs)) as sim:
         peak = [0]
 

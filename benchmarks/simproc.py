@@ -9,7 +9,8 @@ the simulator its own interpreter, as a real Vast.ai would be.
 Why a request log: the simulator's ground truth counts requests per endpoint but
 does not say when they came or which were first pages of a listing. The server
 side here wraps the API's request handler to append one JSON line per request
-(epoch time, method, path with query) to a file that the client reads back.
+(arrival epoch time, method, path with query, answered status) to a file that
+the client reads back.
 
 Why the job's Python runs under SCHED_IDLE: every simulated instance runs its
 job (a remote ``python -m snakemake``, ~1.5 CPU-seconds) on this same 2-core
@@ -24,8 +25,8 @@ plugin's log follower prefers, is not wrapped). The job command's time on the
 instance is measured there and is part of the floor either way.
 
 Server side: ``python -m benchmarks.simproc --request-log PATH [--boot-delay S]
-[--offers FILE] [--state-dir DIR] [--job-priority idle|normal]`` prints one JSON line
-``{"url", "api_key", "pid"}`` and serves until SIGTERM/SIGINT. Client side:
+[--rate-limit S] [--offers FILE] [--state-dir DIR] [--job-priority idle|normal]`` prints
+one JSON line ``{"url", "api_key", "pid"}`` and serves until SIGTERM/SIGINT. Client side:
 :class:`SimProcess`.
 """
 
@@ -62,10 +63,21 @@ def _install_request_log(path: Path) -> None:
     original = api.App.handle
 
     def handle(self: Any, h: Any) -> None:
-        line = json.dumps({"t": time.time(), "method": h.command, "path": h.path})
-        with lock:
-            out.write(line + "\n")
-        original(self, h)
+        arrived, answered = time.time(), []
+        send_response = h.send_response
+
+        def record(code: int, *rest: Any) -> None:
+            answered.append(code)
+            send_response(code, *rest)
+
+        h.send_response = record
+        try:
+            original(self, h)
+        finally:  # the arrival time, and the status (None: no answer, e.g. a dropped call)
+            line = json.dumps({"t": arrived, "method": h.command, "path": h.path,
+                               "status": answered[0] if answered else None})
+            with lock:
+                out.write(line + "\n")
 
     api.App.handle = handle  # type: ignore[method-assign]
 
@@ -100,6 +112,8 @@ def serve(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--request-log", type=Path, required=True)
     parser.add_argument("--boot-delay", type=float, default=0.3)
+    parser.add_argument("--rate-limit", type=float, default=0.0,
+                        help="min seconds between calls per endpoint and key (0: none)")
     parser.add_argument("--offers", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--state-dir", type=Path, help="instance sandboxes (default: a temp dir)")
@@ -111,7 +125,7 @@ def serve(argv: list[str] | None = None) -> int:
     from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 
     sim = Simulator(SimConfig(seed=args.seed, boot_delay=args.boot_delay, offers=args.offers,
-                              state_dir=args.state_dir))
+                              state_dir=args.state_dir, rate_limit_interval=args.rate_limit))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -136,10 +150,11 @@ class SimProcess:
 
     def __init__(self, workdir: Path, *, boot_delay: float = 0.3,
                  offers: Path | None = None, job_priority: str = "idle",
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, rate_limit: float = 0.0) -> None:
         self.workdir = workdir
         self.state_dir = state_dir
         self.boot_delay = boot_delay
+        self.rate_limit = rate_limit
         self.offers = offers
         self.job_priority = job_priority
         self.log_path = workdir / "sim-requests.jsonl"
@@ -151,7 +166,7 @@ class SimProcess:
     def start(self) -> SimProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "benchmarks.simproc", "--request-log", str(self.log_path),
-                "--boot-delay", str(self.boot_delay),
+                "--boot-delay", str(self.boot_delay), "--rate-limit", str(self.rate_limit),
                 "--job-priority", self.job_priority]
         if self.offers is not None:
             argv += ["--offers", str(self.offers)]
@@ -212,7 +227,7 @@ class SimProcess:
                     continue
                 row["route"], row["query"] = path, urlsplit(row["path"]).query
                 rows.append(row)
-        return rows
+        return sorted(rows, key=lambda r: r["t"])  # logged when answered, listed by arrival
 
     def thread_count(self) -> int:
         """Threads of the simulator process (to tell its load from the plugin's)."""

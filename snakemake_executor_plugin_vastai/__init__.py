@@ -6,12 +6,15 @@ imported on every ``snakemake`` start (plugins register their CLI options), so
 it imports nothing heavy; the SDK, paramiko and SQLite come in on first use.
 
 Where to find things: ``machine.py`` (job states and transitions, as data),
-``driver.py`` (each state's side effect), ``journal.py`` (SQLite journal),
+``driver.py`` (the steps every mode shares), ``ports.py`` (what a step may
+touch: ``market.py``, ``instances.py``, ``jobspec.py``, ``transports/``),
+``teardown.py`` (the one teardown), ``recovery.py`` / ``leases.py`` /
+``listing.py`` (restart after a crash), ``journal.py`` (SQLite journal),
 ``offers.py`` (resources -> offer search), ``validation.py`` (early checks),
 ``vast.py`` (the SDK adapter), ``remote.py`` (the paramiko adapter),
 ``payload.py`` (what travels to and from an instance), ``storage.py``
-(storage mode: data through a bucket), ``runtime.py`` (one
-run's shared parts), ``simulator/`` (the local Vast.ai).
+(storage mode: data through a bucket), ``runtime.py`` (one run, start to end),
+``simulator/`` (the local Vast.ai).
 """
 
 import os

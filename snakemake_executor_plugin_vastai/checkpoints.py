@@ -72,6 +72,8 @@ def may_consult(job: Any) -> bool:
     """Can evaluating this job's rule (or a grouped job's) call ``checkpoints.x.get()``?
     Only input and params functions are evaluated while the remote Snakemake builds the
     job's DAG; plain file names cannot consult a checkpoint."""
+    if job is None:  # an earlier run's job, re-attached: its container already runs
+        return False
     members = getattr(job, "jobs", None) or [job]
     for member in members:
         rule = member.rule

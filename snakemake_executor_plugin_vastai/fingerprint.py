@@ -7,8 +7,11 @@ cover (each a short hash, so the journal can say *what* changed):
 
 ``identity``  rule and outputs: which job this is (never compared for reuse alone)
 ``command``   the formatted shell command (``shell:``), or the wrapper name
-``code``      the content of the ``script:``/``notebook:`` file, or the ``run:`` block's
-              compiled code
+``code``      the content of the ``script:``/``notebook:`` file (its path formatted with
+              the job's wildcards), or the ``run:`` block's compiled code plus the
+              content of every Snakefile the workflow included (helpers it calls)
+``config``    the workflow's config (config files and ``--config`` overrides), which
+              scripts read through ``snakemake.config``
 ``params``    the job's params
 ``resources`` every resource and the thread count (they shape the machine rented)
 ``software``  the conda environment file's content, the container image, the
@@ -17,7 +20,10 @@ cover (each a short hash, so the journal can say *what* changed):
               (ctime changes on every write and cannot be set back by ``touch``)
 ``protocol``  the plugin's remote protocol version (how the job runs on the host)
 
-Group jobs combine the parts of their members.
+Group jobs combine the parts of their members. Not covered: local modules a
+script imports (keep them in the repository and change the script's content, or
+rerun without resuming: ``--vastai-on-restart destroy``) and named conda
+environments (only their name counts).
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ from typing import Any
 # match (remote_scripts.py layout, wrapper behaviour).
 REMOTE_PROTOCOL = "2"
 VOLATILE_RESOURCES = frozenset({"_cores", "_nodes", "tmpdir"})
-PART_NAMES = ("identity", "command", "code", "params", "resources", "software", "inputs",
-              "protocol")
+PART_NAMES = ("identity", "command", "code", "config", "params", "resources", "software",
+              "inputs", "protocol")
 READABLE = {
     "identity": "rule or outputs", "command": "shell command", "code": "script or run: code",
+    "config": "config",
     "params": "params", "resources": "resources", "software": "software environment",
     "inputs": "input files", "protocol": "plugin protocol version",
 }
@@ -70,13 +77,14 @@ def _member_key(job: Any) -> str:
 def _member_facts(job: Any, workdir: Path, image: str) -> dict[str, Any]:
     rule = job.rule
     try:
-        code = _code(rule)
+        code = _code(job, rule)
     except Exception as exc:  # never block a submission on introspection
         code = f"unknown:{type(exc).__name__}"
     return {
         "identity": [str(rule.name), sorted(str(o) for o in job.output)],
         "command": _command(job),
         "code": code,
+        "config": _config(rule),
         "params": _stable(getattr(job, "params", "")),
         "resources": _resources(job),
         "software": _software(job, rule, image),
@@ -96,17 +104,48 @@ def _command(job: Any) -> str:
     return f"shell:{shellcmd}" if shellcmd else ""
 
 
-def _code(rule: Any) -> str:
+def _code(job: Any, rule: Any) -> str:
     """What the job executes besides its shell command."""
     for attr in ("script", "notebook"):
         path = getattr(rule, attr, None)
         if path:
-            return f"{attr}:{path}:{_file_digest(_rule_file(rule, str(path)))}"
+            text = str(path)
+            if "{" in text and hasattr(job, "format_wildcards"):
+                text = str(job.format_wildcards(text))
+            return f"{attr}:{text}:{_file_digest(_rule_file(rule, text))}"
     func = getattr(rule, "run_func", None)
     code = getattr(func, "__code__", None)
     if code is None or getattr(rule, "shellcmd", None):
         return ""
-    return f"run:{_code_digest(code)}"
+    return f"run:{_code_digest(code)}:{_sources_digest(rule)}"
+
+
+def _sources_digest(rule: Any) -> str:
+    """Every Snakefile the workflow included: a run: block may call helpers from any."""
+    workflow = getattr(rule, "workflow", None)
+    included = getattr(workflow, "included", None) or []
+    digests = []
+    for source in included:
+        try:
+            path = source.get_path_or_uri(secret_free=True)
+        except Exception:
+            path = str(source)
+        digests.append(_file_digest(Path(str(path))))
+    return _digest(digests)
+
+
+def _config(rule: Any) -> str:
+    workflow = getattr(rule, "workflow", None)
+    return _digest(_stable_deep(getattr(workflow, "config", None) or {}))
+
+
+def _stable_deep(value: Any) -> Any:
+    """Config as plain JSON-able data (nested dicts and lists, everything else as text)."""
+    if isinstance(value, dict):
+        return {str(k): _stable_deep(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_stable_deep(v) for v in value]
+    return value if isinstance(value, int | float | bool | type(None)) else str(value)
 
 
 def _rule_file(rule: Any, path: str) -> Path | None:

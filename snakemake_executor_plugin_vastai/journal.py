@@ -23,15 +23,17 @@ Schema (version 3; migrations only ever add tables and columns)
 ``meta(key TEXT PK, value TEXT)``
     ``schema_version``, ``workflow_id`` (random hex, created once),
     ``created_at``, ``workdir`` (the directory it was last used in: a copied
-    workflow directory is told apart from a moved one by it).
+    workflow directory is told apart from a moved one by it),
+    ``adopted_after_loss`` (present until the first reconcile when the journal
+    took its prefix over from a lost one: unknown labels are then its own).
 ``migrations(version INTEGER PK, name TEXT, applied_at REAL)``
     One row per schema migration applied, when.
 ``runs(id TEXT PK, started_at, ended_at, outcome, pid, hostname,
-snakemake_version, plugin_version, settings, pid_started_at)``
+snakemake_version, plugin_version, settings, pid_started_at, heartbeat_at)``
     One row per Snakemake invocation. ``ended_at`` stays NULL when the run
     crashed. ``settings`` is JSON of the non-secret executor settings.
-    ``pid``, ``hostname`` and ``pid_started_at`` are the run's lease
-    (``leases.py``).
+    ``pid``, ``hostname``, ``pid_started_at`` and ``heartbeat_at`` are the
+    run's lease (``leases.py``).
 ``jobs(id TEXT PK, run_id -> runs, snakemake_jobid, rule, fingerprint,
 attempt, state, created_at, updated_at, ended_at, label, instance_id,
 offer_id, machine_id, gpu_name, num_gpus, dph_total, ssh_host, ssh_port,
@@ -46,7 +48,7 @@ exit_code, log_path, last_error, resumed_from -> jobs, fingerprint_parts)``
 run_id -> runs, offer_id, machine_id, gpu_name, num_gpus, dph_total,
 geolocation, offer, ssh_host, ssh_port, host_key, requested_at, created_at,
 contacted_at, destroy_requested_at, destroyed_at, last_status,
-last_status_at, started_at, destroy_accepted_at)``
+last_status_at, started_at, destroy_accepted_at, claimed_by -> runs)``
     One row per instance label, written before the create call
     (``requested_at``); ``instance_id`` stays NULL until the API answers.
     ``offer`` is JSON of the offer facts. ``host_key`` is the instance's public
@@ -56,6 +58,8 @@ last_status_at, started_at, destroy_accepted_at)``
     ``destroy_accepted_at`` the time the first destroy request was accepted:
     costs run from the one to the other (falling back to ``created_at`` and
     ``destroyed_at`` where a fact is missing), as Vast.ai bills.
+    ``claimed_by`` is the run that took a dead run's instance over (to resume
+    or tear it down); it owns it from then on.
 ``strays(instance_id INTEGER PK, label, run_id -> runs, reason, dph_total,
 found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
     Instances listed with this workflow's prefix that no ``instances`` row
@@ -142,6 +146,7 @@ INSTANCE_MANAGED = frozenset(
         "offer",
     }
 )
+FREE_TEXT = frozenset({"last_error"})
 OFFER_FACTS = ("offer_id", "machine_id", "gpu_name", "num_gpus", "dph_total", "geolocation")
 
 
@@ -261,7 +266,11 @@ def m003_leases_and_strays(db: sqlite_utils.Database) -> None:
     """Run leases, fingerprint parts and stray instances.
 
     ``runs.pid_started_at`` (the process's start time) makes "this run is dead"
-    provable despite pid reuse, so a run never touches a live run's jobs.
+    provable despite pid reuse, and ``runs.heartbeat_at`` (refreshed while the run
+    lives) proves it on any host once it is old, so a run never touches a live
+    run's jobs. ``instances.claimed_by`` moves a dead run's instance to the run that
+    took it over (for resume or teardown), in one guarded update, so two live runs
+    never both act on it.
     ``jobs.fingerprint_parts`` (JSON, component -> short hash) lets a restart say
     *what* changed in a job it will not re-attach to. ``strays`` holds instances
     found with this workflow's prefix that no instance row owns (a duplicate from
@@ -269,6 +278,8 @@ def m003_leases_and_strays(db: sqlite_utils.Database) -> None:
     teardown is journaled like any other.
     """
     db.execute("ALTER TABLE runs ADD COLUMN pid_started_at REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN heartbeat_at REAL")
+    db.execute("ALTER TABLE instances ADD COLUMN claimed_by TEXT REFERENCES runs(id)")
     db.execute("ALTER TABLE jobs ADD COLUMN fingerprint_parts TEXT")
     db.execute(
         """CREATE TABLE strays (
@@ -347,6 +358,10 @@ class Journal:
         if fresh and re.fullmatch(r"[0-9a-f]{8}", kept) and kept != current:
             with self._lock:
                 self._conn.execute("UPDATE meta SET value = ? WHERE key = 'workflow_id'", [kept])
+                # The journal that knew this prefix's labels is lost: until a reconcile has
+                # looked, instances with the prefix that this journal does not know are ours.
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('adopted_after_loss', '1')")
             return kept
         if kept != current:
             fd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -989,21 +1004,38 @@ class Journal:
         )
 
     # -- who owns what (run leases) ---------------------------------------------------------
-    def run(self, run_id: str) -> dict | None:
-        rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
-        return rows[0] if rows else None
-
     def instance_owner_runs(self) -> dict[str, str]:
-        """label -> the run whose job last used the instance (a resume moves ownership)."""
-        owners = {
-            row["label"]: row["run_id"]
-            for row in self._rows("SELECT label, run_id FROM instances")
-        }
+        """label -> the run that owns the instance: the one that took it over, else the run
+        whose job last used it (a resume moves ownership), else the renting run."""
+        rows = self._rows("SELECT label, run_id, claimed_by FROM instances")
+        owners = {row["label"]: row["run_id"] for row in rows}
         for row in self._rows(
             "SELECT label, run_id FROM jobs WHERE label IS NOT NULL ORDER BY created_at, rowid"
         ):
             owners[row["label"]] = row["run_id"]
+        owners.update({row["label"]: row["claimed_by"] for row in rows if row["claimed_by"]})
         return owners
+
+    def take_over(self, label: str, run_id: str, *, from_runs: Collection[str]) -> bool:
+        """Make ``run_id`` the owner of a dead run's instance; False if another run was
+        quicker (then it is that run's to resume or destroy)."""
+        owner = self.instance_owner_runs().get(label)
+        if owner == run_id:
+            return True
+        if owner not in from_runs:
+            return False
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE instances SET claimed_by = ? WHERE label = ? AND "
+                f"(claimed_by IS NULL OR claimed_by IN ({_marks(from_runs)}))",
+                [run_id, label, *from_runs],
+            )
+            return cursor.rowcount == 1
+
+    def heartbeat(self, run_id: str) -> None:
+        """The run lives (see leases.py): other runs may not take its work."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [self._clock(), run_id])
 
     # -- where this journal lives --------------------------------------------------------
     def home(self) -> str | None:
@@ -1024,6 +1056,15 @@ class Journal:
         except OSError:
             return None
         return home if same else None
+
+    @property
+    def adopted_after_loss(self) -> bool:
+        """The prefix was taken over from a lost journal (see ``_adopt_workflow_id``)."""
+        return bool(self._rows("SELECT 1 FROM meta WHERE key = 'adopted_after_loss'"))
+
+    def clear_adopted_after_loss(self) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM meta WHERE key = 'adopted_after_loss'")
 
     def set_home(self, workdir: Path | str) -> None:
         with self._write() as db:
@@ -1068,7 +1109,10 @@ class Journal:
                 f"cannot set job column(s) {', '.join(unknown)}; "
                 f"settable: {', '.join(sorted(allowed))}"
             )
-        return {key: _plain(value) for key, value in fields.items()}
+        # Free text (an error message may quote a secret) is scrubbed; ids, labels and
+        # paths are stored as they are.
+        return {key: scrub(value) if key in FREE_TEXT and isinstance(value, str)
+                else _plain(value) for key, value in fields.items()}
 
     def _instance_facts(self, facts: Mapping[str, Any]) -> dict[str, Any]:
         allowed = self._instance_columns - INSTANCE_MANAGED
@@ -1206,8 +1250,10 @@ def _insert_transition(
 ) -> None:
     """The append-only row; encoding the detail here keeps a bad detail inside the
     transaction, so it aborts the state change too."""
-    text = detail if detail is None or isinstance(detail, str) else _to_json(detail)
-    text = None if text is None else scrub(text)
+    # A text is scrubbed; a dict is redacted before encoding (never the encoded JSON,
+    # which a registered short value could break).
+    text = scrub(detail) if isinstance(detail, str) else (
+        None if detail is None else _to_json(detail))
     _insert(
         db,
         "transitions",
@@ -1223,8 +1269,8 @@ def _insert_transition(
 
 def _insert(db: sqlite_utils.Database, table: str, **row: Any) -> None:
     """INSERT one row; table and column names come from this module, never from callers."""
-    values = [scrub(v) if isinstance(v, str) else v for v in row.values()]
-    db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({_marks(row)})", values)
+    db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({_marks(row)})",
+               list(row.values()))
 
 
 def _offer_facts(offer: Mapping[str, Any]) -> dict[str, Any]:
@@ -1274,10 +1320,8 @@ def _first(*values: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """Enum members (JobState) as their plain value, so SQLite stores text; strings
-    scrubbed of registered secrets (an error message may quote one)."""
-    value = value.value if isinstance(value, Enum) else value
-    return scrub(value) if isinstance(value, str) else value
+    """Enum members (JobState) as their plain value, so SQLite stores text."""
+    return value.value if isinstance(value, Enum) else value
 
 
 def _state(state: str) -> str:

@@ -865,13 +865,16 @@ def _refuse_copied(journal: Journal) -> None:
 
 
 def _refuse_while_running(journal: Journal, args: argparse.Namespace) -> None:
-    live = [run for run in journal.runs() if run_is_live(run)]
+    # Any run not provably dead may be using its instances, on this host or another.
+    live = [run for run in journal.runs() if not leases.is_provably_dead(run)]
     if live and not args.force and not args.dry_run:
         run = live[-1]
         raise CliError(
-            f"run {run['id']} (pid {run['pid']}) is still running: cleanup would destroy the "
-            "instances its jobs use. Stop snakemake first (it destroys what it rented), or "
-            "pass --force"
+            f"run {run['id']} (pid {run['pid']} on {run.get('hostname')}) is still running, or "
+            "cannot be proven dead: cleanup would destroy the instances its jobs use. Stop "
+            "snakemake first (it "
+            "destroys what it rented); a run that crashed on another host counts as running "
+            f"until its heartbeat is {leases.STALE_AFTER / 60:.0f} minutes old; or pass --force"
         )
 
 

@@ -9,9 +9,12 @@ Rules, for the listed instances whose label carries this workflow's prefix:
 - else one whose label names a row that never learnt an id (a create whose
   answer was lost) belongs to that row; if several carry that label, the
   lowest id does and the others are strays;
-- everything else is a **stray**: a duplicate of a journaled label, or a label
-  the journal does not know (journal lost) or marked gone before it appeared.
-  Strays are never adopted by a job; they are torn down.
+- everything else is a **stray**: a duplicate of a journaled label, a label this
+  journal marked "never created" before it appeared, or a label it does not
+  know at all. Strays are never adopted by a job. The first two kinds are this
+  journal's own and are torn down; an *unknown* label is only reported: another
+  directory can carry the same prefix (a copy whose original was renamed, an
+  rsync to another path), so only ``journal cleanup``, which asks, destroys it.
 
 Journal rows not known destroyed that no listed instance matches are **gone**.
 """
@@ -27,6 +30,7 @@ class Stray:
 
     listed: dict
     reason: str
+    known: bool = True  # False: the label is not in this journal (only reported)
 
     @property
     def instance_id(self) -> int:
@@ -46,8 +50,13 @@ class Matched:
     strays: list[Stray] = field(default_factory=list)
 
 
-def match(rows: list[dict], listing: list[dict], prefix: str) -> Matched:
-    """Classify ``listing`` against journal instance ``rows`` (all of them, destroyed too)."""
+def match(rows: list[dict], listing: list[dict], prefix: str, *,
+          unknown_are_ours: bool = False) -> Matched:
+    """Classify ``listing`` against journal instance ``rows`` (all of them, destroyed too).
+
+    ``unknown_are_ours``: the journal replaced a lost one under the same prefix, so a
+    label it does not know was rented by that lost journal's runs (a known stray).
+    """
     ours = sorted((r for r in listing if str(r.get("label") or "").startswith(prefix)),
                   key=lambda r: int(r["id"]))
     by_id = {int(r["instance_id"]): r for r in rows if r.get("instance_id") is not None}
@@ -67,7 +76,8 @@ def match(rows: list[dict], listing: list[dict], prefix: str) -> Matched:
                 out.strays.append(Stray(listed, f"label {label} was journaled as never created"))
                 continue
         if row is None:
-            out.strays.append(Stray(listed, f"label {label} is not in the journal"))
+            out.strays.append(Stray(listed, f"label {label} is not in this journal",
+                                    known=unknown_are_ours))
             continue
         out.alive[str(row["label"])] = (row, listed)
     for row in rows:

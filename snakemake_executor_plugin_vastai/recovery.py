@@ -95,17 +95,22 @@ class Recovery:
                        if owners.get(r["label"], r["run_id"]) in dead]
         first_run = len(journal.runs()) <= 1
         if not old_jobs and not maybe_alive and not journal.strays_possibly_alive() \
-                and not first_run:
+                and not first_run and not journal.adopted_after_loss:
             return
         found = self.run.api.list_instances(journal.label_prefix)
         # The journal is read after the listing: a live run journals a label before its
         # create call, so every instance in the listing has its row by now.
-        matched = listing.match(journal.instances(), found, journal.label_prefix)
+        matched = listing.match(journal.instances(), found, journal.label_prefix,
+                                unknown_are_ours=journal.adopted_after_loss)
         owners = journal.instance_owner_runs()
         alive = self._settle(matched, owners, dead)
         self._destroy_strays(matched.strays, owners, dead, found)
         handled: set[str] = set()
+        owners = journal.instance_owner_runs()
         for job in old_jobs:
+            if owners.get(job.get("label") or "", self.run.run_id) not in (*dead,
+                                                                          self.run.run_id):
+                continue  # another live run took this job's instance over first
             entry = alive.get(job.get("label") or "")
             claim = self._claim_for(job, entry)
             if claim is not None and self.policy == "resume" and job["fingerprint"] in scheduled:
@@ -117,6 +122,8 @@ class Recovery:
             if job.get("label"):
                 handled.add(job["label"])
         self._close_orphan_instances(alive, handled)
+        if journal.adopted_after_loss:  # the lost journal's leftovers are settled now
+            journal.clear_adopted_after_loss()
         self.run.log.info("reconciled earlier runs", unfinished_jobs=len(old_jobs),
                           live_instances=len(alive), kept_for_resume=len(self._claims),
                           policy=self.policy)
@@ -138,7 +145,8 @@ class Recovery:
 
     def _settle(self, matched: listing.Matched, owners: dict[str, str],
                 dead: set[str]) -> dict[str, tuple[dict, dict]]:
-        """Dead runs' rows: mark the unlisted gone, learn ids found by label; the living."""
+        """Dead runs' rows: mark the unlisted gone, learn ids found by label; the living
+        ones this run took over (``Journal.take_over``), to resume or tear down."""
         journal = self.run.journal
         for row in matched.gone:
             if owners.get(row["label"], row["run_id"]) in dead:
@@ -149,6 +157,9 @@ class Recovery:
         alive: dict[str, tuple[dict, dict]] = {}
         for label, (row, listed) in matched.alive.items():
             if owners.get(label, row["run_id"]) not in dead:
+                continue
+            # Journaled before acting, and only one live run wins it: the other leaves it.
+            if not journal.take_over(label, self.run.run_id, from_runs=dead):
                 continue
             if row.get("instance_id") is None:
                 journal.record_instance_created(label, int(listed["id"]))
@@ -161,6 +172,13 @@ class Recovery:
         """Instances no journal row owns: torn down, unless a live run's label (that run
         sweeps its own at its end)."""
         for stray in strays:
+            if not stray.known:
+                self.run.log.warning(
+                    "an instance carries this workflow's label prefix but is not in its "
+                    "journal (a copy of this directory elsewhere?); left alone. Destroy it "
+                    "with 'journal cleanup' if it is a leftover", instance=stray.instance_id,
+                    label=stray.label)
+                continue
             owner = owners.get(stray.label)
             if owner is not None and owner not in dead and owner != self.run.run_id:
                 continue

@@ -24,7 +24,7 @@ from typing import Any
 SECRET_KEY_RE = re.compile(r"key|token|secret|passw(or)?d|credential|auth", re.IGNORECASE)
 MASK = "***"
 NOT_SECRET_KEYS = frozenset({"label_prefix"})
-MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words
+MIN_SECRET_LENGTH = 8  # shorter values ("true", "json", a region) would mask ordinary text
 MIN_PART_LENGTH = 12
 
 
@@ -71,6 +71,17 @@ class SecretRegistry:
 
 
 SECRETS = SecretRegistry()
+CREDENTIAL_NAME_RE = re.compile(r"key|token|secret|passw(or)?d|credential|auth|connection_string"
+                                r"|sas", re.IGNORECASE)
+
+
+def add_environment(env: Mapping[str, str], declared: Iterable[str] = ()) -> None:
+    """Register forwarded variables' values as secrets: those with credential-like names
+    and those the workflow declared (``envvars:``, for tokens); not settings such as
+    ``AWS_DEFAULT_OUTPUT=json`` whose value is ordinary text."""
+    wanted = set(declared)
+    SECRETS.add(value for name, value in env.items()
+                if name in wanted or CREDENTIAL_NAME_RE.search(name))
 
 
 def scrub(text: str) -> str:

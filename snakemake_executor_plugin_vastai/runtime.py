@@ -1,18 +1,19 @@
-"""One Snakemake run's shared parts: journal, API, SSH key, watcher, job registry.
+"""One Snakemake run: the composition root of its parts, and its beginning and end.
 
-The executor (``__init__.py``) creates a :class:`Run` when Snakemake starts it
-and hands each job to a :class:`~.driver.JobDriver`. Everything a job step
-needs beyond its own model lives here: the offer claims shared between jobs
-(so concurrent jobs do not all race for the same cheapest offer), the run's
-source archive (built once), the per-job log files, and the cleanup that
-destroys whatever the run still holds when Snakemake stops.
+The executor (``__init__.py``) creates a :class:`Run` when Snakemake starts it.
+The run owns the journal, the API client, the SSH key and the status watcher,
+and builds from them the narrow ports each job step sees (``ports.py``: the
+offer market, the instances port, the job's own spec, a transport). A job's
+driver never reaches back into the run. The run also keeps the lease alive,
+settles what earlier runs left (``recovery.py``), and at its end tears down
+what it still holds and sweeps strays.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
-import shlex
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,21 +22,27 @@ from pathlib import Path
 from typing import Any
 
 from . import fingerprint as fingerprints
-from . import leases, listing, payload
+from . import leases, listing
 from .driver import JobDriver, JobModel, build_machine
+from .instances import Instances
+from .jobspec import JobSpec, Workspace
 from .journal import Journal
 from .keys import RunKey
 from .logs import SECRETS, PluginLogger
 from .machine import JobState
-from .offers import OfferRequest, OfferSettings, build_offer_request
+from .market import OfferMarket
+from .offers import OfferSettings
+from .ports import JobPorts
 from .recovery import Recovery, scheduled_fingerprints
-from .storage import StorageSetup, container_args, exit_token
+from .storage import StorageSetup
 from .teardown import Teardown
-from .vast import VastAPI, VastError
+from .transports import Transport
+from .transports.ssh import SshTransport
+from .transports.storage import StorageTransport
+from .vast import VastAPI
 from .watcher import InstanceWatcher
 
 LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
-LOG_LINES = 20000  # lines of an instance log fetched when a storage-mode job ends
 # Seconds a teardown may take before it gives up, leaving the instance journaled as pending
 # and the run failing with the cleanup command (the environment variable is for tests).
 CANCEL_WAIT = float(os.environ.get("SNAKEMAKE_VASTAI_CANCEL_WAIT") or 300.0)
@@ -92,25 +99,33 @@ class Run:
         self.log.open_events(self.events_path)
         self.api = VastAPI(api_key, settings.api_url, on_retry=self._api_retry)
         self.teardown = Teardown(self.api, self.journal, self.log)
-        self.teardown_wait = CANCEL_WAIT
         self.key_dir = workdir / ".snakemake" / "vastai" / "keys"
         self.key = RunKey.load_or_create(self.key_dir, self.run_id)
         self.watcher = InstanceWatcher(self.api, self.journal.label_prefix,
                                        settings.status_interval, on_error=self._watch_error)
+        # The narrow ports every job step sees (ports.py), instead of this object.
+        self.market = OfferMarket(self.api, self.journal, settings.offer_settings,
+                                  run_id=self.run_id, max_spend=settings.max_spend)
+        self.instances = Instances(self.api, self.watcher, self.teardown, self.key,
+                                   teardown_wait=CANCEL_WAIT)
+        self.workspace = Workspace(
+            workdir=workdir, job_command=hooks.job_command,
+            declared_envvars=hooks.declared_envvars, snakemake_version=hooks.snakemake_version,
+            forward_credentials=settings.forward_credentials,
+            credential_env=hooks.credential_env, write_source_archive=hooks.write_source_archive,
+            archive_path=workdir / ".snakemake" / "vastai" / f"sources-{self.run_id}.tar.xz")
         self.machine = build_machine()
-        self.remote_dir = payload.REMOTE_DIR
         self.storage = hooks.storage
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self, settings.on_restart)
-        self._untracked: list[threading.Thread] = []
         self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
-        self._claims: set[int] = set()
         self._lock = threading.Lock()
-        self._archive: Path | None = None
-        self._archive_lock = threading.Lock()
-        self._log_files: dict[str, Any] = {}
         self._closed = False
         self.watcher.start()
+        self._beating = threading.Event()
+        self._beat_thread = threading.Thread(target=self._heartbeat, name="vastai-heartbeat",
+                                             daemon=True)
+        self._beat_thread.start()
         atexit.register(self._at_exit)
 
     # -- jobs ---------------------------------------------------------------------
@@ -136,15 +151,29 @@ class Run:
                                       snakemake_jobid=job.jobid, fingerprint=fp,
                                       attempt=job.attempt, state=JobState.SEARCHING.value,
                                       log_path=str(log_path), fingerprint_parts=parts)
-        model = JobModel(job_id=job_id, run=self, snakemake_job=job, rule=rule,
-                         attempt=job.attempt, fingerprint=fp, log_path=str(log_path),
-                         claim=self.recovery.claim(fp), storage=self.storage is not None)
+        spec = JobSpec(self.workspace, job, rule=rule, fingerprint=fp, log_path=str(log_path),
+                       image=self.settings.image)
+        model = JobModel(job_id=job_id, ports=self.ports_for(spec), snakemake_job=job,
+                         rule=rule, attempt=job.attempt, fingerprint=fp,
+                         log_path=str(log_path), claim=self.recovery.claim(fp))
         if model.claim is not None:
             self.recovery.resumed += 1
         self.log.info("job submitted", job=job_id, rule=rule, attempt=job.attempt,
                       resuming=model.claim.job["id"] if model.claim else None)
         self._start(model, JobState.SEARCHING)
         return model
+
+    def ports_for(self, spec: JobSpec) -> JobPorts:
+        """What the job's steps may touch (see ports.py)."""
+        return JobPorts(run_id=self.run_id, journal=self.journal, market=self.market,
+                        instances=self.instances, spec=spec, settings=self.settings,
+                        log=self.log, transport=self._transport, on_end=self.job_ended)
+
+    def _transport(self, driver: JobDriver) -> Transport:
+        """Storage mode when Snakemake has a default storage provider, else SSH mode."""
+        if self.storage is not None:
+            return StorageTransport(driver, self.storage)
+        return SshTransport(driver)
 
     def _start(self, model: JobModel, state: JobState) -> JobDriver:
         self.machine.add_model(model, initial=state)
@@ -156,149 +185,34 @@ class Run:
 
     def close_old_job(self, row: dict, instance_id: int | None, label: str | None) -> None:
         """Drive an earlier run's unfinished job to cancelled, destroying its instance."""
-        model = JobModel(job_id=row["id"], run=self, snakemake_job=None, rule=row["rule"],
-                         attempt=int(row.get("attempt") or 1), fingerprint=row["fingerprint"],
-                         log_path=str(row.get("log_path") or ""), cancel_requested=True,
-                         instance_id=instance_id, label=label)
+        log_path = str(row.get("log_path") or "")
+        spec = JobSpec(self.workspace, None, rule=row["rule"], fingerprint=row["fingerprint"],
+                       log_path=log_path, image=self.settings.image)
+        model = JobModel(job_id=row["id"], ports=self.ports_for(spec), snakemake_job=None,
+                         rule=row["rule"], attempt=int(row.get("attempt") or 1),
+                         fingerprint=row["fingerprint"], log_path=log_path,
+                         cancel_requested=True, instance_id=instance_id, label=label)
         self._start(model, JobState(row["state"]))
 
     def destroy_untracked(self, instance_id: int, label: str | None = None,
                           stray: dict | None = None, reason: str = "") -> None:
         """Tear down an instance no job of this run drives (in the background)."""
-
-        def destroy() -> None:
-            if stray is not None:
-                self.teardown.destroy_stray(stray, reason)
-            else:
-                self.teardown.destroy(instance_id, label=label)
-
-        thread = threading.Thread(target=destroy, name=f"vastai-destroy-{instance_id}",
-                                  daemon=True)
-        self._untracked.append(thread)
-        thread.start()
+        self.instances.destroy_in_background(instance_id, label=label, stray=stray,
+                                             reason=reason)
 
     def job_ended(self, model: JobModel) -> None:
         """Called by a driver thread when its job reached a terminal state."""
         with self._lock:
-            handle = self._log_files.pop(model.job_id, None)
             if model.broken:
                 self.broken_jobs += 1
-        if handle is not None:
-            handle.close()
         self.machine.remove_model(model)
         if model.offer is not None:  # its machine may be rented again by a later job
-            self.release_offer(int(model.offer["id"]))
+            self.market.release(int(model.offer["id"]))
         level = "info" if model.state is JobState.SUCCEEDED else "warning"
         first_line = model.failure.splitlines()[0] if model.failure else None
         getattr(self.log, level)(f"job {model.state.value}", job=model.job_id, rule=model.rule,
                                  state=model.state.value, instance=model.instance_id,
                                  error=first_line)
-
-    # -- offers --------------------------------------------------------------------
-    def offer_request(self, model: JobModel) -> OfferRequest:
-        job = model.snakemake_job
-        excluded = self.journal.failed_machines(model.fingerprint)
-        return build_offer_request(self.settings.offer_settings, dict(job.resources),
-                                   int(job.threads or 1), rule=model.rule,
-                                   exclude_machines=excluded)
-
-    def spend_cap_reached(self) -> str | None:
-        """A message once --vastai-max-spend is used up by this run's instances."""
-        cap = self.settings.max_spend
-        if cap is None:
-            return None
-        _seconds, spent = self.journal.run_cost(self.run_id)
-        if spent < cap:
-            return None
-        return (f"--vastai-max-spend of ${cap:g} reached (this run's instances cost "
-                f"${spent:.4f}); no new instance is rented, running jobs finish")
-
-    def claim_offer(self, offer_id: int) -> bool:
-        """Reserve an offer for one job of this run; False if another job has it."""
-        with self._lock:
-            if offer_id in self._claims:
-                return False
-            self._claims.add(offer_id)
-            return True
-
-    def offer_claimed(self, offer_id: int) -> bool:
-        with self._lock:
-            return offer_id in self._claims
-
-    def claimed_count(self) -> int:
-        with self._lock:
-            return len(self._claims)
-
-    def release_offer(self, offer_id: int) -> None:
-        with self._lock:
-            self._claims.discard(offer_id)
-
-    def create_instance(self, offer: dict, label: str, model: JobModel) -> int:
-        request = self.offer_request(model)
-        if self.storage is not None:
-            # The container runs the job; credentials travel in its environment.
-            return self.api.create_instance(
-                int(offer["id"]), image=self.settings.image, disk_gb=request.storage_gb,
-                label=label, env=self.job_environment(model), runtype="args",
-                args=self.container_args(model, label))
-        return self.api.create_instance(
-            int(offer["id"]), image=self.settings.image, disk_gb=request.storage_gb,
-            label=label, onstart=self.onstart_script(),
-            runtype="ssh_direc ssh_proxy")
-
-    def onstart_script(self) -> str:
-        """Authorise our run key and keep Vast.ai's auto-tmux out of our SSH sessions."""
-        key = shlex.quote(self.key.public_line)
-        return ("mkdir -p ~/.ssh && chmod 700 ~/.ssh && "
-                f"echo {key} >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys && "
-                "touch ~/.no_auto_tmux")
-
-    def attach_key(self, instance_id: int) -> None:
-        self.api.attach_ssh_key(instance_id, self.key.public_line)
-
-    # -- what travels ----------------------------------------------------------------
-    def source_archive(self) -> Path | None:
-        """The workflow's source archive, built once per run (Snakemake's own format)."""
-        if self.hooks.write_source_archive is None:
-            return None
-        with self._archive_lock:
-            if self._archive is None:
-                target = self.workdir / ".snakemake" / "vastai" / f"sources-{self.run_id}.tar.xz"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self.hooks.write_source_archive(target)
-                self._archive = target
-            return self._archive
-
-    def shipment(self, model: JobModel) -> payload.Shipment:
-        return payload.shipment(model.snakemake_job.input, self.workdir, model.rule,
-                                self.source_archive())
-
-    def homecoming(self, model: JobModel, *, succeeded: bool) -> payload.Homecoming:
-        job = model.snakemake_job
-        return payload.homecoming(job.output, job.log, getattr(job, "benchmark", None),
-                                  self.workdir, model.rule, succeeded=succeeded)
-
-    def job_command(self, model: JobModel) -> str:
-        return payload.job_script(self.hooks.job_command(model.snakemake_job),
-                                  self.hooks.snakemake_version)
-
-    def container_args(self, model: JobModel, label: str) -> list[str]:
-        """Storage mode: the container command that deploys the sources and runs the job."""
-        assert self.storage is not None
-        return container_args(job_command=self.hooks.job_command(model.snakemake_job),
-                              deploy_command=self.storage.prepare_command(model.snakemake_job),
-                              mode=self.storage.mode,
-                              snakemake_version=self.hooks.snakemake_version,
-                              job_dir=self.remote_dir, token=exit_token(label))
-
-    def job_environment(self, model: JobModel) -> dict[str, str]:
-        env = payload.forwarded_environment(
-            os.environ, self.hooks.declared_envvars(),
-            forward_credentials=self.settings.forward_credentials)
-        if self.settings.forward_credentials:
-            env.update(self.hooks.credential_env)
-        SECRETS.add(env.values())
-        return env
 
     # -- logs ------------------------------------------------------------------------
     def _log_path(self, job: Any, rule: str) -> Path:
@@ -306,50 +220,13 @@ class Run:
         directory.mkdir(parents=True, exist_ok=True)
         return directory / f"{rule}.job{job.jobid}.attempt{job.attempt}.log"
 
-    def append_job_log(self, model: JobModel, chunk: bytes) -> None:
-        """Stream the remote job's output into its local log as it arrives."""
-        with self._lock:
-            handle = self._log_files.get(model.job_id)
-            if handle is None:
-                fd = os.open(model.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                handle = os.fdopen(fd, "ab", buffering=0)
-                self._log_files[model.job_id] = handle
-        handle.write(chunk)
-
-    def write_job_log(self, model: JobModel, text: str) -> None:
-        """Storage mode: the instance log, fetched whole at the end, is the job's log."""
-        with self._lock:
-            handle = self._log_files.pop(model.job_id, None)
-        if handle is not None:
-            handle.close()
-        fd = os.open(model.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text if text.endswith("\n") or not text else text + "\n")
-
-    # -- storage mode ------------------------------------------------------------------
-    @property
-    def output_check_interval(self) -> float:
-        """How often a running storage-mode job's outputs are looked for in the bucket."""
-        return max(3.0 * self.settings.status_interval, 1.0)
-
-    @property
-    def output_settle_seconds(self) -> float:
-        """Outputs present but no exit line: how long to wait for the job's own end."""
-        return max(10.0 * self.settings.status_interval, 5.0)
-
-    def outputs_present(self, model: JobModel) -> bool:
-        """True if the job has storage outputs and every one of them exists."""
-        if self.storage is None or model.snakemake_job is None:
-            return False
-        try:
-            return self.storage.outputs.all_present(model.snakemake_job.output) is True
-        except Exception as exc:  # any provider error: not (yet) known to be there
-            self.log.warning("cannot check the job's outputs in storage", job=model.job_id,
-                             error=f"{type(exc).__name__}: {exc}")
-            return False
-
-    def instance_log(self, instance_id: int) -> str:
-        return self.api.logs(instance_id, tail=LOG_LINES)
+    def _heartbeat(self) -> None:
+        """Keep the run's lease fresh (leases.py): other runs leave a beating run alone."""
+        while True:
+            with contextlib.suppress(Exception):  # best effort: a locked journal, say
+                self.journal.heartbeat(self.run_id)
+            if self._beating.wait(leases.HEARTBEAT_EVERY):
+                return
 
     def _api_retry(self, endpoint: str, reason: str, delay: float) -> None:
         self.log.info("API retry", endpoint=endpoint, reason=reason, wait=round(delay, 2),
@@ -364,8 +241,19 @@ class Run:
         """The scheduler is done: destroy unclaimed leftovers, wait for every job, sweep."""
         self.recovery.release_unclaimed()
         self.cancel_all()
-        self._join_untracked(CANCEL_WAIT)
+        self.instances.join(CANCEL_WAIT)
         self.sweep()
+        self._retry_pending()
+
+    def _retry_pending(self) -> None:
+        """Destroys that timed out earlier (a short API outage): one more try each, now."""
+        pending = dict(self.teardown.pending)
+        if not pending or self.settings.keep_instances:
+            return
+        self.teardown.give_up.clear()
+        deadline = time.monotonic() + min(CANCEL_WAIT, 60.0)
+        for iid, label in pending.items():
+            self.teardown.destroy(iid, label=label or None, deadline=deadline)
 
     def sweep(self) -> None:
         """End of run: strays carrying this run's labels (an instance a lost create answer
@@ -374,7 +262,7 @@ class Run:
             return
         try:
             found = self.api.list_instances(self.journal.label_prefix)
-        except VastError as exc:
+        except Exception as exc:  # a garbled answer too: the run must still close
             self.log.warning("end-of-run listing failed; strays, if any, are found by the "
                              "next run or 'journal cleanup'", error=str(exc))
             return
@@ -382,18 +270,13 @@ class Run:
         owners = self.journal.instance_owner_runs()
         runs = {run["id"]: run for run in self.journal.runs()}
         for stray in listing.match(rows, found, self.journal.label_prefix).strays:
+            if not stray.known:  # reported by the reconcile; another directory's maybe
+                continue
             owner = runs.get(owners.get(stray.label, ""))
             if owner is None or owner["id"] == self.run_id or leases.is_provably_dead(owner):
                 self.destroy_untracked(stray.instance_id, stray=stray.listed,
                                        reason=stray.reason)
-        self._join_untracked(CANCEL_WAIT)
-
-    def _join_untracked(self, wait: float) -> None:
-        deadline = time.monotonic() + wait
-        for thread in list(self._untracked):
-            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
-        if any(t.is_alive() for t in self._untracked):
-            self.teardown.give_up.set()
+        self.instances.join(CANCEL_WAIT)
 
     def cancel_all(self, wait: float = CANCEL_WAIT) -> None:
         """Cancel every job and wait until each has destroyed what it rented; past ``wait``
@@ -424,6 +307,7 @@ class Run:
             return None
         self._closed = True
         self.watcher.stop()
+        self._beating.set()
         pending = self.teardown.pending_message()
         if pending:
             outcome = f"{outcome}; teardown pending"
@@ -455,6 +339,11 @@ class Run:
                   if self.broken_jobs else "")
         pending = self.teardown.pending_ids()
         unconfirmed = f", {len(pending)} destroy(s) not confirmed" if pending else ""
+        if self.watcher.failures:
+            unconfirmed += f", {self.watcher.failures} instance listings failed"
+        if self.teardown.journal_failures:
+            unconfirmed += (f", {self.teardown.journal_failures} journal writes failed during "
+                            "teardown")
         return (f"run summary: {len(models)} jobs ({parts or 'none'}){broken}, "
                 f"{len(labels) - resumed} instances rented, {resumed} resumed, "
                 f"{seconds / 3600:.4f} instance-hours, ${dollars:.4f}{unconfirmed}")

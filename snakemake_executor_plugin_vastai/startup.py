@@ -8,8 +8,10 @@ resources, the API key and the API URL. Errors are Snakemake
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from .journal import (
 )
 from .logs import SECRETS, PluginLogger
 from .offers import OfferSettings
+from .redaction import add_environment
 from .runtime import Run, RunSettings, SnakemakeHooks
 from .storage import (
     OutputProbe,
@@ -182,7 +185,7 @@ def storage_preflight(workflow: Any, forward_credentials: bool
             check_storage(workflow, mode)
     except StorageCheckFailed as exc:
         raise WorkflowError(str(exc)) from None
-    SECRETS.add(credential_env.values())
+    add_environment(credential_env)
     return mode, credential_env
 
 
@@ -273,19 +276,37 @@ def open_journal(workdir: Path, log: PluginLogger) -> Journal:
     """The workflow's journal; a corrupt one is moved aside (never overwritten) with a
     warning, and so is one copied along with its workflow directory (see
     :func:`leave_copied_journal`)."""
-    journal = _open_journal(workdir, log)
-    here = str(workdir.resolve())
-    home = journal.copied_from(workdir)
-    if home is not None:
-        journal.close()
-        moved = leave_copied_journal(workdir)
-        log.warning(f"this workflow directory is a copy of {home} (same journal and label "
-                    "prefix): it gets a fresh label prefix, so the two never touch each "
-                    f"other's instances; the copied journal is kept at {moved}")
+    # Two runs starting together in a fresh copy must not both set the journal aside:
+    # the check, the move and the new home happen under one lock.
+    with _home_lock(workdir):
         journal = _open_journal(workdir, log)
-    if journal.home() != here:
-        journal.set_home(here)
+        here = str(workdir.resolve())
+        home = journal.copied_from(workdir)
+        if home is not None:
+            journal.close()
+            moved = leave_copied_journal(workdir)
+            log.warning(f"this workflow directory is a copy of {home} (same journal and label "
+                        "prefix): it gets a fresh label prefix, so the two never touch each "
+                        f"other's instances; the copied journal is kept at {moved}")
+            journal = _open_journal(workdir, log)
+        if journal.home() != here:
+            journal.set_home(here)
     return journal
+
+
+@contextlib.contextmanager
+def _home_lock(workdir: Path) -> Iterator[None]:
+    """An exclusive lock file beside the journal (released when the process dies)."""
+    import fcntl
+
+    directory = workdir / RELATIVE_PATH.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / "open.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _open_journal(workdir: Path, log: PluginLogger) -> Journal:

@@ -13,6 +13,10 @@ guarantees:
   absent), never because a request was accepted;
 - journal writes are best effort: a locked or full journal must not stop an
   instance from being destroyed (the failure is logged and counted);
+- destroy requests that meet while one is in flight go out together in one
+  bulk request (``vastai destroy instances``), so cancelling 200 jobs under a
+  per-endpoint rate limit costs a handful of requests, not 200; a lone destroy
+  goes out at once, alone;
 - it never gives up silently: when the caller stops waiting (``give_up``) the
   instance stays journaled as pending and is listed in :attr:`Teardown.pending`,
   which the run turns into a non-zero exit naming the ids and the command that
@@ -21,14 +25,15 @@ guarantees:
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .backoff import Backoff
 from .journal import Journal, JournalError
-from .vast import VastAPI, VastError
+from .outcomes import crash_point
+from .vast import VastAPI, VastError, VastUnavailable
 
 CLEANUP_COMMAND = "python -m snakemake_executor_plugin_vastai journal cleanup"
 BACKOFF_START = 1.0
@@ -50,6 +55,7 @@ class Teardown:
         self.journal_failures = 0
         self._lock = threading.Lock()
         self._sleep = sleep or self.give_up.wait
+        self._requests = DestroyRequests(api)
 
     # -- the teardown ---------------------------------------------------------------------
     def destroy(self, instance_id: int, *, label: str | None = None,
@@ -64,17 +70,18 @@ class Teardown:
             self.pending[instance_id] = label or ""
         self._journal("destroy intent", lambda j: j.record_destroy_requested(
             instance_id=instance_id))
-        delay = BACKOFF_START
+        backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX)
         while True:
             budget = self._budget(deadline)
             try:
-                self.api.destroy_instance(instance_id, budget=budget)
+                self._requests.request(instance_id, budget)
                 self._journal("destroy accepted",
                               lambda j: j.record_destroy_accepted(instance_id))
+                crash_point("after_destroy_request")
                 gone = self.api.show_instance(instance_id, budget=budget) is None
                 reason = "still listed after the destroy request"
-            except VastError as exc:
-                gone, reason = False, str(exc)
+            except Exception as exc:  # VastError, or an answer nobody could parse
+                gone, reason = False, f"{type(exc).__name__}: {exc}"
             if gone:
                 self._journal("destroyed", lambda j: j.record_instance_destroyed(
                     instance_id=instance_id))
@@ -88,20 +95,19 @@ class Teardown:
                 return False
             if on_retry is not None:
                 on_retry(reason)
-            self._sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, BACKOFF_MAX)
+            self._sleep(backoff.delay())
 
     def destroy_label(self, label: str, *, on_retry: Callable[[str], None] | None = None,
                       deadline: float | None = None) -> list[int]:
         """Destroy every instance carrying ``label`` (a create that may have rented although
         its id never came back); the ids destroyed. A failing lookup is retried: "not
         listed" is only believed from an answer."""
-        delay = BACKOFF_START
+        backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX)
         while True:
             try:
                 rows = self.api.find_all_by_label(label)
                 break
-            except VastError as exc:
+            except Exception as exc:  # VastError, or an answer nobody could parse
                 if self.give_up.is_set() or (deadline is not None
                                              and time.monotonic() > deadline):
                     self.log.error("cannot look the instance up by its label; it may bill",
@@ -111,8 +117,7 @@ class Teardown:
                     return []
                 if on_retry is not None:
                     on_retry(str(exc))
-                self._sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, BACKOFF_MAX)
+                self._sleep(backoff.delay())
         destroyed = []
         for row in rows:
             iid = int(row["id"])
@@ -177,3 +182,57 @@ class Teardown:
                 f"bill. The journal keeps them as pending: run '{CLEANUP_COMMAND}' in this "
                 "directory (or snakemake again) to finish, and check "
                 "https://console.vast.ai/instances/")
+
+
+class DestroyRequests:
+    """Destroy requests, batched only when they meet: while one request is in flight,
+    the ones that arrive wait and then go out together in one bulk request."""
+
+    def __init__(self, api: VastAPI) -> None:
+        self._api = api
+        self._cond = threading.Condition()
+        self._waiting: set[int] = set()
+        self._results: dict[int, BaseException | None] = {}
+        self._in_flight = False
+        self._bulk = True  # off for good once the bulk endpoint refuses outright
+
+    def request(self, instance_id: int, budget: float) -> None:
+        """Return once the API accepted a destroy covering ``instance_id``; raise its error."""
+        with self._cond:
+            self._waiting.add(instance_id)
+            while instance_id not in self._results and self._in_flight:
+                self._cond.wait()
+            ids = None
+            if instance_id not in self._results:  # nothing in flight: this call sends
+                ids, self._waiting = sorted(self._waiting), set()
+                self._in_flight = True
+        if ids is not None:
+            outcome = self._send(ids, budget)
+            with self._cond:
+                self._results.update(dict.fromkeys(ids, outcome))
+                self._in_flight = False
+                self._cond.notify_all()
+        with self._cond:
+            outcome = self._results.pop(instance_id, None)
+        if outcome is not None:
+            raise outcome
+
+    def _send(self, ids: list[int], budget: float) -> BaseException | None:
+        try:
+            if len(ids) == 1 or not self._bulk:
+                errors = []
+                for iid in ids:
+                    try:
+                        self._api.destroy_instance(iid, budget=budget)
+                    except Exception as exc:  # one id's error is everyone's retry
+                        errors.append(exc)
+                return errors[0] if errors else None
+            self._api.destroy_instances(ids, budget=budget)
+        except VastUnavailable as exc:
+            return exc
+        except VastError as exc:  # the bulk endpoint refused outright: singles from now
+            self._bulk = False
+            return exc
+        except Exception as exc:
+            return exc
+        return None

@@ -3,13 +3,17 @@
 Everything the plugin asks of Vast.ai goes through :class:`VastAPI`, which adds
 what the SDK leaves to its callers:
 
-- Retries with exponential backoff and jitter for transient answers (429, 5xx,
-  connection errors). The real service sends no ``Retry-After`` with its 429s,
-  so we pace ourselves: a 429 also pushes back every later call to the same
-  endpoint (shared by all job threads), which lowers our request rate during a
-  burst instead of hammering the API. A ``Retry-After`` header, when present,
-  is honoured. The retry budget is time-based (``retry_budget`` seconds) so a
-  job never fails on transient errors before the budget is spent.
+- Pacing: every call queues for a slot of its endpoint, one interval after the
+  call before it, shared by all job threads (``ratelimit.py``). The interval is
+  learned from the 429s (the real service sends no ``Retry-After``; its body
+  names the threshold), so a burst of jobs does not collide on the endpoint.
+- Retries with exponential backoff and jitter for transient answers (5xx,
+  connection errors); a 429 is retried at the endpoint's next slot. A
+  ``Retry-After`` header, when present, is honoured. The retry budget is
+  time-based (``retry_budget`` seconds) so a job never fails on transient
+  errors before the budget is spent.
+- Identical offer searches of concurrent jobs share one request
+  (``shared_search.py``).
 - Error mapping: a gone offer (``no_such_ask``) is :class:`OfferGone`; a bad
   key is :class:`VastAuthError`; an unreachable URL past the budget is
   :class:`VastUnavailable`. Messages never contain the API key.
@@ -21,14 +25,16 @@ The SDK is imported lazily, so ``snakemake --dry-run`` does not pay for it.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backoff import Backoff
+from .ratelimit import RateLimiter
 from .redaction import scrub
+from .shared_search import SharedSearches
 
 DEFAULT_URL = "https://console.vast.ai"
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -92,39 +98,6 @@ class _Transient(Exception):
 
 
 @dataclass
-class Pacer:
-    """Per-endpoint 'not before' times shared by all threads (429 back-off)."""
-
-    penalty: dict[str, float] = field(default_factory=dict)
-    not_before: dict[str, float] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def wait(self, endpoint: str, sleep: Callable[[float], None]) -> None:
-        """Sleep until this endpoint may be called again."""
-        with self.lock:
-            delay = self.not_before.get(endpoint, 0.0) - time.monotonic()
-        if delay > 0:
-            sleep(delay)
-
-    def throttled(self, endpoint: str, retry_after: float | None) -> None:
-        """Push the endpoint back: doubling penalty, or the server's own hint."""
-        with self.lock:
-            step = min(max(self.penalty.get(endpoint, 0.25) * 2, 0.5), 30.0)
-            self.penalty[endpoint] = step
-            wait = retry_after if retry_after is not None else step * random.uniform(0.8, 1.2)
-            self.not_before[endpoint] = max(self.not_before.get(endpoint, 0.0),
-                                            time.monotonic() + wait)
-
-    def succeeded(self, endpoint: str) -> None:
-        """Relax the penalty again after a success (additive decrease)."""
-        with self.lock:
-            if endpoint in self.penalty:
-                self.penalty[endpoint] = max(self.penalty[endpoint] / 2, 0.0)
-                if self.penalty[endpoint] < 0.05:
-                    del self.penalty[endpoint]
-
-
-@dataclass
 class CallStats:
     """Counts for logs and benchmarks: calls, retries and throttles per endpoint."""
 
@@ -152,7 +125,8 @@ class VastAPI:
         self._sleep = sleep
         self._sdk_obj: Any = None
         self._sdk_lock = threading.Lock()
-        self.pacer = Pacer()
+        self.pacer = RateLimiter()
+        self.searches = SharedSearches(self._search_now)
         self.stats = CallStats()
 
     def __repr__(self) -> str:
@@ -180,11 +154,14 @@ class VastAPI:
         ``in_doubt`` (for requests that are not idempotent) may turn a failed attempt
         into an error at once instead of a retry.
         """
-        deadline = time.monotonic() + (self.retry_budget if budget is None else budget)
-        backoff = 0.5
+        budget = self.retry_budget if budget is None else budget
+        backoff = Backoff(start=0.75, cap=30.0, jitter=0.67)  # 0.25-0.75 s, doubling
         attempt = 0
         while True:
-            self.pacer.wait(endpoint, self._sleep)
+            # This call's slot, one interval after the last; retries go first.
+            released = self.pacer.wait(endpoint, retry=attempt > 0)
+            if attempt == 0:  # queueing behind a burst is not failing: the budget starts now
+                deadline = released + budget
             self.stats.bump(self.stats.calls, endpoint)
             try:
                 result = _attempt(fn)
@@ -193,18 +170,16 @@ class VastAPI:
                 doubt = in_doubt(exc) if in_doubt is not None else None
                 if doubt is not None:
                     raise doubt from None
-                if exc.status == 429:
-                    self.pacer.throttled(endpoint, exc.retry_after)
+                if exc.status == 429:  # learn the interval; the next slot is the wait
+                    self.pacer.refused(endpoint, str(exc), exc.retry_after, released)
                 now = time.monotonic()
                 if now >= deadline:
-                    raise VastUnavailable(
-                        f"Vast.ai API at {self.url} kept failing for {endpoint} "
-                        f"({attempt} attempts over {self.retry_budget:.0f}s budget; last: {exc})"
-                    ) from None
-                delay = min(backoff * random.uniform(0.5, 1.5), 30.0, deadline - now)
+                    raise VastUnavailable(unavailable_message(self.url, endpoint, attempt,
+                                                              budget, exc)) from None
+                # After a 429 the limiter's next slot is the wait (ratelimit.py).
+                delay = 0.0 if exc.status == 429 else min(backoff.delay(), deadline - now)
                 if exc.retry_after is not None:
                     delay = min(max(delay, exc.retry_after), max(deadline - now, 0.0))
-                backoff = min(backoff * 2, 30.0)
                 self.stats.bump(self.stats.retries, endpoint)
                 if self._on_retry:
                     self._on_retry(endpoint, str(exc), delay)
@@ -219,12 +194,19 @@ class VastAPI:
         return self._call("users/current", lambda: self._sdk.show_user(), budget=20.0)
 
     def search_offers(self, query: dict, order: list, limit: int, storage_gb: float) -> list[dict]:
-        """Offers matching ``query``, best first per ``order``."""
+        """Offers matching ``query``, best first per ``order``, from a search shared with
+        the run's other jobs asking the same now (see shared_search: each starts at an
+        offer slice of its own)."""
+        return self.searches.search(query, order, limit, storage_gb)
+
+    def _search_now(self, query: dict, order: list, limit: Callable[[], int],
+                    storage_gb: float) -> list[dict]:
+        """One search request; ``limit()`` is read as the request is built."""
         from vastai.api import offers
 
         def run() -> list[dict]:
             q = dict(query)
-            return offers.search_offers(self._sdk.client, query=q, order=order, limit=limit,
+            return offers.search_offers(self._sdk.client, query=q, order=order, limit=limit(),
                                         storage=storage_gb, no_default=True)
 
         return self._call("bundles", run)
@@ -251,9 +233,11 @@ class VastAPI:
             if "new_contract" in answer and not answer.get("success", True):
                 # Vast.ai can refuse and still have made a (stopped) instance.
                 raise _Transient(f"create answered {_brief(answer)} with a new contract")
-            if not answer.get("success", True) or "new_contract" not in answer:
+            if answer.get("success") is False:  # a plain refusal: nothing was made
                 raise VastError(f"creating an instance from offer {offer_id} failed: "
                                 f"{_brief(answer)}")
+            if "new_contract" not in answer:  # an answer of the wrong shape: it may have
+                raise _Transient(f"garbled create answer: {_brief(answer)}")
             return int(answer["new_contract"])
 
         def in_doubt(exc: _Transient) -> VastError | None:
@@ -283,9 +267,17 @@ class VastAPI:
         rows: list[dict] = []
         params: dict[str, Any] = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}],
                                   "limit": PAGE_SIZE}
+        def fetch(p: dict) -> dict:
+            page = instances.show_instances_v1(self._sdk.client, p)
+            if not isinstance(page, dict) or not isinstance(page.get("instances", []), list):
+                raise _Transient("garbled listing: not a page of instances")
+            if any(not isinstance(r, dict) or r.get("id") is None
+                   for r in page.get("instances") or []):
+                raise _Transient("garbled listing: a row without an id")
+            return page
+
         while True:
-            page = self._call("instances/list", lambda p=dict(params):
-                              instances.show_instances_v1(self._sdk.client, p))
+            page = self._call("instances/list", lambda p=dict(params): fetch(p))
             rows.extend(page.get("instances") or [])
             token = page.get("next_token")
             if not token:
@@ -300,11 +292,6 @@ class VastAPI:
         answer followed by a retry can leave two)."""
         rows = [r for r in self.list_instances(label) if r.get("label") == label]
         return sorted(rows, key=lambda r: int(r["id"]))
-
-    def find_by_label(self, label: str) -> dict | None:
-        """The lowest-id instance carrying exactly this label, if any."""
-        rows = self.find_all_by_label(label)
-        return rows[0] if rows else None
 
     def show_instance(self, instance_id: int, budget: float | None = None) -> dict | None:
         """One instance's row, or None once it is gone."""
@@ -324,10 +311,33 @@ class VastAPI:
 
         self._call("instances/destroy", run, budget=budget)
 
+    def destroy_instances(self, instance_ids: list[int], budget: float | None = None) -> None:
+        """Destroy several instances in one request (``vastai destroy instances``). The
+        answer's shape is not documented: callers confirm each instance gone."""
+        from vastai.api import instances
+
+        ids = [int(i) for i in instance_ids]
+        self._call("instances/destroy_many",
+                   lambda: instances.destroy_instance(self._sdk.client, ids), budget=budget)
+
     def logs(self, instance_id: int, tail: int = 200) -> str:
         """The instance's container log (onstart/entrypoint output)."""
         return self._call("instances/logs",
                           lambda: self._sdk.logs(instance_id, tail=str(tail)), budget=30.0)
+
+
+def unavailable_message(url: str, endpoint: str, attempts: int, budget: float,
+                        last: Exception) -> str:
+    """Why a call gave up, naming the endpoint, and what the user can do about it."""
+    if getattr(last, "status", None) == 429:
+        cause = ("it kept answering 429 (too many requests): this API key's rate limit is "
+                 "shared with every other program using the key; stop those or use another "
+                 "key")
+    else:
+        cause = "check that Vast.ai is up and that this machine reaches it"
+    return (f"Vast.ai API at {url} kept failing for endpoint {endpoint!r} ({attempts} attempts "
+            f"over the {budget:.0f} s retry budget; last: {last}); {cause}, then rerun the "
+            "workflow: the journal keeps track of every instance this run rented")
 
 
 def _http_error() -> type[Exception]:
@@ -387,6 +397,9 @@ def _attempt(fn: Callable[[], Any]) -> Any:
         raise _Transient(str(exc)) from None
     except requests.RequestException as exc:  # e.g. InvalidHeader: its text may quote a key
         raise VastError(f"request failed: {type(exc).__name__}: {scrub(str(exc))}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        # The SDK parsing an answer of the wrong shape (JSON, but not what it expects).
+        raise _Transient(f"garbled answer: {type(exc).__name__}") from None
 
 
 def _retry_after(exc: Exception) -> float | None:

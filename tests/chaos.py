@@ -1,5 +1,11 @@
 """Chaos trials: SIGKILL Snakemake at a seeded random moment, restart, repeat until done.
 
+Each trial also meets one adversity class (``CLASSES``, by seed): lost API answers,
+destroys failing while the kill lands, a second run in the same directory, a locked
+journal, a full disk under the journal, the code changed between crash and restart, the
+directory copied after the crash. Outputs are compared with Snakemake's local executor
+on the same (final) Snakefile, and no job may be re-attached after its code changed.
+
 Shared by ``tests/test_chaos.py`` (20+ trials) and ``benchmarks/chaos.py``
 (200). One trial: a workflow of a few short jobs on a fresh simulator holding
 a foreign instance that belongs to no workflow. Run 1 is killed either after
@@ -13,25 +19,42 @@ killed again with some probability, until the workflow completes.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from snakemake_executor_plugin_vastai.driver import CRASH_ENV, CRASH_POINTS
+from snakemake_executor_plugin_vastai.simulator import sandbox
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 from tests.e2e import sim_env, snakemake_argv, write_workflow
 
 JOBS = 3
-SNAKEFILE = (f'rule all:\n    input: expand("out/o{{i}}.txt", i=range({JOBS}))\n'
-             'rule work:\n    output: "out/o{i}.txt"\n'
-             '    shell: "sleep 2; echo job{wildcards.i} > {output}"\n')
+TAG_LINE = 'TAG = "job"\n'
+SNAKEFILE = (TAG_LINE
+             + f'rule all:\n    input: expand("out/o{{i}}.txt", i=range({JOBS}))\n'
+             'rule work:\n    output: "out/o{i}.txt"\n    params: tag=TAG\n'
+             '    shell: "sleep 2; echo {params.tag}{wildcards.i} > {output}"\n'
+             'rule side:\n    output: "side.txt"\n    shell: "sleep 1; echo side > {output}"\n')
 MAX_RUNS = 6
+# What goes wrong besides the kill, one class per trial (seed % len): the kill alone; API
+# answers lost after the server acted; destroys failing while the kill lands; a second run
+# in the same directory; the journal locked by another process; the disk under the journal
+# full; the code changed between crash and restart; the directory copied after the crash.
+CLASSES = ("kill", "lost_answers", "failing_destroys", "concurrent_run", "locked_journal",
+           "full_disk", "changed_code", "copied_dir")
+LOST_MODES = ("reset", "truncate", "html")
 
 
 @dataclass
@@ -48,12 +71,15 @@ class TrialResult:
     extra_billed_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     last_outcome: str = ""
+    adversity: str = "kill"
+    stale_resumes: int = 0  # jobs re-attached although their code changed
+    skipped: bool = False  # the class cannot run here (full_disk without mount rights)
 
     @property
     def ok(self) -> bool:
         return (self.outputs_ok and self.leaked == 0 and not self.foreign_touched
                 and self.rented_after_restart == self.expected_rents_after_restart
-                and not self.errors)
+                and not self.errors and self.stale_resumes == 0)
 
 
 def _journal(wf: Path, sql: str) -> list[tuple]:
@@ -81,20 +107,29 @@ def _latest_run(wf: Path) -> tuple[set[str], int]:
 
 
 def _run(wf: Path, sim: Simulator, *extra: str, crash_at: str | None = None,
-         kill_after: float | None = None, timeout: float = 120) -> str:
-    """One snakemake run; returns how it ended: 'done', 'failed', 'killed', 'crashed'."""
-    env = sim_env(sim.api_key)
+         kill_after: float | None = None, timeout: float = 180,
+         env_extra: dict[str, str] | None = None, during: Any = None) -> str:
+    """One snakemake run; returns how it ended: 'done', 'failed', 'killed', 'crashed'.
+
+    ``during(proc)`` runs while the process runs (a second run, a journal lock ...)."""
+    env = sim_env(sim.api_key, **(env_extra or {}))
     if crash_at:
         env[CRASH_ENV] = crash_at
     proc = subprocess.Popen(snakemake_argv(sim.url, "--rerun-incomplete", *extra, jobs=JOBS),
                             cwd=wf, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    helper = threading.Thread(target=during, args=(proc,), daemon=True) if during else None
+    if helper is not None:
+        helper.start()
     try:
         proc.wait(timeout=kill_after if kill_after is not None else timeout)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return "killed"
+    finally:
+        if helper is not None:
+            helper.join(timeout=120)
     if proc.returncode == -signal.SIGKILL:
         return "crashed"
     return "done" if proc.returncode == 0 else "failed"
@@ -105,21 +140,60 @@ def _unlock(wf: Path, sim: Simulator) -> None:
                    env=sim_env(sim.api_key), capture_output=True, timeout=120)
 
 
-def run_trial(seed: int, root: Path) -> TrialResult:
+_ORACLE: dict[str, dict[str, str]] = {}
+_ORACLE_LOCK = threading.Lock()
+
+
+def expected_outputs(snakefile: str) -> dict[str, str]:
+    """The oracle: what Snakemake's local executor makes of the same Snakefile."""
+    with _ORACLE_LOCK:
+        if snakefile not in _ORACLE:
+            with tempfile.TemporaryDirectory(prefix="vastai-chaos-oracle-") as tmp:
+                (Path(tmp) / "Snakefile").write_text(snakefile)
+                subprocess.run([sys.executable, "-m", "snakemake", "all", "side.txt", "-c2"],
+                               cwd=tmp, check=True, capture_output=True, timeout=300)
+                _ORACLE[snakefile] = _outputs(Path(tmp))
+        return _ORACLE[snakefile]
+
+
+def _outputs(wf: Path) -> dict[str, str]:
+    found = [*sorted((wf / "out").glob("o*.txt")), wf / "side.txt"]
+    return {str(p.relative_to(wf)): p.read_text() for p in found if p.exists()}
+
+
+def _outputs_match(wf: Path, *, with_side: bool) -> bool:
+    expected = dict(expected_outputs((wf / "Snakefile").read_text()))
+    if not with_side:
+        expected.pop("side.txt", None)
+    got = _outputs(wf)
+    if not with_side:
+        got.pop("side.txt", None)
+    return got == expected
+
+
+def run_trial(seed: int, root: Path, adversity: str | None = None) -> TrialResult:
     """One trial; see the module docstring."""
     rng = random.Random(seed)
-    result = TrialResult(seed=seed)
+    adversity = adversity or CLASSES[seed % len(CLASSES)]
+    result = TrialResult(seed=seed, adversity=adversity)
     wf = write_workflow(root / f"trial{seed}", {"Snakefile": SNAKEFILE})
-    with Simulator(SimConfig(seed=seed, boot_delay=0.3)) as sim:
+    if adversity == "full_disk" and not sandbox.can_mount():
+        result.skipped = True
+        adversity = result.adversity = "kill"
+    with Simulator(SimConfig(seed=seed, boot_delay=0.3)) as sim, _small_disk(wf, adversity):
         sim.start()
         foreign = sim.create_foreign_instance(label="not-ours")
         crash_at = rng.choice(CRASH_POINTS) if rng.random() < 0.4 else None
         kill_after = None if crash_at else rng.uniform(0.5, 9.0)
-        outcome = _run(wf, sim, crash_at=crash_at, kill_after=kill_after)
+        run_kwargs = _adversity_first_run(adversity, wf, sim, rng, result)
+        outcome = _run(wf, sim, crash_at=crash_at, kill_after=kill_after, **run_kwargs)
         result.runs = 1
         last_kill = crash_at or f"t+{kill_after:.1f}s"
+        if outcome == "failed" and adversity in ("locked_journal", "full_disk"):
+            outcome = "crashed"  # a journal that refused writes may fail run 1; restart
         while outcome in ("killed", "crashed") and result.runs < MAX_RUNS:
             result.kills.append(last_kill)
+            _between_runs(adversity, wf, sim, result)
             _check_restart(wf, sim, rng, result)
             outcome, last_kill = result.last_outcome, "restart killed"
         if outcome == "failed":
@@ -132,16 +206,100 @@ def run_trial(seed: int, root: Path) -> TrialResult:
         theirs = next(i for i in truth["instances"] if i["id"] == foreign)
         result.foreign_touched = not theirs["alive"]
         result.extra_billed_seconds = sum(i["billed_seconds"] for i in ours)
-    result.outputs_ok = all(
-        (wf / f"out/o{i}.txt").exists() and (wf / f"out/o{i}.txt").read_text() == f"job{i}\n"
-        for i in range(JOBS))
+        result.outputs_ok = _outputs_match(wf, with_side=adversity == "concurrent_run")
     return result
 
 
+def _adversity_first_run(adversity: str, wf: Path, sim: Simulator, rng: random.Random,
+                         result: TrialResult) -> dict[str, Any]:
+    """Faults and companions of the first (killed) run."""
+    if adversity == "lost_answers":
+        sim.add_fault("answer_lost", endpoint="*", fraction=0.2, count=6,
+                      mode=rng.choice(LOST_MODES))
+    elif adversity == "failing_destroys":
+        sim.add_fault("api_status", code=503, endpoint="DELETE *", fraction=0.8, count=40)
+    elif adversity == "concurrent_run":
+        def second_run(_proc: subprocess.Popen) -> None:
+            time.sleep(rng.uniform(0.5, 3.0))
+            outcome = _run(wf, sim, "side.txt", timeout=180)
+            if outcome != "done" or (wf / "side.txt").read_text() != "side\n":
+                result.errors.append(f"the concurrent run ended {outcome}")
+        return {"during": second_run}
+    elif adversity == "locked_journal":
+        def hold_lock(_proc: subprocess.Popen) -> None:
+            time.sleep(rng.uniform(1.0, 5.0))
+            _hold_journal_lock(wf, rng.uniform(2.0, 5.0))
+        return {"during": hold_lock, "env_extra": {"SNAKEMAKE_VASTAI_JOURNAL_BUSY_TIMEOUT": "1"}}
+    elif adversity == "full_disk":
+        def fill(_proc: subprocess.Popen) -> None:
+            time.sleep(rng.uniform(1.0, 5.0))
+            _fill(wf / ".snakemake/vastai/filler")
+        return {"during": fill}
+    return {}
+
+
+def _between_runs(adversity: str, wf: Path, sim: Simulator, result: TrialResult) -> None:
+    """After a kill, before the restart: what the adversity changes."""
+    sim.clear_faults()
+    (wf / ".snakemake/vastai/filler").unlink(missing_ok=True)
+    if adversity == "changed_code" and TAG_LINE in (wf / "Snakefile").read_text():
+        (wf / "Snakefile").write_text(SNAKEFILE.replace(TAG_LINE, 'TAG = "JOB"\n'))
+        result.stale_resumes = -1  # judged after the next run (see _check_restart)
+    if adversity == "copied_dir" and not (wf.parent / f"{wf.name}-copy").exists():
+        copy = wf.parent / f"{wf.name}-copy"
+        shutil.copytree(wf, copy, ignore=shutil.ignore_patterns("filler"))
+        _unlock(copy, sim)
+        outcome = _run(copy, sim)
+        if outcome != "done" or not _outputs_match(copy, with_side=False):
+            result.errors.append(f"the copied directory's run ended {outcome}")
+
+
+def _hold_journal_lock(wf: Path, seconds: float) -> None:
+    """Another process's long write transaction on the journal."""
+    path = wf / ".snakemake/vastai/journal.sqlite"
+    if not path.exists():
+        return
+    db = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        time.sleep(seconds)
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+    finally:
+        db.close()
+
+
+def _fill(path: Path) -> None:
+    """Fill the small disk under the journal until it refuses."""
+    with contextlib.suppress(OSError), open(path, "wb") as out:
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+
+
+@contextlib.contextmanager
+def _small_disk(wf: Path, adversity: str) -> Iterator[None]:
+    """full_disk: the journal's directory on a 4 MiB tmpfs (filled during the run)."""
+    if adversity != "full_disk":
+        yield
+        return
+    target = wf / ".snakemake/vastai"
+    target.mkdir(parents=True, exist_ok=True)
+    mounted = sandbox.mount_small_disk(target, 4 * 1024 * 1024)
+    try:
+        yield
+    finally:
+        if mounted:
+            sandbox.unmount(target)
+
+
 def _check_restart(wf: Path, sim: Simulator, rng: random.Random, result: TrialResult) -> None:
-    """Restart after a kill: every live unfinished job must be resumed, the rest rented."""
+    """Restart after a kill: every live unfinished job must be resumed, the rest rented;
+    after a code change nothing may be resumed."""
     truth = sim.truth()
-    must_resume = _live_unfinished_jobs(wf, truth)
+    changed = result.stale_resumes == -1
+    must_resume = set() if changed else _live_unfinished_jobs(wf, truth)
     result.resumable_after_kill += len(must_resume)
     _unlock(wf, sim)
     kill_again = rng.random() < 0.25 and result.runs < 3
@@ -152,8 +310,12 @@ def _check_restart(wf: Path, sim: Simulator, rng: random.Random, result: TrialRe
     result.rented_after_restart += rented
     if outcome in ("killed", "crashed"):
         result.expected_rents_after_restart += rented  # judged again after the next restart
+        if changed:
+            result.stale_resumes = -1 if not _latest_run(wf)[0] else 1
         return
     resumed, ran = _latest_run(wf)
+    if changed:
+        result.stale_resumes = len(resumed)
     result.expected_rents_after_restart += ran - len(resumed)
     if not must_resume <= resumed:
         result.errors.append(f"not resumed: {sorted(must_resume - resumed)}")
@@ -171,7 +333,11 @@ def summarize(results: list[TrialResult]) -> dict:
         "rented_after_restart": sum(r.rented_after_restart for r in results),
         "re_rents_avoided": sum(r.resumable_after_kill for r in results),
         "billed_seconds_total": round(sum(r.extra_billed_seconds for r in results), 1),
-        "failures": [(r.seed, r.errors, r.kills) for r in results if not r.ok],
+        "stale_resumes": sum(max(r.stale_resumes, 0) for r in results),
+        "outputs_equal_to_local": sum(r.outputs_ok for r in results),
+        "by_class": {c: sum(1 for r in results if r.adversity == c) for c in CLASSES},
+        "skipped_full_disk": sum(r.skipped for r in results),
+        "failures": [(r.seed, r.adversity, r.errors, r.kills) for r in results if not r.ok],
     }
 
 
@@ -184,11 +350,12 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--only", choices=CLASSES, help="run every trial with this class")
     args = parser.parse_args()
     started = time.monotonic()
     with (tempfile.TemporaryDirectory(prefix="vastai-chaos-") as tmp,
           ThreadPoolExecutor(max_workers=args.workers) as pool):
-            results = list(pool.map(lambda n: run_trial(args.seed + n, Path(tmp)),
+            results = list(pool.map(lambda n: run_trial(args.seed + n, Path(tmp), args.only),
                                     range(args.trials)))
     report = summarize(results)
     report["seconds"] = round(time.monotonic() - started, 1)

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from snakemake_executor_plugin_vastai.driver import CRASH_POINTS
-from tests.chaos import run_trial, summarize
+from tests.chaos import CLASSES, run_trial, summarize
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
-TRIALS = 20
+TRIALS = 16  # two of each adversity class (chaos.CLASSES, chosen by seed)
 SEED = 1000
 
 
@@ -29,6 +29,10 @@ def test_chaos_trials_leak_nothing_lose_nothing_and_resume(tmp_path):
     assert report["leaks"] == 0
     assert report["foreign_touched"] == 0
     assert report["ok"] == TRIALS
+    assert report["stale_resumes"] == 0
+    assert report["outputs_equal_to_local"] == TRIALS
+    assert all(n == TRIALS // len(CLASSES) for n in report["by_class"].values()
+               ) or report["skipped_full_disk"]
     assert report["resumable_after_kill"] > 0  # the trials did exercise resume
     assert report["kills"] >= TRIALS
 
@@ -40,7 +44,7 @@ def test_every_crash_point_is_survived(tmp_path):
     def trial(point: str):
         seed = next(s for s in range(SEED, SEED + 10_000)
                     if _first_crash_point(random.Random(s)) == point)
-        return run_trial(seed, tmp_path)
+        return run_trial(seed, tmp_path, adversity="kill")
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(trial, CRASH_POINTS))

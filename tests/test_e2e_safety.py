@@ -65,7 +65,7 @@ def unlock(workdir: Path) -> None:
 
 
 # -- 1. a lost create answer ----------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["reset", "truncate", "html"])
+@pytest.mark.parametrize("mode", ["reset", "truncate", "html", "garbage"])
 def test_a_lost_create_answer_rents_once_and_leaks_nothing(tmp_path, simulator, mode):
     simulator.add_fault("answer_lost", endpoint="PUT */asks/*", count=1, mode=mode)
     wf = write_workflow(tmp_path / "wf", ONE_JOB)
@@ -114,7 +114,7 @@ def test_a_crash_while_destroying_is_finished_by_the_next_run(tmp_path, simulato
     simulator.add_fault("api_status", code=500, endpoint="DELETE *")
     wf = write_workflow(tmp_path / "wf", ONE_JOB)
     proc = start(wf, simulator.url, simulator.api_key)
-    assert wait_for(lambda: job_in_state(wf, "destroying"), timeout=120)
+    assert wait_for(lambda: job_in_state(wf, "destroying"), timeout=240)
     time.sleep(1.0)  # a destroy or two refused
     kill_hard(proc)
     assert len(alive(simulator.truth())) == 1
@@ -145,7 +145,7 @@ def test_a_destroy_never_confirmed_fails_the_run_naming_ids_and_the_command(tmp_
     cleanup = subprocess.run(
         [sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal", "cleanup", "--yes",
          "--api-url", simulator.url], cwd=wf, env=sim_env(simulator.api_key),
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=240)
     assert cleanup.returncode == 0, cleanup.stderr
     assert alive(simulator.truth()) == []
 
@@ -157,7 +157,7 @@ def test_a_journal_locked_by_another_process_still_destroys_the_instance(tmp_pat
     })
     env = sim_env(simulator.api_key, SNAKEMAKE_VASTAI_JOURNAL_BUSY_TIMEOUT="1")
     proc = start(wf, simulator.url, simulator.api_key, env=env)
-    assert wait_for(lambda: job_in_state(wf, "running"), timeout=120)
+    assert wait_for(lambda: job_in_state(wf, "running"), timeout=240)
     released = threading.Event()
 
     def hold_lock() -> None:  # another process's long write transaction
@@ -178,7 +178,7 @@ def test_a_journal_locked_by_another_process_still_destroys_the_instance(tmp_pat
 
 
 # -- 5. a malformed listing ---------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["truncate", "html"])
+@pytest.mark.parametrize("mode", ["truncate", "html", "garbage"])
 def test_malformed_listings_do_not_stop_status_tracking(tmp_path, simulator, mode):
     simulator.add_fault("answer_lost", endpoint="GET /api/v1/instances*", count=4, mode=mode)
     wf = write_workflow(tmp_path / "wf", ONE_JOB)
@@ -198,7 +198,7 @@ def test_a_changed_script_is_not_reattached_after_a_crash(tmp_path, simulator):
                            "open(snakemake.output[0], 'w').write('v1\\n')\n",
     }, track=["Snakefile", "scripts"])
     proc = start(wf, simulator.url, simulator.api_key)
-    assert wait_for(lambda: job_in_state(wf, "running"), timeout=120)
+    assert wait_for(lambda: job_in_state(wf, "running"), timeout=240)
     kill_hard(proc)
     assert len(alive(simulator.truth())) == 1
     (wf / "scripts/make.py").write_text("open(snakemake.output[0], 'w').write('v2\\n')\n")
@@ -210,6 +210,51 @@ def test_a_changed_script_is_not_reattached_after_a_crash(tmp_path, simulator):
     truth = simulator.truth()
     assert truth["created_count"] == 2
     assert alive(truth) == []
+
+
+def test_a_changed_config_is_not_reattached_after_a_crash(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'configfile: "config.yaml"\n'
+                     'rule make:\n    output: "out.txt"\n    script: "make.py"\n',
+        "make.py": "import time\ntime.sleep(5)\n"
+                   "open(snakemake.output[0], 'w').write(snakemake.config['word'] + '\\n')\n",
+        "config.yaml": "word: old\n",
+    }, track=["Snakefile", "make.py", "config.yaml"])
+    proc = start(wf, simulator.url, simulator.api_key)
+    assert wait_for(lambda: job_in_state(wf, "running"), timeout=240)
+    kill_hard(proc)
+    (wf / "config.yaml").write_text("word: new\n")
+    unlock(wf)
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--rerun-incomplete")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (wf / "out.txt").read_text() == "new\n"
+    assert "changed=config" in result.stderr
+    assert alive(simulator.truth()) == []
+
+
+def test_outputs_home_before_a_journal_failure_are_kept_and_reported_done(tmp_path,
+                                                                          simulator):
+    """The download finished, then the journal refused the next transition: the job's
+    result is home and must not be reported failed (Snakemake would delete it)."""
+    size = 40_000_000
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": f'rule big:\n    output: "big.bin"\n'
+                     f'    shell: "head -c {size} /dev/zero > {{output}}"\n',
+    })
+    env = sim_env(simulator.api_key, SNAKEMAKE_VASTAI_JOURNAL_BUSY_TIMEOUT="1")
+    proc = start(wf, simulator.url, simulator.api_key, env=env, jobs=1)
+    assert wait_for(lambda: job_in_state(wf, "downloading"), timeout=180, interval=0.02)
+    db = sqlite3.connect(wf / ".snakemake/vastai/journal.sqlite", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    assert wait_for(lambda: (wf / "big.bin").exists() and (wf / "big.bin").stat().st_size
+                    == size, timeout=120, interval=0.02)
+    time.sleep(3)  # the downloading -> destroying transition meets the lock
+    db.execute("ROLLBACK")
+    db.close()
+    out, _ = proc.communicate(timeout=240)
+    assert "Removing output files of failed job" not in out
+    assert (wf / "big.bin").stat().st_size == size
+    assert alive(simulator.truth()) == []
 
 
 # -- 7. secrets inside exception texts -------------------------------------------------------------

@@ -52,9 +52,10 @@ pytestmark = pytest.mark.e2e
 MATRIX_ROWS: list[tuple[str, str, str]] = [
     (
         "API throttling: HTTP 429, with or without `Retry-After`",
-        "Retries with jittered exponential backoff within a 300 s budget per call; a 429 also "
-        "slows every later call to that endpoint (all jobs share the pacing); a `Retry-After` "
-        "is honoured",
+        "Calls to each endpoint queue and leave one interval apart (all jobs share the "
+        "queue); the interval is learned from the 429's `threshold` and relaxes after a quiet "
+        "spell; a refused call is retried first, within a 300 s budget per call; a "
+        "`Retry-After` is honoured",
         "Nothing (`--verbose` shows `API retry` lines); the job succeeds",
     ),
     (

@@ -206,7 +206,9 @@ def injected(effect: ApiEffect, interval: float) -> Response:
     status = int(effect.status or 500)
     headers = {"Retry-After": effect.retry_after} if effect.retry_after is not None else {}
     if status == 429:
-        body: Any = {"detail": f"API requests too frequent endpoint threshold={interval or 1.0:g}"}
+        # Without a configured interval the fault models occasional throttling: the body
+        # states a short threshold (a client that learns from it must not crawl).
+        body: Any = {"detail": f"API requests too frequent endpoint threshold={interval or 0.2:g}"}
         return Response(status, body, headers=headers)
     if status in (502, 503, 504):
         return Response(status, gateway_page(status), "text/html", headers)
@@ -446,6 +448,10 @@ class App:
         if mode == "html":
             with contextlib.suppress(OSError):
                 h.send(Response(200, gateway_page(502), content_type="text/html"))
+            return True
+        if mode == "garbage":  # valid JSON, not what the endpoint answers
+            with contextlib.suppress(OSError):
+                h.send(Response(200, {"garbled": True, "instances": "none"}))
             return True
         if mode == "truncate":
             data = response.payload()

@@ -65,7 +65,8 @@ Service faults (no targeting; ``count`` limits how many requests they hit):
   server *does the work* (creates, destroys, lists), then the answer is lost on its way:
   ``reset`` drops the connection without a byte; ``truncate`` sends the headers and half
   the body, then drops it; ``html`` answers status 200 with a proxy's HTML page;
-  ``slow`` answers only after ``seconds`` (longer than the client's timeout, say).
+  ``garbage`` answers status 200 with JSON of the wrong shape; ``slow`` answers only
+  after ``seconds`` (longer than the client's timeout, say).
   Counted in the truth's ``rejected["answer_lost"]``.
 
 ``endpoint`` is an fnmatch glob tried against ``"METHOD /path"``, ``"/path"`` and the
@@ -119,7 +120,7 @@ SERVICE_KINDS: dict[str, dict[str, Any]] = {
     "answer_lost": {"endpoint": "*", "count": 1, "mode": "reset", "seconds": 0.0,
                     "fraction": 1.0},
 }
-LOST_MODES = ("reset", "truncate", "html", "slow")
+LOST_MODES = ("reset", "truncate", "html", "garbage", "slow")
 TARGETING = ("label_pattern", "next_n", "instance_id")
 BOOT_KINDS = frozenset({"boot_delay", "boot_hang", "boot_fatal"})
 VANISH_STATES = frozenset({"created", "loading", "running"})

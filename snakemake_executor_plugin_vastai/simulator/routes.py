@@ -56,6 +56,7 @@ class Endpoints:
             Route("GET", f"{v0}/instances/{{id}}/", self.show),
             Route("PUT", f"{v0}/instances/{{id}}/", self.update),
             Route("DELETE", f"{v0}/instances/{{id}}/", self.destroy),
+            Route("DELETE", f"{v0}/instances/", self.destroy_many),
             Route("POST", f"{v0}/instances/{{id}}/ssh/", self.attach_ssh),
             Route("GET", f"{v0}/ssh/", self.list_keys),
             Route("POST", f"{v0}/ssh/", self.add_key),
@@ -178,6 +179,15 @@ class Endpoints:
                 404, "no_such_instance", f"Instance {iid} not found or already destroyed."
             )
         return {"success": True, "msg": f"destroying instance {iid}."}
+
+    def destroy_many(self, req: Request) -> dict[str, Any]:
+        """``vastai destroy instances``: several ids in one call. The real answer's shape
+        is not documented; clients should confirm each instance gone, as ours does."""
+        ids = self._body(req).get("instance_ids")
+        if not isinstance(ids, list) or not ids:
+            raise HttpError(400, "invalid_args", "instance_ids must be a non-empty list")
+        done = [iid for iid in (_int(str(i)) for i in ids) if self.fleet.destroy(iid)]
+        return {"success": True, "destroyed": done}
 
     def reboot(self, req: Request) -> dict[str, Any]:
         self._instance(req).reboot()

@@ -372,3 +372,29 @@ def test_disk_full_gives_a_real_enospc(sim, key):
     assert key.run(port, "rm fill.bin; echo small > ok.txt && cat ok.txt")[1] == "small\n"
     api.destroy_instance(iid)
     wait_for(lambda: not truth_of(sim, iid)["alive"])
+
+
+@pytest.mark.parametrize("mode", ["reset", "truncate", "html", "garbage", "slow"])
+def test_answer_lost_after_the_create_was_done(sim, mode):
+    """The server rents, then its answer goes astray: the client cannot know it rented."""
+    sim.add_fault("answer_lost", endpoint="PUT */asks/*", mode=mode, seconds=2.0)
+    api = sdk(sim)
+    api.client.timeout = 0.5  # shorter than the slow answer
+    offer = cheapest(api)["id"]
+    expected = {
+        "reset": requests.ConnectionError,
+        "truncate": (requests.exceptions.ChunkedEncodingError, requests.ConnectionError),
+        "html": requests.exceptions.JSONDecodeError,
+        "slow": requests.Timeout,
+        "garbage": None,
+    }[mode]
+    if expected is None:  # an answer, but not one that says what was made
+        assert "new_contract" not in api.create_instance(offer, image=IMAGE, label="lost-answer")
+    else:
+        with pytest.raises(expected):
+            api.create_instance(offer, image=IMAGE, label="lost-answer")
+    truth = sim.truth()
+    assert truth["created_count"] == 1
+    assert [i["label"] for i in truth["instances"] if i["alive"]] == ["lost-answer"]
+    assert truth["rejected"]["answer_lost"] == 1
+    assert rent(api)  # count=1: the next answer arrives

@@ -1,0 +1,39 @@
+"""What one job's steps may touch: narrow ports, not the whole run.
+
+A :class:`~.driver.JobDriver` sees only its :class:`JobPorts`: the offer market
+(``market.py``), the instances API (``instances.py``), the journal, its own
+job spec (``jobspec.py``), the settings that bound its steps, a logger, and a
+transport factory (``transports/``: SSH mode or storage mode). ``runtime.py``
+builds them; tests build them from a simulator and a journal alone, without
+Snakemake (``tests/test_driver.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .instances import Instances
+    from .jobspec import JobSpec
+    from .journal import Journal
+    from .logs import PluginLogger
+    from .market import OfferMarket
+    from .runtime import RunSettings
+    from .transports import Transport
+
+
+@dataclass(frozen=True)
+class JobPorts:
+    """The narrow interfaces of one job."""
+
+    run_id: str
+    journal: Journal
+    market: OfferMarket
+    instances: Instances
+    spec: JobSpec
+    settings: RunSettings
+    log: PluginLogger
+    transport: Callable[[Any], Transport]  # made per job, with its driver
+    on_end: Callable[[Any], None] = lambda model: None  # the run's bookkeeping

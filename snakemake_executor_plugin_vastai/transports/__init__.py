@@ -1,0 +1,41 @@
+"""How a job's data and command reach its instance: one module per transfer mode.
+
+A transport is made per job (``for_job``) and does the mode-specific part of
+the job's steps; ``driver.py`` keeps the life cycle (search, rent, boot, tear
+down) that every mode shares. The machine table knows one thing about the mode:
+whether the SSH states are skipped (``skips_ssh``).
+
+- ``ssh.py``: the plugin ships sources and inputs over SSH, follows the job
+  and brings outputs home (the default).
+- ``storage.py``: data moves through a bucket; the container runs the job
+  itself and the plugin never opens SSH (a default storage provider is set).
+
+What a transport provides (duck-typed, see :class:`Transport`):
+
+``skips_ssh``                 storage mode: booting -> running -> destroying
+``launch(label)``             create-request fields (onstart or args, env, runtype)
+``prepare_boot(iid)``         before the instance boots (SSH: authorise our key)
+``ready(status, row)``        booted? -> (detail, journal fields) or None
+``after_boot(iid)``           once booted (SSH: stop listing it)
+``resume_status(claim)``      how far an earlier run's job got on a live instance
+``upload()`` / ``run()`` / ``download()``   the steps; each fires its trigger
+``close()``                   drop connections (cancel, end of job)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Transport(Protocol):
+    skips_ssh: bool
+
+    def launch(self, label: str) -> dict[str, Any]: ...
+    def prepare_boot(self, instance_id: int) -> None: ...
+    def ready(self, status: str, row: dict) -> tuple[dict, dict] | None: ...
+    def after_boot(self, instance_id: int) -> None: ...
+    def resume_status(self, claim: Any) -> Any: ...
+    def upload(self) -> None: ...
+    def run(self) -> None: ...
+    def download(self) -> None: ...
+    def close(self) -> None: ...

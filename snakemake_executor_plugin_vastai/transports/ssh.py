@@ -1,0 +1,275 @@
+"""SSH mode: sources and inputs go up over SSH, the job is followed, outputs come home.
+
+Everything here talks to the instance through ``remote.py`` (paramiko). SSH
+trouble is retried in place (reconnect with backoff within a budget) and shows
+in the journal as ``retry`` transitions; after a drop the follower resumes at
+exactly the bytes already written to the local log.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import payload
+from ..backoff import Backoff
+from ..outcomes import JobFailure, crash_point, disk_hint
+from ..recovery import resumable_state
+from ..remote import (
+    AllowedPaths,
+    Endpoint,
+    HostKeyMismatch,
+    RemoteError,
+    RemoteSession,
+    SSHUnavailable,
+    UnsafeArchive,
+)
+
+if TYPE_CHECKING:
+    from ..driver import JobDriver
+
+SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
+REMOTE_DIR = payload.REMOTE_DIR
+
+# What a dying link can raise from deep inside paramiko when the adapter did not
+# translate it: treated like SSHUnavailable (reconnect and retry within the budget).
+LINK_ERRORS: tuple[type[BaseException], ...] = (EOFError, ConnectionError, TimeoutError)
+
+
+def onstart_script(public_line: str) -> str:
+    """Authorise our run key and keep Vast.ai's auto-tmux out of our SSH sessions."""
+    key = shlex.quote(public_line)
+    return ("mkdir -p ~/.ssh && chmod 700 ~/.ssh && "
+            f"echo {key} >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys && "
+            "touch ~/.no_auto_tmux")
+
+
+class SshTransport:
+    """One job's SSH link to its instance."""
+
+    skips_ssh = False
+
+    def __init__(self, steps: JobDriver) -> None:
+        self.steps = steps
+        self.m = steps.m
+        self.p = steps.p
+        self.session: RemoteSession | None = None
+        self._lock = threading.Lock()
+
+    # -- renting and booting -------------------------------------------------------------
+    def launch(self, label: str) -> dict[str, Any]:
+        return {"onstart": onstart_script(self.p.instances.key.public_line),
+                "runtype": "ssh_direc ssh_proxy"}
+
+    def prepare_boot(self, instance_id: int) -> None:
+        self.p.instances.attach_key(instance_id)
+
+    def ready(self, status: str, row: dict) -> tuple[dict, dict] | None:
+        """Running and answering SSH (first contact pins the host key)."""
+        if status != "running":
+            return None
+        endpoint = ssh_endpoint(row)
+        if endpoint is None:
+            return None
+        self.m.endpoint = endpoint
+        try:
+            self._connect()
+        except SSHUnavailable:
+            return None
+        return ({"host": endpoint.host, "port": endpoint.port},
+                {"ssh_host": endpoint.host, "ssh_port": endpoint.port})
+
+    def after_boot(self, instance_id: int) -> None:
+        # From here SSH itself (the follower's heartbeat) says whether the host lives;
+        # the listing is consulted again only after SSH trouble.
+        self.p.instances.watcher.unwatch(instance_id)
+
+    def resume_status(self, claim: Any) -> Any:
+        """An earlier run's job on a live instance: its status over SSH (its key)."""
+        self.m.endpoint = ssh_endpoint(claim.row)
+        status = None
+        if claim.key is not None and self.m.endpoint is not None \
+                and claim.row.get("actual_status") == "running":
+            try:
+                status = self.with_ssh("re-attach", lambda s: s.job_status(REMOTE_DIR))
+            except JobFailure as exc:
+                self.steps.log("warning", "cannot re-attach over SSH; booting it again",
+                               error=str(exc))
+        self.m.remote_started, self.m.exit_code = resumable_state(status)
+        if not self.m.remote_started:
+            self.m.key = None  # the boot step authorises this run's key
+        return status
+
+    # -- the steps --------------------------------------------------------------------
+    def upload(self) -> None:
+        shipment = self.p.spec.shipment()
+        sent = self.with_ssh("upload", lambda s: s.upload(shipment.files, REMOTE_DIR))
+        self.steps.fire("uploaded", detail={"files": len(shipment.files), "bytes": sent})
+
+    def run(self) -> None:
+        timer = self._runtime_timer()
+        try:
+            self._run()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def download(self) -> None:
+        ok = self.m.exit_code == 0
+        back = self.p.spec.homecoming(succeeded=ok)
+        allowed = AllowedPaths(back.files, back.directories)
+        if back.paths:
+            try:
+                self.with_ssh("download", lambda s: s.download(
+                    REMOTE_DIR, back.paths, self.p.spec.workspace.workdir, allowed=allowed,
+                    max_bytes=self.p.settings.max_download_bytes))
+            except JobFailure:
+                if ok:
+                    raise
+                # the job failed anyway; missing logs must not hide its exit code
+        self.steps.finish_download(ok, len(back.paths))
+
+    def close(self) -> None:
+        with self._lock:
+            session, self.session = self.session, None
+        if session is not None:
+            session.close()
+
+    # -- running ----------------------------------------------------------------------
+    def _runtime_timer(self) -> threading.Timer | None:
+        """--vastai-max-runtime in SSH mode: break the follow when the time is up."""
+        cap = self.p.settings.max_runtime
+        if not cap or self.m.running_since is None:
+            return None
+        left = max(cap - (time.monotonic() - self.m.running_since), 0.0)
+
+        def time_up() -> None:
+            self.m.over_runtime = True
+            self.close()
+
+        timer = threading.Timer(left, time_up)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _run(self) -> None:
+        if not self.m.remote_started:
+            command = self.p.spec.command()
+            env = self.p.spec.environment()
+            tries = 0
+
+            def launch(session: RemoteSession) -> None:
+                nonlocal tries
+                tries += 1
+                # A retry after a lost answer: the first launch may have started the job
+                # (the instance has one job directory, so a job found there is ours).
+                if tries > 1 and session.job_status(REMOTE_DIR) != "absent":
+                    return
+                session.launch(REMOTE_DIR, command, env=env)
+
+            self.with_ssh("launch", launch)
+            self.m.remote_started = True
+            crash_point("after_launch")
+        end = self.with_ssh("run", self._follow)
+        if end.lost:
+            raise JobFailure(f"instance {self.m.instance_id}: the job's process "
+                                     "disappeared on the host (killed?) without an exit code")
+        self.m.exit_code = int(end.rc)
+        self.steps.fire("completed", detail={"exit_code": self.m.exit_code},
+                        exit_code=self.m.exit_code)
+
+    def _follow(self, session: RemoteSession) -> Any:
+        # The local log file is the authority on how far we got: after a drop
+        # the follower resumes at exactly the bytes already written.
+        return session.follow(REMOTE_DIR, offset=self.m.log_offset, on_output=self._log_bytes)
+
+    def _log_bytes(self, chunk: bytes) -> None:
+        self.p.spec.append_log(chunk)
+        self.m.log_offset += len(chunk)
+
+    # -- the link ---------------------------------------------------------------------
+    def _connect(self) -> RemoteSession:
+        iid = self.steps.instance_id()
+        assert self.m.endpoint is not None
+        journal = self.p.journal
+        pinned = journal.pinned_host_key(iid)
+        try:
+            session = RemoteSession.connect(self.m.endpoint,
+                                            (self.m.key or self.p.instances.key).pkey,
+                                            pinned_host_key=pinned,
+                                            timeout=self.p.settings.ssh_timeout)
+        except HostKeyMismatch as exc:
+            raise JobFailure(f"instance {iid}: {exc}; refusing to talk to it") from None
+        if pinned is None:
+            journal.record_instance_contact(iid, ssh_host=self.m.endpoint.host,
+                                            ssh_port=self.m.endpoint.port,
+                                            host_key=session.host_key)
+        with self._lock:
+            old, self.session = self.session, session
+        if old is not None:
+            old.close()
+        return session
+
+    def _session(self) -> RemoteSession:
+        with self._lock:
+            session = self.session
+        return session if session is not None else self._connect()
+
+    def with_ssh(self, what: str, action: Callable[[RemoteSession], Any]) -> Any:
+        """Run ``action``; on SSH trouble reconnect with backoff within the budget."""
+        steps = self.steps
+        deadline = time.monotonic() + SSH_RETRY_BUDGET
+        backoff = Backoff(start=0.5, cap=10.0)
+        while True:
+            steps.check_cancel()
+            try:
+                return action(self._session())
+            except (SSHUnavailable, *LINK_ERRORS) as exc:
+                self.close()
+                steps.check_cancel()
+                if self.m.over_runtime:
+                    raise JobFailure(steps.over_runtime_message()) from None
+                self.p.instances.watcher.watch(steps.instance_id())  # fresh listings now
+                self._check_instance_alive()
+                if self.m.offline_since is not None:  # the grace period decides
+                    deadline = max(deadline, time.monotonic() + 1.0)
+                reason = str(exc) or type(exc).__name__
+                if time.monotonic() > deadline:
+                    raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing "
+                                        f"during {what}: {reason}") from None
+                steps.fire("retry", detail=f"{what}: {reason}")
+                time.sleep(backoff.delay())
+            except UnsafeArchive as exc:
+                raise JobFailure(f"instance {self.m.instance_id}: {exc}") from None
+            except RemoteError as exc:
+                raise JobFailure(f"instance {self.m.instance_id}: {what} failed: {exc}"
+                                    f"{disk_hint(str(exc))}") from None
+
+    def _check_instance_alive(self) -> None:
+        """After an SSH failure: is the instance gone or offline for too long?"""
+        iid = self.steps.instance_id()
+        seen = self.p.instances.watcher.sighting(iid)
+        if seen is None:
+            return
+        if seen.row is None:
+            raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
+        status = str(seen.row.get("actual_status") or "")
+        self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
+
+
+def ssh_endpoint(row: dict) -> Endpoint | None:
+    """Direct SSH (public IP + mapped port 22) if offered, else the SSH proxy."""
+    ports = row.get("ports") or {}
+    direct = ports.get("22/tcp") if isinstance(ports, dict) else None
+    ip = row.get("public_ipaddr")
+    if direct and ip:
+        try:
+            return Endpoint(host=str(ip).strip(), port=int(direct[0]["HostPort"]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            pass
+    if row.get("ssh_host") and row.get("ssh_port"):
+        return Endpoint(host=str(row["ssh_host"]), port=int(row["ssh_port"]))
+    return None
