@@ -174,7 +174,9 @@ class Executor(RemoteExecutor):
         self.report_job_submission(SubmittedJobInfo(job=job, external_jobid=model.job_id))
 
     async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]):
+        from .checkpoints import bring_home
         from .redaction import scrub
+        from .storage import forget_stale_answers
 
         for info in active_jobs:
             driver = self.run.drivers.get(str(info.external_jobid))
@@ -185,6 +187,12 @@ class Executor(RemoteExecutor):
             if model.work_succeeded:
                 # Outputs are home; an unconfirmed destroy fails the run at shutdown
                 # instead (reporting an error here would make Snakemake delete them).
+                if self.run.storage is not None:
+                    forget_stale_answers(info.job)  # else directory() outputs look missing
+                    failure = await bring_home(info.job)
+                    if failure:
+                        self.report_job_error(info, msg=scrub(failure))
+                        continue
                 self.report_job_success(info)
             else:
                 # Snakemake appends its own sentence to msg without a separator.

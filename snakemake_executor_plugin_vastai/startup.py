@@ -17,7 +17,7 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
-from . import DEFAULT_IMAGE, __version__
+from . import DEFAULT_IMAGE, __version__, checkpoints
 from .deploy import Scope, apply_scope
 from .journal import (
     RELATIVE_PATH,
@@ -41,8 +41,10 @@ from .storage import (
     check_storage,
     credential_environment,
     deploy_command,
+    storage_cli_args,
     storage_mode,
 )
+from .storage_features import check_storage_features
 from .validation import (
     ConfigError,
     parse_image_reference,
@@ -180,6 +182,9 @@ def storage_preflight(workflow: Any, forward_credentials: bool
         credential_env = credential_environment(os.environ) if forward_credentials else {}
         mode = storage_mode(workflow)
         if mode is not None:
+            problem = check_storage_features(workflow)
+            if problem:
+                raise StorageCheckFailed(problem)
             check_storage(workflow, mode)
     except StorageCheckFailed as exc:
         raise WorkflowError(str(exc)) from None
@@ -192,10 +197,20 @@ def deploy_sources(workflow: Any, mode: StorageMode) -> StorageSetup:
     try:
         workflow.upload_sources()
         command = deploy_command(workflow)
+        storage_args = storage_cli_args(workflow)
+        local_prefix = checkpoints.remote_local_prefix(workflow, mode.provider)
     except Exception as exc:
         raise WorkflowError(f"uploading the workflow's sources to {mode.prefix} failed: "
                             f"{type(exc).__name__}: {exc}") from None
-    return StorageSetup(mode=mode, deploy_command=command, outputs=OutputProbe())
+
+    def checkpoint_fetch(job: Any) -> str:
+        if not checkpoints.may_consult(job):
+            return ""
+        return checkpoints.fetch_command(checkpoints.created_queries(workflow), local_prefix,
+                                         storage_args)
+
+    return StorageSetup(mode=mode, deploy_command=command, outputs=OutputProbe(),
+                        checkpoint_fetch=checkpoint_fetch)
 
 
 def validate_scheduled_jobs(workflow: Any) -> None:

@@ -24,7 +24,7 @@ import hashlib
 import re
 import shlex
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,13 @@ class StorageSetup:
     mode: StorageMode
     deploy_command: str
     outputs: OutputProbe
+    # a job's container line fetching the checkpoint outputs it may consult (checkpoints.py)
+    checkpoint_fetch: Callable[[Any], str] = lambda job: ""
+
+    def prepare_command(self, job: Any) -> str:
+        """Deploy the sources, then fetch checkpoint outputs (evaluated per job)."""
+        return "\n".join(line for line in (self.deploy_command, self.checkpoint_fetch(job))
+                         if line)
 
 
 class StorageCheckFailed(Exception):
@@ -204,11 +211,15 @@ def _google_credentials_lines() -> str:
 def deploy_command(workflow: Any) -> str:
     """Snakemake's own command that fetches and unpacks the run's source archive."""
     archive = workflow.source_archive
+    return (f"python -m snakemake --deploy-sources {shlex.quote(archive.query)} "
+            f"{shlex.quote(archive.checksum)} {storage_cli_args(workflow)}").rstrip()
+
+
+def storage_cli_args(workflow: Any) -> str:
+    """The storage options Snakemake gives its remote jobs, as one shell fragment."""
     factory = workflow.spawned_job_args_factory
     storage_args = " ".join(a for a in factory.get_storage_provider_args() if a)
-    return (f"python -m snakemake --deploy-sources {shlex.quote(archive.query)} "
-            f"{shlex.quote(archive.checksum)} {factory.get_default_storage_provider_args()} "
-            f"{storage_args}").rstrip()
+    return f"{factory.get_default_storage_provider_args()} {storage_args}".strip()
 
 
 # -- credentials ------------------------------------------------------------------------------
@@ -253,6 +264,8 @@ class OutputProbe:
 
     Storage plugins share one client per provider (boto3 resources are not
     thread-safe), and every job thread asks, so the questions are serialised.
+    Each question goes to a fresh storage object (see :func:`fresh_object`): asking
+    the job's own objects while the job runs would plant "not there" memos in them.
     """
 
     def __init__(self) -> None:
@@ -266,7 +279,53 @@ class OutputProbe:
             return None
         with self._lock:
             for obj in objects:
-                if not obj.exists():
+                if not fresh_object(obj).exists():
                     return False
         return True
+
+
+# -- what the local Snakemake believes about a remote job's outputs ------------------------
+def fresh_object(obj: Any) -> Any:
+    """A new storage object for the same query, with nothing memoised.
+
+    Storage objects may remember what they learned (the S3 plugin remembers
+    "not a directory" the first time it finds no key under a prefix, and never
+    asks again). Built exactly as Snakemake builds one when it applies wildcards.
+    """
+    return type(obj)(query=obj.query, provider=obj.provider, keep_local=obj.keep_local,
+                     retrieve=obj.retrieve)
+
+
+def storage_products(job: Any) -> list[Any]:
+    """Every storage-backed output, benchmark and log file of a job or of each job of a
+    group (a group's inner files too: each member job's postprocessing checks its own)."""
+    members = getattr(job, "jobs", None) or [job]
+    products = []
+    for member in members:
+        products.extend(member.products(include_logfiles=True))
+    return [f for f in products if getattr(f, "is_storage", False)]
+
+
+def forget_stale_answers(job: Any) -> int:
+    """Give each storage product of a finished remote job a fresh storage object.
+
+    The local Snakemake asked about these files before the job ran (building
+    the DAG) and memos from then say "absent" or "not a directory". Under the
+    local executor the job's own upload corrects them (the storing object learns
+    what it stored); in storage mode the upload happened in another process on
+    another machine, so the memos must be dropped before Snakemake checks the
+    outputs, or a ``directory()`` output is reported missing although it is in
+    the bucket. Returns how many objects were renewed.
+    """
+    renewed = 0
+    for iofile in storage_products(job):
+        try:
+            fresh = fresh_object(iofile.storage_object)
+        except Exception:  # a plugin built differently: keep its object, as before
+            continue
+        iofile.flags["storage_object"] = fresh
+        fresh._iofile = iofile  # the back-reference Snakemake itself keeps
+        renewed += 1
+    return renewed
+
 

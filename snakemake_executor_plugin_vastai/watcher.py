@@ -45,6 +45,7 @@ class InstanceWatcher:
         self._generation = 0
         self._listed_at = 0.0
         self._watched: dict[int, int] = {}  # instance id -> generation when watching began
+        self._in_flight = False  # a listing request is out (it may predate a new instance)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -69,7 +70,10 @@ class InstanceWatcher:
     def watch(self, instance_id: int) -> None:
         """Start following an instance; the next tick comes promptly."""
         with self._cond:
-            self._watched.setdefault(instance_id, self._generation)
+            # A listing already on its way may have been taken before this instance
+            # existed: its silence must not read as "vanished", so it does not count.
+            since = self._generation + (1 if self._in_flight else 0)
+            self._watched.setdefault(instance_id, since)
         self._wake.set()
 
     def unwatch(self, instance_id: int) -> None:
@@ -110,9 +114,13 @@ class InstanceWatcher:
             self._wake.clear()
 
     def _tick(self) -> None:
+        with self._cond:
+            self._in_flight = True
         try:
             rows = by_id(self._api.list_instances(self._prefix))
         except Exception as exc:  # any answer at all must not end the watcher
+            with self._cond:
+                self._in_flight = False
             self.failures += 1
             self.failing_since = self.failing_since or time.monotonic()
             if self._on_error:
@@ -121,6 +129,7 @@ class InstanceWatcher:
             return
         self.failing_since = None
         with self._cond:
+            self._in_flight = False
             self._rows = rows
             self._generation += 1
             self._listed_at = time.monotonic()

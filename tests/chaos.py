@@ -86,8 +86,11 @@ def _journal(wf: Path, sql: str) -> list[tuple]:
     path = wf / ".snakemake/vastai/journal.sqlite"
     if not path.exists():
         return []
-    with sqlite3.connect(path) as db:
-        return db.execute(sql).fetchall()
+    try:
+        with sqlite3.connect(path, timeout=30) as db:
+            return db.execute(sql).fetchall()
+    except sqlite3.Error:  # a journal never created (a full disk at start)
+        return []
 
 
 def _live_unfinished_jobs(wf: Path, truth: dict) -> set[str]:
@@ -101,7 +104,10 @@ def _live_unfinished_jobs(wf: Path, truth: dict) -> set[str]:
 
 def _latest_run(wf: Path) -> tuple[set[str], int]:
     """(jobs the latest run resumed, number of jobs it ran)."""
-    run = _journal(wf, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1")[0][0]
+    runs = _journal(wf, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1")
+    if not runs:
+        return set(), 0
+    run = runs[0][0]
     rows = _journal(wf, f"SELECT resumed_from FROM jobs WHERE run_id = '{run}'")
     return {r[0] for r in rows if r[0]}, len(rows)
 

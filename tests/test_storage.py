@@ -134,9 +134,19 @@ def test_google_credentials_come_from_the_variable_or_gcloud_defaults(tmp_path):
 
 
 def test_output_probe_needs_every_storage_output():
+    present = {"s3://b/yes": True, "s3://b/no": False}
+
+    class Obj:  # built again per question (fresh_object), as Snakemake builds one
+        def __init__(self, query, provider=None, keep_local=False, retrieve=True):
+            self.query, self.provider = query, provider
+            self.keep_local, self.retrieve = keep_local, retrieve
+
+        def exists(self):
+            return present[self.query]
+
     def out(exists: bool, storage: bool = True):
         return SimpleNamespace(is_storage=storage,
-                               storage_object=SimpleNamespace(exists=lambda: exists))
+                               storage_object=Obj("s3://b/yes" if exists else "s3://b/no"))
 
     probe = OutputProbe()
     assert probe.all_present([out(True), out(True)]) is True

@@ -46,7 +46,7 @@ class StorageTransport:
     # -- renting and booting ----------------------------------------------------------
     def launch(self, label: str) -> dict[str, Any]:
         args = container_args(job_command=self.p.spec.snakemake_command(),
-                              deploy_command=self.storage.deploy_command,
+                              deploy_command=self.storage.prepare_command(self.p.spec.job),
                               mode=self.storage.mode,
                               snakemake_version=self.p.spec.workspace.snakemake_version,
                               job_dir=ssh.REMOTE_DIR, token=exit_token(label))
