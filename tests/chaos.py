@@ -20,6 +20,7 @@ killed again with some probability, until the workflow completes.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import signal
@@ -55,6 +56,7 @@ MAX_RUNS = 6
 CLASSES = ("kill", "lost_answers", "failing_destroys", "concurrent_run", "locked_journal",
            "full_disk", "changed_code", "copied_dir")
 LOST_MODES = ("reset", "truncate", "html")
+LOGS_ENV = "VASTAI_CHAOS_LOGS"  # a directory: every run's output is kept there
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TrialResult:
     last_outcome: str = ""
     adversity: str = "kill"
     stale_resumes: int = 0  # jobs re-attached although their code changed
+    changed_at: float | None = None  # changed_code: when the Snakefile was changed
     skipped: bool = False  # the class cannot run here (full_disk without mount rights)
 
     @property
@@ -93,13 +96,23 @@ def _journal(wf: Path, sql: str) -> list[tuple]:
         return []
 
 
-def _live_unfinished_jobs(wf: Path, truth: dict) -> set[str]:
-    """Journaled jobs not yet over whose instance is alive: the next run must resume them."""
+def _live_unfinished_jobs(wf: Path, truth: dict, started_after: float | None = None) -> set[str]:
+    """Journaled jobs not yet over whose instance is alive: the next run must resume them
+    (only those started after ``started_after``, the moment the code changed)."""
     live = {i["label"] for i in truth["instances"] if i["alive"] and not i["foreign"]}
-    rows = _journal(wf, "SELECT id, label FROM jobs j WHERE label IS NOT NULL AND state NOT IN "
-                        "('succeeded','failed','cancelled','destroying') AND NOT EXISTS "
-                        "(SELECT 1 FROM jobs later WHERE later.resumed_from = j.id)")
-    return {job for job, label in rows if label in live}
+    rows = _journal(wf, "SELECT id, label, created_at FROM jobs j WHERE label IS NOT NULL AND "
+                        "state NOT IN ('succeeded','failed','cancelled','destroying') AND NOT "
+                        "EXISTS (SELECT 1 FROM jobs later WHERE later.resumed_from = j.id)")
+    return {job for job, label, created in rows
+            if label in live and (started_after is None or created > started_after)}
+
+
+def _stale_resumes(wf: Path, changed_at: float) -> int:
+    """Jobs of the latest run that re-attached to a job started before the code changed."""
+    rows = _journal(wf, "SELECT count(*) FROM jobs j JOIN jobs old ON old.id = j.resumed_from "
+                        "WHERE j.run_id = (SELECT id FROM runs ORDER BY started_at DESC "
+                        f"LIMIT 1) AND old.created_at < {changed_at!r}")
+    return int(rows[0][0]) if rows else 0
 
 
 def _latest_run(wf: Path) -> tuple[set[str], int]:
@@ -121,9 +134,13 @@ def _run(wf: Path, sim: Simulator, *extra: str, crash_at: str | None = None,
     env = sim_env(sim.api_key, **(env_extra or {}))
     if crash_at:
         env[CRASH_ENV] = crash_at
+    out: Any = subprocess.DEVNULL
+    if os.environ.get(LOGS_ENV):  # keep each run's output to look into a failing trial
+        logs = Path(os.environ[LOGS_ENV])
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / f"{wf.name}-{time.time():.3f}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(snakemake_argv(sim.url, "--rerun-incomplete", *extra, jobs=JOBS),
-                            cwd=wf, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=wf, env=env, stdout=out, stderr=subprocess.STDOUT)
     helper = threading.Thread(target=during, args=(proc,), daemon=True) if during else None
     if helper is not None:
         helper.start()
@@ -250,7 +267,7 @@ def _between_runs(adversity: str, wf: Path, sim: Simulator, result: TrialResult)
     (wf / ".snakemake/vastai/filler").unlink(missing_ok=True)
     if adversity == "changed_code" and TAG_LINE in (wf / "Snakefile").read_text():
         (wf / "Snakefile").write_text(SNAKEFILE.replace(TAG_LINE, 'TAG = "JOB"\n'))
-        result.stale_resumes = -1  # judged after the next run (see _check_restart)
+        result.changed_at = time.time()  # jobs started before this may not be resumed
     if adversity == "copied_dir" and not (wf.parent / f"{wf.name}-copy").exists():
         copy = wf.parent / f"{wf.name}-copy"
         shutil.copytree(wf, copy, ignore=shutil.ignore_patterns("filler"))
@@ -304,8 +321,8 @@ def _check_restart(wf: Path, sim: Simulator, rng: random.Random, result: TrialRe
     """Restart after a kill: every live unfinished job must be resumed, the rest rented;
     after a code change nothing may be resumed."""
     truth = sim.truth()
-    changed = result.stale_resumes == -1
-    must_resume = set() if changed else _live_unfinished_jobs(wf, truth)
+    changed = result.changed_at is not None
+    must_resume = _live_unfinished_jobs(wf, truth, started_after=result.changed_at)
     result.resumable_after_kill += len(must_resume)
     _unlock(wf, sim)
     kill_again = rng.random() < 0.25 and result.runs < 3
@@ -314,14 +331,12 @@ def _check_restart(wf: Path, sim: Simulator, rng: random.Random, result: TrialRe
     result.last_outcome = outcome
     rented = sim.truth()["created_count"] - truth["created_count"]
     result.rented_after_restart += rented
+    if changed:  # a resume of a job started before the code changed returns old code
+        result.stale_resumes += _stale_resumes(wf, result.changed_at)
     if outcome in ("killed", "crashed"):
         result.expected_rents_after_restart += rented  # judged again after the next restart
-        if changed:
-            result.stale_resumes = -1 if not _latest_run(wf)[0] else 1
         return
     resumed, ran = _latest_run(wf)
-    if changed:
-        result.stale_resumes = len(resumed)
     result.expected_rents_after_restart += ran - len(resumed)
     if not must_resume <= resumed:
         result.errors.append(f"not resumed: {sorted(must_resume - resumed)}")
@@ -339,7 +354,7 @@ def summarize(results: list[TrialResult]) -> dict:
         "rented_after_restart": sum(r.rented_after_restart for r in results),
         "re_rents_avoided": sum(r.resumable_after_kill for r in results),
         "billed_seconds_total": round(sum(r.extra_billed_seconds for r in results), 1),
-        "stale_resumes": sum(max(r.stale_resumes, 0) for r in results),
+        "stale_resumes": sum(r.stale_resumes for r in results),
         "outputs_equal_to_local": sum(r.outputs_ok for r in results),
         "by_class": {c: sum(1 for r in results if r.adversity == c) for c in CLASSES},
         "skipped_full_disk": sum(r.skipped for r in results),
