@@ -61,6 +61,10 @@ def test_issue13_case_in_storage_mode(case: Case, tmp_path, simulator,
     message = STORAGE_MODE_ENDINGS.get(case.name, ({}, ""))[1]
     assert message in result.local.output and message in result.remote.output, \
         result.explain()
+    if case.name == "group_temp":  # the one ignored path: stored locally, never by vastai
+        held = {side: s3_server.keys(f"diff-{side}-group-temp") for side in ("local", "vastai")}
+        assert "wf/tmp/inner.txt" in held["local"], held
+        assert "wf/tmp/inner.txt" not in held["vastai"], held
 
 
 def test_every_skip_names_a_catalogued_case():
