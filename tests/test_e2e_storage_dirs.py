@@ -60,19 +60,12 @@ rule copy:
 }
 
 
-def _git_quoting_failure(stderr: str) -> bool:
-    """git's quoted-path listing (``"data/my file \\303\\251.txt"``) taken as a file name."""
-    return "FileNotFoundError" in stderr and "\\303" in stderr
-
-
 def test_file_names_with_spaces_and_non_ascii(tmp_path, simulator, s3_server):  # noqa: F811
     bucket = new_bucket(s3_server)
     s3_server.put(bucket, f"wf/{ODD}", b"odd bytes\n")  # inputs live in the bucket
     wf = write_workflow(tmp_path / "wf", ODD_NAMES, track=["Snakefile", ODD])
     result = run_snakemake(wf, simulator.url, simulator.api_key, "out/résumé copy.txt",
                            *storage_args(s3_server, bucket), env=s3_env(simulator.api_key))
-    if result.returncode != 0 and _git_quoting_failure(result.stderr):
-        pytest.xfail("needs issue-13's NUL-separated git parsing")
     assert result.returncode == 0, result.stderr[-4000:]
     assert s3_server.read(bucket, "wf/out/résumé copy.txt") == b"odd bytes\n"
     truth = simulator.truth()
