@@ -204,6 +204,10 @@ class Recovery:
         """A live instance not re-attached: name what changed, if the job is scheduled."""
         if entry is None or self.policy != "resume":
             return
+        if entry[0].get("destroy_requested_at") is not None:
+            self.run.log.info("finishing an earlier run's requested destroy", rule=job["rule"],
+                              old_job=job["id"], instance=entry[0].get("instance_id"))
+            return
         old = _parts(job)
         for parts in scheduled.values():
             if old and parts.get("identity") == old.get("identity"):

@@ -100,9 +100,13 @@ def _live_unfinished_jobs(wf: Path, truth: dict, started_after: float | None = N
     """Journaled jobs not yet over whose instance is alive: the next run must resume them
     (only those started after ``started_after``, the moment the code changed)."""
     live = {i["label"] for i in truth["instances"] if i["alive"] and not i["foreign"]}
+    # A job whose instance already has a destroy requested (a torn-down job thread) is
+    # finished off, not resumed.
     rows = _journal(wf, "SELECT id, label, created_at FROM jobs j WHERE label IS NOT NULL AND "
                         "state NOT IN ('succeeded','failed','cancelled','destroying') AND NOT "
-                        "EXISTS (SELECT 1 FROM jobs later WHERE later.resumed_from = j.id)")
+                        "EXISTS (SELECT 1 FROM jobs later WHERE later.resumed_from = j.id) "
+                        "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.label = j.label "
+                        "AND i.destroy_requested_at IS NOT NULL)")
     return {job for job, label, created in rows
             if label in live and (started_after is None or created > started_after)}
 
