@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 TWO_TARGETS = {
     "Snakefile": 'rule slow:\n    output: "slow.txt"\n'
-                 '    shell: "sleep 8; echo slow > {output}"\n'
+                 '    shell: "sleep 20; echo slow > {output}"\n'
                  'rule quick:\n    output: "quick.txt"\n    shell: "echo quick > {output}"\n',
 }
 
