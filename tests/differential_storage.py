@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.differential import lay_out
-from tests.differential_cases import Case
+from tests.differential_cases import CHECKPOINT, Case
 from tests.e2e import alive, snakemake_argv
 from tests.test_e2e_storage import s3_env
 
@@ -77,33 +77,8 @@ rule listing:
     },
     "checkpoint_directory": {
         "promise": "a checkpoint whose output is a directory() decides the rest of the DAG",
-        "files": {
-            "Snakefile": '''\
-import os
-
-rule all:
-    input: "merged.txt"
-
-checkpoint split:
-    output: directory("parts")
-    shell: "mkdir -p {output} && for i in 1 2 3; do echo part$i > {output}/p$i.txt; done"
-
-rule upper:
-    input: "parts/{i}.txt"
-    output: "upper/{i}.txt"
-    shell: "tr a-z A-Z < {input} > {output}"
-
-def parts(wildcards):
-    out = checkpoints.split.get().output[0]
-    names = glob_wildcards(os.path.join(out, "{i}.txt")).i
-    return expand("upper/{i}.txt", i=sorted(names))
-
-rule merge:
-    input: parts
-    output: "merged.txt"
-    shell: "cat {input} > {output}"
-''',
-        },
+        # issue 13's checkpoint workflow, run here in storage mode (and in CI)
+        "files": dict(CHECKPOINT.files),
         "targets": ["merged.txt"],
         "slow": False,
         "rents": 5,
