@@ -39,7 +39,7 @@ STATE_COLOURS = {
 FALLBACK_COLOUR = "#f06292"  # a state this version does not know, drawn all the same
 FAILED_COLOUR = "#c62828"
 
-GUTTER = 560  # px of row labels left of the chart
+GUTTER = 632  # px of row labels left of the chart
 CHART = 900  # px of time axis
 AXIS = 34  # px above the first row
 MIN_BREAK = 60.0  # seconds: a shorter quiet stretch is drawn to scale
@@ -204,8 +204,8 @@ def render_svg(timeline: Timeline) -> str:
     return "\n".join(parts)
 
 
-COLUMNS = [("INSTANCE", 6), ("JOBS", 86), ("GPU", 250), ("REGION", 380), ("$/H", 490),
-           ("COST", 552)]  # x of each label column; the last two are right-aligned
+COLUMNS = [("INSTANCE", 6), ("JOBS", 86), ("GPU", 256), ("REGION", 390), ("$/H", 546),
+           ("COST", 608)]  # x of each label column; the last two are right-aligned
 
 
 def header_row(row_h: int) -> str:
@@ -254,8 +254,9 @@ def ticks(seg: Segment, origin: float) -> list[float]:
     per_second = px / span
     step = next((s for s in TICK_STEPS if s * per_second >= MIN_TICK_PX), TICK_STEPS[-1])
     first = origin + step * -(-(seg.t0 - origin) // step)
+    last = seg.t1 - (MIN_TICK_PX / 2) / per_second  # keep labels clear of the next break
     out, t = [], first
-    while t <= seg.t1:
+    while t <= last:
         out.append(t)
         t += step
     return out
@@ -306,7 +307,7 @@ def labels_svg(row: Row, baseline: int) -> str:
         instance,
         _clip(jobs, 26),
         _clip(row.gpu or "-", 20),
-        _clip(row.region or "-", 17),
+        _clip(row.region or "-", 20),
         "-" if row.dph is None else f"${row.dph:.3f}",
         tables.money(row.billed_dollars) if row.instance_id is not None else "-",
     ]
