@@ -163,7 +163,8 @@ def totals_html(totals: dict) -> str:
     ]
     cells = "".join(
         f'<div><dt>{escape(label)}</dt><dd data-total="{key}" data-value="{totals[key]!r}"'
-        f'{" class=failed" if key == "jobs" and failed else ""}>{escape(text)}</dd></div>'
+        f'{f" data-failed={failed!r} class=failed" if key == "jobs" and failed else ""}>'
+        f'{escape(text)}</dd></div>'
         for key, label, text in items
     )
     return f'<dl id="totals">{cells}</dl>'
