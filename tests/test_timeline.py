@@ -300,3 +300,22 @@ def test_timeline_default_path_is_beside_the_journal(large, capsys):
     out = capsys.readouterr().out
     path = large.journal.parent / f"timeline-{large.run}.html"
     assert out.startswith(f"wrote {path}:") and path.is_file()
+
+
+# -- the demo --------------------------------------------------------------------------------
+@pytest.mark.e2e
+def test_the_demo_ends_by_writing_its_timeline(tmp_path, capsys):
+    demo = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "demo",
+                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=240)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "0 still alive" in demo.stdout
+    line = next(x for x in demo.stdout.splitlines() if x.startswith("Timeline:"))
+    path = Path(line.split()[1])
+    assert path.is_file() and path.parent == tmp_path / "demo/.snakemake/vastai"
+    journal = path.parent / "journal.sqlite"
+    shown = page(path, journal, path.stem.removeprefix("timeline-"), {})
+    cost = journal_cost(capsys, journal, shown.run)
+    assert totals(shown)["dollars"] == cost["dollars"] and totals(shown)["jobs"] == 6
+    expected = expected_spans(journal, shown.run)
+    for job, spans in expected.items():
+        assert drawn_spans(shown.svg, job) == sorted(spans), job
