@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,11 @@ def chromium() -> str:
 
 def screenshot(page: Path, out: Path, *, width: int = 1560, height: int = 700) -> Path:
     """Open ``page`` from disk, without network, and write what it shows as a PNG."""
-    profile = out.parent / f"{out.stem}-profile"
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        return _shoot(page, out, profile, width, height)
+
+
+def _shoot(page: Path, out: Path, profile: str, width: int, height: int) -> Path:
     argv = [
         chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
         "--no-first-run", f"--user-data-dir={profile}", f"--window-size={width},{height}",
