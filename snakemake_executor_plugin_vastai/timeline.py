@@ -94,6 +94,7 @@ class Row:
     billed: tuple[float, float] | None  # the instance's billing clock, start to end
     jobs: list[JobView]
     spans: list[Span]
+    rented_by_run: str | None = None  # an earlier run's instance: its cost counts there
 
     @property
     def start(self) -> float:
@@ -142,7 +143,7 @@ def build(journal: Journal, wanted_run: str | None = None, *, now: float | None 
 def totals(run_id: str, jobs: list[dict], instances: list[dict]) -> dict[str, Any]:
     """The header's figures; instance-hours and dollars are ``journal cost``'s for the run."""
     own = [row for row in instances if row["run_id"] == run_id]
-    renters = {row["job_id"] for row in instances if row["instance_id"] is not None}
+    created = {row["label"]: row for row in instances if row["instance_id"] is not None}
     cost = _total(own)
     return {
         "jobs": len(jobs),
@@ -152,15 +153,10 @@ def totals(run_id: str, jobs: list[dict], instances: list[dict]) -> dict[str, An
         "instance_hours": cost["instance_hours"],
         "dollars": cost["dollars"],
         "boots_avoided": sum(
-            1 for job in jobs if job.get("label") and job["id"] not in renters
-            and _served(job)
+            1 for job in jobs
+            if job.get("label") in created and created[job["label"]]["job_id"] != job["id"]
         ),
     }
-
-
-def _served(job: dict) -> bool:
-    """The job got as far as an instance (its label names one that really existed)."""
-    return job.get("instance_id") is not None
 
 
 def job_spans(transitions: list[dict], view_end: float) -> list[Span]:
@@ -275,6 +271,7 @@ def _instance_row(instance: dict, jobs: list[dict], spans: dict[str, list[Span]]
         billed=billed,
         jobs=[_job_view(job, instance) for job in jobs],
         spans=bars,
+        rented_by_run=None if since is None else instance["run_id"],
     )
 
 

@@ -310,7 +310,7 @@ def labels_svg(row: Row, baseline: int) -> str:
         _clip(row.gpu or "-", 20),
         _clip(row.region or "-", 20),
         "-" if row.dph is None else f"${row.dph:.3f}",
-        tables.money(row.billed_dollars) if row.instance_id is not None else "-",
+        _row_cost(row),
     ]
     details = "\n".join(
         f"{job.name} (job {job.id}, attempt {job.attempt}): {job.state}"
@@ -325,6 +325,9 @@ def labels_svg(row: Row, baseline: int) -> str:
         cls = ' class="failed"' if name == "JOBS" and failed else ""
         texts.append(f'<text x="{x}" y="{baseline}"{anchor}{cls}>{escape(value)}</text>')
     title = f"instance {instance} ({row.key})\n{details}"
+    if row.rented_by_run:
+        title += (f"\nrented by run {row.rented_by_run}: its cost (in parentheses) counts "
+                  "in that run's totals")
     return f'<g class="labels"><title>{escape(title)}</title>{"".join(texts)}</g>'
 
 
@@ -347,6 +350,13 @@ def span_svg(span: Span, jobs: dict, y: int, row_h: int, scale: TimeScale,
         f'height="{row_h - 2 * pad - 2}" fill="{colour(span.state)}">'
         f"<title>{escape(title)}</title></rect>"
     )
+
+
+def _row_cost(row: Row) -> str:
+    if row.instance_id is None:
+        return "-"
+    money = tables.money(row.billed_dollars)
+    return f"({money})" if row.rented_by_run else money
 
 
 def _seconds(seconds: float) -> str:

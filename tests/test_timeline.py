@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from snakemake_executor_plugin_vastai import timeline_svg
-from snakemake_executor_plugin_vastai.journal import TERMINAL_STATES
+from snakemake_executor_plugin_vastai.journal import TERMINAL_STATES, Journal
 from snakemake_executor_plugin_vastai.journal_cli import main
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 from tests import browser, png, timeline_journal
@@ -319,3 +319,48 @@ def test_the_demo_ends_by_writing_its_timeline(tmp_path, capsys):
     expected = expected_spans(journal, shown.run)
     for job, spans in expected.items():
         assert drawn_spans(shown.svg, job) == sorted(spans), job
+
+
+# -- a job re-attached to an earlier run's instance ------------------------------------------
+def test_a_resumed_job_shows_on_the_earlier_runs_instance_and_avoids_a_boot(tmp_path, capsys):
+    clock = timeline_journal.Clock()
+    path = tmp_path / "journal.sqlite"
+    with Journal(path, clock=clock) as journal:
+        first = journal.start_run(snakemake_version="9", plugin_version="t", settings={})
+        old = journal.add_job(run_id=first, rule="train", snakemake_jobid=1, fingerprint="f",
+                              attempt=1, state="searching")
+        label = journal.label_prefix + old
+        journal.record_rent_intent(job_id=old, run_id=first, label=label,
+                                   offer={"id": 1, "gpu_name": "RTX 4090", "num_gpus": 1,
+                                          "dph_total": 0.5, "geolocation": "Texas, US"})
+        journal.transition(old, source="searching", dest="renting", trigger="offers_found")
+        clock.t += 1
+        journal.record_instance_created(label, 77, created_at=clock.t)
+        journal.transition(old, source="renting", dest="booting", trigger="rented")
+        clock.t += 600  # the first run dies here; the instance bills on
+        second = journal.start_run(snakemake_version="9", plugin_version="t", settings={})
+        new = journal.add_job(run_id=second, rule="train", snakemake_jobid=1, fingerprint="f",
+                              attempt=1, state="searching")
+        clock.t += 1
+        journal.transition(new, source="searching", dest="running", trigger="resume",
+                           label=label, instance_id=77, resumed_from=old)
+        for source, dest in (("running", "downloading"), ("downloading", "destroying")):
+            clock.t += 5
+            journal.transition(new, source=source, dest=dest, trigger="t")
+        journal.record_destroy_accepted(77)
+        journal.record_instance_destroyed(label=label)
+        journal.transition(new, source="destroying", dest="succeeded", trigger="destroyed")
+        journal.end_run(second, "finished")
+    out = tmp_path / "t.html"
+    assert main(["--journal", str(path), "timeline", second, "-o", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["boots_avoided"] == 1 and data["totals"]["instances"] == 0
+    assert data["totals"]["dollars"] == 0.0  # journal cost counts the instance for run one
+    (row,) = data["rows"]
+    assert row["instance_id"] == 77 and row["jobs"] == [new]
+    shown = page(out, path, second, data)
+    costs = [t.text for t in shown.svg.iter(f"{SVG}text") if (t.text or "").startswith("($")]
+    assert costs == [f"(${row['billed_dollars']:.4f})"]
+    # the view starts with the second run: the first run's ten minutes are not idle here
+    assert [s["state"] for s in row["spans"]] == ["searching", "running", "downloading",
+                                                  "destroying"]
