@@ -210,9 +210,9 @@ def _short_detail(detail: str, limit: int = 200) -> str:
 def _view_end(run: dict, history: dict[str, list[dict]], instances: list[dict],
               now: float) -> float:
     """Where open spans stop: now for a live run, else the last time the journal knows."""
-    if run_is_live(run):
-        return now
     seen = [run["started_at"], run.get("ended_at") or 0.0]
+    if run_is_live(run):
+        seen.append(now)
     seen += [row["at"] for rows in history.values() for row in rows]
     for row in instances:
         if row["run_id"] == run["id"]:
@@ -337,9 +337,13 @@ def write_html(timeline: Timeline, path: Path) -> Path:
 def summary(timeline: Timeline, path: Path) -> str:
     t = timeline.totals
     failed = f" ({t['failed']} failed)" if t["failed"] else ""
-    return (f"wrote {path}: {t['jobs']} jobs{failed} on {t['instances']} instances, "
+    return (f"wrote {path}: {_n(t['jobs'], 'job')}{failed} on {_n(t['instances'], 'instance')}, "
             f"{t['instance_hours']:.3f} instance-hours, ${t['dollars']:.4f}, "
-            f"{t['boots_avoided']} boots avoided")
+            f"{_n(t['boots_avoided'], 'boot')} avoided")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def as_json(timeline: Timeline, path: Path) -> dict[str, Any]:
@@ -355,7 +359,7 @@ def as_json(timeline: Timeline, path: Path) -> dict[str, Any]:
                 "billed_seconds": row.billed_seconds, "billed_dollars": row.billed_dollars,
                 "jobs": [job.id for job in row.jobs],
                 "spans": [{"state": s.state, "job_id": s.job_id, "start": s.start,
-                           "end": s.end} for s in row.spans],
+                           "end": s.end, "open": s.open} for s in row.spans],
             }
             for row in timeline.rows
         ],

@@ -364,3 +364,8 @@ def test_a_resumed_job_shows_on_the_earlier_runs_instance_and_avoids_a_boot(tmp_
     # the view starts with the second run: the first run's ten minutes are not idle here
     assert [s["state"] for s in row["spans"]] == ["searching", "running", "downloading",
                                                   "destroying"]
+    # the first run, dead in booting: its job's bar runs on, open, to the journal's last word
+    assert main(["--journal", str(path), "timeline", first, "-o", str(out), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    last = row["spans"][-1]
+    assert (last["state"], last["open"], last["end"]) == ("booting", True, clock.t)

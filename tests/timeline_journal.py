@@ -44,7 +44,7 @@ def write(path: Path, jobs: int = 500) -> str:
         for i in range(0, jobs, 2):
             start = base + (i // WAVE) * 45.0 + (QUIET_GAP if i >= jobs // 2 else 0.0)
             clock.t = start + (i % WAVE) * 0.3
-            _, label, iid = _rented_job(journal, clock, run, i)
+            _, label, iid = _rented_job(journal, clock, run, i, keep=i + 1 < jobs and _keeps(i))
             if i + 1 < jobs and _keeps(i):
                 _reused_job(journal, clock, run, i + 1, label, iid)
             else:
@@ -58,7 +58,8 @@ def write(path: Path, jobs: int = 500) -> str:
     return run
 
 
-def _rented_job(journal: Journal, clock: Clock, run: str, i: int) -> tuple[str, str, int]:
+def _rented_job(journal: Journal, clock: Clock, run: str, i: int,
+                keep: bool = False) -> tuple[str, str, int]:
     job = journal.add_job(run_id=run, rule=_rule(i), snakemake_jobid=i + 1, fingerprint=f"f{i}",
                           attempt=1, state="searching")
     label = journal.label_prefix + job
@@ -71,7 +72,7 @@ def _rented_job(journal: Journal, clock: Clock, run: str, i: int) -> tuple[str, 
                                                       offer=offer),
         "booting": lambda: (journal.record_instance_created(label, iid, created_at=clock.t),
                             journal.record_instance_started(iid, clock.t)),
-    }, keep=_keeps(i))
+    }, keep=keep)
     return job, label, iid
 
 
