@@ -171,15 +171,27 @@ def totals_html(totals: dict) -> str:
 
 
 def legend_html(timeline: Timeline) -> str:
-    seen = {s.state for row in timeline.rows for s in row.spans}
-    states = list(STATE_COLOURS) + sorted(seen - set(STATE_COLOURS))
+    """Each state's colour and where the minutes went: its job-seconds summed over all bars."""
+    seconds = state_seconds(timeline)
+    states = list(STATE_COLOURS) + sorted(set(seconds) - set(STATE_COLOURS))
     items = "".join(
-        f'<span class="key{" unseen" if state not in seen else ""}">'
-        f'<i style="background:{colour(state)}"></i>{escape(state)}</span>'
+        f'<span class="key{"" if state in seconds else " unseen"}" data-state="{escape(state)}"'
+        f' data-seconds="{seconds.get(state, 0.0)!r}"><i style="background:{colour(state)}">'
+        f'</i>{escape(state)}'
+        f'{f" <b>{escape(_seconds(seconds[state]))}</b>" if state in seconds else ""}</span>'
         for state in states
     )
     failed = '<span class="key"><i class="failed-key"></i>failed job</span>'
     return f'<p id="legend">{items}{failed}</p>'
+
+
+def state_seconds(timeline: Timeline) -> dict[str, float]:
+    """Seconds spent in each state, summed over every bar (jobs in parallel add up)."""
+    totals: dict[str, float] = {}
+    for row in timeline.rows:
+        for span in row.spans:
+            totals[span.state] = totals.get(span.state, 0.0) + span.seconds
+    return totals
 
 
 def colour(state: str) -> str:
@@ -379,6 +391,7 @@ h1 { font-size: 18px; margin: 0 0 4px; }
 #legend { font-size: 12px; margin: 0 0 8px; }
 .key { margin-right: 12px; white-space: nowrap; }
 .key.unseen { opacity: 0.45; }
+.key b { font-weight: 600; color: #444; }
 .key i { display: inline-block; width: 12px; height: 12px; margin-right: 4px;
          vertical-align: -2px; border: 1px solid #888; }
 .key i.failed-key { border: 2px solid #c62828; background: #fff; }

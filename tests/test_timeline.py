@@ -10,6 +10,7 @@ quiet stretch and hostile text. Both pages are opened in headless Chromium.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -129,8 +130,6 @@ def drawn_spans(svg: ET.Element, job: str) -> list[tuple[str, float, float]]:
 
 
 def totals(svg_page: Page) -> dict[str, float]:
-    import re
-
     found = {key: float(value) for key, value in
              re.findall(r'data-total="(\w+)" data-value="([^"]+)"', svg_page.html)}
     failed = re.search(r"data-failed=(\d+)", svg_page.html)
@@ -154,6 +153,14 @@ def test_one_bar_per_state_span_of_every_job_of_a_real_run(real):
         assert drawn_spans(real.svg, job) == sorted(spans), job
     assert len(bars(real.svg)) == sum(map(len, expected.values())) + len(
         bars(real.svg, state="idle"))
+    # the legend says where the minutes went: per state, the sum of its spans
+    legend = {k: float(v) for k, v in re.findall(
+        r'class="key[^"]*" data-state="(\w+)" data-seconds="([^"]+)"', real.html)}
+    for state in ("searching", "booting", "running", "destroying"):
+        spent = sum(end - start for spans in expected.values() for s, start, end in spans
+                    if s == state)
+        assert legend[state] == pytest.approx(spent, rel=1e-9) and spent > 0, state
+    assert legend["leased"] == 0.0
 
 
 @pytest.mark.e2e
