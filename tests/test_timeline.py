@@ -376,3 +376,19 @@ def test_a_resumed_job_shows_on_the_earlier_runs_instance_and_avoids_a_boot(tmp_
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     last = row["spans"][-1]
     assert (last["state"], last["open"], last["end"]) == ("booting", True, clock.t)
+
+
+def test_a_run_without_jobs_draws_an_empty_chart_and_no_run_is_a_usage_error(tmp_path, capsys):
+    clock = timeline_journal.Clock()
+    with Journal(tmp_path / "empty.sqlite", clock=clock) as journal:
+        run = journal.start_run(snakemake_version="9", plugin_version="t", settings={})
+        clock.t += 500
+        journal.end_run(run, "finished")
+    out = tmp_path / "empty.html"
+    assert main(["--journal", str(tmp_path / "empty.sqlite"), "timeline", "-o", str(out)]) == 0
+    assert "0 jobs on 0 instances" in capsys.readouterr().out
+    shown = page(out, tmp_path / "empty.sqlite", run, {})
+    assert bars(shown.svg) == [] and totals(shown)["dollars"] == 0.0
+    Journal(tmp_path / "none.sqlite").close()
+    assert main(["--journal", str(tmp_path / "none.sqlite"), "timeline"]) == 2
+    assert "no run" in capsys.readouterr().err
