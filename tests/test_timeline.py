@@ -392,3 +392,25 @@ def test_a_run_without_jobs_draws_an_empty_chart_and_no_run_is_a_usage_error(tmp
     Journal(tmp_path / "none.sqlite").close()
     assert main(["--journal", str(tmp_path / "none.sqlite"), "timeline"]) == 2
     assert "no run" in capsys.readouterr().err
+
+
+def test_a_hostile_state_name_and_detail_stay_text(tmp_path, capsys):
+    evil = '"><script>alert(1)</script>'
+    clock = timeline_journal.Clock()
+    with Journal(tmp_path / "j.sqlite", clock=clock) as journal:
+        run = journal.start_run(snakemake_version="9", plugin_version="t", settings={})
+        job = journal.add_job(run_id=run, rule="r", snakemake_jobid=1, fingerprint="f",
+                              attempt=1, state="searching")
+        clock.t += 2
+        journal.transition(job, source="searching", dest=evil, trigger="t", detail=evil)
+        clock.t += 2
+        journal.transition(job, source=evil, dest="cancelled", trigger="t")
+        journal.end_run(run, "finished")
+    out = tmp_path / "t.html"
+    assert main(["--journal", str(tmp_path / "j.sqlite"), "timeline", "-o", str(out)]) == 0
+    capsys.readouterr()
+    shown = page(out, tmp_path / "j.sqlite", run, {})
+    assert "<script" not in shown.html
+    (bar,) = bars(shown.svg, state=evil)  # the attribute reads back as the raw name
+    assert bar.get("fill") == timeline_svg.FALLBACK_COLOUR
+    assert evil in bar.find(f"{SVG}title").text
