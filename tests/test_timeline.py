@@ -54,6 +54,7 @@ class Page:
     journal: Path
     run: str
     json: dict
+    truth: dict | None = None  # the simulator's ground truth, for a real run
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +74,9 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
              "-o", str(out), "--json"], cwd=workdir, capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0, cli.stderr
         data = json.loads(cli.stdout)
-        yield page(out, workdir / ".snakemake/vastai/journal.sqlite", data["run"], data)
-        assert {r["instance_id"] for r in data["rows"] if r["instance_id"]} == {
-            i["id"] for i in truth["instances"]}
+        shown = page(out, workdir / ".snakemake/vastai/journal.sqlite", data["run"], data)
+        shown.truth = truth
+        yield shown
     finally:
         sim.stop()
 
@@ -181,6 +182,8 @@ def test_each_row_names_its_instance_gpu_region_price_and_cost(real):
     db.row_factory = sqlite3.Row
     instances = {r["instance_id"]: dict(r) for r in db.execute("SELECT * FROM instances")}
     rows = [g for g in real.svg.iter(f"{SVG}g") if "row" in g.get("class", "").split()]
+    assert {int(g.get("data-instance")) for g in rows} == {
+        i["id"] for i in real.truth["instances"]}
     assert len(rows) == 3
     for g in rows:
         facts = instances[int(g.get("data-instance"))]
