@@ -21,7 +21,7 @@ USAGE = """usage: python -m snakemake_executor_plugin_vastai COMMAND [ARGS...]
 commands:
   demo       run an example workflow through the plugin on the bundled simulator
   simulate   start the local Vast.ai simulator (REST API + SSH instances)
-  journal    inspect this workflow's journal (runs, jobs, instances, cost, cleanup)
+  journal    inspect this workflow's journal (runs, jobs, instances, cost, cleanup, timeline)
   statechart regenerate statecharts/ from the job state machine (source checkout)
 
 'COMMAND --help' shows each command's options.

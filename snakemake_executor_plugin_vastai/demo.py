@@ -3,8 +3,8 @@
 Starts the bundled Vast.ai simulator, lays out a small example workflow (a git
 repository with a Snakefile, a config file, a ``script:`` and inputs), runs the
 real ``snakemake --executor vastai`` on it with live output, and ends with
-where the outputs are, what the simulated GPUs cost, and proof that no
-instance was left running.
+where the outputs are, what the simulated GPUs cost, proof that no instance
+was left running, and the run's timeline (an HTML page to open in a browser).
 """
 
 from __future__ import annotations
@@ -148,4 +148,23 @@ def main(argv: list[str] | None = None) -> int:
         Billed:    {seconds:.1f} instance-seconds, ${dollars:.5f} (simulated)
         Journal:   python -m snakemake_executor_plugin_vastai journal --journal \
 {root / '.snakemake/vastai/journal.sqlite'} jobs"""))
+    timeline = write_timeline(root)
+    if timeline is not None:
+        print(f"Timeline:  {timeline}  (open it in a browser)")
     return code if alive == 0 else 1
+
+
+def write_timeline(root: Path) -> Path | None:
+    """The run's timeline page beside its journal; None when no run was journaled."""
+    from . import timeline
+    from .journal import RELATIVE_PATH, Journal
+
+    path = root / RELATIVE_PATH
+    if not path.is_file():
+        return None
+    with Journal(path) as journal:
+        run_id = journal.latest_run_id()
+        if run_id is None:
+            return None
+        view = timeline.build(journal, run_id)
+        return timeline.write_html(view, timeline.default_path(journal, run_id))

@@ -10,6 +10,7 @@ journal (or the workflow directory) with ``--journal``::
     python -m snakemake_executor_plugin_vastai journal instances --alive
     python -m snakemake_executor_plugin_vastai journal cost --json
     python -m snakemake_executor_plugin_vastai journal cleanup --dry-run
+    python -m snakemake_executor_plugin_vastai journal timeline -o run.html
 
 Every subcommand prints aligned tables for people and, with ``--json``, the
 full rows for scripts (epoch-second times, untruncated errors). Reading never
@@ -749,6 +750,46 @@ def _cost_table(title: str, key: str, totals: list[dict]) -> str:
     )
 
 
+# -- timeline ------------------------------------------------------------------------------
+def cmd_timeline(journal: Journal, args: argparse.Namespace) -> int:
+    """A run as one HTML page: each instance's states over time, GPU, region, $/h, cost.
+
+    One self-contained file (inline SVG and CSS, nothing fetched from the
+    network) for the latest run or RUN (id or unique prefix); hover a bar for
+    its transitions. Totals are those of `journal cost` for the run.
+
+    Example:
+
+        $ python -m snakemake_executor_plugin_vastai journal timeline -o run.html
+        wrote run.html: 6 jobs on 6 instances, 0.004 instance-hours, $0.0011, 0 boots avoided
+    """
+    from . import timeline  # it reads the cost functions of this module
+
+    run_id = selected_run(journal, args.run)
+    if run_id is None:
+        raise CliError(f"no run in {journal.path} yet: nothing to draw")
+    view = timeline.build(journal, run_id)
+    path = args.output or timeline.default_path(journal, run_id)
+    if not path.parent.is_dir():
+        raise CliError(f"-o {path}: directory {path.parent} does not exist")
+    try:
+        timeline.write_html(view, path)
+    except OSError as exc:
+        raise CliError(f"-o {path}: cannot write the timeline: {exc.strerror or exc}") from exc
+    if args.json:
+        return emit_json(timeline.as_json(view, path))
+    print(timeline.summary(view, path))
+    return 0
+
+
+def _configure_timeline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", nargs="?", metavar="RUN",
+                        help="run id or unique prefix (default: the latest run)")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE.html",
+                        help="where to write the page (default: "
+                        ".snakemake/vastai/timeline-RUN.html beside the journal)")
+
+
 # -- cleanup -------------------------------------------------------------------------------
 @dataclass
 class Target:
@@ -1149,4 +1190,5 @@ COMMANDS: list[tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] =
     ("instances", cmd_instances, _configure_instances),
     ("cost", cmd_cost, _configure_cost),
     ("cleanup", cmd_cleanup, _configure_cleanup),
+    ("timeline", cmd_timeline, _configure_timeline),
 ]

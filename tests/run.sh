@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # The one test command (README "Development"): installs everything it needs
 # (uv from PyPI, the project with its test extras, the OpenSSH client used by
-# the simulator's interoperability tests) and runs the suite.
+# the simulator's interoperability tests, Debian's chromium for the timeline
+# page) and runs the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v ssh >/dev/null 2>&1 || ! command -v scp >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
         (apt-get update -qq && apt-get install -y -qq openssh-client) >/dev/null 2>&1 || true
     fi
+fi
+# Headless Chromium opens the journal timeline page (tests/test_timeline.py); without
+# apt-get those tests skip, unless SNAKEMAKE_VASTAI_REQUIRE_BROWSER=1 (see .ci/run).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        >/dev/null 2>&1 || true
 fi
 python3 -m pip install --quiet --disable-pip-version-check 'uv>=0.4,<1'
 uv sync --quiet --extra test

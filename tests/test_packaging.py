@@ -119,3 +119,4 @@ def test_the_built_package_installs_in_a_fresh_venv_and_runs_the_demo(tmp_path, 
     out = install_and_run_demo(artifact, tmp_path / "venv", tmp_path / "demo")
     assert "still alive" in out and ", 0 still alive" in out, out[-2000:]
     assert (tmp_path / "demo" / "results" / "summary.txt").exists()
+    assert list((tmp_path / "demo" / ".snakemake" / "vastai").glob("timeline-*.html"))
