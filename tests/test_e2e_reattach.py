@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, wait_for, write_workflow
+from tests.e2e import alive, run_snakemake, sim_env, wait_for, write_workflow
 from tests.test_e2e_safety import job_in_state, journal_rows, kill_hard, start, unlock
 
 pytestmark = pytest.mark.e2e
@@ -38,3 +38,24 @@ def test_ssh_refused_while_reattaching_is_retried_and_the_job_resumes(tmp_path, 
     truth = simulator.truth()
     assert truth["created_count"] == 1, "the running job was rented again"
     assert alive(truth) == []
+
+
+def test_a_destroy_that_timed_out_gets_one_more_try_before_the_run_ends(tmp_path, simulator):
+    """A short API outage outlasts the job's teardown wait but not the run: the run's last
+    act retries the pending destroy, so the run ends clean instead of asking for cleanup."""
+    simulator.add_fault("api_status", code=503, endpoint="DELETE *")
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule one:\n    output: "one.txt"\n    shell: "echo ok > {output}"\n'})
+    env = sim_env(simulator.api_key, SNAKEMAKE_VASTAI_CANCEL_WAIT="3")
+    proc = start(wf, simulator.url, simulator.api_key, env=env)
+    output: list[str] = []
+    for line in proc.stdout:  # the API recovers once Snakemake counts the job done
+        output.append(line)
+        if "(100%) done" in line:
+            simulator.clear_faults()
+    assert proc.wait(timeout=240) == 0, "".join(output)[-4000:]
+    text = "".join(output)
+    assert "did not confirm" not in text
+    assert (wf / "one.txt").read_text() == "ok\n"
+    assert journal_rows(wf, "select destroyed_at is not null from instances") == [(1,)]
+    assert alive(simulator.truth()) == []
