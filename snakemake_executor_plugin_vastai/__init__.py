@@ -118,6 +118,10 @@ class ExecutorSettings(ExecutorSettingsBase):
                 "unioned with every rule's `deploy` resource. The Snakefile, includes, "
                 "config, script and conda files always ship. E.g. 'train.py,scripts/**'.",
         "env_var": False, "required": False})
+    progress_interval: float = field(default=5.0, metadata={
+        "help": "Seconds between progress lines (bytes, rate, time left) of an upload or "
+                "download above 32 MiB; 0 turns them off.",
+        "env_var": False, "required": False})
 
 
 common_settings = CommonSettings(
