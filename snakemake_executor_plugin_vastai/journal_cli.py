@@ -420,12 +420,37 @@ def follow_jobs(journal: Journal, args: argparse.Namespace) -> int:
             if not args.json:
                 print(_follow_header(latest, live))
             print_jobs(journal, args, compact=True)
+            moving = transfers_text(journal, latest) if live and not args.json else ""
+            if moving:
+                print(moving)
             sys.stdout.flush()
             if not live:
                 return 0
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0
+
+
+def transfers_text(journal: Journal, run: dict | None) -> str:
+    """Uploads and downloads of the run still in flight (progress.py writes their rows)."""
+    if run is None:
+        return ""
+    rows = [t for t in journal.transfers(in_flight=True) if t["run_id"] == run["id"]]
+    if not rows:
+        return ""
+    now = time.time()
+    body = []
+    for t in rows:
+        elapsed = max(float(t["updated_at"]) - float(t["started_at"]), 1e-9)
+        done, total = int(t["bytes_done"]), t["bytes_total"]
+        body.append([t["job_id"], t["direction"], progress.human_bytes(done),
+                     "?" if not total else progress.human_bytes(int(total)),
+                     "-" if not total else f"{100.0 * done / int(total):.0f}%",
+                     f"{progress.human_bytes(done / elapsed)}/s",
+                     tables.duration(now - float(t["started_at"]))])
+    table = tables.render(["TRANSFER OF JOB", "DIRECTION", "DONE", "TOTAL", "%", "RATE",
+                           "FOR"], body, right={2, 3, 4, 5, 6})
+    return "\n" + table
 
 
 def _follow_header(run: dict | None, live: bool) -> str:
