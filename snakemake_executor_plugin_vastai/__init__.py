@@ -146,6 +146,10 @@ class Executor(RemoteExecutor):
         from .vast import skip_serverless_client
 
         skip_serverless_client()
+        if os.environ.get("SNAKEMAKE_VASTAI_PLAN"):  # `... plan`: report, rent nothing
+            from .plan import write_plan_and_stop
+
+            write_plan_and_stop(self)
         from .startup import start_run
 
         self.next_seconds_between_status_checks = STATUS_CHECK_SECONDS
