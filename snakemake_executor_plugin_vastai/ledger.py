@@ -110,3 +110,8 @@ class ByteMeter:
             now = (self.uploaded, self.downloaded)
             before, self._taken = self._taken, now
         return now[0] - before[0], now[1] - before[1]
+
+    def untake(self, uploaded: int, downloaded: int) -> None:
+        """Hand a take back (its journal write failed): the next take includes it again."""
+        with self._lock:
+            self._taken = (self._taken[0] - uploaded, self._taken[1] - downloaded)

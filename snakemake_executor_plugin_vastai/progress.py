@@ -70,8 +70,9 @@ class TransferProgress:
         self._last_write = self._start
         self._row: int | None = None
         if journal is not None:
-            self._row = journal.start_transfer(job_id=job_id, instance_id=instance_id,
-                                               direction=direction, total=total)
+            self._row = self._journal_call(journal.start_transfer, job_id=job_id,
+                                           instance_id=instance_id, direction=direction,
+                                           total=total)
 
     def count(self, uploaded: int, downloaded: int) -> None:
         """Bytes moved on the session; only this transfer's direction counts."""
@@ -89,7 +90,7 @@ class TransferProgress:
         if line:
             self._say(now, done)
         if write:
-            self._journal.update_transfer(self._row, done)
+            self._journal_call(self._journal.update_transfer, self._row, done)
 
     def _due_line(self, now: float) -> bool:
         if self._interval <= 0 or now - self._last_line < self._interval:
@@ -129,7 +130,18 @@ class TransferProgress:
                       f"{human_seconds(elapsed)} ({human_bytes(done / elapsed)}/s)",
                       bytes=done, seconds=round(elapsed, 2), progress_lines=lines)
         if self._row is not None:
-            self._journal.update_transfer(self._row, done, ended=True)
+            self._journal_call(self._journal.update_transfer, self._row, done, ended=True)
+
+    def _journal_call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """A progress row is a courtesy: a busy or failing journal must never break the
+        transfer. After one failure this transfer stops writing its row."""
+        try:
+            return fn(*args, **kw)
+        except Exception as exc:
+            self._row = None
+            self._log("warning", f"{self.direction} progress is not journaled",
+                      error=str(exc))
+            return None
 
 
 def planned_bytes(files: Any) -> int:

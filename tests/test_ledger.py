@@ -173,3 +173,13 @@ def test_max_spend_counts_bandwidth(tmp_path, simulator_factory):
     truth = sim.truth()
     assert truth["created_count"] == 1  # rule b was never rented
     assert alive(truth) == []
+
+
+def test_a_take_whose_journal_write_failed_is_taken_again():
+    meter = ledger.ByteMeter()
+    meter.sent(100)
+    meter.received(7)
+    up, down = meter.take()
+    meter.untake(up, down)
+    meter.sent(1)
+    assert meter.take() == (101, 7)

@@ -147,3 +147,19 @@ def test_follow_shows_transfers_in_flight(capsys, tmp_path, monkeypatch):
     assert "25%" in moving[0] and "TRANSFER OF JOB" in out
     assert len(moving) == 1  # the table after the run ended shows none
     assert not any("download" in ln for ln in out.splitlines())  # ended: not in flight
+
+
+def test_a_failing_journal_never_breaks_the_transfer():
+    class Busy(Recorder):
+        def update_transfer(self, row: int, done: int, *, ended: bool = False) -> None:
+            raise RuntimeError("database is locked")
+
+    clock, lines = Clock(), []
+    journal = Busy()
+    progress = TransferProgress("upload", 100 * MiB, log=lambda lvl, ev, **kw: lines.append(
+        (lvl, ev)), journal=journal, interval=5.0, clock=clock)
+    feed(progress, clock, total=100 * MiB, seconds=10.0, pieces=100)
+    progress.end()
+    warnings = [ev for lvl, ev in lines if lvl == "warning"]
+    assert warnings == ["upload progress is not journaled"]  # once, then it stops trying
+    assert progress.done == 100 * MiB and lines[-1][1].startswith("upload done")

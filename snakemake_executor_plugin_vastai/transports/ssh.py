@@ -156,8 +156,9 @@ class SshTransport:
         uploaded, downloaded = self.meter.take()
         try:
             self.p.journal.add_instance_bytes(int(iid), uploaded, downloaded)
-        except Exception as exc:  # the bill is Vast.ai's; a lost count must not fail the job
-            self.steps.log("warning", "could not journal the bytes moved", error=str(exc))
+        except Exception as exc:  # a busy journal must not fail the job; the next flush
+            self.meter.untake(uploaded, downloaded)  # journals these bytes too
+            self.steps.log("warning", "could not journal the bytes moved yet", error=str(exc))
 
     @contextlib.contextmanager
     def _progress(self, direction: str, total: int | None) -> Iterator[TransferProgress]:
