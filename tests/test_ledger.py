@@ -149,6 +149,10 @@ def test_ledger_totals_agree_with_the_simulators_billing(tmp_path, simulator_fac
         sum(i["billed_bandwidth_dollars"] for i in billed.values()), rel=0.01)
     assert report["balances"][0]["fell_by"] == pytest.approx(report["total"]["dollars"],
                                                              rel=0.01)
+    assert journal_main(["--journal", str(wf / ".snakemake/vastai/journal.sqlite"),
+                         "cost"]) == 0
+    text = capsys.readouterr().out
+    assert "COMPUTE  BANDWIDTH" in text and "BALANCE OF RUN" in text
     # progress: the 40 MB upload was reported while it ran (the 12 MB are under the bar)
     lines = [ln for ln in result.stderr.splitlines() if "vastai: upload" in ln]
     assert any(re.search(r"upload: [\d.]+ MiB of 38\.1 MiB \(\d+%\) at .*/s, .* left", ln)

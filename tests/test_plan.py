@@ -153,3 +153,14 @@ def test_bad_settings_are_a_problem_and_snakemake_errors_exit_2(tmp_path, simula
     broken = plan(wf, simulator, "--no-such-snakemake-option")
     assert broken.returncode == 2 and "stopped before the plan was made" in broken.stderr
     nothing_rented(simulator)
+
+
+def test_plan_is_a_documented_command():
+    from snakemake_executor_plugin_vastai import cli
+
+    assert "plan" in cli.COMMANDS and "\n  plan " in cli.USAGE
+    done = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan",
+                           "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Nothing is rented" in done.stdout
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "python -m snakemake_executor_plugin_vastai plan --jobs 4" in readme
