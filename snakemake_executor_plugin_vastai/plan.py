@@ -21,7 +21,8 @@ rule's ``runtime`` resource (else :data:`DEFAULT_RUNTIME_MINUTES`), plus the boo
 and the upload time measured by earlier runs in the journal (else stated defaults);
 money is that time at the offers' ``dph_total`` plus the upload's bytes (existing inputs
 and the uncompressed sources) at their ``inet_down_cost``. Outputs and inputs that do
-not exist yet are not counted.
+not exist yet are not counted, nor are jobs a checkpoint has not yet revealed (Snakemake
+itself does not know them before the checkpoint runs).
 
 Problems: a rule no offer matches, a rule whose settings are invalid, a balance below the
 estimate, a file a rule's command names that git does not track and no rule declares
@@ -103,9 +104,16 @@ def make_plan(workflow: Any, workdir: Path) -> dict:
     except WorkflowError as exc:
         problems.append(Problem("settings", str(exc), True))
         return _result([], problems, None, nodes, {}, resolved_url=None)
+    start_checks(workflow, workdir, problems)
     jobs = needrun_jobs(workflow)
     measured = measured_times(workdir)
-    api, balance = _account(resolve_api_key(settings), resolve_api_url(settings), problems)
+    try:
+        key = resolve_api_key(settings)
+    except WorkflowError as exc:
+        problems.append(Problem("api_key", str(exc), True))
+        api, balance = None, None
+    else:
+        api, balance = _account(key, resolve_api_url(settings), problems)
     sources = source_bytes(workflow, workdir)
     rules = []
     for rule, members in sorted(_by_rule(jobs).items()):
@@ -117,6 +125,8 @@ def make_plan(workflow: Any, workdir: Path) -> dict:
 
 def _result(rules: list[RulePlan], problems: list[Problem], balance: float | None,
             nodes: int, measured: dict, *, resolved_url: str | None) -> dict:
+    from .redaction import scrub
+
     low = sum(r.cost_low for r in rules)
     high = sum(r.cost_high for r in rules)
     if balance is not None and rules and balance < high:
@@ -135,9 +145,36 @@ def _result(rules: list[RulePlan], problems: list[Problem], balance: float | Non
             "upload_source": "measured" if "upload_rate" in measured else "default",
         },
         "rules": [asdict(r) for r in rules],
-        "problems": [asdict(p) for p in problems],
+        "problems": [{**asdict(p), "message": scrub(p.message)} for p in problems],
         "stops": any(p.stops for p in problems),
     }
+
+
+class _Quiet:
+    """A logger for check_git: its warning lists every untracked file, declared inputs
+    too; the plan names only the untracked files a rule's command needs (see
+    :func:`untracked_problems`)."""
+
+    def warning(self, event: str, **_kw: Any) -> None:
+        pass
+
+    info = warning
+
+
+def start_checks(workflow: Any, workdir: Path, problems: list[Problem]) -> None:
+    """The run's own start-up checks that need no API (startup.py): what fails there
+    stops the run before renting, so the plan reports it."""
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    from .startup import check_apptainer, check_git, validate_scheduled_jobs
+
+    checks = (lambda: validate_scheduled_jobs(workflow), lambda: check_apptainer(workflow),
+              lambda: check_git(workdir, _Quiet()))  # type: ignore[arg-type]
+    for check in checks:
+        try:
+            check()
+        except WorkflowError as exc:
+            problems.append(Problem("start", str(exc), True))
 
 
 def needrun_jobs(workflow: Any) -> list[Any]:
@@ -174,6 +211,7 @@ def plan_rule(rule: str, jobs: list[Any], resolved: Any, api: Any, nodes: int,
     from .offers import build_offer_request
     from .rule_settings import container_of, job_settings
     from .validation import ConfigError, validate_job_resources
+    from .vast import VastError
 
     plan = RulePlan(rule=rule, jobs=len(jobs))
     first = jobs[0]
@@ -194,8 +232,13 @@ def plan_rule(rule: str, jobs: list[Any], resolved: Any, api: Any, nodes: int,
     plan.upload_bytes = sum(input_bytes(job) + sources for job in jobs)
     if api is None:
         return plan
-    offers = api.search_offers_unshared(request.query, request.order, SEARCH_LIMIT,
-                                        request.storage_gb)
+    try:
+        offers = api.search_offers_unshared(request.query, request.order, SEARCH_LIMIT,
+                                            request.storage_gb)
+    except VastError as exc:
+        problems.append(Problem("api", f"rule {rule}: the offer search failed: {exc}", True,
+                                rule))
+        return plan
     plan.offers_matching = len(offers)
     plan.offers = [offer_view(o) for o in offers[:OFFERS_SHOWN]]
     if not offers:

@@ -164,3 +164,20 @@ def test_plan_is_a_documented_command():
     assert done.returncode == 0 and "Nothing is rented" in done.stdout
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "python -m snakemake_executor_plugin_vastai plan --jobs 4" in readme
+
+
+def test_start_checks_and_a_missing_key_are_problems(tmp_path, simulator):
+    wf = tmp_path / "nogit"
+    wf.mkdir()
+    (wf / "Snakefile").write_text(FANOUT)
+    argv = [sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan", "--json",
+            "--jobs", "2", "--vastai-api-url", simulator.url]
+    env = sim_env(None, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    done = subprocess.run(argv, cwd=wf, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    got = json.loads(done.stdout)
+    kinds = {p["kind"]: p["message"] for p in got["problems"]}
+    assert "not a git repository" in kinds["start"]
+    assert "No Vast.ai API key" in kinds["api_key"]
+    assert got["balance"] is None and got["rules"][0]["jobs"] == 4
+    nothing_rented(simulator)
