@@ -187,3 +187,41 @@ def test_a_take_whose_journal_write_failed_is_taken_again():
     meter.untake(up, down)
     meter.sent(1)
     assert meter.take() == (101, 7)
+
+
+def test_the_meter_counts_what_the_instances_ssh_server_counts(tmp_path):
+    """Every channel kind (upload, download, command with stdin, job follow): the client's
+    counts equal the simulated host's, which its bandwidth bill is made from."""
+    import sys
+    import uuid
+
+    from snakemake_executor_plugin_vastai.keys import RunKey
+    from snakemake_executor_plugin_vastai.remote import AllowedPaths, Endpoint, RemoteSession
+    from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
+
+    key = RunKey.load_or_create(tmp_path / "keys", "run-ledger")
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    ssh = InstanceSSH(sandbox=sandbox, tag=f"ledger-{uuid.uuid4().hex[:8]}",
+                      authorized_keys=lambda: [key.public_line],
+                      env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
+    port = ssh.start()
+    meter = ledger.ByteMeter()
+    try:
+        session = RemoteSession.connect(Endpoint("127.0.0.1", port), key.pkey,
+                                        pinned_host_key=None, meter=meter)
+        data = tmp_path / "in.bin"
+        data.write_bytes(os.urandom(3_000_000))
+        session.upload([(data, "in.bin")], "job")
+        assert session.run("cat > job/copy.bin", stdin=b"y" * 100_000).rc == 0
+        back = tmp_path / "back"
+        session.download("job", ["in.bin", "copy.bin"], back,
+                         allowed=AllowedPaths(["in.bin", "copy.bin"], []))
+        session.launch("job", "echo hello from the job; head -c 50000 /dev/zero")
+        session.follow("job", on_output=lambda _b: None)
+        session.close()
+    finally:
+        ssh.stop()
+    assert (back / "in.bin").read_bytes() == data.read_bytes()
+    assert meter.uploaded == ssh.bytes_in and meter.downloaded == ssh.bytes_out
+    assert meter.uploaded > 3_100_000 and meter.downloaded > 3_150_000
