@@ -342,8 +342,8 @@ class Instance:
                 "is_bid": False,
                 "client_run_time": round(self.billed_seconds(), 3),
                 "host_run_time": round(self.billed_seconds(), 3),
-                "inet_up_billed": round(self._bandwidth()[0], 6),
-                "inet_down_billed": round(self._bandwidth()[1], 6),
+                "inet_up_billed": 0.0,  # units unknown (the SDK never reads it);
+                "inet_down_billed": 0.0,  # the bandwidth bill is in truth() and the credit
             }
 
     def truth(self) -> dict[str, Any]:
