@@ -96,7 +96,8 @@ class ExecutorSettings(ExecutorSettingsBase):
         "help": "Seconds between instance status listings (one API call serves all jobs).",
         "env_var": False, "required": False})
     max_spend: Optional[float] = field(default=None, metadata={
-        "help": "Dollars this run may spend on instances; once reached, no new instance is "
+        "help": "Dollars this run may spend on instances (time and bandwidth, see 'journal "
+                "cost'); once reached, no new instance is "
                 "rented, running jobs finish, and the run fails.",
         "env_var": False, "required": False})
     on_restart: str = field(default="resume", metadata={
