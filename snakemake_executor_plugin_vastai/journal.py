@@ -1153,14 +1153,16 @@ class Journal:
                        [*columns.values(), run_id])
 
     def start_transfer(self, *, job_id: str | None, instance_id: int | None, direction: str,
-                       total: int | None) -> int:
-        """A transfer in flight (``direction`` upload/download); its row id."""
+                       total: int | None, started_at: float | None = None) -> int:
+        """A transfer in flight (``direction`` upload/download, begun at ``started_at``,
+        default now); its row id."""
         now = self._clock()
         with self._write() as db:
             cursor = db.execute(
                 "INSERT INTO transfers (job_id, run_id, instance_id, direction, bytes_total, "
                 "started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [job_id, self._run_id, instance_id, direction, total, now, now],
+                [job_id, self._run_id, instance_id, direction, total,
+                 now if started_at is None else started_at, now],
             )
             return int(cursor.lastrowid or 0)
 

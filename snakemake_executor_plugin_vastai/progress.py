@@ -9,8 +9,10 @@ session's :class:`~.ledger.ByteMeter`) and
   (an upload by its planned size; a download of unknown size once it passes
   the threshold), through the job's structlog logger like every other line;
 - writes the journal's ``transfers`` row at most once every
-  :data:`JOURNAL_SECONDS`, so ``journal jobs --follow`` shows what is moving
-  without a write per network packet.
+  :data:`JOURNAL_SECONDS` (or the shorter line interval), and only for a
+  transfer that lasts that long, so
+  ``journal jobs --follow`` shows what is moving without a write per network
+  packet (or any write for the many small transfers).
 """
 
 from __future__ import annotations
@@ -68,11 +70,13 @@ class TransferProgress:
         self._start = clock()
         self._last_line = self._start
         self._last_write = self._start
+        # The row is written only once the transfer has run for JOURNAL_SECONDS: most
+        # transfers are small, and each journal write is a synced commit.
         self._row: int | None = None
-        if journal is not None:
-            self._row = self._journal_call(journal.start_transfer, job_id=job_id,
-                                           instance_id=instance_id, direction=direction,
-                                           total=total)
+        self._writing = journal is not None
+        self._journal_every = min(JOURNAL_SECONDS, interval) if interval > 0 else JOURNAL_SECONDS
+        self._row_facts = {"job_id": job_id, "instance_id": instance_id,
+                           "direction": direction, "total": total, "started_at": time.time()}
 
     def count(self, uploaded: int, downloaded: int) -> None:
         """Bytes moved on the session; only this transfer's direction counts."""
@@ -83,14 +87,20 @@ class TransferProgress:
             self.done += n
             now = self._clock()
             line = self._due_line(now)
-            write = self._row is not None and now - self._last_write >= JOURNAL_SECONDS
+            write = self._writing and now - self._last_write >= self._journal_every
             if write:
                 self._last_write = now
             done = self.done
         if line:
             self._say(now, done)
         if write:
-            self._journal_call(self._journal.update_transfer, self._row, done)
+            self._write_row(done)
+
+    def _write_row(self, done: int, ended: bool = False) -> None:
+        if self._row is None:
+            self._row = self._journal_call(self._journal.start_transfer, **self._row_facts)
+        if self._row is not None:
+            self._journal_call(self._journal.update_transfer, self._row, done, ended=ended)
 
     def _due_line(self, now: float) -> bool:
         if self._interval <= 0 or now - self._last_line < self._interval:
@@ -129,8 +139,8 @@ class TransferProgress:
             self._log("info", f"{self.direction} done: {human_bytes(done)} in "
                       f"{human_seconds(elapsed)} ({human_bytes(done / elapsed)}/s)",
                       bytes=done, seconds=round(elapsed, 2), progress_lines=lines)
-        if self._row is not None:
-            self._journal_call(self._journal.update_transfer, self._row, done, ended=True)
+        if self._row is not None and self._writing:  # a short transfer never had a row
+            self._write_row(done, ended=True)
 
     def _journal_call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """A progress row is a courtesy: a busy or failing journal must never break the
@@ -138,7 +148,7 @@ class TransferProgress:
         try:
             return fn(*args, **kw)
         except Exception as exc:
-            self._row = None
+            self._row, self._writing = None, False
             self._log("warning", f"{self.direction} progress is not journaled",
                       error=str(exc))
             return None

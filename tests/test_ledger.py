@@ -161,9 +161,11 @@ def test_ledger_totals_agree_with_the_simulators_billing(tmp_path, simulator_fac
     transfers = sqlite3.connect(wf / ".snakemake/vastai/journal.sqlite").execute(
         "select direction, bytes_done, ended_at is not null from transfers "
         "where bytes_done > 1000000 order by id").fetchall()
-    assert [d for d, _, _ in transfers] == ["upload", "download", "upload"]
+    # a transfer gets a row once it has lasted a progress interval (0.05 s here): the
+    # 40 MB upload surely has, the 12 MB ones may have been quicker
+    assert transfers[0][0] == "upload"
     assert 40_000_000 <= transfers[0][1] < 41_000_000  # a's input, plus tar headers
-    assert 12_000_000 <= transfers[1][1] < 12_100_000  # a's output comes home
+    assert all(12_000_000 <= done < 12_100_000 for _, done, _ in transfers[1:])
     assert all(ended for *_, ended in transfers)
 
 

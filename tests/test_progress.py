@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -66,8 +67,10 @@ def test_a_long_upload_logs_one_line_per_interval_with_rate_and_time_left():
     # journal rows: at most one write a second, then the closing one
     assert 55 <= len(journal.updates) <= 62
     assert journal.updates[-1] == (7, 6000 * (600 * MiB // 6000), True)
+    started_at = journal.started.pop("started_at")
     assert journal.started == {"job_id": "j", "instance_id": 3, "direction": "upload",
                                "total": 600 * MiB}
+    assert abs(started_at - time.time()) < 60  # when the transfer began, on the wall clock
 
 
 def test_a_small_transfer_says_nothing_and_other_directions_do_not_count():
@@ -163,3 +166,12 @@ def test_a_failing_journal_never_breaks_the_transfer():
     warnings = [ev for lvl, ev in lines if lvl == "warning"]
     assert warnings == ["upload progress is not journaled"]  # once, then it stops trying
     assert progress.done == 100 * MiB and lines[-1][1].startswith("upload done")
+
+
+def test_a_transfer_shorter_than_a_second_writes_no_journal_row():
+    clock, journal = Clock(), Recorder()
+    progress = TransferProgress("upload", 900 * MiB, log=lambda *a, **k: None,
+                                journal=journal, clock=clock)
+    feed(progress, clock, total=900 * MiB, seconds=0.9, pieces=90)
+    progress.end()
+    assert journal.updates == [] and not hasattr(journal, "started")

@@ -121,7 +121,6 @@ class SshTransport:
         finally:
             if timer is not None:
                 timer.cancel()
-            self.flush_bytes()
 
     def download(self) -> None:
         ok = self.m.exit_code == 0
