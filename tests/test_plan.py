@@ -150,6 +150,8 @@ def test_bad_settings_are_a_problem_and_snakemake_errors_exit_2(tmp_path, simula
     code, got = plan_json(wf, simulator, "--vastai-reliability", "3")
     assert code == 1 and got["problems"][0]["kind"] == "settings"
     assert "--vastai-reliability" in got["problems"][0]["message"]
+    code, got = plan_json(wf, simulator, "--vastai-progress-interval", "-1")
+    assert code == 1 and "--vastai-progress-interval must be" in got["problems"][0]["message"]
     broken = plan(wf, simulator, "--no-such-snakemake-option")
     assert broken.returncode == 2 and "stopped before the plan was made" in broken.stderr
     nothing_rented(simulator)
