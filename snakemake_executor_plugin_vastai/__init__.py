@@ -96,7 +96,8 @@ class ExecutorSettings(ExecutorSettingsBase):
         "help": "Seconds between instance status listings (one API call serves all jobs).",
         "env_var": False, "required": False})
     max_spend: Optional[float] = field(default=None, metadata={
-        "help": "Dollars this run may spend on instances; once reached, no new instance is "
+        "help": "Dollars this run may spend on instances (time and bandwidth, see 'journal "
+                "cost'); once reached, no new instance is "
                 "rented, running jobs finish, and the run fails.",
         "env_var": False, "required": False})
     on_restart: str = field(default="resume", metadata={
@@ -117,6 +118,10 @@ class ExecutorSettings(ExecutorSettingsBase):
                 "(relative to the working directory) instead of every git-tracked file; "
                 "unioned with every rule's `deploy` resource. The Snakefile, includes, "
                 "config, script and conda files always ship. E.g. 'train.py,scripts/**'.",
+        "env_var": False, "required": False})
+    progress_interval: float = field(default=5.0, metadata={
+        "help": "Seconds between progress lines (bytes, rate, time left) of an upload or "
+                "download above 32 MiB; 0 turns them off.",
         "env_var": False, "required": False})
 
 
@@ -142,6 +147,10 @@ class Executor(RemoteExecutor):
         from .vast import skip_serverless_client
 
         skip_serverless_client()
+        if os.environ.get("SNAKEMAKE_VASTAI_PLAN"):  # `... plan`: report, rent nothing
+            from .plan import write_plan_and_stop
+
+            write_plan_and_stop(self)
         from .startup import start_run
 
         self.next_seconds_between_status_checks = STATUS_CHECK_SECONDS

@@ -8,6 +8,7 @@ Examples::
     python -m snakemake_executor_plugin_vastai demo
     python -m snakemake_executor_plugin_vastai simulate --port 0
     python -m snakemake_executor_plugin_vastai journal jobs
+    python -m snakemake_executor_plugin_vastai plan --jobs 4
     python -m snakemake_executor_plugin_vastai statechart
 """
 
@@ -22,6 +23,7 @@ commands:
   demo       run an example workflow through the plugin on the bundled simulator
   simulate   start the local Vast.ai simulator (REST API + SSH instances)
   journal    inspect this workflow's journal (runs, jobs, instances, cost, cleanup, timeline)
+  plan       what a run would rent and cost, and what would stop it (rents nothing)
   statechart regenerate statecharts/ from the job state machine (source checkout)
 
 'COMMAND --help' shows each command's options.
@@ -46,6 +48,12 @@ def _journal(argv: list[str]) -> int:
     return main(argv)
 
 
+def _plan(argv: list[str]) -> int:
+    from .plan import main
+
+    return main(argv)
+
+
 def _statechart(argv: list[str]) -> int:
     try:
         from .statechart import main
@@ -62,6 +70,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "demo": _demo,
     "simulate": _simulate,
     "journal": _journal,
+    "plan": _plan,
     "statechart": _statechart,
 }
 

@@ -546,4 +546,6 @@ def offer_facts(offer: dict) -> dict:
         "num_gpus": offer.get("num_gpus"),
         "dph_total": offer.get("dph_total"),
         "geolocation": offer.get("geolocation"),
+        "inet_up_cost": offer.get("inet_up_cost"),  # $/GB the instance sends (ledger.py)
+        "inet_down_cost": offer.get("inet_down_cost"),  # $/GB it receives
     }

@@ -65,6 +65,10 @@ found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
     Instances listed with this workflow's prefix that no ``instances`` row
     owns (a duplicate left by a lost create answer, a label marked gone that
     appeared later), journaled before their teardown.
+``instances.bytes_uploaded, bytes_downloaded``; ``runs.balance_before,
+balance_after``; ``transfers(id, job_id, run_id, instance_id, direction,
+bytes_done, bytes_total, started_at, updated_at, ended_at)``
+    The cost ledger's facts (migration ``m004_cost_ledger``, see ledger.py).
 ``transitions(id INTEGER PK AUTOINCREMENT, job_id -> jobs, run_id -> runs,
 from_state, to_state, trigger, at, detail)``
     Append-only (triggers refuse UPDATE and DELETE): one row per state change,
@@ -107,6 +111,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
+from . import ledger
 from .machine import TERMINAL_STATES as _TERMINAL_JOB_STATES
 from .redaction import redact, scrub
 
@@ -287,6 +292,30 @@ def m003_leases_and_strays(db: sqlite_utils.Database) -> None:
             reason TEXT, dph_total REAL, found_at REAL NOT NULL, destroy_requested_at REAL,
             destroy_accepted_at REAL, destroyed_at REAL)"""
     )
+
+
+@migration
+def m004_cost_ledger(db: sqlite_utils.Database) -> None:
+    """Bytes each instance moved, the account balance around a run, transfers in flight.
+
+    ``instances.bytes_uploaded``/``bytes_downloaded`` (SSH payload, our side's view)
+    price bandwidth with the offer's $/GB (see ledger.py). ``runs.balance_before``/
+    ``balance_after`` are the account credit at start and end. ``transfers`` holds one
+    row per upload or download: bytes so far, total if known, updated a few times a
+    second at most, so ``journal jobs --follow`` can show what is moving.
+    """
+    db.execute("ALTER TABLE instances ADD COLUMN bytes_uploaded INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE instances ADD COLUMN bytes_downloaded INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE runs ADD COLUMN balance_before REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN balance_after REAL")
+    db.execute(
+        """CREATE TABLE transfers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT REFERENCES jobs(id),
+            run_id TEXT REFERENCES runs(id), instance_id INTEGER, direction TEXT NOT NULL,
+            bytes_done INTEGER NOT NULL DEFAULT 0, bytes_total INTEGER,
+            started_at REAL NOT NULL, updated_at REAL NOT NULL, ended_at REAL)"""
+    )
+    db.execute("CREATE INDEX transfers_job_id ON transfers(job_id)")
 
 
 WORKFLOW_ID_FILE = "workflow-id"
@@ -1100,6 +1129,56 @@ class Journal:
         ]
         return sum(c[0] for c in costs), sum(c[1] for c in costs)
 
+    # -- the cost ledger (see ledger.py) ------------------------------------------------------
+    def add_instance_bytes(self, instance_id: int, uploaded: int, downloaded: int) -> None:
+        """Add bytes moved to or from an instance (deltas: reconnects and reuse add on)."""
+        if uploaded <= 0 and downloaded <= 0:
+            return
+        with self._write() as db:
+            db.execute(
+                "UPDATE instances SET bytes_uploaded = bytes_uploaded + ?, "
+                "bytes_downloaded = bytes_downloaded + ? WHERE instance_id = ?",
+                [max(uploaded, 0), max(downloaded, 0), int(instance_id)],
+            )
+
+    def record_balance(self, run_id: str, *, before: float | None = None,
+                       after: float | None = None) -> None:
+        """The account credit at the run's start or end (None leaves it as it is)."""
+        columns = {k: v for k, v in (("balance_before", before), ("balance_after", after))
+                   if v is not None}
+        if not columns:
+            return
+        with self._write() as db:
+            db.execute(f"UPDATE runs SET {_assignments(columns)} WHERE id = ?",
+                       [*columns.values(), run_id])
+
+    def start_transfer(self, *, job_id: str | None, instance_id: int | None, direction: str,
+                       total: int | None, started_at: float | None = None) -> int:
+        """A transfer in flight (``direction`` upload/download, begun at ``started_at``,
+        default now); its row id."""
+        now = self._clock()
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO transfers (job_id, run_id, instance_id, direction, bytes_total, "
+                "started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [job_id, self._run_id, instance_id, direction, total,
+                 now if started_at is None else started_at, now],
+            )
+            return int(cursor.lastrowid or 0)
+
+    def update_transfer(self, transfer_id: int, done: int, *, ended: bool = False) -> None:
+        now = self._clock()
+        with self._write() as db:
+            db.execute(
+                "UPDATE transfers SET bytes_done = ?, updated_at = ?, "
+                "ended_at = CASE WHEN ? THEN ? ELSE ended_at END WHERE id = ?",
+                [int(done), now, int(ended), now, int(transfer_id)],
+            )
+
+    def transfers(self, *, in_flight: bool = False) -> list[dict]:
+        where = "WHERE ended_at IS NULL " if in_flight else ""
+        return self._rows(f"SELECT * FROM transfers {where}ORDER BY started_at, id")
+
     # -- helpers -----------------------------------------------------------------------------
     def _job_fields(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Validate caller-given job columns: known, and neither identity nor state."""
@@ -1177,6 +1256,7 @@ class Journal:
         rows = self.instances()
         for row in rows:
             row["billed_seconds"], row["billed_dollars"] = _cost(row, now)
+            row["components"] = ledger.components(row, row["billed_seconds"])
         return rows
 
 
@@ -1315,7 +1395,7 @@ def _cost(row: Mapping[str, Any], now: float) -> tuple[float, float]:
     start = _first(row.get("started_at"), row["created_at"])
     end = _first(row.get("destroy_accepted_at"), row["destroyed_at"], now)
     seconds = max(0.0, float(end) - float(start))
-    return seconds, seconds / 3600.0 * float(row["dph_total"] or 0.0)
+    return seconds, sum(ledger.components(row, seconds).values())
 
 
 def _first(*values: Any) -> Any:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import leases, listing, tables
+from . import leases, ledger, listing, progress, tables
 from .journal import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
 from .machine import JobState
 from .redaction import scrub
@@ -421,12 +421,37 @@ def follow_jobs(journal: Journal, args: argparse.Namespace) -> int:
             if not args.json:
                 print(_follow_header(latest, live))
             print_jobs(journal, args, compact=True)
+            moving = transfers_text(journal, latest) if live and not args.json else ""
+            if moving:
+                print(moving)
             sys.stdout.flush()
             if not live:
                 return 0
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0
+
+
+def transfers_text(journal: Journal, run: dict | None) -> str:
+    """Uploads and downloads of the run still in flight (progress.py writes their rows)."""
+    if run is None:
+        return ""
+    rows = [t for t in journal.transfers(in_flight=True) if t["run_id"] == run["id"]]
+    if not rows:
+        return ""
+    now = time.time()
+    body = []
+    for t in rows:
+        elapsed = max(float(t["updated_at"]) - float(t["started_at"]), 1e-9)
+        done, total = int(t["bytes_done"]), t["bytes_total"]
+        body.append([t["job_id"], t["direction"], progress.human_bytes(done),
+                     "?" if not total else progress.human_bytes(int(total)),
+                     "-" if not total else f"{100.0 * done / int(total):.0f}%",
+                     f"{progress.human_bytes(done / elapsed)}/s",
+                     tables.duration(now - float(t["started_at"]))])
+    table = tables.render(["TRANSFER OF JOB", "DIRECTION", "DONE", "TOTAL", "%", "RATE",
+                           "FOR"], body, right={2, 3, 4, 5, 6})
+    return "\n" + table
 
 
 def _follow_header(run: dict | None, live: bool) -> str:
@@ -700,6 +725,7 @@ def cmd_cost(journal: Journal, args: argparse.Namespace) -> int:
         "runs": _totals(rows, lambda r: r["run_id"], "run"),
         "rules": _totals(rows, lambda r: rules.get(r["job_id"]), "rule"),
         "gpus": _totals(rows, _gpu, "gpu"),
+        "balances": balances(journal, rows),
     }
     if args.json:
         return emit_json(report)
@@ -713,8 +739,26 @@ def _total(rows: list[dict]) -> dict:
         "instances": len(rows),
         "instance_seconds": seconds,
         "instance_hours": seconds / 3600.0,
+        "bytes_uploaded": sum(int(row.get("bytes_uploaded") or 0) for row in rows),
+        "bytes_downloaded": sum(int(row.get("bytes_downloaded") or 0) for row in rows),
+        "components": {c.name: sum(row["components"][c.name] for row in rows)
+                       for c in ledger.COMPONENTS},
         "dollars": sum(row["billed_dollars"] for row in rows),
     }
+
+
+def balances(journal: Journal, rows: list[dict]) -> list[dict]:
+    """Per run with a known start balance: the account credit before and after, what it
+    fell by, and the ledger's total for the run (they agree when nothing else billed)."""
+    ledger_total = {t["run"]: t["dollars"] for t in _totals(rows, lambda r: r["run_id"], "run")}
+    return [
+        {"run": run["id"], "before": run.get("balance_before"),
+         "after": run.get("balance_after"),
+         "fell_by": (None if run.get("balance_after") is None
+                     else run["balance_before"] - run["balance_after"]),
+         "ledger": ledger_total.get(run["id"], 0.0)}
+        for run in journal.runs() if run.get("balance_before") is not None
+    ]
 
 
 def _totals(rows: list[dict], key: Callable[[dict], Any], name: str) -> list[dict]:
@@ -731,23 +775,38 @@ def cost_text(report: dict) -> str:
         _cost_table("GPU", "gpu", report["gpus"]),
         _cost_table("TOTAL", "name", [{"name": "all", **report["total"]}]),
     ]
+    if report.get("balances"):
+        sections.append(_balance_table(report["balances"]))
     return "\n\n".join(sections)
 
 
+def _balance_table(rows: list[dict]) -> str:
+    def money(value: float | None) -> str:
+        return "-" if value is None else tables.money(value)
+
+    body = [[b["run"], money(b["before"]), money(b["after"]), money(b["fell_by"]),
+             money(b["ledger"])] for b in rows]
+    return tables.render(["BALANCE OF RUN", "BEFORE", "AFTER", "FELL BY", "LEDGER"], body,
+                         right={1, 2, 3, 4})
+
+
 def _cost_table(title: str, key: str, totals: list[dict]) -> str:
+    names = [c.name for c in ledger.COMPONENTS]
     rows = [
         [
             t[key],
             t["instances"],
             f"{t['instance_seconds']:.1f}",
             tables.hours(t["instance_seconds"]),
+            progress.human_bytes(t["bytes_uploaded"] + t["bytes_downloaded"]),
+            *(tables.money(t["components"][name]) for name in names),
             tables.money(t["dollars"]),
         ]
         for t in totals
     ]
-    return tables.render(
-        [title, "INSTANCES", "SECONDS", "INST-H", "COST"], rows, right={1, 2, 3, 4}
-    )
+    headers = [title, "INSTANCES", "SECONDS", "INST-H", "MOVED",
+               *(name.upper() for name in names), "COST"]
+    return tables.render(headers, rows, right=set(range(1, len(headers))))
 
 
 # -- timeline ------------------------------------------------------------------------------

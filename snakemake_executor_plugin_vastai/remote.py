@@ -62,12 +62,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import paramiko
 
 from . import remote_scripts as scripts
 from .keys import fingerprint
+from .ledger import ByteMeter
 
 # paramiko logs a refused connection (normal while an instance boots) at ERROR
 # with tracebacks; with no handler configured, Python's last-resort handler
@@ -705,6 +706,38 @@ def _tail(data: bytes, limit: int = 2000) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+class _MeteredChannel:
+    """A channel whose payload bytes (stdin sent; stdout and stderr received) are counted
+    into a :class:`~.ledger.ByteMeter`: bandwidth is billed per byte (ledger.py), and
+    progress reports read the same counts (progress.py)."""
+
+    def __init__(self, chan: paramiko.Channel, meter: ByteMeter) -> None:
+        self._chan = chan
+        self._meter = meter
+
+    def send(self, data: Any) -> int:
+        n = self._chan.send(data)
+        self._meter.sent(n)
+        return n
+
+    def sendall(self, data: bytes) -> None:
+        self._chan.sendall(data)
+        self._meter.sent(len(data))
+
+    def recv(self, nbytes: int) -> bytes:
+        data = self._chan.recv(nbytes)
+        self._meter.received(len(data))
+        return data
+
+    def recv_stderr(self, nbytes: int) -> bytes:
+        data = self._chan.recv_stderr(nbytes)
+        self._meter.received(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the channel's own
+        return getattr(self._chan, name)
+
+
 class RemoteSession:
     """One authenticated SSH connection to an instance; channels are opened per call.
 
@@ -725,12 +758,14 @@ class RemoteSession:
         *,
         timeout: float,
         io_timeout: float,
+        meter: ByteMeter | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.host_key = host_key
         self.timeout = timeout
         self.io_timeout = io_timeout
         self._transport = transport
+        self.meter = meter if meter is not None else ByteMeter()
 
     def __repr__(self) -> str:
         return f"RemoteSession({self.endpoint.user}@{self.endpoint})"
@@ -746,6 +781,7 @@ class RemoteSession:
         pinned_host_key: str | None,
         timeout: float = 15,
         io_timeout: float = 120,
+        meter: ByteMeter | None = None,
     ) -> RemoteSession:
         """Connect, verify the host key against ``pinned_host_key``, authenticate.
 
@@ -785,7 +821,8 @@ class RemoteSession:
             transport.close()
             raise SSHUnavailable(f"{endpoint}: SSH handshake failed: {exc}") from None
         transport.set_keepalive(KEEPALIVE_SECONDS)
-        return cls(endpoint, transport, host_key, timeout=timeout, io_timeout=io_timeout)
+        return cls(endpoint, transport, host_key, timeout=timeout, io_timeout=io_timeout,
+                   meter=meter)
 
     def close(self) -> None:
         """Close the connection (idempotent). Detached jobs keep running."""
@@ -811,7 +848,7 @@ class RemoteSession:
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SSHUnavailable(f"{self.endpoint}: cannot start {what}: {exc}") from None
-        return chan
+        return _MeteredChannel(chan, self.meter)  # type: ignore[return-value]
 
     def _close_input(self, chan: paramiko.Channel, what: str) -> None:
         """Send EOF on stdin; a link that died just after the exec is a transient loss."""

@@ -67,6 +67,7 @@ class RunSettings:
     on_restart: str = "resume"
     max_spend: float | None = None
     max_runtime: float = 0.0  # seconds a storage-mode job may run; 0 = no cap
+    progress_interval: float = 5.0  # seconds between transfer progress lines (progress.py)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Run:
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self, settings.on_restart)
         self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
+        self.balance_before: float | None = None  # account credit at start (ledger.py)
         self._lock = threading.Lock()
         self._closed = False
         self.watcher.start()
@@ -326,6 +328,7 @@ class Run:
         pending = self.teardown.pending_message()
         if pending:
             outcome = f"{outcome}; teardown pending"
+        self._record_balance_after()
         try:
             self.journal.end_run(self.run_id, outcome)
         except Exception as exc:  # the summary and the pending message still matter
@@ -335,6 +338,25 @@ class Run:
             self.log.error(pending)
         self.log.close()
         return pending
+
+    def record_balance_before(self, user: Any) -> None:
+        """The account credit as the run starts (from the access check's answer)."""
+        self.balance_before = account_credit(user)
+        if self.balance_before is not None:
+            self.journal.record_balance(self.run_id, before=self.balance_before)
+
+    def _record_balance_after(self) -> None:
+        """The credit once every instance is gone: before minus after is what Vast.ai
+        billed this run (shown by ``journal cost`` beside the ledger's own total)."""
+        if self.balance_before is None:
+            return
+        try:
+            after = account_credit(self.api.check_access())
+            if after is not None:
+                self.journal.record_balance(self.run_id, after=after)
+        except Exception as exc:  # the run's end must not fail on a courtesy figure
+            self.log.warning("could not read the account balance at the end",
+                             error=str(exc))
 
     def summary(self) -> str:
         """One line: jobs by outcome, instances rented/resumed, instance-hours, dollars."""
@@ -362,6 +384,19 @@ class Run:
         return (f"run summary: {len(models)} jobs ({parts or 'none'}){broken}, "
                 f"{len(labels) - resumed} instances rented, {resumed} resumed, "
                 f"{seconds / 3600:.4f} instance-hours, ${dollars:.4f}{unconfirmed}")
+
+
+def account_credit(user: Any) -> float | None:
+    """The spendable credit in a ``users/current`` answer (``credit``, else ``balance``)."""
+    if not isinstance(user, dict):
+        return None
+    for key in ("credit", "balance"):
+        try:
+            if user.get(key) is not None:
+                return float(user[key])
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 def submit_detail(job: Any) -> dict | None:

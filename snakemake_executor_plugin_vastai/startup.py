@@ -139,7 +139,21 @@ def run_settings(settings: Any, container_image: str | None = None) -> RunSettin
         status_interval=float(settings.status_interval),
         offline_grace=float(settings.offline_grace), offer_settings=offer_settings,
         on_restart=str(getattr(settings, "on_restart", "resume")),
-        max_spend=max_spend(settings), max_runtime=max_runtime(settings))
+        max_spend=max_spend(settings), max_runtime=max_runtime(settings),
+        progress_interval=progress_interval(settings))
+
+
+def progress_interval(settings: Any) -> float:
+    """--vastai-progress-interval: seconds >= 0 (0 = no progress lines)."""
+    value = getattr(settings, "progress_interval", 5.0)
+    try:
+        seconds = float(5.0 if value is None else value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise WorkflowError(f"--vastai-progress-interval must be a number of seconds >= 0 "
+                            f"(0 = off), not {value!r}")
+    return seconds
 
 
 def max_spend(settings: Any) -> float | None:
@@ -431,7 +445,7 @@ def start_run(executor: Any) -> Run:
     run = Run(workdir=workdir, settings=resolved, api_key=api_key, hooks=hooks, log=log,
               journal=journal, plugin_version=__version__)
     try:
-        run.api.check_access()
+        run.record_balance_before(run.api.check_access())
     except VastAuthError as exc:
         run.close("refused")
         raise WorkflowError(str(exc)) from None

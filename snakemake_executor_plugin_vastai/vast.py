@@ -199,6 +199,12 @@ class VastAPI:
         offer slice of its own)."""
         return self.searches.search(query, order, limit, storage_gb)
 
+    def search_offers_unshared(self, query: dict, order: list, limit: int,
+                               storage_gb: float) -> list[dict]:
+        """The market's answer as it is, best first: for ``plan``, which must show what
+        each rule would get, not a slice rotated for a concurrent job."""
+        return self._search_now(query, order, lambda: limit, storage_gb)
+
     def _search_now(self, query: dict, order: list, limit: Callable[[], int],
                     storage_gb: float) -> list[dict]:
         """One search request; ``limit()`` is read as the request is built."""

@@ -321,7 +321,8 @@ def test_cost_per_run_rule_and_gpu(capsys, finished):
         )
     code, out, _ = cli(capsys, "--journal", str(finished.journal), "cost")
     assert code == 0
-    assert [block.split()[0] for block in out.split("\n\n")] == ["RUN", "RULE", "GPU", "TOTAL"]
+    assert [block.split()[0] for block in out.split("\n\n")] == ["RUN", "RULE", "GPU", "TOTAL",
+                                                                   "BALANCE"]
     assert tables.money(report["total"]["dollars"]) in out
 
 

@@ -17,7 +17,10 @@ directory with the instance environment and its tag (see ``sandbox.py``), so des
 the instance can kill all of them, detached ones too.
 
 Billing: ``dph_total`` per hour of wall-clock time from creation until destruction (or
-vanishing), never scaled.
+vanishing), never scaled; plus bandwidth per GB (2**30 bytes, as the SDK's $/TB column
+multiplies by 1024) in each direction as the host sees it: what the instance receives
+(``ssh_bytes_in``: our uploads) at the offer's ``inet_down_cost``, what it sends
+(``ssh_bytes_out``: our downloads, logs) at ``inet_up_cost``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from .timeline import Timeline
 log = logging.getLogger(__name__)
 
 INDEFINITE = math.inf
+BYTES_PER_GB = 1024**3  # Vast.ai's $/GB bandwidth prices (its CLI shows $/TB as x 1024)
 CREATED_PHASE = 0.15  # share of the boot delay spent before loading starts
 
 
@@ -184,6 +188,14 @@ class Instance:
     def billed_seconds(self) -> float:
         end = self._ended_mono if self._ended_mono is not None else time.monotonic()
         return max(end - self._created_mono, 0.0)
+
+    def _bandwidth(self) -> tuple[float, float]:
+        """Dollars billed for bytes sent (inet_up) and received (inet_down) by the instance."""
+        ssh = self.ssh
+        sent, received = (ssh.bytes_out, ssh.bytes_in) if ssh else (0, 0)
+        up = sent / BYTES_PER_GB * float(self.offer.get("inet_up_cost") or 0.0)
+        down = received / BYTES_PER_GB * float(self.offer.get("inet_down_cost") or 0.0)
+        return up, down
 
     def attach_key(self, key_line: str) -> None:
         """Accept this public key from now on."""
@@ -330,8 +342,8 @@ class Instance:
                 "is_bid": False,
                 "client_run_time": round(self.billed_seconds(), 3),
                 "host_run_time": round(self.billed_seconds(), 3),
-                "inet_up_billed": 0.0,
-                "inet_down_billed": 0.0,
+                "inet_up_billed": 0.0,  # units unknown (the SDK never reads it);
+                "inet_down_billed": 0.0,  # the bandwidth bill is in truth() and the credit
             }
 
     def truth(self) -> dict[str, Any]:
@@ -340,6 +352,8 @@ class Instance:
             seconds = self.billed_seconds()
             dph = float(self.offer["dph_total"])
             ssh = self.ssh
+            up_dollars, down_dollars = self._bandwidth()
+            compute = dph * seconds / 3600.0
             return {
                 "id": self.id,
                 "label": self.spec.label,
@@ -360,7 +374,11 @@ class Instance:
                 "created_at": self.created_at,
                 "destroyed_at": self.destroyed_at,
                 "billed_seconds": seconds,
-                "billed_dollars": dph * seconds / 3600.0,
+                "billed_dollars": compute + up_dollars + down_dollars,
+                "billed_compute_dollars": compute,
+                "billed_bandwidth_dollars": up_dollars + down_dollars,
+                "inet_up_cost": float(self.offer.get("inet_up_cost") or 0.0),
+                "inet_down_cost": float(self.offer.get("inet_down_cost") or 0.0),
                 "foreign": self.foreign,
                 "ssh_port": self.ssh_port,
                 "ssh_bytes_in": ssh.bytes_in if ssh else 0,

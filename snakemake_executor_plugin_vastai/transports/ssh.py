@@ -8,15 +8,18 @@ exactly the bytes already written to the local log.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import payload
 from ..backoff import Backoff
+from ..ledger import ByteMeter
 from ..outcomes import JobFailure, crash_point, disk_hint
+from ..progress import TransferProgress, planned_bytes
 from ..recovery import resumable_state
 from ..remote import (
     AllowedPaths,
@@ -58,6 +61,7 @@ class SshTransport:
         self.p = steps.p
         self.session: RemoteSession | None = None
         self._lock = threading.Lock()
+        self.meter = ByteMeter()  # this job's bytes on its instance (ledger.py)
 
     # -- renting and booting -------------------------------------------------------------
     def launch(self, label: str) -> dict[str, Any]:
@@ -106,7 +110,8 @@ class SshTransport:
     # -- the steps --------------------------------------------------------------------
     def upload(self) -> None:
         shipment = self.p.spec.shipment()
-        sent = self.with_ssh("upload", lambda s: s.upload(shipment.files, REMOTE_DIR))
+        with self._progress("upload", planned_bytes(shipment.files)):
+            sent = self.with_ssh("upload", lambda s: s.upload(shipment.files, REMOTE_DIR))
         self.steps.fire("uploaded", detail={"files": len(shipment.files), "bytes": sent})
 
     def run(self) -> None:
@@ -123,9 +128,11 @@ class SshTransport:
         allowed = AllowedPaths(back.files, back.directories)
         if back.paths:
             try:
-                self.with_ssh("download", lambda s: s.download(
-                    REMOTE_DIR, back.paths, self.p.spec.workspace.workdir, allowed=allowed,
-                    max_bytes=self.p.settings.max_download_bytes, optional=back.optional))
+                with self._progress("download", None):
+                    self.with_ssh("download", lambda s: s.download(
+                        REMOTE_DIR, back.paths, self.p.spec.workspace.workdir,
+                        allowed=allowed, max_bytes=self.p.settings.max_download_bytes,
+                        optional=back.optional))
             except JobFailure:
                 if ok:
                     raise
@@ -137,6 +144,37 @@ class SshTransport:
             session, self.session = self.session, None
         if session is not None:
             session.close()
+        self.flush_bytes()
+
+    # -- the cost ledger and progress (ledger.py, progress.py) ------------------------------
+    def flush_bytes(self) -> None:
+        """Journal the bytes moved since the last flush, on this job's instance."""
+        iid = self.m.instance_id
+        if iid is None:
+            return
+        uploaded, downloaded = self.meter.take()
+        try:
+            self.p.journal.add_instance_bytes(int(iid), uploaded, downloaded)
+        except Exception as exc:  # a busy journal must not fail the job; the next flush
+            self.meter.untake(uploaded, downloaded)  # journals these bytes too
+            self.steps.log("warning", "could not journal the bytes moved yet", error=str(exc))
+
+    @contextlib.contextmanager
+    def _progress(self, direction: str, total: int | None) -> Iterator[TransferProgress]:
+        """Report the transfer's progress while it runs; journal its bytes when done."""
+        progress = TransferProgress(
+            direction, total, log=self.steps.log, journal=self.p.journal,
+            job_id=self.m.job_id, instance_id=self.m.instance_id,
+            interval=getattr(self.p.settings, "progress_interval", 5.0))
+        self.meter.listener = progress.count
+        ok = False
+        try:
+            yield progress
+            ok = True
+        finally:
+            self.meter.listener = None
+            progress.end(ok)
+            self.flush_bytes()
 
     # -- running ----------------------------------------------------------------------
     def _runtime_timer(self) -> threading.Timer | None:
@@ -200,7 +238,8 @@ class SshTransport:
             session = RemoteSession.connect(self.m.endpoint,
                                             (self.m.key or self.p.instances.key).pkey,
                                             pinned_host_key=pinned,
-                                            timeout=self.p.settings.ssh_timeout)
+                                            timeout=self.p.settings.ssh_timeout,
+                                            meter=self.meter)
         except HostKeyMismatch as exc:
             raise JobFailure(f"instance {iid}: {exc}; refusing to talk to it") from None
         if pinned is None:

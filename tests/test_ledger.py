@@ -1,0 +1,229 @@
+"""The cost ledger: bytes counted per instance, priced per direction, checked against the
+simulator's billing; ``--vastai-max-spend`` counts bandwidth; transfer progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from snakemake_executor_plugin_vastai import ledger
+from snakemake_executor_plugin_vastai.journal import Journal
+from snakemake_executor_plugin_vastai.journal_cli import main as journal_main
+from tests.e2e import alive, run_snakemake, write_workflow
+
+GB = ledger.BYTES_PER_GB
+
+
+def _row(**over) -> dict:
+    row = {"dph_total": 0.36, "bytes_uploaded": 0, "bytes_downloaded": 0,
+           "offer": json.dumps({"inet_up_cost": 2.0, "inet_down_cost": 0.5})}
+    row.update(over)
+    return row
+
+
+def test_uploads_are_priced_at_inet_down_cost_and_downloads_at_inet_up_cost():
+    up = ledger.components(_row(bytes_uploaded=GB), 0.0)
+    down = ledger.components(_row(bytes_downloaded=GB), 0.0)
+    assert up["bandwidth"] == pytest.approx(0.5)  # the instance receives what we upload
+    assert down["bandwidth"] == pytest.approx(2.0)  # and sends what we download
+    assert ledger.components(_row(), 3600.0) == {"compute": pytest.approx(0.36),
+                                                 "bandwidth": 0.0}
+
+
+def test_an_offer_without_bandwidth_prices_costs_compute_only():
+    row = _row(bytes_uploaded=5 * GB, offer=json.dumps({}))
+    assert ledger.components(row, 1800.0) == {"compute": pytest.approx(0.18), "bandwidth": 0.0}
+    assert ledger.components(_row(bytes_uploaded=GB, offer="not json"), 0)["bandwidth"] == 0
+
+
+def test_byte_meter_hands_out_deltas_and_tells_its_listener():
+    meter = ledger.ByteMeter()
+    seen = []
+    meter.listener = lambda up, down: seen.append((up, down))
+    meter.sent(10)
+    meter.received(3)
+    assert meter.take() == (10, 3)
+    meter.sent(5)
+    meter.sent(0)
+    assert meter.take() == (5, 0)
+    assert meter.take() == (0, 0)
+    assert seen == [(10, 0), (0, 3), (5, 0)]
+
+
+def test_journal_adds_bytes_and_prices_them_in_the_run_cost(tmp_path):
+    clock = [1000.0]
+    journal = Journal(tmp_path / "j.sqlite", clock=lambda: clock[0])
+    run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    job = journal.add_job(run_id=run, rule="r", snakemake_jobid=1, fingerprint="f",
+                          attempt=1, state="searching")
+    label = journal.label_prefix + "-x"
+    journal.record_rent_intent(job_id=job, run_id=run, label=label,
+                               offer={"offer_id": 7, "dph_total": 3.6, "inet_up_cost": 1.0,
+                                      "inet_down_cost": 2.0})
+    journal.record_instance_created(label, 42)
+    journal.add_instance_bytes(42, GB // 2, 0)
+    journal.add_instance_bytes(42, GB // 2, GB // 4)  # a reconnect adds on
+    clock[0] += 10.0
+    row = next(r for r in journal.instances_with_cost() if r["label"] == label)
+    assert (row["bytes_uploaded"], row["bytes_downloaded"]) == (GB, GB // 4)
+    assert row["components"] == {"compute": pytest.approx(0.01),
+                                 "bandwidth": pytest.approx(2.0 + 0.25)}
+    assert journal.run_cost(run)[1] == pytest.approx(2.26)
+    journal.record_balance(run, before=50.0)
+    journal.record_balance(run, after=47.5)
+    got = next(r for r in journal.runs() if r["id"] == run)
+    assert (got["balance_before"], got["balance_after"]) == (50.0, 47.5)
+    journal.close()
+
+
+# -- end to end: the real snakemake CLI against the simulator ---------------------------
+pricey_network = [
+    {"id": 900 + i, "dph_total": 0.30, "inet_up_cost": 6.0, "inet_down_cost": 4.0,
+     "hosting_type": 1}
+    for i in range(6)
+]
+
+TRANSFER_SNAKEFILE = '''\
+rule all:
+    input: "out/b.bin"
+
+rule a:
+    input: "data/in.bin"
+    output: "out/a.bin"
+    shell: "head -c 12000000 {input} > {output}"
+
+rule b:
+    input: "out/a.bin"
+    output: "out/b.bin"
+    shell: "head -c 1000 {input} > {output}"
+'''
+
+
+def transfer_workflow(root: Path, size: int) -> Path:
+    wf = write_workflow(root, {"Snakefile": TRANSFER_SNAKEFILE})
+    (wf / "data").mkdir()
+    (wf / "data/in.bin").write_bytes(os.urandom(size))
+    return wf
+
+
+def journal_at(wf: Path) -> Journal:
+    return Journal(wf / ".snakemake/vastai/journal.sqlite")
+
+
+@pytest.mark.e2e
+def test_ledger_totals_agree_with_the_simulators_billing(tmp_path, simulator_factory, capsys):
+    sim = simulator_factory(offers=pricey_network)
+    wf = transfer_workflow(tmp_path / "wf", 40_000_000)
+    result = run_snakemake(wf, sim.url, sim.api_key, "--vastai-progress-interval", "0.05")
+    assert result.returncode == 0, result.stderr[-4000:]
+    truth = sim.truth()
+    assert alive(truth) == []
+    billed = {i["id"]: i for i in truth["instances"] if not i.get("foreign")}
+    journal = journal_at(wf)
+    rows = {r["instance_id"]: r for r in journal.instances_with_cost()}
+    assert set(rows) == set(billed) and len(rows) == 2
+    for iid, sim_row in billed.items():
+        ours = rows[iid]
+        assert ours["bytes_uploaded"] == sim_row["ssh_bytes_in"]
+        assert ours["bytes_downloaded"] == sim_row["ssh_bytes_out"]
+        assert ours["components"]["bandwidth"] == pytest.approx(
+            sim_row["billed_bandwidth_dollars"], rel=0.01)
+        assert ours["billed_dollars"] == pytest.approx(sim_row["billed_dollars"], rel=0.01)
+    # bandwidth is most of this bill: 40 MB up at $4/GB, 12 MB down at $6/GB
+    total = sum(r["billed_dollars"] for r in rows.values())
+    assert sum(r["components"]["bandwidth"] for r in rows.values()) > 0.9 * total
+    assert total == pytest.approx(sum(i["billed_dollars"] for i in billed.values()), rel=0.01)
+    (run,) = journal.runs()
+    assert run["balance_before"] - run["balance_after"] == pytest.approx(total, rel=0.01)
+    journal.close()
+    capsys.readouterr()
+    assert journal_main(["--journal", str(wf / ".snakemake/vastai/journal.sqlite"),
+                         "cost", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["total"]["components"]["bandwidth"] == pytest.approx(
+        sum(i["billed_bandwidth_dollars"] for i in billed.values()), rel=0.01)
+    assert report["balances"][0]["fell_by"] == pytest.approx(report["total"]["dollars"],
+                                                             rel=0.01)
+    assert journal_main(["--journal", str(wf / ".snakemake/vastai/journal.sqlite"),
+                         "cost"]) == 0
+    text = capsys.readouterr().out
+    assert "COMPUTE  BANDWIDTH" in text and "BALANCE OF RUN" in text
+    # progress: the 40 MB upload was reported while it ran (the 12 MB are under the bar)
+    lines = [ln for ln in result.stderr.splitlines() if "vastai: upload" in ln]
+    assert any(re.search(r"upload: [\d.]+ MiB of 38\.1 MiB \(\d+%\) at .*/s, .* left", ln)
+               for ln in lines), "\n".join(lines)
+    assert any(re.search(r"upload done: 38\.\d MiB in", ln) for ln in lines), "\n".join(lines)
+    transfers = sqlite3.connect(wf / ".snakemake/vastai/journal.sqlite").execute(
+        "select direction, bytes_done, ended_at is not null from transfers "
+        "where bytes_done > 1000000 order by id").fetchall()
+    # a transfer gets a row once it has lasted a progress interval (0.05 s here): the
+    # 40 MB upload surely has, the 12 MB ones may have been quicker
+    assert transfers[0][0] == "upload"
+    assert 40_000_000 <= transfers[0][1] < 41_000_000  # a's input, plus tar headers
+    assert all(12_000_000 <= done < 12_100_000 for _, done, _ in transfers[1:])
+    assert all(ended for *_, ended in transfers)
+
+
+@pytest.mark.e2e
+def test_max_spend_counts_bandwidth(tmp_path, simulator_factory):
+    sim = simulator_factory(offers=pricey_network)
+    wf = transfer_workflow(tmp_path / "wf", 60_000_000)  # ~$0.22 up alone; compute ~$0.001
+    result = run_snakemake(wf, sim.url, sim.api_key, "--vastai-max-spend", "0.1")
+    assert result.returncode != 0
+    assert "--vastai-max-spend of $0.1 reached" in result.stderr
+    truth = sim.truth()
+    assert truth["created_count"] == 1  # rule b was never rented
+    assert alive(truth) == []
+
+
+def test_a_take_whose_journal_write_failed_is_taken_again():
+    meter = ledger.ByteMeter()
+    meter.sent(100)
+    meter.received(7)
+    up, down = meter.take()
+    meter.untake(up, down)
+    meter.sent(1)
+    assert meter.take() == (101, 7)
+
+
+def test_the_meter_counts_what_the_instances_ssh_server_counts(tmp_path):
+    """Every channel kind (upload, download, command with stdin, job follow): the client's
+    counts equal the simulated host's, which its bandwidth bill is made from."""
+    import sys
+    import uuid
+
+    from snakemake_executor_plugin_vastai.keys import RunKey
+    from snakemake_executor_plugin_vastai.remote import AllowedPaths, Endpoint, RemoteSession
+    from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
+
+    key = RunKey.load_or_create(tmp_path / "keys", "run-ledger")
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    ssh = InstanceSSH(sandbox=sandbox, tag=f"ledger-{uuid.uuid4().hex[:8]}",
+                      authorized_keys=lambda: [key.public_line],
+                      env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
+    port = ssh.start()
+    meter = ledger.ByteMeter()
+    try:
+        session = RemoteSession.connect(Endpoint("127.0.0.1", port), key.pkey,
+                                        pinned_host_key=None, meter=meter)
+        data = tmp_path / "in.bin"
+        data.write_bytes(os.urandom(3_000_000))
+        session.upload([(data, "in.bin")], "job")
+        assert session.run("cat > job/copy.bin", stdin=b"y" * 100_000).rc == 0
+        back = tmp_path / "back"
+        session.download("job", ["in.bin", "copy.bin"], back,
+                         allowed=AllowedPaths(["in.bin", "copy.bin"], []))
+        session.launch("job", "echo hello from the job; head -c 50000 /dev/zero")
+        session.follow("job", on_output=lambda _b: None)
+        session.close()
+    finally:
+        ssh.stop()
+    assert (back / "in.bin").read_bytes() == data.read_bytes()
+    assert meter.uploaded == ssh.bytes_in and meter.downloaded == ssh.bytes_out
+    assert meter.uploaded > 3_100_000 and meter.downloaded > 3_150_000

@@ -1,0 +1,185 @@
+"""``python -m snakemake_executor_plugin_vastai plan``: offers, job counts, cost range,
+balance and problems, through the real snakemake CLI against the simulator; nothing is
+ever rented."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from snakemake_executor_plugin_vastai.plan import DEFAULT_BOOT_SECONDS, render
+from tests.e2e import alive, demo_workflow, run_snakemake, sim_env, write_workflow
+
+pytestmark = pytest.mark.e2e
+
+
+def plan(workdir: Path, sim, *extra: str, jobs: int = 4) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan", "--jobs",
+            str(jobs), "--vastai-api-url", sim.url, *extra]
+    return subprocess.run(argv, cwd=workdir, env=sim_env(sim.api_key), capture_output=True,
+                          text=True, timeout=120)
+
+
+def plan_json(workdir: Path, sim, *extra: str, jobs: int = 4) -> tuple[int, dict]:
+    done = plan(workdir, sim, "--json", *extra, jobs=jobs)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    return done.returncode, json.loads(done.stdout)
+
+
+def nothing_rented(sim) -> None:
+    truth = sim.truth()
+    assert truth["created_count"] == 0
+    assert alive(truth) == []
+
+
+def test_plan_of_the_demo_workflow_shows_offers_counts_costs_and_rents_nothing(
+        tmp_path, simulator):
+    wf = demo_workflow(tmp_path / "wf")
+    code, got = plan_json(wf, simulator)
+    assert code == 0 and got["problems"] == [] and got["stops"] is False
+    rules = {r["rule"]: r for r in got["rules"]}
+    assert {name: r["jobs"] for name, r in rules.items()} == {"prepare": 1, "train": 4,
+                                                              "summarize": 1}
+    market = simulator.truth()
+    train = rules["train"]
+    assert train["offers_matching"] > 3 and len(train["offers"]) == 3
+    prices = [o["dph_total"] for o in train["offers"]]
+    assert prices == sorted(prices)  # the cheapest first, as the run would try them
+    assert "cpu_ram>=7.63" in train["query"]  # mem_mb=8000 of the rule, as the run asks
+    # the estimate: 4 jobs x (boot + 10 min default) at the cheapest price, upward
+    low = 4 * (DEFAULT_BOOT_SECONDS[0] + 600) / 3600 * prices[0]
+    assert train["runtime_source"] == "default"
+    assert train["cost_low"] == pytest.approx(low, rel=0.01)
+    assert train["cost_high"] > train["cost_low"]
+    assert got["balance"] == pytest.approx(100.0)  # the simulator's credit, untouched
+    assert got["estimate"]["low"] == pytest.approx(sum(r["cost_low"] for r in rules.values()))
+    assert market["created_count"] == 0
+    text = plan(wf, simulator)
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "rule train: 4 job(s)" in text.stdout and "no problems found" in text.stdout
+    assert "balance $100.00" in text.stdout
+    nothing_rented(simulator)
+    # the plan leaves no lock or marker behind: the real run then works
+    run = run_snakemake(wf, simulator.url, simulator.api_key, jobs=4)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert alive(simulator.truth()) == []
+    # and a later plan uses the boot and upload times that run measured
+    _, again = plan_json(wf, simulator)
+    assert again["assumptions"]["boot_source"] == "measured"
+    assert again["rules"] == []  # everything is done: nothing to plan
+
+
+BLOCKED = '''\
+rule all:
+    input: "a.txt", "b.txt", "c.txt"
+
+rule cheap:
+    output: "a.txt"
+    resources: vastai_max_price="0.0001"
+    shell: "echo a > {output}"
+
+rule timed:
+    output: "b.txt"
+    resources: runtime=30
+    shell: "echo b > {output}"
+
+rule tooling:
+    output: "c.txt"
+    shell: "sh tools/helper.sh > {output}"
+'''
+
+
+def test_plan_names_every_problem_and_exits_1(tmp_path, simulator_factory):
+    sim = simulator_factory(credit=0.01)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": BLOCKED})
+    (wf / "tools").mkdir()
+    (wf / "tools/helper.sh").write_text("echo helped\n")  # git does not track it
+    code, got = plan_json(wf, sim)
+    assert code == 1 and got["stops"] is True
+    kinds = {(p["kind"], p["rule"]) for p in got["problems"]}
+    assert ("no_offer", "cheap") in kinds
+    assert ("untracked", "tooling") in kinds
+    assert ("balance", None) in kinds
+    untracked = next(p for p in got["problems"] if p["kind"] == "untracked")
+    assert "tools/helper.sh" in untracked["message"] and "git add" in untracked["message"]
+    timed = next(r for r in got["rules"] if r["rule"] == "timed")
+    assert (timed["runtime_seconds"], timed["runtime_source"]) == (1800.0, "runtime resource")
+    text = plan(wf, sim)
+    assert text.returncode == 1
+    assert "ERROR: rule cheap: no Vast.ai offer matches" in text.stdout
+    assert "ERROR: account balance $0.01 is below the high estimate" in text.stdout
+    nothing_rented(sim)
+
+
+FANOUT = '''\
+rule all:
+    input: expand("out/{i}.txt", i=range(4))
+
+rule work:
+    output: "out/{i}.txt"
+    shell: "echo {wildcards.i} > {output}"
+'''
+
+
+def test_a_price_cap_leaving_fewer_offers_than_jobs_is_a_warning(tmp_path, simulator_factory):
+    offers = [{"id": 70 + i, "dph_total": price, "hosting_type": 1}
+              for i, price in enumerate([0.2, 0.3, 0.9, 1.5])]
+    sim = simulator_factory(offers=offers)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": FANOUT})
+    code, got = plan_json(wf, sim, "--vastai-max-price", "0.5")
+    assert code == 0  # a warning: the jobs wait for each other's machines
+    (problem,) = got["problems"]
+    assert problem["kind"] == "price_cap" and problem["stops"] is False
+    assert "leaves 2 offer(s) for 4 jobs" in problem["message"]
+    (work,) = got["rules"]
+    assert [o["id"] for o in work["offers"]] == [70, 71]
+    # the dearest of the offers the 4 concurrent jobs would take is the high end
+    code, uncapped = plan_json(wf, sim)
+    assert uncapped["problems"] == []
+    assert uncapped["rules"][0]["cost_high"] > work["cost_high"]
+    assert "warning: rule work: the price cap $0.5/h" in render(got)
+    nothing_rented(sim)
+
+
+def test_bad_settings_are_a_problem_and_snakemake_errors_exit_2(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": FANOUT})
+    code, got = plan_json(wf, simulator, "--vastai-reliability", "3")
+    assert code == 1 and got["problems"][0]["kind"] == "settings"
+    assert "--vastai-reliability" in got["problems"][0]["message"]
+    code, got = plan_json(wf, simulator, "--vastai-progress-interval", "-1")
+    assert code == 1 and "--vastai-progress-interval must be" in got["problems"][0]["message"]
+    broken = plan(wf, simulator, "--no-such-snakemake-option")
+    assert broken.returncode == 2 and "stopped before the plan was made" in broken.stderr
+    nothing_rented(simulator)
+
+
+def test_plan_is_a_documented_command():
+    from snakemake_executor_plugin_vastai import cli
+
+    assert "plan" in cli.COMMANDS and "\n  plan " in cli.USAGE
+    done = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan",
+                           "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Nothing is rented" in done.stdout
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "python -m snakemake_executor_plugin_vastai plan --jobs 4" in readme
+
+
+def test_start_checks_and_a_missing_key_are_problems(tmp_path, simulator):
+    wf = tmp_path / "nogit"
+    wf.mkdir()
+    (wf / "Snakefile").write_text(FANOUT)
+    argv = [sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan", "--json",
+            "--jobs", "2", "--vastai-api-url", simulator.url]
+    env = sim_env(None, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    done = subprocess.run(argv, cwd=wf, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    got = json.loads(done.stdout)
+    kinds = {p["kind"]: p["message"] for p in got["problems"]}
+    assert "not a git repository" in kinds["start"]
+    assert "No Vast.ai API key" in kinds["api_key"]
+    assert got["balance"] is None and got["rules"][0]["jobs"] == 4
+    nothing_rented(simulator)

@@ -1,0 +1,177 @@
+"""Transfer progress: calm log lines, throttled journal rows, shown by ``jobs --follow``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from snakemake_executor_plugin_vastai import journal_cli
+from snakemake_executor_plugin_vastai.journal import Journal
+from snakemake_executor_plugin_vastai.journal_cli import main
+from snakemake_executor_plugin_vastai.progress import (
+    TransferProgress,
+    human_bytes,
+    planned_bytes,
+)
+
+MiB = 1024**2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """A journal stand-in that only records the transfer calls (the real one is below)."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[int, int, bool]] = []
+
+    def start_transfer(self, **kw: Any) -> int:
+        self.started = kw
+        return 7
+
+    def update_transfer(self, row: int, done: int, *, ended: bool = False) -> None:
+        self.updates.append((row, done, ended))
+
+
+def feed(progress: TransferProgress, clock: Clock, *, total: int, seconds: float,
+         pieces: int) -> None:
+    for _ in range(pieces):
+        clock.now += seconds / pieces
+        n = total // pieces
+        progress.count(*((n, 0) if progress.direction == "upload" else (0, n)))
+
+
+def test_a_long_upload_logs_one_line_per_interval_with_rate_and_time_left():
+    clock, lines, journal = Clock(), [], Recorder()
+    progress = TransferProgress("upload", 600 * MiB, log=lambda lvl, ev, **kw: lines.append(
+        (lvl, ev, kw)), journal=journal, job_id="j", instance_id=3, interval=5.0,
+        clock=clock)
+    feed(progress, clock, total=600 * MiB, seconds=60.0, pieces=6000)  # 10 MiB/s for 60 s
+    progress.end()
+    middle, last = lines[:-1], lines[-1]
+    assert 11 <= len(middle) <= 12  # one line every 5 s of 60 s, not one per packet
+    level, text, fields = middle[0]
+    assert level == "info" and text.startswith("upload: 50.0 MiB of 600.0 MiB (8%)")
+    assert "at 10.0 MiB/s, 55s left" in text
+    assert fields["seconds_left"] == pytest.approx(55.0, abs=0.1)
+    assert last[1] == "upload done: 600.0 MiB in 1m00s (10.0 MiB/s)"
+    # journal rows: at most one write a second, then the closing one
+    assert 55 <= len(journal.updates) <= 62
+    assert journal.updates[-1] == (7, 6000 * (600 * MiB // 6000), True)
+    started_at = journal.started.pop("started_at")
+    assert journal.started == {"job_id": "j", "instance_id": 3, "direction": "upload",
+                               "total": 600 * MiB}
+    assert abs(started_at - time.time()) < 60  # when the transfer began, on the wall clock
+
+
+def test_a_small_transfer_says_nothing_and_other_directions_do_not_count():
+    clock, lines = Clock(), []
+    progress = TransferProgress("upload", 5 * MiB, log=lambda *a, **k: lines.append(a),
+                                interval=1.0, clock=clock)
+    feed(progress, clock, total=5 * MiB, seconds=30.0, pieces=100)
+    progress.count(0, 500 * MiB)  # a download on the same session is not this upload
+    progress.end()
+    assert lines == [] and progress.done == 100 * (5 * MiB // 100)
+
+
+def test_a_download_of_unknown_size_reports_once_past_the_threshold():
+    clock, lines = Clock(), []
+    progress = TransferProgress("download", None, log=lambda lvl, ev, **kw: lines.append(ev),
+                                interval=2.0, clock=clock)
+    feed(progress, clock, total=100 * MiB, seconds=20.0, pieces=200)  # 5 MiB/s
+    assert lines and all("left" not in ln and " of " not in ln for ln in lines)
+    assert lines[0].startswith("download: 32.0 MiB at 5.0 MiB/s")  # first at the bar
+
+
+def test_interval_zero_turns_lines_off():
+    clock, lines = Clock(), []
+    progress = TransferProgress("upload", 900 * MiB, log=lambda *a, **k: lines.append(a),
+                                interval=0, clock=clock)
+    feed(progress, clock, total=900 * MiB, seconds=100.0, pieces=100)
+    progress.end()
+    assert lines == []
+
+
+def test_planned_bytes_counts_files_and_directories(tmp_path):
+    (tmp_path / "d/e").mkdir(parents=True)
+    (tmp_path / "d/e/x").write_bytes(b"1" * 300)
+    (tmp_path / "f").write_bytes(b"1" * 50)
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    files = [(tmp_path / "d", "d"), (tmp_path / "f", "f"), (tmp_path / "link", "link"),
+             (tmp_path / "gone", "gone")]
+    assert planned_bytes(files) == 350
+    assert human_bytes(1536) == "1.5 KiB" and human_bytes(12) == "12 B"
+
+
+def test_follow_shows_transfers_in_flight(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as journal:
+        run = journal.start_run(snakemake_version="t", plugin_version="t", settings={})
+        job = journal.add_job(run_id=run, rule="big", snakemake_jobid=1, fingerprint="f",
+                              attempt=1, state="uploading")
+        row = journal.start_transfer(job_id=job, instance_id=5, direction="upload",
+                                     total=400 * MiB)
+        journal.update_transfer(row, 100 * MiB)
+        done = journal.start_transfer(job_id=job, instance_id=5, direction="download",
+                                      total=None)
+        journal.update_transfer(done, 3 * MiB, ended=True)
+    shown = threading.Semaphore(0)
+    print_jobs = journal_cli.print_jobs
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        print_jobs(*args, **kwargs)
+        shown.release()
+
+    def end_after_one_table() -> None:
+        shown.acquire(timeout=60)
+        with Journal(path) as journal:
+            journal.end_run(run, "finished")
+
+    monkeypatch.setattr(journal_cli, "print_jobs", counting)
+    ender = threading.Thread(target=end_after_one_table)
+    ender.start()
+    try:
+        code = main(["--journal", str(path), "jobs", "--follow", "--interval", "0.2"])
+    finally:
+        ender.join()
+    out = capsys.readouterr().out
+    assert code == 0
+    moving = [ln for ln in out.splitlines() if ln.startswith(job) and " upload " in ln]
+    assert moving and "100.0 MiB" in moving[0] and "400.0 MiB" in moving[0]
+    assert "25%" in moving[0] and "TRANSFER OF JOB" in out
+    assert len(moving) == 1  # the table after the run ended shows none
+    assert not any("download" in ln for ln in out.splitlines())  # ended: not in flight
+
+
+def test_a_failing_journal_never_breaks_the_transfer():
+    class Busy(Recorder):
+        def update_transfer(self, row: int, done: int, *, ended: bool = False) -> None:
+            raise RuntimeError("database is locked")
+
+    clock, lines = Clock(), []
+    journal = Busy()
+    progress = TransferProgress("upload", 100 * MiB, log=lambda lvl, ev, **kw: lines.append(
+        (lvl, ev)), journal=journal, interval=5.0, clock=clock)
+    feed(progress, clock, total=100 * MiB, seconds=10.0, pieces=100)
+    progress.end()
+    warnings = [ev for lvl, ev in lines if lvl == "warning"]
+    assert warnings == ["upload progress is not journaled"]  # once, then it stops trying
+    assert progress.done == 100 * MiB and lines[-1][1].startswith("upload done")
+
+
+def test_a_transfer_shorter_than_a_second_writes_no_journal_row():
+    clock, journal = Clock(), Recorder()
+    progress = TransferProgress("upload", 900 * MiB, log=lambda *a, **k: None,
+                                journal=journal, clock=clock)
+    feed(progress, clock, total=900 * MiB, seconds=0.9, pieces=90)
+    progress.end()
+    assert journal.updates == [] and not hasattr(journal, "started")
