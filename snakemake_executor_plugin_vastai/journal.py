@@ -289,6 +289,16 @@ def m003_leases_and_strays(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m004_bids(db: sqlite_utils.Database) -> None:
+    """Interruptible (bid) instances (bids.py): the bid, the disk's hourly storage price
+    (billed while stopped too), what the machine costs on demand, and how long it was
+    stopped by preemptions (``stopped_since`` while it is stopped now)."""
+    for column in ("bid_price REAL", "storage_dph REAL", "ondemand_dph REAL",
+                   "stopped_seconds REAL", "stopped_since REAL", "preemptions INTEGER"):
+        db.execute(f"ALTER TABLE instances ADD COLUMN {column}")
+
+
 WORKFLOW_ID_FILE = "workflow-id"
 
 
@@ -934,6 +944,21 @@ class Journal:
             if cursor.rowcount != 1:
                 raise self._unknown_instance(f"instance {instance_id}")
 
+    def record_instance_stop(self, instance_id: int, *, stopped: bool) -> None:
+        """A bid instance was outbid (``stopped``) or runs again: its stopped time is
+        billed for storage only (bids.bid_cost)."""
+        now = self._clock()
+        with self._write() as db:
+            if stopped:
+                db.execute("UPDATE instances SET stopped_since = COALESCE(stopped_since, ?), "
+                           "preemptions = COALESCE(preemptions, 0) + 1 WHERE instance_id = ?",
+                           [now, instance_id])
+            else:
+                db.execute("UPDATE instances SET stopped_seconds = COALESCE(stopped_seconds, 0)"
+                           " + MAX(0, ? - stopped_since), stopped_since = NULL "
+                           "WHERE instance_id = ? AND stopped_since IS NOT NULL",
+                           [now, instance_id])
+
     def record_instance_started(self, instance_id: int, start_date: float) -> None:
         """Vast.ai's ``start_date`` of the instance (the billing clock starts there)."""
         with self._write() as db:
@@ -1315,6 +1340,10 @@ def _cost(row: Mapping[str, Any], now: float) -> tuple[float, float]:
     start = _first(row.get("started_at"), row["created_at"])
     end = _first(row.get("destroy_accepted_at"), row["destroyed_at"], now)
     seconds = max(0.0, float(end) - float(start))
+    if row.get("bid_price") is not None:  # stopped while outbid: storage only (bids.py)
+        from .bids import bid_cost
+
+        return seconds, bid_cost(row, seconds, now)
     return seconds, seconds / 3600.0 * float(row["dph_total"] or 0.0)
 
 

@@ -256,6 +256,7 @@ class SshTransport:
             return
         if seen.row is None:
             raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
+        self.steps.check_outbid(seen.row)  # a bid instance stopped by Vast.ai (bids.py)
         status = str(seen.row.get("actual_status") or "")
         self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
 
