@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import leases, listing, tables
+from . import bid_costs, leases, listing, tables
 from .journal import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
 from .machine import JobState
 from .redaction import scrub
@@ -700,9 +700,14 @@ def cmd_cost(journal: Journal, args: argparse.Namespace) -> int:
         "rules": _totals(rows, lambda r: rules.get(r["job_id"]), "rule"),
         "gpus": _totals(rows, _gpu, "gpu"),
     }
+    bid_part = bid_costs.cost_report(rows)  # bid instances: storage while stopped, on demand
+    if bid_part is not None:
+        report["bids"] = bid_part
     if args.json:
         return emit_json(report)
     print(cost_text(report))
+    if bid_part is not None:
+        print(bid_costs.cost_text(bid_part))
     return 0
 
 
