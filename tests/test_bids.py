@@ -124,7 +124,7 @@ def test_bad_bid_options_name_the_option(opts, remote, culprit):
 
 
 def test_a_bad_vastai_interruptible_names_the_rule():
-    with pytest.raises(ConfigError, match="rule train.*vastai_interruptible"):
+    with pytest.raises(ConfigError, match=r"rule train.*vastai_interruptible"):
         bids.interruptible_resource({"vastai_interruptible": "maybe"}, "train")
 
 
