@@ -196,3 +196,28 @@ def test_a_bad_vastai_interruptible_resource_fails_before_renting(tmp_path, simu
     assert result.returncode != 0
     assert "rule work: resource vastai_interruptible" in result.stderr
     assert simulator.truth()["created_count"] == 0
+
+
+def test_preempted_while_downloading_fetches_the_outputs_again_without_rerunning(
+        tmp_path, simulator):
+    """The outbid fault fires once 2 MB went out over SSH: only the download sends that."""
+    simulator.add_fault("outbid", at_state="running", after_bytes_out=2_000_000,
+                        back_after=1.0)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": (
+        'rule big:\n    output: "big.bin"\n'
+        '    shell: "echo run >> runs.txt; head -c 40000000 /dev/urandom > {output}"\n')})
+    result = bid_run(wf, simulator, "big.bin")
+    assert result.returncode == 0, result.stderr[-4000:]
+    truth = simulator.truth()
+    [inst] = truth["instances"]
+    assert inst["preemptions"] == 1
+    moves = rows(wf, "select from_state, to_state, trigger from transitions order by id")
+    assert ("downloading", "preempted", "preempted") in moves
+    assert ("booting", "downloading", "booted") in moves  # straight back to the download
+    assert [m for m in moves if m[2] == "completed"] == [("running", "downloading",
+                                                          "completed")]
+    sandbox = Path(inst["sandbox"])
+    remote = next(sandbox.rglob("big.bin"))
+    assert (wf / "big.bin").read_bytes() == remote.read_bytes()
+    assert next(sandbox.rglob("runs.txt")).read_text() == "run\n"  # ran once
+    assert alive(truth) == []

@@ -47,9 +47,11 @@ Instance fault kinds:
   never reports it. ``actual_status`` stays ``running`` (and billing goes on) until the
   instance is destroyed; the log keeps the command's output; the truth's ``exit_code``
   has the real code.
-- ``outbid(after_seconds=0.0, at_state="running", back_after=None, competing_bid=None)``:
-  bid instances only: ``after_seconds`` after entering ``at_state`` (``loading`` or
-  ``running``) a competing bid wins the machine: the instance is stopped (processes
+- ``outbid(after_seconds=0.0, at_state="running", back_after=None, competing_bid=None,
+  after_bytes_out=None)``: bid instances only: ``after_seconds`` after entering
+  ``at_state`` (``loading`` or ``running``), or with ``after_bytes_out`` once its SSH server
+  has sent that many payload bytes since running (a download under way), a competing bid
+  wins the machine: the instance is stopped (processes
   killed, SSH refused, disk kept, storage billed). After ``back_after`` seconds (None:
   never by itself) it starts again; raising its bid above ``competing_bid`` (default: 1.25
   x its bid) with ``PUT /instances/bid_price/{id}/`` starts it at once. Counted in the
@@ -113,7 +115,7 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "stays_running": {},
     "disk_full": {"after_bytes": _REQUIRED},
     "outbid": {"after_seconds": 0.0, "at_state": "running", "back_after": None,
-               "competing_bid": None},
+               "competing_bid": None, "after_bytes_out": None},
 }
 SERVICE_KINDS: dict[str, dict[str, Any]] = {
     "api_status": {

@@ -599,8 +599,22 @@ class Instance:
                     if f.kind == "outbid" and f.params["at_state"] == state]
             self._pending = [f for f in self._pending if f not in hits]
         for f in hits:
+            if f.params.get("after_bytes_out") is not None and self.ssh is not None:
+                start = self.ssh.bytes_out
+                self.timeline.after(0, lambda p=f.params, s=start: self._outbid_when_sent(
+                    gen, p, s))
+                continue
             self.timeline.after(float(f.params["after_seconds"]),
                                 lambda p=f.params: self._go_outbid(gen, p))
+
+    def _outbid_when_sent(self, gen: int, params: dict[str, Any], start: int) -> None:
+        """Poll the SSH server's sent bytes; outbid once ``after_bytes_out`` went out."""
+        if not self._current(gen) or self.ssh is None:
+            return
+        if self.ssh.bytes_out - start >= int(params["after_bytes_out"]):
+            self._go_outbid(gen, params)
+            return
+        self.timeline.after(0.01, lambda: self._outbid_when_sent(gen, params, start))
 
     def _go_outbid(self, gen: int, params: dict[str, Any]) -> None:
         """A competing bid won: stop (processes die, disk kept), maybe start again later."""
