@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import payload
 from ..backoff import Backoff
+from ..bids import Preempted
 from ..outcomes import JobFailure, crash_point, disk_hint
 from ..recovery import resumable_state
 from ..remote import (
@@ -174,6 +175,11 @@ class SshTransport:
             self.m.remote_started = True
             crash_point("after_launch")
         end = self.with_ssh("run", self._follow)
+        if end.lost and self.m.bid_price is not None:
+            # The wrapper records even a SIGKILL's code; only a container stop loses it:
+            # on a bid instance, a preemption the listing did not show in time (bids.py).
+            raise Preempted(f"instance {self.m.instance_id}: the job's process disappeared "
+                            "(the bid instance was stopped and started again)")
         if end.lost:
             raise JobFailure(f"instance {self.m.instance_id}: the job's process "
                                      "disappeared on the host (killed?) without an exit code")
