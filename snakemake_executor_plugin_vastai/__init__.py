@@ -128,7 +128,7 @@ class ExecutorSettings(ExecutorSettingsBase):
     preemption_grace: Optional[float] = field(default=None, metadata={
         "help": "Seconds an outbid (stopped) bid instance may take to run again before it is "
                 "destroyed and the job rents anew (default 300); its job then reruns on it.",
-        "env_var": False, "required": False})
+        "env_var": True, "required": False})
     no_bid_fallback: bool = field(default=False, metadata={
         "help": "Keep bidding after --preemptible-retries preemptions of one job (default 3) "
                 "instead of renting its next instance on demand.",

@@ -327,6 +327,7 @@ class JobDriver:
         self.m.instance_id = int(claim.instance["instance_id"])
         self.m.label = claim.instance["label"]
         self.m.key = claim.key
+        self.m.bid_price = claim.instance.get("bid_price")  # a bid instance: may be outbid
         status = self.transport.resume_status(claim)
         self.p.instances.watcher.watch(self.m.instance_id)
         old = claim.job

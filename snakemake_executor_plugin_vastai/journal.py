@@ -950,9 +950,10 @@ class Journal:
         now = self._clock()
         with self._write() as db:
             if stopped:
-                db.execute("UPDATE instances SET stopped_since = COALESCE(stopped_since, ?), "
-                           "preemptions = COALESCE(preemptions, 0) + 1 WHERE instance_id = ?",
-                           [now, instance_id])
+                # one preemption, however often it is seen (a resumed run sees it again)
+                db.execute("UPDATE instances SET preemptions = COALESCE(preemptions, 0) + "
+                           "(stopped_since IS NULL), stopped_since = COALESCE(stopped_since, ?)"
+                           " WHERE instance_id = ?", [now, instance_id])
             else:
                 db.execute("UPDATE instances SET stopped_seconds = COALESCE(stopped_seconds, 0)"
                            " + MAX(0, ? - stopped_since), stopped_since = NULL "
