@@ -598,6 +598,8 @@ class Instance:
             hits = [f for f in self._pending
                     if f.kind == "outbid" and f.params["at_state"] == state]
             self._pending = [f for f in self._pending if f not in hits]
+            # a shared fault's seeded draw per instance: this one outbid or not
+            hits = [f for f in hits if f.rng.random() < float(f.params["chance"])]
         for f in hits:
             if f.params.get("after_bytes_out") is not None and self.ssh is not None:
                 start = self.ssh.bytes_out
