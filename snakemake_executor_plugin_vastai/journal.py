@@ -60,6 +60,11 @@ last_status_at, started_at, destroy_accepted_at, claimed_by -> runs)``
     ``destroyed_at`` where a fact is missing), as Vast.ai bills.
     ``claimed_by`` is the run that took a dead run's instance over (to resume
     or tear it down); it owns it from then on.
+    Bid instances (``bids.py``) add ``bid_price`` ($/h, NULL on demand),
+    ``storage_dph`` (the disk's $/h, billed while stopped too), ``ondemand_dph``
+    (the same machine on demand, for ``journal cost``), ``stopped_seconds`` and
+    ``stopped_since`` (time stopped by preemptions, billed as storage only) and
+    ``preemptions``.
 ``strays(instance_id INTEGER PK, label, run_id -> runs, reason, dph_total,
 found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
     Instances listed with this workflow's prefix that no ``instances`` row

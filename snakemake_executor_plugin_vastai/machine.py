@@ -99,7 +99,6 @@ TRANSITIONS: list[dict] = [
     # down (teardown.py) and the job searches again, on demand after enough preemptions.
     {"trigger": "preempted", "source": [S.BOOTING, S.UPLOADING, S.RUNNING, S.DOWNLOADING],
      "dest": S.PREEMPTED},
-    {"trigger": "retry", "source": S.PREEMPTED, "dest": "="},
     {"trigger": "resumed", "source": S.PREEMPTED, "dest": S.BOOTING},
     {"trigger": "rent_again", "source": S.PREEMPTED, "dest": S.SEARCHING},
     {"trigger": "booted", "source": S.BOOTING, "dest": S.DOWNLOADING,
