@@ -327,7 +327,7 @@ class JobDriver:
         self.m.instance_id = int(claim.instance["instance_id"])
         self.m.label = claim.instance["label"]
         self.m.key = claim.key
-        self.m.bid_price = claim.instance.get("bid_price")  # a bid instance: may be outbid
+        self.m.bid_price = resumed_bid(claim)  # a bid instance: it may be outbid
         status = self.transport.resume_status(claim)
         self.p.instances.watcher.watch(self.m.instance_id)
         old = claim.job
@@ -579,8 +579,9 @@ class JobDriver:
                 "ondemand_dph": bids.on_demand_dph(offer, disk_gb)}
 
     def check_outbid(self, row: dict | None) -> None:
-        """Raise Preempted when the listing shows this job's bid instance stopped."""
-        if row is not None and self.m.bid_price is not None and bids.is_outbid(row):
+        """Raise Preempted when the listing shows this job's bid instance stopped (the row's
+        own ``is_bid`` decides: a crash may have kept the bid out of the journal)."""
+        if row is not None and bids.is_outbid(row):
             raise bids.Preempted(f"instance {self.m.instance_id} was outbid: "
                                  f"{row.get('status_msg') or row.get('actual_status')}")
 
@@ -660,6 +661,16 @@ STEPS: dict[JobState, Callable[[JobDriver], None]] = {
     JobState.DESTROYING: JobDriver.step_destroying,
     JobState.PREEMPTED: JobDriver.step_preempted,
 }
+
+
+def resumed_bid(claim: Any) -> float | None:
+    """The bid of an earlier run's instance: journaled, else the listing's ``is_bid`` row
+    (a crash between create and journal write), priced at its ``dph_total``."""
+    bid = claim.instance.get("bid_price")
+    row = getattr(claim, "row", None) or {}
+    if bid is None and row.get("is_bid"):
+        bid = float(row.get("dph_total") or 0.0)
+    return None if bid is None else float(bid)
 
 
 def offer_facts(offer: dict) -> dict:

@@ -222,3 +222,46 @@ def test_preempted_while_downloading_fetches_the_outputs_again_without_rerunning
     assert (wf / "big.bin").read_bytes() == remote.read_bytes()
     assert next(sandbox.rglob("runs.txt")).read_text() == "run\n"  # ran once
     assert alive(truth) == []
+
+
+def test_a_preempted_job_is_resumed_after_a_crash_and_a_raised_bid_starts_it_again(
+        tmp_path, simulator):
+    """Snakemake is killed while its job waits on an outbid instance; the restart re-attaches
+    to the stopped instance (nothing new is rented), and raising the bid above the competing
+    one (``PUT /instances/bid_price/{id}/`` through our adapter) starts it again."""
+    import signal
+
+    from snakemake_executor_plugin_vastai.vast import VastAPI
+    from tests.e2e import start_snakemake, wait_for
+
+    simulator.add_fault("outbid", at_state="running", after_seconds=1.0, competing_bid=5.0)
+    names = ("a",)
+    wf = workflow(tmp_path / "wf", sleep=3.0, names=names)
+    proc = start_snakemake(wf, simulator.url, simulator.api_key, "--preemptible-rules",
+                           "--vastai-preemption-grace", "120")
+    try:
+        assert wait_for(lambda: (wf / ".snakemake/vastai/journal.sqlite").exists() and rows(
+            wf, "select count(*) from jobs where state = 'preempted'") == [(1,)], timeout=90)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    [inst] = simulator.truth()["instances"]
+    assert inst["alive"] and inst["outbid"]
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock"], cwd=wf,
+                   capture_output=True, timeout=120, check=True)
+    restart = start_snakemake(wf, simulator.url, simulator.api_key, "--preemptible-rules",
+                              "--vastai-preemption-grace", "120", "--rerun-incomplete")
+    try:
+        assert wait_for(lambda: rows(wf, "select count(*) from jobs where state = 'preempted' "
+                                         "and resumed_from is not null") == [(1,)], timeout=90)
+        VastAPI(simulator.api_key, simulator.url).change_bid(inst["id"], 6.0)
+        out, _ = restart.communicate(timeout=180)
+    finally:
+        if restart.poll() is None:
+            restart.kill()
+    assert restart.returncode == 0, out[-4000:]
+    truth = simulator.truth()
+    assert [i["id"] for i in truth["instances"]] == [inst["id"]]  # nothing new was rented
+    assert truth["instances"][0]["bid_price"] == 6.0
+    assert_outputs_match_local(wf, tmp_path, names)
+    assert alive(truth) == []
