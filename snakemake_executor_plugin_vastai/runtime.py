@@ -365,6 +365,9 @@ class Run:
         unconfirmed = f", {len(pending)} destroy(s) not confirmed" if pending else ""
         if self.watcher.failures:
             unconfirmed += f", {self.watcher.failures} instance listings failed"
+        preempted = sum(m.preemptions for m in models)  # bid instances outbid (bids.py)
+        if preempted:
+            unconfirmed += f", {preempted} preemptions"
         if self.teardown.journal_failures:
             unconfirmed += (f", {self.teardown.journal_failures} journal writes failed during "
                             "teardown")
