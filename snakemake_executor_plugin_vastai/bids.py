@@ -168,3 +168,20 @@ def bid_cost(row: Mapping[str, Any], seconds: float, now: float) -> float:
     running = seconds - stopped
     storage = float(row.get("storage_dph") or 0.0)
     return (running * float(row.get("dph_total") or 0.0) + stopped * storage) / 3600.0
+
+
+def default_preemptible_retries(workflow: Any) -> int | None:
+    """Snakemake 9.27 makes ``--preemptible-retries`` the retry count of the preemptible
+    rules and compares it with a number when such a job fails; not given, it is None and
+    the comparison crashes Snakemake. Default it to ``--retries`` (what those rules would
+    have had); read after :func:`settings_from`, so the fallback keeps its own default.
+    Returns the value set, or None if nothing needed setting."""
+    remote = getattr(workflow, "remote_execution_settings", None)
+    chosen = getattr(remote, "preemptible_rules", None)
+    if remote is None or chosen is None or getattr(remote, "preemptible_retries", 0) is not None:
+        return None
+    if not (getattr(chosen, "all", False) or getattr(chosen, "rules", None)):
+        return None
+    retries = getattr(getattr(workflow, "execution_settings", None), "retries", 0) or 0
+    remote.preemptible_retries = int(retries)
+    return int(retries)

@@ -414,6 +414,7 @@ def start_run(executor: Any) -> Run:
     remote_settings = getattr(executor.workflow, "remote_execution_settings", None)
     container_image = getattr(remote_settings, "container_image", None)
     resolved = run_settings(settings, container_image, remote_settings)
+    bids.default_preemptible_retries(executor.workflow)  # else a failed job crashes Snakemake
     validate_scheduled_jobs(executor.workflow)
     check_apptainer(executor.workflow)
     workdir = Path(os.getcwd())

@@ -133,3 +133,18 @@ def test_stopped_time_bills_storage_only():
            "stopped_since": None, "destroyed_at": 100.0}
     # one hour alive, half of it stopped: 0.5 h x 0.36 + 0.5 h x 0.036
     assert bids.bid_cost(row, 3600.0, now=200.0) == pytest.approx(0.198)
+
+
+def test_missing_preemptible_retries_default_to_retries_only_when_rules_are_chosen():
+    class Workflow:
+        def __init__(self, chosen, retries=None):
+            self.remote_execution_settings = Remote(chosen, retries)
+            self.execution_settings = Opts(retries=2)
+
+    chosen = Workflow(Chosen(all_=True))
+    assert bids.default_preemptible_retries(chosen) == 2
+    assert chosen.remote_execution_settings.preemptible_retries == 2
+    given = Workflow(Chosen({"train"}), retries=5)
+    assert bids.default_preemptible_retries(given) is None
+    assert given.remote_execution_settings.preemptible_retries == 5
+    assert bids.default_preemptible_retries(Workflow(Chosen())) is None  # nothing chosen

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import alive, run_snakemake, write_workflow
+from tests.s3 import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -272,4 +273,42 @@ def test_a_preempted_job_is_resumed_after_a_crash_and_a_raised_bid_starts_it_aga
     assert [i["id"] for i in truth["instances"]] == [inst["id"]]  # nothing new was rented
     assert truth["instances"][0]["bid_price"] == 6.0
     assert_outputs_match_local(wf, tmp_path, names)
+    assert alive(truth) == []
+
+
+def test_storage_mode_job_preempted_while_running_reruns_on_the_same_instance(
+        tmp_path, simulator, s3_server):  # noqa: F811
+    from tests.test_e2e_storage import new_bucket, s3_env, storage_args
+
+    simulator.add_fault("outbid", at_state="running", after_seconds=1.0, back_after=1.0)
+    bucket = new_bucket(s3_server)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": (
+        'rule slow:\n    output: "done.txt"\n'
+        '    shell: "sleep 4; echo finished > {output}"\n')})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--preemptible-rules",
+                           "--vastai-preemption-grace", "30", *storage_args(s3_server, bucket),
+                           env=s3_env(simulator.api_key))
+    assert result.returncode == 0, result.stderr[-4000:]
+    truth = simulator.truth()
+    [inst] = truth["instances"]
+    assert inst["preemptions"] == 1
+    moves = rows(wf, "select from_state, to_state, trigger from transitions order by id")
+    assert ("running", "preempted", "preempted") in moves
+    assert ("preempted", "booting", "resumed") in moves
+    assert s3_server.read(bucket, "wf/done.txt") == b"finished\n"
+    assert alive(truth) == []
+
+
+def test_a_failing_preemptible_job_fails_cleanly_without_preemptible_retries(tmp_path,
+                                                                             simulator):
+    """Snakemake 9.27 crashes (None > int) on a failed preemptible job when
+    --preemptible-retries is not given; the plugin defaults it to --retries."""
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule boom:\n    output: "out.txt"\n    shell: "exit 3"\n'})
+    result = bid_run(wf, simulator, "--retries", "1")
+    assert result.returncode != 0
+    assert "TypeError" not in result.stderr
+    truth = simulator.truth()
+    assert truth["created_count"] == 2  # --retries 1: two attempts, each on a bid instance
+    assert all(i["is_bid"] for i in truth["instances"])
     assert alive(truth) == []
