@@ -123,6 +123,21 @@ class ExecutorSettings(ExecutorSettingsBase):
         "help": "Seconds between progress lines (bytes, rate, time left) of an upload or "
                 "download above 32 MiB; 0 turns them off.",
         "env_var": False, "required": False})
+    # -- interruptible (bid) instances, issue 15 (bids.py); Snakemake's own
+    # --preemptible-rules choose the rules and --preemptible-retries the fallback.
+    bid: Optional[float] = field(default=None, metadata={
+        "help": "Bid for interruptible instances as a multiple of the offer's min_bid "
+                "(default 1.0), never above --vastai-max-price / vastai_max_price. Used for "
+                "--preemptible-rules and rules with the vastai_interruptible resource.",
+        "env_var": False, "required": False})
+    preemption_grace: Optional[float] = field(default=None, metadata={
+        "help": "Seconds an outbid (stopped) bid instance may take to run again before it is "
+                "destroyed and the job rents anew (default 300); its job then reruns on it.",
+        "env_var": True, "required": False})
+    no_bid_fallback: bool = field(default=False, metadata={
+        "help": "Keep bidding after --preemptible-retries preemptions of one job (default 3) "
+                "instead of renting its next instance on demand.",
+        "env_var": False, "required": False})
 
 
 common_settings = CommonSettings(

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from transitions.extensions import LockedMachine
 
+from . import bids
 from .backoff import Backoff
 from .journal import JournalError
 from .machine import JobState, machine_kwargs
@@ -103,6 +104,14 @@ class JobModel:
     broken: bool = False  # the step loop broke (journal refused); torn down outside the machine
     outputs_home: bool = False  # exit 0 and every output downloaded (or in the bucket)
     destroy_deadline: float | None = None  # monotonic time the teardown gives up
+    # interruptible (bid) instances, see bids.py
+    interruptible: bool = False  # the job's rule asks for bid instances
+    bidding: bool = False  # the current search/instance is a bid one
+    bid_price: float | None = None  # $/h bid of the current instance
+    preemptions: int = 0  # times this job's instances were outbid
+    preempted_at: float | None = None  # monotonic time of the current preemption
+    after_preemption: bool = False  # booting again on an instance that was outbid
+    inputs_on_disk: bool = False  # the instance holds the uploaded inputs
 
     # -- conditions named in machine.TRANSITIONS ----------------------------------
     def remote_job_finished(self, event: Any = None) -> bool:
@@ -119,6 +128,12 @@ class JobModel:
 
     def in_storage_mode(self, event: Any = None) -> bool:
         return self.storage
+
+    def was_preempted(self, event: Any = None) -> bool:
+        return self.after_preemption
+
+    def inputs_uploaded(self, event: Any = None) -> bool:
+        return self.inputs_on_disk
 
     @property
     def work_succeeded(self) -> bool:
@@ -244,6 +259,8 @@ class JobDriver:
         except JobCancelled:
             if state is not JobState.DESTROYING:
                 self.fire("cancel", detail="cancelled by Snakemake")
+        except bids.Preempted as exc:
+            self._preempted(state, str(exc))
         except JobFailure as exc:
             self._fail(state, str(exc))
         except JournalError:
@@ -279,7 +296,9 @@ class JobDriver:
         self.log("info", "searching offers", query=request.text, verbose=True)
         # Ask for enough offers to see past those this run's other jobs are renting.
         limit = request.limit + min(market.claimed_count(), MAX_EXTRA_OFFERS)
-        found = market.search(request, limit)
+        self.m.bidding = self.m.interruptible and not \
+            self.p.settings.bids.on_demand_now(self.m.preemptions)
+        found = market.search(request, limit, bid=self.m.bidding)
         offers = [o for o in found if not market.claimed(int(o["id"]))]
         if not offers:
             if not found and self.m.searches == 0:
@@ -291,7 +310,8 @@ class JobDriver:
             return
         self.m.candidates = offers[:CANDIDATES_PER_SEARCH]
         self.fire("offers_found", detail={"candidates": len(self.m.candidates),
-                                          "query": request.text})
+                                          "query": request.text,
+                                          "type": "bid" if self.m.bidding else "on-demand"})
 
     def _search_pause(self) -> None:
         if self.m.searches >= MAX_SEARCHES:
@@ -307,6 +327,7 @@ class JobDriver:
         self.m.instance_id = int(claim.instance["instance_id"])
         self.m.label = claim.instance["label"]
         self.m.key = claim.key
+        self.m.bid_price = resumed_bid(claim)  # a bid instance: it may be outbid
         status = self.transport.resume_status(claim)
         self.p.instances.watcher.watch(self.m.instance_id)
         old = claim.job
@@ -340,16 +361,23 @@ class JobDriver:
     def _rent(self, offer: dict) -> bool:
         """Create the instance (label journaled first). False if the offer is gone."""
         journal = self.p.journal
-        label = self.m.label or f"{journal.label_prefix}{self.m.job_id}"
+        request = self.p.market.request_for(self.p.spec)
+        bid = self._bid_terms(offer, request.storage_gb)
+        if bid is None:  # a bid offer whose min_bid breaks the price cap
+            self.p.market.release(int(offer["id"]))
+            return False
+        if bid:
+            offer = {**offer, "dph_total": round(bid["bid_price"] + bid["storage_dph"], 6)}
+        label = self.m.label or self._fresh_label()
         journal.record_rent_intent(job_id=self.m.job_id, run_id=self.p.run_id, label=label,
                                    offer=offer_facts(offer))
         self.m.label = label  # only once the intent is journaled (destroying looks it up)
         crash_point("after_rent_intent")
-        request = self.p.market.request_for(self.p.spec)
         try:
             instance_id = self.p.instances.create(
                 int(offer["id"]), label=label, image=self.p.spec.image,
-                disk_gb=request.storage_gb, **self.transport.launch(label))
+                disk_gb=request.storage_gb, price=bid.get("bid_price"),
+                **self.transport.launch(label))
         except OfferGone:
             self.p.market.release(int(offer["id"]))
             return False
@@ -365,12 +393,13 @@ class JobDriver:
         crash_point("after_create")
         self.m.instance_id = instance_id
         self.m.offer = offer
-        journal.record_instance_created(label, instance_id)
+        self.m.bid_price = bid.get("bid_price")
+        journal.record_instance_created(label, instance_id, **bid)
         for extra in found[1:]:  # journaled as strays and destroyed, beside this job
             self.p.instances.destroy_in_background(int(extra["id"]), stray=extra, reason=(
                 f"a second instance with label {label} after a lost create answer"))
         facts = offer_facts(offer)
-        self.fire("rented", detail={"instance": instance_id, **facts}, label=label,
+        self.fire("rented", detail={"instance": instance_id, **facts, **bid}, label=label,
                   instance_id=instance_id, offer_id=facts["offer_id"],
                   machine_id=facts["machine_id"], gpu_name=facts["gpu_name"],
                   num_gpus=facts["num_gpus"], dph_total=facts["dph_total"])
@@ -424,6 +453,7 @@ class JobDriver:
             self.p.journal.update_instance_status(iid, status)
             if row.get("start_date"):
                 self.p.journal.record_instance_started(iid, float(row["start_date"]))
+            self.check_outbid(row)
             if FATAL_BOOT_PATTERNS.search(message) and status != "running":
                 raise JobFailure(f"instance {iid} failed to boot: {message}")
             ready = self.transport.ready(status, row) if status != "exited" or \
@@ -462,8 +492,10 @@ class JobDriver:
     # -- uploading, running, downloading: the transport's -------------------------------
     def step_uploading(self) -> None:
         self.transport.upload()
+        self.m.inputs_on_disk = True
 
     def step_running(self) -> None:
+        self.m.inputs_on_disk = True
         if self.m.running_since is None:  # retries re-enter the state; the clock runs on
             self.m.running_since = time.monotonic()
         self.transport.run()
@@ -526,6 +558,99 @@ class JobDriver:
             self.fire("destroy_retry", detail=reason)
 
 
+    # -- preemption (bid instances, see bids.py) -------------------------------------------
+    def _fresh_label(self) -> str:
+        """The job's label; a job renting again after a preemption gets a new one (the
+        journal never reuses a label that named an instance)."""
+        base = f"{self.p.journal.label_prefix}{self.m.job_id}"
+        return f"{base}-p{self.m.preemptions}" if self.m.preemptions else base
+
+    def _bid_terms(self, offer: dict, disk_gb: float) -> dict | None:
+        """{} on demand; the bid's journaled facts for a bid offer; None if the cap is
+        below the offer's min_bid."""
+        if not self.m.bidding:
+            return {}
+        settings = self.p.settings.bids
+        cap = (self.p.spec.offer_settings or self.p.settings.offer_settings).max_price
+        price = bids.bid_price(offer, settings.factor, cap, disk_gb)
+        if price is None:
+            return None
+        return {"bid_price": price, "storage_dph": round(bids.storage_dph(offer, disk_gb), 6),
+                "ondemand_dph": bids.on_demand_dph(offer, disk_gb)}
+
+    def check_outbid(self, row: dict | None) -> None:
+        """Raise Preempted when the listing shows this job's bid instance stopped (the row's
+        own ``is_bid`` decides: a crash may have kept the bid out of the journal)."""
+        if row is not None and bids.is_outbid(row):
+            raise bids.Preempted(f"instance {self.m.instance_id} was outbid: "
+                                 f"{row.get('status_msg') or row.get('actual_status')}")
+
+    def _preempted(self, state: JobState, reason: str) -> None:
+        """Journal the preemption; what the job had done decides where it resumes."""
+        self.transport.close()
+        self.m.preemptions += 1
+        self.m.preempted_at = time.monotonic()
+        self.m.after_preemption = True
+        if self.m.exit_code is None:  # its process died with the container: run it again
+            self.m.remote_started = False
+            self.m.log_offset = 0
+        with contextlib.suppress(JournalError):
+            self.p.journal.record_instance_stop(self.instance_id(), stopped=True)
+        self.log("warning", "bid instance outbid (stopped by Vast.ai)", reason=reason,
+                 preemptions=self.m.preemptions)
+        self.fire("preempted", detail={"reason": reason, "preemptions": self.m.preemptions,
+                                       "from": state.value, "bid_price": self.m.bid_price})
+
+    def step_preempted(self) -> None:
+        """Wait up to the grace for the outbid instance to run again; past it, tear it
+        down (the one teardown) and rent again."""
+        iid = self.instance_id()
+        watcher = self.p.instances.watcher
+        watcher.watch(iid)
+        grace = self.p.settings.bids.grace
+        since = self.m.preempted_at or time.monotonic()
+        generation = watcher.generation
+        while time.monotonic() - since <= grace:
+            self.check_cancel()
+            generation = watcher.wait_next(generation, timeout=min(5.0, grace + 0.1))
+            seen = watcher.sighting(iid)
+            if seen is None:
+                continue
+            if seen.row is None:
+                break  # gone for good: rent again
+            status = str(seen.row.get("actual_status") or "")
+            self.p.journal.update_instance_status(iid, status)
+            if not bids.is_outbid(seen.row) and status in ("running", "loading", "created",
+                                                          "rebooting", ""):
+                self.p.journal.record_instance_stop(iid, stopped=False)
+                self.fire("resumed", detail={"instance": iid, "status": status,
+                                             "stopped_for": round(time.monotonic() - since, 1)})
+                return
+        self._abandon(iid, since)
+
+    def _abandon(self, iid: int, since: float) -> None:
+        """The instance stayed stopped past the grace: destroy it, search again."""
+        teardown = self.p.instances.teardown
+        watcher = self.p.instances.watcher
+        watcher.unwatch(iid)
+        deadline = time.monotonic() + self.p.instances.teardown_wait
+        if not teardown.destroy(iid, label=self.m.label, deadline=deadline):
+            raise JobFailure(f"instance {iid} stayed outbid past --vastai-preemption-grace "
+                             "and its destroy was not confirmed")
+        with contextlib.suppress(JournalError):
+            self.p.journal.record_instance_stop(iid, stopped=False)
+        if self.m.offer is not None:
+            self.p.market.release(int(self.m.offer["id"]))
+        self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
+        self.m.bid_price = None
+        self.m.after_preemption = self.m.inputs_on_disk = self.m.remote_started = False
+        self.m.exit_code, self.m.log_offset, self.m.searches = None, 0, 0
+        fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
+        self.fire("rent_again", detail={"destroyed": iid, "waited": round(
+            time.monotonic() - since, 1), "next": "on-demand" if fallback or
+            not self.m.interruptible else "bid"})
+
+
 STEPS: dict[JobState, Callable[[JobDriver], None]] = {
     JobState.SEARCHING: JobDriver.step_searching,
     JobState.RENTING: JobDriver.step_renting,
@@ -534,7 +659,18 @@ STEPS: dict[JobState, Callable[[JobDriver], None]] = {
     JobState.RUNNING: JobDriver.step_running,
     JobState.DOWNLOADING: JobDriver.step_downloading,
     JobState.DESTROYING: JobDriver.step_destroying,
+    JobState.PREEMPTED: JobDriver.step_preempted,
 }
+
+
+def resumed_bid(claim: Any) -> float | None:
+    """The bid of an earlier run's instance: journaled, else the listing's ``is_bid`` row
+    (a crash between create and journal write), priced at its ``dph_total``."""
+    bid = claim.instance.get("bid_price")
+    row = getattr(claim, "row", None) or {}
+    if bid is None and row.get("is_bid"):
+        bid = float(row.get("dph_total") or 0.0)
+    return None if bid is None else float(bid)
 
 
 def offer_facts(offer: dict) -> dict:

@@ -60,6 +60,11 @@ last_status_at, started_at, destroy_accepted_at, claimed_by -> runs)``
     ``destroyed_at`` where a fact is missing), as Vast.ai bills.
     ``claimed_by`` is the run that took a dead run's instance over (to resume
     or tear it down); it owns it from then on.
+    Bid instances (``bids.py``) add ``bid_price`` ($/h, NULL on demand),
+    ``storage_dph`` (the disk's $/h, billed while stopped too), ``ondemand_dph``
+    (the same machine on demand, for ``journal cost``), ``stopped_seconds`` and
+    ``stopped_since`` (time stopped by preemptions, billed as storage only) and
+    ``preemptions``.
 ``strays(instance_id INTEGER PK, label, run_id -> runs, reason, dph_total,
 found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
     Instances listed with this workflow's prefix that no ``instances`` row
@@ -316,6 +321,16 @@ def m004_cost_ledger(db: sqlite_utils.Database) -> None:
             started_at REAL NOT NULL, updated_at REAL NOT NULL, ended_at REAL)"""
     )
     db.execute("CREATE INDEX transfers_job_id ON transfers(job_id)")
+
+
+@migration
+def m005_bids(db: sqlite_utils.Database) -> None:
+    """Interruptible (bid) instances (bids.py): the bid, the disk's hourly storage price
+    (billed while stopped too), what the machine costs on demand, and how long it was
+    stopped by preemptions (``stopped_since`` while it is stopped now)."""
+    for column in ("bid_price REAL", "storage_dph REAL", "ondemand_dph REAL",
+                   "stopped_seconds REAL", "stopped_since REAL", "preemptions INTEGER"):
+        db.execute(f"ALTER TABLE instances ADD COLUMN {column}")
 
 
 WORKFLOW_ID_FILE = "workflow-id"
@@ -962,6 +977,22 @@ class Journal:
             )
             if cursor.rowcount != 1:
                 raise self._unknown_instance(f"instance {instance_id}")
+
+    def record_instance_stop(self, instance_id: int, *, stopped: bool) -> None:
+        """A bid instance was outbid (``stopped``) or runs again: its stopped time is
+        billed for storage only (ledger.storage_dollars)."""
+        now = self._clock()
+        with self._write() as db:
+            if stopped:
+                # one preemption, however often it is seen (a resumed run sees it again)
+                db.execute("UPDATE instances SET preemptions = COALESCE(preemptions, 0) + "
+                           "(stopped_since IS NULL), stopped_since = COALESCE(stopped_since, ?)"
+                           " WHERE instance_id = ?", [now, instance_id])
+            else:
+                db.execute("UPDATE instances SET stopped_seconds = COALESCE(stopped_seconds, 0)"
+                           " + MAX(0, ? - stopped_since), stopped_since = NULL "
+                           "WHERE instance_id = ? AND stopped_since IS NOT NULL",
+                           [now, instance_id])
 
     def record_instance_started(self, instance_id: int, start_date: float) -> None:
         """Vast.ai's ``start_date`` of the instance (the billing clock starts there)."""

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import leases, ledger, listing, progress, tables
+from . import bid_costs, leases, ledger, listing, progress, tables
 from .journal import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
 from .machine import JobState
 from .redaction import scrub
@@ -727,9 +727,14 @@ def cmd_cost(journal: Journal, args: argparse.Namespace) -> int:
         "gpus": _totals(rows, _gpu, "gpu"),
         "balances": balances(journal, rows),
     }
+    bid_part = bid_costs.cost_report(rows)  # bid instances: storage while stopped, on demand
+    if bid_part is not None:
+        report["bids"] = bid_part
     if args.json:
         return emit_json(report)
     print(cost_text(report))
+    if bid_part is not None:
+        print(bid_costs.cost_text(bid_part))
     return 0
 
 

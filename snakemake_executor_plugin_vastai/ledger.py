@@ -49,8 +49,29 @@ def _price(value: Any) -> float:
         return 0.0
 
 
+def stopped_seconds(row: Mapping[str, Any], seconds: float) -> float:
+    """Of an instance's ``seconds`` billed so far, those it spent stopped by preemptions
+    (bid instances, see bids.py): the journaled total plus a stop still going on, which
+    runs to the end of the billed span (its start plus ``seconds``)."""
+    stopped = float(row.get("stopped_seconds") or 0.0)
+    since = row.get("stopped_since")
+    if since is not None:
+        start = row.get("started_at") if row.get("started_at") is not None \
+            else row.get("created_at")
+        end = float(start) + seconds if start is not None else float(since)
+        stopped += max(0.0, end - float(since))
+    return min(max(stopped, 0.0), seconds)
+
+
 def compute_dollars(row: Mapping[str, Any], seconds: float) -> float:
-    return seconds / 3600.0 * _price(row.get("dph_total"))
+    """The hourly price while the instance runs (a bid instance's ``dph_total`` is its bid
+    plus storage; stopped time is billed by :func:`storage_dollars` instead)."""
+    return (seconds - stopped_seconds(row, seconds)) / 3600.0 * _price(row.get("dph_total"))
+
+
+def storage_dollars(row: Mapping[str, Any], seconds: float) -> float:
+    """A stopped (outbid) instance keeps its disk and bills only its storage."""
+    return stopped_seconds(row, seconds) / 3600.0 * _price(row.get("storage_dph"))
 
 
 def bandwidth_dollars(row: Mapping[str, Any], _seconds: float) -> float:
@@ -65,6 +86,7 @@ def bandwidth_dollars(row: Mapping[str, Any], _seconds: float) -> float:
 COMPONENTS: list[Component] = [
     Component("compute", compute_dollars),
     Component("bandwidth", bandwidth_dollars),
+    Component("storage", storage_dollars),
 ]
 
 

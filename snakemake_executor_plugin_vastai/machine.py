@@ -12,6 +12,11 @@ Reading the table, top to bottom, is reading a job's life::
     searching -> renting -> booting -> uploading -> running -> downloading
               -> destroying -> succeeded | failed | cancelled
 
+An interruptible (bid) instance that is outbid is stopped by Vast.ai, not destroyed
+(``bids.py``): its job moves to ``preempted`` and, when the instance runs again within
+``--vastai-preemption-grace``, back to ``booting`` on the same instance (its uploaded files
+are still there); past the grace the instance is torn down and the job searches again.
+
 In storage mode (see ``storage.py``) the data moves through a bucket, so two
 explicit rows skip the SSH states: booting -> running and running -> destroying.
 
@@ -24,6 +29,8 @@ How Vast.ai's ``actual_status`` of the job's instance maps onto these states
 
 - ``None``/``created``/``loading``: the job is ``booting``.
 - ``running``: booting ends once SSH answers too; the job then uploads/runs.
+- ``stopped`` on an outbid bid instance (``bids.is_outbid``), in any state that holds an
+  instance: ``preempted``.
 - ``exited``/``stopped``/``frozen`` while booting: fail fast (``fail``), so
   Snakemake's ``--retries`` resubmits the job on another machine.
 - ``offline``/``unknown`` (lost host heartbeat): tolerated for a bounded grace
@@ -46,6 +53,7 @@ class JobState(StrEnum):
     RUNNING = "running"
     DOWNLOADING = "downloading"
     DESTROYING = "destroying"
+    PREEMPTED = "preempted"  # its bid instance was outbid: stopped, disk kept (bids.py)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -64,7 +72,7 @@ class JobState(StrEnum):
 S = JobState
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
 HOLDING_STATES = frozenset({S.RENTING, S.BOOTING, S.UPLOADING, S.RUNNING, S.DOWNLOADING,
-                            S.DESTROYING})
+                            S.DESTROYING, S.PREEMPTED})
 ACTIVE_STATES = [s for s in JobState if s not in TERMINAL_STATES]
 BEFORE_DESTROYING = [s for s in ACTIVE_STATES if s is not S.DESTROYING]
 
@@ -84,6 +92,20 @@ TRANSITIONS: list[dict] = [
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.RUNNING,
      "conditions": "remote_job_started"},
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.BOOTING},
+    # -- preemption (issue 15, bids.py): one contiguous block. An outbid bid instance is
+    # stopped with its disk kept; the job waits up to --vastai-preemption-grace for it to
+    # run again, then boots it again (rows below: a finished job only downloads, an
+    # uploaded one runs again without a new upload); past the grace its instance is torn
+    # down (teardown.py) and the job searches again, on demand after enough preemptions.
+    {"trigger": "preempted", "source": [S.BOOTING, S.UPLOADING, S.RUNNING, S.DOWNLOADING],
+     "dest": S.PREEMPTED},
+    {"trigger": "resumed", "source": S.PREEMPTED, "dest": S.BOOTING},
+    {"trigger": "rent_again", "source": S.PREEMPTED, "dest": S.SEARCHING},
+    {"trigger": "booted", "source": S.BOOTING, "dest": S.DOWNLOADING,
+     "conditions": ["was_preempted", "remote_job_finished"]},
+    {"trigger": "booted", "source": S.BOOTING, "dest": S.RUNNING,
+     "conditions": ["was_preempted", "inputs_uploaded"]},
+    # -- end of the preemption block
     # booting: wait for actual_status running and an SSH answer; in storage mode
     # the container starts the job itself and nothing is uploaded
     {"trigger": "booted", "source": S.BOOTING, "dest": S.RUNNING,
@@ -114,7 +136,7 @@ TRANSITIONS: list[dict] = [
 ]
 
 CONDITIONS = ("remote_job_finished", "remote_job_started", "was_cancelled", "has_failed",
-              "in_storage_mode")
+              "in_storage_mode", "was_preempted", "inputs_uploaded")
 
 
 def machine_kwargs() -> dict:

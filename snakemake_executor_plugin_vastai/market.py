@@ -39,8 +39,10 @@ class OfferMarket:
         return build_offer_request(settings, spec.resources, spec.threads,
                                    rule=spec.rule, exclude_machines=excluded)
 
-    def search(self, request: OfferRequest, limit: int) -> list[dict]:
-        return self._api.search_offers(request.query, request.order, limit, request.storage_gb)
+    def search(self, request: OfferRequest, limit: int, *, bid: bool = False) -> list[dict]:
+        """Offers for the request; ``bid``: interruptible offers (bids.py)."""
+        return self._api.search_offers(request.query, request.order, limit, request.storage_gb,
+                                       bid=bid)
 
     def spend_cap_reached(self) -> str | None:
         """A message once --vastai-max-spend is used up by this run's instances."""

@@ -128,6 +128,9 @@ def offer_overrides(offer: OfferSettings, resources: Mapping[str, object],
 def validate_rule_settings(rule: str, resources: Mapping[str, object],
                            container_url: object = None) -> None:
     """Check a job's overrides before anything is rented (raises ConfigError)."""
+    from .bids import interruptible_resource
+
+    interruptible_resource(resources, rule)  # vastai_interruptible: true or false
     job_settings(image="unused", max_runtime=0.0, offer=OfferSettings(),
                  resources=resources, rule=rule, container_url=container_url)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import fingerprint as fingerprints
 from . import leases, listing, payload
+from .bids import BidSettings
 from .driver import JobDriver, JobModel, build_machine
 from .instances import Instances
 from .jobspec import JobSpec, Workspace
@@ -68,6 +69,7 @@ class RunSettings:
     max_spend: float | None = None
     max_runtime: float = 0.0  # seconds a storage-mode job may run; 0 = no cap
     progress_interval: float = 5.0  # seconds between transfer progress lines (progress.py)
+    bids: BidSettings = field(default_factory=BidSettings)  # interruptible instances
 
 
 @dataclass(frozen=True)
@@ -165,13 +167,20 @@ class Run:
                        offer_settings=own.offer)
         model = JobModel(job_id=job_id, ports=self.ports_for(spec), snakemake_job=job,
                          rule=rule, attempt=job.attempt, fingerprint=fp,
-                         log_path=str(log_path), claim=self.recovery.claim(fp))
+                         log_path=str(log_path), claim=self.recovery.claim(fp),
+                         interruptible=self.interruptible(job, rule))
         if model.claim is not None:
             self.recovery.resumed += 1
         self.log.info("job submitted", job=job_id, rule=rule, attempt=job.attempt,
                       resuming=model.claim.job["id"] if model.claim else None)
         self._start(model, JobState.SEARCHING)
         return model
+
+    def interruptible(self, job: Any, rule: str) -> bool:
+        """Bid instances for this job (bids.py); a group bids only if all its rules do."""
+        members = list(job.jobs) if job.is_group() else [job]
+        return all(self.settings.bids.interruptible(str(m.rule.name), dict(m.resources))
+                   for m in members)
 
     def job_settings(self, job: Any, rule: str) -> JobSettings:
         """The run's settings with the job's rule overrides (see rule_settings.py)."""
@@ -378,6 +387,9 @@ class Run:
         unconfirmed = f", {len(pending)} destroy(s) not confirmed" if pending else ""
         if self.watcher.failures:
             unconfirmed += f", {self.watcher.failures} instance listings failed"
+        preempted = sum(m.preemptions for m in models)  # bid instances outbid (bids.py)
+        if preempted:
+            unconfirmed += f", {preempted} preemptions"
         if self.teardown.journal_failures:
             unconfirmed += (f", {self.teardown.journal_failures} journal writes failed during "
                             "teardown")
@@ -424,4 +436,8 @@ def public_settings(settings: RunSettings) -> dict:
         "allow_hobbyist": offer.allow_hobbyist, "order": offer.order,
         "search_query": offer.search_query, "on_restart": settings.on_restart,
         "max_spend": settings.max_spend, "max_runtime": settings.max_runtime,
+        "bids": {"rules": sorted(settings.bids.rules), "all_rules": settings.bids.all_rules,
+                 "factor": settings.bids.factor, "grace": settings.bids.grace,
+                 "fallback_after": settings.bids.fallback_after,
+                 "fallback": settings.bids.fallback},
     }

@@ -17,7 +17,7 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
-from . import DEFAULT_IMAGE, __version__, checkpoints
+from . import DEFAULT_IMAGE, __version__, bids, checkpoints
 from .deploy import Scope, apply_scope
 from .journal import (
     RELATIVE_PATH,
@@ -124,12 +124,14 @@ def resolve_image(settings: Any, container_image: str | None = None) -> str:
     return DEFAULT_IMAGE
 
 
-def run_settings(settings: Any, container_image: str | None = None) -> RunSettings:
+def run_settings(settings: Any, container_image: str | None = None,
+                 remote_settings: Any = None) -> RunSettings:
     """Validated, resolved settings; raises WorkflowError naming the bad option."""
     try:
         validate_settings(settings)
         offer_settings = OfferSettings.from_executor_settings(settings)
         image = resolve_image(settings, container_image)
+        bid_settings = bids.settings_from(settings, remote_settings)
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
     return RunSettings(
@@ -140,7 +142,7 @@ def run_settings(settings: Any, container_image: str | None = None) -> RunSettin
         offline_grace=float(settings.offline_grace), offer_settings=offer_settings,
         on_restart=str(getattr(settings, "on_restart", "resume")),
         max_spend=max_spend(settings), max_runtime=max_runtime(settings),
-        progress_interval=progress_interval(settings))
+        progress_interval=progress_interval(settings), bids=bid_settings)
 
 
 def progress_interval(settings: Any) -> float:
@@ -423,9 +425,10 @@ def start_run(executor: Any) -> Run:
     settings = executor.workflow.executor_settings
     api_key = resolve_api_key(settings)
     SECRETS.add([api_key])
-    container_image = getattr(getattr(executor.workflow, "remote_execution_settings", None),
-                              "container_image", None)
-    resolved = run_settings(settings, container_image)
+    remote_settings = getattr(executor.workflow, "remote_execution_settings", None)
+    container_image = getattr(remote_settings, "container_image", None)
+    resolved = run_settings(settings, container_image, remote_settings)
+    bids.default_preemptible_retries(executor.workflow)  # else a failed job crashes Snakemake
     validate_scheduled_jobs(executor.workflow)
     check_apptainer(executor.workflow)
     workdir = Path(os.getcwd())

@@ -127,6 +127,8 @@ class VastAPI:
         self._sdk_lock = threading.Lock()
         self.pacer = RateLimiter()
         self.searches = SharedSearches(self._search_now)
+        # Bid offers (type "bid", see bids.py) are searched apart: same filters, other prices.
+        self.bid_searches = SharedSearches(self._search_bid_now)
         self.stats = CallStats()
 
     def __repr__(self) -> str:
@@ -193,11 +195,13 @@ class VastAPI:
         """Fail early (before renting) on a wrong key or an unreachable URL."""
         return self._call("users/current", lambda: self._sdk.show_user(), budget=20.0)
 
-    def search_offers(self, query: dict, order: list, limit: int, storage_gb: float) -> list[dict]:
+    def search_offers(self, query: dict, order: list, limit: int, storage_gb: float, *,
+                      bid: bool = False) -> list[dict]:
         """Offers matching ``query``, best first per ``order``, from a search shared with
         the run's other jobs asking the same now (see shared_search: each starts at an
-        offer slice of its own)."""
-        return self.searches.search(query, order, limit, storage_gb)
+        offer slice of its own). ``bid``: interruptible offers, priced at ``min_bid``."""
+        searches = self.bid_searches if bid else self.searches
+        return searches.search(query, order, limit, storage_gb)
 
     def search_offers_unshared(self, query: dict, order: list, limit: int,
                                storage_gb: float) -> list[dict]:
@@ -206,29 +210,35 @@ class VastAPI:
         return self._search_now(query, order, lambda: limit, storage_gb)
 
     def _search_now(self, query: dict, order: list, limit: Callable[[], int],
-                    storage_gb: float) -> list[dict]:
+                    storage_gb: float, offer_type: str = "on-demand") -> list[dict]:
         """One search request; ``limit()`` is read as the request is built."""
         from vastai.api import offers
 
         def run() -> list[dict]:
             q = dict(query)
             return offers.search_offers(self._sdk.client, query=q, order=order, limit=limit(),
-                                        storage=storage_gb, no_default=True)
+                                        storage=storage_gb, no_default=True,
+                                        offer_type=offer_type)
 
         return self._call("bundles", run)
+
+    def _search_bid_now(self, query: dict, order: list, limit: Callable[[], int],
+                        storage_gb: float) -> list[dict]:
+        return self._search_now(query, order, limit, storage_gb, offer_type="bid")
 
     def create_instance(self, offer_id: int, *, image: str, disk_gb: float, label: str,
                         onstart: str | None = None, env: dict[str, str] | None = None,
                         runtype: str = "ssh_direc ssh_proxy", args: list[str] | None = None,
-                        ) -> int:
-        """Rent ``offer_id``; return the new instance id. Raises OfferGone."""
+                        price: float | None = None) -> int:
+        """Rent ``offer_id``; return the new instance id. Raises OfferGone. A ``price``
+        ($/h) rents it as an interruptible instance bidding that much (bids.py)."""
         from vastai.api import instances
 
         # cancel_unavail: if scheduling fails, say so instead of leaving a stopped
         # instance behind that bills for its disk.
         payload = instances.build_create_instance_payload(
             image=image, disk=disk_gb, env=dict(env or {}), label=label, onstart_cmd=onstart,
-            runtype=runtype, args=args, cancel_unavail=True,
+            runtype=runtype, args=args, cancel_unavail=True, price=price,
         )
 
         def run() -> int:
@@ -255,6 +265,14 @@ class VastAPI:
                                  f"answer ({exc})")
 
         return self._call("asks", run, budget=min(self.retry_budget, 60.0), in_doubt=in_doubt)
+
+    def change_bid(self, instance_id: int, price: float) -> None:
+        """Set a bid instance's bid ($/h): ``PUT /instances/bid_price/{id}/`` (the SDK's
+        ``change_bid``); a stopped instance whose new bid wins starts again."""
+        from vastai.api import instances
+
+        self._call("instances/bid_price",
+                   lambda: instances.change_bid(self._sdk.client, instance_id, price=price))
 
     def attach_ssh_key(self, instance_id: int, public_line: str) -> None:
         """Let our per-run key log in to the instance."""

@@ -57,6 +57,12 @@ CLASSES = ("kill", "lost_answers", "failing_destroys", "concurrent_run", "locked
            "full_disk", "changed_code", "copied_dir")
 LOST_MODES = ("reset", "truncate", "html")
 LOGS_ENV = "VASTAI_CHAOS_LOGS"  # a directory: every run's output is kept there
+# Bid instances (issue 15): not in CLASSES (run by tests/test_chaos_bids.py); the work
+# rule rents bid instances, and the simulator outbids some of them at seeded moments.
+BID_CLASS = "preemptions"
+BID_SNAKEFILE = SNAKEFILE.replace('    params: tag=TAG\n',
+                                  '    params: tag=TAG\n    resources: vastai_interruptible=True\n')
+GRACE_ENV = "SNAKEMAKE_VASTAI_PREEMPTION_GRACE"  # set by the caller: short, for never-back
 
 
 @dataclass
@@ -77,6 +83,7 @@ class TrialResult:
     stale_resumes: int = 0  # jobs re-attached although their code changed
     changed_at: float | None = None  # changed_code: when the Snakefile was changed
     skipped: bool = False  # the class cannot run here (full_disk without mount rights)
+    preemptions: int = 0  # outbid faults that fired (the preemptions class)
 
     @property
     def ok(self) -> bool:
@@ -203,7 +210,8 @@ def run_trial(seed: int, root: Path, adversity: str | None = None) -> TrialResul
     rng = random.Random(seed)
     adversity = adversity or CLASSES[seed % len(CLASSES)]
     result = TrialResult(seed=seed, adversity=adversity)
-    wf = write_workflow(root / f"trial{seed}", {"Snakefile": SNAKEFILE})
+    wf = write_workflow(root / f"trial{seed}", {
+        "Snakefile": BID_SNAKEFILE if adversity == BID_CLASS else SNAKEFILE})
     if adversity == "full_disk" and not sandbox.can_mount():
         result.skipped = True
         adversity = result.adversity = "kill"
@@ -233,6 +241,7 @@ def run_trial(seed: int, root: Path, adversity: str | None = None) -> TrialResul
         theirs = next(i for i in truth["instances"] if i["id"] == foreign)
         result.foreign_touched = not theirs["alive"]
         result.extra_billed_seconds = sum(i["billed_seconds"] for i in ours)
+        result.preemptions = int(truth.get("preemptions", 0))
         result.outputs_ok = _outputs_match(wf, with_side=adversity == "concurrent_run")
     return result
 
@@ -262,6 +271,12 @@ def _adversity_first_run(adversity: str, wf: Path, sim: Simulator, rng: random.R
             time.sleep(rng.uniform(1.0, 5.0))
             _fill(wf / ".snakemake/vastai/filler")
         return {"during": fill}
+    elif adversity == BID_CLASS:
+        for _ in range(rng.randint(1, 3)):  # some come back within the grace, some never
+            sim.add_fault("outbid", next_n=rng.randint(1, 2),
+                          at_state=rng.choice(["loading", "running"]),
+                          after_seconds=rng.uniform(0.0, 2.5),
+                          back_after=rng.choice([None, rng.uniform(0.3, 2.0)]))
     return {}
 
 
@@ -341,9 +356,16 @@ def _check_restart(wf: Path, sim: Simulator, rng: random.Random, result: TrialRe
         result.expected_rents_after_restart += rented  # judged again after the next restart
         return
     resumed, ran = _latest_run(wf)
-    result.expected_rents_after_restart += ran - len(resumed)
+    result.expected_rents_after_restart += ran - len(resumed) + _rents_again(wf)
     if not must_resume <= resumed:
         result.errors.append(f"not resumed: {sorted(must_resume - resumed)}")
+
+
+def _rents_again(wf: Path) -> int:
+    """Rents of the latest run after a bid instance stayed outbid past the grace."""
+    rows = _journal(wf, "SELECT count(*) FROM transitions WHERE trigger = 'rent_again' AND "
+                        "run_id = (SELECT id FROM runs ORDER BY started_at DESC LIMIT 1)")
+    return int(rows[0][0]) if rows else 0
 
 
 def summarize(results: list[TrialResult]) -> dict:

@@ -99,6 +99,12 @@ class Model:
     def in_storage_mode(self, event=None):
         return self.storage
 
+    def was_preempted(self, event=None):
+        return getattr(self, "preempted_before", False)
+
+    def inputs_uploaded(self, event=None):
+        return getattr(self, "uploaded", False)
+
     def journal_transition(self, event):
         if self.fail_journal:
             raise OSError("disk full")

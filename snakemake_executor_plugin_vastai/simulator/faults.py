@@ -47,6 +47,16 @@ Instance fault kinds:
   never reports it. ``actual_status`` stays ``running`` (and billing goes on) until the
   instance is destroyed; the log keeps the command's output; the truth's ``exit_code``
   has the real code.
+- ``outbid(after_seconds=0.0, at_state="running", back_after=None, competing_bid=None,
+  after_bytes_out=None, chance=1.0)``: bid instances only, each hit with probability
+  ``chance`` (seeded): ``after_seconds`` after entering
+  ``at_state`` (``loading`` or ``running``), or with ``after_bytes_out`` once its SSH server
+  has sent that many payload bytes since running (a download under way), a competing bid
+  wins the machine: the instance is stopped (processes
+  killed, SSH refused, disk kept, storage billed). After ``back_after`` seconds (None:
+  never by itself) it starts again; raising its bid above ``competing_bid`` (default: 1.25
+  x its bid) with ``PUT /instances/bid_price/{id}/`` starts it at once. Counted in the
+  truth's ``preemptions``.
 
 Service faults (no targeting; ``count`` limits how many requests they hit):
 
@@ -105,6 +115,8 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "host_key_change": {"after_seconds": 0.0},
     "stays_running": {},
     "disk_full": {"after_bytes": _REQUIRED},
+    "outbid": {"after_seconds": 0.0, "at_state": "running", "back_after": None,
+               "competing_bid": None, "after_bytes_out": None, "chance": 1.0},
 }
 SERVICE_KINDS: dict[str, dict[str, Any]] = {
     "api_status": {
@@ -192,6 +204,12 @@ def _check_values(kind: str, p: dict[str, Any]) -> None:
         raise ValueError("fault ssh_drop: give after_bytes or after_seconds")
     if kind == "vanish" and p["at_state"] not in VANISH_STATES:
         raise ValueError(f"fault vanish: at_state must be one of {sorted(VANISH_STATES)}")
+    if kind == "outbid" and not 0.0 <= float(p["chance"]) <= 1.0:
+        raise ValueError("fault outbid: chance must be between 0 and 1")
+    if kind == "outbid" and p["at_state"] not in ("loading", "running"):
+        raise ValueError("fault outbid: at_state must be 'loading' or 'running'")
+    if kind == "outbid" and p["back_after"] is not None and float(p["back_after"]) < 0:
+        raise ValueError("fault outbid: back_after must be >= 0 (or None: never)")
     if kind == "boot_fatal" and p["final_status"] not in ("exited", "created"):
         raise ValueError("fault boot_fatal: final_status must be 'exited' or 'created'")
     if kind == "api_status" and not 400 <= int(p["code"]) <= 599:

@@ -73,6 +73,7 @@ class Fleet:
         if self.plan.take_offer(offer_id):
             self.market.snatch(offer_id)
             raise OfferGone(offer_id)
+        self._check_bid(offer_id, spec)
         iid = self._allocate_id()
         offer = self.market.take(offer_id, iid)
         if spec.disk > float(offer.get("disk_space") or 0.0):
@@ -85,6 +86,16 @@ class Fleet:
         inst = self._build(iid, offer, spec, faults, foreign=False)
         inst.start()
         return iid
+
+    def _check_bid(self, offer_id: int, spec: LaunchSpec) -> None:
+        """A bid (``price``) below the machine's ``min_bid`` is refused (ValueError: 400)."""
+        if spec.price is None:
+            return
+        offer = self.market.offer(offer_id)
+        minimum = float((offer or {}).get("min_bid") or 0.0)
+        if offer is not None and spec.price < minimum:
+            raise ValueError(f"bid price {spec.price:g} is below min_bid {minimum:g} "
+                             f"of offer {offer_id}")
 
     def create_foreign(self, label: str) -> int:
         """A running instance on the account that no workflow started."""
@@ -109,9 +120,13 @@ class Fleet:
     ) -> Instance:
         box = self.state_dir / "instances" / str(iid)
         shutil.rmtree(box, ignore_errors=True)  # a reused state dir: never share a sandbox
+        priced = catalog.price(offer, spec.disk)
+        if spec.price is not None:  # a bid instance bills its bid plus storage
+            priced["dph_total"] = round(spec.price + float(priced["storage_total_cost"]), 6)
+            priced["is_bid"] = True
         inst = Instance(
             iid=iid,
-            offer=catalog.price(offer, spec.disk),
+            offer=priced,
             spec=spec,
             tag=f"sim{self.sim_tag}-i{iid}",
             sandbox_dir=box,

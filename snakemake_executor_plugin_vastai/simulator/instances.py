@@ -21,6 +21,14 @@ vanishing), never scaled; plus bandwidth per GB (2**30 bytes, as the SDK's $/TB 
 multiplies by 1024) in each direction as the host sees it: what the instance receives
 (``ssh_bytes_in``: our uploads) at the offer's ``inet_down_cost``, what it sends
 (``ssh_bytes_out``: our downloads, logs) at ``inet_up_cost``.
+
+Interruptible (bid) instances: a create with a ``price`` (the bid, $/h, at least the
+offer's ``min_bid``) makes a bid instance; its ``dph_total`` is the bid plus the disk's
+storage price. The ``outbid`` fault stops it (a competing bid won): processes die, SSH
+refuses, the disk stays, ``actual_status``/``intended_status``/``cur_state``/``next_state``
+read ``stopped``, and only storage bills (``storage_cost`` $/GB-month for its disk) until it
+starts again (after ``back_after`` seconds, or when ``PUT /instances/bid_price/{id}/``
+raises the bid above the competing one) and boots as after a reboot, files kept.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ class LaunchSpec:
     onstart: str | None = None
     runtype: str = "ssh"
     args: list[str] | str | None = None
+    price: float | None = None  # the bid ($/h) of an interruptible instance
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> LaunchSpec:
@@ -80,6 +89,12 @@ class LaunchSpec:
         except (TypeError, ValueError):
             raise ValueError("disk must be a number (GB)") from None
         label = payload.get("label")
+        price = payload.get("price")
+        if price is not None:
+            try:
+                price = float(price)
+            except (TypeError, ValueError):
+                raise ValueError("price must be a number ($/h bid)") from None
         runtype = str(payload.get("runtype") or ("args" if args is not None else "ssh"))
         return cls(
             image=image.strip(),
@@ -89,6 +104,7 @@ class LaunchSpec:
             onstart=payload.get("onstart") or None,
             runtype=runtype,
             args=args,
+            price=price,
         )
 
     @property
@@ -159,6 +175,13 @@ class Instance:
         self._watchers: list[threading.Thread] = []
         self._torn = False
         self.timeline = Timeline(f"vastai-sim-i{iid}")
+        # bid instances (see the module docstring)
+        self.bid_price: float | None = spec.price
+        self.outbid = False
+        self.preemptions = 0
+        self._competing: float | None = None  # the bid that outbid this one
+        self._stopped_seconds = 0.0
+        self._stopped_mono: float | None = None
 
     # ----- public
 
@@ -230,6 +253,42 @@ class Instance:
             self.vanished = vanished
             self._note("destroyed" if not vanished else "vanished", self.actual_status)
             return True
+
+    def stopped_seconds(self) -> float:
+        """Seconds this bid instance spent stopped by being outbid (storage bills only)."""
+        with self._lock:
+            total = self._stopped_seconds
+            if self._stopped_mono is not None:
+                end = self._ended_mono if self._ended_mono is not None else time.monotonic()
+                total += max(end - self._stopped_mono, 0.0)
+            return total
+
+    def storage_dph(self) -> float:
+        """$/h of this instance's disk (``storage_cost`` is $/GB-month, 720 h)."""
+        return float(self.offer.get("storage_cost") or 0.0) * self.spec.disk / 720.0
+
+    def billed_dollars(self) -> float:
+        """Running time at ``dph_total``; stopped time (outbid) at the storage price only."""
+        seconds = self.billed_seconds()
+        stopped = min(self.stopped_seconds(), seconds)
+        dph = float(self.offer["dph_total"])
+        return (dph * (seconds - stopped) + self.storage_dph() * stopped) / 3600.0
+
+    def change_bid(self, price: float) -> None:
+        """``PUT /instances/bid_price/{id}/``: a new bid; above the competing one, a
+        stopped instance starts again."""
+        minimum = float(self.offer.get("min_bid") or 0.0)
+        if self.bid_price is None:
+            raise ValueError(f"instance {self.id} is not an interruptible (bid) instance")
+        if price < minimum:
+            raise ValueError(f"bid {price:g} is below the machine's min_bid {minimum:g}")
+        with self._lock:
+            self.bid_price = price
+            self.offer = {**self.offer, "dph_total": round(price + self.storage_dph(), 6)}
+            wins = self.outbid and self._competing is not None and price > self._competing
+            gen = self._generation
+        if wins:
+            self.timeline.after(0, lambda: self._outbid_end(gen))
 
     def freeze(self) -> None:
         """Stop the billing clock without destroying (the simulator itself stops)."""
@@ -304,7 +363,7 @@ class Instance:
                 "id": self.id,
                 "label": spec.label,
                 "actual_status": status,
-                "intended_status": "running",
+                "intended_status": "stopped" if self.outbid else "running",
                 "cur_state": self.cur_state,
                 "next_state": self.cur_state,
                 "status_msg": self.status_msg,
@@ -339,7 +398,7 @@ class Instance:
                 "template_hash_id": None,
                 "template_name": None,
                 "volume_info": None,
-                "is_bid": False,
+                "is_bid": self.bid_price is not None,
                 "client_run_time": round(self.billed_seconds(), 3),
                 "host_run_time": round(self.billed_seconds(), 3),
                 "inet_up_billed": 0.0,  # units unknown (the SDK never reads it);
@@ -353,7 +412,9 @@ class Instance:
             dph = float(self.offer["dph_total"])
             ssh = self.ssh
             up_dollars, down_dollars = self._bandwidth()
-            compute = dph * seconds / 3600.0
+            stopped = self.stopped_seconds()
+            storage_stopped = self.storage_dph() * min(stopped, seconds) / 3600.0
+            time_dollars = self.billed_dollars()  # running at dph, stopped: storage
             return {
                 "id": self.id,
                 "label": self.spec.label,
@@ -374,11 +435,20 @@ class Instance:
                 "created_at": self.created_at,
                 "destroyed_at": self.destroyed_at,
                 "billed_seconds": seconds,
-                "billed_dollars": compute + up_dollars + down_dollars,
-                "billed_compute_dollars": compute,
+                "billed_dollars": time_dollars + up_dollars + down_dollars,
+                "billed_compute_dollars": time_dollars - storage_stopped,
                 "billed_bandwidth_dollars": up_dollars + down_dollars,
                 "inet_up_cost": float(self.offer.get("inet_up_cost") or 0.0),
                 "inet_down_cost": float(self.offer.get("inet_down_cost") or 0.0),
+                "is_bid": self.bid_price is not None,
+                "bid_price": self.bid_price,
+                "min_bid": self.offer.get("min_bid"),
+                "ondemand_dph": round(float(self.offer.get("dph_base") or 0.0)
+                                      + self.storage_dph(), 6),
+                "preemptions": self.preemptions,
+                "outbid": self.outbid,
+                "stopped_seconds": stopped,
+                "storage_dollars_stopped": storage_stopped,
                 "foreign": self.foreign,
                 "ssh_port": self.ssh_port,
                 "ssh_bytes_in": ssh.bytes_in if ssh else 0,
@@ -476,6 +546,7 @@ class Instance:
             return
         self._set("loading", f"Pulling image {self.spec.image}")
         self._vanish_on("loading", gen)
+        self._outbid_on("loading", gen)
 
     def _boot_failed(self, gen: int, status: str, msg: str) -> None:
         if self._current(gen):
@@ -494,6 +565,7 @@ class Instance:
         self._block("boot", False)
         self._start_main_process(gen)
         self._vanish_on("running", gen)
+        self._outbid_on("running", gen)
         self._arm_running_faults(gen)
 
     def _arm_running_faults(self, gen: int) -> None:
@@ -525,6 +597,7 @@ class Instance:
             ]
         if vanish_running:
             self._vanish_on("running", gen)
+        self._outbid_on("running", gen)  # an outbid fault aimed at this running instance
 
     def _vanish_on(self, state: str, gen: int) -> None:
         """Schedule the vanish faults that wait for ``state``."""
@@ -535,6 +608,76 @@ class Instance:
             self._pending = [f for f in self._pending if f not in hits]
         for f in hits:
             self.timeline.after(float(f.params["after_seconds"]), lambda: self._vanish(gen))
+
+    def _outbid_on(self, state: str, gen: int) -> None:
+        """Schedule the outbid faults that wait for ``state`` (once per instance)."""
+        if self.bid_price is None:
+            return
+        with self._lock:
+            hits = [f for f in self._pending
+                    if f.kind == "outbid" and f.params["at_state"] == state]
+            self._pending = [f for f in self._pending if f not in hits]
+            # a shared fault's seeded draw per instance: this one outbid or not
+            hits = [f for f in hits if f.rng.random() < float(f.params["chance"])]
+        for f in hits:
+            if f.params.get("after_bytes_out") is not None and self.ssh is not None:
+                start = self.ssh.bytes_out
+                self.timeline.after(0, lambda p=f.params, s=start: self._outbid_when_sent(
+                    gen, p, s))
+                continue
+            self.timeline.after(float(f.params["after_seconds"]),
+                                lambda p=f.params: self._go_outbid(gen, p))
+
+    def _outbid_when_sent(self, gen: int, params: dict[str, Any], start: int) -> None:
+        """Poll the SSH server's sent bytes; outbid once ``after_bytes_out`` went out."""
+        if not self._current(gen) or self.ssh is None:
+            return
+        if self.ssh.bytes_out - start >= int(params["after_bytes_out"]):
+            self._go_outbid(gen, params)
+            return
+        self.timeline.after(0.01, lambda: self._outbid_when_sent(gen, params, start))
+
+    def _go_outbid(self, gen: int, params: dict[str, Any]) -> None:
+        """A competing bid won: stop (processes die, disk kept), maybe start again later."""
+        if not self._current(gen) or self.outbid:
+            return
+        with self._lock:
+            self._generation += 1
+            gen = self._generation
+            self.outbid = True
+            self.preemptions += 1
+            self._stopped_mono = time.monotonic()
+            competing = params.get("competing_bid")
+            self._competing = float(competing) if competing is not None else \
+                float(self.bid_price or 0.0) * 1.25 + 1e-6
+        self.timeline.clear()
+        self._block("outbid", True)
+        if self.ssh is not None:
+            self.ssh.drop_connections()
+        sandbox.kill_tagged(self.tag)
+        self._set("stopped", "Stopped: outbid by a higher bid on this machine",
+                  cur_state="stopped")
+        back = params.get("back_after")
+        if back is not None:
+            self.timeline.after(float(back), lambda: self._outbid_end(gen))
+
+    def _outbid_end(self, gen: int) -> None:
+        """The bid wins again: the instance boots as after a reboot, its files kept."""
+        if not self._current(gen) or not self.outbid:
+            return
+        with self._lock:
+            self._generation += 1
+            gen = self._generation
+            self.outbid = False
+            if self._stopped_mono is not None:
+                self._stopped_seconds += max(time.monotonic() - self._stopped_mono, 0.0)
+                self._stopped_mono = None
+        self.timeline.clear()
+        self._block("boot", True)
+        self._block("outbid", False)
+        self._block("exited", False)
+        self._set("loading", "Bid won again: starting")
+        self._boot(gen)
 
     def _vanish(self, gen: int) -> None:
         if self._current(gen) and self.end(vanished=True):

@@ -168,6 +168,12 @@ class Market:
             self._holders[offer_id] = holder
             return dict(offer)
 
+    def offer(self, offer_id: int) -> dict[str, Any] | None:
+        """A copy of the offer (available or not), None if unknown."""
+        with self._lock:
+            found = self._offers.get(offer_id)
+            return dict(found) if found is not None else None
+
     def release(self, offer_id: int) -> None:
         """The instance on this offer is gone: the offer is back on the market."""
         with self._lock:

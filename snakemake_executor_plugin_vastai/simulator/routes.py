@@ -52,6 +52,7 @@ class Endpoints:
             Route("GET", "/api/v1/instances/", self.list_v1),
             Route("GET", f"{v0}/instances/filters/", self.filters),
             Route("PUT", f"{v0}/instances/reboot/{{id}}/", self.reboot),
+            Route("PUT", f"{v0}/instances/bid_price/{{id}}/", self.change_bid),
             Route("PUT", f"{v0}/instances/request_logs/{{id}}/", self.request_logs),
             Route("GET", f"{v0}/instances/{{id}}/", self.show),
             Route("PUT", f"{v0}/instances/{{id}}/", self.update),
@@ -188,6 +189,15 @@ class Endpoints:
             raise HttpError(400, "invalid_args", "instance_ids must be a non-empty list")
         done = [iid for iid in (_int(str(i)) for i in ids) if self.fleet.destroy(iid)]
         return {"success": True, "destroyed": done}
+
+    def change_bid(self, req: Request) -> dict[str, Any]:
+        """``vastai change bid``: a new bid price for an interruptible instance."""
+        inst, body = self._instance(req), self._body(req)
+        try:
+            inst.change_bid(float(body.get("price")))
+        except (TypeError, ValueError) as exc:
+            raise HttpError(400, "invalid_args", str(exc)) from None
+        return {"success": True}
 
     def reboot(self, req: Request) -> dict[str, Any]:
         self._instance(req).reboot()

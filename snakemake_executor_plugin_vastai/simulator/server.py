@@ -204,6 +204,7 @@ class Simulator:
             "instances": rows,
             "created_count": len(rows),
             "alive_count": sum(1 for r in rows if r["alive"]),
+            "preemptions": sum(r["preemptions"] for r in rows),  # outbid faults that fired
             **self.stats.snapshot(),
             "faults": self.plan.describe(),
             "available_offers": len(self.market.available_ids()),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import payload
 from ..backoff import Backoff
+from ..bids import Preempted
 from ..ledger import ByteMeter
 from ..outcomes import JobFailure, crash_point, disk_hint
 from ..progress import TransferProgress, planned_bytes
@@ -212,6 +213,11 @@ class SshTransport:
             self.m.remote_started = True
             crash_point("after_launch")
         end = self.with_ssh("run", self._follow)
+        if end.lost and self.m.bid_price is not None:
+            # The wrapper records even a SIGKILL's code; only a container stop loses it:
+            # on a bid instance, a preemption the listing did not show in time (bids.py).
+            raise Preempted(f"instance {self.m.instance_id}: the job's process disappeared "
+                            "(the bid instance was stopped and started again)")
         if end.lost:
             raise JobFailure(f"instance {self.m.instance_id}: the job's process "
                                      "disappeared on the host (killed?) without an exit code")
@@ -295,6 +301,7 @@ class SshTransport:
             return
         if seen.row is None:
             raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
+        self.steps.check_outbid(seen.row)  # a bid instance stopped by Vast.ai (bids.py)
         status = str(seen.row.get("actual_status") or "")
         self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
 

@@ -13,6 +13,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import bids
 from ..outcomes import JobFailure, log_tail
 from ..storage import StorageSetup, container_args, exit_code_from_log, exit_token
 from ..vast import VastError
@@ -112,6 +113,12 @@ class StorageTransport:
                 raise JobFailure(f"instance {iid} vanished while running")
             status = str(seen.row.get("actual_status") or "") if seen else ""
             self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
+            if status in ENDED_STATUSES and seen is not None and bids.is_outbid(seen.row):
+                # a bid instance stopped by Vast.ai (bids.py): done if its log says so,
+                # else preempted (the container reruns the job when it starts again)
+                if self._finish_from_log(exited=False):
+                    return
+                self.steps.check_outbid(seen.row)
             if status in ENDED_STATUSES:
                 exited_since = exited_since or time.monotonic()
                 if self._finish_from_log(exited=True):
