@@ -32,12 +32,13 @@ def test_uploads_are_priced_at_inet_down_cost_and_downloads_at_inet_up_cost():
     assert up["bandwidth"] == pytest.approx(0.5)  # the instance receives what we upload
     assert down["bandwidth"] == pytest.approx(2.0)  # and sends what we download
     assert ledger.components(_row(), 3600.0) == {"compute": pytest.approx(0.36),
-                                                 "bandwidth": 0.0}
+                                                 "bandwidth": 0.0, "storage": 0.0}
 
 
 def test_an_offer_without_bandwidth_prices_costs_compute_only():
     row = _row(bytes_uploaded=5 * GB, offer=json.dumps({}))
-    assert ledger.components(row, 1800.0) == {"compute": pytest.approx(0.18), "bandwidth": 0.0}
+    assert ledger.components(row, 1800.0) == {"compute": pytest.approx(0.18), "bandwidth": 0.0,
+                                              "storage": 0.0}
     assert ledger.components(_row(bytes_uploaded=GB, offer="not json"), 0)["bandwidth"] == 0
 
 
@@ -72,7 +73,7 @@ def test_journal_adds_bytes_and_prices_them_in_the_run_cost(tmp_path):
     row = next(r for r in journal.instances_with_cost() if r["label"] == label)
     assert (row["bytes_uploaded"], row["bytes_downloaded"]) == (GB, GB // 4)
     assert row["components"] == {"compute": pytest.approx(0.01),
-                                 "bandwidth": pytest.approx(2.0 + 0.25)}
+                                 "bandwidth": pytest.approx(2.0 + 0.25), "storage": 0.0}
     assert journal.run_cost(run)[1] == pytest.approx(2.26)
     journal.record_balance(run, before=50.0)
     journal.record_balance(run, after=47.5)
