@@ -15,6 +15,13 @@ Reading the table, top to bottom, is reading a job's life::
 In storage mode (see ``storage.py``) the data moves through a bucket, so two
 explicit rows skip the SSH states: booting -> running and running -> destroying.
 
+With warm instances (``pool.py``, SSH mode) two more rows: ``leased`` takes an
+idle instance of the run's pool (searching -> uploading: no renting, no
+booting), and ``gave_back`` returns a healthy instance to the pool once the
+job's outputs are home (downloading -> succeeded: nothing destroyed). The
+instance's own life is in ``instance_machine.py``. A failed job's instance is
+never given back: failure still leads through ``destroying``.
+
 Every failure and every cancel goes through ``destroying``: nothing a job
 rented is ever left behind by a path through this table.
 
@@ -84,6 +91,8 @@ TRANSITIONS: list[dict] = [
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.RUNNING,
      "conditions": "remote_job_started"},
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.BOOTING},
+    # warm instances: an idle instance of this run's pool meets the job's needs
+    {"trigger": "leased", "source": S.SEARCHING, "dest": S.UPLOADING},
     # booting: wait for actual_status running and an SSH answer; in storage mode
     # the container starts the job itself and nothing is uploaded
     {"trigger": "booted", "source": S.BOOTING, "dest": S.RUNNING,
@@ -101,6 +110,9 @@ TRANSITIONS: list[dict] = [
     {"trigger": "completed", "source": S.RUNNING, "dest": S.DOWNLOADING},
     # downloading: declared outputs and logs come home
     {"trigger": "downloaded", "source": S.DOWNLOADING, "dest": S.DESTROYING},
+    # warm instances: the job succeeded, its outputs are home; its instance serves the next
+    {"trigger": "gave_back", "source": S.DOWNLOADING, "dest": S.SUCCEEDED,
+     "conditions": "gives_instance_back"},
     # failure and cancel, from anywhere before destroying
     {"trigger": "fail", "source": BEFORE_DESTROYING, "dest": S.DESTROYING},
     {"trigger": "cancel", "source": BEFORE_DESTROYING, "dest": S.DESTROYING},
@@ -114,7 +126,7 @@ TRANSITIONS: list[dict] = [
 ]
 
 CONDITIONS = ("remote_job_finished", "remote_job_started", "was_cancelled", "has_failed",
-              "in_storage_mode")
+              "in_storage_mode", "gives_instance_back")
 
 
 def machine_kwargs() -> dict:
