@@ -118,6 +118,15 @@ class ExecutorSettings(ExecutorSettingsBase):
                 "unioned with every rule's `deploy` resource. The Snakefile, includes, "
                 "config, script and conda files always ship. E.g. 'train.py,scripts/**'.",
         "env_var": False, "required": False})
+    idle_timeout: Optional[float] = field(default=None, metadata={
+        "help": "Warm instances: seconds a booted instance whose job succeeded waits, idle, "
+                "for the next job it fits before it is destroyed (default 60, about the "
+                "shortest Vast.ai boot it saves; 0 = destroy at once). Idle instances are "
+                "also destroyed at the end of the run, on Ctrl-C and on failure.",
+        "env_var": False, "required": False})
+    no_reuse: bool = field(default=False, metadata={
+        "help": "One instance per job: never give a booted instance to the next job.",
+        "env_var": False, "required": False})
 
 
 common_settings = CommonSettings(
