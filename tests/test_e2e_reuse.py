@@ -205,15 +205,27 @@ rule quick:
         assert wait_for(both_states, timeout=120), proc.stdout.read() if proc.stdout else ""
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        proc.communicate(timeout=60)
     assert len(alive(simulator.truth())) == 2  # nothing tore them down
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock"], cwd=wf,
+                   capture_output=True, timeout=120, check=True)
+    idle = journal_rows(wf, "select label from instances where state = 'idle'")
+    leased = journal_rows(wf, "select label from instances where state = 'leased'")
     result = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-idle-timeout", "30",
-                           reuse=True)
+                           "--rerun-incomplete", reuse=True)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (wf / "slow.txt").read_text() == "base\n"
+    assert (wf / "quick.txt").read_text() == "quick\n"
     assert alive(simulator.truth()) == []
     left = journal_rows(wf, "select count(*) from instances where destroyed_at is null")
     assert left == [(0,)]
+    # the leased instance's job was re-attached (its instance not rented again)...
+    resumed = journal_rows(wf, "select rule, label from jobs where resumed_from is not null")
+    assert [label for _rule, label in resumed] == [leased[0][0]]
+    # ...and the idle one was torn down, its life ending in destroyed
+    life = [t for (t,) in journal_rows(wf, "select trigger from instance_transitions where "
+                                           f"label = '{idle[0][0]}' order by id")]
+    assert life[-1] == "destroyed" and "given_back" in life
 
 
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils")
