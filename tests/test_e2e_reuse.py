@@ -9,6 +9,7 @@ no live instance in the simulator.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -93,6 +94,19 @@ def test_a_chain_reuses_one_warm_instance_and_matches_the_local_executor(tmp_pat
                               "and detail like '%already_on_instance%'")
     assert reused == [(n,)]
     assert f"{n} boots avoided" in result.stderr
+    # journal cost: the jobs pay their leased time; boot and idle are the run's, apart
+    cost = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal",
+                           "cost", "--json"], cwd=wf, capture_output=True, text=True,
+                          timeout=60)
+    report = json.loads(cost.stdout)
+    (run,) = report["warm"]["runs"]
+    assert (run["boots"], run["jobs"], run["boots_avoided"]) == (1, n + 1, n)
+    shares = run["boot_seconds"] + run["leased_seconds"] + run["idle_seconds"]
+    assert shares == pytest.approx(report["total"]["instance_seconds"], abs=1e-6)
+    assert 0 < run["leased_seconds"] < report["total"]["instance_seconds"]
+    assert run["boot_seconds"] > 0
+    rules = {r["rule"]: r for r in report["warm"]["rules"]}
+    assert rules["step"]["jobs"] == n and rules["first"]["jobs"] == 1
 
 
 def test_no_reuse_keeps_one_instance_per_job(tmp_path, simulator):
