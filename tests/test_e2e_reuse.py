@@ -90,9 +90,12 @@ def test_a_chain_reuses_one_warm_instance_and_matches_the_local_executor(tmp_pat
     assert life.count("leased") == n and life.count("given_back") == n + 1
     assert life[-2:] == ["expired", "destroyed"]
     # the previous step's output was already on the instance: linked, not uploaded
-    reused = journal_rows(wf, "select count(*) from transitions where trigger = 'uploaded' "
-                              "and detail like '%already_on_instance%'")
-    assert reused == [(n,)]
+    # (the source archive, uploaded once per instance, and the previous step's output)
+    uploads = [json.loads(d) for (d,) in journal_rows(
+        wf, "select detail from transitions where trigger = 'uploaded' order by id")]
+    assert uploads[0] == {"files": 1, "bytes": uploads[0]["bytes"]}  # the sources, sent
+    assert [u.get("already_on_instance") for u in uploads[1:]] == [2] * n
+    assert all(u["files"] == 2 for u in uploads[1:])
     assert f"{n} boots avoided" in result.stderr
     # journal cost: the jobs pay their leased time; boot and idle are the run's, apart
     cost = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal",
