@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def run_once(base: Path, *, reuse: bool, jobs: int, job_seconds: float, parallel
         wall = time.monotonic() - start
         truth = sim.truth()
         stamps = [read_stamp(wf / "out" / f"{i}.json") for i in range(jobs)]
+        gaps = idle_gaps(wf)
     if done.returncode != 0:
         raise RuntimeError(f"snakemake failed ({'reuse' if reuse else 'no reuse'}):\n"
                            f"{done.stderr[-3000:]}")
@@ -83,7 +85,23 @@ def run_once(base: Path, *, reuse: bool, jobs: int, job_seconds: float, parallel
     return {"reuse": reuse, "wall": wall, "boots": int(truth["created_count"]),
             "billed": billed, "alive_after": len(alive), "command_seconds": command,
             "overhead_per_job": (billed - jobs * job_seconds) / jobs,
-            "overhead_beyond_command": (billed - command) / jobs}
+            "overhead_beyond_command": (billed - command) / jobs, "idle_gaps": gaps}
+
+
+def idle_gaps(wf: Path) -> list[float]:
+    """Seconds each warm instance sat idle before its next lease (from the journal): what
+    --vastai-idle-timeout must cover for a waiting job to find the instance."""
+    path = wf / ".snakemake" / "vastai" / "journal.sqlite"
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT label, trigger, at FROM instance_transitions "
+                          "ORDER BY label, id").fetchall()
+    gaps, idle_since = [], {}
+    for label, trigger, at in rows:
+        if trigger == "given_back":
+            idle_since[label] = at
+        elif trigger == "leased" and label in idle_since:
+            gaps.append(at - idle_since.pop(label))
+    return gaps
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -105,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results"
                         / "reuse.json")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
+    parser.add_argument("--modes", default="on,off", help="on,off (side by side) or one")
     args = parser.parse_args(argv)
     job_seconds = args.job_seconds * args.scale
     mean_boot = sum(REAL_BOOT) / 2 * args.scale
@@ -112,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="reuse-bench-") as tmp:
         root = Path(tmp)
         for rep in range(args.repeats):
-            for reuse in ((True, False) if rep % 2 == 0 else (False, True)):
+            order = (True, False) if rep % 2 == 0 else (False, True)
+            for reuse in [r for r in order if ("on" if r else "off") in args.modes.split(",")]:
                 name = f"{rep}-{'on' if reuse else 'off'}"
                 result = run_once(root / name, reuse=reuse, jobs=args.jobs_count,
                                   job_seconds=job_seconds, parallel=args.parallel,
@@ -147,7 +167,14 @@ def figures(runs: list[dict[str, Any]], mean_boot: float) -> dict[str, Any]:
     for mode, rows in (("reuse", on), ("no_reuse", off)):
         out["modes"][mode] = {k: summary([float(r[k]) for r in rows.values()])
                               for k in ("wall", "boots", "billed", "overhead_per_job",
-                                        "overhead_beyond_command")}
+                                        "overhead_beyond_command")} if rows else {}
+    gaps = [g for r in on.values() for g in r.get("idle_gaps", [])]
+    if gaps:
+        gaps.sort()
+        out["idle_gaps"] = {"median": statistics.median(gaps), "p95": gaps[int(0.95 * (
+            len(gaps) - 1))], "max": gaps[-1], "n": len(gaps)}
+    if not both:
+        return out
     out["ratios"] = {
         "wall_off_over_on": summary([off[i]["wall"] / on[i]["wall"] for i in both]),
         "billed_off_over_on": summary([off[i]["billed"] / on[i]["billed"] for i in both]),
@@ -170,10 +197,15 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"{'figure':<22}{'reuse':>34}{'no reuse':>34}")
     for key, digits in (("wall", 1), ("boots", 0), ("billed", 1), ("overhead_per_job", 2),
                         ("overhead_beyond_command", 2)):
-        row = [fmt(report["modes"][m][key], digits) for m in ("reuse", "no_reuse")]
+        row = [fmt(report["modes"][m][key], digits) if report["modes"][m].get(key) else "-"
+               for m in ("reuse", "no_reuse")]
         print(f"{key:<22}{row[0]:>34}{row[1]:>34}")
+    if "idle_gaps" in report:
+        g = report["idle_gaps"]
+        print(f"idle before the next lease: median {g['median']:.2f} s, p95 {g['p95']:.2f} s,"
+              f" max {g['max']:.2f} s (n={g['n']})")
     print()
-    for key, value in report["ratios"].items():
+    for key, value in report.get("ratios", {}).items():
         print(f"{key:<36} {fmt(value, 3)}")
 
 

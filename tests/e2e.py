@@ -107,11 +107,16 @@ def demo_workflow(root: Path) -> Path:
     return lay_out_workflow(root)
 
 
+# VASTAI_TEST_REUSE=1 runs every end-to-end test with warm instances (the plugin's default)
+REUSE_ENV = "VASTAI_TEST_REUSE"
+
+
 def snakemake_argv(url: str, *extra: str, jobs: int = 8, reuse: bool = False) -> list[str]:
-    """The CLI against the simulator. Warm instances are off unless ``reuse``: most tests
-    pin one instance per job (their instance counts and crash points assume it); the
-    reuse tests (test_e2e_reuse.py) turn them on."""
-    warm = [] if reuse else ["--vastai-no-reuse"]
+    """The CLI against the simulator. Warm instances are off unless ``reuse`` (or
+    VASTAI_TEST_REUSE=1): most tests pin one instance per job (their instance counts and
+    crash points assume it); the reuse tests (test_e2e_reuse.py) turn them on."""
+    reuse = reuse or os.environ.get(REUSE_ENV) == "1"
+    warm = [] if reuse or "--vastai-no-reuse" in extra else ["--vastai-no-reuse"]
     return [sys.executable, "-m", "snakemake", "--executor", "vastai", "--jobs", str(jobs),
             "--vastai-api-url", url, "--vastai-status-interval", "0.2",
             "--vastai-offline-grace", "5", *warm, *extra]
