@@ -127,6 +127,9 @@ class Pool:
         warm.idle_since = time.monotonic()
         with self._lock:
             self._idle[warm.label] = warm
+        if self._stop.is_set():  # the run ended meanwhile: drain may have missed it
+            self.expire(warm.label, "the run ended")
+            return True
         self._start_reaper()
         return True
 

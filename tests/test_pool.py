@@ -222,3 +222,20 @@ def test_a_disabled_pool_never_leases(journal):
     pool, jobs, labels, _ = pool_with(journal, 1, enabled=False)
     assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is False
     assert pool.lease("j", request(), "img") is None
+
+
+def test_an_instance_given_back_while_the_run_drains_is_still_torn_down(journal):
+    """give_back passed its check, then drain ran: the late one must not stay idle."""
+    pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600)
+    original = pool.journal.instance_transition
+
+    def drain_in_between(*args, **kwargs):
+        result = original(*args, **kwargs)
+        pool.drain("the run ended")  # lands after the check, before the instance joins
+        return result
+
+    pool.journal.instance_transition = drain_in_between
+    assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is True
+    pool.journal.instance_transition = original
+    assert destroyed == labels
+    assert pool.idle_count() == 0
