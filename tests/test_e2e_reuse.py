@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, start_snakemake, wait_for, write_workflow
+from tests.e2e import (
+    alive,
+    interrupt,
+    run_snakemake,
+    start_snakemake,
+    wait_for,
+    write_workflow,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -187,11 +194,8 @@ rule ok2:
     assert alive(simulator.truth()) == []
 
 
-def test_kill_9_with_idle_and_leased_instances_then_recovery(tmp_path, simulator):
-    """Two chains: one waits for a slow step (its instance leased), the other's instance
-    sits idle. kill -9 the run; the next run tears the idle one down, finishes the work
-    and leaves nothing alive."""
-    wf = write_workflow(tmp_path / "wf", {"Snakefile": '''\
+# One instance sits idle while the other is leased by a slow step (with --jobs 2).
+KILL_WORKFLOW = '''\
 rule all:
     input: "slow.txt", "quick.txt"
 rule base:
@@ -204,22 +208,27 @@ rule slow:
 rule quick:
     output: "quick.txt"
     shell: "echo quick > {output}"
-'''})
+'''
+
+
+def instance_states(wf: Path) -> set[str]:
+    if not (wf / ".snakemake" / "vastai" / "journal.sqlite").exists():
+        return set()
+    try:
+        return {s for (s,) in journal_rows(wf, "select state from instances")}
+    except sqlite3.Error:
+        return set()
+
+
+def test_kill_9_with_idle_and_leased_instances_then_recovery(tmp_path, simulator):
+    """Two chains: one waits for a slow step (its instance leased), the other's instance
+    sits idle. kill -9 the run; the next run tears the idle one down, finishes the work
+    and leaves nothing alive."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": KILL_WORKFLOW})
     proc = start_snakemake(wf, simulator.url, simulator.api_key, "--vastai-idle-timeout",
                            "600", jobs=2, reuse=True)
-    journal = wf / ".snakemake" / "vastai" / "journal.sqlite"
-
-    def both_states() -> bool:
-        if not journal.exists():
-            return False
-        try:
-            states = {s for (s,) in journal_rows(wf, "select state from instances")}
-        except sqlite3.Error:
-            return False
-        return {"idle", "leased"} <= states
-
     try:
-        assert wait_for(both_states, timeout=120), proc.stdout.read() if proc.stdout else ""
+        assert wait_for(lambda: {"idle", "leased"} <= instance_states(wf), timeout=120)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -243,6 +252,21 @@ rule quick:
     life = [t for (t,) in journal_rows(wf, "select trigger from instance_transitions where "
                                            f"label = '{idle[0][0]}' order by id")]
     assert life[-1] == "destroyed" and "given_back" in life
+
+
+def test_ctrl_c_tears_down_idle_and_leased_instances(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": KILL_WORKFLOW})
+    proc = start_snakemake(wf, simulator.url, simulator.api_key, "--vastai-idle-timeout",
+                           "600", jobs=2, reuse=True)
+    try:
+        assert wait_for(lambda: {"idle", "leased"} <= instance_states(wf), timeout=120)
+    finally:
+        out = interrupt(proc)
+    assert proc.returncode != 0
+    assert alive(simulator.truth()) == [], out[-3000:]
+    life = journal_rows(wf, "select trigger from instance_transitions where trigger = "
+                            "'expired'")
+    assert life == [("expired",)]  # the idle one, by the drain; the leased one failed
 
 
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils")
