@@ -328,6 +328,7 @@ class Run:
         """Interpreter exit without a clean shutdown: still destroy what we hold."""
         if not self._closed:
             self.cancel_all(wait=120.0)
+            self.instances.join(120.0)  # idle warm instances go in background teardowns
             self.close("interrupted")
 
     def close(self, outcome: str) -> str | None:
