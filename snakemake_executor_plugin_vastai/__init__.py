@@ -15,7 +15,8 @@ touch: ``market.py``, ``instances.py``, ``jobspec.py``, ``transports/``),
 ``payload.py`` (what travels to and from an instance), ``sources.py`` (the
 source files), ``jobargs.py`` (the remote job arguments), ``rule_settings.py``
 (per-rule overrides), ``storage.py`` (storage mode: data through a bucket),
-``runtime.py`` (one run, start to end), ``simulator/`` (the local Vast.ai).
+``runtime.py`` (one run, start to end), ``pool.py`` / ``instance_machine.py``
+(warm instances: an instance serves several jobs), ``simulator/`` (the local Vast.ai).
 """
 
 import os
