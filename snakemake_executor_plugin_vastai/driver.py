@@ -279,12 +279,12 @@ class JobDriver:
             self.step_resuming()
             return
         market = self.p.market
+        capped = market.spend_cap_reached()  # also before a lease: a warm instance bills too
+        if capped:
+            raise JobFailure(f"rule {self.m.rule}: {capped}")
         request = market.request_for(self.p.spec)
         if self._lease_warm(request):
             return
-        capped = market.spend_cap_reached()
-        if capped:
-            raise JobFailure(f"rule {self.m.rule}: {capped}")
         self.log("info", "searching offers", query=request.text, verbose=True)
         # Ask for enough offers to see past those this run's other jobs are renting.
         limit = request.limit + min(market.claimed_count(), MAX_EXTRA_OFFERS)
