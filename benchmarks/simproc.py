@@ -118,6 +118,8 @@ def serve(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--state-dir", type=Path, help="instance sandboxes (default: a temp dir)")
     parser.add_argument("--job-priority", choices=("idle", "normal"), default="idle")
+    parser.add_argument("--boot-range", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="boots drawn per instance (seeded) from LO..HI seconds")
     args = parser.parse_args(argv)
     _install_request_log(args.request_log)
     if args.job_priority == "idle" and shutil.which("chrt"):
@@ -125,7 +127,9 @@ def serve(argv: list[str] | None = None) -> int:
     from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 
     sim = Simulator(SimConfig(seed=args.seed, boot_delay=args.boot_delay, offers=args.offers,
-                              state_dir=args.state_dir, rate_limit_interval=args.rate_limit))
+                              state_dir=args.state_dir, rate_limit_interval=args.rate_limit,
+                              boot_delay_range=tuple(args.boot_range) if args.boot_range
+                              else None))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -150,13 +154,15 @@ class SimProcess:
 
     def __init__(self, workdir: Path, *, boot_delay: float = 0.3,
                  offers: Path | None = None, job_priority: str = "idle",
-                 state_dir: Path | None = None, rate_limit: float = 0.0) -> None:
+                 state_dir: Path | None = None, rate_limit: float = 0.0,
+                 boot_range: tuple[float, float] | None = None) -> None:
         self.workdir = workdir
         self.state_dir = state_dir
         self.boot_delay = boot_delay
         self.rate_limit = rate_limit
         self.offers = offers
         self.job_priority = job_priority
+        self.boot_range = boot_range
         self.log_path = workdir / "sim-requests.jsonl"
         self.url = ""
         self.api_key = ""
@@ -172,6 +178,8 @@ class SimProcess:
             argv += ["--offers", str(self.offers)]
         if self.state_dir is not None:
             argv += ["--state-dir", str(self.state_dir)]
+        if self.boot_range is not None:
+            argv += ["--boot-range", *(str(x) for x in self.boot_range)]
         stderr = open(self.workdir / "sim-stderr.log", "w")  # noqa: SIM115 -- child owns it
         self._proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr,
                                       text=True, start_new_session=True)

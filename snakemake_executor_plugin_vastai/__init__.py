@@ -15,7 +15,8 @@ touch: ``market.py``, ``instances.py``, ``jobspec.py``, ``transports/``),
 ``payload.py`` (what travels to and from an instance), ``sources.py`` (the
 source files), ``jobargs.py`` (the remote job arguments), ``rule_settings.py``
 (per-rule overrides), ``storage.py`` (storage mode: data through a bucket),
-``runtime.py`` (one run, start to end), ``simulator/`` (the local Vast.ai).
+``runtime.py`` (one run, start to end), ``pool.py`` / ``instance_machine.py``
+(warm instances: an instance serves several jobs), ``simulator/`` (the local Vast.ai).
 """
 
 import os
@@ -137,6 +138,15 @@ class ExecutorSettings(ExecutorSettingsBase):
     no_bid_fallback: bool = field(default=False, metadata={
         "help": "Keep bidding after --preemptible-retries preemptions of one job (default 3) "
                 "instead of renting its next instance on demand.",
+        "env_var": False, "required": False})
+    idle_timeout: Optional[float] = field(default=None, metadata={
+        "help": "Warm instances: seconds a booted instance whose job succeeded waits, idle, "
+                "for the next job it fits before it is destroyed (default 60, about the "
+                "shortest Vast.ai boot it saves; 0 = destroy at once). Idle instances are "
+                "also destroyed at the end of the run, on Ctrl-C and on failure.",
+        "env_var": False, "required": False})
+    no_reuse: bool = field(default=False, metadata={
+        "help": "One instance per job: never give a booted instance to the next job.",
         "env_var": False, "required": False})
 
 

@@ -33,7 +33,7 @@ from transitions.extensions import LockedMachine
 
 from . import bids
 from .backoff import Backoff
-from .journal import JournalError
+from .journal import JournalError, StaleTransition, UnknownInstance
 from .machine import JobState, machine_kwargs
 from .offers import describe
 from .outcomes import (
@@ -44,6 +44,7 @@ from .outcomes import (
     crash_point,
     log_tail,
 )
+from .payload import REMOTE_DIR
 from .vast import CreateInDoubt, OfferGone, VastAuthError, VastError
 
 if TYPE_CHECKING:
@@ -112,6 +113,9 @@ class JobModel:
     preempted_at: float | None = None  # monotonic time of the current preemption
     after_preemption: bool = False  # booting again on an instance that was outbid
     inputs_on_disk: bool = False  # the instance holds the uploaded inputs
+    work_dir: str = REMOTE_DIR  # the job's own directory on its instance (relative to $HOME)
+    warm: Any = None  # pool.WarmInstance: the instance may serve the next job (warm instances)
+    give_back: bool = False  # the job succeeded and its instance goes back to the pool
 
     # -- conditions named in machine.TRANSITIONS ----------------------------------
     def remote_job_finished(self, event: Any = None) -> bool:
@@ -134,6 +138,9 @@ class JobModel:
 
     def inputs_uploaded(self, event: Any = None) -> bool:
         return self.inputs_on_disk
+
+    def gives_instance_back(self, event: Any = None) -> bool:
+        return self.give_back and self.failure is None and not self.cancel_requested
 
     @property
     def work_succeeded(self) -> bool:
@@ -289,10 +296,12 @@ class JobDriver:
             self.step_resuming()
             return
         market = self.p.market
-        capped = market.spend_cap_reached()
+        capped = market.spend_cap_reached()  # also before a lease: a warm instance bills too
         if capped:
             raise JobFailure(f"rule {self.m.rule}: {capped}")
         request = market.request_for(self.p.spec)
+        if self._lease_warm(request):
+            return
         self.log("info", "searching offers", query=request.text, verbose=True)
         # Ask for enough offers to see past those this run's other jobs are renting.
         limit = request.limit + min(market.claimed_count(), MAX_EXTRA_OFFERS)
@@ -313,6 +322,39 @@ class JobDriver:
                                           "query": request.text,
                                           "type": "bid" if self.m.bidding else "on-demand"})
 
+    def _lease_warm(self, request: Any) -> bool:
+        """Warm instances: take the cheapest idle instance of the run's pool that meets
+        the job's request (journaled as leased first), skipping renting and booting.
+        Bid jobs rent bid instances of their own (bids.py): they never lease."""
+        pool = self.p.pool
+        if pool is None or self.transport.skips_ssh or self.m.interruptible:
+            return False
+        warm = pool.lease(self.m.job_id, request, self.p.spec.image)
+        if warm is None:
+            return False
+        self.m.warm, self.m.instance_id, self.m.label = warm, warm.instance_id, warm.label
+        self.m.work_dir = f"{REMOTE_DIR}s/{self.m.job_id}"  # its own, beside earlier jobs'
+        self.m.offer, self.m.endpoint = warm.offer, warm.endpoint
+        facts = offer_facts(warm.offer)
+        self.fire("leased", detail={"instance": warm.instance_id, "label": warm.label,
+                                    "dph_total": facts["dph_total"]},
+                  label=warm.label, instance_id=warm.instance_id, offer_id=facts["offer_id"],
+                  machine_id=facts["machine_id"], gpu_name=facts["gpu_name"],
+                  num_gpus=facts["num_gpus"], dph_total=facts["dph_total"],
+                  ssh_host=warm.endpoint.host, ssh_port=warm.endpoint.port,
+                  work_dir=self.m.work_dir, leased_at=time.time())
+        return True
+
+    def instance_event(self, trigger: str, **columns: Any) -> None:
+        """Move this job's instance along instance_machine.py. An instance whose row predates
+        warm instances (no state) or that an earlier run's job holds (a resume) is left as
+        it is: only the job's own rows matter for it."""
+        if self.m.label is None:
+            return
+        with contextlib.suppress(StaleTransition, UnknownInstance):
+            self.p.journal.instance_transition(self.m.label, trigger=trigger,
+                                               job_id=self.m.job_id, **columns)
+
     def _search_pause(self) -> None:
         if self.m.searches >= MAX_SEARCHES:
             raise JobFailure(f"rule {self.m.rule}: every matching offer was rented by someone "
@@ -328,6 +370,7 @@ class JobDriver:
         self.m.label = claim.instance["label"]
         self.m.key = claim.key
         self.m.bid_price = resumed_bid(claim)  # a bid instance: it may be outbid
+        self.m.work_dir = claim.job.get("work_dir") or REMOTE_DIR
         status = self.transport.resume_status(claim)
         self.p.instances.watcher.watch(self.m.instance_id)
         old = claim.job
@@ -336,7 +379,7 @@ class JobDriver:
                   resumed_from=old["id"], label=self.m.label, instance_id=self.m.instance_id,
                   offer_id=old.get("offer_id"), machine_id=old.get("machine_id"),
                   gpu_name=old.get("gpu_name"), num_gpus=old.get("num_gpus"),
-                  dph_total=old.get("dph_total"))
+                  dph_total=old.get("dph_total"), work_dir=self.m.work_dir)
 
     # -- renting -------------------------------------------------------------------
     def step_renting(self) -> None:
@@ -460,12 +503,28 @@ class JobDriver:
                 self.transport.skips_ssh else None
             if ready is not None:
                 detail, fields = ready
-                self.fire("booted", detail=detail, **fields)
+                self.instance_event("booted", leased_by=self.m.job_id, served=1)
+                self.fire("booted", detail=detail, work_dir=self.m.work_dir,
+                          leased_at=time.time(), **fields)
+                self._warm_up()
                 self.transport.after_boot(iid)
                 return
             if status in BOOT_FAILED_STATUSES:
                 raise JobFailure(f"instance {iid} went {status} while booting: {message}")
             offline_since = self.heartbeat(iid, status, offline_since)
+
+    def _warm_up(self) -> None:
+        """SSH mode with warm instances: the instance this job rented may serve later jobs."""
+        pool = self.p.pool
+        if pool is None or not pool.enabled or self.m.storage or self.m.offer is None \
+                or self.m.endpoint is None:
+            return
+        from .pool import WarmInstance
+
+        request = self.p.market.request_for(self.p.spec)
+        self.m.warm = WarmInstance(label=self.m.label or "", instance_id=self.instance_id(),
+                                   offer=dict(self.m.offer), image=self.p.spec.image,
+                                   disk_gb=float(request.storage_gb), endpoint=self.m.endpoint)
 
     def _check_listing_health(self, iid: int) -> None:
         """The batched listing has failed for longer than the API's retry budget: the
@@ -513,7 +572,25 @@ class JobDriver:
                                 f"log: {spec.log_path}{log_tail(spec.log_path)}")
         self.m.outputs_home = ok  # before the journal hears of it: it may refuse
         crash_point("after_download")
+        if ok and self._may_give_back():
+            self.m.give_back = True
+            self.fire("gave_back", detail={"paths": paths, "instance": self.m.instance_id},
+                      released_at=time.time())
+            crash_point("after_give_back")
+            if not self.p.pool.give_back(self.m.warm, self.m.job_id):
+                self.p.instances.destroy_in_background(self.instance_id(), label=self.m.label)
+            return
         self.fire("downloaded", detail={"paths": paths, "exit_code": self.m.exit_code})
+
+    def _may_give_back(self) -> bool:
+        """Only a healthy instance whose job succeeded serves another (never after a
+        failure, a cancel, a runtime cap, or for an earlier run's resumed job). A bid
+        instance is not pooled: it may be outbid while idle, and its price is a bid."""
+        pool = self.p.pool
+        return (pool is not None and pool.enabled and self.m.warm is not None
+                and self.m.bid_price is None and not self.m.interruptible
+                and not self.p.settings.keep_instances and not self.m.cancel_requested
+                and not self.m.over_runtime and self.m.failure is None)
 
     def over_runtime_message(self) -> str:
         spec = self.p.spec

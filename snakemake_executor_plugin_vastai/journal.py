@@ -81,6 +81,14 @@ from_state, to_state, trigger, at, detail)``
     NULL for the submit row. ``run_id`` is the run that made the change (NULL
     outside a run). ``detail`` is the caller's string as given, or JSON of the
     caller's dict after redaction.
+``instance_transitions(id INTEGER PK AUTOINCREMENT, label -> instances, run_id -> runs,
+job_id, from_state, to_state, trigger, at, detail)``
+    Append-only like ``transitions``: an instance's life (``instance_machine.py``),
+    written in the same transaction as the ``instances.state`` update. With warm
+    instances (schema 4) ``instances`` also holds ``state``, ``leased_by`` (the
+    job holding it), ``idle_since`` and ``served`` (jobs it served), and ``jobs``
+    holds ``work_dir`` (the job's own directory on the instance) and
+    ``leased_at``/``released_at`` (the job's hold on it: its cost).
 
 No secrets
 ----------
@@ -117,6 +125,8 @@ from urllib.parse import quote
 import sqlite_utils
 
 from . import ledger
+from .instance_machine import HOLDING as _HOLDING_INSTANCE
+from .instance_machine import InstanceState, next_state
 from .machine import TERMINAL_STATES as _TERMINAL_JOB_STATES
 from .redaction import redact, scrub
 
@@ -154,6 +164,10 @@ INSTANCE_MANAGED = frozenset(
         "destroyed_at",
         "started_at",
         "offer",
+        "state",
+        "leased_by",
+        "idle_since",
+        "served",
     }
 )
 FREE_TEXT = frozenset({"last_error"})
@@ -331,6 +345,38 @@ def m005_bids(db: sqlite_utils.Database) -> None:
     for column in ("bid_price REAL", "storage_dph REAL", "ondemand_dph REAL",
                    "stopped_seconds REAL", "stopped_since REAL", "preemptions INTEGER"):
         db.execute(f"ALTER TABLE instances ADD COLUMN {column}")
+
+
+@migration
+def m006_warm_instances(db: sqlite_utils.Database) -> None:
+    """Instances as first-class: their own state (``instance_machine.py``) and history.
+
+    ``instances.state`` is the instance's state (NULL on rows written before this
+    version: they never served a second job), ``leased_by`` the job holding it,
+    ``idle_since`` when it was given back, ``served`` how many jobs it served.
+    ``instance_transitions`` is append-only like ``transitions``. ``jobs.work_dir``
+    is the job's own directory on its instance (several jobs share one instance),
+    ``leased_at`` / ``released_at`` the job's hold on it: a job's cost is that time.
+    """
+    db.execute("ALTER TABLE instances ADD COLUMN state TEXT")
+    db.execute("ALTER TABLE instances ADD COLUMN leased_by TEXT")
+    db.execute("ALTER TABLE instances ADD COLUMN idle_since REAL")
+    db.execute("ALTER TABLE instances ADD COLUMN served INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX instances_state ON instances(state)")
+    db.execute("ALTER TABLE jobs ADD COLUMN work_dir TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN leased_at REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN released_at REAL")
+    db.execute(
+        """CREATE TABLE instance_transitions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT NOT NULL REFERENCES
+            instances(label), run_id TEXT REFERENCES runs(id), job_id TEXT, from_state TEXT,
+            to_state TEXT NOT NULL, trigger TEXT NOT NULL, at REAL NOT NULL, detail TEXT)"""
+    )
+    db.execute("CREATE INDEX instance_transitions_label ON instance_transitions(label)")
+    db.execute("""CREATE TRIGGER instance_transitions_no_update BEFORE UPDATE ON
+        instance_transitions BEGIN SELECT RAISE(ABORT, 'append-only'); END""")
+    db.execute("""CREATE TRIGGER instance_transitions_no_delete BEFORE DELETE ON
+        instance_transitions BEGIN SELECT RAISE(ABORT, 'append-only'); END""")
 
 
 WORKFLOW_ID_FILE = "workflow-id"
@@ -846,7 +892,10 @@ class Journal:
                     **facts,
                     offer=_to_json(offer),
                     requested_at=now,
+                    state=InstanceState.RENTING.value,
                 )
+                self._instance_history(db, label, None, InstanceState.RENTING.value,
+                                       "rent_intent", now, job_id=job_id)
             else:
                 self._check_reusable(existing, job_id)
                 columns = {
@@ -856,6 +905,7 @@ class Journal:
                     "requested_at": now,
                     "destroy_requested_at": None,
                     "destroyed_at": None,
+                    "state": InstanceState.RENTING.value,
                 }
                 db.execute(
                     f"UPDATE instances SET {_assignments(columns)} WHERE label = ?",
@@ -924,6 +974,8 @@ class Journal:
                     f"another label in {self.path}: {exc}",
                     self.path,
                 ) from exc
+            if row["state"] == InstanceState.RENTING.value:
+                self._move_instance(db, row, "created", now, detail={"instance": instance_id})
             job_values = {
                 k: v for k, v in values.items() if k in self._job_columns and k not in JOB_IDENTITY
             }
@@ -1014,7 +1066,7 @@ class Journal:
         """Write-ahead for the destroy call (the first request's time is kept)."""
         self._instance_or_stray_update(
             "destroy_requested_at = COALESCE(destroy_requested_at, ?)", [self._clock()],
-            label, instance_id)
+            label, instance_id, moved=self._destroy_requested_move)
 
     def record_instance_destroyed(
         self, *, label: str | None = None, instance_id: int | None = None, at: float | None = None
@@ -1022,18 +1074,24 @@ class Journal:
         """The instance is known gone (or, for a label never created, never existed)."""
         when = self._clock() if at is None else at
         self._instance_or_stray_update(
-            "destroyed_at = COALESCE(destroyed_at, ?)", [when], label, instance_id)
+            "destroyed_at = COALESCE(destroyed_at, ?)", [when], label, instance_id,
+            moved=self._destroyed_move)
 
     def _instance_or_stray_update(
         self, assignment: str, values: list[Any], label: str | None, instance_id: int | None,
-        *, strict: bool = True,
+        *, strict: bool = True, moved: Callable[[Any, dict], None] | None = None,
     ) -> None:
-        """Update the instance row (by label and/or id), else the stray with that id."""
+        """Update the instance row (by label and/or id), else the stray with that id.
+        ``moved`` then moves the row's life-cycle state in the same transaction."""
         where, params = _instance_match(label, instance_id)
         with self._write() as db:
             cursor = db.execute(f"UPDATE instances SET {assignment} WHERE {where}",
                                 [*values, *params])
             if cursor.rowcount == 1:
+                if moved is not None:
+                    row = self._instance_row(db, where, params)
+                    if row is not None and row["state"] is not None:
+                        moved(db, row)
                 return
             if instance_id is not None:
                 cursor = db.execute(f"UPDATE strays SET {assignment} WHERE instance_id = ?",
@@ -1042,6 +1100,101 @@ class Journal:
                     return
             if strict:
                 raise self._unknown_instance(_describe(label, instance_id))
+
+    # -- the instance life cycle (instance_machine.py; warm instances, see pool.py) -------
+    def instance_transition(
+        self, label: str, *, trigger: str, detail: str | Mapping[str, Any] | None = None,
+        job_id: str | None = None, **columns: Any,
+    ) -> str:
+        """Move an instance along ``instance_machine.TRANSITIONS``: a guarded update plus its
+        append-only row, in one transaction, before the side effect. Returns the new state;
+        raises StaleTransition (changing nothing) if its state has no such row."""
+        now = self._clock()
+        with self._write() as db:
+            row = self._instance_row(db, "label = ?", [label])
+            if row is None:
+                raise self._unknown_instance(f"label {label}")
+            return self._move_instance(db, row, trigger, now, detail=detail, job_id=job_id,
+                                       **columns)
+
+    def lease_instance(self, label: str, job_id: str) -> bool:
+        """idle -> leased by ``job_id``, only if the instance is still idle and no destroy
+        was asked for: False when another job (or the idle reaper) was first, so two
+        threads or processes never lease one instance."""
+        now = self._clock()
+        with self._write() as db:
+            row = self._instance_row(db, "label = ?", [label])
+            if row is None or row["state"] != InstanceState.IDLE.value \
+                    or row["destroy_requested_at"] is not None:
+                return False
+            self._move_instance(db, row, "leased", now, job_id=job_id, leased_by=job_id,
+                                idle_since=None, served=int(row["served"] or 0) + 1)
+            return True
+
+    def instance_history(self, label: str) -> list[dict]:
+        """An instance's life, oldest first."""
+        return self._rows(
+            "SELECT * FROM instance_transitions WHERE label = ? ORDER BY id", [label])
+
+    def instances_in_state(self, *states: str) -> list[dict]:
+        return self._rows(
+            f"SELECT * FROM instances WHERE state IN ({_marks(states)}) "
+            "ORDER BY requested_at, label", list(states))
+
+    def _move_instance(
+        self, db: sqlite_utils.Database, row: Mapping[str, Any], trigger: str, now: float, *,
+        detail: str | Mapping[str, Any] | None = None, job_id: str | None = None,
+        **columns: Any,
+    ) -> str:
+        label, source = row["label"], row["state"]
+        try:
+            dest = next_state(source or "", trigger).value
+        except ValueError as exc:
+            raise StaleTransition(f"instance {label}: {exc} (journal {self.path})", self.path,
+                                  job_id=job_id or "", expected=(), actual=source) from None
+        unknown = sorted(set(columns) - {"leased_by", "idle_since", "served"})
+        if unknown:
+            raise ValueError(f"cannot set instance column(s) {', '.join(unknown)} in a move")
+        values = {"state": dest, **{k: _plain(v) for k, v in columns.items()}}
+        cursor = db.execute(
+            f"UPDATE instances SET {_assignments(values)} WHERE label = ? AND state IS ?",
+            [*values.values(), label, source])
+        if cursor.rowcount != 1:
+            raise StaleTransition(f"instance {label}: {trigger!r} lost a race (journal "
+                                  f"{self.path})", self.path, job_id=job_id or "",
+                                  expected=(str(source),), actual=None)
+        self._instance_history(db, label, source, dest, trigger, now, job_id=job_id,
+                               detail=detail)
+        return dest
+
+    def _instance_history(
+        self, db: sqlite_utils.Database, label: str, source: str | None, dest: str,
+        trigger: str, at: float, *, job_id: str | None = None,
+        detail: str | Mapping[str, Any] | None = None,
+    ) -> None:
+        text = scrub(detail) if isinstance(detail, str) else (
+            None if detail is None else _to_json(detail))
+        _insert(db, "instance_transitions", label=label, run_id=self._run_id, job_id=job_id,
+                from_state=source, to_state=dest, trigger=trigger, at=at, detail=text)
+
+    def _destroy_requested_move(self, db: sqlite_utils.Database, row: dict) -> None:
+        """The teardown's intent moves a holding instance into destroying."""
+        if row["state"] in {s.value for s in _HOLDING_INSTANCE}:
+            trigger = "expired" if row["state"] == InstanceState.IDLE.value else "fail"
+            self._move_instance(db, row, trigger, self._clock())
+
+    def _destroyed_move(self, db: sqlite_utils.Database, row: dict) -> None:
+        """Known gone: destroyed (or never created); an instance that vanished on its own
+        passes through destroying, so its history still reads as the table allows."""
+        state, now = row["state"], self._clock()
+        if state == InstanceState.RENTING.value and row["instance_id"] is None:
+            self._move_instance(db, row, "never_created", now)
+            return
+        if state in {s.value for s in _HOLDING_INSTANCE}:
+            self._move_instance(db, row, "fail", now, detail="not listed any more")
+            row = self._instance_row(db, "label = ?", [row["label"]]) or row
+        if row["state"] == InstanceState.DESTROYING.value:
+            self._move_instance(db, row, "destroyed", now)
 
     # -- strays: instances with our prefix that no instance row owns ---------------------
     def record_stray(

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import bid_costs, leases, ledger, listing, progress, tables
+from . import bid_costs, leases, ledger, listing, progress, tables, warm_cost
 from .journal import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
 from .machine import JobState
 from .redaction import scrub
@@ -379,7 +379,19 @@ def job_view(job: dict, instance: dict | None, now: float) -> dict:
         "duration_seconds": max(0.0, float(end) - float(job["created_at"])),
         "instance_seconds": instance["billed_seconds"] if instance else 0.0,
         "dollars": instance["billed_dollars"] if instance else 0.0,
+        **_leased_share(job, instance, now),
     }
+
+
+def _leased_share(job: dict, instance: dict | None, now: float) -> dict:
+    """Warm instances: a job that shared its instance costs its leased time only."""
+    if instance is None or instance.get("served", 0) <= 1 or job.get("leased_at") is None:
+        return {}
+    start = instance.get("started_at") or instance.get("created_at") or now
+    begin, stop = warm_cost.job_window(job, float(start) + instance["billed_seconds"])
+    seconds = max(0.0, stop - float(begin or stop))
+    return {"instance_seconds": seconds,
+            "dollars": seconds / 3600.0 * float(instance.get("dph_total") or 0.0)}
 
 
 def jobs_table(views: list[dict], *, with_run: bool = False) -> str:
@@ -730,12 +742,32 @@ def cmd_cost(journal: Journal, args: argparse.Namespace) -> int:
     bid_part = bid_costs.cost_report(rows)  # bid instances: storage while stopped, on demand
     if bid_part is not None:
         report["bids"] = bid_part
+    report["warm"] = warm_cost.report(rows, journal.jobs())
     if args.json:
         return emit_json(report)
     print(cost_text(report))
     if bid_part is not None:
         print(bid_costs.cost_text(bid_part))
+    if any(r["boots_avoided"] for r in report["warm"]["runs"]):  # only where shared
+        print(f"\n{warm_cost_text(report['warm'])}")
     return 0
+
+
+def warm_cost_text(warm: dict) -> str:
+    """Warm instances: the boot, leased (the jobs') and idle shares of each run's bill,
+    and each rule's jobs' leased time (what a job costs when instances are shared)."""
+    runs = [[r["run"], int(r["boots"]), int(r["jobs"]), int(r["boots_avoided"]),
+             f"{r['boot_seconds']:.1f}", f"{r['leased_seconds']:.1f}",
+             f"{r['idle_seconds']:.1f}", tables.money(r["boot_dollars"]),
+             tables.money(r["leased_dollars"]), tables.money(r["idle_dollars"])]
+            for r in warm["runs"]]
+    rules = [[r["rule"], int(r["jobs"]), f"{r['seconds']:.1f}", tables.money(r["dollars"])]
+             for r in warm["rules"]]
+    return "\n\n".join([
+        tables.render(["RUN", "BOOTS", "JOBS", "AVOIDED", "BOOT-S", "LEASED-S", "IDLE-S",
+                       "BOOT", "LEASED", "IDLE"], runs, right=set(range(1, 10))),
+        tables.render(["RULE", "JOBS", "LEASED-S", "JOB COST"], rules, right={1, 2, 3}),
+    ])
 
 
 def _total(rows: list[dict]) -> dict:

@@ -20,6 +20,13 @@ are still there); past the grace the instance is torn down and the job searches 
 In storage mode (see ``storage.py``) the data moves through a bucket, so two
 explicit rows skip the SSH states: booting -> running and running -> destroying.
 
+With warm instances (``pool.py``, SSH mode) two more rows: ``leased`` takes an
+idle instance of the run's pool (searching -> uploading: no renting, no
+booting), and ``gave_back`` returns a healthy instance to the pool once the
+job's outputs are home (downloading -> succeeded: nothing destroyed). The
+instance's own life is in ``instance_machine.py``. A failed job's instance is
+never given back: failure still leads through ``destroying``.
+
 Every failure and every cancel goes through ``destroying``: nothing a job
 rented is ever left behind by a path through this table.
 
@@ -92,6 +99,8 @@ TRANSITIONS: list[dict] = [
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.RUNNING,
      "conditions": "remote_job_started"},
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.BOOTING},
+    # warm instances: an idle instance of this run's pool meets the job's needs
+    {"trigger": "leased", "source": S.SEARCHING, "dest": S.UPLOADING},
     # -- preemption (issue 15, bids.py): one contiguous block. An outbid bid instance is
     # stopped with its disk kept; the job waits up to --vastai-preemption-grace for it to
     # run again, then boots it again (rows below: a finished job only downloads, an
@@ -123,6 +132,9 @@ TRANSITIONS: list[dict] = [
     {"trigger": "completed", "source": S.RUNNING, "dest": S.DOWNLOADING},
     # downloading: declared outputs and logs come home
     {"trigger": "downloaded", "source": S.DOWNLOADING, "dest": S.DESTROYING},
+    # warm instances: the job succeeded, its outputs are home; its instance serves the next
+    {"trigger": "gave_back", "source": S.DOWNLOADING, "dest": S.SUCCEEDED,
+     "conditions": "gives_instance_back"},
     # failure and cancel, from anywhere before destroying
     {"trigger": "fail", "source": BEFORE_DESTROYING, "dest": S.DESTROYING},
     {"trigger": "cancel", "source": BEFORE_DESTROYING, "dest": S.DESTROYING},
@@ -136,7 +148,7 @@ TRANSITIONS: list[dict] = [
 ]
 
 CONDITIONS = ("remote_job_finished", "remote_job_started", "was_cancelled", "has_failed",
-              "in_storage_mode", "was_preempted", "inputs_uploaded")
+              "in_storage_mode", "was_preempted", "inputs_uploaded", "gives_instance_back")
 
 
 def machine_kwargs() -> dict:

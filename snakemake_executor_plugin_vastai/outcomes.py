@@ -14,7 +14,7 @@ import signal
 
 CRASH_ENV = "SNAKEMAKE_VASTAI_CRASH_AT"
 CRASH_POINTS = ("after_rent_intent", "after_create", "after_launch", "after_download",
-                "after_destroy_request")
+                "after_destroy_request", "after_give_back")
 
 
 class JobFailure(Exception):

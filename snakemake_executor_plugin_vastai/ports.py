@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .journal import Journal
     from .logs import PluginLogger
     from .market import OfferMarket
+    from .pool import Pool
     from .runtime import RunSettings
     from .transports import Transport
 
@@ -37,3 +38,4 @@ class JobPorts:
     log: PluginLogger
     transport: Callable[[Any], Transport]  # made per job, with its driver
     on_end: Callable[[Any], None] = lambda model: None  # the run's bookkeeping
+    pool: Pool | None = None  # warm instances (pool.py); None: one instance per job

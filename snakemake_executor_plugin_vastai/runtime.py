@@ -33,6 +33,7 @@ from .logs import SECRETS, PluginLogger
 from .machine import JobState
 from .market import OfferMarket
 from .offers import OfferSettings
+from .pool import Pool
 from .ports import JobPorts
 from .recovery import Recovery, scheduled_fingerprints
 from .rule_settings import JobSettings, container_of, job_settings, runtime_cap_origin
@@ -70,6 +71,8 @@ class RunSettings:
     max_runtime: float = 0.0  # seconds a storage-mode job may run; 0 = no cap
     progress_interval: float = 5.0  # seconds between transfer progress lines (progress.py)
     bids: BidSettings = field(default_factory=BidSettings)  # interruptible instances
+    reuse: bool = True  # warm instances (pool.py): a succeeded job's instance serves the next
+    idle_timeout: float = 60.0  # seconds an idle warm instance waits (pool.DEFAULT_IDLE_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ class Run:
             archive_path=workdir / ".snakemake" / "vastai" / f"sources-{self.run_id}.tar.xz")
         self.machine = build_machine()
         self.storage = hooks.storage
+        # Warm instances (SSH mode): idle instances serve later jobs; 0 s idle = no reuse.
+        self.pool = Pool(self.journal, self._destroy_idle, log,
+                         idle_timeout=settings.idle_timeout,
+                         enabled=settings.reuse and settings.idle_timeout > 0
+                         and hooks.storage is None and not settings.keep_instances)
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self, settings.on_restart)
         self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
@@ -192,7 +200,8 @@ class Run:
         """What the job's steps may touch (see ports.py)."""
         return JobPorts(run_id=self.run_id, journal=self.journal, market=self.market,
                         instances=self.instances, spec=spec, settings=self.settings,
-                        log=self.log, transport=self._transport, on_end=self.job_ended)
+                        log=self.log, transport=self._transport, on_end=self.job_ended,
+                        pool=self.pool)
 
     def _transport(self, driver: JobDriver) -> Transport:
         """Storage mode when Snakemake has a default storage provider, else SSH mode."""
@@ -225,6 +234,10 @@ class Run:
         """Tear down an instance no job of this run drives (in the background)."""
         self.instances.destroy_in_background(instance_id, label=label, stray=stray,
                                              reason=reason)
+
+    def _destroy_idle(self, instance_id: int, label: str) -> None:
+        """An idle warm instance expired: the one teardown, in the background."""
+        self.instances.destroy_in_background(instance_id, label=label)
 
     def job_ended(self, model: JobModel) -> None:
         """Called by a driver thread when its job reached a terminal state."""
@@ -266,6 +279,7 @@ class Run:
     def finish(self) -> None:
         """The scheduler is done: destroy unclaimed leftovers, wait for every job, sweep."""
         self.recovery.release_unclaimed()
+        self.pool.drain("the run ended")
         self.cancel_all()
         self.instances.join(CANCEL_WAIT)
         self.sweep()
@@ -307,6 +321,7 @@ class Run:
     def cancel_all(self, wait: float = CANCEL_WAIT) -> None:
         """Cancel every job and wait until each has destroyed what it rented; past ``wait``
         the teardowns still running give up and their instances stay pending."""
+        self.pool.drain("the run was stopped")
         with self._lock:
             drivers = list(self.drivers.values())
         for driver in drivers:
@@ -324,6 +339,7 @@ class Run:
         """Interpreter exit without a clean shutdown: still destroy what we hold."""
         if not self._closed:
             self.cancel_all(wait=120.0)
+            self.instances.join(120.0)  # idle warm instances go in background teardowns
             self.close("interrupted")
 
     def close(self, outcome: str) -> str | None:
@@ -393,8 +409,10 @@ class Run:
         if self.teardown.journal_failures:
             unconfirmed += (f", {self.teardown.journal_failures} journal writes failed during "
                             "teardown")
+        warm = (f", {self.pool.leases} boots avoided (warm instances)"
+                if self.pool.enabled else "")
         return (f"run summary: {len(models)} jobs ({parts or 'none'}){broken}, "
-                f"{len(labels) - resumed} instances rented, {resumed} resumed, "
+                f"{len(labels) - resumed} instances rented, {resumed} resumed{warm}, "
                 f"{seconds / 3600:.4f} instance-hours, ${dollars:.4f}{unconfirmed}")
 
 
@@ -440,4 +458,5 @@ def public_settings(settings: RunSettings) -> dict:
                  "factor": settings.bids.factor, "grace": settings.bids.grace,
                  "fallback_after": settings.bids.fallback_after,
                  "fallback": settings.bids.fallback},
+        "reuse": settings.reuse, "idle_timeout": settings.idle_timeout,
     }

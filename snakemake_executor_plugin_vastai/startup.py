@@ -142,7 +142,9 @@ def run_settings(settings: Any, container_image: str | None = None,
         offline_grace=float(settings.offline_grace), offer_settings=offer_settings,
         on_restart=str(getattr(settings, "on_restart", "resume")),
         max_spend=max_spend(settings), max_runtime=max_runtime(settings),
-        progress_interval=progress_interval(settings), bids=bid_settings)
+        progress_interval=progress_interval(settings), bids=bid_settings,
+        reuse=not bool(getattr(settings, "no_reuse", False)),
+        idle_timeout=idle_timeout(settings))
 
 
 def progress_interval(settings: Any) -> float:
@@ -171,6 +173,24 @@ def max_spend(settings: Any) -> float | None:
         raise WorkflowError(f"--vastai-max-spend must be a positive number of dollars, "
                             f"not {value!r}")
     return cap
+
+
+def idle_timeout(settings: Any) -> float:
+    """--vastai-idle-timeout: seconds an idle warm instance waits (>= 0; unset: the default)."""
+    from .pool import DEFAULT_IDLE_TIMEOUT
+
+    value = getattr(settings, "idle_timeout", None)
+    if value is None:
+        return DEFAULT_IDLE_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise WorkflowError(f"--vastai-idle-timeout must be a number of seconds >= 0 "
+                            f"(0 = destroy an instance as soon as its job is done), not "
+                            f"{value!r}")
+    return seconds
 
 
 def max_runtime(settings: Any) -> float:

@@ -1,4 +1,4 @@
-"""Draw the job state machine from its definition, into ``statecharts/``.
+"""Draw the job and instance state machines from their definitions, into ``statecharts/``.
 
 ``python -m snakemake_executor_plugin_vastai statechart`` regenerates the
 files; ``--check`` only compares and exits 1 on drift (the test suite runs the
@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import instance_machine
 from .machine import machine_kwargs
 
 CHART_DIR = Path(__file__).resolve().parent.parent / "statecharts"
@@ -20,6 +21,8 @@ README = CHART_DIR.parent / "README.md"
 START, END = "<!-- statechart:start -->", "<!-- statechart:end -->"
 MERMAID_FILE = "job-lifecycle.mmd"
 MARKDOWN_FILE = "job-lifecycle.md"
+INSTANCE_MERMAID_FILE = "instance-lifecycle.mmd"
+INSTANCE_MARKDOWN_FILE = "instance-lifecycle.md"
 
 HEADER = """\
 # Job life cycle
@@ -32,8 +35,20 @@ every cancel passes through `DESTROYING`.
 """
 
 
-def mermaid() -> str:
-    """The chart as Mermaid ``stateDiagram-v2`` text, drawn from the initial state."""
+INSTANCE_HEADER = """\
+# Instance life cycle
+
+Generated from `snakemake_executor_plugin_vastai/instance_machine.py` by
+`python -m snakemake_executor_plugin_vastai statechart`; a test fails when this
+file and the code disagree. A warm instance moves between `LEASED` and `IDLE`;
+a failed or cancelled job's instance goes to `DESTROYING`, never back to `IDLE`.
+
+"""
+
+
+def mermaid(kwargs: dict | None = None, title: str = "Job life cycle") -> str:
+    """The chart as Mermaid ``stateDiagram-v2`` text, drawn from the initial state
+    (the job machine unless ``kwargs`` names another table)."""
     from transitions.extensions import GraphMachine
 
     class Drawing:
@@ -41,7 +56,7 @@ def mermaid() -> str:
 
     drawing = Drawing()
     GraphMachine(model=drawing, graph_engine="mermaid", show_conditions=True,
-                 title="Job life cycle", **machine_kwargs())
+                 title=title, **(kwargs or machine_kwargs()))
     lines = [line.rstrip() for line in drawing.get_graph().draw(None).rstrip().splitlines()]
     if lines[:1] == ["---"] and len(lines) > 2 and lines[2] == "---":
         lines[1] = f"title: {lines[1]}"  # Mermaid front matter is YAML
@@ -51,7 +66,10 @@ def mermaid() -> str:
 def rendered() -> dict[str, str]:
     """File name -> content, for every file in statecharts/."""
     text = mermaid()
-    return {MERMAID_FILE: text, MARKDOWN_FILE: f"{HEADER}```mermaid\n{text}```\n"}
+    instance = mermaid(instance_machine.machine_kwargs(), "Instance life cycle")
+    return {MERMAID_FILE: text, MARKDOWN_FILE: f"{HEADER}```mermaid\n{text}```\n",
+            INSTANCE_MERMAID_FILE: instance,
+            INSTANCE_MARKDOWN_FILE: f"{INSTANCE_HEADER}```mermaid\n{instance}```\n"}
 
 
 def drift(directory: Path = CHART_DIR, readme: Path | None = README) -> list[str]:

@@ -5,6 +5,9 @@ destroys failing while the kill lands, a second run in the same directory, a loc
 journal, a full disk under the journal, the code changed between crash and restart, the
 directory copied after the crash. Outputs are compared with Snakemake's local executor
 on the same (final) Snakefile, and no job may be re-attached after its code changed.
+Half the trials of each class run with warm instances (``--jobs 2`` for three jobs, so
+the third job leases an instance given back by another; kills then also land on idle
+and leased instances); the other half keep one instance per job.
 
 Shared by ``tests/test_chaos.py`` (20+ trials) and ``benchmarks/chaos.py``
 (200). One trial: a workflow of a few short jobs on a fresh simulator holding
@@ -84,6 +87,8 @@ class TrialResult:
     changed_at: float | None = None  # changed_code: when the Snakefile was changed
     skipped: bool = False  # the class cannot run here (full_disk without mount rights)
     preemptions: int = 0  # outbid faults that fired (the preemptions class)
+    reuse: bool = False  # warm instances: a finished job's instance serves the next job
+    leased: int = 0  # jobs that leased a warm instance instead of renting
 
     @property
     def ok(self) -> bool:
@@ -126,19 +131,23 @@ def _stale_resumes(wf: Path, changed_at: float) -> int:
     return int(rows[0][0]) if rows else 0
 
 
-def _latest_run(wf: Path) -> tuple[set[str], int]:
-    """(jobs the latest run resumed, number of jobs it ran)."""
+def _latest_run(wf: Path) -> tuple[set[str], int, int]:
+    """(jobs the latest run resumed, number of jobs it ran, jobs that leased a warm
+    instance instead of renting)."""
     runs = _journal(wf, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1")
     if not runs:
-        return set(), 0
+        return set(), 0, 0
     run = runs[0][0]
     rows = _journal(wf, f"SELECT resumed_from FROM jobs WHERE run_id = '{run}'")
-    return {r[0] for r in rows if r[0]}, len(rows)
+    leased = _journal(wf, "SELECT count(*) FROM transitions t JOIN jobs j ON j.id = t.job_id "
+                          f"WHERE j.run_id = '{run}' AND t.trigger = 'leased'")
+    return {r[0] for r in rows if r[0]}, len(rows), int(leased[0][0]) if leased else 0
 
 
 def _run(wf: Path, sim: Simulator, *extra: str, crash_at: str | None = None,
          kill_after: float | None = None, timeout: float = 180,
-         env_extra: dict[str, str] | None = None, during: Any = None) -> str:
+         env_extra: dict[str, str] | None = None, during: Any = None,
+         reuse: bool = False) -> str:
     """One snakemake run; returns how it ended: 'done', 'failed', 'killed', 'crashed'.
 
     ``during(proc)`` runs while the process runs (a second run, a journal lock ...)."""
@@ -150,7 +159,8 @@ def _run(wf: Path, sim: Simulator, *extra: str, crash_at: str | None = None,
         logs = Path(os.environ[LOGS_ENV])
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{wf.name}-{time.time():.3f}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(snakemake_argv(sim.url, "--rerun-incomplete", *extra, jobs=JOBS),
+    proc = subprocess.Popen(snakemake_argv(sim.url, "--rerun-incomplete", *extra,
+                                           jobs=JOBS - 1 if reuse else JOBS, reuse=reuse),
                             cwd=wf, env=env, stdout=out, stderr=subprocess.STDOUT)
     helper = threading.Thread(target=during, args=(proc,), daemon=True) if during else None
     if helper is not None:
@@ -205,11 +215,14 @@ def _outputs_match(wf: Path, *, with_side: bool) -> bool:
     return got == expected
 
 
-def run_trial(seed: int, root: Path, adversity: str | None = None) -> TrialResult:
-    """One trial; see the module docstring."""
+def run_trial(seed: int, root: Path, adversity: str | None = None,
+              reuse: bool | None = None) -> TrialResult:
+    """One trial; see the module docstring. ``reuse`` None: by seed (half of each class)."""
     rng = random.Random(seed)
     adversity = adversity or CLASSES[seed % len(CLASSES)]
-    result = TrialResult(seed=seed, adversity=adversity)
+    if reuse is None:
+        reuse = (seed // len(CLASSES)) % 2 == 1
+    result = TrialResult(seed=seed, adversity=adversity, reuse=reuse)
     wf = write_workflow(root / f"trial{seed}", {
         "Snakefile": BID_SNAKEFILE if adversity == BID_CLASS else SNAKEFILE})
     if adversity == "full_disk" and not sandbox.can_mount():
@@ -221,8 +234,11 @@ def run_trial(seed: int, root: Path, adversity: str | None = None) -> TrialResul
         crash_at = rng.choice(CRASH_POINTS) if rng.random() < 0.4 else None
         kill_after = None if crash_at else rng.uniform(0.5, 9.0)
         run_kwargs = _adversity_first_run(adversity, wf, sim, rng, result)
-        outcome = _run(wf, sim, crash_at=crash_at, kill_after=kill_after, **run_kwargs)
+        outcome = _run(wf, sim, crash_at=crash_at, kill_after=kill_after, reuse=reuse,
+                       **run_kwargs)
         result.runs = 1
+        if outcome == "done":
+            result.leased += _latest_run(wf)[2]
         last_kill = crash_at or f"t+{kill_after:.1f}s"
         if outcome == "failed" and adversity in ("locked_journal", "full_disk"):
             outcome = "crashed"  # a journal that refused writes may fail run 1; restart
@@ -257,7 +273,7 @@ def _adversity_first_run(adversity: str, wf: Path, sim: Simulator, rng: random.R
     elif adversity == "concurrent_run":
         def second_run(_proc: subprocess.Popen) -> None:
             time.sleep(rng.uniform(0.5, 3.0))
-            outcome = _run(wf, sim, "side.txt", timeout=180)
+            outcome = _run(wf, sim, "side.txt", timeout=180, reuse=result.reuse)
             if outcome != "done" or (wf / "side.txt").read_text() != "side\n":
                 result.errors.append(f"the concurrent run ended {outcome}")
         return {"during": second_run}
@@ -291,7 +307,7 @@ def _between_runs(adversity: str, wf: Path, sim: Simulator, result: TrialResult)
         copy = wf.parent / f"{wf.name}-copy"
         shutil.copytree(wf, copy, ignore=shutil.ignore_patterns("filler"))
         _unlock(copy, sim)
-        outcome = _run(copy, sim)
+        outcome = _run(copy, sim, reuse=result.reuse)
         if outcome != "done" or not _outputs_match(copy, with_side=False):
             result.errors.append(f"the copied directory's run ended {outcome}")
 
@@ -345,7 +361,8 @@ def _check_restart(wf: Path, sim: Simulator, rng: random.Random, result: TrialRe
     result.resumable_after_kill += len(must_resume)
     _unlock(wf, sim)
     kill_again = rng.random() < 0.25 and result.runs < 3
-    outcome = _run(wf, sim, kill_after=rng.uniform(1.0, 8.0) if kill_again else None)
+    outcome = _run(wf, sim, kill_after=rng.uniform(1.0, 8.0) if kill_again else None,
+                   reuse=result.reuse)
     result.runs += 1
     result.last_outcome = outcome
     rented = sim.truth()["created_count"] - truth["created_count"]
@@ -355,8 +372,9 @@ def _check_restart(wf: Path, sim: Simulator, rng: random.Random, result: TrialRe
     if outcome in ("killed", "crashed"):
         result.expected_rents_after_restart += rented  # judged again after the next restart
         return
-    resumed, ran = _latest_run(wf)
-    result.expected_rents_after_restart += ran - len(resumed) + _rents_again(wf)
+    resumed, ran, leased = _latest_run(wf)
+    result.leased += leased
+    result.expected_rents_after_restart += ran - len(resumed) - leased + _rents_again(wf)
     if not must_resume <= resumed:
         result.errors.append(f"not resumed: {sorted(must_resume - resumed)}")
 
@@ -384,6 +402,8 @@ def summarize(results: list[TrialResult]) -> dict:
         "outputs_equal_to_local": sum(r.outputs_ok for r in results),
         "by_class": {c: sum(1 for r in results if r.adversity == c) for c in CLASSES},
         "skipped_full_disk": sum(r.skipped for r in results),
+        "with_reuse": sum(r.reuse for r in results),
+        "leased": sum(r.leased for r in results),
         "failures": [(r.seed, r.adversity, r.errors, r.kills) for r in results if not r.ok],
     }
 

@@ -107,10 +107,19 @@ def demo_workflow(root: Path) -> Path:
     return lay_out_workflow(root)
 
 
-def snakemake_argv(url: str, *extra: str, jobs: int = 8) -> list[str]:
+# VASTAI_TEST_REUSE=1 runs every end-to-end test with warm instances (the plugin's default)
+REUSE_ENV = "VASTAI_TEST_REUSE"
+
+
+def snakemake_argv(url: str, *extra: str, jobs: int = 8, reuse: bool = False) -> list[str]:
+    """The CLI against the simulator. Warm instances are off unless ``reuse`` (or
+    VASTAI_TEST_REUSE=1): most tests pin one instance per job (their instance counts and
+    crash points assume it); the reuse tests (test_e2e_reuse.py) turn them on."""
+    reuse = reuse or os.environ.get(REUSE_ENV) == "1"
+    warm = [] if reuse or "--vastai-no-reuse" in extra else ["--vastai-no-reuse"]
     return [sys.executable, "-m", "snakemake", "--executor", "vastai", "--jobs", str(jobs),
             "--vastai-api-url", url, "--vastai-status-interval", "0.2",
-            "--vastai-offline-grace", "5", *extra]
+            "--vastai-offline-grace", "5", *warm, *extra]
 
 
 def sim_env(api_key: str | None, **extra: str) -> dict[str, str]:
@@ -123,17 +132,18 @@ def sim_env(api_key: str | None, **extra: str) -> dict[str, str]:
 
 
 def run_snakemake(workdir: Path, url: str, api_key: str | None, *extra: str, jobs: int = 8,
-                  timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+                  timeout: float = 240, env: dict | None = None,
+                  reuse: bool = False) -> subprocess.CompletedProcess:
     """Run the snakemake CLI to completion; output captured as text."""
-    return subprocess.run(snakemake_argv(url, *extra, jobs=jobs), cwd=workdir,
+    return subprocess.run(snakemake_argv(url, *extra, jobs=jobs, reuse=reuse), cwd=workdir,
                           env=env or sim_env(api_key), capture_output=True, text=True,
                           timeout=timeout)
 
 
 def start_snakemake(workdir: Path, url: str, api_key: str, *extra: str,
-                    jobs: int = 8) -> subprocess.Popen:
+                    jobs: int = 8, reuse: bool = False) -> subprocess.Popen:
     """Start the snakemake CLI in the background (for signal tests)."""
-    return subprocess.Popen(snakemake_argv(url, *extra, jobs=jobs), cwd=workdir,
+    return subprocess.Popen(snakemake_argv(url, *extra, jobs=jobs, reuse=reuse), cwd=workdir,
                             env=sim_env(api_key), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

@@ -35,6 +35,7 @@ def test_chaos_trials_leak_nothing_lose_nothing_and_resume(tmp_path):
                ) or report["skipped_full_disk"]
     assert report["resumable_after_kill"] > 0  # the trials did exercise resume
     assert report["kills"] >= TRIALS
+    assert report["with_reuse"] == TRIALS // 2 and report["leased"] > 0  # reuse was exercised
 
 
 def test_every_crash_point_is_survived(tmp_path):
@@ -44,7 +45,8 @@ def test_every_crash_point_is_survived(tmp_path):
     def trial(point: str):
         seed = next(s for s in range(SEED, SEED + 10_000)
                     if _first_crash_point(random.Random(s)) == point)
-        return run_trial(seed, tmp_path, adversity="kill")
+        # giving an instance back happens only with warm instances
+        return run_trial(seed, tmp_path, adversity="kill", reuse=point == "after_give_back")
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(trial, CRASH_POINTS))

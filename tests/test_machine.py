@@ -60,9 +60,13 @@ def test_terminal_states_have_no_way_out():
     assert not [e for e in edges() if e[0] in TERMINAL_STATES]
 
 
-def test_terminal_states_are_entered_only_from_destroying():
-    sources = {src for src, dest, _ in edges() if dest in TERMINAL_STATES}
-    assert sources == {JobState.DESTROYING}
+def test_terminal_states_are_entered_only_from_destroying_or_by_giving_back():
+    """Only a success may skip destroying, and only by giving its instance back to the
+    pool (warm instances): failed and cancelled are entered from destroying alone."""
+    into = {(src, dest, t) for src, dest, t in edges() if dest in TERMINAL_STATES}
+    skipping = {e for e in into if e[0] is not JobState.DESTROYING}
+    assert skipping == {(JobState.DOWNLOADING, JobState.SUCCEEDED, "gave_back")}
+    assert {dest for src, dest, _ in into if src is JobState.DESTROYING} == TERMINAL_STATES
 
 
 def test_conditions_named_in_the_table_are_declared():

@@ -33,3 +33,13 @@ def test_readme_embeds_the_current_chart(tmp_path):
     readme.write_text(statechart.readme_with_chart(readme))
     assert statechart.drift(statechart.CHART_DIR, readme) == []
     assert readme.read_text().endswith("after\n")
+
+
+def test_instance_chart_shows_every_state_and_trigger():
+    from snakemake_executor_plugin_vastai import instance_machine
+
+    text = (statechart.CHART_DIR / statechart.INSTANCE_MERMAID_FILE).read_text()
+    for state in instance_machine.InstanceState:
+        assert f'state "{state.name}"' in text
+    for row in instance_machine.TRANSITIONS:
+        assert row["trigger"] in text

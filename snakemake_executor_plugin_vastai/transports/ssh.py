@@ -1,5 +1,13 @@
 """SSH mode: sources and inputs go up over SSH, the job is followed, outputs come home.
 
+Each job works in its own directory on the instance (``JobModel.work_dir``):
+with warm instances (``pool.py``) one instance serves several jobs, and a
+finished job's outputs stay untouched in their directory. On a reused
+instance, the run's source archive and inputs already there with the same
+content (a chain's previous output: sha256 checked on the instance) are
+hard-linked into the new job's directory instead of being uploaded again; the
+earlier jobs' directories, whose outputs are home, are then removed.
+
 Everything here talks to the instance through ``remote.py`` (paramiko). SSH
 trouble is retried in place (reconnect with backoff within a budget) and shows
 in the journal as ``retry`` transitions; after a drop the follower resumes at
@@ -20,6 +28,7 @@ from ..backoff import Backoff
 from ..bids import Preempted
 from ..ledger import ByteMeter
 from ..outcomes import JobFailure, crash_point, disk_hint
+from ..pool import file_digest
 from ..progress import TransferProgress, planned_bytes
 from ..recovery import resumable_state
 from ..remote import (
@@ -99,7 +108,8 @@ class SshTransport:
         if claim.key is not None and self.m.endpoint is not None \
                 and claim.row.get("actual_status") == "running":
             try:
-                status = self.with_ssh("re-attach", lambda s: s.job_status(REMOTE_DIR))
+                status = self.with_ssh("re-attach",
+                                       lambda s: s.job_status(self.m.work_dir))
             except JobFailure as exc:
                 self.steps.log("warning", "cannot re-attach over SSH; booting it again",
                                error=str(exc))
@@ -111,9 +121,14 @@ class SshTransport:
     # -- the steps --------------------------------------------------------------------
     def upload(self) -> None:
         shipment = self.p.spec.shipment()
-        with self._progress("upload", planned_bytes(shipment.files)):
-            sent = self.with_ssh("upload", lambda s: s.upload(shipment.files, REMOTE_DIR))
-        self.steps.fire("uploaded", detail={"files": len(shipment.files), "bytes": sent})
+        files, linked = self._reuse_on_instance(shipment.files)
+        with self._progress("upload", planned_bytes(files)):
+            sent = self.with_ssh("upload", lambda s: s.upload(files, self.m.work_dir))
+        self._note_sources(shipment.files)
+        detail = {"files": len(shipment.files), "bytes": sent}
+        if linked:
+            detail["already_on_instance"] = len(linked)
+        self.steps.fire("uploaded", detail=detail)
 
     def run(self) -> None:
         timer = self._runtime_timer()
@@ -131,13 +146,15 @@ class SshTransport:
             try:
                 with self._progress("download", None):
                     self.with_ssh("download", lambda s: s.download(
-                        REMOTE_DIR, back.paths, self.p.spec.workspace.workdir,
+                        self.m.work_dir, back.paths, self.p.spec.workspace.workdir,
                         allowed=allowed, max_bytes=self.p.settings.max_download_bytes,
                         optional=back.optional))
             except JobFailure:
                 if ok:
                     raise
                 # the job failed anyway; missing logs must not hide its exit code
+        if ok:
+            self._note_outputs(back.files)
         self.steps.finish_download(ok, len(back.paths))
 
     def close(self) -> None:
@@ -177,6 +194,61 @@ class SshTransport:
             progress.end(ok)
             self.flush_bytes()
 
+    # -- warm instances: what is on the instance already ---------------------------------
+    def _reuse_on_instance(self, files: list[tuple[Any, str]]) -> tuple[list, list[str]]:
+        """Files to upload, and those hard-linked from earlier jobs' directories instead
+        (same content: the source archive of this run, inputs with the same sha256)."""
+        warm = self.m.warm
+        if warm is None or (warm.sources is None and not warm.files):
+            return files, []
+        pairs: list[tuple[str, str, str]] = []  # (remote source, rel, sha256 or "")
+        for local, rel in files:
+            if rel == payload.SOURCES_MEMBER and warm.sources:
+                pairs.append((warm.sources, rel, ""))
+            elif rel in warm.files and warm.files[rel][1] == file_digest(local):
+                pairs.append((warm.files[rel][0], rel, warm.files[rel][1]))
+        linked: list[str] = []
+        if pairs:
+            done = self.with_ssh("link", lambda s: s.run(
+                link_command(self.m.work_dir, pairs), timeout=max(self.p.settings.ssh_timeout,
+                                                                   30)))
+            if done.rc == 0:
+                linked = [line for line in done.stdout.decode(errors="replace").splitlines()
+                          if line]
+        self._prune(warm)
+        return [(local, rel) for local, rel in files if rel not in linked], linked
+
+    def _prune(self, warm: Any) -> None:
+        """Earlier jobs' directories go (their outputs are home; linked files live on)."""
+        dirs = [d for d in warm.dirs if d != self.m.work_dir]
+        if not dirs:
+            return
+        command = "rm -rf -- " + " ".join(shlex.quote(d) for d in dirs)
+        with contextlib.suppress(JobFailure):  # only disk space is at stake
+            self.with_ssh("prune", lambda s: s.run(command, timeout=60))
+        warm.dirs = [self.m.work_dir]
+        warm.files = {}
+
+    def _note_sources(self, files: list[tuple[Any, str]]) -> None:
+        warm = self.m.warm
+        if warm is None:
+            return
+        if self.m.work_dir not in warm.dirs:
+            warm.dirs.append(self.m.work_dir)
+        if any(rel == payload.SOURCES_MEMBER for _, rel in files):
+            warm.sources = f"{self.m.work_dir}/{payload.SOURCES_MEMBER}"
+
+    def _note_outputs(self, paths: list[str]) -> None:
+        """Files that came home from this job: a later job's inputs, maybe."""
+        warm = self.m.warm
+        if warm is None:
+            return
+        root = self.p.spec.workspace.workdir
+        for rel in paths:
+            digest = file_digest(root / rel)
+            if digest is not None:
+                warm.files[rel] = (f"{self.m.work_dir}/{rel}", digest)
+
     # -- running ----------------------------------------------------------------------
     def _runtime_timer(self) -> threading.Timer | None:
         """--vastai-max-runtime in SSH mode: break the follow when the time is up."""
@@ -205,9 +277,9 @@ class SshTransport:
                 tries += 1
                 # A retry after a lost answer: the first launch may have started the job
                 # (the instance has one job directory, so a job found there is ours).
-                if tries > 1 and session.job_status(REMOTE_DIR) != "absent":
+                if tries > 1 and session.job_status(self.m.work_dir) != "absent":
                     return
-                session.launch(REMOTE_DIR, command, env=env)
+                session.launch(self.m.work_dir, command, env=env)
 
             self.with_ssh("launch", launch)
             self.m.remote_started = True
@@ -228,7 +300,8 @@ class SshTransport:
     def _follow(self, session: RemoteSession) -> Any:
         # The local log file is the authority on how far we got: after a drop
         # the follower resumes at exactly the bytes already written.
-        return session.follow(REMOTE_DIR, offset=self.m.log_offset, on_output=self._log_bytes)
+        return session.follow(self.m.work_dir, offset=self.m.log_offset,
+                              on_output=self._log_bytes)
 
     def _log_bytes(self, chunk: bytes) -> None:
         self.p.spec.append_log(chunk)
@@ -304,6 +377,20 @@ class SshTransport:
         self.steps.check_outbid(seen.row)  # a bid instance stopped by Vast.ai (bids.py)
         status = str(seen.row.get("actual_status") or "")
         self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
+
+
+def link_command(work_dir: str, pairs: list[tuple[str, str, str]]) -> str:
+    """Hard-link files already on the instance into ``work_dir`` (paths relative to
+    $HOME), each only if it exists and (when a sha256 is given) its content matches;
+    prints the relative path of each file linked."""
+    lines = []
+    for src, rel, digest in pairs:
+        s, dst, r = shlex.quote(src), shlex.quote(f"{work_dir}/{rel}"), shlex.quote(rel)
+        check = (f' && [ "$(sha256sum < {s} | cut -d" " -f1)" = {shlex.quote(digest)} ]'
+                 if digest else "")
+        lines.append(f'if [ -f {s} ]{check}; then mkdir -p -- "$(dirname -- {dst})" && '
+                     f"ln -f -- {s} {dst} && echo {r}; fi")
+    return "\n".join(["cd ~ || exit 1", *lines, "exit 0"])
 
 
 def ssh_endpoint(row: dict) -> Endpoint | None:

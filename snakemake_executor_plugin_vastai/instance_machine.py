@@ -1,0 +1,99 @@
+"""The life cycle of one rented Vast.ai instance, as data (beside the job's in machine.py).
+
+With warm instances (``pool.py``) an instance outlives the job that rented it:
+it is given back to the run's pool when its job succeeds and leased by the next
+job whose needs it meets. Its life is therefore its own, and this table is it.
+No I/O here: ``journal.Journal.instance_transition`` checks every change
+against this table and commits it (a guarded update plus an append-only row in
+``instance_transitions``) *before* the side effect of the state it enters, as
+for jobs. Reading the table top to bottom is reading an instance's life::
+
+    renting -> booting -> leased <-> idle -> destroying -> gone
+
+- ``renting``: the label is journaled, the create call may be in flight.
+- ``booting``: Vast.ai answered with an id; the renting job waits for SSH.
+- ``leased``: one job (``leased_by``) uses it; first the job that rented it.
+- ``idle``: its last job succeeded and its outputs are home; it waits up to
+  ``--vastai-idle-timeout`` seconds for the next job (``idle_since``).
+- ``destroying``: the one teardown (``teardown.py``) was asked to end it.
+- ``gone``: Vast.ai no longer lists it (or the create never rented anything).
+
+A job that fails or is cancelled never gives its instance back: ``fail`` leads
+from every state that holds an instance into ``destroying``, so a broken host
+never serves a second job.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class InstanceState(StrEnum):
+    """Where a rented instance is in its life."""
+
+    RENTING = "renting"
+    BOOTING = "booting"
+    LEASED = "leased"
+    IDLE = "idle"
+    DESTROYING = "destroying"
+    GONE = "gone"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is InstanceState.GONE
+
+
+I = InstanceState  # noqa: E741 - the table reads better with a one-letter alias
+HOLDING = [I.RENTING, I.BOOTING, I.LEASED, I.IDLE]
+
+# One dict per transition, in the order an instance meets them (``transitions``'
+# format, so the chart is drawn by the same code as the job's).
+TRANSITIONS: list[dict] = [
+    # renting: the create call answered with an id (or a lookup by label found it)
+    {"trigger": "created", "source": I.RENTING, "dest": I.BOOTING},
+    # booting: running and answering SSH; the job that rented it holds it
+    {"trigger": "booted", "source": I.BOOTING, "dest": I.LEASED},
+    # leased: its job succeeded and brought its outputs home; it serves the next one
+    {"trigger": "given_back", "source": I.LEASED, "dest": I.IDLE},
+    # idle: a job whose needs it meets takes it (skips searching, renting, booting)
+    {"trigger": "leased", "source": I.IDLE, "dest": I.LEASED},
+    # idle too long (--vastai-idle-timeout), the run ends, Ctrl-C, a failed run
+    {"trigger": "expired", "source": I.IDLE, "dest": I.DESTROYING},
+    # its job failed or was cancelled, or a teardown not driven by a job (recovery)
+    {"trigger": "fail", "source": HOLDING, "dest": I.DESTROYING},
+    # destroying: the one teardown confirms it gone
+    {"trigger": "destroyed", "source": I.DESTROYING, "dest": I.GONE},
+    # a create that never rented anything (the label is not listed)
+    {"trigger": "never_created", "source": I.RENTING, "dest": I.GONE},
+]
+
+
+def next_state(source: str, trigger: str) -> InstanceState:
+    """The state ``trigger`` leads to from ``source``; ValueError if the table has no row."""
+    for row in TRANSITIONS:
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        if row["trigger"] == trigger and source in [s.value for s in sources]:
+            return row["dest"]
+    raise ValueError(f"instance machine: no transition {trigger!r} from state {source!r}")
+
+
+def sources_of(trigger: str) -> list[str]:
+    """Every state ``trigger`` may leave (for guarded updates)."""
+    found: list[str] = []
+    for row in TRANSITIONS:
+        if row["trigger"] != trigger:
+            continue
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        found.extend(s.value for s in sources)
+    return found
+
+
+def machine_kwargs() -> dict:
+    """Arguments for a ``transitions`` machine drawn from this table (the statechart)."""
+    return {
+        "states": InstanceState,
+        "transitions": TRANSITIONS,
+        "initial": I.RENTING,
+        "auto_transitions": False,
+        "ignore_invalid_triggers": False,
+    }

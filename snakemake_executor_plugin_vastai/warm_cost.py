@@ -1,0 +1,89 @@
+"""Who pays for what on a shared instance: a job pays its leased time, the run the rest.
+
+With warm instances (``pool.py``) one instance serves several jobs, so its bill
+splits three ways (Vast.ai bills from its ``start_date`` to the accepted
+destroy, see ``journal._cost``):
+
+- **leased**: from each job's ``leased_at`` (booted, or leased from the pool)
+  to its ``released_at`` (given back) or, for the last job, its end; this is
+  the job's own cost, summed per rule;
+- **boot**: from the billing start to the first job's lease (the image pull
+  and container start a warm instance saves the later jobs);
+- **idle**: the rest (waiting in the pool, and the teardown's latency).
+
+Pure functions over journal rows; ``journal cost`` prints the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+
+def split(instance: dict, jobs: list[dict], now: float) -> dict[str, float]:
+    """Billed seconds of one instance as boot / leased / idle (they sum to the bill)."""
+    total = float(instance.get("billed_seconds") or 0.0)
+    if total <= 0:
+        return {"boot": 0.0, "leased": 0.0, "idle": 0.0}
+    start = float(_first(instance.get("started_at"), instance.get("created_at"), now))
+    end = start + total
+    leased = 0.0
+    firsts = []
+    for job in jobs:
+        begin, stop = job_window(job, end)
+        if begin is None:
+            continue
+        firsts.append(begin)
+        leased += max(0.0, min(stop, end) - max(begin, start))
+    leased = min(leased, total)
+    boot = max(0.0, min(min(firsts, default=end), end) - start)
+    boot = min(boot, total - leased)
+    return {"boot": boot, "leased": leased, "idle": max(0.0, total - leased - boot)}
+
+
+def job_window(job: dict, end: float) -> tuple[float | None, float]:
+    """When the job held its instance: leased_at to released_at (or its end)."""
+    begin = job.get("leased_at")
+    if begin is None:
+        return None, end
+    stop = _first(job.get("released_at"), job.get("ended_at"), end)
+    return float(begin), float(stop)
+
+
+def report(instances: list[dict], jobs: list[dict], now: float | None = None) -> dict[str, Any]:
+    """Per run: boots, jobs served, boots avoided and the three shares (seconds, dollars);
+    per rule: the jobs' leased time. ``instances`` carry ``billed_seconds``
+    (``Journal.instances_with_cost``)."""
+    now = time.time() if now is None else now
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for job in jobs:
+        if job.get("label"):
+            by_label[job["label"]].append(job)
+    runs: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    rules: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for inst in instances:
+        served = [j for j in by_label.get(inst["label"], []) if j.get("leased_at") is not None]
+        shares = split(inst, served, now)
+        price = float(inst.get("dph_total") or 0.0) / 3600.0
+        run = runs[inst.get("run_id") or "?"]
+        run["boots"] += 1 if inst.get("created_at") is not None else 0
+        run["jobs"] += len(served)
+        run["boots_avoided"] += max(0, len(served) - 1)
+        for share, seconds in shares.items():
+            run[f"{share}_seconds"] += seconds
+            run[f"{share}_dollars"] += seconds * price
+        end = float(_first(inst.get("started_at"), inst.get("created_at"), now)) + float(
+            inst.get("billed_seconds") or 0.0)
+        for job in served:
+            begin, stop = job_window(job, end)
+            seconds = max(0.0, min(stop, end) - float(begin or stop))
+            rules[job["rule"]]["seconds"] += seconds
+            rules[job["rule"]]["dollars"] += seconds * price
+            rules[job["rule"]]["jobs"] += 1
+    return {"runs": [{"run": k, **v} for k, v in runs.items()],
+            "rules": [{"rule": k, **v} for k, v in rules.items()]}
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)

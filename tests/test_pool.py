@@ -1,0 +1,241 @@
+"""Warm instances without a simulator: the instance table, the journal's guarded lease,
+the pool's matching, choice, expiry and its thread safety (real journal, real pool)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from types import SimpleNamespace
+
+import pytest
+
+from snakemake_executor_plugin_vastai.instance_machine import (
+    HOLDING,
+    TRANSITIONS,
+    InstanceState,
+    next_state,
+)
+from snakemake_executor_plugin_vastai.journal import Journal, StaleTransition
+from snakemake_executor_plugin_vastai.offers import OfferSettings, build_offer_request
+from snakemake_executor_plugin_vastai.pool import Pool, WarmInstance, misfit, offer_fits
+
+I = InstanceState  # noqa: E741
+
+OFFER = {"id": 7, "machine_id": 70, "gpu_name": "RTX 4090", "num_gpus": 1, "dph_total": 0.4,
+         "verified": True, "external": False, "rentable": True, "rented": False,
+         "hosting_type": 1, "reliability": 0.99, "geolocation": "Germany, DE",
+         "cpu_cores_effective": 16, "cpu_ram": 65536, "disk_space": 200.0,
+         "cuda_max_good": 12.4}
+
+
+# -- the table ---------------------------------------------------------------------------
+def edges() -> list[tuple[str, str, str]]:
+    out = []
+    for row in TRANSITIONS:
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        out += [(s.value, row["dest"].value, row["trigger"]) for s in sources]
+    return out
+
+
+def test_every_instance_state_is_reachable_and_every_holding_state_can_fail():
+    seen, queue = {I.RENTING.value}, deque([I.RENTING.value])
+    while queue:
+        state = queue.popleft()
+        for src, dest, _ in edges():
+            if src == state and dest not in seen:
+                seen.add(dest)
+                queue.append(dest)
+    assert seen == {s.value for s in I}
+    for state in HOLDING:
+        assert next_state(state.value, "fail") is I.DESTROYING
+
+
+def test_idle_is_entered_only_by_giving_back_a_leased_instance():
+    assert [(s, t) for s, d, t in edges() if d == I.IDLE] == [(I.LEASED.value, "given_back")]
+    assert {s for s, d, _ in edges() if d == I.GONE} == {I.DESTROYING.value, I.RENTING.value}
+    with pytest.raises(ValueError):
+        next_state(I.DESTROYING.value, "given_back")
+
+
+# -- the journal -------------------------------------------------------------------------
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal.for_workdir(tmp_path)
+    yield j
+    j.close()
+
+
+def rented(journal: Journal, n: int = 1) -> tuple[str, list[str], list[str]]:
+    """A run with n booted instances, each leased by the job that rented it."""
+    run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    jobs, labels = [], []
+    for i in range(n):
+        job = journal.add_job(run_id=run, rule="r", snakemake_jobid=i, fingerprint=f"f{i}",
+                              attempt=1, state="searching")
+        label = f"{journal.label_prefix}{job}"
+        journal.record_rent_intent(job_id=job, run_id=run, label=label,
+                                   offer={**OFFER, "id": 100 + i})
+        journal.record_instance_created(label, 1000 + i)
+        journal.instance_transition(label, trigger="booted", job_id=job, leased_by=job)
+        jobs.append(job)
+        labels.append(label)
+    return run, jobs, labels
+
+
+def test_the_journal_keeps_the_instance_life_and_refuses_what_the_table_lacks(journal):
+    _run, jobs, (label,) = rented(journal)
+    with pytest.raises(StaleTransition):
+        journal.instance_transition(label, trigger="leased")  # leased, not idle
+    journal.instance_transition(label, trigger="given_back", job_id=jobs[0], leased_by=None,
+                                idle_since=time.time())
+    assert journal.lease_instance(label, "other-job") is True
+    assert journal.lease_instance(label, "third-job") is False  # already leased
+    journal.record_destroy_requested(label=label)  # the job failed: the teardown's intent
+    journal.record_instance_destroyed(label=label)
+    life = [(r["from_state"], r["to_state"], r["trigger"]) for r in
+            journal.instance_history(label)]
+    assert life == [(None, "renting", "rent_intent"), ("renting", "booting", "created"),
+                    ("booting", "leased", "booted"), ("leased", "idle", "given_back"),
+                    ("idle", "leased", "leased"), ("leased", "destroying", "fail"),
+                    ("destroying", "gone", "destroyed")]
+    row = next(r for r in journal.instances() if r["label"] == label)
+    assert (row["state"], row["leased_by"], row["served"]) == ("gone", "other-job", 1)
+
+
+def test_a_destroy_requested_instance_cannot_be_leased(journal):
+    _run, _jobs, (label,) = rented(journal)
+    journal.instance_transition(label, trigger="given_back", leased_by=None)
+    journal.record_destroy_requested(label=label)
+    assert journal.lease_instance(label, "late-job") is False
+
+
+# -- matching ----------------------------------------------------------------------------
+def request(**settings):
+    resources = settings.pop("resources", {})
+    exclude = settings.pop("exclude", ())
+    return build_offer_request(OfferSettings(**settings), resources, 1,
+                               exclude_machines=exclude)
+
+
+def warm(label="L", price=0.4, image="img", disk=40.0, **offer) -> WarmInstance:
+    return WarmInstance(label=label, instance_id=hash(label) % 10**6,
+                        offer={**OFFER, "dph_total": price, **offer}, image=image,
+                        disk_gb=disk, endpoint=SimpleNamespace(host="h", port=1))
+
+
+def test_an_instance_fits_a_request_its_own_search_would_have_found():
+    assert offer_fits(OFFER, request().query)
+    assert offer_fits(OFFER, request(gpu_name="RTX_4090", geolocation="EU").query)
+    assert misfit(warm(), request(), "img") is None
+
+
+@pytest.mark.parametrize(("why", "req", "image", "disk"), [
+    ("gpu_name", request(gpu_name="H100_SXM"), "img", 40.0),
+    ("num_gpus", request(resources={"gpu": 2}), "img", 40.0),
+    ("cpu_ram", request(resources={"mem_mb": 200_000}), "img", 40.0),
+    ("dph_total", request(max_price=0.1), "img", 40.0),
+    ("geolocation", request(geolocation="NA"), "img", 40.0),
+    ("reliability", request(reliability=0.995), "img", 40.0),
+    ("machine_id", request(exclude=[70]), "img", 40.0),  # the job failed on it before
+    ("image", request(), "other-image", 40.0),
+    ("disk", request(disk_gb=100), "img", 40.0),
+])
+def test_an_instance_that_misses_one_need_does_not_fit(why, req, image, disk):
+    reason = misfit(warm(disk=disk), req, image)
+    assert reason is not None and why in reason
+
+
+def test_an_offer_lacking_a_filtered_field_does_not_fit():
+    offer = {k: v for k, v in OFFER.items() if k != "cuda_max_good"}
+    assert not offer_fits(offer, request(search_query="cuda_max_good>=12").query)
+
+
+# -- the pool ----------------------------------------------------------------------------
+class Log:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.events.append((level, event, kw))
+
+
+def pool_with(journal, n, **kw):
+    _run, jobs, labels = rented(journal, n)
+    destroyed = []
+    pool = Pool(journal, lambda iid, label: destroyed.append(label), Log(), **kw)
+    return pool, jobs, labels, destroyed
+
+
+def test_the_cheapest_fitting_idle_instance_wins(journal):
+    pool, jobs, labels, _ = pool_with(journal, 3)
+    prices = [0.5, 0.2, 0.3]
+    for job, label, price in zip(jobs, labels, prices, strict=True):
+        assert pool.give_back(warm(label, price=price, image="img"), job)
+    got = pool.lease("next", request(), "img")
+    assert got is not None and got.label == labels[1]
+    got = pool.lease("next2", request(max_price=0.35), "img")
+    assert got is not None and got.label == labels[2]
+    assert pool.lease("next3", request(max_price=0.35), "img") is None  # 0.5 is too dear
+    assert pool.leases == 2
+
+
+def test_two_threads_never_lease_the_same_instance(journal):
+    pool, jobs, labels, _ = pool_with(journal, 1)
+    pool.give_back(warm(labels[0], image="img"), jobs[0])
+    got, barrier = [], threading.Barrier(8)
+
+    def take(i):
+        barrier.wait()
+        got.append(pool.lease(f"job{i}", request(), "img"))
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len([g for g in got if g is not None]) == 1
+    assert journal.instances()[0]["served"] == 1
+
+
+def test_an_idle_instance_expires_after_the_timeout_through_the_teardown(journal):
+    pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=0.3)
+    pool.give_back(warm(labels[0], image="img"), jobs[0])
+    deadline = time.monotonic() + 5
+    while not destroyed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert destroyed == labels
+    assert pool.lease("late", request(), "img") is None
+    assert journal.instances()[0]["state"] == "destroying"
+    pool.drain("end")
+
+
+def test_drain_ends_every_idle_instance_and_refuses_new_ones(journal):
+    pool, jobs, labels, destroyed = pool_with(journal, 2, idle_timeout=600)
+    pool.give_back(warm(labels[0], image="img"), jobs[0])
+    assert pool.drain("the run ended") == 1
+    assert destroyed == labels[:1]
+    assert pool.give_back(warm(labels[1], image="img"), jobs[1]) is False  # after the end
+
+
+def test_a_disabled_pool_never_leases(journal):
+    pool, jobs, labels, _ = pool_with(journal, 1, enabled=False)
+    assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is False
+    assert pool.lease("j", request(), "img") is None
+
+
+def test_an_instance_given_back_while_the_run_drains_is_still_torn_down(journal):
+    """give_back passed its check, then drain ran: the late one must not stay idle."""
+    pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600)
+    original = pool.journal.instance_transition
+
+    def drain_in_between(*args, **kwargs):
+        result = original(*args, **kwargs)
+        pool.drain("the run ended")  # lands after the check, before the instance joins
+        return result
+
+    pool.journal.instance_transition = drain_in_between
+    assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is True
+    pool.journal.instance_transition = original
+    assert destroyed == labels
+    assert pool.idle_count() == 0
