@@ -153,9 +153,11 @@ def local_argv(case: Case) -> list[str]:
 
 def vastai_argv(case: Case, simulator) -> list[str]:
     """``--executor vastai`` against the simulator; targets go before our options so that
-    a target is never read as an option's value."""
+    a target is never read as an option's value. Warm instances are on, as by default:
+    a job on a reused instance (its own directory, inputs linked from earlier jobs) must
+    end as it does locally."""
     return snakemake_argv(simulator.url, *case.targets, *case.args, *case.remote_args,
-                          jobs=4)
+                          jobs=4, reuse=True)
 
 
 def run_case(case: Case, base: Path, simulator,

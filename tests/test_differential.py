@@ -9,7 +9,6 @@ failure message names); those checks follow the comparison.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from snakemake_executor_plugin_vastai.offers import ram_mib
 from snakemake_executor_plugin_vastai.validation import expand_geolocation
 from tests.differential import Differential, run_case
 from tests.differential_cases import FAST_CASES, SLOW_CASES, Case
-from tests.e2e import REUSE_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +33,8 @@ def test_workflow_ends_as_under_the_local_executor(case: Case, tmp_path, simulat
     result = run_case(case, tmp_path, simulator)
     result.assert_same()
     truth = simulator.truth()
-    if case.rents is not None and os.environ.get(REUSE_ENV) == "1":  # warm instances
+    if case.rents is not None:  # warm instances (on in these runs) may serve several jobs
         assert min(1, case.rents) <= truth["created_count"] <= case.rents, result.explain()
-    elif case.rents is not None:
-        assert truth["created_count"] == case.rents, result.explain()
     extra = EXTRA_CHECKS.get(case.name)
     if extra is not None:
         extra(result, [i for i in truth["instances"] if not i.get("foreign")])
