@@ -117,6 +117,17 @@ def test_a_chain_reuses_one_warm_instance_and_matches_the_local_executor(tmp_pat
     assert run["boot_seconds"] > 0
     rules = {r["rule"]: r for r in report["warm"]["rules"]}
     assert rules["step"]["jobs"] == n and rules["first"]["jobs"] == 1
+    # the timeline: one instance row serving every job, the boots avoided, leases drawn
+    page = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal",
+                           "timeline", "-o", str(tmp_path / "t.html"), "--json"], cwd=wf,
+                          capture_output=True, text=True, timeout=60)
+    assert page.returncode == 0, page.stderr
+    drawn = json.loads(page.stdout)
+    (row,) = drawn["rows"]
+    assert len(row["jobs"]) == n + 1
+    assert drawn["totals"]["boots_avoided"] == n
+    assert drawn["totals"]["dollars"] == pytest.approx(report["total"]["dollars"])
+    assert [s["state"] for s in row["spans"]].count("booting") == 1
 
 
 def test_no_reuse_keeps_one_instance_per_job(tmp_path, simulator):
