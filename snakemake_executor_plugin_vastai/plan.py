@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .plan_safety import snakemake_argv
+
 PLAN_ENV = "SNAKEMAKE_VASTAI_PLAN"
 DEFAULT_RUNTIME_MINUTES = 10.0  # a rule without a runtime resource, for the estimate
 DEFAULT_BOOT_SECONDS = (60.0, 300.0)  # Vast.ai boots take 1-5 min (image pull included)
@@ -383,7 +385,10 @@ USAGE = """usage: python -m snakemake_executor_plugin_vastai plan [--json] [SNAK
 Show, per rule, the offers its jobs would get now, the job count and an estimated cost
 range, the account balance, and the problems that would stop the run. Nothing is rented.
 Give the options (and --profile) of the real run; '--executor vastai' is implied.
-Exit code 1 when a problem would stop the run, 2 when Snakemake failed before planning.
+Arguments that would make Snakemake do anything but run (another --executor, --dry-run,
+--touch, --unlock, --delete-all-output, ...) are refused.
+Exit code 1 when a problem would stop the run, 2 when Snakemake failed before planning
+or an argument was refused.
 """
 
 
@@ -393,9 +398,12 @@ def main(argv: list[str]) -> int:
         return 0
     as_json = "--json" in argv
     args = [a for a in argv if a != "--json"]
+    stop = _refused(args)
+    if stop is not None:
+        return stop
     with tempfile.TemporaryDirectory(prefix="vastai-plan-") as tmp:
         target = Path(tmp) / "plan.json"
-        done = subprocess.run([sys.executable, "-m", "snakemake", "--executor", "vastai", *args],
+        done = subprocess.run([sys.executable, *snakemake_argv(args)],
                               env={**os.environ, PLAN_ENV: str(target)}, capture_output=True,
                               text=True)
         if not target.exists():
@@ -406,6 +414,25 @@ def main(argv: list[str]) -> int:
         plan = json.loads(target.read_text())
     print(json.dumps(plan, indent=2) if as_json else render(plan))
     return 1 if plan["stops"] else 0
+
+
+def _refused(args: list[str]) -> int | None:
+    """Exit code 2 with the reason when the arguments would not make a plain run."""
+    from .plan_safety import ArgumentsUnreadable, refusal
+
+    try:
+        reason = refusal(args)
+    except ArgumentsUnreadable as exc:
+        said = str(exc)
+        errors = [ln for ln in said.splitlines() if "error:" in ln]  # not argparse's usage
+        sys.stderr.write("\n".join(errors) + "\n" if errors else said[-3000:])
+        print("\nplan: snakemake stopped before the plan was made (see above); "
+              "nothing was rented", file=sys.stderr)
+        return 2
+    if reason is None:
+        return None
+    print(f"plan: {reason}. Nothing was run or rented.", file=sys.stderr)
+    return 2
 
 
 def render(plan: dict) -> str:

@@ -5,6 +5,7 @@ ever rented."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,61 @@ def test_start_checks_and_a_missing_key_are_problems(tmp_path, simulator):
     assert "No Vast.ai API key" in kinds["api_key"]
     assert got["balance"] is None and got["rules"][0]["jobs"] == 4
     nothing_rented(simulator)
+
+
+MAKES = '''\
+rule all:
+    input: "out.txt"
+
+rule r:
+    output: "out.txt"
+    shell: "echo ran-for-real > {output}"
+'''
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--executor", "local"], "--executor local"),
+    (["-e", "local"], "--executor local"),
+    (["--exec=local"], "--executor local"),  # argparse abbreviations are Snakemake's too
+    (["-n"], "--dry-run"),
+    (["--touch"], "--touch"),
+    (["-pt"], "--touch"),  # a bundled short flag
+    (["--delete-all-output"], "--delete-all-output"),
+    (["--delete-temp-output"], "--delete-temp-output"),
+    (["--unlock"], "--unlock"),
+    (["--cleanup-metadata", "out.txt"], "--cleanup-metadata"),
+])
+def test_arguments_that_would_run_or_change_anything_are_refused(tmp_path, simulator, args,
+                                                                  named):
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": MAKES})
+    made = wf / "made.txt"
+    if "--executor" in named:
+        made = wf / "out.txt"  # the local executor would make it
+    else:
+        (wf / "out.txt").write_text("kept\n")
+        os.utime(wf / "out.txt", (1_000_000, 1_000_000))  # --touch would change this
+    done = plan(wf, simulator, *args, jobs=1)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert named in done.stderr and "Nothing was run or rented" in done.stderr
+    assert not made.exists()
+    if "--executor" not in named:
+        assert (wf / "out.txt").read_text() == "kept\n"
+        assert (wf / "out.txt").stat().st_mtime == 1_000_000
+    nothing_rented(simulator)
+
+
+def test_a_profile_that_touches_is_refused_too(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": MAKES, "prof/config.yaml": "touch: true\n"})
+    done = plan(wf, simulator, "--profile", "prof", jobs=1)
+    assert done.returncode == 2 and "--touch" in done.stderr
+    assert not (wf / "out.txt").exists()
+    nothing_rented(simulator)
+
+
+def test_the_vastai_executor_goes_last_so_argparse_keeps_it():
+    from snakemake_executor_plugin_vastai.plan_safety import snakemake_argv
+
+    assert snakemake_argv(["--jobs", "1", "-e", "x"])[-2:] == ["--executor", "vastai"]
+    # after '--' it would be a target, so it goes before
+    assert snakemake_argv(["--jobs", "1", "--", "all"]) == [
+        "-m", "snakemake", "--jobs", "1", "--executor", "vastai", "--", "all"]
