@@ -9,11 +9,13 @@ Why not ``snakemake --executor vastai --dry-run``: Snakemake 9 replaces the exec
 with its built-in ``dryrun`` executor when ``--dry-run`` is given (``args_to_api`` in
 ``snakemake/cli.py``), so no executor plugin is ever created in a dry run and cannot
 print anything. Instead, ``plan`` starts the real ``snakemake --executor vastai`` with
-the given arguments and ``SNAKEMAKE_VASTAI_PLAN`` naming a file: Snakemake parses the
-profile and options and builds the DAG exactly as for the run, creates our executor, and
-the executor (``__init__.py``) writes the plan there and stops before
-:func:`~.startup.start_run` (so no journal run, no reconcile, no instance). Snakemake
-then reports that stop as an error, which ``plan`` hides when the plan was written.
+the given arguments and ``SNAKEMAKE_VASTAI_PLAN`` naming a fresh private directory
+(with a nonce, see ``plan_safety.py``: a stray variable fails a real run instead of
+turning it into a plan): Snakemake parses the profile and options and builds the DAG
+exactly as for the run, creates our executor, and the executor (``__init__.py``) writes
+the plan there and stops before :func:`~.startup.start_run` (so no journal run, no
+reconcile, no instance). Snakemake then reports that stop as an error, which ``plan``
+hides when the plan was written.
 
 Per rule the plan shows the job count, the offers its jobs would get now (the same
 query the run builds, rule overrides included), and a cost range: time per job is the
@@ -38,15 +40,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .plan_safety import snakemake_argv
+from .plan_safety import plan_directory, snakemake_argv
 
-PLAN_ENV = "SNAKEMAKE_VASTAI_PLAN"
 DEFAULT_RUNTIME_MINUTES = 10.0  # a rule without a runtime resource, for the estimate
 DEFAULT_BOOT_SECONDS = (60.0, 300.0)  # Vast.ai boots take 1-5 min (image pull included)
 DEFAULT_UPLOAD_RATE = 20e6  # bytes/s until a run has measured one
@@ -79,14 +79,18 @@ class RulePlan:
 
 # -- inside snakemake: building the plan --------------------------------------------------
 def write_plan_and_stop(executor: Any) -> None:
-    """Called by the Executor when PLAN_ENV is set: write the plan, then stop Snakemake."""
+    """Called by the Executor when SNAKEMAKE_VASTAI_PLAN is set: write the plan (only
+    for a ``plan`` waiting for it, see plan_safety.py), then stop Snakemake."""
     from snakemake_interface_common.exceptions import WorkflowError
 
-    target = Path(os.environ[PLAN_ENV])
-    plan = make_plan(executor.workflow, Path(os.getcwd()))
-    tmp = target.with_suffix(".partial")
-    tmp.write_text(json.dumps(plan, indent=2, default=str))
-    tmp.replace(target)
+    from .plan_safety import NotAPlan, plan_target, write_new
+
+    try:
+        target = plan_target(os.environ)  # before anything else: a stray variable stops here
+        plan = make_plan(executor.workflow, Path(os.getcwd()))
+        write_new(target, json.dumps(plan, indent=2, default=str))
+    except NotAPlan as exc:
+        raise WorkflowError(str(exc)) from None
     raise WorkflowError("vastai plan written; nothing was rented (this stop is the plan's)")
 
 
@@ -401,17 +405,16 @@ def main(argv: list[str]) -> int:
     stop = _refused(args)
     if stop is not None:
         return stop
-    with tempfile.TemporaryDirectory(prefix="vastai-plan-") as tmp:
-        target = Path(tmp) / "plan.json"
+    with plan_directory() as (target, plan_env):
         done = subprocess.run([sys.executable, *snakemake_argv(args)],
-                              env={**os.environ, PLAN_ENV: str(target)}, capture_output=True,
-                              text=True)
-        if not target.exists():
+                              env={**os.environ, **plan_env}, capture_output=True, text=True)
+        try:
+            plan = json.loads(target.read_text())
+        except (OSError, ValueError):
             sys.stderr.write(done.stderr[-6000:] or done.stdout[-6000:])
             print("\nplan: snakemake stopped before the plan was made (see above); "
                   "nothing was rented", file=sys.stderr)
             return 2
-        plan = json.loads(target.read_text())
     print(json.dumps(plan, indent=2) if as_json else render(plan))
     return 1 if plan["stops"] else 0
 

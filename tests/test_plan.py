@@ -242,3 +242,62 @@ def test_the_vastai_executor_goes_last_so_argparse_keeps_it():
     # after '--' it would be a target, so it goes before
     assert snakemake_argv(["--jobs", "1", "--", "all"]) == [
         "-m", "snakemake", "--jobs", "1", "--executor", "vastai", "--", "all"]
+
+
+def test_a_stray_plan_variable_fails_a_real_run_and_overwrites_nothing(tmp_path, simulator):
+    wf = demo_workflow(tmp_path / "wf")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "marker").write_text("the-right-nonce")
+    (private / "plan.json").write_text("an earlier plan\n")
+    cases = [{"SNAKEMAKE_VASTAI_PLAN": str(victim)},  # a file, no nonce
+             {"SNAKEMAKE_VASTAI_PLAN": str(private)},  # no nonce
+             {"SNAKEMAKE_VASTAI_PLAN": str(private), "SNAKEMAKE_VASTAI_PLAN_NONCE": "wrong"},
+             # the right nonce, but the plan file exists: never overwritten
+             {"SNAKEMAKE_VASTAI_PLAN": str(private),
+              "SNAKEMAKE_VASTAI_PLAN_NONCE": "the-right-nonce"}]
+    for stray in cases:
+        done = run_snakemake(wf, simulator.url, simulator.api_key, jobs=4,
+                             env=sim_env(simulator.api_key, **stray))
+        assert done.returncode != 0
+        assert "unset SNAKEMAKE_VASTAI_PLAN" in done.stderr, done.stderr[-3000:]
+        assert victim.read_text() == "precious\n"
+        assert (private / "plan.json").read_text() == "an earlier plan\n"
+        nothing_rented(simulator)
+    again = run_snakemake(wf, simulator.url, simulator.api_key, jobs=4)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert alive(simulator.truth()) == []
+
+
+def test_the_plan_directory_is_private_and_accepted_only_with_its_nonce(tmp_path):
+    from snakemake_executor_plugin_vastai.plan_safety import (
+        NotAPlan,
+        plan_directory,
+        plan_target,
+        write_new,
+    )
+
+    with plan_directory() as (target, env):
+        assert plan_target(env) == target
+        assert target.parent.stat().st_mode & 0o777 == 0o700
+        with pytest.raises(NotAPlan, match="unset SNAKEMAKE_VASTAI_PLAN"):
+            plan_target({**env, "SNAKEMAKE_VASTAI_PLAN_NONCE": "x" + env[
+                "SNAKEMAKE_VASTAI_PLAN_NONCE"][1:]})
+        target.parent.chmod(0o755)  # readable by others: not a plan directory
+        with pytest.raises(NotAPlan):
+            plan_target(env)
+        target.parent.chmod(0o700)
+        write_new(target, "{}")
+        with pytest.raises(NotAPlan, match="never overwrites"):
+            write_new(target, "[]")
+        assert target.read_text() == "{}"
+    assert not target.parent.exists()  # gone with the plan: a leaked pair then fails
+    with pytest.raises(NotAPlan):
+        plan_target(env)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(NotAPlan):
+        write_new(link, "{}")  # O_NOFOLLOW|O_EXCL: a link is not followed
+    assert not (tmp_path / "elsewhere").exists()
