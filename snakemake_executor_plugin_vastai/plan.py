@@ -110,7 +110,7 @@ def make_plan(workflow: Any, workdir: Path) -> dict:
     except WorkflowError as exc:
         problems.append(Problem("settings", str(exc), True))
         return _result([], problems, None, nodes, {}, resolved_url=None)
-    start_checks(workflow, workdir, problems)
+    start_checks(workflow, workdir, resolved, problems)
     jobs = needrun_jobs(workflow)
     measured = measured_times(workdir)
     try:
@@ -167,20 +167,19 @@ class _Quiet:
     info = warning
 
 
-def start_checks(workflow: Any, workdir: Path, problems: list[Problem]) -> None:
-    """The run's own start-up checks that need no API (startup.py): what fails there
-    stops the run before renting, so the plan reports it."""
-    from snakemake_interface_common.exceptions import WorkflowError
+def start_checks(workflow: Any, workdir: Path, resolved: Any,
+                 problems: list[Problem]) -> None:
+    """The run's own start-up checks that need no API (:func:`~.startup.preflight`, the
+    same function the run calls): what fails there stops the run before renting, so the
+    plan reports it."""
+    from .startup import preflight
 
-    from .startup import check_apptainer, check_git, validate_scheduled_jobs
+    def found(exc: Exception) -> None:
+        problems.append(Problem("start", str(exc), True))
 
-    checks = (lambda: validate_scheduled_jobs(workflow), lambda: check_apptainer(workflow),
-              lambda: check_git(workdir, _Quiet()))  # type: ignore[arg-type]
-    for check in checks:
-        try:
-            check()
-        except WorkflowError as exc:
-            problems.append(Problem("start", str(exc), True))
+    quiet: Any = _Quiet()
+    preflight(workflow, workflow.executor_settings, resolved.forward_credentials, workdir,
+              quiet, found)
 
 
 def needrun_jobs(workflow: Any) -> list[Any]:
@@ -275,12 +274,12 @@ def runtime_of(resources: dict) -> tuple[float, str]:
 
 def source_bytes(workflow: Any, workdir: Path) -> int:
     """The workflow's sources, uncompressed: every SSH-mode job uploads their archive (an
-    upper bound; the archive is compressed)."""
+    upper bound; the archive is compressed). The listing is the run's own, deploy scope
+    included, as :func:`start_checks` installed it."""
     from .progress import planned_bytes
-    from .sources import source_files
 
     try:
-        return planned_bytes([(workdir / f, "") for f in source_files(workflow, workdir)])
+        return planned_bytes([(workdir / f, "") for f in workflow.dag.get_sources()])
     except Exception:  # Snakemake internals or git: the estimate just leaves them out
         return 0
 

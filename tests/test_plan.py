@@ -14,6 +14,7 @@ import pytest
 
 from snakemake_executor_plugin_vastai.plan import DEFAULT_BOOT_SECONDS, render
 from tests.e2e import alive, demo_workflow, run_snakemake, sim_env, write_workflow
+from tests.s3 import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -301,3 +302,34 @@ def test_the_plan_directory_is_private_and_accepted_only_with_its_nonce(tmp_path
     with pytest.raises(NotAPlan):
         write_new(link, "{}")  # O_NOFOLLOW|O_EXCL: a link is not followed
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_the_plan_runs_the_runs_own_start_checks(tmp_path, simulator):
+    """Deploy paths that select nothing stop the run before renting: the plan says so."""
+    wf = demo_workflow(tmp_path / "wf")
+    code, got = plan_json(wf, simulator, "--vastai-deploy-paths", "no_such_file.py", jobs=2)
+    assert code == 1
+    start = [p for p in got["problems"] if p["kind"] == "start"]
+    assert start and "no_such_file.py" in start[0]["message"], got["problems"]
+    run = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-deploy-paths",
+                        "no_such_file.py", jobs=2)
+    assert run.returncode != 0 and "no_such_file.py" in run.stderr  # the run agrees
+    nothing_rented(simulator)
+
+
+def test_the_plan_runs_storage_modes_checks(tmp_path, simulator, s3_server):  # noqa: F811
+    """A --default-storage-prefix whose bucket does not exist stops the run: so the plan."""
+    from tests.test_e2e_storage import CHAIN, s3_env
+
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": CHAIN})
+    argv = [sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan", "--json",
+            "--jobs", "2", "--vastai-api-url", simulator.url, "--default-storage-provider",
+            "s3", "--default-storage-prefix", "s3://no-such-bucket-here/wf",
+            "--storage-s3-endpoint-url", s3_server.endpoint]
+    done = subprocess.run(argv, cwd=wf, env=s3_env(simulator.api_key), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    start = [p for p in json.loads(done.stdout)["problems"] if p["kind"] == "start"]
+    assert start and "does not exist" in start[0]["message"]
+    assert "no-such-bucket-here" in start[0]["message"]
+    nothing_rented(simulator)
