@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -373,13 +374,22 @@ def untracked_problems(workflow: Any, jobs: list[Any], workdir: Path) -> list[Pr
         text = " ".join(str(x) for x in (getattr(job.rule, "shellcmd", None) or "",
                                          *dict(getattr(job, "params", {}) or {}).values()))
         for f in loose:
-            if f in text and (job.rule.name, f) not in seen:
+            if names_path(text, f) and (job.rule.name, f) not in seen:
                 seen.add((job.rule.name, f))
                 problems.append(Problem(
                     "untracked", f"rule {job.rule.name} names {f}, which git does not track "
                     "and no rule declares as input: it will be missing on the instance "
                     f"('git add {f}' or declare it as an input)", True, str(job.rule.name)))
     return problems
+
+
+def names_path(text: str, path: str) -> bool:
+    """Whether ``text`` names ``path`` as a whole path, not inside a longer one: ``a.txt``
+    is not named by ``data.txt``, ``a.txt.gz`` or ``x/a.txt``; it is by ``./a.txt``,
+    ``'a.txt'`` and ``{workflow.basedir}/a.txt``."""
+    before = r"(?:(?<![\w.\-/~$])|(?<=\}/))(?:\./)?"
+    after = r"(?![\w\-/]|\.\w)"
+    return re.search(before + re.escape(path) + after, text) is not None
 
 
 # -- outside snakemake: the command ---------------------------------------------------------

@@ -333,3 +333,44 @@ def test_the_plan_runs_storage_modes_checks(tmp_path, simulator, s3_server):  # 
     assert start and "does not exist" in start[0]["message"]
     assert "no-such-bucket-here" in start[0]["message"]
     nothing_rented(simulator)
+
+
+SUBSTRING = '''\
+rule all:
+    input: "out.txt"
+
+rule r:
+    input: "data.txt"
+    output: "out.txt"
+    shell: "cat data.txt > {output}"
+'''
+
+
+def test_an_untracked_file_is_named_only_as_a_whole_path(tmp_path, simulator):
+    """An untracked a.txt no rule uses is not a problem because the command says data.txt."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": SUBSTRING, "data.txt": "x\n"})
+    (wf / "a.txt").write_text("scratch\n")
+    code, got = plan_json(wf, simulator, jobs=1)
+    assert [p for p in got["problems"] if p["kind"] == "untracked"] == []
+    assert code == 0
+    nothing_rented(simulator)
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("cat data.txt > out", False),
+    ("gzip -c a.txt.gz", False),
+    ("cat sub/a.txt", False),
+    ("cat a.txtx", False),
+    ("cat a.txt > out", True),
+    ("cat ./a.txt", True),
+    ("cat 'a.txt'", True),
+    ("cat {workflow.basedir}/a.txt", True),
+    ("cat a.txt; echo", True),
+    ("cat a.txt", True),
+])
+def test_names_path_matches_path_tokens(text, named):
+    from snakemake_executor_plugin_vastai.plan import names_path
+
+    assert names_path(text, "a.txt") is named
+    assert names_path("sh tools/helper.sh > x", "tools/helper.sh")
+    assert not names_path("sh tools/helper.sh > x", "helper.sh")
