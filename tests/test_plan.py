@@ -374,3 +374,52 @@ def test_names_path_matches_path_tokens(text, named):
     assert names_path(text, "a.txt") is named
     assert names_path("sh tools/helper.sh > x", "tools/helper.sh")
     assert not names_path("sh tools/helper.sh > x", "helper.sh")
+
+
+LINKED = '''\
+rule all:
+    input: "out/a.bin", "out/d.txt"
+
+rule a:
+    input: "data/in.bin"
+    output: "out/a.bin"
+    shell: "head -c 100 {input} > {output}"
+
+rule d:
+    input: "data/dir"
+    output: "out/d.txt"
+    shell: "ls {input} > {output}"
+'''
+
+
+def test_symlinked_inputs_count_in_the_upload_estimate(tmp_path, simulator):
+    """The upload follows links, so the estimate does: a linked 3 MB input is 3 MB."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": LINKED})
+    (tmp_path / "big.bin").write_bytes(b"x" * 3_000_000)
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree/f.bin").write_bytes(b"y" * 2_000_000)
+    (wf / "data").mkdir()
+    (wf / "data/in.bin").symlink_to(tmp_path / "big.bin")
+    (wf / "data/dir").symlink_to(tmp_path / "tree")
+    code, got = plan_json(wf, simulator, jobs=1)
+    assert code == 0, got["problems"]
+    rules = {r["rule"]: r for r in got["rules"]}
+    sources = rules["a"]["upload_bytes"] - 3_000_000
+    assert 0 < sources < 100_000  # the Snakefile: the linked input is all the rest
+    assert rules["d"]["upload_bytes"] == 2_000_000 + sources
+    nothing_rented(simulator)
+
+
+def test_planned_bytes_follows_links_and_skips_loops(tmp_path):
+    from snakemake_executor_plugin_vastai.progress import planned_bytes
+
+    (tmp_path / "d/e").mkdir(parents=True)
+    (tmp_path / "d/e/x").write_bytes(b"1" * 300)
+    (tmp_path / "d/e/up").symlink_to(tmp_path / "d")  # a loop: skipped, as the upload does
+    (tmp_path / "d/twin").symlink_to(tmp_path / "d/e")  # a second way in: sent twice
+    (tmp_path / "f").write_bytes(b"1" * 50)
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    files = [(tmp_path / "d", "d"), (tmp_path / "f", "f"), (tmp_path / "link", "link"),
+             (tmp_path / "gone", "gone"), (tmp_path / "dangling", "dangling")]
+    assert planned_bytes(files) == 300 + 300 + 50 + 50
