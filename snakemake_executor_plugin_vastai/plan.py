@@ -20,11 +20,12 @@ hides when the plan was written.
 Per rule the plan shows the job count, the offers its jobs would get now (the same
 query the run builds, rule overrides included), and a cost range: time per job is the
 rule's ``runtime`` resource (else :data:`DEFAULT_RUNTIME_MINUTES`), plus the boot time
-and the upload time measured by earlier runs in the journal (else stated defaults);
-money is that time at the offers' ``dph_total`` plus the upload's bytes (existing inputs
-and the uncompressed sources) at their ``inet_down_cost``. Outputs and inputs that do
-not exist yet are not counted, nor are jobs a checkpoint has not yet revealed (Snakemake
-itself does not know them before the checkpoint runs).
+(the middle half of the boots measured by earlier runs in the journal) and the upload
+time measured there (else stated defaults); money is that time at the offers'
+``dph_total`` plus the upload's bytes (existing inputs and the uncompressed sources) at
+their ``inet_down_cost``. Outputs and inputs that do not exist yet are not counted, nor
+are jobs a checkpoint has not yet revealed (Snakemake itself does not know them before
+the checkpoint runs).
 
 Problems: a rule no offer matches, a rule whose settings are invalid, a balance below the
 estimate, a file a rule's command names that git does not track and no rule declares
@@ -293,8 +294,9 @@ def input_bytes(job: Any) -> int:
 
 
 def cost_range(plan: RulePlan, offers: list[dict], measured: dict) -> tuple[float, float]:
-    """Low: every job on the cheapest offer with the fastest boot; high: at the dearest of
-    the offers the concurrent jobs would take, with the slowest boot measured."""
+    """Low: every job on the cheapest offer with a quick boot (the lower quartile of
+    the measured boots); high: at the dearest of the offers the concurrent jobs would
+    take, with a slow one (the upper quartile; see :func:`boot_range`)."""
     boot_low, boot_high = measured.get("boot", DEFAULT_BOOT_SECONDS)
     rate = measured.get("upload_rate", DEFAULT_UPLOAD_RATE)
     per_job_bytes = plan.upload_bytes / max(plan.jobs, 1)
@@ -321,8 +323,8 @@ def offer_view(offer: dict) -> dict:
 
 
 def measured_times(workdir: Path) -> dict:
-    """Boot seconds (fastest, slowest of the median half) and upload rate from earlier
-    runs in the journal; {} when there is no journal or nothing measured yet."""
+    """Boot seconds (:func:`boot_range`) and upload rate (median) from earlier runs in
+    the journal; {} when there is no journal or nothing measured yet."""
     from .journal import RELATIVE_PATH, Journal
 
     path = workdir / RELATIVE_PATH
@@ -338,16 +340,30 @@ def measured_times(workdir: Path) -> dict:
     finally:
         journal.close()
     out: dict = {}
-    boots = sorted(float(r["contacted_at"]) - float(r["requested_at"]) for r in instances
-                   if r.get("contacted_at") and r.get("requested_at"))
+    boots = [float(r["contacted_at"]) - float(r["requested_at"]) for r in instances
+             if r.get("contacted_at") and r.get("requested_at")]
     if boots:
-        out["boot"] = [boots[0], boots[-1]]
+        out["boot"] = boot_range(boots)
     rates = [t["bytes_done"] / (t["updated_at"] - t["started_at"]) for t in transfers
              if t["direction"] == "upload" and t["ended_at"]
              and t["bytes_done"] >= MIN_UPLOAD_MEASURE and t["updated_at"] > t["started_at"]]
     if rates:
         out["upload_rate"] = statistics.median(rates)
     return out
+
+
+def boot_range(boots: list[float]) -> list[float]:
+    """The middle half of the measured boots: lower to upper quartile.
+
+    Not the fastest and slowest ever: one boot that took half an hour (a slow image
+    pull, a host that hung) would make every later high estimate pay for it, and a
+    balance warning out of it. Among five or more boots, one outlier on either side
+    does not move the quartiles; a single boot is both ends.
+    """
+    if len(boots) < 2:
+        return [boots[0], boots[0]]
+    low, _median, high = statistics.quantiles(boots, n=4, method="inclusive")
+    return [low, high]
 
 
 def untracked_problems(workflow: Any, jobs: list[Any], workdir: Path) -> list[Problem]:

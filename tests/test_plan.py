@@ -423,3 +423,29 @@ def test_planned_bytes_follows_links_and_skips_loops(tmp_path):
     files = [(tmp_path / "d", "d"), (tmp_path / "f", "f"), (tmp_path / "link", "link"),
              (tmp_path / "gone", "gone"), (tmp_path / "dangling", "dangling")]
     assert planned_bytes(files) == 300 + 300 + 50 + 50
+
+
+def test_one_slow_boot_does_not_inflate_the_boot_estimate(tmp_path):
+    """Boots measured in the journal: the middle half counts, not the slowest ever."""
+    import sqlite3
+
+    from snakemake_executor_plugin_vastai.journal import RELATIVE_PATH, Journal
+    from snakemake_executor_plugin_vastai.plan import measured_times
+
+    path = tmp_path / RELATIVE_PATH
+    path.parent.mkdir(parents=True)
+    Journal(path).close()
+    boots = [62.0, 60.0, 70.0, 65.0, 1800.0, 68.0]  # one boot hung for half an hour
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO instances (label, requested_at, contacted_at) "
+                       "VALUES (?, ?, ?)",
+                       [(f"l{i}", 1e9 + 1e4 * i, 1e9 + 1e4 * i + b)
+                        for i, b in enumerate(boots)])
+        db.execute("INSERT INTO instances (label, requested_at) VALUES ('never', 1.0)")
+    low, high = measured_times(tmp_path)["boot"]
+    assert (low, high) == pytest.approx((62.75, 69.5))  # quartiles of the six
+    assert high < 100  # not 1800: one hung boot is not the estimate
+    from snakemake_executor_plugin_vastai.plan import boot_range
+
+    assert boot_range([90.0]) == [90.0, 90.0]
+    assert boot_range([60.0, 80.0]) == pytest.approx([65.0, 75.0])
