@@ -9,20 +9,23 @@ Why not ``snakemake --executor vastai --dry-run``: Snakemake 9 replaces the exec
 with its built-in ``dryrun`` executor when ``--dry-run`` is given (``args_to_api`` in
 ``snakemake/cli.py``), so no executor plugin is ever created in a dry run and cannot
 print anything. Instead, ``plan`` starts the real ``snakemake --executor vastai`` with
-the given arguments and ``SNAKEMAKE_VASTAI_PLAN`` naming a file: Snakemake parses the
-profile and options and builds the DAG exactly as for the run, creates our executor, and
-the executor (``__init__.py``) writes the plan there and stops before
-:func:`~.startup.start_run` (so no journal run, no reconcile, no instance). Snakemake
-then reports that stop as an error, which ``plan`` hides when the plan was written.
+the given arguments and ``SNAKEMAKE_VASTAI_PLAN`` naming a fresh private directory
+(with a nonce, see ``plan_safety.py``: a stray variable fails a real run instead of
+turning it into a plan): Snakemake parses the profile and options and builds the DAG
+exactly as for the run, creates our executor, and the executor (``__init__.py``) writes
+the plan there and stops before :func:`~.startup.start_run` (so no journal run, no
+reconcile, no instance). Snakemake then reports that stop as an error, which ``plan``
+hides when the plan was written.
 
 Per rule the plan shows the job count, the offers its jobs would get now (the same
 query the run builds, rule overrides included), and a cost range: time per job is the
 rule's ``runtime`` resource (else :data:`DEFAULT_RUNTIME_MINUTES`), plus the boot time
-and the upload time measured by earlier runs in the journal (else stated defaults);
-money is that time at the offers' ``dph_total`` plus the upload's bytes (existing inputs
-and the uncompressed sources) at their ``inet_down_cost``. Outputs and inputs that do
-not exist yet are not counted, nor are jobs a checkpoint has not yet revealed (Snakemake
-itself does not know them before the checkpoint runs).
+(the middle half of the boots measured by earlier runs in the journal) and the upload
+time measured there (else stated defaults); money is that time at the offers'
+``dph_total`` plus the upload's bytes (existing inputs and the uncompressed sources) at
+their ``inet_down_cost``. Outputs and inputs that do not exist yet are not counted, nor
+are jobs a checkpoint has not yet revealed (Snakemake itself does not know them before
+the checkpoint runs).
 
 Problems: a rule no offer matches, a rule whose settings are invalid, a balance below the
 estimate, a file a rule's command names that git does not track and no rule declares
@@ -35,16 +38,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PLAN_ENV = "SNAKEMAKE_VASTAI_PLAN"
+from .plan_safety import plan_directory, snakemake_argv
+
 DEFAULT_RUNTIME_MINUTES = 10.0  # a rule without a runtime resource, for the estimate
 DEFAULT_BOOT_SECONDS = (60.0, 300.0)  # Vast.ai boots take 1-5 min (image pull included)
 DEFAULT_UPLOAD_RATE = 20e6  # bytes/s until a run has measured one
@@ -77,14 +81,18 @@ class RulePlan:
 
 # -- inside snakemake: building the plan --------------------------------------------------
 def write_plan_and_stop(executor: Any) -> None:
-    """Called by the Executor when PLAN_ENV is set: write the plan, then stop Snakemake."""
+    """Called by the Executor when SNAKEMAKE_VASTAI_PLAN is set: write the plan (only
+    for a ``plan`` waiting for it, see plan_safety.py), then stop Snakemake."""
     from snakemake_interface_common.exceptions import WorkflowError
 
-    target = Path(os.environ[PLAN_ENV])
-    plan = make_plan(executor.workflow, Path(os.getcwd()))
-    tmp = target.with_suffix(".partial")
-    tmp.write_text(json.dumps(plan, indent=2, default=str))
-    tmp.replace(target)
+    from .plan_safety import NotAPlan, plan_target, write_new
+
+    try:
+        target = plan_target(os.environ)  # before anything else: a stray variable stops here
+        plan = make_plan(executor.workflow, Path(os.getcwd()))
+        write_new(target, json.dumps(plan, indent=2, default=str))
+    except NotAPlan as exc:
+        raise WorkflowError(str(exc)) from None
     raise WorkflowError("vastai plan written; nothing was rented (this stop is the plan's)")
 
 
@@ -104,7 +112,7 @@ def make_plan(workflow: Any, workdir: Path) -> dict:
     except WorkflowError as exc:
         problems.append(Problem("settings", str(exc), True))
         return _result([], problems, None, nodes, {}, resolved_url=None)
-    start_checks(workflow, workdir, problems)
+    start_checks(workflow, workdir, resolved, problems)
     jobs = needrun_jobs(workflow)
     measured = measured_times(workdir)
     try:
@@ -161,20 +169,19 @@ class _Quiet:
     info = warning
 
 
-def start_checks(workflow: Any, workdir: Path, problems: list[Problem]) -> None:
-    """The run's own start-up checks that need no API (startup.py): what fails there
-    stops the run before renting, so the plan reports it."""
-    from snakemake_interface_common.exceptions import WorkflowError
+def start_checks(workflow: Any, workdir: Path, resolved: Any,
+                 problems: list[Problem]) -> None:
+    """The run's own start-up checks that need no API (:func:`~.startup.preflight`, the
+    same function the run calls): what fails there stops the run before renting, so the
+    plan reports it."""
+    from .startup import preflight
 
-    from .startup import check_apptainer, check_git, validate_scheduled_jobs
+    def found(exc: Exception) -> None:
+        problems.append(Problem("start", str(exc), True))
 
-    checks = (lambda: validate_scheduled_jobs(workflow), lambda: check_apptainer(workflow),
-              lambda: check_git(workdir, _Quiet()))  # type: ignore[arg-type]
-    for check in checks:
-        try:
-            check()
-        except WorkflowError as exc:
-            problems.append(Problem("start", str(exc), True))
+    quiet: Any = _Quiet()
+    preflight(workflow, workflow.executor_settings, resolved.forward_credentials, workdir,
+              quiet, found)
 
 
 def needrun_jobs(workflow: Any) -> list[Any]:
@@ -269,12 +276,12 @@ def runtime_of(resources: dict) -> tuple[float, str]:
 
 def source_bytes(workflow: Any, workdir: Path) -> int:
     """The workflow's sources, uncompressed: every SSH-mode job uploads their archive (an
-    upper bound; the archive is compressed)."""
+    upper bound; the archive is compressed). The listing is the run's own, deploy scope
+    included, as :func:`start_checks` installed it."""
     from .progress import planned_bytes
-    from .sources import source_files
 
     try:
-        return planned_bytes([(workdir / f, "") for f in source_files(workflow, workdir)])
+        return planned_bytes([(workdir / f, "") for f in workflow.dag.get_sources()])
     except Exception:  # Snakemake internals or git: the estimate just leaves them out
         return 0
 
@@ -287,8 +294,9 @@ def input_bytes(job: Any) -> int:
 
 
 def cost_range(plan: RulePlan, offers: list[dict], measured: dict) -> tuple[float, float]:
-    """Low: every job on the cheapest offer with the fastest boot; high: at the dearest of
-    the offers the concurrent jobs would take, with the slowest boot measured."""
+    """Low: every job on the cheapest offer with a quick boot (the lower quartile of
+    the measured boots); high: at the dearest of the offers the concurrent jobs would
+    take, with a slow one (the upper quartile; see :func:`boot_range`)."""
     boot_low, boot_high = measured.get("boot", DEFAULT_BOOT_SECONDS)
     rate = measured.get("upload_rate", DEFAULT_UPLOAD_RATE)
     per_job_bytes = plan.upload_bytes / max(plan.jobs, 1)
@@ -315,8 +323,8 @@ def offer_view(offer: dict) -> dict:
 
 
 def measured_times(workdir: Path) -> dict:
-    """Boot seconds (fastest, slowest of the median half) and upload rate from earlier
-    runs in the journal; {} when there is no journal or nothing measured yet."""
+    """Boot seconds (:func:`boot_range`) and upload rate (median) from earlier runs in
+    the journal; {} when there is no journal or nothing measured yet."""
     from .journal import RELATIVE_PATH, Journal
 
     path = workdir / RELATIVE_PATH
@@ -332,16 +340,30 @@ def measured_times(workdir: Path) -> dict:
     finally:
         journal.close()
     out: dict = {}
-    boots = sorted(float(r["contacted_at"]) - float(r["requested_at"]) for r in instances
-                   if r.get("contacted_at") and r.get("requested_at"))
+    boots = [float(r["contacted_at"]) - float(r["requested_at"]) for r in instances
+             if r.get("contacted_at") and r.get("requested_at")]
     if boots:
-        out["boot"] = [boots[0], boots[-1]]
+        out["boot"] = boot_range(boots)
     rates = [t["bytes_done"] / (t["updated_at"] - t["started_at"]) for t in transfers
              if t["direction"] == "upload" and t["ended_at"]
              and t["bytes_done"] >= MIN_UPLOAD_MEASURE and t["updated_at"] > t["started_at"]]
     if rates:
         out["upload_rate"] = statistics.median(rates)
     return out
+
+
+def boot_range(boots: list[float]) -> list[float]:
+    """The middle half of the measured boots: lower to upper quartile.
+
+    Not the fastest and slowest ever: one boot that took half an hour (a slow image
+    pull, a host that hung) would make every later high estimate pay for it, and a
+    balance warning out of it. Among five or more boots, one outlier on either side
+    does not move the quartiles; a single boot is both ends.
+    """
+    if len(boots) < 2:
+        return [boots[0], boots[0]]
+    low, _median, high = statistics.quantiles(boots, n=4, method="inclusive")
+    return [low, high]
 
 
 def untracked_problems(workflow: Any, jobs: list[Any], workdir: Path) -> list[Problem]:
@@ -368,7 +390,7 @@ def untracked_problems(workflow: Any, jobs: list[Any], workdir: Path) -> list[Pr
         text = " ".join(str(x) for x in (getattr(job.rule, "shellcmd", None) or "",
                                          *dict(getattr(job, "params", {}) or {}).values()))
         for f in loose:
-            if f in text and (job.rule.name, f) not in seen:
+            if names_path(text, f) and (job.rule.name, f) not in seen:
                 seen.add((job.rule.name, f))
                 problems.append(Problem(
                     "untracked", f"rule {job.rule.name} names {f}, which git does not track "
@@ -377,13 +399,25 @@ def untracked_problems(workflow: Any, jobs: list[Any], workdir: Path) -> list[Pr
     return problems
 
 
+def names_path(text: str, path: str) -> bool:
+    """Whether ``text`` names ``path`` as a whole path, not inside a longer one: ``a.txt``
+    is not named by ``data.txt``, ``a.txt.gz`` or ``x/a.txt``; it is by ``./a.txt``,
+    ``'a.txt'`` and ``{workflow.basedir}/a.txt``."""
+    before = r"(?:(?<![\w.\-/~$])|(?<=\}/))(?:\./)?"
+    after = r"(?![\w\-/]|\.\w)"
+    return re.search(before + re.escape(path) + after, text) is not None
+
+
 # -- outside snakemake: the command ---------------------------------------------------------
 USAGE = """usage: python -m snakemake_executor_plugin_vastai plan [--json] [SNAKEMAKE ARGS...]
 
 Show, per rule, the offers its jobs would get now, the job count and an estimated cost
 range, the account balance, and the problems that would stop the run. Nothing is rented.
 Give the options (and --profile) of the real run; '--executor vastai' is implied.
-Exit code 1 when a problem would stop the run, 2 when Snakemake failed before planning.
+Arguments that would make Snakemake do anything but run (another --executor, --dry-run,
+--touch, --unlock, --delete-all-output, ...) are refused.
+Exit code 1 when a problem would stop the run, 2 when Snakemake failed before planning
+or an argument was refused.
 """
 
 
@@ -393,19 +427,40 @@ def main(argv: list[str]) -> int:
         return 0
     as_json = "--json" in argv
     args = [a for a in argv if a != "--json"]
-    with tempfile.TemporaryDirectory(prefix="vastai-plan-") as tmp:
-        target = Path(tmp) / "plan.json"
-        done = subprocess.run([sys.executable, "-m", "snakemake", "--executor", "vastai", *args],
-                              env={**os.environ, PLAN_ENV: str(target)}, capture_output=True,
-                              text=True)
-        if not target.exists():
+    stop = _refused(args)
+    if stop is not None:
+        return stop
+    with plan_directory() as (target, plan_env):
+        done = subprocess.run([sys.executable, *snakemake_argv(args)],
+                              env={**os.environ, **plan_env}, capture_output=True, text=True)
+        try:
+            plan = json.loads(target.read_text())
+        except (OSError, ValueError):
             sys.stderr.write(done.stderr[-6000:] or done.stdout[-6000:])
             print("\nplan: snakemake stopped before the plan was made (see above); "
                   "nothing was rented", file=sys.stderr)
             return 2
-        plan = json.loads(target.read_text())
     print(json.dumps(plan, indent=2) if as_json else render(plan))
     return 1 if plan["stops"] else 0
+
+
+def _refused(args: list[str]) -> int | None:
+    """Exit code 2 with the reason when the arguments would not make a plain run."""
+    from .plan_safety import ArgumentsUnreadable, refusal
+
+    try:
+        reason = refusal(args)
+    except ArgumentsUnreadable as exc:
+        said = str(exc)
+        errors = [ln for ln in said.splitlines() if "error:" in ln]  # not argparse's usage
+        sys.stderr.write("\n".join(errors) + "\n" if errors else said[-3000:])
+        print("\nplan: snakemake stopped before the plan was made (see above); "
+              "nothing was rented", file=sys.stderr)
+        return 2
+    if reason is None:
+        return None
+    print(f"plan: {reason}. Nothing was run or rented.", file=sys.stderr)
+    return 2
 
 
 def render(plan: dict) -> str:

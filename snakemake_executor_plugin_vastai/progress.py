@@ -156,29 +156,32 @@ class TransferProgress:
 
 def planned_bytes(files: Any) -> int:
     """Bytes of the regular files in ``(local path, remote name)`` pairs; directories
-    count what is under them. A file that vanished counts 0 (the upload says why)."""
-    import os
-
+    count what is under them. Symlinks are followed, as the upload follows them
+    (``remote._walk``: a link's target is what travels), and a directory link back to
+    an ancestor is skipped as the upload skips it. A file that vanished counts 0 (the
+    upload says why)."""
     total = 0
     for item in files:
-        path = item[0] if isinstance(item, tuple) else item
-        try:
-            if os.path.isdir(path):
-                for root, _dirs, names in os.walk(path):
-                    total += sum(_size(os.path.join(root, n)) for n in names)
-            else:
-                total += _size(path)
-        except OSError:
-            continue
+        total += _tree_bytes(item[0] if isinstance(item, tuple) else item, frozenset())
     return total
 
 
-def _size(path: Any) -> int:
+def _tree_bytes(path: Any, chain: frozenset[tuple[int, int]]) -> int:
+    """Bytes under ``path``, links followed; ``chain`` holds the directories above it."""
     import os
     import stat
 
     try:
-        st = os.lstat(path)
+        st = os.stat(path)
+    except OSError:  # vanished, dangling link, or a link loop
+        return 0
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) in chain:
+        return 0
+    inner = chain | {(st.st_dev, st.st_ino)}
+    try:
+        names = os.listdir(path)
     except OSError:
         return 0
-    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return sum(_tree_bytes(os.path.join(path, n), inner) for n in names)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -437,6 +437,38 @@ def leave_copied_journal(workdir: Path) -> Path:
     return Journal.move_aside(path, why="copied")
 
 
+def preflight(workflow: Any, settings: Any, forward_credentials: bool, workdir: Path,
+              log: PluginLogger, on_error: Callable[[WorkflowError], None] | None = None
+              ) -> tuple[StorageMode | None, dict[str, str]]:
+    """Every start-up check that needs no API, in order; the run and ``plan`` both call
+    this, so the plan reports exactly what would stop the run.
+
+    Without ``on_error`` the first failure raises. With it (the plan), each failure is
+    handed over and the checks go on, except those that build on a failed one (the
+    source listing needs git).
+    """
+    stages: list[list[Callable[[], Any]]] = [
+        [lambda: validate_scheduled_jobs(workflow)],
+        [lambda: check_apptainer(workflow)],
+        [lambda: check_git(workdir, log),
+         lambda: install_sources(workflow, workdir),  # before the scope wraps the listing
+         lambda: scope_sources(workflow, settings, log)],
+        [lambda: storage_preflight(workflow, forward_credentials)],
+    ]
+    result: Any = None
+    for stage in stages:
+        for check in stage:
+            try:
+                result = check()
+            except WorkflowError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                result = None
+                break
+    return result or (None, {})
+
+
 def start_run(executor: Any) -> Run:
     """Everything checked, then the run's journal, key, API client and watcher."""
     import snakemake
@@ -449,13 +481,9 @@ def start_run(executor: Any) -> Run:
     container_image = getattr(remote_settings, "container_image", None)
     resolved = run_settings(settings, container_image, remote_settings)
     bids.default_preemptible_retries(executor.workflow)  # else a failed job crashes Snakemake
-    validate_scheduled_jobs(executor.workflow)
-    check_apptainer(executor.workflow)
     workdir = Path(os.getcwd())
-    check_git(workdir, log)
-    install_sources(executor.workflow, workdir)  # before the scope wraps the listing
-    scope_sources(executor.workflow, settings, log)
-    mode, credential_env = storage_preflight(executor.workflow, resolved.forward_credentials)
+    mode, credential_env = preflight(executor.workflow, settings, resolved.forward_credentials,
+                                     workdir, log)
     hooks = SnakemakeHooks(
         job_command=executor.format_job_exec,
         declared_envvars=executor.envvars,

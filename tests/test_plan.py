@@ -5,6 +5,7 @@ ever rented."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from snakemake_executor_plugin_vastai.plan import DEFAULT_BOOT_SECONDS, render
 from tests.e2e import alive, demo_workflow, run_snakemake, sim_env, write_workflow
+from tests.s3 import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -183,3 +185,267 @@ def test_start_checks_and_a_missing_key_are_problems(tmp_path, simulator):
     assert "No Vast.ai API key" in kinds["api_key"]
     assert got["balance"] is None and got["rules"][0]["jobs"] == 4
     nothing_rented(simulator)
+
+
+MAKES = '''\
+rule all:
+    input: "out.txt"
+
+rule r:
+    output: "out.txt"
+    shell: "echo ran-for-real > {output}"
+'''
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--executor", "local"], "--executor local"),
+    (["-e", "local"], "--executor local"),
+    (["--exec=local"], "--executor local"),  # argparse abbreviations are Snakemake's too
+    (["-n"], "--dry-run"),
+    (["--touch"], "--touch"),
+    (["-pt"], "--touch"),  # a bundled short flag
+    (["--delete-all-output"], "--delete-all-output"),
+    (["--delete-temp-output"], "--delete-temp-output"),
+    (["--unlock"], "--unlock"),
+    (["--cleanup-metadata", "out.txt"], "--cleanup-metadata"),
+])
+def test_arguments_that_would_run_or_change_anything_are_refused(tmp_path, simulator, args,
+                                                                  named):
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": MAKES})
+    made = wf / "made.txt"
+    if "--executor" in named:
+        made = wf / "out.txt"  # the local executor would make it
+    else:
+        (wf / "out.txt").write_text("kept\n")
+        os.utime(wf / "out.txt", (1_000_000, 1_000_000))  # --touch would change this
+    done = plan(wf, simulator, *args, jobs=1)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert named in done.stderr and "Nothing was run or rented" in done.stderr
+    assert not made.exists()
+    if "--executor" not in named:
+        assert (wf / "out.txt").read_text() == "kept\n"
+        assert (wf / "out.txt").stat().st_mtime == 1_000_000
+    nothing_rented(simulator)
+
+
+def test_a_profile_that_touches_is_refused_too(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": MAKES, "prof/config.yaml": "touch: true\n"})
+    done = plan(wf, simulator, "--profile", "prof", jobs=1)
+    assert done.returncode == 2 and "--touch" in done.stderr
+    assert not (wf / "out.txt").exists()
+    nothing_rented(simulator)
+
+
+def test_the_vastai_executor_goes_last_so_argparse_keeps_it():
+    from snakemake_executor_plugin_vastai.plan_safety import snakemake_argv
+
+    assert snakemake_argv(["--jobs", "1", "-e", "x"])[-2:] == ["--executor", "vastai"]
+    # after '--' it would be a target, so it goes before
+    assert snakemake_argv(["--jobs", "1", "--", "all"]) == [
+        "-m", "snakemake", "--jobs", "1", "--executor", "vastai", "--", "all"]
+
+
+def test_a_stray_plan_variable_fails_a_real_run_and_overwrites_nothing(tmp_path, simulator):
+    wf = demo_workflow(tmp_path / "wf")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "marker").write_text("the-right-nonce")
+    (private / "plan.json").write_text("an earlier plan\n")
+    cases = [{"SNAKEMAKE_VASTAI_PLAN": str(victim)},  # a file, no nonce
+             {"SNAKEMAKE_VASTAI_PLAN": str(private)},  # no nonce
+             {"SNAKEMAKE_VASTAI_PLAN": str(private), "SNAKEMAKE_VASTAI_PLAN_NONCE": "wrong"},
+             # the right nonce, but the plan file exists: never overwritten
+             {"SNAKEMAKE_VASTAI_PLAN": str(private),
+              "SNAKEMAKE_VASTAI_PLAN_NONCE": "the-right-nonce"}]
+    for stray in cases:
+        done = run_snakemake(wf, simulator.url, simulator.api_key, jobs=4,
+                             env=sim_env(simulator.api_key, **stray))
+        assert done.returncode != 0
+        assert "unset SNAKEMAKE_VASTAI_PLAN" in done.stderr, done.stderr[-3000:]
+        assert victim.read_text() == "precious\n"
+        assert (private / "plan.json").read_text() == "an earlier plan\n"
+        nothing_rented(simulator)
+    again = run_snakemake(wf, simulator.url, simulator.api_key, jobs=4)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert alive(simulator.truth()) == []
+
+
+def test_the_plan_directory_is_private_and_accepted_only_with_its_nonce(tmp_path):
+    from snakemake_executor_plugin_vastai.plan_safety import (
+        NotAPlan,
+        plan_directory,
+        plan_target,
+        write_new,
+    )
+
+    with plan_directory() as (target, env):
+        assert plan_target(env) == target
+        assert target.parent.stat().st_mode & 0o777 == 0o700
+        with pytest.raises(NotAPlan, match="unset SNAKEMAKE_VASTAI_PLAN"):
+            plan_target({**env, "SNAKEMAKE_VASTAI_PLAN_NONCE": "x" + env[
+                "SNAKEMAKE_VASTAI_PLAN_NONCE"][1:]})
+        target.parent.chmod(0o755)  # readable by others: not a plan directory
+        with pytest.raises(NotAPlan):
+            plan_target(env)
+        target.parent.chmod(0o700)
+        write_new(target, "{}")
+        with pytest.raises(NotAPlan, match="never overwrites"):
+            write_new(target, "[]")
+        assert target.read_text() == "{}"
+    assert not target.parent.exists()  # gone with the plan: a leaked pair then fails
+    with pytest.raises(NotAPlan):
+        plan_target(env)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(NotAPlan):
+        write_new(link, "{}")  # O_NOFOLLOW|O_EXCL: a link is not followed
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_the_plan_runs_the_runs_own_start_checks(tmp_path, simulator):
+    """Deploy paths that select nothing stop the run before renting: the plan says so."""
+    wf = demo_workflow(tmp_path / "wf")
+    code, got = plan_json(wf, simulator, "--vastai-deploy-paths", "no_such_file.py", jobs=2)
+    assert code == 1
+    start = [p for p in got["problems"] if p["kind"] == "start"]
+    assert start and "no_such_file.py" in start[0]["message"], got["problems"]
+    run = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-deploy-paths",
+                        "no_such_file.py", jobs=2)
+    assert run.returncode != 0 and "no_such_file.py" in run.stderr  # the run agrees
+    nothing_rented(simulator)
+
+
+def test_the_plan_runs_storage_modes_checks(tmp_path, simulator, s3_server):  # noqa: F811
+    """A --default-storage-prefix whose bucket does not exist stops the run: so the plan."""
+    from tests.test_e2e_storage import CHAIN, s3_env
+
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": CHAIN})
+    argv = [sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan", "--json",
+            "--jobs", "2", "--vastai-api-url", simulator.url, "--default-storage-provider",
+            "s3", "--default-storage-prefix", "s3://no-such-bucket-here/wf",
+            "--storage-s3-endpoint-url", s3_server.endpoint]
+    done = subprocess.run(argv, cwd=wf, env=s3_env(simulator.api_key), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    start = [p for p in json.loads(done.stdout)["problems"] if p["kind"] == "start"]
+    assert start and "does not exist" in start[0]["message"]
+    assert "no-such-bucket-here" in start[0]["message"]
+    nothing_rented(simulator)
+
+
+SUBSTRING = '''\
+rule all:
+    input: "out.txt"
+
+rule r:
+    input: "data.txt"
+    output: "out.txt"
+    shell: "cat data.txt > {output}"
+'''
+
+
+def test_an_untracked_file_is_named_only_as_a_whole_path(tmp_path, simulator):
+    """An untracked a.txt no rule uses is not a problem because the command says data.txt."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": SUBSTRING, "data.txt": "x\n"})
+    (wf / "a.txt").write_text("scratch\n")
+    code, got = plan_json(wf, simulator, jobs=1)
+    assert [p for p in got["problems"] if p["kind"] == "untracked"] == []
+    assert code == 0
+    nothing_rented(simulator)
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("cat data.txt > out", False),
+    ("gzip -c a.txt.gz", False),
+    ("cat sub/a.txt", False),
+    ("cat a.txtx", False),
+    ("cat a.txt > out", True),
+    ("cat ./a.txt", True),
+    ("cat 'a.txt'", True),
+    ("cat {workflow.basedir}/a.txt", True),
+    ("cat a.txt; echo", True),
+    ("cat a.txt", True),
+])
+def test_names_path_matches_path_tokens(text, named):
+    from snakemake_executor_plugin_vastai.plan import names_path
+
+    assert names_path(text, "a.txt") is named
+    assert names_path("sh tools/helper.sh > x", "tools/helper.sh")
+    assert not names_path("sh tools/helper.sh > x", "helper.sh")
+
+
+LINKED = '''\
+rule all:
+    input: "out/a.bin", "out/d.txt"
+
+rule a:
+    input: "data/in.bin"
+    output: "out/a.bin"
+    shell: "head -c 100 {input} > {output}"
+
+rule d:
+    input: "data/dir"
+    output: "out/d.txt"
+    shell: "ls {input} > {output}"
+'''
+
+
+def test_symlinked_inputs_count_in_the_upload_estimate(tmp_path, simulator):
+    """The upload follows links, so the estimate does: a linked 3 MB input is 3 MB."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": LINKED})
+    (tmp_path / "big.bin").write_bytes(b"x" * 3_000_000)
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree/f.bin").write_bytes(b"y" * 2_000_000)
+    (wf / "data").mkdir()
+    (wf / "data/in.bin").symlink_to(tmp_path / "big.bin")
+    (wf / "data/dir").symlink_to(tmp_path / "tree")
+    code, got = plan_json(wf, simulator, jobs=1)
+    assert code == 0, got["problems"]
+    rules = {r["rule"]: r for r in got["rules"]}
+    sources = rules["a"]["upload_bytes"] - 3_000_000
+    assert 0 < sources < 100_000  # the Snakefile: the linked input is all the rest
+    assert rules["d"]["upload_bytes"] == 2_000_000 + sources
+    nothing_rented(simulator)
+
+
+def test_planned_bytes_follows_links_and_skips_loops(tmp_path):
+    from snakemake_executor_plugin_vastai.progress import planned_bytes
+
+    (tmp_path / "d/e").mkdir(parents=True)
+    (tmp_path / "d/e/x").write_bytes(b"1" * 300)
+    (tmp_path / "d/e/up").symlink_to(tmp_path / "d")  # a loop: skipped, as the upload does
+    (tmp_path / "d/twin").symlink_to(tmp_path / "d/e")  # a second way in: sent twice
+    (tmp_path / "f").write_bytes(b"1" * 50)
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    files = [(tmp_path / "d", "d"), (tmp_path / "f", "f"), (tmp_path / "link", "link"),
+             (tmp_path / "gone", "gone"), (tmp_path / "dangling", "dangling")]
+    assert planned_bytes(files) == 300 + 300 + 50 + 50
+
+
+def test_one_slow_boot_does_not_inflate_the_boot_estimate(tmp_path):
+    """Boots measured in the journal: the middle half counts, not the slowest ever."""
+    import sqlite3
+
+    from snakemake_executor_plugin_vastai.journal import RELATIVE_PATH, Journal
+    from snakemake_executor_plugin_vastai.plan import measured_times
+
+    path = tmp_path / RELATIVE_PATH
+    path.parent.mkdir(parents=True)
+    Journal(path).close()
+    boots = [62.0, 60.0, 70.0, 65.0, 1800.0, 68.0]  # one boot hung for half an hour
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO instances (label, requested_at, contacted_at) "
+                       "VALUES (?, ?, ?)",
+                       [(f"l{i}", 1e9 + 1e4 * i, 1e9 + 1e4 * i + b)
+                        for i, b in enumerate(boots)])
+        db.execute("INSERT INTO instances (label, requested_at) VALUES ('never', 1.0)")
+    low, high = measured_times(tmp_path)["boot"]
+    assert (low, high) == pytest.approx((62.75, 69.5))  # quartiles of the six
+    assert high < 100  # not 1800: one hung boot is not the estimate
+    from snakemake_executor_plugin_vastai.plan import boot_range
+
+    assert boot_range([90.0]) == [90.0, 90.0]
+    assert boot_range([60.0, 80.0]) == pytest.approx([65.0, 75.0])
