@@ -74,6 +74,9 @@ found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
 balance_after``; ``transfers(id, job_id, run_id, instance_id, direction,
 bytes_done, bytes_total, started_at, updated_at, ended_at)``
     The cost ledger's facts (migration ``m004_cost_ledger``, see ledger.py).
+``instance_run_bytes(instance_id, run_id -> runs, bytes_uploaded, bytes_downloaded)``
+    The same bytes split by the run that moved them (``m007_bytes_per_run``): a
+    run's ``--vastai-max-spend`` counts what it moved on an earlier run's instance.
 ``transitions(id INTEGER PK AUTOINCREMENT, job_id -> jobs, run_id -> runs,
 from_state, to_state, trigger, at, detail)``
     Append-only (triggers refuse UPDATE and DELETE): one row per state change,
@@ -377,6 +380,27 @@ def m006_warm_instances(db: sqlite_utils.Database) -> None:
         instance_transitions BEGIN SELECT RAISE(ABORT, 'append-only'); END""")
     db.execute("""CREATE TRIGGER instance_transitions_no_delete BEFORE DELETE ON
         instance_transitions BEGIN SELECT RAISE(ABORT, 'append-only'); END""")
+
+
+@migration
+def m007_bytes_per_run(db: sqlite_utils.Database) -> None:
+    """Bytes moved per (instance, run): a resumed run moves bytes on an instance an
+    earlier run rented, and its ``--vastai-max-spend`` must count them (the instance
+    row's totals stay, for the instance's own bill). Rows journaled before this version
+    are the renting run's."""
+    db.execute(
+        """CREATE TABLE instance_run_bytes (
+            instance_id INTEGER NOT NULL, run_id TEXT NOT NULL REFERENCES runs(id),
+            bytes_uploaded INTEGER NOT NULL DEFAULT 0,
+            bytes_downloaded INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (instance_id, run_id))"""
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO instance_run_bytes (instance_id, run_id, bytes_uploaded, "
+        "bytes_downloaded) SELECT instance_id, run_id, bytes_uploaded, bytes_downloaded "
+        "FROM instances WHERE instance_id IS NOT NULL AND run_id IS NOT NULL "
+        "AND (bytes_uploaded > 0 OR bytes_downloaded > 0)"
+    )
 
 
 WORKFLOW_ID_FILE = "workflow-id"
@@ -1305,25 +1329,68 @@ class Journal:
         return _cost(rows[0], self._clock())
 
     def run_cost(self, run_id: str) -> tuple[float, float]:
-        """Total (seconds, dollars) of the instances a run rented."""
+        """Total (seconds, dollars) a run is answerable for: the time of the instances it
+        rented, and the bandwidth it moved on any instance (a resumed run moves bytes on
+        an earlier run's instance; those bytes are the earlier run's no more)."""
         now = self._clock()
-        costs = [
-            _cost(row, now)
-            for row in self._rows("SELECT * FROM instances WHERE run_id = ?", [run_id])
-        ]
-        return sum(c[0] for c in costs), sum(c[1] for c in costs)
+        moved = {
+            int(r["instance_id"]): r
+            for r in self._rows("SELECT * FROM instance_run_bytes WHERE run_id = ?", [run_id])
+        }
+        rows = self._rows(
+            "SELECT * FROM instances WHERE run_id = ? OR instance_id IN "
+            "(SELECT instance_id FROM instance_run_bytes WHERE run_id = ?)",
+            [run_id, run_id],
+        )
+        seconds = dollars = 0.0
+        for row in rows:
+            mine = moved.get(int(row["instance_id"])) if row["instance_id"] is not None \
+                else None
+            row = {**row, "bytes_uploaded": mine["bytes_uploaded"] if mine else 0,
+                   "bytes_downloaded": mine["bytes_downloaded"] if mine else 0}
+            billed, total = _cost(row, now)
+            if row["run_id"] == run_id:
+                seconds, dollars = seconds + billed, dollars + total
+            else:  # only the bytes this run moved on another run's instance
+                dollars += ledger.bandwidth_dollars(row, billed)
+        return seconds, dollars
 
     # -- the cost ledger (see ledger.py) ------------------------------------------------------
     def add_instance_bytes(self, instance_id: int, uploaded: int, downloaded: int) -> None:
-        """Add bytes moved to or from an instance (deltas: reconnects and reuse add on)."""
+        """Add bytes moved to or from an instance (deltas: reconnects and reuse add on), to
+        its totals and to this run's share of them."""
         if uploaded <= 0 and downloaded <= 0:
             return
         with self._write() as db:
-            db.execute(
-                "UPDATE instances SET bytes_uploaded = bytes_uploaded + ?, "
-                "bytes_downloaded = bytes_downloaded + ? WHERE instance_id = ?",
-                [max(uploaded, 0), max(downloaded, 0), int(instance_id)],
-            )
+            self._add_bytes(db, int(instance_id), uploaded, downloaded)
+
+    def _add_bytes(self, db: sqlite_utils.Database, instance_id: int, uploaded: int,
+                   downloaded: int) -> None:
+        """Within a write transaction: the instance's totals and the (instance, run) row
+        (the current run's; the renting run's when no run is current)."""
+        up, down = max(int(uploaded), 0), max(int(downloaded), 0)
+        if up == 0 and down == 0:
+            return
+        db.execute(
+            "UPDATE instances SET bytes_uploaded = bytes_uploaded + ?, "
+            "bytes_downloaded = bytes_downloaded + ? WHERE instance_id = ?",
+            [up, down, instance_id],
+        )
+        db.execute(
+            "INSERT INTO instance_run_bytes (instance_id, run_id, bytes_uploaded, "
+            "bytes_downloaded) SELECT instance_id, COALESCE(?, run_id), ?, ? FROM instances "
+            "WHERE instance_id = ? AND COALESCE(?, run_id) IS NOT NULL LIMIT 1 "
+            "ON CONFLICT (instance_id, run_id) DO UPDATE SET "
+            "bytes_uploaded = bytes_uploaded + excluded.bytes_uploaded, "
+            "bytes_downloaded = bytes_downloaded + excluded.bytes_downloaded",
+            [self._run_id, up, down, instance_id, self._run_id],
+        )
+
+    def run_bytes(self, run_id: str) -> dict[int, tuple[int, int]]:
+        """instance id -> (uploaded, downloaded) that ``run_id`` moved on it."""
+        return {int(r["instance_id"]): (int(r["bytes_uploaded"]), int(r["bytes_downloaded"]))
+                for r in self._rows("SELECT * FROM instance_run_bytes WHERE run_id = ?",
+                                    [run_id])}
 
     def record_balance(self, run_id: str, *, before: float | None = None,
                        after: float | None = None) -> None:

@@ -82,6 +82,58 @@ def test_journal_adds_bytes_and_prices_them_in_the_run_cost(tmp_path):
     journal.close()
 
 
+def _rented(journal: Journal, run: str, instance_id: int) -> None:
+    job = journal.add_job(run_id=run, rule="r", snakemake_jobid=1, fingerprint="f",
+                          attempt=1, state="searching")
+    journal.record_rent_intent(job_id=job, run_id=run, label=f"{journal.label_prefix}-{job}",
+                               offer={"offer_id": 7, "dph_total": 3.6, "inet_up_cost": 1.0,
+                                      "inet_down_cost": 2.0})
+    journal.record_instance_created(f"{journal.label_prefix}-{job}", instance_id)
+
+
+def test_a_resumed_runs_cost_counts_the_bytes_it_moved_on_an_earlier_runs_instance(tmp_path):
+    clock = [1000.0]
+    journal = Journal(tmp_path / "j.sqlite", clock=lambda: clock[0])
+    first = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    _rented(journal, first, 42)
+    journal.add_instance_bytes(42, GB // 4, 0)
+    clock[0] += 10.0  # the first run dies; the second resumes on its instance
+    second = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    journal.add_instance_bytes(42, GB, GB // 2)
+    # the second run rented nothing: its cost is the bandwidth it moved ($2 up, $0.5 down)
+    assert journal.run_cost(second) == (0.0, pytest.approx(2.5))
+    assert journal.run_bytes(first) == {42: (GB // 4, 0)}
+    assert journal.run_bytes(second) == {42: (GB, GB // 2)}
+    (row,) = journal.instances_with_cost()  # the instance's bill holds both runs' bytes
+    assert (row["bytes_uploaded"], row["bytes_downloaded"]) == (GB + GB // 4, GB // 2)
+    assert row["components"]["bandwidth"] == pytest.approx(2.5 + 0.5)
+    # the first: the instance's time (10 s at $3.6/h) and only its own bytes
+    assert journal.run_cost(first) == (pytest.approx(10.0), pytest.approx(0.01 + 0.5))
+    journal.close()
+
+
+def test_bytes_journaled_before_the_split_stay_the_renting_runs(tmp_path, monkeypatch):
+    from snakemake_executor_plugin_vastai import journal as journal_module
+
+    path = tmp_path / "j.sqlite"
+    old = journal_module.MIGRATIONS[:6]  # up to m006_warm_instances
+    with monkeypatch.context() as patch:
+        patch.setattr(journal_module, "MIGRATIONS", old)
+        patch.setattr(Journal, "SCHEMA_VERSION", len(old))
+        journal = Journal(path)
+        run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+        _rented(journal, run, 42)
+        journal.close()
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("UPDATE instances SET bytes_uploaded = ?, bytes_downloaded = 5", [GB])
+    con.close()
+    journal = Journal(path)  # migrates to the current version
+    assert journal.run_bytes(run) == {42: (GB, 5)}
+    assert journal.run_cost(run)[1] == pytest.approx(2.0 + 5 / GB, rel=1e-3, abs=0.01)
+    journal.close()
+
+
 # -- end to end: the real snakemake CLI against the simulator ---------------------------
 pricey_network = [
     {"id": 900 + i, "dph_total": 0.30, "inet_up_cost": 6.0, "inet_down_cost": 4.0,
