@@ -581,6 +581,7 @@ class Journal:
         with self._write() as db:
             current = _schema_version(self._conn)
             _refuse_newer(self.path, current, self.SCHEMA_VERSION)
+            self._refuse_foreign_migrations(current)
             for version in range(current + 1, self.SCHEMA_VERSION + 1):
                 step = MIGRATIONS[version - 1]
                 step(db)
@@ -590,6 +591,26 @@ class Journal:
                 )
                 _insert(
                     db, "migrations", version=version, name=step.__name__, applied_at=self._clock()
+                )
+
+    def _refuse_foreign_migrations(self, current: int) -> None:
+        """Version n must be the migration this plugin calls n: a journal written by a
+        build that numbered its migrations differently would otherwise be 'migrated'
+        by steps that do not fit its schema."""
+        if current == 0:
+            return
+        rows = self._conn.execute("SELECT version, name FROM migrations").fetchall()
+        for version, name in rows:
+            if not 1 <= int(version) <= len(MIGRATIONS):
+                continue  # _refuse_newer has judged versions above ours
+            expected = MIGRATIONS[int(version) - 1].__name__
+            if name != expected:
+                raise JournalError(
+                    f"journal {self.path} records schema version {version} as {name!r}, but "
+                    f"this plugin's version {version} is {expected!r}: a different build "
+                    "wrote it. Use the plugin version that wrote it; do not delete the "
+                    "journal, it may name instances that still bill.",
+                    self.path,
                 )
 
     def _columns(self, table: str) -> frozenset[str]:

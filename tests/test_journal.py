@@ -268,6 +268,18 @@ def test_a_new_migration_runs_once_and_keeps_the_data(
     assert raw(j.path, "SELECT state, priority FROM jobs") == [("searching", 5)]
 
 
+def test_a_journal_whose_migration_names_differ_is_refused(tmp_path: Path) -> None:
+    """A build that numbered its migrations differently wrote it: steps would not fit."""
+    j = Journal.for_workdir(tmp_path)
+    j.close()
+    conn = sqlite3.connect(j.path)
+    with conn:
+        conn.execute("UPDATE migrations SET name = 'm005_warm_instances' WHERE version = 5")
+    conn.close()
+    with pytest.raises(JournalError, match=r"version 5 as 'm005_warm_instances'.*'m005_bids'"):
+        Journal.for_workdir(tmp_path)
+
+
 # -- damaged and too new files --------------------------------------------------------------
 def test_garbage_file_is_refused_untouched_and_can_be_moved_aside(tmp_path: Path) -> None:
     path = tmp_path / ".snakemake/vastai/journal.sqlite"
