@@ -27,6 +27,7 @@ DEFAULT_INTERVAL = 5.0  # seconds between progress lines of one transfer
 JOURNAL_SECONDS = 1.0  # seconds between journal writes of one transfer
 
 LogFn = Callable[..., None]  # log(level, event, **fields)
+_FAILED = object()  # a journal call that raised
 
 
 def human_bytes(n: float) -> str:
@@ -71,10 +72,12 @@ class TransferProgress:
         self._last_line = self._start
         self._last_write = self._start
         # The row is written only once the transfer has run for JOURNAL_SECONDS: most
-        # transfers are small, and each journal write is a synced commit.
+        # transfers are small, and each journal write is a synced commit. After a failed
+        # write the periodic updates stop, but the row id is kept so end() can close it.
         self._row: int | None = None
         self._writing = journal is not None
         self._journal_every = min(JOURNAL_SECONDS, interval) if interval > 0 else JOURNAL_SECONDS
+        self._warned = False
         self._row_facts = {"job_id": job_id, "instance_id": instance_id,
                            "direction": direction, "total": total, "started_at": time.time()}
 
@@ -98,9 +101,11 @@ class TransferProgress:
 
     def _write_row(self, done: int, ended: bool = False) -> None:
         if self._row is None:
-            self._row = self._journal_call(self._journal.start_transfer, **self._row_facts)
-        if self._row is not None:
-            self._journal_call(self._journal.update_transfer, self._row, done, ended=ended)
+            row = self._journal_call(self._journal.start_transfer, **self._row_facts)
+            if row is _FAILED:
+                return
+            self._row = row
+        self._journal_call(self._journal.update_transfer, self._row, done, ended=ended)
 
     def _due_line(self, now: float) -> bool:
         if self._interval <= 0 or now - self._last_line < self._interval:
@@ -139,19 +144,22 @@ class TransferProgress:
             self._log("info", f"{self.direction} done: {human_bytes(done)} in "
                       f"{human_seconds(elapsed)} ({human_bytes(done / elapsed)}/s)",
                       bytes=done, seconds=round(elapsed, 2), progress_lines=lines)
-        if self._row is not None and self._writing:  # a short transfer never had a row
-            self._write_row(done, ended=True)
+        if self._row is not None:  # a short transfer never had a row; a started one is
+            self._write_row(done, ended=True)  # closed even after a failed update
 
     def _journal_call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """A progress row is a courtesy: a busy or failing journal must never break the
-        transfer. After one failure this transfer stops writing its row."""
+        transfer. After one failure this transfer stops its periodic updates (warned
+        once); ``_FAILED`` tells the caller."""
         try:
             return fn(*args, **kw)
         except Exception as exc:
-            self._row, self._writing = None, False
-            self._log("warning", f"{self.direction} progress is not journaled",
-                      error=str(exc))
-            return None
+            self._writing = False
+            if not self._warned:
+                self._warned = True
+                self._log("warning", f"{self.direction} progress is not journaled",
+                          error=str(exc))
+            return _FAILED
 
 
 def planned_bytes(files: Any) -> int:

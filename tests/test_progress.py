@@ -175,3 +175,46 @@ def test_a_transfer_shorter_than_a_second_writes_no_journal_row():
     feed(progress, clock, total=900 * MiB, seconds=0.9, pieces=90)
     progress.end()
     assert journal.updates == [] and not hasattr(journal, "started")
+
+
+# -- a failed write, the bytes that go with each write ----------------------------------------
+def real_journal(tmp_path, clock=None) -> tuple[Journal, str]:
+    """A journal with a run and instance 42 (offer with bandwidth prices)."""
+    journal = Journal(tmp_path / "j.sqlite", **({"clock": clock} if clock else {}))
+    run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    job = journal.add_job(run_id=run, rule="r", snakemake_jobid=1, fingerprint="f",
+                          attempt=1, state="searching")
+    label = journal.label_prefix + "-x"
+    journal.record_rent_intent(job_id=job, run_id=run, label=label,
+                               offer={"offer_id": 7, "dph_total": 1.0, "inet_down_cost": 4.0})
+    journal.record_instance_created(label, 42)
+    return journal, run
+
+
+def test_one_failed_progress_write_still_lets_end_close_the_row(tmp_path):
+    journal, _run = real_journal(tmp_path)
+    clock, lines = Clock(), []
+    progress = TransferProgress("upload", 100 * MiB, log=lambda lvl, ev, **kw: lines.append(
+        (lvl, ev)), journal=journal, instance_id=42, interval=5.0, clock=clock)
+    clock.now += 1.5
+    progress.count(10 * MiB, 0)  # the row is created
+    real, calls = journal.update_transfer, []
+
+    def flaky(*a: Any, **kw: Any) -> None:
+        calls.append(a)
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        real(*a, **kw)
+
+    journal.update_transfer = flaky  # type: ignore[method-assign]
+    clock.now += 1.5
+    progress.count(10 * MiB, 0)  # this write fails: periodic updates stop
+    clock.now += 1.5
+    progress.count(80 * MiB, 0)
+    assert len(calls) == 1
+    progress.end(True)
+    assert journal.transfers(in_flight=True) == []
+    (row,) = journal.transfers()
+    assert row["bytes_done"] == 100 * MiB and row["ended_at"] is not None
+    assert [ev for lvl, ev in lines if lvl == "warning"] == ["upload progress is not journaled"]
+    journal.close()
