@@ -1438,7 +1438,11 @@ class Journal:
             )
             return int(cursor.lastrowid or 0)
 
-    def update_transfer(self, transfer_id: int, done: int, *, ended: bool = False) -> None:
+    def update_transfer(self, transfer_id: int, done: int, *, ended: bool = False,
+                        uploaded: int = 0, downloaded: int = 0) -> None:
+        """A transfer's progress and, in the same transaction, the bytes its instance
+        moved since the last write (``uploaded``/``downloaded``, deltas): a crash then
+        loses at most the bytes of one progress interval from the ledger."""
         now = self._clock()
         with self._write() as db:
             db.execute(
@@ -1446,6 +1450,25 @@ class Journal:
                 "ended_at = CASE WHEN ? THEN ? ELSE ended_at END WHERE id = ?",
                 [int(done), now, int(ended), now, int(transfer_id)],
             )
+            if uploaded > 0 or downloaded > 0:
+                row = db.execute("SELECT instance_id FROM transfers WHERE id = ?",
+                                 [int(transfer_id)]).fetchone()
+                if row is not None and row[0] is not None:
+                    self._add_bytes(db, int(row[0]), uploaded, downloaded)
+
+    def close_transfers(self, run_ids: Collection[str]) -> int:
+        """End the in-flight transfer rows of runs that are over (a crash left them open);
+        they end at their last update. The number closed."""
+        runs = list(run_ids)
+        if not runs:
+            return 0
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE transfers SET ended_at = updated_at WHERE ended_at IS NULL "
+                f"AND run_id IN ({_marks(runs)})",
+                runs,
+            )
+            return int(cursor.rowcount or 0)
 
     def transfers(self, *, in_flight: bool = False) -> list[dict]:
         where = "WHERE ended_at IS NULL " if in_flight else ""

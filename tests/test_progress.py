@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from snakemake_executor_plugin_vastai import journal_cli
+from snakemake_executor_plugin_vastai import journal_cli, ledger
 from snakemake_executor_plugin_vastai.journal import Journal
 from snakemake_executor_plugin_vastai.journal_cli import main
 from snakemake_executor_plugin_vastai.progress import (
@@ -177,7 +177,7 @@ def test_a_transfer_shorter_than_a_second_writes_no_journal_row():
     assert journal.updates == [] and not hasattr(journal, "started")
 
 
-# -- a failed write, the bytes that go with each write ----------------------------------------
+# -- a failed write, a tiny interval, the bytes that go with each write ----------------------
 def real_journal(tmp_path, clock=None) -> tuple[Journal, str]:
     """A journal with a run and instance 42 (offer with bandwidth prices)."""
     journal = Journal(tmp_path / "j.sqlite", **({"clock": clock} if clock else {}))
@@ -217,4 +217,44 @@ def test_one_failed_progress_write_still_lets_end_close_the_row(tmp_path):
     (row,) = journal.transfers()
     assert row["bytes_done"] == 100 * MiB and row["ended_at"] is not None
     assert [ev for lvl, ev in lines if lvl == "warning"] == ["upload progress is not journaled"]
+    journal.close()
+
+
+def test_each_progress_write_journals_the_meters_bytes_with_it(tmp_path):
+    """A crash mid-transfer loses at most the bytes since the last write (about 1 s)."""
+    journal, run = real_journal(tmp_path)
+    clock, meter = Clock(), ledger.ByteMeter()
+    progress = TransferProgress("upload", 300 * MiB, log=lambda *a, **k: None,
+                                journal=journal, instance_id=42, interval=5.0, clock=clock,
+                                meter=meter)
+    meter.listener = progress.count
+    for _ in range(20):  # 2.5 s at 32 MiB/s; no end(): the process dies here
+        clock.now += 0.125
+        meter.sent(4 * MiB)
+    (row,) = journal.transfers(in_flight=True)
+    (instance,) = journal.instances()
+    assert row["bytes_done"] == 64 * MiB  # the write at 2.0 s
+    assert (instance["bytes_uploaded"], instance["bytes_downloaded"]) == (64 * MiB, 0)
+    assert journal.run_bytes(run) == {42: (64 * MiB, 0)}
+    assert meter.take() == (16 * MiB, 0)  # only the last half second is not journaled yet
+    journal.close()
+
+
+def test_a_failed_progress_write_hands_its_bytes_back_to_the_meter(tmp_path):
+    journal, _run = real_journal(tmp_path)
+    clock, meter = Clock(), ledger.ByteMeter()
+    progress = TransferProgress("upload", 300 * MiB, log=lambda *a, **k: None,
+                                journal=journal, instance_id=42, interval=5.0, clock=clock,
+                                meter=meter)
+    meter.listener = progress.count
+
+    def busy(*a: Any, **kw: Any) -> None:
+        raise RuntimeError("database is locked")
+
+    journal.update_transfer = busy  # type: ignore[method-assign]
+    for _ in range(12):  # 1.5 s: the write at 1 s fails
+        clock.now += 0.125
+        meter.sent(MiB)
+    assert journal.instances()[0]["bytes_uploaded"] == 0
+    assert meter.take() == (12 * MiB, 0)  # the flush at the end journals them
     journal.close()
