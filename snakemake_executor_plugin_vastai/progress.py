@@ -9,8 +9,8 @@ session's :class:`~.ledger.ByteMeter`) and
   (an upload by its planned size; a download of unknown size once it passes
   the threshold), through the job's structlog logger like every other line;
 - writes the journal's ``transfers`` row at most once every
-  :data:`JOURNAL_SECONDS` (or the shorter line interval), and only for a
-  transfer that lasts that long, so
+  :data:`JOURNAL_SECONDS` whatever the line interval (each write is a synced
+  commit), and only for a transfer that lasts that long, so
   ``journal jobs --follow`` shows what is moving without a write per network
   packet (or any write for the many small transfers);
 - with the row, in the same transaction, journals the bytes the instance moved
@@ -27,6 +27,7 @@ from typing import Any
 
 THRESHOLD_BYTES = 32 * 1024**2  # smaller transfers end before a line would help
 DEFAULT_INTERVAL = 5.0  # seconds between progress lines of one transfer
+MIN_INTERVAL = 0.5  # a shorter line interval floods the log (startup.py refuses it)
 JOURNAL_SECONDS = 1.0  # seconds between journal writes of one transfer
 
 LogFn = Callable[..., None]  # log(level, event, **fields)
@@ -67,7 +68,7 @@ class TransferProgress:
         self.lines = 0
         self._log = log
         self._journal = journal
-        self._interval = interval
+        self._interval = max(interval, MIN_INTERVAL) if interval > 0 else 0.0
         self._meter = meter  # the instance's ByteMeter: its deltas go with the row
         self._threshold = threshold
         self._clock = clock
@@ -80,7 +81,6 @@ class TransferProgress:
         # write the periodic updates stop, but the row id is kept so end() can close it.
         self._row: int | None = None
         self._writing = journal is not None
-        self._journal_every = min(JOURNAL_SECONDS, interval) if interval > 0 else JOURNAL_SECONDS
         self._warned = False
         self._row_facts = {"job_id": job_id, "instance_id": instance_id,
                            "direction": direction, "total": total, "started_at": time.time()}
@@ -94,7 +94,7 @@ class TransferProgress:
             self.done += n
             now = self._clock()
             line = self._due_line(now)
-            write = self._writing and now - self._last_write >= self._journal_every
+            write = self._writing and now - self._last_write >= JOURNAL_SECONDS
             if write:
                 self._last_write = now
             done = self.done

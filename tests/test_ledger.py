@@ -172,7 +172,7 @@ def journal_at(wf: Path) -> Journal:
 def test_ledger_totals_agree_with_the_simulators_billing(tmp_path, simulator_factory, capsys):
     sim = simulator_factory(offers=pricey_network)
     wf = transfer_workflow(tmp_path / "wf", 40_000_000)
-    result = run_snakemake(wf, sim.url, sim.api_key, "--vastai-progress-interval", "0.05")
+    result = run_snakemake(wf, sim.url, sim.api_key, "--vastai-progress-interval", "0.5")
     assert result.returncode == 0, result.stderr[-4000:]
     truth = sim.truth()
     assert alive(truth) == []
@@ -206,20 +206,18 @@ def test_ledger_totals_agree_with_the_simulators_billing(tmp_path, simulator_fac
                          "cost"]) == 0
     text = capsys.readouterr().out
     assert "COMPUTE  BANDWIDTH" in text and "BALANCE OF RUN" in text
-    # progress: the 40 MB upload was reported while it ran (the 12 MB are under the bar)
+    # progress: the 40 MB upload (above the bar; the 12 MB are under it) says when it is
+    # done; lines while it runs are shown by the crash test below (a longer upload)
     lines = [ln for ln in result.stderr.splitlines() if "vastai: upload" in ln]
-    assert any(re.search(r"upload: [\d.]+ MiB of 38\.1 MiB \(\d+%\) at .*/s, .* left", ln)
-               for ln in lines), "\n".join(lines)
     assert any(re.search(r"upload done: 38\.\d MiB in", ln) for ln in lines), "\n".join(lines)
     transfers = sqlite3.connect(wf / ".snakemake/vastai/journal.sqlite").execute(
         "select direction, bytes_done, ended_at is not null from transfers "
         "where bytes_done > 1000000 order by id").fetchall()
-    # a transfer gets a row once it has lasted a progress interval (0.05 s here): the
-    # 40 MB upload surely has, the 12 MB ones may have been quicker
-    assert transfers[0][0] == "upload"
-    assert 40_000_000 <= transfers[0][1] < 41_000_000  # a's input, plus tar headers
-    assert all(12_000_000 <= done < 12_100_000 for _, done, _ in transfers[1:])
-    assert all(ended for *_, ended in transfers)
+    # a transfer gets a row once it has lasted a second (journal writes are at most one a
+    # second): these quick ones may have none; any they have is closed with its full size
+    for direction, done, ended in transfers:
+        assert ended and (40_000_000 <= done < 41_000_000 if direction == "upload"
+                          else 12_000_000 <= done < 12_100_000)
 
 
 @pytest.mark.e2e

@@ -220,6 +220,25 @@ def test_one_failed_progress_write_still_lets_end_close_the_row(tmp_path):
     journal.close()
 
 
+def test_a_tiny_line_interval_neither_floods_the_log_nor_commits_per_chunk(tmp_path):
+    journal, _run = real_journal(tmp_path)
+    clock, lines = Clock(), []
+    progress = TransferProgress("upload", 1000 * MiB, log=lambda *a, **k: lines.append(a),
+                                journal=journal, instance_id=42, interval=0.001, clock=clock)
+    writes = []
+    real = journal.update_transfer
+
+    def counting(*a: Any, **kw: Any) -> None:
+        writes.append(a)
+        real(*a, **kw)
+
+    journal.update_transfer = counting  # type: ignore[method-assign]
+    feed(progress, clock, total=1000 * MiB, seconds=2.0, pieces=1000)  # 1 MiB per 2 ms
+    assert 1 <= len(writes) <= 2  # one per second, whatever the line interval
+    assert 3 <= len(lines) <= 4  # a line per 0.5 s (the floor of the interval), not per chunk
+    journal.close()
+
+
 def test_each_progress_write_journals_the_meters_bytes_with_it(tmp_path):
     """A crash mid-transfer loses at most the bytes since the last write (about 1 s)."""
     journal, run = real_journal(tmp_path)
@@ -258,3 +277,24 @@ def test_a_failed_progress_write_hands_its_bytes_back_to_the_meter(tmp_path):
     assert journal.instances()[0]["bytes_uploaded"] == 0
     assert meter.take() == (12 * MiB, 0)  # the flush at the end journals them
     journal.close()
+
+
+@pytest.mark.parametrize("value", [0.001, 0.49, -1, "soon", float("inf")])
+def test_progress_intervals_below_half_a_second_are_refused_naming_the_option(value):
+    from types import SimpleNamespace
+
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    from snakemake_executor_plugin_vastai.startup import progress_interval
+
+    with pytest.raises(WorkflowError, match="--vastai-progress-interval"):
+        progress_interval(SimpleNamespace(progress_interval=value))
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(0, 0.0), (0.5, 0.5), (None, 5.0), (12, 12.0)])
+def test_progress_intervals_off_or_from_half_a_second_are_taken(value, seconds):
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_vastai.startup import progress_interval
+
+    assert progress_interval(SimpleNamespace(progress_interval=value)) == seconds
