@@ -122,7 +122,7 @@ class ExecutorSettings(ExecutorSettingsBase):
         "env_var": False, "required": False})
     progress_interval: float = field(default=5.0, metadata={
         "help": "Seconds between progress lines (bytes, rate, time left) of an upload or "
-                "download above 32 MiB; 0 turns them off.",
+                "download above 32 MiB (at least 0.5); 0 turns them off.",
         "env_var": False, "required": False})
     # -- interruptible (bid) instances, issue 15 (bids.py); Snakemake's own
     # --preemptible-rules choose the rules and --preemptible-retries the fallback.

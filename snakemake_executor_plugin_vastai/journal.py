@@ -74,6 +74,9 @@ found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
 balance_after``; ``transfers(id, job_id, run_id, instance_id, direction,
 bytes_done, bytes_total, started_at, updated_at, ended_at)``
     The cost ledger's facts (migration ``m004_cost_ledger``, see ledger.py).
+``instance_run_bytes(instance_id, run_id -> runs, bytes_uploaded, bytes_downloaded)``
+    The same bytes split by the run that moved them (``m007_bytes_per_run``): a
+    run's ``--vastai-max-spend`` counts what it moved on an earlier run's instance.
 ``transitions(id INTEGER PK AUTOINCREMENT, job_id -> jobs, run_id -> runs,
 from_state, to_state, trigger, at, detail)``
     Append-only (triggers refuse UPDATE and DELETE): one row per state change,
@@ -379,6 +382,27 @@ def m006_warm_instances(db: sqlite_utils.Database) -> None:
         instance_transitions BEGIN SELECT RAISE(ABORT, 'append-only'); END""")
 
 
+@migration
+def m007_bytes_per_run(db: sqlite_utils.Database) -> None:
+    """Bytes moved per (instance, run): a resumed run moves bytes on an instance an
+    earlier run rented, and its ``--vastai-max-spend`` must count them (the instance
+    row's totals stay, for the instance's own bill). Rows journaled before this version
+    are the renting run's."""
+    db.execute(
+        """CREATE TABLE instance_run_bytes (
+            instance_id INTEGER NOT NULL, run_id TEXT NOT NULL REFERENCES runs(id),
+            bytes_uploaded INTEGER NOT NULL DEFAULT 0,
+            bytes_downloaded INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (instance_id, run_id))"""
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO instance_run_bytes (instance_id, run_id, bytes_uploaded, "
+        "bytes_downloaded) SELECT instance_id, run_id, bytes_uploaded, bytes_downloaded "
+        "FROM instances WHERE instance_id IS NOT NULL AND run_id IS NOT NULL "
+        "AND (bytes_uploaded > 0 OR bytes_downloaded > 0)"
+    )
+
+
 WORKFLOW_ID_FILE = "workflow-id"
 
 
@@ -557,6 +581,7 @@ class Journal:
         with self._write() as db:
             current = _schema_version(self._conn)
             _refuse_newer(self.path, current, self.SCHEMA_VERSION)
+            self._refuse_foreign_migrations(current)
             for version in range(current + 1, self.SCHEMA_VERSION + 1):
                 step = MIGRATIONS[version - 1]
                 step(db)
@@ -566,6 +591,26 @@ class Journal:
                 )
                 _insert(
                     db, "migrations", version=version, name=step.__name__, applied_at=self._clock()
+                )
+
+    def _refuse_foreign_migrations(self, current: int) -> None:
+        """Version n must be the migration this plugin calls n: a journal written by a
+        build that numbered its migrations differently would otherwise be 'migrated'
+        by steps that do not fit its schema."""
+        if current == 0:
+            return
+        rows = self._conn.execute("SELECT version, name FROM migrations").fetchall()
+        for version, name in rows:
+            if not 1 <= int(version) <= len(MIGRATIONS):
+                continue  # _refuse_newer has judged versions above ours
+            expected = MIGRATIONS[int(version) - 1].__name__
+            if name != expected:
+                raise JournalError(
+                    f"journal {self.path} records schema version {version} as {name!r}, but "
+                    f"this plugin's version {version} is {expected!r}: a different build "
+                    "wrote it. Use the plugin version that wrote it; do not delete the "
+                    "journal, it may name instances that still bill.",
+                    self.path,
                 )
 
     def _columns(self, table: str) -> frozenset[str]:
@@ -1305,25 +1350,68 @@ class Journal:
         return _cost(rows[0], self._clock())
 
     def run_cost(self, run_id: str) -> tuple[float, float]:
-        """Total (seconds, dollars) of the instances a run rented."""
+        """Total (seconds, dollars) a run is answerable for: the time of the instances it
+        rented, and the bandwidth it moved on any instance (a resumed run moves bytes on
+        an earlier run's instance; those bytes are the earlier run's no more)."""
         now = self._clock()
-        costs = [
-            _cost(row, now)
-            for row in self._rows("SELECT * FROM instances WHERE run_id = ?", [run_id])
-        ]
-        return sum(c[0] for c in costs), sum(c[1] for c in costs)
+        moved = {
+            int(r["instance_id"]): r
+            for r in self._rows("SELECT * FROM instance_run_bytes WHERE run_id = ?", [run_id])
+        }
+        rows = self._rows(
+            "SELECT * FROM instances WHERE run_id = ? OR instance_id IN "
+            "(SELECT instance_id FROM instance_run_bytes WHERE run_id = ?)",
+            [run_id, run_id],
+        )
+        seconds = dollars = 0.0
+        for row in rows:
+            mine = moved.get(int(row["instance_id"])) if row["instance_id"] is not None \
+                else None
+            row = {**row, "bytes_uploaded": mine["bytes_uploaded"] if mine else 0,
+                   "bytes_downloaded": mine["bytes_downloaded"] if mine else 0}
+            billed, total = _cost(row, now)
+            if row["run_id"] == run_id:
+                seconds, dollars = seconds + billed, dollars + total
+            else:  # only the bytes this run moved on another run's instance
+                dollars += ledger.bandwidth_dollars(row, billed)
+        return seconds, dollars
 
     # -- the cost ledger (see ledger.py) ------------------------------------------------------
     def add_instance_bytes(self, instance_id: int, uploaded: int, downloaded: int) -> None:
-        """Add bytes moved to or from an instance (deltas: reconnects and reuse add on)."""
+        """Add bytes moved to or from an instance (deltas: reconnects and reuse add on), to
+        its totals and to this run's share of them."""
         if uploaded <= 0 and downloaded <= 0:
             return
         with self._write() as db:
-            db.execute(
-                "UPDATE instances SET bytes_uploaded = bytes_uploaded + ?, "
-                "bytes_downloaded = bytes_downloaded + ? WHERE instance_id = ?",
-                [max(uploaded, 0), max(downloaded, 0), int(instance_id)],
-            )
+            self._add_bytes(db, int(instance_id), uploaded, downloaded)
+
+    def _add_bytes(self, db: sqlite_utils.Database, instance_id: int, uploaded: int,
+                   downloaded: int) -> None:
+        """Within a write transaction: the instance's totals and the (instance, run) row
+        (the current run's; the renting run's when no run is current)."""
+        up, down = max(int(uploaded), 0), max(int(downloaded), 0)
+        if up == 0 and down == 0:
+            return
+        db.execute(
+            "UPDATE instances SET bytes_uploaded = bytes_uploaded + ?, "
+            "bytes_downloaded = bytes_downloaded + ? WHERE instance_id = ?",
+            [up, down, instance_id],
+        )
+        db.execute(
+            "INSERT INTO instance_run_bytes (instance_id, run_id, bytes_uploaded, "
+            "bytes_downloaded) SELECT instance_id, COALESCE(?, run_id), ?, ? FROM instances "
+            "WHERE instance_id = ? AND COALESCE(?, run_id) IS NOT NULL LIMIT 1 "
+            "ON CONFLICT (instance_id, run_id) DO UPDATE SET "
+            "bytes_uploaded = bytes_uploaded + excluded.bytes_uploaded, "
+            "bytes_downloaded = bytes_downloaded + excluded.bytes_downloaded",
+            [self._run_id, up, down, instance_id, self._run_id],
+        )
+
+    def run_bytes(self, run_id: str) -> dict[int, tuple[int, int]]:
+        """instance id -> (uploaded, downloaded) that ``run_id`` moved on it."""
+        return {int(r["instance_id"]): (int(r["bytes_uploaded"]), int(r["bytes_downloaded"]))
+                for r in self._rows("SELECT * FROM instance_run_bytes WHERE run_id = ?",
+                                    [run_id])}
 
     def record_balance(self, run_id: str, *, before: float | None = None,
                        after: float | None = None) -> None:
@@ -1350,7 +1438,11 @@ class Journal:
             )
             return int(cursor.lastrowid or 0)
 
-    def update_transfer(self, transfer_id: int, done: int, *, ended: bool = False) -> None:
+    def update_transfer(self, transfer_id: int, done: int, *, ended: bool = False,
+                        uploaded: int = 0, downloaded: int = 0) -> None:
+        """A transfer's progress and, in the same transaction, the bytes its instance
+        moved since the last write (``uploaded``/``downloaded``, deltas): a crash then
+        loses at most the bytes of one progress interval from the ledger."""
         now = self._clock()
         with self._write() as db:
             db.execute(
@@ -1358,6 +1450,25 @@ class Journal:
                 "ended_at = CASE WHEN ? THEN ? ELSE ended_at END WHERE id = ?",
                 [int(done), now, int(ended), now, int(transfer_id)],
             )
+            if uploaded > 0 or downloaded > 0:
+                row = db.execute("SELECT instance_id FROM transfers WHERE id = ?",
+                                 [int(transfer_id)]).fetchone()
+                if row is not None and row[0] is not None:
+                    self._add_bytes(db, int(row[0]), uploaded, downloaded)
+
+    def close_transfers(self, run_ids: Collection[str]) -> int:
+        """End the in-flight transfer rows of runs that are over (a crash left them open);
+        they end at their last update. The number closed."""
+        runs = list(run_ids)
+        if not runs:
+            return 0
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE transfers SET ended_at = updated_at WHERE ended_at IS NULL "
+                f"AND run_id IN ({_marks(runs)})",
+                runs,
+            )
+            return int(cursor.rowcount or 0)
 
     def transfers(self, *, in_flight: bool = False) -> list[dict]:
         where = "WHERE ended_at IS NULL " if in_flight else ""

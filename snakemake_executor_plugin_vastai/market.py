@@ -45,15 +45,17 @@ class OfferMarket:
                                        bid=bid)
 
     def spend_cap_reached(self) -> str | None:
-        """A message once --vastai-max-spend is used up by this run's instances."""
+        """A message once --vastai-max-spend is used up: the instances this run rented and
+        the bytes it moved on any instance (a resumed run's on an earlier run's)."""
         cap = self._max_spend
         if cap is None:
             return None
         _seconds, spent = self._journal.run_cost(self._run_id)
         if spent < cap:
             return None
-        return (f"--vastai-max-spend of ${cap:g} reached (this run's instances cost "
-                f"${spent:.4f}); no new instance is rented, running jobs finish")
+        return (f"--vastai-max-spend of ${cap:g} reached (this run has spent "
+                f"${spent:.4f} on instances and bandwidth); no new instance is rented, "
+                "running jobs finish")
 
     def claim(self, offer_id: int) -> bool:
         """Reserve an offer for one job of this run; False if another job has it."""

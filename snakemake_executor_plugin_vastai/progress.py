@@ -9,10 +9,13 @@ session's :class:`~.ledger.ByteMeter`) and
   (an upload by its planned size; a download of unknown size once it passes
   the threshold), through the job's structlog logger like every other line;
 - writes the journal's ``transfers`` row at most once every
-  :data:`JOURNAL_SECONDS` (or the shorter line interval), and only for a
-  transfer that lasts that long, so
+  :data:`JOURNAL_SECONDS` whatever the line interval (each write is a synced
+  commit), and only for a transfer that lasts that long, so
   ``journal jobs --follow`` shows what is moving without a write per network
-  packet (or any write for the many small transfers).
+  packet (or any write for the many small transfers);
+- with the row, in the same transaction, journals the bytes the instance moved
+  since the last write (its :class:`~.ledger.ByteMeter`'s delta), so a crash
+  mid-transfer loses at most about a second of bytes from the cost ledger.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from typing import Any
 
 THRESHOLD_BYTES = 32 * 1024**2  # smaller transfers end before a line would help
 DEFAULT_INTERVAL = 5.0  # seconds between progress lines of one transfer
+MIN_INTERVAL = 0.5  # a shorter line interval floods the log (startup.py refuses it)
 JOURNAL_SECONDS = 1.0  # seconds between journal writes of one transfer
 
 LogFn = Callable[..., None]  # log(level, event, **fields)
+_FAILED = object()  # a journal call that raised
 
 
 def human_bytes(n: float) -> str:
@@ -53,7 +58,7 @@ class TransferProgress:
     def __init__(self, direction: str, total: int | None, *, log: LogFn,
                  journal: Any = None, job_id: str | None = None,
                  instance_id: int | None = None, interval: float = DEFAULT_INTERVAL,
-                 threshold: int = THRESHOLD_BYTES,
+                 threshold: int = THRESHOLD_BYTES, meter: Any = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if direction not in ("upload", "download"):
             raise ValueError(f"direction must be upload or download, not {direction!r}")
@@ -63,7 +68,8 @@ class TransferProgress:
         self.lines = 0
         self._log = log
         self._journal = journal
-        self._interval = interval
+        self._interval = max(interval, MIN_INTERVAL) if interval > 0 else 0.0
+        self._meter = meter  # the instance's ByteMeter: its deltas go with the row
         self._threshold = threshold
         self._clock = clock
         self._lock = threading.Lock()
@@ -71,10 +77,11 @@ class TransferProgress:
         self._last_line = self._start
         self._last_write = self._start
         # The row is written only once the transfer has run for JOURNAL_SECONDS: most
-        # transfers are small, and each journal write is a synced commit.
+        # transfers are small, and each journal write is a synced commit. After a failed
+        # write the periodic updates stop, but the row id is kept so end() can close it.
         self._row: int | None = None
         self._writing = journal is not None
-        self._journal_every = min(JOURNAL_SECONDS, interval) if interval > 0 else JOURNAL_SECONDS
+        self._warned = False
         self._row_facts = {"job_id": job_id, "instance_id": instance_id,
                            "direction": direction, "total": total, "started_at": time.time()}
 
@@ -87,7 +94,7 @@ class TransferProgress:
             self.done += n
             now = self._clock()
             line = self._due_line(now)
-            write = self._writing and now - self._last_write >= self._journal_every
+            write = self._writing and now - self._last_write >= JOURNAL_SECONDS
             if write:
                 self._last_write = now
             done = self.done
@@ -98,9 +105,16 @@ class TransferProgress:
 
     def _write_row(self, done: int, ended: bool = False) -> None:
         if self._row is None:
-            self._row = self._journal_call(self._journal.start_transfer, **self._row_facts)
-        if self._row is not None:
-            self._journal_call(self._journal.update_transfer, self._row, done, ended=ended)
+            row = self._journal_call(self._journal.start_transfer, **self._row_facts)
+            if row is _FAILED:
+                return
+            self._row = row
+        moved = self._meter.take() if self._meter is not None else (0, 0)
+        extra = {"uploaded": moved[0], "downloaded": moved[1]} if any(moved) else {}
+        result = self._journal_call(self._journal.update_transfer, self._row, done,
+                                    ended=ended, **extra)
+        if result is _FAILED and any(moved):
+            self._meter.untake(*moved)  # the next write or the final flush journals them
 
     def _due_line(self, now: float) -> bool:
         if self._interval <= 0 or now - self._last_line < self._interval:
@@ -139,19 +153,22 @@ class TransferProgress:
             self._log("info", f"{self.direction} done: {human_bytes(done)} in "
                       f"{human_seconds(elapsed)} ({human_bytes(done / elapsed)}/s)",
                       bytes=done, seconds=round(elapsed, 2), progress_lines=lines)
-        if self._row is not None and self._writing:  # a short transfer never had a row
-            self._write_row(done, ended=True)
+        if self._row is not None:  # a short transfer never had a row; a started one is
+            self._write_row(done, ended=True)  # closed even after a failed update
 
     def _journal_call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """A progress row is a courtesy: a busy or failing journal must never break the
-        transfer. After one failure this transfer stops writing its row."""
+        transfer. After one failure this transfer stops its periodic updates (warned
+        once); ``_FAILED`` tells the caller."""
         try:
             return fn(*args, **kw)
         except Exception as exc:
-            self._row, self._writing = None, False
-            self._log("warning", f"{self.direction} progress is not journaled",
-                      error=str(exc))
-            return None
+            self._writing = False
+            if not self._warned:
+                self._warned = True
+                self._log("warning", f"{self.direction} progress is not journaled",
+                          error=str(exc))
+            return _FAILED
 
 
 def planned_bytes(files: Any) -> int:

@@ -88,6 +88,7 @@ class Recovery:
         """
         journal = self.run.journal
         dead = self._dead_runs()
+        journal.close_transfers(dead)  # a crash left them "in flight" (progress.py)
         owners = journal.instance_owner_runs()
         old_jobs = [j for j in journal.unfinished_jobs(exclude_run=self.run.run_id)
                     if j["run_id"] in dead]

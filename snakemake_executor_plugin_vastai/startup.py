@@ -28,6 +28,7 @@ from .journal import (
 )
 from .logs import SECRETS, PluginLogger
 from .offers import OfferSettings
+from .progress import MIN_INTERVAL
 from .redaction import add_environment
 from .rule_settings import container_of, validate_rule_settings
 from .runtime import Run, RunSettings, SnakemakeHooks
@@ -148,15 +149,16 @@ def run_settings(settings: Any, container_image: str | None = None,
 
 
 def progress_interval(settings: Any) -> float:
-    """--vastai-progress-interval: seconds >= 0 (0 = no progress lines)."""
+    """--vastai-progress-interval: 0 (no progress lines) or seconds >= 0.5 (shorter
+    intervals flood the log; see progress.MIN_INTERVAL)."""
     value = getattr(settings, "progress_interval", 5.0)
     try:
         seconds = float(5.0 if value is None else value)
     except (TypeError, ValueError):
         seconds = -1.0
-    if not seconds >= 0:
-        raise WorkflowError(f"--vastai-progress-interval must be a number of seconds >= 0 "
-                            f"(0 = off), not {value!r}")
+    if not (seconds == 0 or MIN_INTERVAL <= seconds < float("inf")):
+        raise WorkflowError(f"--vastai-progress-interval must be 0 (off) or a number of "
+                            f"seconds >= {MIN_INTERVAL:g}, not {value!r}")
     return seconds
 
 

@@ -268,6 +268,35 @@ def test_a_new_migration_runs_once_and_keeps_the_data(
     assert raw(j.path, "SELECT state, priority FROM jobs") == [("searching", 5)]
 
 
+def test_a_journal_whose_migration_names_differ_is_refused(tmp_path: Path) -> None:
+    """A build that numbered its migrations differently wrote it: steps would not fit."""
+    j = Journal.for_workdir(tmp_path)
+    j.close()
+    conn = sqlite3.connect(j.path)
+    with conn:
+        conn.execute("UPDATE migrations SET name = 'm005_warm_instances' WHERE version = 5")
+    conn.close()
+    with pytest.raises(JournalError, match=r"version 5 as 'm005_warm_instances'.*'m005_bids'"):
+        Journal.for_workdir(tmp_path)
+
+
+def test_transfers_of_dead_runs_are_closed_at_their_last_update(tmp_path: Path) -> None:
+    clock = [1000.0]
+    j = Journal(tmp_path / "j.sqlite", clock=lambda: clock[0])
+    dead = j.start_run(snakemake_version="9", plugin_version="0", settings={})
+    crashed = j.start_transfer(job_id=None, instance_id=1, direction="upload", total=10)
+    clock[0] += 3.0
+    j.update_transfer(crashed, 4)
+    live = j.start_run(snakemake_version="9", plugin_version="0", settings={})
+    mine = j.start_transfer(job_id=None, instance_id=1, direction="download", total=None)
+    assert j.close_transfers([dead]) == 1
+    assert [t["id"] for t in j.transfers(in_flight=True)] == [mine]
+    row = next(t for t in j.transfers() if t["id"] == crashed)
+    assert row["ended_at"] == 1003.0 and row["run_id"] == dead and live != dead
+    assert j.close_transfers([]) == 0
+    j.close()
+
+
 # -- damaged and too new files --------------------------------------------------------------
 def test_garbage_file_is_refused_untouched_and_can_be_moved_aside(tmp_path: Path) -> None:
     path = tmp_path / ".snakemake/vastai/journal.sqlite"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from snakemake_executor_plugin_vastai import journal_cli
+from snakemake_executor_plugin_vastai import journal_cli, ledger
 from snakemake_executor_plugin_vastai.journal import Journal
 from snakemake_executor_plugin_vastai.journal_cli import main
 from snakemake_executor_plugin_vastai.progress import (
@@ -175,3 +175,126 @@ def test_a_transfer_shorter_than_a_second_writes_no_journal_row():
     feed(progress, clock, total=900 * MiB, seconds=0.9, pieces=90)
     progress.end()
     assert journal.updates == [] and not hasattr(journal, "started")
+
+
+# -- a failed write, a tiny interval, the bytes that go with each write ----------------------
+def real_journal(tmp_path, clock=None) -> tuple[Journal, str]:
+    """A journal with a run and instance 42 (offer with bandwidth prices)."""
+    journal = Journal(tmp_path / "j.sqlite", **({"clock": clock} if clock else {}))
+    run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    job = journal.add_job(run_id=run, rule="r", snakemake_jobid=1, fingerprint="f",
+                          attempt=1, state="searching")
+    label = journal.label_prefix + "-x"
+    journal.record_rent_intent(job_id=job, run_id=run, label=label,
+                               offer={"offer_id": 7, "dph_total": 1.0, "inet_down_cost": 4.0})
+    journal.record_instance_created(label, 42)
+    return journal, run
+
+
+def test_one_failed_progress_write_still_lets_end_close_the_row(tmp_path):
+    journal, _run = real_journal(tmp_path)
+    clock, lines = Clock(), []
+    progress = TransferProgress("upload", 100 * MiB, log=lambda lvl, ev, **kw: lines.append(
+        (lvl, ev)), journal=journal, instance_id=42, interval=5.0, clock=clock)
+    clock.now += 1.5
+    progress.count(10 * MiB, 0)  # the row is created
+    real, calls = journal.update_transfer, []
+
+    def flaky(*a: Any, **kw: Any) -> None:
+        calls.append(a)
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        real(*a, **kw)
+
+    journal.update_transfer = flaky  # type: ignore[method-assign]
+    clock.now += 1.5
+    progress.count(10 * MiB, 0)  # this write fails: periodic updates stop
+    clock.now += 1.5
+    progress.count(80 * MiB, 0)
+    assert len(calls) == 1
+    progress.end(True)
+    assert journal.transfers(in_flight=True) == []
+    (row,) = journal.transfers()
+    assert row["bytes_done"] == 100 * MiB and row["ended_at"] is not None
+    assert [ev for lvl, ev in lines if lvl == "warning"] == ["upload progress is not journaled"]
+    journal.close()
+
+
+def test_a_tiny_line_interval_neither_floods_the_log_nor_commits_per_chunk(tmp_path):
+    journal, _run = real_journal(tmp_path)
+    clock, lines = Clock(), []
+    progress = TransferProgress("upload", 1000 * MiB, log=lambda *a, **k: lines.append(a),
+                                journal=journal, instance_id=42, interval=0.001, clock=clock)
+    writes = []
+    real = journal.update_transfer
+
+    def counting(*a: Any, **kw: Any) -> None:
+        writes.append(a)
+        real(*a, **kw)
+
+    journal.update_transfer = counting  # type: ignore[method-assign]
+    feed(progress, clock, total=1000 * MiB, seconds=2.0, pieces=1000)  # 1 MiB per 2 ms
+    assert 1 <= len(writes) <= 2  # one per second, whatever the line interval
+    assert 3 <= len(lines) <= 4  # a line per 0.5 s (the floor of the interval), not per chunk
+    journal.close()
+
+
+def test_each_progress_write_journals_the_meters_bytes_with_it(tmp_path):
+    """A crash mid-transfer loses at most the bytes since the last write (about 1 s)."""
+    journal, run = real_journal(tmp_path)
+    clock, meter = Clock(), ledger.ByteMeter()
+    progress = TransferProgress("upload", 300 * MiB, log=lambda *a, **k: None,
+                                journal=journal, instance_id=42, interval=5.0, clock=clock,
+                                meter=meter)
+    meter.listener = progress.count
+    for _ in range(20):  # 2.5 s at 32 MiB/s; no end(): the process dies here
+        clock.now += 0.125
+        meter.sent(4 * MiB)
+    (row,) = journal.transfers(in_flight=True)
+    (instance,) = journal.instances()
+    assert row["bytes_done"] == 64 * MiB  # the write at 2.0 s
+    assert (instance["bytes_uploaded"], instance["bytes_downloaded"]) == (64 * MiB, 0)
+    assert journal.run_bytes(run) == {42: (64 * MiB, 0)}
+    assert meter.take() == (16 * MiB, 0)  # only the last half second is not journaled yet
+    journal.close()
+
+
+def test_a_failed_progress_write_hands_its_bytes_back_to_the_meter(tmp_path):
+    journal, _run = real_journal(tmp_path)
+    clock, meter = Clock(), ledger.ByteMeter()
+    progress = TransferProgress("upload", 300 * MiB, log=lambda *a, **k: None,
+                                journal=journal, instance_id=42, interval=5.0, clock=clock,
+                                meter=meter)
+    meter.listener = progress.count
+
+    def busy(*a: Any, **kw: Any) -> None:
+        raise RuntimeError("database is locked")
+
+    journal.update_transfer = busy  # type: ignore[method-assign]
+    for _ in range(12):  # 1.5 s: the write at 1 s fails
+        clock.now += 0.125
+        meter.sent(MiB)
+    assert journal.instances()[0]["bytes_uploaded"] == 0
+    assert meter.take() == (12 * MiB, 0)  # the flush at the end journals them
+    journal.close()
+
+
+@pytest.mark.parametrize("value", [0.001, 0.49, -1, "soon", float("inf")])
+def test_progress_intervals_below_half_a_second_are_refused_naming_the_option(value):
+    from types import SimpleNamespace
+
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    from snakemake_executor_plugin_vastai.startup import progress_interval
+
+    with pytest.raises(WorkflowError, match="--vastai-progress-interval"):
+        progress_interval(SimpleNamespace(progress_interval=value))
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(0, 0.0), (0.5, 0.5), (None, 5.0), (12, 12.0)])
+def test_progress_intervals_off_or_from_half_a_second_are_taken(value, seconds):
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_vastai.startup import progress_interval
+
+    assert progress_interval(SimpleNamespace(progress_interval=value)) == seconds

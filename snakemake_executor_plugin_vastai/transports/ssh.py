@@ -179,11 +179,12 @@ class SshTransport:
 
     @contextlib.contextmanager
     def _progress(self, direction: str, total: int | None) -> Iterator[TransferProgress]:
-        """Report the transfer's progress while it runs; journal its bytes when done."""
+        """Report the transfer's progress while it runs, journaling its bytes with each
+        progress write (about once a second) and the rest when done."""
         progress = TransferProgress(
             direction, total, log=self.steps.log, journal=self.p.journal,
             job_id=self.m.job_id, instance_id=self.m.instance_id,
-            interval=getattr(self.p.settings, "progress_interval", 5.0))
+            interval=getattr(self.p.settings, "progress_interval", 5.0), meter=self.meter)
         self.meter.listener = progress.count
         ok = False
         try:
