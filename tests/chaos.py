@@ -386,6 +386,16 @@ def _rents_again(wf: Path) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def assert_clean(report: dict, trials: int) -> None:
+    """What every batch of trials must show: nothing leaked or touched that was not
+    ours, every trial ended well, every output set equals the local executor's."""
+    assert report["failures"] == []
+    assert report["leaks"] == 0
+    assert report["foreign_touched"] == 0
+    assert report["ok"] == trials
+    assert report["outputs_equal_to_local"] == trials
+
+
 def summarize(results: list[TrialResult]) -> dict:
     return {
         "trials": len(results),

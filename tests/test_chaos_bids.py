@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.chaos import BID_CLASS, GRACE_ENV, run_trial, summarize
+from tests.chaos import BID_CLASS, GRACE_ENV, assert_clean, run_trial, summarize
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 TRIALS = 6
@@ -27,10 +27,6 @@ def test_chaos_trials_with_preemptions_leak_nothing_and_lose_nothing(tmp_path, m
                                 range(TRIALS)))
     report = summarize(results)
     print(json.dumps(report, indent=1))
-    assert report["failures"] == []
-    assert report["leaks"] == 0
-    assert report["foreign_touched"] == 0
-    assert report["ok"] == TRIALS
-    assert report["outputs_equal_to_local"] == TRIALS
+    assert_clean(report, TRIALS)
     assert report["kills"] >= TRIALS
     assert sum(r.preemptions for r in results) > 0  # the trials did meet preemptions
