@@ -103,9 +103,12 @@ def clean_env(api_key: str) -> dict[str, str]:
 
 def snakemake_argv(url: str, scenario: Scenario) -> list[str]:
     """The CLI under test. ``--keep-going``: one failed job must not stop Snakemake from
-    submitting the rest, or a run of 200 would quietly measure fewer jobs."""
+    submitting the rest, or a run of 200 would quietly measure fewer jobs.
+    ``--vastai-no-reuse``: these figures measure one instance per job (a rent, a boot, a
+    destroy each), as the published plugin works; warm instances have their own benchmark
+    (reuse.py)."""
     argv = [sys.executable, "-m", "snakemake", "--executor", "vastai", "--keep-going",
-            "--jobs", str(scenario.jobs), "--vastai-api-url", url]
+            "--jobs", str(scenario.jobs), "--vastai-api-url", url, "--vastai-no-reuse"]
     if scenario.status_interval is not None:
         argv += ["--vastai-status-interval", f"{scenario.status_interval:g}"]
     return argv + list(scenario.extra)

@@ -427,7 +427,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--only", choices=CLASSES, help="run every trial with this class")
+    parser.add_argument("--only", choices=[*CLASSES, BID_CLASS],
+                        help="run every trial with this class")
     args = parser.parse_args()
     started = time.monotonic()
     with (tempfile.TemporaryDirectory(prefix="vastai-chaos-") as tmp,

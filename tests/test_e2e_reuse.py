@@ -215,7 +215,7 @@ rule base:
 rule slow:
     input: "base.txt"
     output: "slow.txt"
-    shell: "sleep 6; cat {input} > {output}"
+    shell: "sleep 20; cat {input} > {output}"
 rule quick:
     output: "quick.txt"
     shell: "echo quick > {output}"
