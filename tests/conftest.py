@@ -3,13 +3,19 @@
 pytest_plugins = ["snakemake_executor_plugin_vastai.simulator.testing"]
 
 
+ON_DEMAND = ("differential_slow", "benchmark", "load_slow")
+
+
 def pytest_collection_modifyitems(config, items):
-    """On-demand tests (``differential_slow``) run only when ``-m`` names their marker."""
+    """On-demand tests (the markers in ``ON_DEMAND``) run only when ``-m`` names their
+    marker: they keep the suite within its 15-minute budget on two cores."""
     import pytest
 
-    if "differential_slow" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="on demand: pytest -m differential_slow")
-    for item in items:
-        if item.get_closest_marker("differential_slow"):
-            item.add_marker(skip)
+    wanted = config.getoption("markexpr") or ""
+    for marker in ON_DEMAND:
+        if marker in wanted:
+            continue
+        skip = pytest.mark.skip(reason=f"on demand: pytest -m {marker}")
+        for item in items:
+            if item.get_closest_marker(marker):
+                item.add_marker(skip)

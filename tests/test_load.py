@@ -132,6 +132,7 @@ def reboot_held_instance(sim: SimProcess) -> None:
     raise AssertionError(f"could not reboot instance {held[0]}")
 
 
+@pytest.mark.load_slow
 def test_200_jobs_survive_a_429_and_5xx_burst_and_the_plugin_backs_off(tmp_path):
     started, release = tmp_path / "started", tmp_path / "release"
     started.mkdir()
