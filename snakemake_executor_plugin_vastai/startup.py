@@ -152,14 +152,19 @@ def progress_interval(settings: Any) -> float:
     """--vastai-progress-interval: 0 (no progress lines) or seconds >= 0.5 (shorter
     intervals flood the log; see progress.MIN_INTERVAL)."""
     value = getattr(settings, "progress_interval", 5.0)
-    try:
-        seconds = float(5.0 if value is None else value)
-    except (TypeError, ValueError):
-        seconds = -1.0
+    seconds = _number(5.0 if value is None else value)
     if not (seconds == 0 or MIN_INTERVAL <= seconds < float("inf")):
         raise WorkflowError(f"--vastai-progress-interval must be 0 (off) or a number of "
                             f"seconds >= {MIN_INTERVAL:g}, not {value!r}")
     return seconds
+
+
+def _number(value: Any) -> float:
+    """An option's value as a float; -1.0 (refused by every caller's bound) if it is none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return -1.0
 
 
 def max_spend(settings: Any) -> float | None:
@@ -167,10 +172,7 @@ def max_spend(settings: Any) -> float | None:
     value = getattr(settings, "max_spend", None)
     if value is None:
         return None
-    try:
-        cap = float(value)
-    except (TypeError, ValueError):
-        cap = -1.0
+    cap = _number(value)
     if not cap > 0:
         raise WorkflowError(f"--vastai-max-spend must be a positive number of dollars, "
                             f"not {value!r}")
@@ -184,10 +186,7 @@ def idle_timeout(settings: Any) -> float:
     value = getattr(settings, "idle_timeout", None)
     if value is None:
         return DEFAULT_IDLE_TIMEOUT
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
+    seconds = _number(value)
     if not seconds >= 0:
         raise WorkflowError(f"--vastai-idle-timeout must be a number of seconds >= 0 "
                             f"(0 = destroy an instance as soon as its job is done), not "
@@ -200,10 +199,7 @@ def max_runtime(settings: Any) -> float:
     value = getattr(settings, "max_runtime", None)
     if value is None:
         return 0.0
-    try:
-        cap = float(value)
-    except (TypeError, ValueError):
-        cap = -1.0
+    cap = _number(value)
     if not cap >= 0:
         raise WorkflowError(f"--vastai-max-runtime must be a number of seconds >= 0 "
                             f"(0 = no cap), not {value!r}")
