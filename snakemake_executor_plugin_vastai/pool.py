@@ -17,8 +17,9 @@ storage mode the container runs its one job from its launch arguments.
 Every move is journaled before it happens (``instance_machine.py``): giving
 back (leased -> idle), leasing (a guarded idle -> leased, so two threads never
 lease one instance) and expiring (idle -> destroying, then the one teardown).
-An idle instance is torn down after ``--vastai-idle-timeout`` seconds, when the
-run ends, on Ctrl-C and when the run fails (``drain``). After a crash the next
+An idle instance is torn down after ``--vastai-idle-timeout`` seconds, as soon as
+no job that could use it may still come (``work_ahead.py``), when the run ends, on
+Ctrl-C and when the run fails (``drain``). After a crash the next
 run finds idle instances in the journal and tears them down (``recovery.py``).
 """
 
@@ -41,6 +42,7 @@ from .journal import Journal, JournalError
 # job's submission in Snakemake is a few seconds (benchmarks/reuse.py measures both).
 DEFAULT_IDLE_TIMEOUT = 60.0
 REAP_EVERY = 1.0  # seconds between looks for expired idle instances
+NO_WORK_AHEAD = "no job that could use it is left to run"
 
 
 @dataclass
@@ -68,8 +70,10 @@ class Pool:
     """The idle instances of one run, and the reaper that ends them."""
 
     def __init__(self, journal: Journal, destroy: Callable[[int, str], None], log: Any, *,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, enabled: bool = True) -> None:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, enabled: bool = True,
+                 work_ahead: Callable[[], bool] = lambda: True) -> None:
         self.journal = journal
+        self._work_ahead = work_ahead  # may a job still come that an idle instance serves
         self._destroy = destroy  # (instance id, label) -> the one teardown, in the background
         self.log = log
         self.idle_timeout = idle_timeout
@@ -130,6 +134,9 @@ class Pool:
         if self._stop.is_set():  # the run ended meanwhile: drain may have missed it
             self.expire(warm.label, "the run ended")
             return True
+        if not self._work_ahead():  # the run's last wave: waiting would only bill
+            self.expire(warm.label, NO_WORK_AHEAD)
+            return True
         self._start_reaper()
         return True
 
@@ -171,10 +178,13 @@ class Pool:
         while not self._stop.wait(min(REAP_EVERY, max(self.idle_timeout / 4, 0.05))):
             now = time.monotonic()
             with self._lock:
-                old = [w.label for w in self._idle.values()
-                       if now - w.idle_since >= self.idle_timeout]
+                idle = list(self._idle.values())
+            old = [w.label for w in idle if now - w.idle_since >= self.idle_timeout]
             for label in old:
                 self.expire(label, f"idle for {self.idle_timeout:g}s (--vastai-idle-timeout)")
+            if len(old) < len(idle) and not self._work_ahead():
+                for w in idle:
+                    self.expire(w.label, NO_WORK_AHEAD)
 
 
 # -- matching: pure functions ------------------------------------------------------------

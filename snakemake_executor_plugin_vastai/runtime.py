@@ -16,7 +16,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from .transports.ssh import SshTransport
 from .transports.storage import StorageTransport
 from .vast import VastAPI
 from .watcher import InstanceWatcher
+from .work_ahead import work_ahead
 
 LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
 # Seconds a teardown may take before it gives up, leaving the instance journaled as pending
@@ -86,6 +87,8 @@ class SnakemakeHooks:
     storage: StorageSetup | None = None  # storage mode (see storage.py), else SSH mode
     credential_env: Mapping[str, str] = field(default_factory=dict)  # e.g. Google creds
     uses_conda: bool = False  # --software-deployment-method conda
+    # The DAG's unfinished jobs that need to run (work_ahead.py); None: cannot tell.
+    needrun_jobs: Callable[[], Iterable[Any]] | None = None
 
 
 class Run:
@@ -129,7 +132,8 @@ class Run:
         self.pool = Pool(self.journal, self._destroy_idle, log,
                          idle_timeout=settings.idle_timeout,
                          enabled=settings.reuse and settings.idle_timeout > 0
-                         and hooks.storage is None and not settings.keep_instances)
+                         and hooks.storage is None and not settings.keep_instances,
+                         work_ahead=work_ahead(hooks.needrun_jobs, self.running_jobs))
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self, settings.on_restart)
         self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
@@ -183,6 +187,13 @@ class Run:
                       resuming=model.claim.job["id"] if model.claim else None)
         self._start(model, JobState.SEARCHING)
         return model
+
+    def running_jobs(self) -> list[Any]:
+        """The Snakemake jobs this run's drivers are still working on."""
+        with self._lock:
+            drivers = list(self.drivers.values())
+        return [d.m.snakemake_job for d in drivers
+                if d.m.snakemake_job is not None and not d.done.is_set()]
 
     def interruptible(self, job: Any, rule: str) -> bool:
         """Bid instances for this job (bids.py); a group bids only if all its rules do."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -467,6 +467,12 @@ def preflight(workflow: Any, settings: Any, forward_credentials: bool, workdir: 
     return result or (None, {})
 
 
+def needrun_reader(workflow: Any) -> Callable[[], Iterable[Any]]:
+    """The DAG's unfinished jobs, read fresh at each call (see work_ahead.py, which
+    takes any failure here, a Snakemake without this method included, as "cannot tell")."""
+    return lambda: workflow.dag.needrun_jobs()
+
+
 def start_run(executor: Any) -> Run:
     """Everything checked, then the run's journal, key, API client and watcher."""
     import snakemake
@@ -489,6 +495,7 @@ def start_run(executor: Any) -> Run:
         snakemake_version=snakemake.__version__,
         credential_env=credential_env,
         uses_conda=uses_conda(executor.workflow),
+        needrun_jobs=needrun_reader(executor.workflow),
     )
     journal = open_journal(workdir, log)
     run = Run(workdir=workdir, settings=resolved, api_key=api_key, hooks=hooks, log=log,

@@ -173,6 +173,75 @@ rule b:
     assert alive(truth) == []
 
 
+# Two jobs side by side: "quick" ends long before "slow"; "after" (config) needs "slow".
+LAST_WAVE = '''\
+rule all:
+    input: "quick.txt", config.get("last", "slow.txt")
+rule quick:
+    output: "quick.txt"
+    shell: "echo quick > {output}"
+rule slow:
+    output: "slow.txt"
+    shell: "sleep 8; echo slow > {output}"
+rule after:
+    input: "slow.txt"
+    output: "after.txt"
+    shell: "cat {input} > {output}"
+'''
+
+
+def instance_life(wf: Path) -> dict[str, list[tuple[str, float, str | None]]]:
+    life: dict[str, list[tuple[str, float, str | None]]] = {}
+    for label, trigger, at, detail in journal_rows(
+            wf, "select label, trigger, at, detail from instance_transitions order by id"):
+        life.setdefault(label, []).append((trigger, at, detail))
+    return life
+
+
+def test_the_last_waves_idle_instances_go_at_once_not_after_the_idle_timeout(
+        tmp_path, simulator):
+    """Nothing is left that could use quick's instance once it is back (slow runs on the
+    other, "all" runs locally): it is torn down then, not 600 s later or at the run's end."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": LAST_WAVE})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-idle-timeout",
+                           "600", jobs=2, reuse=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (slow_done,) = journal_rows(wf, "select t.at from transitions t join jobs j on "
+                                    "j.id = t.job_id where j.rule = 'slow' and "
+                                    "t.trigger = 'completed'")
+    (quick_label,) = journal_rows(wf, "select label from jobs where rule = 'quick'")
+    life = instance_life(wf)[quick_label[0]]
+    given_back = next(at for trigger, at, _ in life if trigger == "given_back")
+    expired = [(at, detail) for trigger, at, detail in life if trigger == "expired"]
+    assert expired and "no job that could use it" in (expired[0][1] or "")
+    assert expired[0][0] - given_back < 3.0
+    assert expired[0][0] < slow_done[0] - 2.0  # well before the run's last job ended
+    assert alive(simulator.truth()) == []
+
+
+def test_an_idle_instance_waits_while_a_job_that_could_use_it_is_still_to_come(
+        tmp_path, simulator):
+    """"after" can only start when slow ends: quick's instance waits for it meanwhile."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": LAST_WAVE})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-idle-timeout",
+                           "600", "--config", "last=after.txt", jobs=2, reuse=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (wf / "after.txt").read_text() == "slow\n"
+    truth = simulator.truth()
+    assert truth["created_count"] == 2  # "after" leased a warm instance
+    (slow_done,) = journal_rows(wf, "select t.at from transitions t join jobs j on "
+                                    "j.id = t.job_id where j.rule = 'slow' and "
+                                    "t.trigger = 'completed'")
+    (quick_label,) = journal_rows(wf, "select label from jobs where rule = 'quick'")
+    life = instance_life(wf)[quick_label[0]]
+    assert next(at for t, at, _ in life if t == "expired") > slow_done[0]
+    leased_by_after = journal_rows(wf, "select count(*) from transitions t join jobs j on "
+                                       "j.id = t.job_id where j.rule = 'after' and "
+                                       "t.trigger = 'leased'")
+    assert leased_by_after == [(1,)]
+    assert alive(truth) == []
+
+
 def test_a_failed_jobs_instance_is_never_reused(tmp_path, simulator):
     wf = write_workflow(tmp_path / "wf", {"Snakefile": '''\
 rule all:
@@ -205,10 +274,15 @@ rule ok2:
     assert alive(simulator.truth()) == []
 
 
-# One instance sits idle while the other is leased by a slow step (with --jobs 2).
+# One instance sits idle while the other is leased by a slow step (with --jobs 2); "later"
+# needs the slow step, so the idle one waits for it instead of going at once.
 KILL_WORKFLOW = '''\
 rule all:
-    input: "slow.txt", "quick.txt"
+    input: "later.txt", "quick.txt"
+rule later:
+    input: "slow.txt"
+    output: "later.txt"
+    shell: "cat {input} > {output}"
 rule base:
     output: "base.txt"
     shell: "echo base > {output}"
