@@ -143,7 +143,8 @@ class ExecutorSettings(ExecutorSettingsBase):
         "help": "Warm instances: seconds a booted instance whose job succeeded waits, idle, "
                 "for the next job it fits before it is destroyed (default 60, about the "
                 "shortest Vast.ai boot it saves; 0 = destroy at once). Idle instances are "
-                "also destroyed at the end of the run, on Ctrl-C and on failure.",
+                "also destroyed as soon as no job that could use them is left, at the end "
+                "of the run, on Ctrl-C and on failure.",
         "env_var": False, "required": False})
     no_reuse: bool = field(default=False, metadata={
         "help": "One instance per job: never give a booted instance to the next job.",
