@@ -198,6 +198,13 @@ def instance_life(wf: Path) -> dict[str, list[tuple[str, float, str | None]]]:
     return life
 
 
+def completed_at(wf: Path, rule: str) -> float:
+    """When the rule's (one) job was journaled as completed."""
+    ((at,),) = journal_rows(wf, "select t.at from transitions t join jobs j on j.id = "
+                                f"t.job_id where j.rule = '{rule}' and t.trigger = 'completed'")
+    return at
+
+
 def test_the_last_waves_idle_instances_go_at_once_not_after_the_idle_timeout(
         tmp_path, simulator):
     """Nothing is left that could use quick's instance once it is back (slow runs on the
@@ -206,16 +213,14 @@ def test_the_last_waves_idle_instances_go_at_once_not_after_the_idle_timeout(
     result = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-idle-timeout",
                            "600", jobs=2, reuse=True)
     assert result.returncode == 0, result.stderr[-4000:]
-    (slow_done,) = journal_rows(wf, "select t.at from transitions t join jobs j on "
-                                    "j.id = t.job_id where j.rule = 'slow' and "
-                                    "t.trigger = 'completed'")
+    slow_done = completed_at(wf, "slow")
     (quick_label,) = journal_rows(wf, "select label from jobs where rule = 'quick'")
     life = instance_life(wf)[quick_label[0]]
     given_back = next(at for trigger, at, _ in life if trigger == "given_back")
     expired = [(at, detail) for trigger, at, detail in life if trigger == "expired"]
     assert expired and "no job that could use it" in (expired[0][1] or "")
     assert expired[0][0] - given_back < 3.0
-    assert expired[0][0] < slow_done[0] - 2.0  # well before the run's last job ended
+    assert expired[0][0] < slow_done - 2.0  # well before the run's last job ended
     assert alive(simulator.truth()) == []
 
 
@@ -229,12 +234,10 @@ def test_an_idle_instance_waits_while_a_job_that_could_use_it_is_still_to_come(
     assert (wf / "after.txt").read_text() == "slow\n"
     truth = simulator.truth()
     assert truth["created_count"] == 2  # "after" leased a warm instance
-    (slow_done,) = journal_rows(wf, "select t.at from transitions t join jobs j on "
-                                    "j.id = t.job_id where j.rule = 'slow' and "
-                                    "t.trigger = 'completed'")
+    slow_done = completed_at(wf, "slow")
     (quick_label,) = journal_rows(wf, "select label from jobs where rule = 'quick'")
     life = instance_life(wf)[quick_label[0]]
-    assert next(at for t, at, _ in life if t == "expired") > slow_done[0]
+    assert next(at for t, at, _ in life if t == "expired") > slow_done
     leased_by_after = journal_rows(wf, "select count(*) from transitions t join jobs j on "
                                        "j.id = t.job_id where j.rule = 'after' and "
                                        "t.trigger = 'leased'")
