@@ -239,14 +239,21 @@ def test_a_tiny_line_interval_neither_floods_the_log_nor_commits_per_chunk(tmp_p
     journal.close()
 
 
-def test_each_progress_write_journals_the_meters_bytes_with_it(tmp_path):
-    """A crash mid-transfer loses at most the bytes since the last write (about 1 s)."""
-    journal, run = real_journal(tmp_path)
+def metered_upload(journal: Any) -> tuple[Clock, ledger.ByteMeter]:
+    """A 300 MiB upload whose byte meter reports to its progress (as the SSH transport
+    wires them), journaling to instance 42, lines every 5 s."""
     clock, meter = Clock(), ledger.ByteMeter()
     progress = TransferProgress("upload", 300 * MiB, log=lambda *a, **k: None,
                                 journal=journal, instance_id=42, interval=5.0, clock=clock,
                                 meter=meter)
-    meter.listener = progress.count
+    meter.listener = progress.count  # the meter holds the progress from here on
+    return clock, meter
+
+
+def test_each_progress_write_journals_the_meters_bytes_with_it(tmp_path):
+    """A crash mid-transfer loses at most the bytes since the last write (about 1 s)."""
+    journal, run = real_journal(tmp_path)
+    clock, meter = metered_upload(journal)
     for _ in range(20):  # 2.5 s at 32 MiB/s; no end(): the process dies here
         clock.now += 0.125
         meter.sent(4 * MiB)
@@ -261,11 +268,7 @@ def test_each_progress_write_journals_the_meters_bytes_with_it(tmp_path):
 
 def test_a_failed_progress_write_hands_its_bytes_back_to_the_meter(tmp_path):
     journal, _run = real_journal(tmp_path)
-    clock, meter = Clock(), ledger.ByteMeter()
-    progress = TransferProgress("upload", 300 * MiB, log=lambda *a, **k: None,
-                                journal=journal, instance_id=42, interval=5.0, clock=clock,
-                                meter=meter)
-    meter.listener = progress.count
+    clock, meter = metered_upload(journal)
 
     def busy(*a: Any, **kw: Any) -> None:
         raise RuntimeError("database is locked")
