@@ -16,9 +16,15 @@ from snakemake_executor_plugin_vastai.instance_machine import (
     InstanceState,
     next_state,
 )
-from snakemake_executor_plugin_vastai.journal import Journal, StaleTransition
+from snakemake_executor_plugin_vastai.journal import Journal, JournalError, StaleTransition
 from snakemake_executor_plugin_vastai.offers import OfferSettings, build_offer_request
-from snakemake_executor_plugin_vastai.pool import Pool, WarmInstance, misfit, offer_fits
+from snakemake_executor_plugin_vastai.pool import (
+    NO_WORK_AHEAD,
+    Pool,
+    WarmInstance,
+    misfit,
+    offer_fits,
+)
 
 I = InstanceState  # noqa: E741
 
@@ -239,3 +245,71 @@ def test_an_instance_given_back_while_the_run_drains_is_still_torn_down(journal)
     pool.journal.instance_transition = original
     assert destroyed == labels
     assert pool.idle_count() == 0
+
+
+# -- early release: no job that could use an idle instance is left (work_ahead.py) ---------
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_an_idle_instance_goes_once_no_job_is_left_not_after_the_timeout(journal):
+    ahead = threading.Event()
+    ahead.set()
+    pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600,
+                                              work_ahead=ahead.is_set)
+    assert pool.give_back(warm(labels[0], image="img"), jobs[0])
+    time.sleep(1.5)  # work may still come: the reaper leaves it idle
+    assert destroyed == [] and pool.idle_count() == 1
+    ahead.clear()  # the last jobs were submitted elsewhere
+    assert wait_until(lambda: destroyed == labels)
+    assert journal.instances()[0]["state"] == "destroying"
+    details = [r["detail"] for r in journal.db.query(
+        "select detail from instance_transitions where label = ? and trigger = 'expired'",
+        [labels[0]])]
+    assert details == [NO_WORK_AHEAD]
+    pool.drain("end")
+    assert destroyed == labels  # torn down once
+
+
+def test_a_journal_that_refuses_the_expiry_still_gets_the_instance_torn_down(journal):
+    pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600,
+                                              work_ahead=lambda: False)
+    original = journal.instance_transition
+
+    def refuse_expiry(label, **kw):
+        if kw.get("trigger") == "expired":
+            raise JournalError("database is locked")
+        return original(label, **kw)
+
+    journal.instance_transition = refuse_expiry
+    assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is True
+    assert destroyed == labels  # the teardown journals its own intent before the DELETE
+    assert pool.idle_count() == 0
+
+
+def test_a_lease_racing_the_early_release_either_leases_or_destroys(tmp_path):
+    """Four late jobs lease while the release runs: the instance serves one or goes."""
+    for round_ in range(10):
+        journal = Journal.for_workdir(tmp_path / str(round_))
+        pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600)
+        pool.give_back(warm(labels[0], image="img"), jobs[0])
+        got, barrier = [], threading.Barrier(5)
+
+        def take(i, got=got, barrier=barrier, pool=pool, round_=round_):
+            barrier.wait()
+            got.append(pool.lease(f"late{round_}-{i}", request(), "img"))
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        pool.expire(labels[0], NO_WORK_AHEAD)
+        for t in threads:
+            t.join()
+        leased = [g for g in got if g is not None]
+        assert len(leased) + len(destroyed) == 1, (leased, destroyed)
+        pool.drain("end")
+        journal.close()
