@@ -1,27 +1,24 @@
 """One offer search answers every job of a run that asks the same at the same moment.
 
 Twenty identical jobs started together used to send twenty identical searches,
-each through the same rate-limited endpoint, and got twenty identical answers
-from which they all tried the same cheapest offer first. Here the searches of
-one key (query, order, storage) are pooled:
+each through the same rate-limited endpoint. Here the searches of one key
+(query, order, storage) are pooled:
 
 - A caller joins the search of its key that is still queued for the endpoint
   (not sent yet), or opens one. The search's limit is fixed only when its
   request is built, so everyone who joined while it queued is counted: the
-  request asks for the largest limit among them plus ``HANDOUT`` offers for
-  each further sharer, up to ``MAX_LIMIT``.
-- Every sharer gets the answer rotated to start at a slice of its own
-  (``HANDOUT`` offers, the driver's candidates per search), followed by the
-  other offers: concurrent jobs try different offers first, and each still
-  sees the rest to fall back on. The offer claims (``Run.claim_offer``) still
-  decide who rents what.
+  request asks for the largest limit among them plus one offer for each
+  further sharer (each will claim one), up to ``MAX_LIMIT``.
+- Every sharer gets the whole answer in the market's order (cheapest first
+  under the default order). Who rents what is decided by the run's offer
+  claims (``market.OfferMarket.claim``), which cost no API call: the k-th job
+  to claim takes the k-th cheapest offer. Handing each sharer a rotated slice
+  instead (as this module once did, five offers per sharer) sent the eighth
+  concurrent job to about the 35th cheapest offer and made runs pay several
+  times the price per hour for nothing.
 - For ``FRESH`` seconds after an answer, a newcomer of the same key is served
-  from it (the next unused slice) if the answer still holds a slice for it and
-  at least its limit (or all there was: a short answer means the market has no
-  more). A larger limit, or a spent answer, makes a new search.
-
-The order of offers within a slice is the service's (best first), so the
-cheapest offers still go to the earliest callers.
+  from it if it holds at least the newcomer's limit (or all there was: a short
+  answer means the market has no more). A larger limit makes a new search.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-HANDOUT = 5  # offers each sharer gets first, of its own (the driver's candidates per search)
 MAX_LIMIT = 500  # offers asked for in one search, at most
 FRESH = 1.0  # seconds an answer keeps serving newcomers
 
@@ -50,16 +46,14 @@ class _Search:
     rows: list[dict] = field(default_factory=list)
     error: BaseException | None = None
     answered_at: float = 0.0
-    handed: int = 0  # slices given out so far (sharers, then newcomers)
 
-    def join(self, limit: int) -> int:
+    def join(self, limit: int) -> None:
         self.limits.append(limit)
-        self.handed += 1
-        return len(self.limits) - 1
 
-    def limit_now(self, handout: int) -> int:
+    def limit_now(self) -> int:
+        """Enough for every sharer to see past the offers the others will claim."""
         if self.sent_limit is None:
-            sized = max(self.limits) + handout * (len(self.limits) - 1)
+            sized = max(self.limits) + len(self.limits) - 1
             self.sent_limit = max(min(sized, MAX_LIMIT), max(self.limits))
         return self.sent_limit
 
@@ -68,26 +62,20 @@ class _Search:
         """The answer holds every matching offer: asking for more would not find more."""
         return self.sent_limit is not None and len(self.rows) < self.sent_limit
 
-    def serves(self, index: int, limit: int, handout: int) -> bool:
-        """Slice ``index`` and ``limit`` offers are in the answer (or nothing more is)."""
-        if self.exhausted:
-            return True
-        return (index + 1) * handout <= len(self.rows) and limit <= len(self.rows)
+    def serves(self, limit: int) -> bool:
+        """``limit`` offers are in the answer (or nothing more is)."""
+        return self.exhausted or limit <= len(self.rows)
 
-    def slice_for(self, index: int, limit: int, handout: int) -> list[dict]:
-        if not self.rows:
-            return []
-        start = (index * handout) % len(self.rows)
-        return (self.rows[start:] + self.rows[:start])[:limit]
+    def answer(self, limit: int) -> list[dict]:
+        return self.rows[:limit]
 
 
 class SharedSearches:
     """Pools identical offer searches of concurrent jobs (see the module docstring)."""
 
-    def __init__(self, fetch: Fetch, *, handout: int = HANDOUT, fresh: float = FRESH,
+    def __init__(self, fetch: Fetch, *, fresh: float = FRESH,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._fetch = fetch
-        self._handout = handout
         self._fresh = fresh
         self._clock = clock
         self._lock = threading.Lock()
@@ -97,7 +85,7 @@ class SharedSearches:
         self.served = 0  # callers answered
 
     def search(self, query: dict, order: list, limit: int, storage_gb: float) -> list[dict]:
-        """Offers for ``query``: this caller's own slice first, then the others."""
+        """Offers for ``query``, best first (at most ``limit``)."""
         key = json.dumps([query, order, storage_gb], sort_keys=True, default=str)
         while True:
             with self._lock:
@@ -109,7 +97,7 @@ class SharedSearches:
                 leader = search is None
                 if leader:
                     search = self._queued[key] = _Search()
-                index = search.join(limit)
+                search.join(limit)
             if leader:
                 self._lead(key, search, query, order, storage_gb)
             else:
@@ -117,20 +105,19 @@ class SharedSearches:
             if search.error is not None:
                 raise search.error
             with self._lock:
-                if search.serves(index, limit, self._handout):
+                if search.serves(limit):
                     self.served += 1
-                    return search.slice_for(index, limit, self._handout)
+                    return search.answer(limit)
             # Joined too late for this answer's size: go round (a newer one may serve).
 
     def _from_answer(self, key: str, limit: int) -> list[dict] | None:
-        """A fresh answer's next unused slice, if it holds one for this caller."""
+        """A fresh answer, if it holds enough for this caller."""
         answer = self._answered.get(key)
         if answer is None or self._clock() - answer.answered_at > self._fresh:
             return None
-        if not answer.serves(answer.handed, limit, self._handout):
+        if not answer.serves(limit):
             return None
-        answer.handed += 1
-        return answer.slice_for(answer.handed - 1, limit, self._handout)
+        return answer.answer(limit)
 
     def _lead(self, key: str, search: _Search, query: dict, order: list,
               storage_gb: float) -> None:
@@ -141,7 +128,7 @@ class SharedSearches:
                 if self._queued.get(key) is search:
                     del self._queued[key]  # later callers open the next search
                 self.requests += 1
-                return search.limit_now(self._handout)
+                return search.limit_now()
 
         try:
             search.rows = list(self._fetch(query, order, limit_now, storage_gb))

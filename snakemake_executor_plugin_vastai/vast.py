@@ -198,15 +198,15 @@ class VastAPI:
     def search_offers(self, query: dict, order: list, limit: int, storage_gb: float, *,
                       bid: bool = False) -> list[dict]:
         """Offers matching ``query``, best first per ``order``, from a search shared with
-        the run's other jobs asking the same now (see shared_search: each starts at an
-        offer slice of its own). ``bid``: interruptible offers, priced at ``min_bid``."""
+        the run's other jobs asking the same now (see shared_search; the run's offer claims
+        decide who rents which). ``bid``: interruptible offers, priced at ``min_bid``."""
         searches = self.bid_searches if bid else self.searches
         return searches.search(query, order, limit, storage_gb)
 
     def search_offers_unshared(self, query: dict, order: list, limit: int,
                                storage_gb: float) -> list[dict]:
         """The market's answer as it is, best first: for ``plan``, which must show what
-        each rule would get, not a slice rotated for a concurrent job."""
+        each rule would get, never an answer shared with a job of a run."""
         return self._search_now(query, order, lambda: limit, storage_gb)
 
     def _search_now(self, query: dict, order: list, limit: Callable[[], int],
