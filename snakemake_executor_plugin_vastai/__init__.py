@@ -146,6 +146,13 @@ class ExecutorSettings(ExecutorSettingsBase):
                 "also destroyed as soon as no job that could use them is left, at the end "
                 "of the run, on Ctrl-C and on failure.",
         "env_var": False, "required": False})
+    offer_wait: Optional[float] = field(default=None, metadata={
+        "help": "Seconds a job waits when no matching offer is free (all rented, by others "
+                "or by this run's own jobs) for one to come free on the market or for one "
+                "of the run's instances to finish, before it fails (default 1800; 0 = fail "
+                "at once). A job that nothing on the market matches at all, and that no "
+                "instance of the run could serve, fails at once.",
+        "env_var": False, "required": False})
     no_reuse: bool = field(default=False, metadata={
         "help": "One instance per job: never give a booted instance to the next job.",
         "env_var": False, "required": False})

@@ -36,5 +36,9 @@ class Backoff:
             wait = min(wait, max(self.deadline - time.monotonic(), 0.0))
         return wait
 
+    def reset(self) -> None:
+        """Start again from ``start`` (the trouble is over)."""
+        self._next = self.start
+
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline

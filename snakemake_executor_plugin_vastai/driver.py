@@ -45,6 +45,7 @@ from .outcomes import (
     log_tail,
 )
 from .payload import REMOTE_DIR
+from .pool import worth_keeping
 from .vast import CreateInDoubt, OfferGone, VastAuthError, VastError
 
 if TYPE_CHECKING:
@@ -53,9 +54,19 @@ if TYPE_CHECKING:
 
 __all__ = ["CRASH_ENV", "CRASH_POINTS", "JobDriver", "JobModel", "build_machine"]
 
-MAX_SEARCHES = 3  # searches after every candidate was taken, before giving up
-CANDIDATES_PER_SEARCH = 5
 MAX_EXTRA_OFFERS = 200  # offers asked for beyond the limit, to see past our own claims
+# Seconds a job waits for a matching offer to come free before it fails
+# (--vastai-offer-wait): long enough for the run's own jobs of typical GPU length to
+# finish and hand their instances on, and waiting rents nothing, so it costs no money.
+DEFAULT_OFFER_WAIT = 1800.0
+# Pace of the searches of a waiting job: from 2 s up to 20 s between searches of one
+# job (shared with the run's other jobs asking the same, see shared_search.py), well
+# inside the search endpoint's rate limit; a vacancy of the run wakes it sooner.
+WAIT_PACE = (2.0, 20.0)
+WAIT_LOG_EVERY = 60.0  # seconds between "still waiting" lines of one job
+# Seconds a market answer's prices stand for the market when a job decides whether an
+# idle warm instance is worth its price (pool.worth_keeping); older: search again.
+PRICE_MEMORY = 120.0
 # Pauses before each label lookup after a create whose answer was lost: the server may
 # act after the client gave up waiting, so one empty listing is not proof.
 DOUBT_LOOKUPS = (0.5, 2.0, 5.0)
@@ -85,7 +96,9 @@ class JobModel:
     log_path: str
     state: JobState = JobState.SEARCHING
     candidates: list[dict] = field(default_factory=list)
-    searches: int = 0
+    waiting_since: float | None = None  # monotonic time the job first found no offer free
+    wait_reason: str = ""  # why it waits: what matched and who holds it (for the failure)
+    rented_at: float | None = None  # monotonic time of the create (the boot's start)
     label: str | None = None
     instance_id: int | None = None
     offer: dict | None = None
@@ -178,7 +191,8 @@ class JobDriver:
         self.machine = machine
         self.transport: Transport = self.p.transport(self)
         self.m.storage = self.transport.skips_ssh
-        self.search_backoff = Backoff(start=1.0, cap=10.0)
+        self.search_backoff = Backoff(start=WAIT_PACE[0], cap=WAIT_PACE[1])
+        self._logged_wait = 0.0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._main, name=f"vastai-job-{model.job_id}",
                                        daemon=True)
@@ -310,31 +324,45 @@ class JobDriver:
         found = market.search(request, limit, bid=self.m.bidding)
         offers = [o for o in found if not market.claimed(int(o["id"]))]
         if not offers:
-            if not found and self.m.searches == 0:
-                raise JobFailure(f"rule {self.m.rule}: no Vast.ai offer matches "
-                                 f"{describe(request)} (loosen the job's resources, "
-                                 "--vastai-max-price, --vastai-gpu-name or "
-                                 "--vastai-geolocation)")
-            self._search_pause()
+            self._no_offer_free(request, found)
             return
-        self.m.candidates = offers[:CANDIDATES_PER_SEARCH]
-        self.fire("offers_found", detail={"candidates": len(self.m.candidates),
-                                          "query": request.text,
+        self.m.candidates = offers  # in the market's order: the cheapest unclaimed first
+        self.fire("offers_found", detail={"candidates": len(offers), "query": request.text,
                                           "type": "bid" if self.m.bidding else "on-demand"})
+
+    def _no_offer_free(self, request: Any, found: list[dict]) -> None:
+        """Nothing to rent now: wait for the market or the run's own instances, unless
+        nothing could ever serve the job (no match at all, none of ours fits it)."""
+        market = self.p.market
+        if not found and self.m.waiting_since is None and \
+                not market.own_instance_fits(request):
+            raise JobFailure(f"rule {self.m.rule}: no Vast.ai offer matches "
+                             f"{describe(request)} (loosen the job's resources, "
+                             "--vastai-max-price, --vastai-gpu-name or "
+                             "--vastai-geolocation)")
+        # Every offer found is held by one of this run's jobs (or none was found).
+        self.m.wait_reason = (f"{len(found)} matching offers on the market, all held by "
+                              "this run's jobs" if found else
+                              "no matching offer on the market (all rented by others)")
+        self.fire("no_offer_free", detail={"matched": len(found), "claimed_by_run": len(found),
+                                           "query": request.text})
 
     def _lease_warm(self, request: Any) -> bool:
         """Warm instances: take the cheapest idle instance of the run's pool that meets
-        the job's request (journaled as leased first), skipping renting and booting.
+        the job's request (journaled as leased first), skipping renting and booting, unless
+        a cheaper free offer makes it not worth its price (pool.worth_keeping).
         Bid jobs rent bid instances of their own (bids.py): they never lease."""
         pool = self.p.pool
         if pool is None or self.transport.skips_ssh or self.m.interruptible:
             return False
-        warm = pool.lease(self.m.job_id, request, self.p.spec.image)
+        warm = pool.lease(self.m.job_id, request, self.p.spec.image,
+                          decide=lambda w: self._worth_keeping(w, request))
         if warm is None:
             return False
         self.m.warm, self.m.instance_id, self.m.label = warm, warm.instance_id, warm.label
         self.m.work_dir = f"{REMOTE_DIR}s/{self.m.job_id}"  # its own, beside earlier jobs'
         self.m.offer, self.m.endpoint = warm.offer, warm.endpoint
+        self.m.waiting_since = None
         facts = offer_facts(warm.offer)
         self.fire("leased", detail={"instance": warm.instance_id, "label": warm.label,
                                     "dph_total": facts["dph_total"]},
@@ -344,6 +372,22 @@ class JobDriver:
                   ssh_host=warm.endpoint.host, ssh_port=warm.endpoint.port,
                   work_dir=self.m.work_dir, leased_at=time.time())
         return True
+
+    def _worth_keeping(self, warm: Any, request: Any) -> tuple[bool, str]:
+        """Price an idle instance against the cheapest free offer for this job (the latest
+        answer to its search, or a new search when none is recent): pool.worth_keeping."""
+        market, pool = self.p.market, self.p.pool
+        fresh, known = market.cheapest_free(request, PRICE_MEMORY)
+        if not known or (fresh is not None and price_of(fresh) < warm.price):
+            # Before letting an instance go for a cheaper offer, see the market as it is
+            # now (a remembered offer may be gone); keeping needs no fresh look.
+            market.search(request, request.limit + min(market.claimed_count(),
+                                                       MAX_EXTRA_OFFERS))
+            fresh, _known = market.cheapest_free(request, PRICE_MEMORY)
+        job = pool.job_estimate()
+        work = None if job is None else job * self.p.queue_share()
+        return worth_keeping(warm.price, None if fresh is None else price_of(fresh),
+                             pool.boot_estimate(), work)
 
     def instance_event(self, trigger: str, **columns: Any) -> None:
         """Move this job's instance along instance_machine.py. An instance whose row predates
@@ -355,12 +399,36 @@ class JobDriver:
             self.p.journal.instance_transition(self.m.label, trigger=trigger,
                                                job_id=self.m.job_id, **columns)
 
-    def _search_pause(self) -> None:
-        if self.m.searches >= MAX_SEARCHES:
-            raise JobFailure(f"rule {self.m.rule}: every matching offer was rented by someone "
-                             f"else, {self.m.searches} searches in a row")
-        time.sleep(self.search_backoff.delay())
-        self.m.searches += 1
+    # -- waiting -------------------------------------------------------------------
+    def step_waiting(self) -> None:
+        """No matching offer is free: sleep until the run frees an instance or an offer
+        (market.Vacancies) or the search pace says look again, then search again. Fails
+        once the wait passes --vastai-offer-wait, naming the request."""
+        now = time.monotonic()
+        if self.m.waiting_since is None:
+            self.m.waiting_since = now
+        waited = now - self.m.waiting_since
+        limit = self.p.settings.offer_wait
+        request = self.p.market.request_for(self.p.spec)
+        if waited >= limit:
+            raise JobFailure(f"rule {self.m.rule}: no Vast.ai offer matching "
+                             f"{describe(request)} came free within {limit:g}s "
+                             f"(--vastai-offer-wait); last search: {self.m.wait_reason}")
+        if now - self._logged_wait >= WAIT_LOG_EVERY:
+            self._logged_wait = now
+            self.log("info", "waiting for a matching offer or an instance of this run to "
+                     "come free", waited=round(waited), limit=limit,
+                     last_search=self.m.wait_reason, query=describe(request))
+        vacancies = self.p.market.vacancies
+        seen = vacancies.seen()
+        pause = min(self.search_backoff.delay(), limit - waited)
+        end = time.monotonic() + pause
+        while time.monotonic() < end:  # short naps: a cancel is seen within a second
+            self.check_cancel()
+            if vacancies.wait(seen, min(1.0, end - time.monotonic())):
+                break
+        self.fire("search_again", detail={"waited": round(time.monotonic() -
+                                                          self.m.waiting_since, 1)})
 
     # -- resuming (an earlier run's instance) -------------------------------------------
     def step_resuming(self) -> None:
@@ -390,16 +458,15 @@ class JobDriver:
             if capped:
                 raise JobFailure(f"rule {self.m.rule}: {capped}")
             offer = self.m.candidates.pop(0)
-            if not market.claim(int(offer["id"])):
+            if not market.claim(offer):
                 continue
             if self._rent(offer):
+                self.m.waiting_since = None
+                self.search_backoff.reset()
                 return
             self.fire("offer_taken", detail={"offer": offer["id"]})
-        self.m.searches += 1
-        if self.m.searches > MAX_SEARCHES:
-            raise JobFailure(f"rule {self.m.rule}: every candidate offer was taken by someone "
-                             f"else ({MAX_SEARCHES} searches)")
-        self.fire("search_again", detail="all candidates taken")
+        self.m.wait_reason = "every candidate offer was taken before it could be rented"
+        self.fire("no_offer_free", detail="all candidates taken")
 
     def _rent(self, offer: dict) -> bool:
         """Create the instance (label journaled first). False if the offer is gone."""
@@ -435,6 +502,7 @@ class JobDriver:
             found = []
         crash_point("after_create")
         self.m.instance_id = instance_id
+        self.m.rented_at = time.monotonic()
         self.m.offer = offer
         self.m.bid_price = bid.get("bid_price")
         journal.record_instance_created(label, instance_id, **bid)
@@ -504,6 +572,9 @@ class JobDriver:
             if ready is not None:
                 detail, fields = ready
                 self.instance_event("booted", leased_by=self.m.job_id, served=1)
+                if self.m.rented_at is not None and self.p.pool is not None:
+                    self.p.pool.boots.append(time.monotonic() - self.m.rented_at)
+                    self.m.rented_at = None
                 self.fire("booted", detail=detail, work_dir=self.m.work_dir,
                           leased_at=time.time(), **fields)
                 self._warm_up()
@@ -574,6 +645,8 @@ class JobDriver:
         crash_point("after_download")
         if ok and self._may_give_back():
             self.m.give_back = True
+            if self.m.running_since is not None:
+                self.p.pool.job_times.append(time.monotonic() - self.m.running_since)
             self.fire("gave_back", detail={"paths": paths, "instance": self.m.instance_id},
                       released_at=time.time())
             crash_point("after_give_back")
@@ -721,7 +794,7 @@ class JobDriver:
         self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
         self.m.bid_price = None
         self.m.after_preemption = self.m.inputs_on_disk = self.m.remote_started = False
-        self.m.exit_code, self.m.log_offset, self.m.searches = None, 0, 0
+        self.m.exit_code, self.m.log_offset = None, 0
         fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
         self.fire("rent_again", detail={"destroyed": iid, "waited": round(
             time.monotonic() - since, 1), "next": "on-demand" if fallback or
@@ -730,6 +803,7 @@ class JobDriver:
 
 STEPS: dict[JobState, Callable[[JobDriver], None]] = {
     JobState.SEARCHING: JobDriver.step_searching,
+    JobState.WAITING: JobDriver.step_waiting,
     JobState.RENTING: JobDriver.step_renting,
     JobState.BOOTING: JobDriver.step_booting,
     JobState.UPLOADING: JobDriver.step_uploading,
@@ -738,6 +812,11 @@ STEPS: dict[JobState, Callable[[JobDriver], None]] = {
     JobState.DESTROYING: JobDriver.step_destroying,
     JobState.PREEMPTED: JobDriver.step_preempted,
 }
+
+
+def price_of(offer: dict) -> float:
+    """An offer's $/h as the search priced it for the job's disk."""
+    return float(offer.get("dph_total") or 0.0)
 
 
 def resumed_bid(claim: Any) -> float | None:

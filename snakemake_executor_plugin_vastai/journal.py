@@ -1162,18 +1162,19 @@ class Journal:
             return self._move_instance(db, row, trigger, now, detail=detail, job_id=job_id,
                                        **columns)
 
-    def lease_instance(self, label: str, job_id: str) -> bool:
+    def lease_instance(self, label: str, job_id: str, detail: str | None = None) -> bool:
         """idle -> leased by ``job_id``, only if the instance is still idle and no destroy
         was asked for: False when another job (or the idle reaper) was first, so two
-        threads or processes never lease one instance."""
+        threads or processes never lease one instance. ``detail``: why it was kept."""
         now = self._clock()
         with self._write() as db:
             row = self._instance_row(db, "label = ?", [label])
             if row is None or row["state"] != InstanceState.IDLE.value \
                     or row["destroy_requested_at"] is not None:
                 return False
-            self._move_instance(db, row, "leased", now, job_id=job_id, leased_by=job_id,
-                                idle_since=None, served=int(row["served"] or 0) + 1)
+            self._move_instance(db, row, "leased", now, detail=detail, job_id=job_id,
+                                leased_by=job_id, idle_since=None,
+                                served=int(row["served"] or 0) + 1)
             return True
 
     def instance_history(self, label: str) -> list[dict]:

@@ -12,6 +12,11 @@ Reading the table, top to bottom, is reading a job's life::
     searching -> renting -> booting -> uploading -> running -> downloading
               -> destroying -> succeeded | failed | cancelled
 
+A job that finds no offer free (every match rented, by others or by this run's own
+jobs) goes to ``waiting`` rather than failing: it searches again at a pace the API's
+rate limits allow, sooner when one of the run's instances comes free, and fails only
+after ``--vastai-offer-wait`` seconds (``driver.py``).
+
 An interruptible (bid) instance that is outbid is stopped by Vast.ai, not destroyed
 (``bids.py``): its job moves to ``preempted`` and, when the instance runs again within
 ``--vastai-preemption-grace``, back to ``booting`` on the same instance (its uploaded files
@@ -54,6 +59,7 @@ class JobState(StrEnum):
     """Where a job is in its life on Vast.ai."""
 
     SEARCHING = "searching"
+    WAITING = "waiting"  # no matching offer free: wait for one (nothing rented)
     RENTING = "renting"
     BOOTING = "booting"
     UPLOADING = "uploading"
@@ -89,9 +95,12 @@ BEFORE_DESTROYING = [s for s in ACTIVE_STATES if s is not S.DESTROYING]
 TRANSITIONS: list[dict] = [
     # searching: ask the marketplace for offers matching the job's resources
     {"trigger": "offers_found", "source": S.SEARCHING, "dest": S.RENTING},
-    # renting: create an instance from the cheapest candidate
+    # waiting: no matching offer is free; search again later (or lease an instance of
+    # the run that came free), fail only past --vastai-offer-wait
+    {"trigger": "no_offer_free", "source": [S.SEARCHING, S.RENTING], "dest": S.WAITING},
+    {"trigger": "search_again", "source": S.WAITING, "dest": S.SEARCHING},
+    # renting: create an instance from the cheapest unclaimed candidate
     {"trigger": "offer_taken", "source": S.RENTING, "dest": S.RENTING},
-    {"trigger": "search_again", "source": S.RENTING, "dest": S.SEARCHING},
     {"trigger": "rented", "source": S.RENTING, "dest": S.BOOTING},
     # resume: a job re-attached to an instance that an earlier run rented
     {"trigger": "resume", "source": S.SEARCHING, "dest": S.DOWNLOADING,

@@ -14,6 +14,15 @@ is evaluated against the offer the instance was rented from, and the image
 and the rented disk must match too. Warm instances exist in SSH mode only: in
 storage mode the container runs its one job from its launch arguments.
 
+Price: an idle instance is not leased blindly. When the market has a cheaper
+fitting offer free, keeping the idle instance costs its price premium over the
+work it would do, and replacing it costs a boot at the cheaper price; the cheaper
+of the two wins (:func:`worth_keeping`), and the journal says which and why (the
+lease's or the expiry's detail). The work is the run's median job time so far
+times the queue share (jobs still to come that no instance holds, per instance of
+the run): a long queue makes a dear instance worth replacing, a short one makes
+a boot not worth paying.
+
 Every move is journaled before it happens (``instance_machine.py``): giving
 back (leased -> idle), leasing (a guarded idle -> leased, so two threads never
 lease one instance) and expiring (idle -> destroying, then the one teardown).
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +51,9 @@ from .journal import Journal, JournalError
 # avoided boot (the ski-rental bound), while the gap between a job's end and the next
 # job's submission in Snakemake is a few seconds (benchmarks/reuse.py measures both).
 DEFAULT_IDLE_TIMEOUT = 60.0
+# Seconds a boot is taken to last until this run has measured one: the middle of the
+# 60-300 s Vast.ai boots (NOTES.md).
+DEFAULT_BOOT_ESTIMATE = 180.0
 REAP_EVERY = 1.0  # seconds between looks for expired idle instances
 NO_WORK_AHEAD = "no job that could use it is left to run"
 
@@ -71,9 +84,15 @@ class Pool:
 
     def __init__(self, journal: Journal, destroy: Callable[[int, str], None], log: Any, *,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT, enabled: bool = True,
-                 work_ahead: Callable[[], bool] = lambda: True) -> None:
+                 work_ahead: Callable[[], bool] = lambda: True,
+                 on_idle: Callable[[], None] = lambda: None,
+                 on_gone: Callable[[dict], None] = lambda offer: None) -> None:
         self.journal = journal
         self._work_ahead = work_ahead  # may a job still come that an idle instance serves
+        self._on_idle = on_idle  # wakes jobs waiting for an instance (market.Vacancies)
+        self._on_gone = on_gone  # an idle instance is torn down: its offer's claim ends
+        self.boots: list[float] = []  # seconds from create to booted, this run's instances
+        self.job_times: list[float] = []  # seconds from running to home, this run's jobs
         self._destroy = destroy  # (instance id, label) -> the one teardown, in the background
         self.log = log
         self.idle_timeout = idle_timeout
@@ -86,9 +105,14 @@ class Pool:
         self._reaper: threading.Thread | None = None
 
     # -- leasing ----------------------------------------------------------------------
-    def lease(self, job_id: str, request: Any, image: str) -> WarmInstance | None:
+    def lease(self, job_id: str, request: Any, image: str,
+              decide: Callable[[WarmInstance], tuple[bool, str]] | None = None,
+              ) -> WarmInstance | None:
         """The cheapest idle instance that meets the job's request, leased in the journal;
-        None if none fits (the job searches and rents as usual)."""
+        None if none fits (the job searches and rents as usual). ``decide`` says whether
+        it is worth keeping at its price (:func:`worth_keeping`); one that is not is torn
+        down with the reason and None returned: the job rents the cheaper offer, and the
+        other idle instances (dearer still) stay for jobs that find no such offer."""
         if not self.enabled:
             return None
         while True:
@@ -102,9 +126,16 @@ class Pool:
                                       instance=w.instance_id, why=misfit(w, request, image),
                                       verbose=True)
                     return None
-                warm = self._idle.pop(fitting[0].label)
+                warm = fitting[0]
+            keep, why = (True, None) if decide is None else decide(warm)
+            if not keep:
+                self.expire(warm.label, why)
+                return None
+            with self._lock:
+                if self._idle.pop(warm.label, None) is None:
+                    continue  # expired or leased meanwhile: look again
             try:
-                won = self.journal.lease_instance(warm.label, job_id)
+                won = self.journal.lease_instance(warm.label, job_id, detail=why)
             except JournalError as exc:  # cannot journal the lease: it is not ours to use
                 self.log.warning("cannot journal a lease; tearing the idle instance down",
                                  instance=warm.instance_id, error=str(exc))
@@ -138,7 +169,21 @@ class Pool:
             self.expire(warm.label, NO_WORK_AHEAD)
             return True
         self._start_reaper()
+        self._on_idle()
         return True
+
+    def idle_offers(self) -> list[dict]:
+        """The offers the idle instances were rented from (what a waiting job may lease)."""
+        with self._lock:
+            return [w.offer for w in self._idle.values()]
+
+    def boot_estimate(self) -> float:
+        """Seconds a fresh instance takes to boot: this run's median, else the default."""
+        return statistics.median(self.boots) if self.boots else DEFAULT_BOOT_ESTIMATE
+
+    def job_estimate(self) -> float | None:
+        """Seconds a job keeps an instance busy: this run's median so far (None: unknown)."""
+        return statistics.median(self.job_times) if self.job_times else None
 
     def idle_count(self) -> int:
         with self._lock:
@@ -157,7 +202,13 @@ class Pool:
         self.log.info("tearing down an idle instance", instance=warm.instance_id,
                       reason=reason, verbose=True)
         self._destroy(warm.instance_id, label)
+        self._on_gone(warm.offer)
         return True
+
+    def holds(self, label: str) -> bool:
+        """Is this instance idle in the pool (its offer still the run's)?"""
+        with self._lock:
+            return label in self._idle
 
     def drain(self, reason: str) -> int:
         """The run ends (or is interrupted, or failed): no instance waits any longer."""
@@ -185,6 +236,32 @@ class Pool:
             if len(old) < len(idle) and not self._work_ahead():
                 for w in idle:
                     self.expire(w.label, NO_WORK_AHEAD)
+
+
+# -- price: keep an idle instance or replace it? -------------------------------------------
+def worth_keeping(idle_dph: float, fresh_dph: float | None, boot_s: float,
+                  work_s: float | None) -> tuple[bool, str]:
+    """Lease an idle instance at ``idle_dph`` $/h, or let it go and rent a free offer at
+    ``fresh_dph``? Keeping bills ``idle_dph * work``; replacing bills ``fresh_dph *
+    (boot + work)`` (Vast.ai bills a boot). So keep while the idle instance's premium,
+    ``(idle_dph - fresh_dph) * work``, is at most the fresh boot's bill, ``fresh_dph *
+    boot``. Ties keep (a boot also costs wall time); an unknown amount of work keeps
+    (the boot saved is certain, the premium a guess). Returns (keep, why)."""
+    if fresh_dph is None:
+        return True, f"kept at ${idle_dph:.3f}/h: no fitting offer is free on the market"
+    if idle_dph <= fresh_dph:
+        return True, (f"kept at ${idle_dph:.3f}/h: the cheapest free offer costs "
+                      f"${fresh_dph:.3f}/h")
+    if work_s is None:
+        return True, (f"kept at ${idle_dph:.3f}/h although an offer costs ${fresh_dph:.3f}/h: "
+                      "no job time measured yet")
+    premium = (idle_dph - fresh_dph) * work_s / 3600
+    boot = fresh_dph * boot_s / 3600
+    figures = (f"premium ${premium:.4f} over {work_s:.0f} s of expected work against a "
+               f"{boot_s:.0f} s boot at ${fresh_dph:.3f}/h, ${boot:.4f}")
+    if premium <= boot:
+        return True, f"kept at ${idle_dph:.3f}/h: {figures}"
+    return False, f"replaced, ${idle_dph:.3f}/h against a free ${fresh_dph:.3f}/h: {figures}"
 
 
 # -- matching: pure functions ------------------------------------------------------------

@@ -44,7 +44,7 @@ from .transports.ssh import SshTransport
 from .transports.storage import StorageTransport
 from .vast import VastAPI
 from .watcher import InstanceWatcher
-from .work_ahead import work_ahead
+from .work_ahead import jobs_ahead, work_ahead
 
 LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
 # Seconds a teardown may take before it gives up, leaving the instance journaled as pending
@@ -74,6 +74,7 @@ class RunSettings:
     bids: BidSettings = field(default_factory=BidSettings)  # interruptible instances
     reuse: bool = True  # warm instances (pool.py): a succeeded job's instance serves the next
     idle_timeout: float = 60.0  # seconds an idle warm instance waits (pool.DEFAULT_IDLE_TIMEOUT)
+    offer_wait: float = 1800.0  # seconds a job waits for an offer (driver.DEFAULT_OFFER_WAIT)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,10 @@ class Run:
                          idle_timeout=settings.idle_timeout,
                          enabled=settings.reuse and settings.idle_timeout > 0
                          and hooks.storage is None and not settings.keep_instances,
-                         work_ahead=work_ahead(hooks.needrun_jobs, self.running_jobs))
+                         work_ahead=work_ahead(hooks.needrun_jobs, self.running_jobs),
+                         on_idle=self.market.vacancies.notify,
+                         on_gone=lambda offer: self.market.release(int(offer["id"])))
+        self.market.own_offers = self.pool.idle_offers
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self, settings.on_restart)
         self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
@@ -189,11 +193,28 @@ class Run:
         return model
 
     def running_jobs(self) -> list[Any]:
-        """The Snakemake jobs this run's drivers are still working on."""
+        """The Snakemake jobs this run's drivers are still working on, less those waiting
+        for an offer: an idle instance may be just what they wait for."""
         with self._lock:
             drivers = list(self.drivers.values())
         return [d.m.snakemake_job for d in drivers
-                if d.m.snakemake_job is not None and not d.done.is_set()]
+                if d.m.snakemake_job is not None and not d.done.is_set()
+                and d.m.state is not JobState.WAITING]
+
+    def queue_share(self) -> float:
+        """Jobs still to come per instance of this run, at least 1: the work an idle
+        instance may expect if kept (pool.worth_keeping). 1 when the DAG cannot be read."""
+        needrun = self.hooks.needrun_jobs
+        if needrun is None:
+            return 1.0
+        try:
+            ahead = jobs_ahead(list(needrun()), self.running_jobs())
+        except Exception:  # read from another thread: a set may change size mid-read
+            return 1.0
+        with self._lock:
+            holding = sum(1 for d in self.drivers.values()
+                          if not d.done.is_set() and d.m.instance_id is not None)
+        return max(1.0, (ahead + 1) / max(1, holding + self.pool.idle_count()))
 
     def interruptible(self, job: Any, rule: str) -> bool:
         """Bid instances for this job (bids.py); a group bids only if all its rules do."""
@@ -212,7 +233,7 @@ class Run:
         return JobPorts(run_id=self.run_id, journal=self.journal, market=self.market,
                         instances=self.instances, spec=spec, settings=self.settings,
                         log=self.log, transport=self._transport, on_end=self.job_ended,
-                        pool=self.pool)
+                        pool=self.pool, queue_share=self.queue_share)
 
     def _transport(self, driver: JobDriver) -> Transport:
         """Storage mode when Snakemake has a default storage provider, else SSH mode."""
@@ -256,7 +277,9 @@ class Run:
             if model.broken:
                 self.broken_jobs += 1
         self.machine.remove_model(model)
-        if model.offer is not None:  # its machine may be rented again by a later job
+        # Its machine may be rented again by a later job, unless the instance serves on in
+        # the warm pool: the offer stays the run's until the pool lets it go.
+        if model.offer is not None and not (model.label and self.pool.holds(model.label)):
             self.market.release(int(model.offer["id"]))
         level = "info" if model.state is JobState.SUCCEEDED else "warning"
         first_line = model.failure.splitlines()[0] if model.failure else None
@@ -470,4 +493,5 @@ def public_settings(settings: RunSettings) -> dict:
                  "fallback_after": settings.bids.fallback_after,
                  "fallback": settings.bids.fallback},
         "reuse": settings.reuse, "idle_timeout": settings.idle_timeout,
+        "offer_wait": settings.offer_wait,
     }

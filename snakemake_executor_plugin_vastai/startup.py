@@ -145,7 +145,7 @@ def run_settings(settings: Any, container_image: str | None = None,
         max_spend=max_spend(settings), max_runtime=max_runtime(settings),
         progress_interval=progress_interval(settings), bids=bid_settings,
         reuse=not bool(getattr(settings, "no_reuse", False)),
-        idle_timeout=idle_timeout(settings))
+        idle_timeout=idle_timeout(settings), offer_wait=offer_wait(settings))
 
 
 def progress_interval(settings: Any) -> float:
@@ -183,13 +183,27 @@ def idle_timeout(settings: Any) -> float:
     """--vastai-idle-timeout: seconds an idle warm instance waits (>= 0; unset: the default)."""
     from .pool import DEFAULT_IDLE_TIMEOUT
 
-    value = getattr(settings, "idle_timeout", None)
+    return _seconds(settings, "idle_timeout", DEFAULT_IDLE_TIMEOUT,
+                    "0 = destroy an instance as soon as its job is done")
+
+
+def offer_wait(settings: Any) -> float:
+    """--vastai-offer-wait: seconds a job waits for a matching offer to come free."""
+    from .driver import DEFAULT_OFFER_WAIT
+
+    return _seconds(settings, "offer_wait", DEFAULT_OFFER_WAIT,
+                    "0 = fail at once when no matching offer is free")
+
+
+def _seconds(settings: Any, name: str, default: float, zero: str) -> float:
+    """A finite number of seconds >= 0 (unset: ``default``), or an error naming the option."""
+    value = getattr(settings, name, None)
     if value is None:
-        return DEFAULT_IDLE_TIMEOUT
+        return default
     seconds = _number(value)
-    if not seconds >= 0:
-        raise WorkflowError(f"--vastai-idle-timeout must be a number of seconds >= 0 "
-                            f"(0 = destroy an instance as soon as its job is done), not "
+    if not seconds >= 0:  # NaN and negatives; inf: no limit
+        option = "--vastai-" + name.replace("_", "-")
+        raise WorkflowError(f"{option} must be a number of seconds >= 0 ({zero}), not "
                             f"{value!r}")
     return seconds
 

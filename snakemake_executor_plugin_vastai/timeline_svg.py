@@ -26,6 +26,7 @@ from .timeline import IDLE, Row, Span, Timeline
 
 STATE_COLOURS = {
     "searching": "#b0bec5",
+    "waiting": "#cfd8dc",
     "renting": "#ffb74d",
     "booting": "#ffd54f",
     "uploading": "#4fc3f7",

@@ -40,6 +40,12 @@ def may_come(needrun: Iterable[Any], running: Iterable[Any]) -> bool:
     return any(job not in busy and not job.is_local for job in needrun)
 
 
+def jobs_ahead(needrun: Iterable[Any], running: Iterable[Any]) -> int:
+    """How many unfinished remote jobs no job driver of this run is working on yet."""
+    busy = {single for job in running for single in members(job)}
+    return sum(1 for job in needrun if job not in busy and not job.is_local)
+
+
 def work_ahead(needrun: Callable[[], Iterable[Any]] | None,
                running: Callable[[], Iterable[Any]]) -> Callable[[], bool]:
     """A check for the pool: ``may_come`` over fresh reads, "yes" when it cannot tell."""

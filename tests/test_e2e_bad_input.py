@@ -28,6 +28,7 @@ def workflow(tmp_path, resources: str = ""):
     ("", ("--vastai-disk", "0"), "--vastai-disk"),
     ("", ("--vastai-image", "Not An Image"), "--vastai-image"),
     ("", ("--vastai-progress-interval", "0.001"), "--vastai-progress-interval"),
+    ("", ("--vastai-offer-wait", "-5"), "--vastai-offer-wait"),
 ])
 def test_bad_settings_and_resources_name_the_culprit(tmp_path, simulator, resources, extra,
                                                     culprit):

@@ -72,13 +72,15 @@ MATRIX_ROWS: list[tuple[str, str, str]] = [
     ),
     (
         "Offer rented by someone else between search and create",
-        "Rents the next candidate offer (5 per search, 3 searches)",
+        "Rents the next-cheapest offer that no job of the run holds",
         "Nothing; the job runs on the next-cheapest offer",
     ),
     (
         "Every matching offer is taken",
-        "Gives up after 3 searches; nothing is rented",
-        "The job fails: `every candidate offer was taken by someone else (3 searches)`",
+        "Waits (state `waiting`, nothing rented), searching again every 2-20 s and at once "
+        "when one of the run's instances comes free, up to `--vastai-offer-wait`",
+        "Within the wait nothing; past it the job fails: `no Vast.ai offer matching ... "
+        "came free within 3s (--vastai-offer-wait)`",
     ),
     (
         "Image pull fails for good: `pull rate limit`, `manifest unknown`, `no space left on "
@@ -346,7 +348,8 @@ CASES: list[Case] = [
     Case(
         "every-offer-taken",
         faults=(("offer_taken", dict(count=100_000)),),
-        checks=(fails("every candidate offer was taken"), rented(0)),
+        args=("--vastai-offer-wait", "3"),
+        checks=(fails("came free within 3s (--vastai-offer-wait)"), rented(0)),
     ),
     # ----- booting
     *[

@@ -313,3 +313,69 @@ def test_a_lease_racing_the_early_release_either_leases_or_destroys(tmp_path):
         assert len(leased) + len(destroyed) == 1, (leased, destroyed)
         pool.drain("end")
         journal.close()
+
+
+# -- price: keep an idle instance or replace it (pool.worth_keeping) ----------------------
+@pytest.mark.parametrize(("idle", "fresh", "boot", "work", "keep"), [
+    (0.40, None, 180, 600, True),  # nothing free to replace it with
+    (0.40, 0.40, 180, 10**6, True),  # not dearer: a boot saved for nothing
+    (0.40, 0.10, 180, None, True),  # no job measured yet: the saved boot is certain
+    (2.62, 0.11, 20, 5, False),  # the H100 against an A4000: 12.5 c > 0.06 c
+    (0.21, 0.20, 180, 600, True),  # premium 0.01*600 = 6 < 0.20*180 = 36 ($-seconds)
+    (0.21, 0.20, 180, 36 * 100, True),  # premium equals the boot: a tie keeps
+    (0.21, 0.20, 180, 36 * 100 + 1, False),  # a longer queue tips it
+])
+def test_an_idle_instance_is_kept_while_its_premium_is_at_most_a_fresh_boot(
+        idle, fresh, boot, work, keep):
+    from snakemake_executor_plugin_vastai.pool import worth_keeping
+
+    got, why = worth_keeping(idle, fresh, boot, work)
+    assert got is keep
+    assert why.startswith("kept" if keep else "replaced") and f"${idle:.3f}/h" in why
+
+
+def test_a_dear_idle_instance_not_worth_keeping_is_torn_down_with_the_reason(journal):
+    pool, jobs, labels, destroyed = pool_with(journal, 3, idle_timeout=600)
+    for job, label, price in zip(jobs, labels, [2.5, 3.0, 0.3], strict=True):
+        pool.give_back(warm(label, price=price, image="img"), job)
+    asked = []
+
+    def decide(w):
+        asked.append(w.label)
+        return (w.price < 1.0), f"priced {w.price}"
+
+    kept = pool.lease("next", request(), "img", decide=decide)
+    assert kept is not None and kept.label == labels[2]  # the cheapest, worth its price
+    kept_row = journal.instance_history(labels[2])[-1]
+    assert (kept_row["trigger"], kept_row["detail"]) == ("leased", "priced 0.3")
+    assert pool.lease("next2", request(), "img", decide=decide) is None
+    assert asked == [labels[2], labels[0]]  # cheapest first
+    assert destroyed == [labels[0]]  # replaced by the cheaper offer the job rents
+    dear = journal.instance_history(labels[0])[-1]
+    assert (dear["trigger"], dear["detail"]) == ("expired", "priced 2.5")
+    assert pool.holds(labels[1])  # one replacement per job: the rest stay for others
+
+
+def test_a_failed_price_check_leaves_the_instance_idle(journal):
+    pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600)
+    pool.give_back(warm(labels[0], image="img"), jobs[0])
+
+    def decide(w):
+        raise RuntimeError("search failed")
+
+    with pytest.raises(RuntimeError):
+        pool.lease("next", request(), "img", decide=decide)
+    assert pool.idle_count() == 1 and destroyed == []
+    assert pool.lease("next", request(), "img") is not None
+
+
+def test_giving_back_wakes_waiting_jobs_and_expiring_ends_the_offers_claim(journal):
+    woken, gone = [], []
+    _run, jobs, labels = rented(journal, 1)
+    pool = Pool(journal, lambda iid, label: None, Log(), idle_timeout=600,
+                on_idle=lambda: woken.append(1), on_gone=gone.append)
+    pool.give_back(warm(labels[0], image="img"), jobs[0])
+    assert woken == [1] and pool.holds(labels[0])
+    assert pool.idle_offers()[0]["id"] == OFFER["id"]
+    pool.drain("the run ended")
+    assert [o["id"] for o in gone] == [OFFER["id"]] and not pool.holds(labels[0])
