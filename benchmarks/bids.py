@@ -35,6 +35,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import dollars
 from benchmarks.catalog import write_offers
 from benchmarks.scenarios import clean_env
 from benchmarks.simproc import SimProcess
@@ -63,7 +64,8 @@ def run_mode(base: Path, mode: str, args: argparse.Namespace, repeat: int) -> di
                               timeout=args.timeout)
         wall = time.monotonic() - started
         truth = sim.truth()
-    ours = [i for i in truth["instances"] if not i.get("foreign")]
+    ours = dollars.ours(truth)
+    cost = dollars.bill(ours)
     outputs = len(list((workdir / "out").glob("*"))) if (workdir / "out").exists() else 0
     problems = []
     if done.returncode != 0:
@@ -73,7 +75,9 @@ def run_mode(base: Path, mode: str, args: argparse.Namespace, repeat: int) -> di
         problems.append(f"instances alive at the end: {alive}")
     return {
         "mode": mode, "repeat": repeat, "wall_seconds": wall,
-        "dollars": sum(i["billed_dollars"] for i in ours),
+        "dollars": cost["dollars"], "compute_dollars": cost["compute"],
+        "storage_dollars": cost["storage"], "bandwidth_dollars": cost["bandwidth"],
+        "instance_seconds": cost["instance_seconds"],
         "stopped_storage_dollars": sum(i.get("storage_dollars_stopped", 0.0) for i in ours),
         "instances": len(ours), "bid_instances": sum(1 for i in ours if i.get("is_bid")),
         "preemptions": int(truth.get("preemptions", 0)), "outputs": outputs,
@@ -92,7 +96,9 @@ def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for mode in ("on-demand", "bid"):
         mine = [r for r in runs if r["mode"] == mode]
         out["modes"][mode] = {key: spread([float(r[key]) for r in mine]) for key in (
-            "dollars", "wall_seconds", "instances", "preemptions", "stopped_storage_dollars")}
+            "dollars", "compute_dollars", "storage_dollars", "bandwidth_dollars",
+            "instance_seconds", "wall_seconds", "instances", "preemptions",
+            "stopped_storage_dollars")}
     pairs = {}
     for r in runs:
         pairs.setdefault(r["repeat"], {})[r["mode"]] = r
@@ -111,8 +117,12 @@ def show(summary: dict[str, Any], args: argparse.Namespace) -> str:
              f"preempted (half back after {args.back_after:g} s, half never; grace "
              f"{args.grace:g} s), bid {args.bid:g} x min_bid"]
     for mode, figures in summary["modes"].items():
-        lines.append(f"  {mode:<9}  cost {fmt(figures['dollars'], '$')}   wall "
-                     f"{fmt(figures['wall_seconds'], '', 1)} s   instances "
+        lines.append(f"  {mode:<9}  cost {fmt(figures['dollars'], '$')} (compute "
+                     f"${figures['compute_dollars']['median']:.4f}, storage "
+                     f"${figures['storage_dollars']['median']:.4f}, bandwidth "
+                     f"${figures['bandwidth_dollars']['median']:.4f})   wall "
+                     f"{fmt(figures['wall_seconds'], '', 1)} s   instance-seconds "
+                     f"{figures['instance_seconds']['median']:.0f}   instances "
                      f"{figures['instances']['median']:g}   preemptions "
                      f"{figures['preemptions']['median']:g}")
     ratios = summary["ratios"]

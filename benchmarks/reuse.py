@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import dollars
 from benchmarks.catalog import write_offers
 from benchmarks.simproc import SimProcess
 from benchmarks.workload import read_stamp, write_workflow
@@ -77,9 +78,10 @@ def run_once(base: Path, *, reuse: bool, jobs: int, job_seconds: float, parallel
     if done.returncode != 0:
         raise RuntimeError(f"snakemake failed ({'reuse' if reuse else 'no reuse'}):\n"
                            f"{done.stderr[-3000:]}")
-    instances = [i for i in truth["instances"] if not i.get("foreign")]
+    instances = dollars.ours(truth)
     alive = [i for i in instances if i["alive"]]
     billed = sum(float(i["billed_seconds"]) for i in instances)
+    cost = dollars.bill(instances)
     # The job command's own time on the instance (remote Snakemake start to the job's end):
     # the floor the other benchmarks use; it absorbs the CPU starvation of a loaded host.
     command = sum(float(s["end"]) - float(s["command_start"] or s["start"])
@@ -88,6 +90,8 @@ def run_once(base: Path, *, reuse: bool, jobs: int, job_seconds: float, parallel
             "billed": billed, "alive_after": len(alive), "command_seconds": command,
             "overhead_per_job": (billed - jobs * job_seconds) / jobs,
             "overhead_beyond_command": (billed - command) / jobs, "idle_gaps": gaps,
+            "dollars": cost["dollars"], "compute_dollars": cost["compute"],
+            "storage_dollars": cost["storage"], "bandwidth_dollars": cost["bandwidth"],
             **shares}
 
 
@@ -179,7 +183,9 @@ def figures(runs: list[dict[str, Any]], mean_boot: float) -> dict[str, Any]:
     out: dict[str, Any] = {"modes": {}}
     for mode, rows in (("reuse", on), ("no_reuse", off)):
         out["modes"][mode] = {k: summary([float(r[k]) for r in rows.values()])
-                              for k in ("wall", "boots", "billed", "overhead_per_job",
+                              for k in ("dollars", "compute_dollars", "storage_dollars",
+                                        "bandwidth_dollars", "wall", "boots", "billed",
+                                        "overhead_per_job",
                                         "overhead_beyond_command", "boot_seconds",
                                         "leased_seconds", "idle_seconds")
                               if all(k in r for r in rows.values())} if rows else {}
@@ -202,6 +208,8 @@ def figures(runs: list[dict[str, Any]], mean_boot: float) -> dict[str, Any]:
         })
     if both:
         out["ratios"].update({
+            "dollars_off_over_on": summary([off[i]["dollars"] / on[i]["dollars"]
+                                            for i in both]),
             "wall_off_over_on": summary([off[i]["wall"] / on[i]["wall"] for i in both]),
             "billed_off_over_on": summary([off[i]["billed"] / on[i]["billed"] for i in both]),
             "boots_off_over_on": summary([off[i]["boots"] / on[i]["boots"] for i in both]),
@@ -220,7 +228,9 @@ def print_report(report: dict[str, Any]) -> None:
           f"{s['boot_range'][0]:g}-{s['boot_range'][1]:g} s (scale {s['scale']:g}), "
           f"idle timeout {s['idle_timeout']:g} s")
     print(f"{'figure':<22}{'reuse':>34}{'no reuse':>34}")
-    for key, digits in (("wall", 1), ("boots", 0), ("billed", 1), ("boot_seconds", 1),
+    for key, digits in (("dollars", 4), ("compute_dollars", 4), ("storage_dollars", 4),
+                        ("bandwidth_dollars", 4), ("wall", 1), ("boots", 0), ("billed", 1),
+                        ("boot_seconds", 1),
                         ("leased_seconds", 1), ("idle_seconds", 1), ("overhead_per_job", 2),
                         ("overhead_beyond_command", 2)):
         row = [fmt(report["modes"][m][key], digits) if report["modes"][m].get(key) else "-"

@@ -448,6 +448,7 @@ class Instance:
                 "preemptions": self.preemptions,
                 "outbid": self.outbid,
                 "stopped_seconds": stopped,
+                "storage_dph": self.storage_dph(),  # part of dph_total while it runs
                 "storage_dollars_stopped": storage_stopped,
                 "foreign": self.foreign,
                 "ssh_port": self.ssh_port,
