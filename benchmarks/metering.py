@@ -17,9 +17,13 @@ import argparse
 import statistics
 import time
 
-from snakemake_executor_plugin_vastai.ledger import ByteMeter
-from snakemake_executor_plugin_vastai.progress import TransferProgress
-from snakemake_executor_plugin_vastai.remote import CHUNK, SEND_BATCH, _MeteredChannel
+from snakemake_executor_plugin_vastai.costs.ledger import ByteMeter
+from snakemake_executor_plugin_vastai.transports.progress import TransferProgress
+from snakemake_executor_plugin_vastai.transports.ssh.remote import (
+    CHUNK,
+    SEND_BATCH,
+    _MeteredChannel,
+)
 
 GIB = 1024**3
 CALLS = 200_000

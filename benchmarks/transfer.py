@@ -30,12 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from snakemake_executor_plugin_vastai.keys import (
+from snakemake_executor_plugin_vastai.run.keys import (
     generate_keypair,
     load_private_key,
     write_private_key,
 )
-from snakemake_executor_plugin_vastai.remote import AllowedPaths, Endpoint, RemoteSession
+from snakemake_executor_plugin_vastai.transports.ssh.remote import (
+    AllowedPaths,
+    Endpoint,
+    RemoteSession,
+)
 
 from .simproc import SimProcess
 

@@ -35,7 +35,7 @@ from snakemake_interface_executor_plugins.settings import (
 )
 
 if TYPE_CHECKING:
-    from .runtime import Run
+    from .run.runtime import Run
 
 __version__ = "0.2.0"
 DEFAULT_IMAGE = "vastai/pytorch:@vastai-automatic-tag"
@@ -177,14 +177,14 @@ class Executor(RemoteExecutor):
     """Thin glue between Snakemake and a :class:`~.runtime.Run`."""
 
     def __post_init__(self) -> None:
-        from .vast import skip_serverless_client
+        from .vastai.api import skip_serverless_client
 
         skip_serverless_client()
         if os.environ.get("SNAKEMAKE_VASTAI_PLAN"):  # `... plan`: report, rent nothing
-            from .plan import write_plan_and_stop
+            from .cli.plan import write_plan_and_stop
 
             write_plan_and_stop(self)
-        from .startup import start_run
+        from .run.startup import start_run
 
         self.next_seconds_between_status_checks = STATUS_CHECK_SECONDS
         self.run: Run = start_run(self)
@@ -206,7 +206,7 @@ class Executor(RemoteExecutor):
 
     def get_job_args(self, job: JobExecutorInterface, **kwargs: Any) -> str:
         """Snakemake's job arguments, but shell-quoted (see jobargs.py)."""
-        from .jobargs import job_args
+        from .workflow.jobargs import job_args
 
         return job_args(job, cores=kwargs.get("cores", self.cores),
                         unneeded_temp_files=self.workflow.dag.get_unneeded_temp_files(job))
@@ -216,9 +216,9 @@ class Executor(RemoteExecutor):
         self.report_job_submission(SubmittedJobInfo(job=job, external_jobid=model.job_id))
 
     async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]):
-        from .checkpoints import bring_home
-        from .redaction import scrub
-        from .storage import forget_stale_answers
+        from .run.redaction import scrub
+        from .transports.storage.setup import forget_stale_answers
+        from .workflow.checkpoints import bring_home
 
         for info in active_jobs:
             driver = self.run.drivers.get(str(info.external_jobid))

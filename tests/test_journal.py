@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_executor_plugin_vastai import journal as journal_module
-from snakemake_executor_plugin_vastai.journal import (
+from snakemake_executor_plugin_vastai.journal import store as journal_module
+from snakemake_executor_plugin_vastai.journal.store import (
     MIGRATIONS,
     Journal,
     JournalCorrupt,
@@ -34,7 +34,7 @@ from snakemake_executor_plugin_vastai.journal import (
     UnknownJob,
     redact,
 )
-from snakemake_executor_plugin_vastai.machine import JobState
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
 
 SECRET = "sk-PLANTED-5e3c9a1f7b2d4e6a"
 
@@ -585,7 +585,7 @@ def test_rent_intent_survives_a_crash_during_the_create_call(tmp_path: Path) -> 
     script = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from snakemake_executor_plugin_vastai.journal import Journal
+        from snakemake_executor_plugin_vastai.journal.store import Journal
         j = Journal.for_workdir(Path({str(tmp_path)!r}))
         run = j.start_run(snakemake_version="9", plugin_version="0", settings={{}})
         job = j.add_job(run_id=run, rule="r", snakemake_jobid=1, fingerprint="fp",

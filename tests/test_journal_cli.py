@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 import vastai
 
-from snakemake_executor_plugin_vastai import journal_cli, tables
-from snakemake_executor_plugin_vastai.journal import Journal
-from snakemake_executor_plugin_vastai.journal_cli import main
+from snakemake_executor_plugin_vastai.cli import journal as journal_cli
+from snakemake_executor_plugin_vastai.cli import tables
+from snakemake_executor_plugin_vastai.cli.journal import main
+from snakemake_executor_plugin_vastai.journal.store import Journal
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
-from snakemake_executor_plugin_vastai.vast import VastAPI
+from snakemake_executor_plugin_vastai.vastai.api import VastAPI
 from tests.e2e import run_snakemake, sim_env, write_workflow
 
 pytestmark = pytest.mark.e2e

@@ -78,7 +78,7 @@ def test_the_version_is_above_the_published_0_1_4_and_agrees_everywhere():
 
 def test_the_statechart_command_says_it_needs_a_checkout_when_the_tool_is_absent(
         monkeypatch, capsys):
-    from snakemake_executor_plugin_vastai import cli
+    from snakemake_executor_plugin_vastai.cli import main as cli
 
     monkeypatch.setitem(sys.modules, f"{PACKAGE}.statechart", None)  # as in the wheel
     assert cli.main(["statechart", "--check"]) == 2

@@ -27,15 +27,16 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from snakemake_executor_plugin_vastai import remote_scripts
-from snakemake_executor_plugin_vastai.keys import (
+from snakemake_executor_plugin_vastai.run.keys import (
     KeyFileError,
     RunKey,
     generate_keypair,
     load_private_key,
     write_private_key,
 )
-from snakemake_executor_plugin_vastai.remote import (
+from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
+from snakemake_executor_plugin_vastai.transports.ssh import scripts as remote_scripts
+from snakemake_executor_plugin_vastai.transports.ssh.remote import (
     AllowedPaths,
     AuthRejected,
     Endpoint,
@@ -50,7 +51,6 @@ from snakemake_executor_plugin_vastai.remote import (
     _TarSender,
     clean_relative,
 )
-from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
 
 JOB = "vastai-job"
 
@@ -285,7 +285,7 @@ def test_tar_sender_writes_a_valid_padded_archive(tmp_path: Path) -> None:
     (tree / "link").symlink_to("sub/f.txt")  # uploaded as the file it points to
     chan = FakeChannel()
     sender = _TarSender(chan)  # type: ignore[arg-type]
-    from snakemake_executor_plugin_vastai.remote import _plan_upload, _walk
+    from snakemake_executor_plugin_vastai.transports.ssh.remote import _plan_upload, _walk
 
     for item in _plan_upload([(tree, "in")], {".vastai/env": (b"export A=1\n", 0o600)}):
         members = _walk(*item, frozenset()) if isinstance(item, tuple) else [item]

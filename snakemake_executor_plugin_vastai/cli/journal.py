@@ -1,0 +1,1296 @@
+"""``python -m snakemake_executor_plugin_vastai journal``: the journal, answered without SQL.
+
+What ran where, what it cost, why a job failed, whether anything still bills,
+and destroying what does. Run it in the workflow's directory, or name the
+journal (or the workflow directory) with ``--journal``::
+
+    python -m snakemake_executor_plugin_vastai journal runs
+    python -m snakemake_executor_plugin_vastai journal jobs --state failed
+    python -m snakemake_executor_plugin_vastai journal show 9b07
+    python -m snakemake_executor_plugin_vastai journal instances --alive
+    python -m snakemake_executor_plugin_vastai journal cost --json
+    python -m snakemake_executor_plugin_vastai journal cleanup --dry-run
+    python -m snakemake_executor_plugin_vastai journal timeline -o run.html
+
+Every subcommand prints aligned tables for people and, with ``--json``, the
+full rows for scripts (epoch-second times, untruncated errors). Reading never
+creates a journal; only ``cleanup`` writes to one, and only the destroy
+bookkeeping (``destroy_requested_at``, ``destroyed_at``).
+
+Vast.ai is asked only by ``instances --alive`` and ``cleanup``: one listing of
+the account, of which only instances whose label starts with this journal's
+label prefix are ever considered. The API key comes from
+``SNAKEMAKE_VASTAI_API_KEY`` / ``VAST_API_KEY`` or ``--api-key-file`` (never
+from a plain option, which would show in the process list and shell history);
+the URL from ``--api-url``, ``VAST_URL``, the latest run's settings, or the
+real service.
+
+Exit codes
+----------
+0  fine.
+1  something bills that should not, or may: ``instances --alive`` found a live
+   instance no running job uses, or Vast.ai could not be asked; ``cleanup``
+   could not destroy something, or refused to touch a journal row whose label
+   lacks this workflow's prefix.
+2  usage error; journal missing, empty, damaged or too new; unknown or
+   ambiguous job or run; no API key, or the key was refused; ``cleanup``
+   while a run of this workflow is still running (without ``--force``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..costs import bids as bid_costs
+from ..costs import ledger
+from ..costs import warm as warm_cost
+from ..journal.store import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
+from ..lifecycle.job_machine import JobState
+from ..run import listing
+from ..run import liveness as leases
+from ..run.redaction import scrub
+from ..run.teardown import Teardown
+from ..transports import progress
+from ..vastai.api import DEFAULT_URL, VastAPI, VastAuthError, VastError
+from . import tables
+
+PROG = "python -m snakemake_executor_plugin_vastai journal"
+ERROR_WIDTH = 60  # characters of a last error shown in the jobs table
+API_RETRY_BUDGET = 20.0  # seconds of retries before a CLI call gives up (the plugin's: 300)
+GONE_WAIT = 60.0  # seconds cleanup waits for a destroyed instance to leave the listing
+STATE_ORDER = [s.value for s in JobState]
+DESCRIPTION = (
+    "Inspect this workflow's Vast.ai journal (runs, jobs, instances, cost) "
+    "and destroy leftover instances. 'COMMAND --help' shows each command's options."
+)
+EPILOG = """\
+exit codes:
+  0  fine
+  1  something bills that should not, or may (instances --alive, cleanup)
+  2  usage error; journal missing, damaged or too new; no or refused API key"""
+
+
+class CliError(Exception):
+    """A message for the user (no traceback) and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Handler = Callable[[Journal, argparse.Namespace], int]
+
+
+# -- entry point ---------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, open the journal read-mostly, run one subcommand; return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse printed why
+        return int(exc.code or 0)
+    try:
+        with open_journal(args.journal) as journal:
+            return int(args.handler(journal, args))
+    except CliError as exc:
+        print(f"journal: {exc}", file=sys.stderr)
+        return exc.code
+    except JournalError as exc:  # damaged, too new, locked: the message says what to do
+        print(f"journal: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:  # e.g. a directory we may not write the WAL index into
+        print(f"journal: cannot read {args.journal}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `journal jobs | head`
+        _silence_stdout()
+        return 0
+    except KeyboardInterrupt:  # a destroy already journaled is finished by the next cleanup
+        print(file=sys.stderr)
+        return 130
+
+
+def open_journal(path: Path) -> Journal:
+    """The existing journal at ``path`` (or in the workflow directory ``path``).
+
+    ``Journal()`` creates a missing file, which is right for a run and wrong
+    here: a typo in ``--journal`` must not leave an empty journal behind.
+    """
+    if path.is_dir():
+        path = path / RELATIVE_PATH
+    if not path.exists():
+        raise CliError(
+            f"no journal at {path}: run this in the workflow directory (where snakemake ran "
+            "with --executor vastai), or pass --journal PATH"
+        )
+    if not path.is_file() or path.stat().st_size == 0:
+        raise CliError(f"{path} is not a journal (empty or not a file); pass --journal PATH")
+    return Journal(path)
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter exits quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+# -- the parser ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """One subparser per command; its description is the handler's docstring."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--api-key SECRET` must not pass as --api-key-file
+    )
+    _journal_option(parser, default=RELATIVE_PATH)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, handler, configure in COMMANDS:
+        doc = inspect.getdoc(handler) or ""
+        child = sub.add_parser(
+            name,
+            help=doc.splitlines()[0],
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
+        _journal_option(child, default=argparse.SUPPRESS)  # also accepted after COMMAND
+        child.add_argument("--json", action="store_true", help="print JSON for scripts")
+        configure(child)
+        child.set_defaults(handler=handler)
+    return parser
+
+
+def _journal_option(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        default=default,
+        metavar="PATH",
+        help=f"the journal file, or a workflow directory (default: ./{RELATIVE_PATH})",
+    )
+
+
+def _api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-url",
+        metavar="URL",
+        help="Vast.ai API (default: $VAST_URL, else the latest run's, else the real service)",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="PATH",
+        help="read the API key from this file (default: $SNAKEMAKE_VASTAI_API_KEY, $VAST_API_KEY)",
+    )
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _configure_runs(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _configure_jobs(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="ID", help="this run (id or unique prefix)")
+    which.add_argument("--all-runs", action="store_true", help="jobs of every run")
+    parser.add_argument("--state", choices=STATE_ORDER, help="only jobs in this state")
+    parser.add_argument("--rule", help="only jobs of this rule")
+    parser.add_argument(
+        "--follow", action="store_true", help="refresh while the latest run is running"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between refreshes with --follow (default: 2)",
+    )
+
+
+def _configure_show(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", metavar="JOB", help="job id or a unique prefix of one")
+
+
+def _configure_instances(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--alive", action="store_true", help="ask Vast.ai which instances exist now"
+    )
+    _api_options(parser)
+
+
+def _configure_cost(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _configure_cleanup(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--dry-run", action="store_true", help="show what would be destroyed")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="clean up although a run of this workflow is still running (its jobs will fail)",
+    )
+    _api_options(parser)
+
+
+# -- runs --------------------------------------------------------------------------------
+def cmd_runs(journal: Journal, args: argparse.Namespace) -> int:
+    """Every run: when, how it ended, its jobs by state, instance-hours and dollars.
+
+    A run that never recorded its end is "running" while its snakemake process
+    lives (same host) and "unfinished" otherwise (it crashed or was killed).
+
+    Example:
+
+        $ python -m snakemake_executor_plugin_vastai journal runs
+        RUN                     STARTED              ...  OUTCOME   JOBS                   ...
+        20261128T133559-6a6039  2026-11-28 13:35:59  ...  finished  2 succeeded, 1 failed  ...
+    """
+    views = run_views(journal)
+    if args.json:
+        return emit_json(views)
+    print(runs_table(views) if views else f"no runs in {journal.path}")
+    return 0
+
+
+def run_views(journal: Journal) -> list[dict]:
+    jobs_by_run: dict[str, list[dict]] = defaultdict(list)
+    for job in journal.jobs():
+        jobs_by_run[job["run_id"]].append(job)
+    views = []
+    for run in journal.runs():
+        seconds, dollars = journal.run_cost(run["id"])
+        counts = Counter(job["state"] for job in jobs_by_run[run["id"]])
+        views.append(
+            {
+                **run,
+                "settings": _parse_json(run["settings"]),
+                "status": run_status(run),
+                "jobs": {state: counts[state] for state in _ordered_states(counts)},
+                "instance_seconds": seconds,
+                "instance_hours": seconds / 3600.0,
+                "dollars": dollars,
+            }
+        )
+    return views
+
+
+def runs_table(views: list[dict]) -> str:
+    rows = [
+        [
+            v["id"],
+            tables.when(v["started_at"]),
+            tables.when(v["ended_at"]),
+            v["status"],
+            ", ".join(f"{n} {state}" for state, n in v["jobs"].items()) or "no jobs",
+            tables.hours(v["instance_seconds"]),
+            tables.money(v["dollars"]),
+        ]
+        for v in views
+    ]
+    headers = ["RUN", "STARTED", "ENDED", "OUTCOME", "JOBS", "INST-H", "COST"]
+    return tables.render(headers, rows, right={5, 6})
+
+
+def run_status(run: dict) -> str:
+    """The recorded outcome, else "running" or "unfinished" (see :func:`run_is_live`)."""
+    if run["ended_at"] is not None:
+        return str(run["outcome"] or "ended")
+    return "running" if run_is_live(run) else "unfinished"
+
+
+def run_is_live(run: dict) -> bool:
+    """True while the run has no end and its own process lives on this host (its lease,
+    ``leases.py``). A run on another host cannot be checked from here and counts as not
+    live."""
+    return leases.is_live(run)
+
+
+# -- jobs --------------------------------------------------------------------------------
+def cmd_jobs(journal: Journal, args: argparse.Namespace) -> int:
+    """Jobs of the latest run (or --run ID, --all-runs), filtered by --state and --rule.
+
+    Each job with its instance, GPU, price, duration, cost and the first line
+    of its last error (the whole error: ``show JOB`` or ``--json``).
+    ``--follow`` refreshes every ``--interval`` seconds until the latest run ends.
+
+    Example:
+
+        $ python -m snakemake_executor_plugin_vastai journal jobs --state failed
+        JOB           RULE  TRY  STATE   INSTANCE  GPU          ...     COST  ERROR
+        9b07a0422a73  boom    1  failed  392958068  1x RTX 3090  ...  $0.0002  rule boom: the ...
+    """
+    if args.follow:
+        return follow_jobs(journal, args)
+    print_jobs(journal, args)
+    return 0
+
+
+def print_jobs(journal: Journal, args: argparse.Namespace, *, compact: bool = False) -> None:
+    """One rendering of the selected jobs (compact: one JSON line, for --follow --json)."""
+    views = job_views(journal, args)
+    if args.json:
+        print(json.dumps(views, indent=None if compact else 2, default=str))
+    elif views:
+        print(jobs_table(views, with_run=args.all_runs))
+    else:
+        print("no jobs match")
+
+
+def job_views(journal: Journal, args: argparse.Namespace) -> list[dict]:
+    run_id = None if args.all_runs else selected_run(journal, args.run)
+    if run_id is None and not args.all_runs:
+        return []
+    instances = {row["label"]: row for row in journal.instances_with_cost()}
+    now = time.time()
+    jobs = journal.jobs(run_id=run_id, state=args.state, rule=args.rule)
+    return [job_view(job, instances.get(job["label"]), now) for job in jobs]
+
+
+def job_view(job: dict, instance: dict | None, now: float) -> dict:
+    """A job row plus what people ask of it: GPU, duration, the instance's bill.
+
+    The bill is that of the instance the job's label names: a job that resumed
+    an earlier run's instance shows the whole bill, shared with that job.
+    """
+    end = job["ended_at"] if job["ended_at"] is not None else now
+    return {
+        **job,
+        "gpu": _gpu(job),
+        "duration_seconds": max(0.0, float(end) - float(job["created_at"])),
+        "instance_seconds": instance["billed_seconds"] if instance else 0.0,
+        "dollars": instance["billed_dollars"] if instance else 0.0,
+        **_leased_share(job, instance, now),
+    }
+
+
+def _leased_share(job: dict, instance: dict | None, now: float) -> dict:
+    """Warm instances: a job that shared its instance costs its leased time only."""
+    if instance is None or instance.get("served", 0) <= 1 or job.get("leased_at") is None:
+        return {}
+    start = instance.get("started_at") or instance.get("created_at") or now
+    begin, stop = warm_cost.job_window(job, float(start) + instance["billed_seconds"])
+    seconds = max(0.0, stop - float(begin or stop))
+    return {"instance_seconds": seconds,
+            "dollars": seconds / 3600.0 * float(instance.get("dph_total") or 0.0)}
+
+
+def jobs_table(views: list[dict], *, with_run: bool = False) -> str:
+    """The jobs, one line each; ``with_run`` adds the run column (for --all-runs)."""
+    headers = ["JOB", "RULE", "TRY", "STATE", "INSTANCE", "GPU", "$/H", "TIME", "COST"]
+    headers += ["RUN", "ERROR"] if with_run else ["ERROR"]
+    rows = [
+        [
+            v["id"],
+            v["rule"],
+            v["attempt"],
+            v["state"],
+            v["instance_id"],
+            v["gpu"],
+            _price(v["dph_total"]),
+            tables.duration(v["duration_seconds"]),
+            tables.money(v["dollars"]),
+            *([v["run_id"]] if with_run else []),
+            tables.one_line(v["last_error"], ERROR_WIDTH),
+        ]
+        for v in views
+    ]
+    return tables.render(headers, rows, right={2, 4, 6, 7, 8})
+
+
+def follow_jobs(journal: Journal, args: argparse.Namespace) -> int:
+    """Print, wait, print again while the latest run is live; Ctrl-C ends it quietly.
+
+    Liveness is read *before* each rendering, so the last table printed is
+    the one taken after the run ended.
+    """
+    clear = sys.stdout.isatty() and not args.json
+    try:
+        while True:
+            latest = _latest_run(journal)
+            live = latest is not None and run_is_live(latest)
+            if clear:
+                print("\x1b[H\x1b[2J", end="")
+            if not args.json:
+                print(_follow_header(latest, live))
+            print_jobs(journal, args, compact=True)
+            moving = transfers_text(journal, latest) if live and not args.json else ""
+            if moving:
+                print(moving)
+            sys.stdout.flush()
+            if not live:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def transfers_text(journal: Journal, run: dict | None) -> str:
+    """Uploads and downloads of the run still in flight (progress.py writes their rows)."""
+    if run is None:
+        return ""
+    rows = [t for t in journal.transfers(in_flight=True) if t["run_id"] == run["id"]]
+    if not rows:
+        return ""
+    now = time.time()
+    body = []
+    for t in rows:
+        elapsed = max(float(t["updated_at"]) - float(t["started_at"]), 1e-9)
+        done, total = int(t["bytes_done"]), t["bytes_total"]
+        body.append([t["job_id"], t["direction"], progress.human_bytes(done),
+                     "?" if not total else progress.human_bytes(int(total)),
+                     "-" if not total else f"{100.0 * done / int(total):.0f}%",
+                     f"{progress.human_bytes(done / elapsed)}/s",
+                     tables.duration(now - float(t["started_at"]))])
+    table = tables.render(["TRANSFER OF JOB", "DIRECTION", "DONE", "TOTAL", "%", "RATE",
+                           "FOR"], body, right={2, 3, 4, 5, 6})
+    return "\n" + table
+
+
+def _follow_header(run: dict | None, live: bool) -> str:
+    if run is None:
+        return "no runs yet"
+    state = "running (Ctrl-C to stop following)" if live else run_status(run)
+    return f"run {run['id']}: {state}  [{tables.when(time.time())}]"
+
+
+def selected_run(journal: Journal, wanted: str | None) -> str | None:
+    """The run named by id or unique prefix; the latest run when none is named."""
+    if wanted is None:
+        return journal.latest_run_id()
+    exact = [run for run in journal.runs() if run["id"] == wanted]
+    matches = exact or journal.runs_with_prefix(wanted)
+    return _one(matches, "run", wanted, journal.path)["id"]
+
+
+# -- show --------------------------------------------------------------------------------
+def cmd_show(journal: Journal, args: argparse.Namespace) -> int:
+    """One job: its full history, its instance, log file and last error.
+
+    JOB is a job id or any prefix of one that names a single job.
+
+    Example:
+
+        $ python -m snakemake_executor_plugin_vastai journal show 9b07
+        job        9b07a0422a73
+        rule       boom (attempt 1, snakemake job 3)
+        state      failed
+        ...
+        TIME                 TRIGGER       FROM       TO         DETAIL
+        2026-11-28 13:35:59  submit        -          searching  -
+    """
+    job = _one(journal.jobs_with_prefix(args.job), "job", args.job, journal.path)
+    instance = next(
+        (row for row in journal.instances_with_cost() if row["label"] == job["label"]), None
+    )
+    view = {
+        "job": job_view(job, instance, time.time()),
+        "instance": public_instance(instance) if instance else None,
+        "transitions": [
+            {**t, "detail": _parse_json(t["detail"])} for t in journal.transitions_of(job["id"])
+        ],
+    }
+    if args.json:
+        return emit_json(view)
+    print(show_text(view))
+    return 0
+
+
+def show_text(view: dict) -> str:
+    job, instance = view["job"], view["instance"]
+    parts = [tables.fields(_job_fields(job))]
+    if instance:
+        parts.append("instance\n" + _indent(tables.fields(_instance_fields(instance))))
+    history = [
+        [
+            tables.when(t["at"]),
+            t["trigger"],
+            t["from_state"],
+            t["to_state"],
+            _detail_text(t["detail"]),
+        ]
+        for t in view["transitions"]
+    ]
+    parts.append(
+        "history\n" + _indent(tables.render(["TIME", "TRIGGER", "FROM", "TO", "DETAIL"], history))
+    )
+    if job["last_error"]:
+        parts.append("last error\n" + _indent(job["last_error"].rstrip()))
+    return "\n\n".join(parts)
+
+
+def _job_fields(job: dict) -> list[tuple[str, object]]:
+    rule = f"{job['rule']} (attempt {job['attempt']}, snakemake job {job['snakemake_jobid']})"
+    return [
+        ("job", job["id"]),
+        ("rule", rule),
+        ("state", job["state"]),
+        ("run", job["run_id"]),
+        ("submitted", tables.when(job["created_at"])),
+        ("ended", tables.when(job["ended_at"])),
+        ("duration", tables.duration(job["duration_seconds"])),
+        ("exit code", job["exit_code"]),
+        ("resumed from", job["resumed_from"]),
+        ("log", job["log_path"]),
+    ]
+
+
+def _instance_fields(row: dict) -> list[tuple[str, object]]:
+    ssh = f"{row['ssh_host']}:{row['ssh_port']}" if row["ssh_host"] else None
+    return [
+        ("id", row["instance_id"]),
+        ("label", row["label"]),
+        ("offer", row["offer_id"]),
+        ("machine", row["machine_id"]),
+        ("GPU", _gpu(row)),
+        ("price", f"{_price(row['dph_total'])}/h"),
+        ("where", row["geolocation"]),
+        ("ssh", ssh),
+        ("requested", tables.when(row["requested_at"])),
+        ("created", tables.when(row["created_at"])),
+        ("destroyed", _destroyed(row)),
+        ("last status", row["last_status"]),
+        (
+            "billed",
+            f"{tables.duration(row['billed_seconds'])}, {tables.money(row['billed_dollars'])}",
+        ),
+    ]
+
+
+def _detail_text(detail: Any) -> str | None:
+    if detail is None or isinstance(detail, str):
+        return tables.one_line(detail, 100) if detail else None
+    return tables.one_line(json.dumps(detail, default=str), 100)
+
+
+# -- instances ------------------------------------------------------------------------------
+def cmd_instances(journal: Journal, args: argparse.Namespace) -> int:
+    """Every instance the workflow rented: requested, created, destroyed, billed time, dollars.
+
+    ``--alive`` lists the account once and adds what Vast.ai says now; it
+    exits 1 if an instance of this workflow lives that no running job uses
+    (its job ended, its run ended or crashed, or no journal row names it).
+
+    Example:
+
+        $ python -m snakemake_executor_plugin_vastai journal instances --alive
+        INSTANCE   JOB           RULE  GPU          $/H      ...  COST     API
+        392958068  9b07a0422a73  boom  1x RTX 3090  $0.1378  ...  $0.0002  gone
+    """
+    views = [instance_view(row) for row in journal.instances_with_cost()]
+    _attach_rules(journal, views)
+    unexpected = 0
+    if args.alive:
+        views, unexpected = check_alive(journal, args, views)
+    if args.json:
+        emit_json(views)
+    else:
+        print(instances_table(views, alive=args.alive) if views else "no instances rented")
+        if unexpected:
+            print(
+                f"\n{unexpected} instance(s) of this workflow are alive although no running "
+                f"job uses them; destroy them with: {PROG} cleanup"
+            )
+    return 1 if unexpected else 0
+
+
+def instance_view(row: dict) -> dict:
+    return {**public_instance(row), "journaled": True}
+
+
+def public_instance(row: dict) -> dict:
+    """An instance row as shown: the offer parsed, the pinned host key left out (noise)."""
+    view = {key: value for key, value in row.items() if key != "host_key"}
+    if "offer" in view:
+        view["offer"] = _parse_json(view["offer"])
+    return view
+
+
+def _attach_rules(journal: Journal, views: list[dict]) -> None:
+    rules = {job["id"]: job["rule"] for job in journal.jobs()}
+    for view in views:
+        view["rule"] = rules.get(view.get("job_id"))
+
+
+def check_alive(
+    journal: Journal, args: argparse.Namespace, views: list[dict]
+) -> tuple[list[dict], int]:
+    """Add ``api_status`` and ``unexpected`` from one listing; count the unexpected."""
+    listing = list_ours(journal, args)
+    matched, unmatched = match_listing(views, listing)
+    users = _live_users(journal)
+    for view in views:
+        listed = matched.get(view["label"])
+        view["api_status"] = _status(listed) if listed else "gone"
+        view["unexpected"] = _why_unexpected(view, listed, users)
+    for row in unmatched:
+        views.append(
+            {
+                "label": row.get("label"),
+                "instance_id": int(row["id"]),
+                "journaled": False,
+                "gpu_name": row.get("gpu_name"),
+                "num_gpus": row.get("num_gpus"),
+                "dph_total": row.get("dph_total"),
+                "api_status": _status(row),
+                "unexpected": "no journal row names it",
+            }
+        )
+    return views, sum(1 for view in views if view["unexpected"])
+
+
+def _live_users(journal: Journal) -> dict[str, list[dict]]:
+    """label -> every job using it, ``live`` set when it is unfinished in a live run."""
+    live_runs = {run["id"] for run in journal.runs() if run_is_live(run)}
+    users: dict[str, list[dict]] = defaultdict(list)
+    for job in journal.jobs():
+        if job["label"]:
+            live = job["state"] not in TERMINAL_STATES and job["run_id"] in live_runs
+            users[job["label"]].append({**job, "live": live})
+    return users
+
+
+def _why_unexpected(view: dict, listed: dict | None, users: dict[str, list[dict]]) -> str | None:
+    """Why a listed instance should not exist, or None (gone, or a running job uses it)."""
+    if listed is None:
+        return None
+    jobs = users.get(view["label"], [])
+    if any(job["live"] for job in jobs):
+        return None
+    if not jobs:
+        return "no job in the journal uses it"
+    last = jobs[-1]
+    if last["state"] in TERMINAL_STATES:
+        return f"its job {last['id']} is {last['state']}"
+    return f"its run {last['run_id']} is not running"
+
+
+def instances_table(views: list[dict], *, alive: bool) -> str:
+    headers = ["INSTANCE", "JOB", "RULE", "GPU", "$/H", "REQUESTED", "CREATED", "DESTROYED"]
+    headers += ["BILLED", "COST"]
+    rows = []
+    for v in views:
+        row = [
+            v["instance_id"],
+            v.get("job_id"),
+            v.get("rule"),
+            _gpu(v),
+            _price(v["dph_total"]),
+            tables.when(v.get("requested_at")),
+            tables.when(v.get("created_at")),
+            _destroyed(v) if v["journaled"] else "not in journal",
+            tables.duration(v.get("billed_seconds")),
+            tables.money(v.get("billed_dollars")),
+        ]
+        if alive:
+            row.append(v["api_status"] + (f" (! {v['unexpected']})" if v["unexpected"] else ""))
+        rows.append(row)
+    return tables.render([*headers, *(["API"] if alive else [])], rows, right={0, 4, 8, 9})
+
+
+def _destroyed(row: dict) -> str:
+    """When it went; or what the journal knows about an instance it has no end for."""
+    if row.get("destroyed_at") is not None:
+        return tables.when(row["destroyed_at"])
+    if row.get("instance_id") is None:
+        return "create unanswered"
+    return "still billing?"
+
+
+# -- cost --------------------------------------------------------------------------------
+def cmd_cost(journal: Journal, args: argparse.Namespace) -> int:
+    """Totals per run, per rule and per GPU model: instance-seconds, -hours and dollars.
+
+    Each instance is counted once, for the run that rented it and the rule of
+    the job it was rented for; one not yet known destroyed is billed up to now.
+
+    Example:
+
+        $ python -m snakemake_executor_plugin_vastai journal cost
+        RUN                     INSTANCES  SECONDS  INST-H     COST
+        20261128T133559-6a6039          3     17.2   0.005  $0.0006
+        ...
+    """
+    rows = journal.instances_with_cost()
+    rules = {job["id"]: job["rule"] for job in journal.jobs()}
+    report = {
+        "total": _total(rows),
+        "runs": _totals(rows, lambda r: r["run_id"], "run"),
+        "rules": _totals(rows, lambda r: rules.get(r["job_id"]), "rule"),
+        "gpus": _totals(rows, _gpu, "gpu"),
+        "balances": balances(journal, rows),
+    }
+    bid_part = bid_costs.cost_report(rows)  # bid instances: storage while stopped, on demand
+    if bid_part is not None:
+        report["bids"] = bid_part
+    report["warm"] = warm_cost.report(rows, journal.jobs())
+    if args.json:
+        return emit_json(report)
+    print(cost_text(report))
+    if bid_part is not None:
+        print(bid_costs.cost_text(bid_part))
+    if any(r["boots_avoided"] for r in report["warm"]["runs"]):  # only where shared
+        print(f"\n{warm_cost_text(report['warm'])}")
+    return 0
+
+
+def warm_cost_text(warm: dict) -> str:
+    """Warm instances: the boot, leased (the jobs') and idle shares of each run's bill,
+    and each rule's jobs' leased time (what a job costs when instances are shared)."""
+    runs = [[r["run"], int(r["boots"]), int(r["jobs"]), int(r["boots_avoided"]),
+             f"{r['boot_seconds']:.1f}", f"{r['leased_seconds']:.1f}",
+             f"{r['idle_seconds']:.1f}", tables.money(r["boot_dollars"]),
+             tables.money(r["leased_dollars"]), tables.money(r["idle_dollars"])]
+            for r in warm["runs"]]
+    rules = [[r["rule"], int(r["jobs"]), f"{r['seconds']:.1f}", tables.money(r["dollars"])]
+             for r in warm["rules"]]
+    return "\n\n".join([
+        tables.render(["RUN", "BOOTS", "JOBS", "AVOIDED", "BOOT-S", "LEASED-S", "IDLE-S",
+                       "BOOT", "LEASED", "IDLE"], runs, right=set(range(1, 10))),
+        tables.render(["RULE", "JOBS", "LEASED-S", "JOB COST"], rules, right={1, 2, 3}),
+    ])
+
+
+def _total(rows: list[dict]) -> dict:
+    seconds = sum(row["billed_seconds"] for row in rows)
+    return {
+        "instances": len(rows),
+        "instance_seconds": seconds,
+        "instance_hours": seconds / 3600.0,
+        "bytes_uploaded": sum(int(row.get("bytes_uploaded") or 0) for row in rows),
+        "bytes_downloaded": sum(int(row.get("bytes_downloaded") or 0) for row in rows),
+        "components": {c.name: sum(row["components"][c.name] for row in rows)
+                       for c in ledger.COMPONENTS},
+        "dollars": sum(row["billed_dollars"] for row in rows),
+    }
+
+
+def balances(journal: Journal, rows: list[dict]) -> list[dict]:
+    """Per run with a known start balance: the account credit before and after, what it
+    fell by, and the ledger's total for the run (they agree when nothing else billed)."""
+    ledger_total = {t["run"]: t["dollars"] for t in _totals(rows, lambda r: r["run_id"], "run")}
+    return [
+        {"run": run["id"], "before": run.get("balance_before"),
+         "after": run.get("balance_after"),
+         "fell_by": (None if run.get("balance_after") is None
+                     else run["balance_before"] - run["balance_after"]),
+         "ledger": ledger_total.get(run["id"], 0.0)}
+        for run in journal.runs() if run.get("balance_before") is not None
+    ]
+
+
+def _totals(rows: list[dict], key: Callable[[dict], Any], name: str) -> list[dict]:
+    groups: dict[Any, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[key(row)].append(row)
+    return [{name: group, **_total(members)} for group, members in groups.items()]
+
+
+def cost_text(report: dict) -> str:
+    sections = [
+        _cost_table("RUN", "run", report["runs"]),
+        _cost_table("RULE", "rule", report["rules"]),
+        _cost_table("GPU", "gpu", report["gpus"]),
+        _cost_table("TOTAL", "name", [{"name": "all", **report["total"]}]),
+    ]
+    if report.get("balances"):
+        sections.append(_balance_table(report["balances"]))
+    return "\n\n".join(sections)
+
+
+def _balance_table(rows: list[dict]) -> str:
+    def money(value: float | None) -> str:
+        return "-" if value is None else tables.money(value)
+
+    body = [[b["run"], money(b["before"]), money(b["after"]), money(b["fell_by"]),
+             money(b["ledger"])] for b in rows]
+    return tables.render(["BALANCE OF RUN", "BEFORE", "AFTER", "FELL BY", "LEDGER"], body,
+                         right={1, 2, 3, 4})
+
+
+def _cost_table(title: str, key: str, totals: list[dict]) -> str:
+    names = [c.name for c in ledger.COMPONENTS]
+    rows = [
+        [
+            t[key],
+            t["instances"],
+            f"{t['instance_seconds']:.1f}",
+            tables.hours(t["instance_seconds"]),
+            progress.human_bytes(t["bytes_uploaded"] + t["bytes_downloaded"]),
+            *(tables.money(t["components"][name]) for name in names),
+            tables.money(t["dollars"]),
+        ]
+        for t in totals
+    ]
+    headers = [title, "INSTANCES", "SECONDS", "INST-H", "MOVED",
+               *(name.upper() for name in names), "COST"]
+    return tables.render(headers, rows, right=set(range(1, len(headers))))
+
+
+# -- timeline ------------------------------------------------------------------------------
+def cmd_timeline(journal: Journal, args: argparse.Namespace) -> int:
+    """A run as one HTML page: each instance's states over time, GPU, region, $/h, cost.
+
+    One self-contained file (inline SVG and CSS, nothing fetched from the
+    network) for the latest run or RUN (id or unique prefix); hover a bar for
+    its transitions. Totals are those of `journal cost` for the run.
+
+    Example:
+
+        $ python -m snakemake_executor_plugin_vastai journal timeline -o run.html
+        wrote run.html: 6 jobs on 6 instances, 0.004 instance-hours, $0.0011, 0 boots avoided
+    """
+    from . import timeline  # it reads the cost functions of this module
+
+    run_id = selected_run(journal, args.run)
+    if run_id is None:
+        raise CliError(f"no run in {journal.path} yet: nothing to draw")
+    view = timeline.build(journal, run_id)
+    path = args.output or timeline.default_path(journal, run_id)
+    if not path.parent.is_dir():
+        raise CliError(f"-o {path}: directory {path.parent} does not exist")
+    try:
+        timeline.write_html(view, path)
+    except OSError as exc:
+        raise CliError(f"-o {path}: cannot write the timeline: {exc.strerror or exc}") from exc
+    if args.json:
+        return emit_json(timeline.as_json(view, path))
+    print(timeline.summary(view, path))
+    return 0
+
+
+def _configure_timeline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", nargs="?", metavar="RUN",
+                        help="run id or unique prefix (default: the latest run)")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE.html",
+                        help="where to write the page (default: "
+                        ".snakemake/vastai/timeline-RUN.html beside the journal)")
+
+
+# -- cleanup -------------------------------------------------------------------------------
+@dataclass
+class Target:
+    """A listed instance of this workflow to destroy, and its journal row if any."""
+
+    instance_id: int
+    label: str
+    listed: dict
+    row: dict | None
+    note: str = "not in journal"  # what the journal says, for the confirmation table
+
+
+@dataclass
+class CleanupPlan:
+    targets: list[Target] = field(default_factory=list)
+    gone: list[dict] = field(default_factory=list)  # journal says maybe alive; listing: no
+    refused: list[dict] = field(default_factory=list)  # journal rows without our prefix
+
+
+def cmd_cleanup(journal: Journal, args: argparse.Namespace) -> int:
+    """Destroy every instance of this workflow that may still bill, after asking.
+
+    Candidates: journal rows not known destroyed, and every instance in the
+    account whose label starts with this journal's prefix (also those whose
+    id never reached the journal). Nothing without that prefix is touched:
+    a journal row whose label lacks it is refused and reported (exit 1).
+    Each destroy is journaled before the call and confirmed by the API.
+    With --json the plan and questions go to stderr, the outcome to stdout.
+
+    Example:
+
+        $ python -m snakemake_executor_plugin_vastai journal cleanup
+        INSTANCE   LABEL                      API      $/H      JOURNAL
+        393107267  smk-b7fb4a81-1c2d3e4f5a6b  running  $0.1343  job 1c2d3e4f5a6b running
+        Destroy 1 instance(s)? [y/N] y
+        destroyed 393107267 (smk-b7fb4a81-1c2d3e4f5a6b)
+    """
+    _refuse_while_running(journal, args)
+    _refuse_copied(journal)
+    api, source = open_api(journal, args)
+    with api_errors(api, source):
+        listing = api.list_instances(journal.label_prefix)
+    plan = plan_cleanup(journal, listing)
+    stream = sys.stderr if args.json else sys.stdout  # stdout holds only the JSON
+    say = _say_to(stream)
+    say(plan_text(plan, journal.label_prefix))
+    outcome: dict[str, list] = {"destroyed": [], "failed": [], "marked_gone": []}
+    if not args.dry_run and (plan.targets or plan.gone):
+        if plan.targets and not args.yes and not confirm(len(plan.targets), stream):
+            say("nothing destroyed")
+        else:
+            outcome = apply_plan(api, journal, plan, say)
+    if args.json:
+        emit_json({"dry_run": args.dry_run, **plan_json(plan), **outcome})
+    return 1 if outcome["failed"] or plan.refused else 0
+
+
+def apply_plan(
+    api: VastAPI, journal: Journal, plan: CleanupPlan, say: Callable[[str], None]
+) -> dict[str, list]:
+    """Mark the unlisted rows gone, destroy the targets one by one (a failure does not stop
+    the others)."""
+    for row in plan.gone:
+        journal.record_instance_destroyed(label=row["label"])
+    destroyed, failed = [], []
+    for target in plan.targets:
+        error = destroy(api, journal, target)
+        if error is None:
+            destroyed.append(target.instance_id)
+            say(f"destroyed {target.instance_id} ({target.label})")
+        else:
+            failed.append({"instance_id": target.instance_id, "error": error})
+            print(f"NOT destroyed: {error}", file=sys.stderr)
+    return {
+        "destroyed": destroyed,
+        "failed": failed,
+        "marked_gone": [row["label"] for row in plan.gone],
+    }
+
+
+def plan_json(plan: CleanupPlan) -> dict[str, list]:
+    return {
+        "targets": [
+            {
+                "instance_id": t.instance_id,
+                "label": t.label,
+                "api_status": _status(t.listed),
+                "dph_total": t.listed.get("dph_total"),
+                "journaled": t.row is not None,
+                "job_id": t.row["job_id"] if t.row else None,
+            }
+            for t in plan.targets
+        ],
+        "gone": [row["label"] for row in plan.gone],
+        "refused": [{"label": r["label"], "instance_id": r["instance_id"]} for r in plan.refused],
+    }
+
+
+def _say_to(stream: Any) -> Callable[[str], None]:
+    return lambda text: print(text, file=stream, flush=True)
+
+
+def _refuse_copied(journal: Journal) -> None:
+    """A journal copied along with its directory names the original's instances."""
+    if journal.path.parent.parts[-2:] != RELATIVE_PATH.parent.parts:
+        return  # a journal file outside a workflow directory, named with --journal
+    original = journal.copied_from(journal.path.parent.parent.parent)
+    if original is not None:
+        raise CliError(
+            f"this directory's journal was copied from {original}: its instances belong to "
+            "that workflow. Run cleanup there; a snakemake run here first gives this copy a "
+            "fresh label prefix of its own"
+        )
+
+
+def _refuse_while_running(journal: Journal, args: argparse.Namespace) -> None:
+    # Any run not provably dead may be using its instances, on this host or another.
+    live = [run for run in journal.runs() if not leases.is_provably_dead(run)]
+    if live and not args.force and not args.dry_run:
+        run = live[-1]
+        raise CliError(
+            f"run {run['id']} (pid {run['pid']} on {run.get('hostname')}) is still running, or "
+            "cannot be proven dead: cleanup would destroy the instances its jobs use. Stop "
+            "snakemake first (it "
+            "destroys what it rented); a run that crashed on another host counts as running "
+            f"until its heartbeat is {leases.STALE_AFTER / 60:.0f} minutes old; or pass --force"
+        )
+
+
+def plan_cleanup(journal: Journal, listing: list[dict]) -> CleanupPlan:
+    """What to destroy, what to mark gone and what to refuse; changes nothing."""
+    prefix = journal.label_prefix
+    ours = [row for row in listing if str(row.get("label") or "").startswith(prefix)]
+    rows = [row for row in journal.instances() if row["label"].startswith(prefix)]
+    matched, _unmatched = match_listing(rows, ours)
+    by_listed = {int(listed["id"]): label for label, listed in matched.items()}
+    by_label = {row["label"]: row for row in rows}
+    states = {job["id"]: job["state"] for job in journal.jobs()}
+    plan = CleanupPlan()
+    for listed in ours:
+        row = by_label.get(by_listed.get(int(listed["id"]), ""))
+        target = Target(int(listed["id"]), str(listed["label"]), listed, row)
+        if row is not None:
+            target.note = _journal_note(row, states)
+        plan.targets.append(target)
+    for row in journal.instances_possibly_alive():
+        if not row["label"].startswith(prefix):
+            plan.refused.append(row)
+        elif row["label"] not in matched:
+            plan.gone.append(row)
+    return plan
+
+
+def plan_text(plan: CleanupPlan, prefix: str) -> str:
+    parts = []
+    if plan.targets:
+        rows = [
+            [
+                t.instance_id,
+                t.label,
+                _status(t.listed),
+                _price(t.listed.get("dph_total")),
+                t.note,
+            ]
+            for t in plan.targets
+        ]
+        headers = ["INSTANCE", "LABEL", "API", "$/H", "JOURNAL"]
+        parts.append(tables.render(headers, rows, right={0, 3}))
+    else:
+        parts.append(f"no instance with a label starting {prefix!r} is alive")
+    if plan.gone:
+        labels = ", ".join(row["label"] for row in plan.gone)
+        parts.append(f"not listed by Vast.ai, to be marked gone in the journal: {labels}")
+    for row in plan.refused:
+        parts.append(
+            f"REFUSED: journal row {row['label']!r} (instance {row['instance_id']}) does not "
+            f"carry this workflow's label prefix {prefix!r}; not touching it. Check it in the "
+            "Vast.ai console"
+        )
+    return "\n".join(parts)
+
+
+def _journal_note(row: dict, states: dict[str, str]) -> str:
+    if row["destroyed_at"] is not None:
+        return "journal says destroyed"
+    if row["job_id"] is None:
+        return "no job"
+    return f"job {row['job_id']} {states.get(row['job_id'], '?')}"
+
+
+def confirm(count: int, stream: Any) -> bool:
+    """Ask, read one line from stdin; anything but y/yes (or EOF) is no."""
+    print(f"Destroy {count} instance(s)? [y/N]", end=" ", file=stream, flush=True)
+    answer = sys.stdin.readline() if sys.stdin else ""
+    if not (sys.stdin and sys.stdin.isatty()):
+        print(file=stream)  # a piped answer is not echoed: end the prompt's line
+    return answer.strip().lower() in ("y", "yes")
+
+
+def destroy(api: VastAPI, journal: Journal, target: Target) -> str | None:
+    """The one teardown (teardown.py), bounded by GONE_WAIT; an error message or None."""
+    if not target.label.startswith(journal.label_prefix):  # never reached: a last guard
+        return f"instance {target.instance_id}: label {target.label!r} is not this workflow's"
+    teardown = Teardown(api, journal, _CliLog())
+    deadline = time.monotonic() + GONE_WAIT
+    row = target.row
+    try:
+        if row is not None and row["instance_id"] is None:
+            journal.record_instance_created(row["label"], target.instance_id)
+    except JournalError as exc:
+        return f"instance {target.instance_id} ({target.label}): {exc}"
+    if row is None:
+        done = teardown.destroy_stray(target.listed, "not in the journal (journal cleanup)",
+                                      deadline=deadline)
+    else:
+        done = teardown.destroy(target.instance_id, label=target.label, deadline=deadline)
+    if not done:
+        return (f"instance {target.instance_id} ({target.label}) is not confirmed gone "
+                f"{GONE_WAIT:.0f}s after the destroy request; run cleanup again")
+    return None
+
+
+class _CliLog:
+    """The teardown's log, for the CLI: errors and warnings on stderr."""
+
+    def _say(self, event: str, **kw: Any) -> None:
+        details = ", ".join(f"{k}={v}" for k, v in kw.items() if v is not None)
+        print(scrub(f"{event}" + (f" ({details})" if details else "")), file=sys.stderr)
+
+    warning = error = _say
+
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+
+# -- the API -------------------------------------------------------------------------------
+def open_api(journal: Journal, args: argparse.Namespace) -> tuple[VastAPI, str]:
+    """The API client and where its key came from (named in errors; the key never is)."""
+    key, source = api_key(args.api_key_file)
+    url, url_source = api_url(journal, args.api_url)
+    if url_source != "default":
+        print(f"asking Vast.ai at {url} ({url_source})", file=sys.stderr)
+    return VastAPI(key, url, retry_budget=API_RETRY_BUDGET, request_timeout=15.0), source
+
+
+def api_key(key_file: Path | None) -> tuple[str, str]:
+    """The key from --api-key-file, else the environment (as the plugin reads it)."""
+    from ..run.startup import API_KEY_ENV  # here: startup pulls in the whole plugin
+
+    if key_file is not None:
+        try:
+            lines = key_file.read_text().split()
+        except OSError as exc:
+            raise CliError(f"cannot read --api-key-file {key_file}: {exc.strerror}") from None
+        if not lines:
+            raise CliError(f"--api-key-file {key_file} is empty; it must hold the API key")
+        return lines[0], f"--api-key-file {key_file}"
+    for name in API_KEY_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value, f"${name}"
+    raise CliError(
+        f"no Vast.ai API key: set {' or '.join(API_KEY_ENV)}, or pass --api-key-file PATH "
+        "(a file holding the key). Keys are at https://console.vast.ai/manage-keys/"
+    )
+
+
+def api_url(journal: Journal, option: str | None) -> tuple[str, str]:
+    """(URL, where from): --api-url, $VAST_URL, the latest run's settings, the real service."""
+    if option:
+        return option.rstrip("/"), "--api-url"
+    if os.environ.get("VAST_URL"):
+        return os.environ["VAST_URL"].rstrip("/"), "$VAST_URL"
+    latest = _latest_run(journal)
+    if latest is not None:
+        settings = _parse_json(latest["settings"])
+        if isinstance(settings, dict) and settings.get("api_url"):
+            recorded = str(settings["api_url"]).rstrip("/")
+            if not trusted_recorded_url(recorded):
+                # The key goes wherever the URL points: a journal file is not enough say-so.
+                raise CliError(
+                    f"the journal's latest run used the API at {recorded}; the key is sent "
+                    "only to the real service or this machine unless you name the URL: pass "
+                    f"--api-url {recorded} (or set VAST_URL) if you trust it"
+                )
+            return recorded, f"recorded by run {latest['id']}"
+    return DEFAULT_URL, "default"
+
+
+def trusted_recorded_url(url: str) -> bool:
+    """The real service, or a server on this machine (the bundled simulator)."""
+    from urllib.parse import urlsplit
+
+    if url == DEFAULT_URL.rstrip("/"):
+        return True
+    host = urlsplit(url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def list_ours(journal: Journal, args: argparse.Namespace) -> list[dict]:
+    api, source = open_api(journal, args)
+    with api_errors(api, source):
+        return api.list_instances(journal.label_prefix)
+
+
+@contextmanager
+def api_errors(api: VastAPI, source: str) -> Iterator[None]:
+    """API failures as messages: a refused key is a usage error, no answer may hide a bill."""
+    import requests
+
+    try:
+        yield
+    except VastAuthError:
+        raise CliError(
+            f"Vast.ai at {api.url} refused the API key from {source}; check it "
+            "(keys are at https://console.vast.ai/manage-keys/)"
+        ) from None
+    except VastError as exc:
+        raise CliError(
+            f"could not ask Vast.ai at {api.url}: {exc}. What still bills is unknown; "
+            "check --api-url / $VAST_URL",
+            code=1,
+        ) from None
+    except requests.RequestException as exc:
+        raise CliError(
+            f"cannot use the API URL {api.url} ({type(exc).__name__}); check --api-url or "
+            f"$VAST_URL: it must look like {DEFAULT_URL}"
+        ) from None
+
+
+def match_listing(rows: list[dict], found: list[dict]) -> tuple[dict[str, dict], list[dict]]:
+    """Journal rows -> listed instances (the one matcher, ``listing.py``); also the listed
+    instances no row owns (strays: duplicates, unknown labels)."""
+    matched = listing.match(rows, found, prefix="")
+    return ({label: listed for label, (_row, listed) in matched.alive.items()},
+            [stray.listed for stray in matched.strays])
+
+
+def _status(listed: dict) -> str:
+    return str(listed.get("actual_status") or "starting")
+
+
+# -- small helpers ---------------------------------------------------------------------------
+def emit_json(data: Any) -> int:
+    print(json.dumps(data, indent=2, default=str))
+    return 0
+
+
+def _parse_json(text: str | None) -> Any:
+    """Stored JSON as data; text that is not JSON (a plain detail) as it is."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _latest_run(journal: Journal) -> dict | None:
+    runs = journal.runs()
+    return runs[-1] if runs else None
+
+
+def _one(matches: list[dict], what: str, wanted: str, path: Path) -> dict:
+    """The single match for an id or prefix; a usage error naming the choices otherwise."""
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CliError(f"no {what} {wanted!r} in {path}; list them with: {PROG} {what}s")
+    shown = ", ".join(match["id"] for match in matches[:5])
+    more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+    raise CliError(f"{what} {wanted!r} is ambiguous in {path}: {shown}{more}; type more of it")
+
+
+def _ordered_states(counts: Counter) -> list[str]:
+    known = [state for state in STATE_ORDER if counts[state]]
+    return known + sorted(state for state in counts if state not in STATE_ORDER)
+
+
+def _gpu(row: dict) -> str | None:
+    if not row.get("gpu_name"):
+        return None
+    return f"{row.get('num_gpus') or 1}x {row['gpu_name']}"
+
+
+def _price(dph: float | None) -> str:
+    return tables.money(dph)
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" if line else line for line in text.splitlines())
+
+
+COMMANDS: list[tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = [
+    ("runs", cmd_runs, _configure_runs),
+    ("jobs", cmd_jobs, _configure_jobs),
+    ("show", cmd_show, _configure_show),
+    ("instances", cmd_instances, _configure_instances),
+    ("cost", cmd_cost, _configure_cost),
+    ("cleanup", cmd_cleanup, _configure_cleanup),
+    ("timeline", cmd_timeline, _configure_timeline),
+]

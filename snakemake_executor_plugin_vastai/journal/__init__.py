@@ -1,0 +1,3 @@
+"""The SQLite journal: every job's and every rented instance's transitions, written before
+their side effects.
+"""

@@ -1,0 +1,1728 @@
+"""The SQLite journal: what every job and every rented instance went through.
+
+Renting costs money by the second, and the laptop running Snakemake may crash
+at any moment. So every step is written here *before* its side effect: a job's
+state change is committed before the state's work begins, and an instance's
+label is committed before the create call that rents it. A restarted run reads
+this file to re-attach to jobs whose instance still lives, and to destroy what
+an earlier run rented; the instance label (which starts with
+:attr:`Journal.label_prefix`) finds an instance even when the create call's
+answer never came back.
+
+Where and how
+-------------
+``<workdir>/.snakemake/vastai/journal.sqlite`` (directory 0700; the database
+and its ``-wal``/``-shm`` files 0600). WAL mode with ``synchronous=FULL`` (a
+committed transition survives a power cut), a busy timeout (several processes
+may open it: a run, a restarted run, ``sqlite-utils``), foreign keys on. It is
+plain SQLite, readable with ``sqlite-utils rows journal.sqlite jobs`` or
+``datasette journal.sqlite``. All timestamps are ``time.time()`` epoch seconds.
+
+Schema (version 3; migrations only ever add tables and columns)
+----------------------------------------------------------------
+``meta(key TEXT PK, value TEXT)``
+    ``schema_version``, ``workflow_id`` (random hex, created once),
+    ``created_at``, ``workdir`` (the directory it was last used in: a copied
+    workflow directory is told apart from a moved one by it),
+    ``adopted_after_loss`` (present until the first reconcile when the journal
+    took its prefix over from a lost one: unknown labels are then its own).
+``migrations(version INTEGER PK, name TEXT, applied_at REAL)``
+    One row per schema migration applied, when.
+``runs(id TEXT PK, started_at, ended_at, outcome, pid, hostname,
+snakemake_version, plugin_version, settings, pid_started_at, heartbeat_at)``
+    One row per Snakemake invocation. ``ended_at`` stays NULL when the run
+    crashed. ``settings`` is JSON of the non-secret executor settings.
+    ``pid``, ``hostname``, ``pid_started_at`` and ``heartbeat_at`` are the
+    run's lease (``leases.py``).
+``jobs(id TEXT PK, run_id -> runs, snakemake_jobid, rule, fingerprint,
+attempt, state, created_at, updated_at, ended_at, label, instance_id,
+offer_id, machine_id, gpu_name, num_gpus, dph_total, ssh_host, ssh_port,
+exit_code, log_path, last_error, resumed_from -> jobs, fingerprint_parts)``
+    The current state of each job (indexes on fingerprint, run_id, state).
+    ``fingerprint_parts`` is JSON of the fingerprint's components (short
+    hashes), so a restart can name what changed.
+    ``ended_at`` is set on entering a terminal state. ``resumed_from`` names
+    the earlier run's job this one re-attached to; that earlier job then no
+    longer counts as unfinished.
+``instances(label TEXT PK, instance_id INTEGER UNIQUE, job_id -> jobs,
+run_id -> runs, offer_id, machine_id, gpu_name, num_gpus, dph_total,
+geolocation, offer, ssh_host, ssh_port, host_key, requested_at, created_at,
+contacted_at, destroy_requested_at, destroyed_at, last_status,
+last_status_at, started_at, destroy_accepted_at, claimed_by -> runs)``
+    One row per instance label, written before the create call
+    (``requested_at``); ``instance_id`` stays NULL until the API answers.
+    ``offer`` is JSON of the offer facts. ``host_key`` is the instance's public
+    SSH host key, pinned on first contact. ``destroyed_at`` set means "known
+    not to exist any more" (also for a label that was never created).
+    ``started_at`` is the API's ``start_date`` (Vast.ai's clock) and
+    ``destroy_accepted_at`` the time the first destroy request was accepted:
+    costs run from the one to the other (falling back to ``created_at`` and
+    ``destroyed_at`` where a fact is missing), as Vast.ai bills.
+    ``claimed_by`` is the run that took a dead run's instance over (to resume
+    or tear it down); it owns it from then on.
+    Bid instances (``bids.py``) add ``bid_price`` ($/h, NULL on demand),
+    ``storage_dph`` (the disk's $/h, billed while stopped too), ``ondemand_dph``
+    (the same machine on demand, for ``journal cost``), ``stopped_seconds`` and
+    ``stopped_since`` (time stopped by preemptions, billed as storage only) and
+    ``preemptions``.
+``strays(instance_id INTEGER PK, label, run_id -> runs, reason, dph_total,
+found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
+    Instances listed with this workflow's prefix that no ``instances`` row
+    owns (a duplicate left by a lost create answer, a label marked gone that
+    appeared later), journaled before their teardown.
+``instances.bytes_uploaded, bytes_downloaded``; ``runs.balance_before,
+balance_after``; ``transfers(id, job_id, run_id, instance_id, direction,
+bytes_done, bytes_total, started_at, updated_at, ended_at)``
+    The cost ledger's facts (migration ``m004_cost_ledger``, see ledger.py).
+``instance_run_bytes(instance_id, run_id -> runs, bytes_uploaded, bytes_downloaded)``
+    The same bytes split by the run that moved them (``m007_bytes_per_run``): a
+    run's ``--vastai-max-spend`` counts what it moved on an earlier run's instance.
+``transitions(id INTEGER PK AUTOINCREMENT, job_id -> jobs, run_id -> runs,
+from_state, to_state, trigger, at, detail)``
+    Append-only (triggers refuse UPDATE and DELETE): one row per state change,
+    written in the same transaction as the ``jobs`` update. ``from_state`` is
+    NULL for the submit row. ``run_id`` is the run that made the change (NULL
+    outside a run). ``detail`` is the caller's string as given, or JSON of the
+    caller's dict after redaction.
+``instance_transitions(id INTEGER PK AUTOINCREMENT, label -> instances, run_id -> runs,
+job_id, from_state, to_state, trigger, at, detail)``
+    Append-only like ``transitions``: an instance's life (``instance_machine.py``),
+    written in the same transaction as the ``instances.state`` update. With warm
+    instances (schema 4) ``instances`` also holds ``state``, ``leased_by`` (the
+    job holding it), ``idle_since`` and ``served`` (jobs it served), and ``jobs``
+    holds ``work_dir`` (the job's own directory on the instance) and
+    ``leased_at``/``released_at`` (the job's hold on it: its cost).
+
+No secrets
+----------
+The journal is a file that users copy, attach to bug reports and browse. It
+must never hold an API key, a credential value or a private key. Callers must
+not pass secrets in any field. As a second line of defence, every dict that is
+stored as JSON (transition details, run settings, offers) is redacted first:
+values under keys matching ``key|token|secret|passw(or)d|credential|auth``
+(any case, at any depth) become ``"***"`` (``None`` and booleans are kept:
+they cannot carry a secret). Every string written, detail texts and error
+messages included, is scrubbed of the registered secrets (``redaction.py``)
+first, in whatever escaped form an exception quoted them. A host key that
+looks like a private key is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import sqlite_utils
+
+from ..costs import ledger
+from ..lifecycle.instance_machine import HOLDING as _HOLDING_INSTANCE
+from ..lifecycle.instance_machine import InstanceState, next_state
+from ..lifecycle.job_machine import TERMINAL_STATES as _TERMINAL_JOB_STATES
+from ..run.redaction import redact, scrub
+
+RELATIVE_PATH = Path(".snakemake") / "vastai" / "journal.sqlite"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+# Seconds a writer waits for another process's transaction (the environment variable
+# lets tests make a locked journal fail fast).
+BUSY_TIMEOUT = float(os.environ.get("SNAKEMAKE_VASTAI_JOURNAL_BUSY_TIMEOUT") or 30.0)
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+
+TERMINAL_STATES: tuple[str, ...] = tuple(sorted(s.value for s in _TERMINAL_JOB_STATES))
+
+# Columns set once at submit; everything else on a job may be updated.
+JOB_IDENTITY = frozenset(
+    {"id", "run_id", "rule", "fingerprint", "fingerprint_parts", "attempt", "snakemake_jobid",
+     "created_at"}
+)
+JOB_BOOKKEEPING = frozenset({"state", "updated_at", "ended_at"})
+# Instance columns only this module's own methods write (pinning, life cycle).
+INSTANCE_MANAGED = frozenset(
+    {
+        "label",
+        "instance_id",
+        "job_id",
+        "run_id",
+        "requested_at",
+        "host_key",
+        "contacted_at",
+        "destroy_requested_at",
+        "destroy_accepted_at",
+        "destroyed_at",
+        "started_at",
+        "offer",
+        "state",
+        "leased_by",
+        "idle_since",
+        "served",
+    }
+)
+FREE_TEXT = frozenset({"last_error"})
+OFFER_FACTS = ("offer_id", "machine_id", "gpu_name", "num_gpus", "dph_total", "geolocation")
+
+
+# -- errors ------------------------------------------------------------------------------
+class JournalError(Exception):
+    """The journal cannot be used as asked; the message names the file and what to do."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class JournalCorrupt(JournalError):
+    """The file is not an SQLite database, or fails its integrity check."""
+
+
+class JournalTooNew(JournalError):
+    """A newer plugin wrote this journal; this code must not guess at its schema."""
+
+
+class StaleTransition(JournalError):
+    """A guarded state change found the job in another state than the caller expected."""
+
+    def __init__(
+        self,
+        message: str,
+        path: Path,
+        *,
+        job_id: str,
+        expected: tuple[str, ...],
+        actual: str | None,
+    ) -> None:
+        super().__init__(message, path)
+        self.job_id = job_id
+        self.expected = expected
+        self.actual = actual
+
+
+class UnknownJob(JournalError):
+    """No job with that id is journaled."""
+
+
+class UnknownInstance(JournalError):
+    """No instance with that label or id is journaled."""
+
+
+# -- schema migrations ---------------------------------------------------------------------
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[Migration] = []  # version n is MIGRATIONS[n - 1]; only ever append
+
+
+def migration(fn: Migration) -> Migration:
+    """Register the next schema version; its number is its position."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """The tables of the first release and this workflow's id (so it is created once)."""
+    statements = [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+        "CREATE TABLE migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)",
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, outcome TEXT,
+            pid INTEGER, hostname TEXT, snakemake_version TEXT, plugin_version TEXT,
+            settings TEXT)""",
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id),
+            snakemake_jobid INTEGER, rule TEXT NOT NULL, fingerprint TEXT NOT NULL,
+            attempt INTEGER, state TEXT NOT NULL, created_at REAL NOT NULL,
+            updated_at REAL NOT NULL, ended_at REAL, label TEXT, instance_id INTEGER,
+            offer_id INTEGER, machine_id INTEGER, gpu_name TEXT, num_gpus INTEGER,
+            dph_total REAL, ssh_host TEXT, ssh_port INTEGER, exit_code INTEGER,
+            log_path TEXT, last_error TEXT, resumed_from TEXT REFERENCES jobs(id))""",
+        "CREATE INDEX jobs_fingerprint ON jobs(fingerprint)",
+        "CREATE INDEX jobs_run_id ON jobs(run_id)",
+        "CREATE INDEX jobs_state ON jobs(state)",
+        "CREATE INDEX jobs_resumed_from ON jobs(resumed_from)",
+        """CREATE TABLE instances (
+            label TEXT PRIMARY KEY, instance_id INTEGER UNIQUE,
+            job_id TEXT REFERENCES jobs(id), run_id TEXT REFERENCES runs(id),
+            offer_id INTEGER, machine_id INTEGER, gpu_name TEXT, num_gpus INTEGER,
+            dph_total REAL, geolocation TEXT, offer TEXT, ssh_host TEXT, ssh_port INTEGER,
+            host_key TEXT, requested_at REAL NOT NULL, created_at REAL, contacted_at REAL,
+            destroy_requested_at REAL, destroyed_at REAL, last_status TEXT,
+            last_status_at REAL)""",
+        "CREATE INDEX instances_destroyed_at ON instances(destroyed_at)",
+        "CREATE INDEX instances_job_id ON instances(job_id)",
+        """CREATE TABLE transitions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL REFERENCES jobs(id),
+            run_id TEXT REFERENCES runs(id), from_state TEXT, to_state TEXT NOT NULL,
+            trigger TEXT NOT NULL, at REAL NOT NULL, detail TEXT)""",
+        "CREATE INDEX transitions_job_id ON transitions(job_id)",
+        """CREATE TRIGGER transitions_no_update BEFORE UPDATE ON transitions
+            BEGIN SELECT RAISE(ABORT, 'transitions is append-only'); END""",
+        """CREATE TRIGGER transitions_no_delete BEFORE DELETE ON transitions
+            BEGIN SELECT RAISE(ABORT, 'transitions is append-only'); END""",
+    ]
+    for sql in statements:
+        db.execute(sql)
+    db.execute("INSERT INTO meta (key, value) VALUES ('workflow_id', ?)", [secrets.token_hex(4)])
+    db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", [repr(time.time())])
+
+
+@migration
+def m002_billing_clock(db: sqlite_utils.Database) -> None:
+    """Vast.ai's own start time of an instance and the moment its destroy was accepted:
+    the client's create/destroy-confirmed times drift from the billing clock by the
+    request latencies (seconds under load), which costs were priced on before."""
+    db.execute("ALTER TABLE instances ADD COLUMN started_at REAL")
+    db.execute("ALTER TABLE instances ADD COLUMN destroy_accepted_at REAL")
+
+
+@migration
+def m003_leases_and_strays(db: sqlite_utils.Database) -> None:
+    """Run leases, fingerprint parts and stray instances.
+
+    ``runs.pid_started_at`` (the process's start time) makes "this run is dead"
+    provable despite pid reuse, and ``runs.heartbeat_at`` (refreshed while the run
+    lives) proves it on any host once it is old, so a run never touches a live
+    run's jobs. ``instances.claimed_by`` moves a dead run's instance to the run that
+    took it over (for resume or teardown), in one guarded update, so two live runs
+    never both act on it.
+    ``jobs.fingerprint_parts`` (JSON, component -> short hash) lets a restart say
+    *what* changed in a job it will not re-attach to. ``strays`` holds instances
+    found with this workflow's prefix that no instance row owns (a duplicate from
+    a create whose answer was lost, or a label whose row says gone), so their
+    teardown is journaled like any other.
+    """
+    db.execute("ALTER TABLE runs ADD COLUMN pid_started_at REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN heartbeat_at REAL")
+    db.execute("ALTER TABLE instances ADD COLUMN claimed_by TEXT REFERENCES runs(id)")
+    db.execute("ALTER TABLE jobs ADD COLUMN fingerprint_parts TEXT")
+    db.execute(
+        """CREATE TABLE strays (
+            instance_id INTEGER PRIMARY KEY, label TEXT, run_id TEXT REFERENCES runs(id),
+            reason TEXT, dph_total REAL, found_at REAL NOT NULL, destroy_requested_at REAL,
+            destroy_accepted_at REAL, destroyed_at REAL)"""
+    )
+
+
+@migration
+def m004_cost_ledger(db: sqlite_utils.Database) -> None:
+    """Bytes each instance moved, the account balance around a run, transfers in flight.
+
+    ``instances.bytes_uploaded``/``bytes_downloaded`` (SSH payload, our side's view)
+    price bandwidth with the offer's $/GB (see ledger.py). ``runs.balance_before``/
+    ``balance_after`` are the account credit at start and end. ``transfers`` holds one
+    row per upload or download: bytes so far, total if known, updated a few times a
+    second at most, so ``journal jobs --follow`` can show what is moving.
+    """
+    db.execute("ALTER TABLE instances ADD COLUMN bytes_uploaded INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE instances ADD COLUMN bytes_downloaded INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE runs ADD COLUMN balance_before REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN balance_after REAL")
+    db.execute(
+        """CREATE TABLE transfers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT REFERENCES jobs(id),
+            run_id TEXT REFERENCES runs(id), instance_id INTEGER, direction TEXT NOT NULL,
+            bytes_done INTEGER NOT NULL DEFAULT 0, bytes_total INTEGER,
+            started_at REAL NOT NULL, updated_at REAL NOT NULL, ended_at REAL)"""
+    )
+    db.execute("CREATE INDEX transfers_job_id ON transfers(job_id)")
+
+
+@migration
+def m005_bids(db: sqlite_utils.Database) -> None:
+    """Interruptible (bid) instances (bids.py): the bid, the disk's hourly storage price
+    (billed while stopped too), what the machine costs on demand, and how long it was
+    stopped by preemptions (``stopped_since`` while it is stopped now)."""
+    for column in ("bid_price REAL", "storage_dph REAL", "ondemand_dph REAL",
+                   "stopped_seconds REAL", "stopped_since REAL", "preemptions INTEGER"):
+        db.execute(f"ALTER TABLE instances ADD COLUMN {column}")
+
+
+@migration
+def m006_warm_instances(db: sqlite_utils.Database) -> None:
+    """Instances as first-class: their own state (``instance_machine.py``) and history.
+
+    ``instances.state`` is the instance's state (NULL on rows written before this
+    version: they never served a second job), ``leased_by`` the job holding it,
+    ``idle_since`` when it was given back, ``served`` how many jobs it served.
+    ``instance_transitions`` is append-only like ``transitions``. ``jobs.work_dir``
+    is the job's own directory on its instance (several jobs share one instance),
+    ``leased_at`` / ``released_at`` the job's hold on it: a job's cost is that time.
+    """
+    db.execute("ALTER TABLE instances ADD COLUMN state TEXT")
+    db.execute("ALTER TABLE instances ADD COLUMN leased_by TEXT")
+    db.execute("ALTER TABLE instances ADD COLUMN idle_since REAL")
+    db.execute("ALTER TABLE instances ADD COLUMN served INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX instances_state ON instances(state)")
+    db.execute("ALTER TABLE jobs ADD COLUMN work_dir TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN leased_at REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN released_at REAL")
+    db.execute(
+        """CREATE TABLE instance_transitions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT NOT NULL REFERENCES
+            instances(label), run_id TEXT REFERENCES runs(id), job_id TEXT, from_state TEXT,
+            to_state TEXT NOT NULL, trigger TEXT NOT NULL, at REAL NOT NULL, detail TEXT)"""
+    )
+    db.execute("CREATE INDEX instance_transitions_label ON instance_transitions(label)")
+    db.execute("""CREATE TRIGGER instance_transitions_no_update BEFORE UPDATE ON
+        instance_transitions BEGIN SELECT RAISE(ABORT, 'append-only'); END""")
+    db.execute("""CREATE TRIGGER instance_transitions_no_delete BEFORE DELETE ON
+        instance_transitions BEGIN SELECT RAISE(ABORT, 'append-only'); END""")
+
+
+@migration
+def m007_bytes_per_run(db: sqlite_utils.Database) -> None:
+    """Bytes moved per (instance, run): a resumed run moves bytes on an instance an
+    earlier run rented, and its ``--vastai-max-spend`` must count them (the instance
+    row's totals stay, for the instance's own bill). Rows journaled before this version
+    are the renting run's."""
+    db.execute(
+        """CREATE TABLE instance_run_bytes (
+            instance_id INTEGER NOT NULL, run_id TEXT NOT NULL REFERENCES runs(id),
+            bytes_uploaded INTEGER NOT NULL DEFAULT 0,
+            bytes_downloaded INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (instance_id, run_id))"""
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO instance_run_bytes (instance_id, run_id, bytes_uploaded, "
+        "bytes_downloaded) SELECT instance_id, run_id, bytes_uploaded, bytes_downloaded "
+        "FROM instances WHERE instance_id IS NOT NULL AND run_id IS NOT NULL "
+        "AND (bytes_uploaded > 0 OR bytes_downloaded > 0)"
+    )
+
+
+WORKFLOW_ID_FILE = "workflow-id"
+
+
+# -- the journal ---------------------------------------------------------------------------
+class Journal:
+    """The journal of one working directory; safe to share between threads.
+
+    One connection (``check_same_thread=False``) behind a re-entrant lock:
+    Snakemake calls the executor from several threads, and every public method
+    takes the lock. Every write method commits before it returns.
+    """
+
+    SCHEMA_VERSION: int = len(MIGRATIONS)
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._run_id: str | None = None
+        self._closed = False
+        try:
+            _create_private(self.path)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot create journal {self.path}: {exc}; check the permissions of "
+                f"{self.path.parent}",
+                self.path,
+            ) from exc
+        self._check_readable(busy_timeout)
+        self._conn = sqlite3.connect(
+            str(self.path), timeout=busy_timeout, check_same_thread=False, isolation_level=None
+        )
+        try:
+            self.db = sqlite_utils.Database(
+                self._conn, recursive_triggers=False, execute_plugins=False
+            )
+            self._configure(busy_timeout)
+            self._migrate()
+            self.workflow_id: str = self._adopt_workflow_id()
+            self._job_columns = self._columns("jobs")
+            self._instance_columns = self._columns("instances")
+        except BaseException:
+            self._conn.close()
+            raise
+        _restrict_side_files(self.path)
+
+    def _adopt_workflow_id(self) -> str:
+        """The workflow id, kept in a side file too so it outlives a lost journal.
+
+        A journal moved aside as corrupt must not make the next run blind to the
+        instances it rented: a fresh journal (no runs yet) takes the id, and so
+        the label prefix, from ``workflow-id`` next to it.
+        """
+        sidecar = self.path.with_name(WORKFLOW_ID_FILE)
+        current = self._meta("workflow_id")
+        try:
+            kept = sidecar.read_text().strip()
+        except OSError:
+            kept = ""
+        fresh = not self._rows("SELECT id FROM runs LIMIT 1", [])
+        if fresh and re.fullmatch(r"[0-9a-f]{8}", kept) and kept != current:
+            with self._lock:
+                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'workflow_id'", [kept])
+                # The journal that knew this prefix's labels is lost: until a reconcile has
+                # looked, instances with the prefix that this journal does not know are ours.
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('adopted_after_loss', '1')")
+            return kept
+        if kept != current:
+            fd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(current + "\n")
+        return current
+
+    @classmethod
+    def for_workdir(cls, workdir: Path | str, **kwargs: Any) -> Journal:
+        """The journal of a Snakemake working directory (its directory made private)."""
+        path = Path(workdir) / RELATIVE_PATH
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(path.parent, DIR_MODE)
+        return cls(path, **kwargs)
+
+    @property
+    def label_prefix(self) -> str:
+        """Every instance label of this workflow starts with this, and no other's does."""
+        return f"smk-{self.workflow_id}-"
+
+    def close(self) -> None:
+        """Close the connection (idempotent); the last closer checkpoints the WAL."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def move_aside(path: Path | str, why: str = "corrupt") -> Path:
+        """Rename a journal (and its -wal/-shm) out of the way; return the new path.
+
+        Nothing is deleted: the renamed files may still name instances that bill.
+        """
+        path = Path(path)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = path.with_name(f"{path.name}.{why}-{stamp}")
+        n = 1
+        while any(Path(f"{target}{s}").exists() for s in ("", *SIDE_SUFFIXES)):
+            n += 1
+            target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
+        for suffix in SIDE_SUFFIXES:
+            side = Path(f"{path}{suffix}")
+            if side.exists():
+                side.rename(f"{target}{suffix}")
+        path.rename(target)
+        return target
+
+    # -- opening ---------------------------------------------------------------------------
+    def _check_readable(self, busy_timeout: float) -> None:
+        """Refuse a damaged or too new file before anything writes to it.
+
+        The checks use a read-only connection: a read-write one could checkpoint
+        a leftover WAL into the very file we are refusing to touch.
+        """
+        with self.path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise self._corrupt("it is not an SQLite database")
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"cannot open journal {self.path}: {exc}; check that the "
+                "file and its directory are readable and writable by you",
+                self.path,
+            ) from exc
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise self._corrupt("integrity check failed: " + "; ".join(problems[:3]))
+            _refuse_newer(self.path, _schema_version(conn), self.SCHEMA_VERSION)
+        except sqlite3.DatabaseError as exc:
+            translated = self._translate(exc)
+            if translated is exc:
+                translated = JournalError(f"cannot read journal {self.path}: {exc}", self.path)
+            raise translated from exc
+        finally:
+            conn.close()
+
+    def _configure(self, busy_timeout: float) -> None:
+        """Connection settings: WAL (readers never block the writer), FULL sync, FKs."""
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalError(
+                f"journal {self.path} cannot use WAL mode (got {mode!r}); "
+                "keep the working directory on a local file system",
+                self.path,
+            )
+        self._conn.execute("PRAGMA synchronous = FULL")
+
+    def _migrate(self) -> None:
+        """Bring the schema up to SCHEMA_VERSION in one transaction, each step once."""
+        with self._write() as db:
+            current = _schema_version(self._conn)
+            _refuse_newer(self.path, current, self.SCHEMA_VERSION)
+            self._refuse_foreign_migrations(current)
+            for version in range(current + 1, self.SCHEMA_VERSION + 1):
+                step = MIGRATIONS[version - 1]
+                step(db)
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    [str(version)],
+                )
+                _insert(
+                    db, "migrations", version=version, name=step.__name__, applied_at=self._clock()
+                )
+
+    def _refuse_foreign_migrations(self, current: int) -> None:
+        """Version n must be the migration this plugin calls n: a journal written by a
+        build that numbered its migrations differently would otherwise be 'migrated'
+        by steps that do not fit its schema."""
+        if current == 0:
+            return
+        rows = self._conn.execute("SELECT version, name FROM migrations").fetchall()
+        for version, name in rows:
+            if not 1 <= int(version) <= len(MIGRATIONS):
+                continue  # _refuse_newer has judged versions above ours
+            expected = MIGRATIONS[int(version) - 1].__name__
+            if name != expected:
+                raise JournalError(
+                    f"journal {self.path} records schema version {version} as {name!r}, but "
+                    f"this plugin's version {version} is {expected!r}: a different build "
+                    "wrote it. Use the plugin version that wrote it; do not delete the "
+                    "journal, it may name instances that still bill.",
+                    self.path,
+                )
+
+    def _columns(self, table: str) -> frozenset[str]:
+        return frozenset(row["name"] for row in self._rows(f"PRAGMA table_info({table})"))
+
+    def _meta(self, key: str) -> str:
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", [key])
+        if not rows:
+            raise self._corrupt(f"meta has no {key!r}")
+        return str(rows[0]["value"])
+
+    # -- transactions and errors -----------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction, committed on success, rolled back on any error.
+
+        BEGIN IMMEDIATE takes the write lock up front, so a transaction that
+        reads and then writes never fails half-way on another process's commit.
+        """
+        with self._lock, self._errors():
+            self._check_open()
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.rollback()
+                raise
+
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict]:
+        """Read rows as dicts, fully fetched while the lock is held."""
+        with self._lock, self._errors():
+            self._check_open()
+            return list(self.db.query(sql, params or []))
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _translate(self, exc: sqlite3.DatabaseError) -> Exception:
+        """SQLite's corruption and lock errors as messages that say what to do."""
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            return self._corrupt(str(exc))
+        if code in (SQLITE_BUSY, SQLITE_LOCKED):
+            return JournalError(
+                f"journal {self.path} stayed locked by another process: {exc}; "
+                "is another snakemake running in this directory?",
+                self.path,
+            )
+        return exc
+
+    def _corrupt(self, why: str) -> JournalCorrupt:
+        return JournalCorrupt(
+            f"journal {self.path} is damaged ({why}). It was left untouched. Move it aside "
+            f"with Journal.move_aside() (renames it to {self.path.name}.corrupt-<timestamp>) "
+            "or rename it by hand, then rerun. Instances it recorded may still be billing: "
+            "check the Vast.ai console for labels starting with 'smk-'.",
+            self.path,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalError(f"journal {self.path} is closed", self.path)
+
+    # -- runs --------------------------------------------------------------------------------
+    def start_run(
+        self,
+        *,
+        snakemake_version: str,
+        plugin_version: str,
+        settings: Mapping[str, Any],
+        pid_started_at: float | None = None,
+    ) -> str:
+        """Journal a new Snakemake invocation; later transitions are attributed to it.
+
+        ``pid``, ``hostname`` and ``pid_started_at`` form the run's lease (see
+        ``leases.py``): while that process lives, no other run touches this one's work.
+        """
+        now = self._clock()
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
+        with self._write() as db:
+            _insert(
+                db,
+                "runs",
+                id=run_id,
+                started_at=now,
+                pid=os.getpid(),
+                hostname=socket.gethostname(),
+                pid_started_at=pid_started_at,
+                snakemake_version=snakemake_version,
+                plugin_version=plugin_version,
+                settings=_to_json(settings),
+            )
+        with self._lock:
+            self._run_id = run_id
+        return run_id
+
+    def end_run(self, run_id: str, outcome: str) -> None:
+        """Record how the run ended; a run without an end crashed."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE runs SET ended_at = ?, outcome = ? WHERE id = ?",
+                [self._clock(), outcome, run_id],
+            )
+            if cursor.rowcount != 1:
+                raise self._unknown_run(run_id)
+            if self._run_id == run_id:
+                self._run_id = None
+
+    def runs(self) -> list[dict]:
+        return self._rows("SELECT * FROM runs ORDER BY started_at, rowid")
+
+    def latest_run_id(self) -> str | None:
+        rows = self._rows("SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1")
+        return rows[0]["id"] if rows else None
+
+    # -- jobs --------------------------------------------------------------------------------
+    def add_job(
+        self,
+        *,
+        run_id: str,
+        rule: str,
+        snakemake_jobid: int | None,
+        fingerprint: str,
+        attempt: int,
+        state: str,
+        log_path: str | None = None,
+        fingerprint_parts: Mapping[str, str] | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Journal a submitted job in its first state; returns the job id.
+
+        ``detail`` goes on the submit row (a group job's members, for instance)."""
+        job_id = uuid.uuid4().hex[:12]
+        state = _state(state)
+        now = self._clock()
+        with self._write() as db:
+            if not self._exists(db, "runs", "id", run_id):
+                raise self._unknown_run(run_id)
+            _insert(
+                db,
+                "jobs",
+                id=job_id,
+                run_id=run_id,
+                snakemake_jobid=snakemake_jobid,
+                rule=rule,
+                fingerprint=fingerprint,
+                attempt=attempt,
+                state=state,
+                created_at=now,
+                updated_at=now,
+                log_path=log_path,
+                fingerprint_parts=None if fingerprint_parts is None else _to_json(
+                    fingerprint_parts),
+            )
+            _insert_transition(db, job_id, run_id, None, state, "submit", now, detail)
+        return job_id
+
+    def transition(
+        self,
+        job_id: str,
+        *,
+        source: str | Collection[str],
+        dest: str,
+        trigger: str,
+        detail: str | Mapping[str, Any] | None = None,
+        **job_fields: Any,
+    ) -> None:
+        """Guarded state change plus its append-only row, in one transaction.
+
+        Raises StaleTransition, changing nothing, unless the job is in one of
+        ``source``: two threads (or processes) can never both move a job on.
+        ``job_fields`` set other job columns in the same update.
+        """
+        sources = _states(source)
+        dest = _state(dest)
+        fields = self._job_fields(job_fields)
+        now = self._clock()
+        fields.update(state=dest, updated_at=now)
+        if dest in TERMINAL_STATES:
+            fields["ended_at"] = now
+        with self._write() as db:
+            actual = self._job_state(db, job_id)
+            cursor = db.execute(
+                f"UPDATE jobs SET {_assignments(fields)} WHERE id = ? "
+                f"AND state IN ({_marks(sources)})",
+                [*fields.values(), job_id, *sources],
+            )
+            if cursor.rowcount != 1:
+                raise StaleTransition(
+                    f"job {job_id}: {trigger!r} expects state {' or '.join(sources)} but the "
+                    f"journal {self.path} says {actual}; another thread or process moved it",
+                    self.path,
+                    job_id=job_id,
+                    expected=sources,
+                    actual=actual,
+                )
+            _insert_transition(db, job_id, self._run_id, actual, dest, trigger, now, detail)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Record facts about a job that are not its state (exit code, last error, ...)."""
+        values = self._job_fields(fields)
+        if not values:
+            return
+        values["updated_at"] = self._clock()
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE jobs SET {_assignments(values)} WHERE id = ?", [*values.values(), job_id]
+            )
+            if cursor.rowcount != 1:
+                raise self._unknown_job(job_id)
+
+    def job(self, job_id: str) -> dict:
+        rows = self._rows("SELECT * FROM jobs WHERE id = ?", [job_id])
+        if not rows:
+            raise self._unknown_job(job_id)
+        return rows[0]
+
+    def jobs(
+        self, run_id: str | None = None, state: str | None = None, rule: str | None = None
+    ) -> list[dict]:
+        """Jobs in submission order, optionally filtered."""
+        where, params = [], []
+        for column, value in (("run_id", run_id), ("state", state), ("rule", rule)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(_plain(value))
+        sql = "SELECT * FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self._rows(sql + " ORDER BY created_at, rowid", params)
+
+    def transitions_of(self, job_id: str) -> list[dict]:
+        """A job's history, oldest first (``detail`` as stored: text or JSON text)."""
+        return self._rows("SELECT * FROM transitions WHERE job_id = ? ORDER BY id", [job_id])
+
+    def unfinished_jobs(self, exclude_run: str | None = None) -> list[dict]:
+        """Non-terminal jobs not yet taken over by a later job (optionally not this run's).
+
+        A crash leaves these behind; the next run resumes or cleans them up.
+        """
+        return self._rows(
+            f"SELECT * FROM jobs j WHERE state NOT IN ({_marks(TERMINAL_STATES)}) "
+            "AND (? IS NULL OR run_id != ?) "
+            "AND NOT EXISTS (SELECT 1 FROM jobs later WHERE later.resumed_from = j.id) "
+            "ORDER BY created_at, rowid",
+            [*TERMINAL_STATES, exclude_run, exclude_run],
+        )
+
+    def find_resumable(self, fingerprint: str, *, exclude_run: str | None = None) -> dict | None:
+        """The newest unfinished job with this fingerprint whose instance may still run it.
+
+        Excluded: terminal or ``destroying`` jobs, jobs already resumed by a
+        later job, jobs without an instance row, and instances destroyed or
+        asked to be destroyed. The instance row comes as ``result["instance"]``
+        (its ``instance_id`` may be NULL: then only the label can find it).
+        """
+        closed = (*TERMINAL_STATES, "destroying")
+        with self._lock:
+            rows = self._rows(
+                "SELECT j.*, i.label AS instance_label FROM jobs j JOIN instances i "
+                "ON i.label = j.label OR (j.instance_id IS NOT NULL "
+                "AND i.instance_id = j.instance_id) "
+                f"WHERE j.fingerprint = ? AND j.state NOT IN ({_marks(closed)}) "
+                "AND i.destroyed_at IS NULL AND i.destroy_requested_at IS NULL "
+                "AND (? IS NULL OR j.run_id != ?) "
+                "AND NOT EXISTS (SELECT 1 FROM jobs later WHERE later.resumed_from = j.id) "
+                "ORDER BY j.created_at DESC, j.rowid DESC LIMIT 1",
+                [fingerprint, *closed, exclude_run, exclude_run],
+            )
+            if not rows:
+                return None
+            job = rows[0]
+            label = job.pop("instance_label")
+            job["instance"] = self._rows("SELECT * FROM instances WHERE label = ?", [label])[0]
+            return job
+
+    def failed_machines(self, fingerprint: str) -> list[int]:
+        """Machines on which a job with this fingerprint failed: the retry avoids them."""
+        rows = self._rows(
+            "SELECT DISTINCT machine_id FROM jobs WHERE fingerprint = ? AND state = 'failed' "
+            "AND machine_id IS NOT NULL ORDER BY machine_id",
+            [fingerprint],
+        )
+        return [int(row["machine_id"]) for row in rows]
+
+    # -- instances ---------------------------------------------------------------------------
+    def record_rent_intent(
+        self, *, job_id: str, run_id: str, label: str, offer: Mapping[str, Any]
+    ) -> None:
+        """Write-ahead: journal the label before the create call that may rent it.
+
+        If the process dies during the create call, the next run finds the
+        instance (if any) by this label. Renting again under the same label
+        (the first offer was gone) reuses the row, as long as no instance id
+        was ever recorded for it.
+        """
+        if not label.startswith(self.label_prefix):
+            raise ValueError(
+                f"instance label {label!r} must start with this workflow's "
+                f"prefix {self.label_prefix!r}, or cleanup could not find it"
+            )
+        facts = _offer_facts(offer)
+        now = self._clock()
+        with self._write() as db:
+            self._job_state(db, job_id)  # raises UnknownJob
+            if not self._exists(db, "runs", "id", run_id):
+                raise self._unknown_run(run_id)
+            existing = self._instance_row(db, "label = ?", [label])
+            if existing is None:
+                _insert(
+                    db,
+                    "instances",
+                    label=label,
+                    job_id=job_id,
+                    run_id=run_id,
+                    **facts,
+                    offer=_to_json(offer),
+                    requested_at=now,
+                    state=InstanceState.RENTING.value,
+                )
+                self._instance_history(db, label, None, InstanceState.RENTING.value,
+                                       "rent_intent", now, job_id=job_id)
+            else:
+                self._check_reusable(existing, job_id)
+                columns = {
+                    **facts,
+                    "offer": _to_json(offer),
+                    "run_id": run_id,
+                    "requested_at": now,
+                    "destroy_requested_at": None,
+                    "destroyed_at": None,
+                    "state": InstanceState.RENTING.value,
+                }
+                db.execute(
+                    f"UPDATE instances SET {_assignments(columns)} WHERE label = ?",
+                    [*columns.values(), label],
+                )
+            job_columns = {
+                "label": label,
+                **{k: v for k, v in facts.items() if k in self._job_columns},
+                "updated_at": now,
+            }
+            cursor = db.execute(
+                f"UPDATE jobs SET {_assignments(job_columns)} WHERE id = ?",
+                [*job_columns.values(), job_id],
+            )
+            if cursor.rowcount != 1:
+                raise self._unknown_job(job_id)
+
+    def _check_reusable(self, existing: dict, job_id: str) -> None:
+        if existing["instance_id"] is not None:
+            raise JournalError(
+                f"label {existing['label']} already names instance "
+                f"{existing['instance_id']} in {self.path}; use a new label",
+                self.path,
+            )
+        if existing["job_id"] != job_id:
+            raise JournalError(
+                f"label {existing['label']} belongs to job {existing['job_id']}, "
+                f"not {job_id}, in {self.path}",
+                self.path,
+            )
+
+    def record_instance_created(self, label: str, instance_id: int, **facts: Any) -> None:
+        """The create call answered (or a lookup by label found it): journal its id.
+
+        ``facts`` are further instance columns (ssh_host, machine_id, created_at
+        ...). Learning the id also clears ``destroyed_at``: a row marked gone
+        because the label was not found is alive after all.
+        """
+        values = self._instance_facts(facts)
+        now = self._clock()
+        with self._write() as db:
+            row = self._instance_row(db, "label = ?", [label])
+            if row is None:
+                raise UnknownInstance(
+                    f"no rent intent for label {label} in {self.path}: "
+                    "record_rent_intent() must come before the create call",
+                    self.path,
+                )
+            if row["instance_id"] not in (None, instance_id):
+                raise JournalError(
+                    f"label {label} already names instance {row['instance_id']}"
+                    f", not {instance_id}, in {self.path}",
+                    self.path,
+                )
+            clear = {"destroyed_at": None} if row["instance_id"] is None else {}
+            values.setdefault("created_at", now if row["created_at"] is None else row["created_at"])
+            columns = {"instance_id": instance_id, **clear, **values}
+            try:
+                db.execute(
+                    f"UPDATE instances SET {_assignments(columns)} WHERE label = ?",
+                    [*columns.values(), label],
+                )
+            except sqlite3.IntegrityError as exc:
+                raise JournalError(
+                    f"instance {instance_id} is already journaled under "
+                    f"another label in {self.path}: {exc}",
+                    self.path,
+                ) from exc
+            if row["state"] == InstanceState.RENTING.value:
+                self._move_instance(db, row, "created", now, detail={"instance": instance_id})
+            job_values = {
+                k: v for k, v in values.items() if k in self._job_columns and k not in JOB_IDENTITY
+            }
+            job_values.update(instance_id=instance_id, updated_at=now)
+            db.execute(
+                f"UPDATE jobs SET {_assignments(job_values)} WHERE id = ?",
+                [*job_values.values(), row["job_id"]],
+            )
+
+    def record_instance_contact(
+        self, instance_id: int, *, ssh_host: str, ssh_port: int, host_key: str
+    ) -> None:
+        """First SSH contact: pin the instance's public host key (never re-pinned)."""
+        if "PRIVATE KEY" in host_key:
+            raise ValueError(
+                f"instance {instance_id}: refusing to journal a private key as "
+                "host key; pass the server's public host key"
+            )
+        now = self._clock()
+        with self._write() as db:
+            row = self._instance_row(db, "instance_id = ?", [instance_id])
+            if row is None:
+                raise self._unknown_instance(f"instance {instance_id}")
+            if row["host_key"] not in (None, host_key):
+                raise JournalError(
+                    f"instance {instance_id} presented a host key other than "
+                    f"the one pinned in {self.path} at first contact; refusing "
+                    "to re-pin (destroy the instance if in doubt)",
+                    self.path,
+                )
+            db.execute(
+                "UPDATE instances SET ssh_host = ?, ssh_port = ?, host_key = ?, "
+                "contacted_at = COALESCE(contacted_at, ?) WHERE instance_id = ?",
+                [ssh_host, ssh_port, host_key, now, instance_id],
+            )
+            db.execute(
+                "UPDATE jobs SET ssh_host = ?, ssh_port = ?, updated_at = ? WHERE instance_id = ?",
+                [ssh_host, ssh_port, now, instance_id],
+            )
+
+    def pinned_host_key(self, instance_id: int) -> str | None:
+        rows = self._rows("SELECT host_key FROM instances WHERE instance_id = ?", [instance_id])
+        return rows[0]["host_key"] if rows else None
+
+    def update_instance_status(self, instance_id: int, status: str | None) -> None:
+        """The last ``actual_status`` Vast.ai reported, for the post-mortem."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE instances SET last_status = ?, last_status_at = ? WHERE instance_id = ?",
+                [status, self._clock(), instance_id],
+            )
+            if cursor.rowcount != 1:
+                raise self._unknown_instance(f"instance {instance_id}")
+
+    def record_instance_stop(self, instance_id: int, *, stopped: bool) -> None:
+        """A bid instance was outbid (``stopped``) or runs again: its stopped time is
+        billed for storage only (ledger.storage_dollars)."""
+        now = self._clock()
+        with self._write() as db:
+            if stopped:
+                # one preemption, however often it is seen (a resumed run sees it again)
+                db.execute("UPDATE instances SET preemptions = COALESCE(preemptions, 0) + "
+                           "(stopped_since IS NULL), stopped_since = COALESCE(stopped_since, ?)"
+                           " WHERE instance_id = ?", [now, instance_id])
+            else:
+                db.execute("UPDATE instances SET stopped_seconds = COALESCE(stopped_seconds, 0)"
+                           " + MAX(0, ? - stopped_since), stopped_since = NULL "
+                           "WHERE instance_id = ? AND stopped_since IS NOT NULL",
+                           [now, instance_id])
+
+    def record_instance_started(self, instance_id: int, start_date: float) -> None:
+        """Vast.ai's ``start_date`` of the instance (the billing clock starts there)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE instances SET started_at = COALESCE(started_at, ?) WHERE instance_id = ?",
+                [float(start_date), instance_id],
+            )
+
+    def record_destroy_accepted(self, instance_id: int) -> None:
+        """The API accepted a destroy request (the billing clock stops there)."""
+        self._instance_or_stray_update(
+            "destroy_accepted_at = COALESCE(destroy_accepted_at, ?)", [self._clock()],
+            None, instance_id, strict=False)
+
+    def record_destroy_requested(
+        self, *, label: str | None = None, instance_id: int | None = None
+    ) -> None:
+        """Write-ahead for the destroy call (the first request's time is kept)."""
+        self._instance_or_stray_update(
+            "destroy_requested_at = COALESCE(destroy_requested_at, ?)", [self._clock()],
+            label, instance_id, moved=self._destroy_requested_move)
+
+    def record_instance_destroyed(
+        self, *, label: str | None = None, instance_id: int | None = None, at: float | None = None
+    ) -> None:
+        """The instance is known gone (or, for a label never created, never existed)."""
+        when = self._clock() if at is None else at
+        self._instance_or_stray_update(
+            "destroyed_at = COALESCE(destroyed_at, ?)", [when], label, instance_id,
+            moved=self._destroyed_move)
+
+    def _instance_or_stray_update(
+        self, assignment: str, values: list[Any], label: str | None, instance_id: int | None,
+        *, strict: bool = True, moved: Callable[[Any, dict], None] | None = None,
+    ) -> None:
+        """Update the instance row (by label and/or id), else the stray with that id.
+        ``moved`` then moves the row's life-cycle state in the same transaction."""
+        where, params = _instance_match(label, instance_id)
+        with self._write() as db:
+            cursor = db.execute(f"UPDATE instances SET {assignment} WHERE {where}",
+                                [*values, *params])
+            if cursor.rowcount == 1:
+                if moved is not None:
+                    row = self._instance_row(db, where, params)
+                    if row is not None and row["state"] is not None:
+                        moved(db, row)
+                return
+            if instance_id is not None:
+                cursor = db.execute(f"UPDATE strays SET {assignment} WHERE instance_id = ?",
+                                    [*values, instance_id])
+                if cursor.rowcount == 1:
+                    return
+            if strict:
+                raise self._unknown_instance(_describe(label, instance_id))
+
+    # -- the instance life cycle (instance_machine.py; warm instances, see pool.py) -------
+    def instance_transition(
+        self, label: str, *, trigger: str, detail: str | Mapping[str, Any] | None = None,
+        job_id: str | None = None, **columns: Any,
+    ) -> str:
+        """Move an instance along ``instance_machine.TRANSITIONS``: a guarded update plus its
+        append-only row, in one transaction, before the side effect. Returns the new state;
+        raises StaleTransition (changing nothing) if its state has no such row."""
+        now = self._clock()
+        with self._write() as db:
+            row = self._instance_row(db, "label = ?", [label])
+            if row is None:
+                raise self._unknown_instance(f"label {label}")
+            return self._move_instance(db, row, trigger, now, detail=detail, job_id=job_id,
+                                       **columns)
+
+    def lease_instance(self, label: str, job_id: str, detail: str | None = None) -> bool:
+        """idle -> leased by ``job_id``, only if the instance is still idle and no destroy
+        was asked for: False when another job (or the idle reaper) was first, so two
+        threads or processes never lease one instance. ``detail``: why it was kept."""
+        now = self._clock()
+        with self._write() as db:
+            row = self._instance_row(db, "label = ?", [label])
+            if row is None or row["state"] != InstanceState.IDLE.value \
+                    or row["destroy_requested_at"] is not None:
+                return False
+            self._move_instance(db, row, "leased", now, detail=detail, job_id=job_id,
+                                leased_by=job_id, idle_since=None,
+                                served=int(row["served"] or 0) + 1)
+            return True
+
+    def instance_history(self, label: str) -> list[dict]:
+        """An instance's life, oldest first."""
+        return self._rows(
+            "SELECT * FROM instance_transitions WHERE label = ? ORDER BY id", [label])
+
+    def instances_in_state(self, *states: str) -> list[dict]:
+        return self._rows(
+            f"SELECT * FROM instances WHERE state IN ({_marks(states)}) "
+            "ORDER BY requested_at, label", list(states))
+
+    def _move_instance(
+        self, db: sqlite_utils.Database, row: Mapping[str, Any], trigger: str, now: float, *,
+        detail: str | Mapping[str, Any] | None = None, job_id: str | None = None,
+        **columns: Any,
+    ) -> str:
+        label, source = row["label"], row["state"]
+        try:
+            dest = next_state(source or "", trigger).value
+        except ValueError as exc:
+            raise StaleTransition(f"instance {label}: {exc} (journal {self.path})", self.path,
+                                  job_id=job_id or "", expected=(), actual=source) from None
+        unknown = sorted(set(columns) - {"leased_by", "idle_since", "served"})
+        if unknown:
+            raise ValueError(f"cannot set instance column(s) {', '.join(unknown)} in a move")
+        values = {"state": dest, **{k: _plain(v) for k, v in columns.items()}}
+        cursor = db.execute(
+            f"UPDATE instances SET {_assignments(values)} WHERE label = ? AND state IS ?",
+            [*values.values(), label, source])
+        if cursor.rowcount != 1:
+            raise StaleTransition(f"instance {label}: {trigger!r} lost a race (journal "
+                                  f"{self.path})", self.path, job_id=job_id or "",
+                                  expected=(str(source),), actual=None)
+        self._instance_history(db, label, source, dest, trigger, now, job_id=job_id,
+                               detail=detail)
+        return dest
+
+    def _instance_history(
+        self, db: sqlite_utils.Database, label: str, source: str | None, dest: str,
+        trigger: str, at: float, *, job_id: str | None = None,
+        detail: str | Mapping[str, Any] | None = None,
+    ) -> None:
+        text = scrub(detail) if isinstance(detail, str) else (
+            None if detail is None else _to_json(detail))
+        _insert(db, "instance_transitions", label=label, run_id=self._run_id, job_id=job_id,
+                from_state=source, to_state=dest, trigger=trigger, at=at, detail=text)
+
+    def _destroy_requested_move(self, db: sqlite_utils.Database, row: dict) -> None:
+        """The teardown's intent moves a holding instance into destroying."""
+        if row["state"] in {s.value for s in _HOLDING_INSTANCE}:
+            trigger = "expired" if row["state"] == InstanceState.IDLE.value else "fail"
+            self._move_instance(db, row, trigger, self._clock())
+
+    def _destroyed_move(self, db: sqlite_utils.Database, row: dict) -> None:
+        """Known gone: destroyed (or never created); an instance that vanished on its own
+        passes through destroying, so its history still reads as the table allows."""
+        state, now = row["state"], self._clock()
+        if state == InstanceState.RENTING.value and row["instance_id"] is None:
+            self._move_instance(db, row, "never_created", now)
+            return
+        if state in {s.value for s in _HOLDING_INSTANCE}:
+            self._move_instance(db, row, "fail", now, detail="not listed any more")
+            row = self._instance_row(db, "label = ?", [row["label"]]) or row
+        if row["state"] == InstanceState.DESTROYING.value:
+            self._move_instance(db, row, "destroyed", now)
+
+    # -- strays: instances with our prefix that no instance row owns ---------------------
+    def record_stray(
+        self, instance_id: int, *, label: str | None, reason: str, dph_total: float | None = None
+    ) -> bool:
+        """Journal a stray before tearing it down; False if an instance row owns the id."""
+        with self._write() as db:
+            if self._instance_row(db, "instance_id = ?", [instance_id]) is not None:
+                return False
+            db.execute(
+                "INSERT OR IGNORE INTO strays (instance_id, label, run_id, reason, dph_total, "
+                "found_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [instance_id, label, self._run_id, scrub(reason), dph_total, self._clock()],
+            )
+            return True
+
+    def strays(self) -> list[dict]:
+        return self._rows("SELECT * FROM strays ORDER BY found_at, instance_id")
+
+    def strays_possibly_alive(self) -> list[dict]:
+        return self._rows(
+            "SELECT * FROM strays WHERE destroyed_at IS NULL ORDER BY found_at, instance_id"
+        )
+
+    # -- who owns what (run leases) ---------------------------------------------------------
+    def instance_owner_runs(self) -> dict[str, str]:
+        """label -> the run that owns the instance: the one that took it over, else the run
+        whose job last used it (a resume moves ownership), else the renting run."""
+        rows = self._rows("SELECT label, run_id, claimed_by FROM instances")
+        owners = {row["label"]: row["run_id"] for row in rows}
+        for row in self._rows(
+            "SELECT label, run_id FROM jobs WHERE label IS NOT NULL ORDER BY created_at, rowid"
+        ):
+            owners[row["label"]] = row["run_id"]
+        owners.update({row["label"]: row["claimed_by"] for row in rows if row["claimed_by"]})
+        return owners
+
+    def take_over(self, label: str, run_id: str, *, from_runs: Collection[str]) -> bool:
+        """Make ``run_id`` the owner of a dead run's instance; False if another run was
+        quicker (then it is that run's to resume or destroy)."""
+        owner = self.instance_owner_runs().get(label)
+        if owner == run_id:
+            return True
+        if owner not in from_runs:
+            return False
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE instances SET claimed_by = ? WHERE label = ? AND "
+                f"(claimed_by IS NULL OR claimed_by IN ({_marks(from_runs)}))",
+                [run_id, label, *from_runs],
+            )
+            return cursor.rowcount == 1
+
+    def heartbeat(self, run_id: str) -> None:
+        """The run lives (see leases.py): other runs may not take its work."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [self._clock(), run_id])
+
+    # -- where this journal lives --------------------------------------------------------
+    def home(self) -> str | None:
+        """The working directory this journal was last used in (None before it was recorded)."""
+        rows = self._rows("SELECT value FROM meta WHERE key = 'workdir'")
+        return str(rows[0]["value"]) if rows else None
+
+    def copied_from(self, workdir: Path | str) -> str | None:
+        """The directory this journal came from, if ``workdir`` is a copy of it: the journal
+        was last used elsewhere and that directory still holds the same workflow (a moved
+        directory leaves nothing behind)."""
+        home = self.home()
+        if home is None or home == str(Path(workdir).resolve()):
+            return None
+        sidecar = Path(home) / RELATIVE_PATH.parent / WORKFLOW_ID_FILE
+        try:
+            same = sidecar.read_text().strip() == self.workflow_id
+        except OSError:
+            return None
+        return home if same else None
+
+    @property
+    def adopted_after_loss(self) -> bool:
+        """The prefix was taken over from a lost journal (see ``_adopt_workflow_id``)."""
+        return bool(self._rows("SELECT 1 FROM meta WHERE key = 'adopted_after_loss'"))
+
+    def clear_adopted_after_loss(self) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM meta WHERE key = 'adopted_after_loss'")
+
+    def set_home(self, workdir: Path | str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('workdir', ?)", [str(workdir)]
+            )
+
+    def instances(self) -> list[dict]:
+        return self._rows("SELECT * FROM instances ORDER BY requested_at, label")
+
+    def instances_possibly_alive(self) -> list[dict]:
+        """Every instance not known destroyed, including labels whose create never answered."""
+        return self._rows(
+            "SELECT * FROM instances WHERE destroyed_at IS NULL ORDER BY requested_at, label"
+        )
+
+    def instance_cost(self, label: str) -> tuple[float, float]:
+        """Billed (seconds, dollars) from created_at to destroyed_at (or now) at dph_total."""
+        rows = self._rows("SELECT * FROM instances WHERE label = ?", [label])
+        if not rows:
+            raise self._unknown_instance(f"label {label}")
+        return _cost(rows[0], self._clock())
+
+    def run_cost(self, run_id: str) -> tuple[float, float]:
+        """Total (seconds, dollars) a run is answerable for: the time of the instances it
+        rented, and the bandwidth it moved on any instance (a resumed run moves bytes on
+        an earlier run's instance; those bytes are the earlier run's no more)."""
+        now = self._clock()
+        moved = {
+            int(r["instance_id"]): r
+            for r in self._rows("SELECT * FROM instance_run_bytes WHERE run_id = ?", [run_id])
+        }
+        rows = self._rows(
+            "SELECT * FROM instances WHERE run_id = ? OR instance_id IN "
+            "(SELECT instance_id FROM instance_run_bytes WHERE run_id = ?)",
+            [run_id, run_id],
+        )
+        seconds = dollars = 0.0
+        for row in rows:
+            mine = moved.get(int(row["instance_id"])) if row["instance_id"] is not None \
+                else None
+            row = {**row, "bytes_uploaded": mine["bytes_uploaded"] if mine else 0,
+                   "bytes_downloaded": mine["bytes_downloaded"] if mine else 0}
+            billed, total = _cost(row, now)
+            if row["run_id"] == run_id:
+                seconds, dollars = seconds + billed, dollars + total
+            else:  # only the bytes this run moved on another run's instance
+                dollars += ledger.bandwidth_dollars(row, billed)
+        return seconds, dollars
+
+    # -- the cost ledger (see ledger.py) ------------------------------------------------------
+    def add_instance_bytes(self, instance_id: int, uploaded: int, downloaded: int) -> None:
+        """Add bytes moved to or from an instance (deltas: reconnects and reuse add on), to
+        its totals and to this run's share of them."""
+        if uploaded <= 0 and downloaded <= 0:
+            return
+        with self._write() as db:
+            self._add_bytes(db, int(instance_id), uploaded, downloaded)
+
+    def _add_bytes(self, db: sqlite_utils.Database, instance_id: int, uploaded: int,
+                   downloaded: int) -> None:
+        """Within a write transaction: the instance's totals and the (instance, run) row
+        (the current run's; the renting run's when no run is current)."""
+        up, down = max(int(uploaded), 0), max(int(downloaded), 0)
+        if up == 0 and down == 0:
+            return
+        db.execute(
+            "UPDATE instances SET bytes_uploaded = bytes_uploaded + ?, "
+            "bytes_downloaded = bytes_downloaded + ? WHERE instance_id = ?",
+            [up, down, instance_id],
+        )
+        db.execute(
+            "INSERT INTO instance_run_bytes (instance_id, run_id, bytes_uploaded, "
+            "bytes_downloaded) SELECT instance_id, COALESCE(?, run_id), ?, ? FROM instances "
+            "WHERE instance_id = ? AND COALESCE(?, run_id) IS NOT NULL LIMIT 1 "
+            "ON CONFLICT (instance_id, run_id) DO UPDATE SET "
+            "bytes_uploaded = bytes_uploaded + excluded.bytes_uploaded, "
+            "bytes_downloaded = bytes_downloaded + excluded.bytes_downloaded",
+            [self._run_id, up, down, instance_id, self._run_id],
+        )
+
+    def run_bytes(self, run_id: str) -> dict[int, tuple[int, int]]:
+        """instance id -> (uploaded, downloaded) that ``run_id`` moved on it."""
+        return {int(r["instance_id"]): (int(r["bytes_uploaded"]), int(r["bytes_downloaded"]))
+                for r in self._rows("SELECT * FROM instance_run_bytes WHERE run_id = ?",
+                                    [run_id])}
+
+    def record_balance(self, run_id: str, *, before: float | None = None,
+                       after: float | None = None) -> None:
+        """The account credit at the run's start or end (None leaves it as it is)."""
+        columns = {k: v for k, v in (("balance_before", before), ("balance_after", after))
+                   if v is not None}
+        if not columns:
+            return
+        with self._write() as db:
+            db.execute(f"UPDATE runs SET {_assignments(columns)} WHERE id = ?",
+                       [*columns.values(), run_id])
+
+    def start_transfer(self, *, job_id: str | None, instance_id: int | None, direction: str,
+                       total: int | None, started_at: float | None = None) -> int:
+        """A transfer in flight (``direction`` upload/download, begun at ``started_at``,
+        default now); its row id."""
+        now = self._clock()
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO transfers (job_id, run_id, instance_id, direction, bytes_total, "
+                "started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [job_id, self._run_id, instance_id, direction, total,
+                 now if started_at is None else started_at, now],
+            )
+            return int(cursor.lastrowid or 0)
+
+    def update_transfer(self, transfer_id: int, done: int, *, ended: bool = False,
+                        uploaded: int = 0, downloaded: int = 0) -> None:
+        """A transfer's progress and, in the same transaction, the bytes its instance
+        moved since the last write (``uploaded``/``downloaded``, deltas): a crash then
+        loses at most the bytes of one progress interval from the ledger."""
+        now = self._clock()
+        with self._write() as db:
+            db.execute(
+                "UPDATE transfers SET bytes_done = ?, updated_at = ?, "
+                "ended_at = CASE WHEN ? THEN ? ELSE ended_at END WHERE id = ?",
+                [int(done), now, int(ended), now, int(transfer_id)],
+            )
+            if uploaded > 0 or downloaded > 0:
+                row = db.execute("SELECT instance_id FROM transfers WHERE id = ?",
+                                 [int(transfer_id)]).fetchone()
+                if row is not None and row[0] is not None:
+                    self._add_bytes(db, int(row[0]), uploaded, downloaded)
+
+    def close_transfers(self, run_ids: Collection[str]) -> int:
+        """End the in-flight transfer rows of runs that are over (a crash left them open);
+        they end at their last update. The number closed."""
+        runs = list(run_ids)
+        if not runs:
+            return 0
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE transfers SET ended_at = updated_at WHERE ended_at IS NULL "
+                f"AND run_id IN ({_marks(runs)})",
+                runs,
+            )
+            return int(cursor.rowcount or 0)
+
+    def transfers(self, *, in_flight: bool = False) -> list[dict]:
+        where = "WHERE ended_at IS NULL " if in_flight else ""
+        return self._rows(f"SELECT * FROM transfers {where}ORDER BY started_at, id")
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _job_fields(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate caller-given job columns: known, and neither identity nor state."""
+        if "state" in fields:
+            raise ValueError("a job's state changes only through transition()")
+        allowed = self._job_columns - JOB_IDENTITY - JOB_BOOKKEEPING
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise ValueError(
+                f"cannot set job column(s) {', '.join(unknown)}; "
+                f"settable: {', '.join(sorted(allowed))}"
+            )
+        # Free text (an error message may quote a secret) is scrubbed; ids, labels and
+        # paths are stored as they are.
+        return {key: scrub(value) if key in FREE_TEXT and isinstance(value, str)
+                else _plain(value) for key, value in fields.items()}
+
+    def _instance_facts(self, facts: Mapping[str, Any]) -> dict[str, Any]:
+        allowed = self._instance_columns - INSTANCE_MANAGED
+        unknown = sorted(set(facts) - allowed)
+        if unknown:
+            raise ValueError(
+                f"cannot set instance column(s) {', '.join(unknown)}; "
+                f"settable: {', '.join(sorted(allowed))}"
+            )
+        return {key: _plain(value) for key, value in facts.items()}
+
+    def _job_state(self, db: sqlite_utils.Database, job_id: str) -> str:
+        rows = list(db.query("SELECT state FROM jobs WHERE id = ?", [job_id]))
+        if not rows:
+            raise self._unknown_job(job_id)
+        return str(rows[0]["state"])
+
+    @staticmethod
+    def _instance_row(db: sqlite_utils.Database, where: str, params: list[Any]) -> dict | None:
+        rows = list(db.query(f"SELECT * FROM instances WHERE {where}", params))
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _exists(db: sqlite_utils.Database, table: str, column: str, value: Any) -> bool:
+        return bool(list(db.query(f"SELECT 1 FROM {table} WHERE {column} = ?", [value])))
+
+    def _unknown_run(self, run_id: str) -> JournalError:
+        return JournalError(
+            f"run {run_id} is not in journal {self.path}; call start_run() first", self.path
+        )
+
+    def _unknown_job(self, job_id: str) -> UnknownJob:
+        return UnknownJob(f"job {job_id} is not in journal {self.path}", self.path)
+
+    def _unknown_instance(self, what: str) -> UnknownInstance:
+        return UnknownInstance(
+            f"{what} is not in journal {self.path}; was its rent intent recorded?", self.path
+        )
+
+    # -- queries for the journal CLI --------------------------------------------------------
+    def runs_with_prefix(self, prefix: str) -> list[dict]:
+        """Runs whose id starts with ``prefix``: people type the first few characters."""
+        return self._rows(
+            "SELECT * FROM runs WHERE substr(id, 1, ?) = ? ORDER BY started_at, rowid",
+            [len(prefix), prefix],
+        )
+
+    def jobs_with_prefix(self, prefix: str) -> list[dict]:
+        """Jobs whose id starts with ``prefix`` (substr, not LIKE: ``_`` is no wildcard)."""
+        return self._rows(
+            "SELECT * FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY created_at, rowid",
+            [len(prefix), prefix],
+        )
+
+    def instances_with_cost(self) -> list[dict]:
+        """Every instance row plus ``billed_seconds`` and ``billed_dollars`` (as
+        :meth:`instance_cost` computes them), from one read with one clock reading."""
+        now = self._clock()
+        rows = self.instances()
+        for row in rows:
+            row["billed_seconds"], row["billed_dollars"] = _cost(row, now)
+            row["components"] = ledger.components(row, row["billed_seconds"])
+        return rows
+
+
+# -- module helpers --------------------------------------------------------------------------
+def _create_private(path: Path) -> None:
+    """Create the file 0600 if missing, so SQLite's -wal/-shm inherit that mode.
+
+    An explicit mode at creation (rather than a temporary umask, which is
+    process-wide and would race with Snakemake's other threads) and a chmod
+    for files left looser by someone else.
+    """
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+    os.chmod(path, FILE_MODE)
+
+
+def _restrict_side_files(path: Path) -> None:
+    for suffix in SIDE_SUFFIXES:
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            os.chmod(side, FILE_MODE)
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    """The journal's schema version; 0 for an empty file."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if has_meta is None:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _refuse_newer(path: Path, found: int, known: int) -> None:
+    if found > known:
+        raise JournalTooNew(
+            f"journal {path} has schema version {found}, but this plugin knows only up to "
+            f"{known}: a newer snakemake-executor-plugin-vastai wrote it. Upgrade the plugin "
+            "(pip install -U snakemake-executor-plugin-vastai); do not delete the journal, "
+            "it may name instances that still bill.",
+            path,
+        )
+
+
+def _to_json(value: Mapping[str, Any]) -> str:
+    """Strict JSON of a redacted dict: arbitrary objects are refused, as their repr could
+    carry a secret past the key-based redaction."""
+    return json.dumps(redact(value), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable for the journal")
+
+
+def _insert_transition(
+    db: sqlite_utils.Database,
+    job_id: str,
+    run_id: str | None,
+    source: str | None,
+    dest: str,
+    trigger: str,
+    at: float,
+    detail: str | Mapping[str, Any] | None,
+) -> None:
+    """The append-only row; encoding the detail here keeps a bad detail inside the
+    transaction, so it aborts the state change too."""
+    # A text is scrubbed; a dict is redacted before encoding (never the encoded JSON,
+    # which a registered short value could break).
+    text = scrub(detail) if isinstance(detail, str) else (
+        None if detail is None else _to_json(detail))
+    _insert(
+        db,
+        "transitions",
+        job_id=job_id,
+        run_id=run_id,
+        from_state=source,
+        to_state=dest,
+        trigger=trigger,
+        at=at,
+        detail=text,
+    )
+
+
+def _insert(db: sqlite_utils.Database, table: str, **row: Any) -> None:
+    """INSERT one row; table and column names come from this module, never from callers."""
+    db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({_marks(row)})",
+               list(row.values()))
+
+
+def _offer_facts(offer: Mapping[str, Any]) -> dict[str, Any]:
+    """The offer columns, from our offer facts (``offer_id``) or a raw offer (``id``)."""
+    facts = {key: _plain(offer.get(key)) for key in OFFER_FACTS}
+    if facts["offer_id"] is None:
+        facts["offer_id"] = _plain(offer.get("id"))
+    return facts
+
+
+def _instance_match(label: str | None, instance_id: int | None) -> tuple[str, list[Any]]:
+    if label is None and instance_id is None:
+        raise ValueError("name the instance by label or instance_id")
+    where, params = [], []
+    if label is not None:
+        where.append("label = ?")
+        params.append(label)
+    if instance_id is not None:
+        where.append("instance_id = ?")
+        params.append(instance_id)
+    return " AND ".join(where), params
+
+
+def _describe(label: str | None, instance_id: int | None) -> str:
+    return " / ".join(
+        part
+        for part in (
+            label and f"label {label}",
+            instance_id is not None and f"instance {instance_id}",
+        )
+        if part
+    )
+
+
+def _cost(row: Mapping[str, Any], now: float) -> tuple[float, float]:
+    """Billed time on Vast.ai's clock where known (see the schema notes), else ours."""
+    if row["created_at"] is None and row.get("started_at") is None:
+        return 0.0, 0.0  # never created
+    start = _first(row.get("started_at"), row["created_at"])
+    end = _first(row.get("destroy_accepted_at"), row["destroyed_at"], now)
+    seconds = max(0.0, float(end) - float(start))
+    return seconds, sum(ledger.components(row, seconds).values())
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _plain(value: Any) -> Any:
+    """Enum members (JobState) as their plain value, so SQLite stores text."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def _state(state: str) -> str:
+    value = _plain(state)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a job state must be a non-empty string, not {state!r}")
+    return str(value)
+
+
+def _states(states: str | Collection[str]) -> tuple[str, ...]:
+    if isinstance(states, str):
+        return (_state(states),)
+    result = tuple(_state(s) for s in states)
+    if not result:
+        raise ValueError("a transition needs at least one source state")
+    return result
+
+
+def _assignments(columns: Mapping[str, Any]) -> str:
+    """``a = ?, b = ?`` for validated column names (never caller-chosen text)."""
+    return ", ".join(f"{name} = ?" for name in columns)
+
+
+def _marks(values: Collection[Any]) -> str:
+    return ", ".join("?" for _ in values)
