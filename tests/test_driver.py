@@ -19,9 +19,9 @@ from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
 from snakemake_executor_plugin_vastai.lifecycle.ports import JobPorts
 from snakemake_executor_plugin_vastai.run.keys import RunKey
 from snakemake_executor_plugin_vastai.run.logs import PluginLogger
-from snakemake_executor_plugin_vastai.run.runtime import RunSettings
 from snakemake_executor_plugin_vastai.run.teardown import Teardown
 from snakemake_executor_plugin_vastai.run.watcher import InstanceWatcher
+from snakemake_executor_plugin_vastai.settings import RunSettings
 from snakemake_executor_plugin_vastai.transports.ssh.transport import SshTransport
 from snakemake_executor_plugin_vastai.vastai.api import VastAPI
 from snakemake_executor_plugin_vastai.vastai.instances import Instances

@@ -62,8 +62,9 @@ from ..run import listing
 from ..run import liveness as leases
 from ..run.redaction import scrub
 from ..run.teardown import Teardown
+from ..settings import DEFAULT_URL
 from ..transports import progress
-from ..vastai.api import DEFAULT_URL, VastAPI, VastAuthError, VastError
+from ..vastai.api import VastAPI, VastAuthError, VastError
 from . import tables
 
 PROG = "python -m snakemake_executor_plugin_vastai journal"
@@ -1139,7 +1140,7 @@ def open_api(journal: Journal, args: argparse.Namespace) -> tuple[VastAPI, str]:
 
 def api_key(key_file: Path | None) -> tuple[str, str]:
     """The key from --api-key-file, else the environment (as the plugin reads it)."""
-    from ..run.startup import API_KEY_ENV  # here: startup pulls in the whole plugin
+    from ..settings import API_KEY_ENV
 
     if key_file is not None:
         try:

@@ -100,7 +100,8 @@ def make_plan(workflow: Any, workdir: Path) -> dict:
     """Everything the plan says, as plain data (the ``--json`` output)."""
     from snakemake_interface_common.exceptions import WorkflowError
 
-    from ..run.startup import resolve_api_key, resolve_api_url, run_settings
+    from ..run.startup import run_settings
+    from ..settings import resolve_api_key, resolve_api_url
 
     problems: list[Problem] = []
     settings = workflow.executor_settings

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..journal.store import Journal
     from ..run.logs import PluginLogger
     from ..run.pool import Pool
-    from ..run.runtime import RunSettings
+    from ..settings import RunSettings
     from ..transports import Transport
     from ..vastai.instances import Instances
     from ..vastai.market import OfferMarket

@@ -25,15 +25,14 @@ from ..journal.store import Journal
 from ..lifecycle.driver import JobDriver, JobModel, build_machine
 from ..lifecycle.job_machine import JobState
 from ..lifecycle.ports import JobPorts
+from ..settings import RunSettings
 from ..transports import Transport
 from ..transports.ssh.transport import SshTransport
 from ..transports.storage.setup import StorageSetup
 from ..transports.storage.transport import StorageTransport
 from ..vastai.api import VastAPI
-from ..vastai.bids import BidSettings
 from ..vastai.instances import Instances
 from ..vastai.market import OfferMarket
-from ..vastai.offers import OfferSettings
 from ..workflow import payload
 from ..workflow.jobspec import JobSpec, Workspace
 from ..workflow.rule_settings import JobSettings, container_of, job_settings, runtime_cap_origin
@@ -52,31 +51,6 @@ LOG_DIR = Path(".snakemake/auxiliary/vastai-logs")
 # Seconds a teardown may take before it gives up, leaving the instance journaled as pending
 # and the run failing with the cleanup command (the environment variable is for tests).
 CANCEL_WAIT = float(os.environ.get("SNAKEMAKE_VASTAI_CANCEL_WAIT") or 300.0)
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Resolved executor settings (the API key is held by VastAPI, not here)."""
-
-    api_url: str
-    image: str
-    disk: float
-    boot_timeout: float
-    keep_instances: bool
-    forward_credentials: bool
-    status_interval: float
-    offline_grace: float
-    offer_settings: OfferSettings
-    ssh_timeout: float = 20.0
-    max_download_bytes: int | None = None
-    on_restart: str = "resume"
-    max_spend: float | None = None
-    max_runtime: float = 0.0  # seconds a storage-mode job may run; 0 = no cap
-    progress_interval: float = 5.0  # seconds between transfer progress lines (progress.py)
-    bids: BidSettings = field(default_factory=BidSettings)  # interruptible instances
-    reuse: bool = True  # warm instances (pool.py): a succeeded job's instance serves the next
-    idle_timeout: float = 60.0  # seconds an idle warm instance waits (pool.DEFAULT_IDLE_TIMEOUT)
-    offer_wait: float = 1800.0  # seconds a job waits for an offer (driver.DEFAULT_OFFER_WAIT)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,14 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
-from .. import DEFAULT_IMAGE, __version__
 from ..journal.store import RELATIVE_PATH, WORKFLOW_ID_FILE, Journal, JournalCorrupt, JournalError
+from ..settings import (
+    DEFAULT_IMAGE,
+    RunSettings,
+    __version__,
+    resolve_api_key,
+    resolve_api_url,
+)
 from ..transports.progress import MIN_INTERVAL
 from ..transports.storage.features import check_storage_features
 from ..transports.storage.setup import (
@@ -33,7 +39,7 @@ from ..transports.storage.setup import (
     storage_mode,
 )
 from ..vastai import bids
-from ..vastai.api import DEFAULT_URL, VastAuthError, VastError
+from ..vastai.api import VastAuthError, VastError
 from ..vastai.offers import OfferSettings
 from ..workflow import checkpoints
 from ..workflow.deploy import Scope, apply_scope
@@ -48,63 +54,7 @@ from ..workflow.validation import (
 )
 from .logs import SECRETS, PluginLogger
 from .redaction import add_environment
-from .runtime import Run, RunSettings, SnakemakeHooks
-
-API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
-
-
-def resolve_api_key(settings: Any) -> str:
-    """The key from --vastai-api-key, SNAKEMAKE_VASTAI_API_KEY, VAST_API_KEY, or the file
-    ``vastai set api-key`` saved (where the official CLI and SDK look for it).
-
-    The key is registered as a secret before anything else looks at it, and a key
-    that could never travel in an HTTP header is refused here: ``requests`` would
-    otherwise quote it whole in an exception message.
-    """
-    key, source = getattr(settings, "api_key", None), "--vastai-api-key"
-    for name in API_KEY_ENV:
-        if not key:
-            key, source = os.environ.get(name), name
-    if not key:
-        key, source = key_from_file(), "the key file 'vastai set api-key' saved"
-    SECRETS.add([key])
-    if not key or not key.strip():
-        raise WorkflowError(
-            "No Vast.ai API key: set VAST_API_KEY (or SNAKEMAKE_VASTAI_API_KEY, or "
-            "--vastai-api-key), or save one with 'vastai set api-key'. Keys are at "
-            "https://console.vast.ai/manage-keys/")
-    key = key.strip()
-    if not key.isprintable() or any(c.isspace() for c in key) or not key.isascii():
-        raise WorkflowError(
-            f"the Vast.ai API key from {source} contains whitespace, control or non-ASCII "
-            "characters (a stray newline or quote?); copy it again from "
-            "https://console.vast.ai/manage-keys/ (the key itself is not shown here)")
-    return key
-
-
-def api_key_files() -> list[Path]:
-    """The key files of the official vastai CLI/SDK, in their order of preference."""
-    config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-    return [Path(config) / "vastai" / "vast_api_key", Path(os.path.expanduser("~/.vast_api_key"))]
-
-
-def key_from_file() -> str | None:
-    """The first existing key file's content; an unreadable one is an error naming it."""
-    for path in api_key_files():
-        if not os.path.lexists(path):
-            continue
-        try:
-            return path.read_text(encoding="utf-8").strip() or None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise WorkflowError(f"cannot read the Vast.ai API key file {path}: {reason} "
-                                "(fix or remove it, or set VAST_API_KEY)") from None
-    return None
-
-
-def resolve_api_url(settings: Any) -> str:
-    url = getattr(settings, "api_url", None) or os.environ.get("VAST_URL") or DEFAULT_URL
-    return url.rstrip("/")
+from .runtime import Run, SnakemakeHooks
 
 
 def resolve_image(settings: Any, container_image: str | None = None) -> str:

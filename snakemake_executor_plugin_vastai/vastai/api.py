@@ -33,10 +33,10 @@ from typing import Any
 
 from ..run.backoff import Backoff
 from ..run.redaction import scrub
+from ..settings import DEFAULT_URL
 from .ratelimit import RateLimiter
 from .shared_search import SharedSearches
 
-DEFAULT_URL = "https://console.vast.ai"
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 PAGE_SIZE = 25  # the v1 listing's maximum
 
