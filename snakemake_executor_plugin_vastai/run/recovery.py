@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,15 @@ from . import liveness as leases
 from .keys import KeyFileError, RunKey
 
 if TYPE_CHECKING:
-    from .runtime import Run
+    from ..journal.store import Journal
+    from ..vastai.api import VastAPI
+    from .logs import PluginLogger
+
+# (earlier run's job row, its instance id or None, its label or None): drive it to
+# cancelled through the job machine, destroying the instance
+CloseOldJob = Callable[[dict, "int | None", "str | None"], None]
+# (instance id, label=..., stray=..., reason=...): the one teardown, in the background
+DestroyUntracked = Callable[..., None]
 
 POLICIES = ("resume", "destroy")
 
@@ -69,10 +78,18 @@ class Claim:
 class Recovery:
     """Reconciles the journal with Vast.ai when a run starts, and hands out claims."""
 
-    def __init__(self, run: Run, policy: str = "resume") -> None:
+    def __init__(self, journal: Journal, api: VastAPI, *, run_id: str, log: PluginLogger,
+                 key_dir: Path, close_old_job: CloseOldJob,
+                 destroy_untracked: DestroyUntracked, policy: str = "resume") -> None:
         if policy not in POLICIES:
             raise ValueError(f"--vastai-on-restart must be one of {', '.join(POLICIES)}")
-        self.run = run
+        self.journal = journal
+        self.api = api
+        self.run_id = run_id
+        self.log = log
+        self.key_dir = key_dir
+        self._close_old_job = close_old_job
+        self._destroy_untracked = destroy_untracked
         self.policy = policy
         self._claims: dict[str, Claim] = {}
         self._lock = threading.Lock()
@@ -87,11 +104,11 @@ class Recovery:
         inputs exist now to their parts (computed by the caller from the DAG).
         Only the work of provably dead runs is touched (``leases.py``).
         """
-        journal = self.run.journal
+        journal = self.journal
         dead = self._dead_runs()
         journal.close_transfers(dead)  # a crash left them "in flight" (progress.py)
         owners = journal.instance_owner_runs()
-        old_jobs = [j for j in journal.unfinished_jobs(exclude_run=self.run.run_id)
+        old_jobs = [j for j in journal.unfinished_jobs(exclude_run=self.run_id)
                     if j["run_id"] in dead]
         maybe_alive = [r for r in journal.instances_possibly_alive()
                        if owners.get(r["label"], r["run_id"]) in dead]
@@ -99,7 +116,7 @@ class Recovery:
         if not old_jobs and not maybe_alive and not journal.strays_possibly_alive() \
                 and not first_run and not journal.adopted_after_loss:
             return
-        found = self.run.api.list_instances(journal.label_prefix)
+        found = self.api.list_instances(journal.label_prefix)
         # The journal is read after the listing: a live run journals a label before its
         # create call, so every instance in the listing has its row by now.
         matched = listing.match(journal.instances(), found, journal.label_prefix,
@@ -110,8 +127,8 @@ class Recovery:
         handled: set[str] = set()
         owners = journal.instance_owner_runs()
         for job in old_jobs:
-            if owners.get(job.get("label") or "", self.run.run_id) not in (*dead,
-                                                                          self.run.run_id):
+            if owners.get(job.get("label") or "", self.run_id) not in (*dead,
+                                                                          self.run_id):
                 continue  # another live run took this job's instance over first
             entry = alive.get(job.get("label") or "")
             claim = self._claim_for(job, entry)
@@ -126,20 +143,20 @@ class Recovery:
         self._close_orphan_instances(alive, handled)
         if journal.adopted_after_loss:  # the lost journal's leftovers are settled now
             journal.clear_adopted_after_loss()
-        self.run.log.info("reconciled earlier runs", unfinished_jobs=len(old_jobs),
+        self.log.info("reconciled earlier runs", unfinished_jobs=len(old_jobs),
                           live_instances=len(alive), kept_for_resume=len(self._claims),
                           policy=self.policy)
 
     def _dead_runs(self) -> set[str]:
         """Earlier runs that are provably over; say which live ones are left alone."""
         dead = set()
-        for run in self.run.journal.runs():
-            if run["id"] == self.run.run_id:
+        for run in self.journal.runs():
+            if run["id"] == self.run_id:
                 continue
             if leases.is_provably_dead(run):
                 dead.add(run["id"])
             elif run.get("ended_at") is None:
-                self.run.log.info("another run of this workflow is still running here or on "
+                self.log.info("another run of this workflow is still running here or on "
                                   "another host; its jobs and instances are left to it",
                                   other_run=run["id"], pid=run.get("pid"),
                                   host=run.get("hostname"))
@@ -149,7 +166,7 @@ class Recovery:
                 dead: set[str]) -> dict[str, tuple[dict, dict]]:
         """Dead runs' rows: mark the unlisted gone, learn ids found by label; the living
         ones this run took over (``Journal.take_over``), to resume or tear down."""
-        journal = self.run.journal
+        journal = self.journal
         for row in matched.gone:
             if owners.get(row["label"], row["run_id"]) in dead:
                 journal.record_instance_destroyed(label=row["label"])
@@ -161,7 +178,7 @@ class Recovery:
             if owners.get(label, row["run_id"]) not in dead:
                 continue
             # Journaled before acting, and only one live run wins it: the other leaves it.
-            if not journal.take_over(label, self.run.run_id, from_runs=dead):
+            if not journal.take_over(label, self.run_id, from_runs=dead):
                 continue
             if row.get("instance_id") is None:
                 journal.record_instance_created(label, int(listed["id"]))
@@ -175,16 +192,16 @@ class Recovery:
         sweeps its own at its end)."""
         for stray in strays:
             if not stray.known:
-                self.run.log.warning(
+                self.log.warning(
                     "an instance carries this workflow's label prefix but is not in its "
                     "journal (a copy of this directory elsewhere?); left alone. Destroy it "
                     "with 'journal cleanup' if it is a leftover", instance=stray.instance_id,
                     label=stray.label)
                 continue
             owner = owners.get(stray.label)
-            if owner is not None and owner not in dead and owner != self.run.run_id:
+            if owner is not None and owner not in dead and owner != self.run_id:
                 continue
-            self.run.destroy_untracked(stray.instance_id, stray=stray.listed,
+            self._destroy_untracked(stray.instance_id, stray=stray.listed,
                                        reason=stray.reason)
             self.destroyed_at_start += 1
 
@@ -195,8 +212,8 @@ class Recovery:
         if instance.get("destroy_requested_at") is not None:
             return None  # a destroy was asked for: only finishing it is right
         try:
-            key = RunKey.load_or_create(self.run.key_dir, job["run_id"]) \
-                if (self.run.key_dir / job["run_id"]).exists() else None
+            key = RunKey.load_or_create(self.key_dir, job["run_id"]) \
+                if (self.key_dir / job["run_id"]).exists() else None
         except KeyFileError:
             key = None
         return Claim(job=job, instance=instance, row=listed, key=key)
@@ -207,14 +224,14 @@ class Recovery:
         if entry is None or self.policy != "resume":
             return
         if entry[0].get("destroy_requested_at") is not None:
-            self.run.log.info("finishing an earlier run's requested destroy", rule=job["rule"],
+            self.log.info("finishing an earlier run's requested destroy", rule=job["rule"],
                               old_job=job["id"], instance=entry[0].get("instance_id"))
             return
         old = _parts(job)
         for parts in scheduled.values():
             if old and parts.get("identity") == old.get("identity"):
                 what = ", ".join(fingerprints.changed(old, parts)) or "its fingerprint"
-                self.run.log.warning(
+                self.log.warning(
                     "not re-attaching: the job changed since the run that started it; its "
                     "instance is torn down and the job runs anew", rule=job["rule"],
                     old_job=job["id"], instance=entry[0].get("instance_id"), changed=what)
@@ -226,7 +243,7 @@ class Recovery:
         instance_id = int(entry[0]["instance_id"]) if entry else None
         if entry is not None:
             self.destroyed_at_start += 1
-        self.run.close_old_job(job, instance_id, entry[0]["label"] if entry else None)
+        self._close_old_job(job, instance_id, entry[0]["label"] if entry else None)
 
     def _close_orphan_instances(self, alive: dict[str, tuple[dict, dict]],
                                 handled: set[str]) -> None:
@@ -236,7 +253,7 @@ class Recovery:
         for label, (instance, _listed) in alive.items():
             if label in claimed or label in handled:
                 continue
-            self.run.destroy_untracked(int(instance["instance_id"]), label=label)
+            self._destroy_untracked(int(instance["instance_id"]), label=label)
             self.destroyed_at_start += 1
 
     # -- while running ---------------------------------------------------------------------

@@ -115,7 +115,10 @@ class Run:
                          on_gone=lambda offer: self.market.release(int(offer["id"])))
         self.market.own_offers = self.pool.idle_offers
         self.drivers: dict[str, JobDriver] = {}
-        self.recovery = Recovery(self, settings.on_restart)
+        self.recovery = Recovery(self.journal, self.api, run_id=self.run_id, log=log,
+                                 key_dir=self.key_dir, close_old_job=self.close_old_job,
+                                 destroy_untracked=self.destroy_untracked,
+                                 policy=settings.on_restart)
         self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
         self.balance_before: float | None = None  # account credit at start (ledger.py)
         self._lock = threading.Lock()
