@@ -177,3 +177,49 @@ def glob_match(pattern: str | None, value: str | None) -> bool:
     if pattern is None:
         return True
     return value is not None and fnmatch.fnmatchcase(value, pattern)
+
+
+# The SDK's client-side aliases (vastai.api.query.offers_alias), honoured when they arrive.
+ALIASES = {
+    "cuda_vers": "cuda_max_good",
+    "display_active": "gpu_display_active",
+    "dlperf_usd": "dlperf_per_dphtotal",
+    "dph": "dph_total",
+    "flops_usd": "flops_per_dphtotal",
+}
+
+
+def _resolve(row: dict[str, Any], field: str) -> Any:
+    name = ALIASES.get(field, field)
+    if name == "datacenter":
+        return row.get("hosting_type") == 1
+    if name == "driver_version":
+        return _numeric_driver(row.get(name))
+    return row.get(name)
+
+
+def _country(value: Any) -> str:
+    text = str(value or "")
+    return text.rsplit(",", 1)[-1].strip().upper()
+
+
+def _geo_equal(actual: Any, wanted: Any) -> bool:
+    """A location equals its full text or its trailing country code."""
+    if actual is None or wanted is None:
+        return actual is wanted
+    want = str(wanted).strip().upper()
+    return str(actual).strip().upper() == want or _country(actual) == want
+
+
+def _numeric_driver(value: Any) -> Any:
+    """The SDK sends driver versions as numbers (535.86.05 -> 535086005)."""
+    if isinstance(value, str) and value.count(".") == 2:
+        try:
+            major, minor, patch = (int(p) for p in value.split("."))
+        except ValueError:
+            return value
+        return major * 1_000_000 + minor * 1_000 + patch
+    return value
+
+
+EQUALITIES = {"geolocation": _geo_equal}
