@@ -22,9 +22,9 @@ from snakemake_executor_plugin_vastai.run.pool import (
     Pool,
     WarmInstance,
     misfit,
-    offer_fits,
 )
 from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings, build_offer_request
+from snakemake_executor_plugin_vastai.vastai.query import offer_fits
 
 I = InstanceState  # noqa: E741
 

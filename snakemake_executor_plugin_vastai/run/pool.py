@@ -10,7 +10,8 @@ cheapest wins.
 What "meets the job's needs" means: the job's own offer request (``offers.py``,
 the same one its search would send: GPU model and count, RAM, CPU, disk,
 price cap, region, reliability, the user's query, the machines it failed on)
-is evaluated against the offer the instance was rented from, and the image
+is evaluated against the offer the instance was rented from (with Vast.ai's
+filter semantics from ``vastai/query.py``, the simulator's own), and the image
 and the rented disk must match too. Warm instances exist in SSH mode only: in
 storage mode the container runs its one job from its launch arguments.
 
@@ -39,12 +40,13 @@ import hashlib
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..journal.store import Journal, JournalError
+from ..vastai.query import offer_misfit
 
 # Seconds an idle instance waits for its next job by default. Vast.ai boots take 60-300 s
 # (NOTES.md); waiting at most as long as the cheapest boot can never cost more than one
@@ -277,75 +279,6 @@ def misfit(warm: WarmInstance, request: Any, image: str) -> str | None:
     if warm.disk_gb + 1e-9 < float(request.storage_gb):
         return f"disk {warm.disk_gb:g} GB < {float(request.storage_gb):g} GB"
     return offer_misfit(warm.offer, request.query)
-
-
-def offer_fits(offer: Mapping[str, Any], query: Mapping[str, Mapping[str, Any]]) -> bool:
-    """Every filter of a Vast.ai query holds for the offer; a field the offer lacks fails
-    (a warm instance is only reused when it provably fits)."""
-    return offer_misfit(offer, query) is None
-
-
-def offer_misfit(offer: Mapping[str, Any], query: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The first filter of ``query`` the offer fails, as text (None: all hold)."""
-    for name, ops in query.items():
-        if name not in offer and name not in DERIVED:
-            return f"the offer has no {name}"
-        actual = offer[name] if name in offer else DERIVED[name](offer)
-        for op, wanted in ops.items():
-            if not _holds(name, actual, op, wanted):
-                return f"{name}={actual!r} fails {op} {wanted!r}"
-    return None
-
-
-# Query fields the service derives from an offer's own fields (the SDK's ``datacenter``
-# filter reads ``hosting_type``: 1 is a datacenter).
-DERIVED: dict[str, Callable[[Mapping[str, Any]], Any]] = {
-    "datacenter": lambda offer: None if offer.get("hosting_type") is None
-    else int(offer["hosting_type"]) == 1,
-}
-
-
-def _holds(name: str, actual: Any, op: str, wanted: Any) -> bool:
-    if actual is None:
-        return op in ("neq", "notin") or (op == "eq" and wanted is None)
-    if op in ("in", "notin"):
-        values = wanted if isinstance(wanted, list | tuple | set) else [wanted]
-        found = any(_equal(name, actual, v) for v in values)
-        return found if op == "in" else not found
-    if op == "eq":
-        return _equal(name, actual, wanted)
-    if op == "neq":
-        return not _equal(name, actual, wanted)
-    try:
-        a, w = float(actual), float(_coerce(actual, wanted))
-    except (TypeError, ValueError):
-        return False
-    return {"gt": a > w, "gte": a >= w, "lt": a < w, "lte": a <= w}.get(op, False)
-
-
-def _equal(name: str, actual: Any, wanted: Any) -> bool:
-    wanted = _coerce(actual, wanted)
-    if isinstance(actual, str) and isinstance(wanted, str):
-        a, w = actual.replace("_", " ").strip().lower(), wanted.replace("_", " ").strip().lower()
-        if name == "geolocation":  # "Germany, DE" is in region DE
-            return a == w or a.rsplit(",", 1)[-1].strip() == w
-        return a == w
-    return actual == wanted
-
-
-def _coerce(actual: Any, wanted: Any) -> Any:
-    """Filter values may arrive as text (the vastai query parser): compare as the offer's
-    field type."""
-    if not isinstance(wanted, str):
-        return wanted
-    if isinstance(actual, bool):
-        return wanted.strip().lower() in ("true", "1")
-    if isinstance(actual, int | float):
-        try:
-            return float(wanted)
-        except ValueError:
-            return wanted
-    return wanted
 
 
 def file_digest(path: Path) -> str | None:

@@ -24,9 +24,9 @@ from ..vastai.query import (
     ALIASES,
     EQUALITIES,
     QueryError,
-    _numeric_driver,
-    _resolve,
     matches,
+    numeric_driver,
+    offer_field,
     parse_direction,
     sort_rows,
     validate_filters,
@@ -100,10 +100,10 @@ class Market:
         with self._lock:
             candidates = [o for o in self._offers.values() if self._available(o)]
         priced = [catalog.price(o, storage, bid=SEARCH_TYPES[kind]) for o in candidates]
-        hits = [o for o in priced if matches(o, filters, _resolve, EQUALITIES)]
+        hits = [o for o in priced if matches(o, filters, offer_field, EQUALITIES)]
         for field, _ in order:
             self._known(field)
-        ranked = sort_rows(sorted(hits, key=lambda o: o["id"]), order, _resolve)
+        ranked = sort_rows(sorted(hits, key=lambda o: o["id"]), order, offer_field)
         return [dict(o) for o in ranked[: max(limit, 0)]]
 
     def _prepare_filters(self, filters: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -112,7 +112,7 @@ class Market:
         for field, ops in filters.items():
             name = self._known(field)
             if name == "driver_version":
-                ops = {op: _numeric_driver(v) for op, v in ops.items()}
+                ops = {op: numeric_driver(v) for op, v in ops.items()}
             prepared.setdefault(name, {}).update(ops)
         return prepared
 

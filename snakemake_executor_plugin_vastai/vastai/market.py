@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..run.pool import offer_fits
 from .offers import OfferRequest, OfferSettings, build_offer_request
+from .query import offer_fits
 
 if TYPE_CHECKING:
     from ..journal.store import Journal

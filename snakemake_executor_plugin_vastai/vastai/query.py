@@ -1,4 +1,8 @@
-"""Evaluation of Vast.ai filter dicts and orderings, shared by offer search and listings.
+"""Vast.ai's filter semantics, in one place: the simulator's search and listings use it,
+and so does the plugin when it decides whether a warm instance meets a job's request
+(``run/pool.py``), so the two cannot drift apart.
+
+Evaluation of Vast.ai filter dicts and orderings, shared by offer search and listings.
 
 The SDK sends filters as ``{field: {op: value}}`` with the operators ``eq``, ``neq``,
 ``gt``, ``gte``, ``lt``, ``lte``, ``in`` and ``notin``. Its query-string parser leaves
@@ -189,12 +193,14 @@ ALIASES = {
 }
 
 
-def _resolve(row: dict[str, Any], field: str) -> Any:
+def offer_field(row: Mapping[str, Any], field: str) -> Any:
+    """An offer's value for a query field: aliases, the derived ``datacenter``, driver
+    versions as the SDK encodes them."""
     name = ALIASES.get(field, field)
     if name == "datacenter":
         return row.get("hosting_type") == 1
     if name == "driver_version":
-        return _numeric_driver(row.get(name))
+        return numeric_driver(row.get(name))
     return row.get(name)
 
 
@@ -211,7 +217,7 @@ def _geo_equal(actual: Any, wanted: Any) -> bool:
     return str(actual).strip().upper() == want or _country(actual) == want
 
 
-def _numeric_driver(value: Any) -> Any:
+def numeric_driver(value: Any) -> Any:
     """The SDK sends driver versions as numbers (535.86.05 -> 535086005)."""
     if isinstance(value, str) and value.count(".") == 2:
         try:
@@ -222,4 +228,26 @@ def _numeric_driver(value: Any) -> Any:
     return value
 
 
-EQUALITIES = {"geolocation": _geo_equal}
+EQUALITIES: dict[str, Equality] = {"geolocation": _geo_equal}
+
+
+DERIVED_FIELDS = frozenset({"datacenter"})  # computed by the service, not stored on offers
+
+
+def offer_misfit(offer: Mapping[str, Any], filters: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The first filter of ``filters`` the offer fails, as text (None: all hold). A field
+    the offer lacks fails (a warm instance is only reused when it provably fits)."""
+    for field, ops in filters.items():
+        name = ALIASES.get(field, field)
+        if name not in offer and name not in DERIVED_FIELDS:
+            return f"the offer has no {field}"
+        actual = offer_field(offer, field)
+        for op, wanted in ops.items():
+            if not holds(op, actual, wanted, EQUALITIES.get(name)):
+                return f"{field}={actual!r} fails {op} {wanted!r}"
+    return None
+
+
+def offer_fits(offer: Mapping[str, Any], filters: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Every filter holds for the offer (see :func:`offer_misfit`)."""
+    return offer_misfit(offer, filters) is None
