@@ -46,7 +46,7 @@ class RunSettings:
     bids: BidSettings = field(default_factory=lambda: _no_bids())  # interruptible instances
     reuse: bool = True  # warm instances (pool.py): a succeeded job's instance serves the next
     idle_timeout: float = 60.0  # seconds an idle warm instance waits (pool.DEFAULT_IDLE_TIMEOUT)
-    offer_wait: float = 1800.0  # seconds a job waits for an offer (driver.DEFAULT_OFFER_WAIT)
+    offer_wait: float = 1800.0  # seconds a job waits for an offer (lifecycle/renting.py)
 
 
 def _no_bids() -> BidSettings:

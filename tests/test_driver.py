@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from snakemake_executor_plugin_vastai.journal.store import Journal
-from snakemake_executor_plugin_vastai.lifecycle.driver import JobDriver, JobModel, build_machine
+from snakemake_executor_plugin_vastai.lifecycle.driver import JobDriver, build_machine
 from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
+from snakemake_executor_plugin_vastai.lifecycle.models import JobModel
 from snakemake_executor_plugin_vastai.lifecycle.ports import JobPorts
 from snakemake_executor_plugin_vastai.run.keys import RunKey
 from snakemake_executor_plugin_vastai.run.logs import PluginLogger

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..journal.store import Journal
-from ..lifecycle.driver import JobDriver, JobModel, build_machine
+from ..lifecycle.driver import JobDriver, build_machine
 from ..lifecycle.job_machine import JobState
+from ..lifecycle.models import JobModel
 from ..lifecycle.ports import JobPorts
 from ..settings import RunSettings
 from ..transports import Transport

@@ -135,7 +135,7 @@ def idle_timeout(settings: Any) -> float:
 
 def offer_wait(settings: Any) -> float:
     """--vastai-offer-wait: seconds a job waits for a matching offer to come free."""
-    from ..lifecycle.driver import DEFAULT_OFFER_WAIT
+    from ..lifecycle.renting import DEFAULT_OFFER_WAIT
 
     return _seconds(settings, "offer_wait", DEFAULT_OFFER_WAIT,
                     "0 = fail at once when no matching offer is free")
