@@ -69,6 +69,15 @@ import paramiko
 from ...costs.ledger import ByteMeter
 from ...run.keys import fingerprint
 from . import scripts as scripts
+from .errors import (
+    AuthRejected,
+    HostKeyMismatch,
+    LocalFileError,
+    MissingRemotePaths,
+    RemoteError,
+    SSHUnavailable,
+    UnsafeArchive,
+)
 
 # paramiko logs a refused connection (normal while an instance boots) at ERROR
 # with tracebacks; with no handler configured, Python's last-resort handler
@@ -87,49 +96,6 @@ MODE_MASK = 0o755  # no setuid/setgid/sticky, no group/other write on files we r
 KEEPALIVE_SECONDS = 30
 HEARTBEAT_SECONDS = 5.0
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class RemoteError(Exception):
-    """Something failed on or with the instance; the message names host:port and what."""
-
-
-class SSHUnavailable(RemoteError):
-    """Refused, reset, dropped or timed out: transient, retry with backoff.
-
-    ``offset`` is set by ``follow``: how far the log got before the connection broke.
-    """
-
-    def __init__(self, message: str, *, offset: int | None = None) -> None:
-        super().__init__(message)
-        self.offset = offset
-
-
-class AuthRejected(SSHUnavailable):
-    """The server refused our key. Transient on Vast.ai right after boot (the key is
-    being installed), permanent if the key is wrong: retry within a budget."""
-
-
-class HostKeyMismatch(RemoteError):
-    """The host key differs from the pinned one: refuse, never retry."""
-
-
-class UnsafeArchive(RemoteError):
-    """A downloaded archive entry would land outside the declared paths (or is huge)."""
-
-
-class MissingRemotePaths(RemoteError):
-    """Requested paths did not exist on the instance; the others were downloaded."""
-
-    def __init__(self, message: str, missing: Sequence[str]) -> None:
-        super().__init__(message)
-        self.missing = list(missing)
-
-
-class LocalFileError(RemoteError):
-    """A local file to upload could not be read."""
 
 
 # --------------------------------------------------------------------------- values
