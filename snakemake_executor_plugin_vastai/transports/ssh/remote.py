@@ -52,23 +52,22 @@ import contextlib
 import logging
 import os
 import secrets
-import select
 import shutil
 import socket
 import stat
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import paramiko
 
 from ...costs.ledger import ByteMeter
 from ...run.keys import fingerprint
 from . import scripts as scripts
+from .channels import CHUNK, Channels, Completed, Endpoint, _tail
 from .errors import (
     AuthRejected,
     HostKeyMismatch,
@@ -87,7 +86,6 @@ from .paths import AllowedPaths, _ancestors, clean_relative
 # up to receive (an application that configures logging still gets the records).
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-CHUNK = 1024 * 1024  # local file reads and channel receives
 SEND_BATCH = 256 * 1024  # coalesce small tar pieces into sends of about this size
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK
@@ -100,27 +98,6 @@ FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 # --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where an instance's sshd listens."""
-
-    host: str
-    port: int
-    user: str = "root"
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Completed:
-    """The outcome of ``RemoteSession.run``."""
-
-    rc: int
-    stdout: bytes
-    stderr: bytes
 
 
 @dataclass(frozen=True)
@@ -598,44 +575,7 @@ def _same_key(pinned: str, seen: str) -> bool:
     return pinned.split()[:2] == seen.split()[:2]
 
 
-def _tail(data: bytes, limit: int = 2000) -> str:
-    text = data.decode("utf-8", "replace").strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
-class _MeteredChannel:
-    """A channel whose payload bytes (stdin sent; stdout and stderr received) are counted
-    into a :class:`~.ledger.ByteMeter`: bandwidth is billed per byte (ledger.py), and
-    progress reports read the same counts (progress.py)."""
-
-    def __init__(self, chan: paramiko.Channel, meter: ByteMeter) -> None:
-        self._chan = chan
-        self._meter = meter
-
-    def send(self, data: Any) -> int:
-        n = self._chan.send(data)
-        self._meter.sent(n)
-        return n
-
-    def sendall(self, data: bytes) -> None:
-        self._chan.sendall(data)
-        self._meter.sent(len(data))
-
-    def recv(self, nbytes: int) -> bytes:
-        data = self._chan.recv(nbytes)
-        self._meter.received(len(data))
-        return data
-
-    def recv_stderr(self, nbytes: int) -> bytes:
-        data = self._chan.recv_stderr(nbytes)
-        self._meter.received(len(data))
-        return data
-
-    def __getattr__(self, name: str) -> Any:  # everything else is the channel's own
-        return getattr(self._chan, name)
-
-
-class RemoteSession:
+class RemoteSession(Channels):
     """One authenticated SSH connection to an instance; channels are opened per call.
 
     Thread-safe in the way paramiko is: several threads may each run their own
@@ -734,112 +674,6 @@ class RemoteSession:
     @property
     def active(self) -> bool:
         return self._transport.is_active()
-
-    # -- channels
-
-    def _exec(self, command: str, what: str) -> paramiko.Channel:
-        """Open a session channel and start ``command`` (which must hold no secret)."""
-        try:
-            chan = self._transport.open_session(timeout=self.timeout)
-            chan.settimeout(self.io_timeout)
-            chan.exec_command(command)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SSHUnavailable(f"{self.endpoint}: cannot start {what}: {exc}") from None
-        return _MeteredChannel(chan, self.meter)  # type: ignore[return-value]
-
-    def _close_input(self, chan: paramiko.Channel, what: str) -> None:
-        """Send EOF on stdin; a link that died just after the exec is a transient loss."""
-        try:
-            chan.shutdown_write()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            chan.close()
-            raise SSHUnavailable(f"{self.endpoint}: connection lost starting {what}: "
-                                 f"{exc or type(exc).__name__}") from None
-
-    def _exit_status(self, chan: paramiko.Channel, what: str) -> int:
-        """The remote exit status; a channel that died without one means a lost link."""
-        if not chan.status_event.wait(self.io_timeout):
-            chan.close()
-            raise SSHUnavailable(f"{self.endpoint}: {what}: no exit status (timed out)")
-        rc = chan.exit_status
-        if rc == -1:
-            raise SSHUnavailable(f"{self.endpoint}: connection lost during {what}")
-        return rc
-
-    def _pump(
-        self,
-        chan: paramiko.Channel,
-        on_stdout: Callable[[bytes], None],
-        on_stderr: Callable[[bytes], None],
-        what: str,
-        *,
-        timeout: float | None = None,
-        stall: float | None = None,
-    ) -> int:
-        """Deliver stdout/stderr as they arrive until the channel is done; the exit status.
-
-        ``timeout`` bounds the whole call, ``stall`` the time without any data.
-        """
-        start = last = time.monotonic()
-        while True:
-            # Look at "done" before draining: data that arrives with the close is
-            # then still delivered by this round's drain.
-            done = chan.closed or (chan.eof_received and chan.exit_status_ready())
-            got = False
-            while chan.recv_ready():
-                on_stdout(chan.recv(CHUNK))
-                got = True
-            while chan.recv_stderr_ready():
-                on_stderr(chan.recv_stderr(CHUNK))
-                got = True
-            now = time.monotonic()
-            if done and not got:
-                break
-            if got:
-                last = now
-                continue
-            if timeout is not None and now - start > timeout:
-                chan.close()
-                raise SSHUnavailable(f"{self.endpoint}: {what} timed out after {timeout:g} s")
-            if stall is not None and now - last > stall:
-                chan.close()
-                raise SSHUnavailable(f"{self.endpoint}: {what}: no sign of life for {stall:g} s")
-            select.select([chan], [], [], 0.2)
-        return self._exit_status(chan, what)
-
-    # -- commands
-
-    def run(
-        self, command: str, *, stdin: bytes | None = None, timeout: float | None = None
-    ) -> Completed:
-        """Run ``command`` via ``/bin/sh -c`` on the host; collect its output and status.
-
-        ``command`` is visible to every process on the host: put secrets in ``stdin``
-        or in uploaded files, never here.
-        """
-        chan = self._exec(command, "command")
-        out, err = bytearray(), bytearray()
-        feeder = None
-        if stdin:
-            # A separate thread, so that a command producing output before it has read
-            # all its input cannot deadlock against us on the channel window.
-            feeder = threading.Thread(target=self._feed, args=(chan, stdin), daemon=True)
-            feeder.start()
-        else:
-            self._close_input(chan, "command")
-        try:
-            rc = self._pump(chan, out.extend, err.extend, "command", timeout=timeout)
-        finally:
-            if feeder is not None:
-                feeder.join(1.0)
-            chan.close()
-        return Completed(rc, bytes(out), bytes(err))
-
-    @staticmethod
-    def _feed(chan: paramiko.Channel, data: bytes) -> None:
-        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-            chan.sendall(data)
-            chan.shutdown_write()
 
     # -- transfers
 
