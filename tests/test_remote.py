@@ -48,9 +48,9 @@ from snakemake_executor_plugin_vastai.transports.ssh.remote import (
     UnsafeArchive,
     _ChannelReader,
     _Extractor,
-    _TarSender,
     clean_relative,
 )
+from snakemake_executor_plugin_vastai.transports.ssh.upload import _TarSender
 
 JOB = "vastai-job"
 
@@ -285,7 +285,7 @@ def test_tar_sender_writes_a_valid_padded_archive(tmp_path: Path) -> None:
     (tree / "link").symlink_to("sub/f.txt")  # uploaded as the file it points to
     chan = FakeChannel()
     sender = _TarSender(chan)  # type: ignore[arg-type]
-    from snakemake_executor_plugin_vastai.transports.ssh.remote import _plan_upload, _walk
+    from snakemake_executor_plugin_vastai.transports.ssh.upload import _plan_upload, _walk
 
     for item in _plan_upload([(tree, "in")], {".vastai/env": (b"export A=1\n", 0o600)}):
         members = _walk(*item, frozenset()) if isinstance(item, tuple) else [item]
