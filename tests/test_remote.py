@@ -36,6 +36,7 @@ from snakemake_executor_plugin_vastai.run.keys import (
 )
 from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
 from snakemake_executor_plugin_vastai.transports.ssh import scripts as remote_scripts
+from snakemake_executor_plugin_vastai.transports.ssh.extract import _ChannelReader, _Extractor
 from snakemake_executor_plugin_vastai.transports.ssh.remote import (
     AllowedPaths,
     AuthRejected,
@@ -46,8 +47,6 @@ from snakemake_executor_plugin_vastai.transports.ssh.remote import (
     RemoteSession,
     SSHUnavailable,
     UnsafeArchive,
-    _ChannelReader,
-    _Extractor,
     clean_relative,
 )
 from snakemake_executor_plugin_vastai.transports.ssh.upload import _TarSender
