@@ -36,19 +36,18 @@ from snakemake_executor_plugin_vastai.run.keys import (
 )
 from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
 from snakemake_executor_plugin_vastai.transports.ssh import scripts as remote_scripts
-from snakemake_executor_plugin_vastai.transports.ssh.extract import _ChannelReader, _Extractor
-from snakemake_executor_plugin_vastai.transports.ssh.remote import (
-    AllowedPaths,
+from snakemake_executor_plugin_vastai.transports.ssh.channels import Endpoint
+from snakemake_executor_plugin_vastai.transports.ssh.errors import (
     AuthRejected,
-    Endpoint,
     HostKeyMismatch,
     MissingRemotePaths,
     RemoteError,
-    RemoteSession,
     SSHUnavailable,
     UnsafeArchive,
-    clean_relative,
 )
+from snakemake_executor_plugin_vastai.transports.ssh.extract import _ChannelReader, _Extractor
+from snakemake_executor_plugin_vastai.transports.ssh.paths import AllowedPaths, clean_relative
+from snakemake_executor_plugin_vastai.transports.ssh.session import RemoteSession
 from snakemake_executor_plugin_vastai.transports.ssh.upload import _TarSender
 
 JOB = "vastai-job"

@@ -1,4 +1,16 @@
-"""The one adapter around paramiko: connect, pin host keys, exec, move files, run detached.
+"""The SSH session: ``RemoteSession``, the one adapter around paramiko, and how it connects.
+
+``RemoteSession`` connects, pins host keys, execs, moves files and runs jobs detached.
+Each concern lives in a module of its own in this package, and the session joins them
+by deriving from their classes (the concern modules never import this one):
+
+    channels.py  exec channels, what every operation is built from (``Channels``):
+                 open one, pump its output, read its exit status, ``run`` a command
+    upload.py    the tar sender: files, trees and in-memory members into ``tar -x``
+    extract.py   the safe extractor: ``tar -c`` from a hostile host, unpacked safely
+    launch.py    the detached launch: start a job that outlives us, follow its log
+    scripts.py   what runs on the host for all of these
+    errors.py    the error family; paths.py the path rules both directions share
 
 Connecting
     We open the TCP socket ourselves with ``TCP_NODELAY`` (paramiko never sets it,
@@ -30,20 +42,10 @@ import paramiko
 
 from ...costs.ledger import ByteMeter
 from ...run.keys import fingerprint
-from . import scripts as scripts
-from .channels import Completed, Endpoint
-from .errors import (
-    AuthRejected,
-    HostKeyMismatch,
-    LocalFileError,
-    MissingRemotePaths,
-    RemoteError,
-    SSHUnavailable,
-    UnsafeArchive,
-)
+from .channels import Endpoint
+from .errors import AuthRejected, HostKeyMismatch, SSHUnavailable
 from .extract import Downloads
-from .launch import DetachedJobs, JobEnd, JobStatus
-from .paths import AllowedPaths, clean_relative
+from .launch import DetachedJobs
 
 # paramiko logs a refused connection (normal while an instance boots) at ERROR
 # with tracebacks; with no handler configured, Python's last-resort handler
@@ -189,19 +191,4 @@ class RemoteSession(DetachedJobs, Downloads):
         return self._transport.is_active()
 
 
-__all__ = [
-    "AllowedPaths",
-    "AuthRejected",
-    "Completed",
-    "Endpoint",
-    "HostKeyMismatch",
-    "JobEnd",
-    "JobStatus",
-    "LocalFileError",
-    "MissingRemotePaths",
-    "RemoteError",
-    "RemoteSession",
-    "SSHUnavailable",
-    "UnsafeArchive",
-    "clean_relative",
-]
+__all__ = ["RemoteSession"]
