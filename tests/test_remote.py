@@ -1,4 +1,4 @@
-"""The paramiko adapter (remote.py, keys.py, remote_scripts.py).
+"""The paramiko adapter (transports/ssh: session.py, the modules it joins, scripts.py; keys.py).
 
 Pure parts (path rules, env quoting, tar building, safe extraction) are tested on
 local bytes; everything that talks SSH runs against the simulator's real SSH server

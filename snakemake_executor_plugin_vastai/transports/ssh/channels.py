@@ -4,7 +4,8 @@ Each call opens its own session channel on the connection, running one command
 (``_exec``, which counts the payload bytes both ways into the session's meter for the
 bandwidth bill and the progress reports), then ``_pump`` delivers stdout and stderr as
 they arrive and ``_exit_status`` says how the command ended. ``run`` puts these together
-for a one-shot command.
+for a one-shot command. ``Endpoint`` (where the host listens; every error message
+names it) and ``Completed`` (what ``run`` returns) are the values these calls deal in.
 
 ``Channels`` is the base of the session: the upload (upload.py), the download
 (extract.py) and the detached launch (launch.py) are methods of its subclasses, and
@@ -207,4 +208,4 @@ class Channels:
             chan.shutdown_write()
 
 
-__all__ = ["CHUNK", "Channels", "Completed", "Endpoint"]
+__all__ = ["Channels", "Completed", "Endpoint"]

@@ -1,7 +1,7 @@
 """The detached launch: run a job on the host so that it outlives our connection; follow it.
 
 A job lives in a job directory ``D`` (relative to ``$HOME``) with a control
-directory ``D/.vastai/`` (layout in ``remote_scripts``). ``launch`` uploads
+directory ``D/.vastai/`` (layout in scripts.py). ``launch`` uploads
 ``job.sh``, ``env`` (0600: it may hold secrets, which therefore never appear
 on a command line) and the wrapper ``run.sh`` inside the tar stream, then
 starts ``setsid nohup sh run.sh > log 2>&1 < /dev/null &`` and returns the pid
@@ -159,4 +159,4 @@ class DetachedJobs(Uploads):
         )
 
 
-__all__ = ["HEARTBEAT_SECONDS", "DetachedJobs", "JobEnd", "JobStatus"]
+__all__ = ["DetachedJobs", "JobEnd", "JobStatus"]

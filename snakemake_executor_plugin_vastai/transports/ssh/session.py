@@ -58,9 +58,6 @@ KEEPALIVE_SECONDS = 30
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
-# --------------------------------------------------------------------------- session
-
-
 def _open_socket(endpoint: Endpoint, timeout: float) -> socket.socket:
     """A connected TCP socket with TCP_NODELAY (paramiko would leave Nagle on)."""
     try:

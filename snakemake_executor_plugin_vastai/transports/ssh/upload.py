@@ -243,4 +243,4 @@ class Uploads(Channels):
         return sender.sent
 
 
-__all__ = ["SEND_BATCH", "Uploads"]
+__all__ = ["Uploads"]
