@@ -19,11 +19,8 @@ import time
 
 from snakemake_executor_plugin_vastai.costs.ledger import ByteMeter
 from snakemake_executor_plugin_vastai.transports.progress import TransferProgress
-from snakemake_executor_plugin_vastai.transports.ssh.remote import (
-    CHUNK,
-    SEND_BATCH,
-    _MeteredChannel,
-)
+from snakemake_executor_plugin_vastai.transports.ssh.channels import CHUNK, _MeteredChannel
+from snakemake_executor_plugin_vastai.transports.ssh.upload import SEND_BATCH
 
 GIB = 1024**3
 CALLS = 200_000

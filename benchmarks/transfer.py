@@ -35,11 +35,9 @@ from snakemake_executor_plugin_vastai.run.keys import (
     load_private_key,
     write_private_key,
 )
-from snakemake_executor_plugin_vastai.transports.ssh.remote import (
-    AllowedPaths,
-    Endpoint,
-    RemoteSession,
-)
+from snakemake_executor_plugin_vastai.transports.ssh.channels import Endpoint
+from snakemake_executor_plugin_vastai.transports.ssh.paths import AllowedPaths
+from snakemake_executor_plugin_vastai.transports.ssh.session import RemoteSession
 
 from .simproc import SimProcess
 

@@ -319,11 +319,9 @@ def test_the_meter_counts_what_the_instances_ssh_server_counts(tmp_path):
 
     from snakemake_executor_plugin_vastai.run.keys import RunKey
     from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
-    from snakemake_executor_plugin_vastai.transports.ssh.remote import (
-        AllowedPaths,
-        Endpoint,
-        RemoteSession,
-    )
+    from snakemake_executor_plugin_vastai.transports.ssh.channels import Endpoint
+    from snakemake_executor_plugin_vastai.transports.ssh.paths import AllowedPaths
+    from snakemake_executor_plugin_vastai.transports.ssh.session import RemoteSession
 
     key = RunKey.load_or_create(tmp_path / "keys", "run-ledger")
     sandbox = tmp_path / "sandbox"

@@ -1,10 +1,11 @@
 """The shell and Python snippets that run on the instance, and the command lines around them.
 
-Kept apart from ``remote.py`` so that what executes on a rented host can be read in
-one place. Everything here is plain POSIX ``sh`` plus a small Python 3 script (the
-job needs Python on the image anyway), and nothing here ever contains a secret:
-the command line of an exec request is visible to every process on the host
-(``ps``), so secrets travel only inside the uploaded tar stream, into 0600 files.
+Kept apart from the client side (session.py and the modules it joins) so that what
+executes on a rented host can be read in one place. Everything here is plain POSIX
+``sh`` plus a small Python 3 script (the job needs Python on the image anyway), and
+nothing here ever contains a secret: the command line of an exec request is visible
+to every process on the host (``ps``), so secrets travel only inside the uploaded tar
+stream, into 0600 files.
 
 Layout of a job directory ``D`` (relative to ``$HOME``)::
 

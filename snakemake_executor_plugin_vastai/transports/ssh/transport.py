@@ -31,15 +31,10 @@ from ...run.recovery import resumable_state
 from ...vastai.bids import Preempted
 from ...workflow import payload
 from ..progress import TransferProgress, planned_bytes
-from .remote import (
-    AllowedPaths,
-    Endpoint,
-    HostKeyMismatch,
-    RemoteError,
-    RemoteSession,
-    SSHUnavailable,
-    UnsafeArchive,
-)
+from .channels import Endpoint
+from .errors import HostKeyMismatch, RemoteError, SSHUnavailable, UnsafeArchive
+from .paths import AllowedPaths
+from .session import RemoteSession
 
 if TYPE_CHECKING:
     from ...lifecycle.driver import JobDriver
