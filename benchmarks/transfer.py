@@ -46,7 +46,7 @@ BLOCK = 16 * MiB
 SMALL_SIZE = 4096
 BOOT_TIMEOUT = 60.0
 METHODS = ("plugin", "scp", "cp")
-# The plugin offers AES-GCM first (remote.FAST_CIPHERS); OpenSSH would pick
+# The plugin offers AES-GCM first (transports/ssh/session.FAST_CIPHERS); OpenSSH would pick
 # chacha20-poly1305, which the simulator's asyncssh server runs much slower.
 # Same cipher on both sides, so the figure compares transfer designs, not ciphers.
 SCP_CIPHER = "aes128-gcm@openssh.com"

@@ -10,7 +10,7 @@ new kind of charge is one line here, and ``journal cost``, the run summary and
 Directions: our *upload* is data the instance receives, billed at the offer's
 ``inet_down_cost``; our *download* (outputs, logs, command output) is data it
 sends, billed at ``inet_up_cost``. Bytes are counted at the SSH channel payload
-(what ``remote.py`` sends and receives), per instance, by a :class:`ByteMeter`.
+(what ``transports/ssh/`` sends and receives), per instance, by a :class:`ByteMeter`.
 """
 
 from __future__ import annotations

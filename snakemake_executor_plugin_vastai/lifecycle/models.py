@@ -36,7 +36,7 @@ class JobModel:
     label: str | None = None
     instance_id: int | None = None
     offer: dict | None = None
-    endpoint: Any = None  # remote.Endpoint (SSH mode)
+    endpoint: Any = None  # transports.ssh.channels.Endpoint (SSH mode)
     exit_code: int | None = None
     remote_started: bool = False
     failure: str | None = None

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when what runs on the instance changes in a way an old job directory would not
-# match (remote_scripts.py layout, wrapper behaviour).
+# match (transports/ssh/scripts.py layout, wrapper behaviour).
 REMOTE_PROTOCOL = "2"
 VOLATILE_RESOURCES = frozenset({"_cores", "_nodes", "tmpdir"})
 PART_NAMES = ("identity", "command", "code", "config", "params", "resources", "software",

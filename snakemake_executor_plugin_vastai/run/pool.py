@@ -69,7 +69,7 @@ class WarmInstance:
     offer: dict  # the full offer row it was rented from (what the match reads)
     image: str
     disk_gb: float
-    endpoint: Any  # remote.Endpoint
+    endpoint: Any  # transports.ssh.channels.Endpoint
     idle_since: float = 0.0  # monotonic
     sources: str | None = None  # remote path of this run's source archive on it
     # rel path -> (remote path, sha256) of files that came home from it (a chain's inputs)

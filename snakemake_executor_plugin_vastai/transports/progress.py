@@ -174,7 +174,7 @@ class TransferProgress:
 def planned_bytes(files: Any) -> int:
     """Bytes of the regular files in ``(local path, remote name)`` pairs; directories
     count what is under them. Symlinks are followed, as the upload follows them
-    (``remote._walk``: a link's target is what travels), and a directory link back to
+    (``transports/ssh/upload._walk``: a link's target is what travels), and a directory link back to
     an ancestor is skipped as the upload skips it. A file that vanished counts 0 (the
     upload says why)."""
     total = 0

@@ -8,7 +8,7 @@ content (a chain's previous output: sha256 checked on the instance) are
 hard-linked into the new job's directory instead of being uploaded again; the
 earlier jobs' directories, whose outputs are home, are then removed.
 
-Everything here talks to the instance through ``remote.py`` (paramiko). SSH
+Everything here talks to the instance through ``session.py`` and its parts (paramiko). SSH
 trouble is retried in place (reconnect with backoff within a budget) and shows
 in the journal as ``retry`` transitions; after a drop the follower resumes at
 exactly the bytes already written to the local log.
