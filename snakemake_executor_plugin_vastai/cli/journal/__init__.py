@@ -53,19 +53,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..costs import bids as bid_costs
-from ..costs import ledger
-from ..costs import warm as warm_cost
-from ..journal.store import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
-from ..lifecycle.job_machine import JobState
-from ..run import listing
-from ..run import liveness as leases
-from ..run.redaction import scrub
-from ..run.teardown import Teardown
-from ..settings import DEFAULT_URL
-from ..transports import progress
-from ..vastai.api import VastAPI, VastAuthError, VastError
-from . import tables
+from ...costs import bids as bid_costs
+from ...costs import ledger
+from ...costs import warm as warm_cost
+from ...journal.store import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
+from ...lifecycle.job_machine import JobState
+from ...run import listing
+from ...run import liveness as leases
+from ...run.redaction import scrub
+from ...run.teardown import Teardown
+from ...settings import DEFAULT_URL
+from ...transports import progress
+from ...vastai.api import VastAPI, VastAuthError, VastError
+from .. import tables
 
 PROG = "python -m snakemake_executor_plugin_vastai journal"
 ERROR_WIDTH = 60  # characters of a last error shown in the jobs table
@@ -866,7 +866,7 @@ def cmd_timeline(journal: Journal, args: argparse.Namespace) -> int:
         $ python -m snakemake_executor_plugin_vastai journal timeline -o run.html
         wrote run.html: 6 jobs on 6 instances, 0.004 instance-hours, $0.0011, 0 boots avoided
     """
-    from . import timeline  # it reads the cost functions of this module
+    from .. import timeline  # it reads the cost functions of this module
 
     run_id = selected_run(journal, args.run)
     if run_id is None:
@@ -1140,7 +1140,7 @@ def open_api(journal: Journal, args: argparse.Namespace) -> tuple[VastAPI, str]:
 
 def api_key(key_file: Path | None) -> tuple[str, str]:
     """The key from --api-key-file, else the environment (as the plugin reads it)."""
-    from ..settings import API_KEY_ENV
+    from ...settings import API_KEY_ENV
 
     if key_file is not None:
         try:
