@@ -57,7 +57,6 @@ from ...costs import bids as bid_costs
 from ...costs import ledger
 from ...costs import warm as warm_cost
 from ...journal.store import RELATIVE_PATH, TERMINAL_STATES, Journal, JournalError
-from ...lifecycle.job_machine import JobState
 from ...run import listing
 from ...run import liveness as leases
 from ...run.redaction import scrub
@@ -66,12 +65,26 @@ from ...settings import DEFAULT_URL
 from ...transports import progress
 from ...vastai.api import VastAPI, VastAuthError, VastError
 from .. import tables
+from .common import (
+    PROG,
+    STATE_ORDER,
+    CliError,
+    _gpu,
+    _indent,
+    _latest_run,
+    _one,
+    _ordered_states,
+    _parse_json,
+    _price,
+    emit_json,
+    run_is_live,
+    run_status,
+    selected_run,
+)
 
-PROG = "python -m snakemake_executor_plugin_vastai journal"
 ERROR_WIDTH = 60  # characters of a last error shown in the jobs table
 API_RETRY_BUDGET = 20.0  # seconds of retries before a CLI call gives up (the plugin's: 300)
 GONE_WAIT = 60.0  # seconds cleanup waits for a destroyed instance to leave the listing
-STATE_ORDER = [s.value for s in JobState]
 DESCRIPTION = (
     "Inspect this workflow's Vast.ai journal (runs, jobs, instances, cost) "
     "and destroy leftover instances. 'COMMAND --help' shows each command's options."
@@ -81,14 +94,6 @@ exit codes:
   0  fine
   1  something bills that should not, or may (instances --alive, cleanup)
   2  usage error; journal missing, damaged or too new; no or refused API key"""
-
-
-class CliError(Exception):
-    """A message for the user (no traceback) and the exit code that goes with it."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 Handler = Callable[[Journal, argparse.Namespace], int]
@@ -318,20 +323,6 @@ def runs_table(views: list[dict]) -> str:
     return tables.render(headers, rows, right={5, 6})
 
 
-def run_status(run: dict) -> str:
-    """The recorded outcome, else "running" or "unfinished" (see :func:`run_is_live`)."""
-    if run["ended_at"] is not None:
-        return str(run["outcome"] or "ended")
-    return "running" if run_is_live(run) else "unfinished"
-
-
-def run_is_live(run: dict) -> bool:
-    """True while the run has no end and its own process lives on this host (its lease,
-    ``leases.py``). A run on another host cannot be checked from here and counts as not
-    live."""
-    return leases.is_live(run)
-
-
 # -- jobs --------------------------------------------------------------------------------
 def cmd_jobs(journal: Journal, args: argparse.Namespace) -> int:
     """Jobs of the latest run (or --run ID, --all-runs), filtered by --state and --rule.
@@ -478,15 +469,6 @@ def _follow_header(run: dict | None, live: bool) -> str:
         return "no runs yet"
     state = "running (Ctrl-C to stop following)" if live else run_status(run)
     return f"run {run['id']}: {state}  [{tables.when(time.time())}]"
-
-
-def selected_run(journal: Journal, wanted: str | None) -> str | None:
-    """The run named by id or unique prefix; the latest run when none is named."""
-    if wanted is None:
-        return journal.latest_run_id()
-    exact = [run for run in journal.runs() if run["id"] == wanted]
-    matches = exact or journal.runs_with_prefix(wanted)
-    return _one(matches, "run", wanted, journal.path)["id"]
 
 
 # -- show --------------------------------------------------------------------------------
@@ -1233,57 +1215,6 @@ def match_listing(rows: list[dict], found: list[dict]) -> tuple[dict[str, dict],
 
 def _status(listed: dict) -> str:
     return str(listed.get("actual_status") or "starting")
-
-
-# -- small helpers ---------------------------------------------------------------------------
-def emit_json(data: Any) -> int:
-    print(json.dumps(data, indent=2, default=str))
-    return 0
-
-
-def _parse_json(text: str | None) -> Any:
-    """Stored JSON as data; text that is not JSON (a plain detail) as it is."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _latest_run(journal: Journal) -> dict | None:
-    runs = journal.runs()
-    return runs[-1] if runs else None
-
-
-def _one(matches: list[dict], what: str, wanted: str, path: Path) -> dict:
-    """The single match for an id or prefix; a usage error naming the choices otherwise."""
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise CliError(f"no {what} {wanted!r} in {path}; list them with: {PROG} {what}s")
-    shown = ", ".join(match["id"] for match in matches[:5])
-    more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
-    raise CliError(f"{what} {wanted!r} is ambiguous in {path}: {shown}{more}; type more of it")
-
-
-def _ordered_states(counts: Counter) -> list[str]:
-    known = [state for state in STATE_ORDER if counts[state]]
-    return known + sorted(state for state in counts if state not in STATE_ORDER)
-
-
-def _gpu(row: dict) -> str | None:
-    if not row.get("gpu_name"):
-        return None
-    return f"{row.get('num_gpus') or 1}x {row['gpu_name']}"
-
-
-def _price(dph: float | None) -> str:
-    return tables.money(dph)
-
-
-def _indent(text: str) -> str:
-    return "\n".join(f"  {line}" if line else line for line in text.splitlines())
 
 
 COMMANDS: list[tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = [
