@@ -26,6 +26,7 @@ import vastai
 
 from snakemake_executor_plugin_vastai.cli import journal as journal_cli
 from snakemake_executor_plugin_vastai.cli import tables
+from snakemake_executor_plugin_vastai.cli.journal import api as journal_api
 from snakemake_executor_plugin_vastai.cli.journal import main
 from snakemake_executor_plugin_vastai.journal.store import Journal
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
@@ -478,7 +479,7 @@ def test_alive_with_a_refused_key_or_no_api(capsys, finished, tmp_path, monkeypa
     code, out, err = cli(capsys, *args, "--api-key-file", str(key_file))
     assert code == 2 and f"--api-key-file {key_file}" in err and "refused" in err
     assert "not-the-key-7c1e" not in out + err
-    monkeypatch.setattr(journal_cli, "API_RETRY_BUDGET", 0.3)
+    monkeypatch.setattr(journal_api, "API_RETRY_BUDGET", 0.3)
     code, _, err = cli(
         capsys, *args, "--api-key-file", str(key_file), "--api-url", "http://127.0.0.1:9"
     )
