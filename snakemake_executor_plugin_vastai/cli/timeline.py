@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ..journal.store import TERMINAL_STATES, Journal
-from .journal import _gpu, _total, run_is_live, selected_run
+from .journal.common import _gpu, run_is_live, selected_run
+from .journal.cost import _total
 
 IDLE = "idle"
 MIN_IDLE = 1.0  # seconds: shorter uncovered billed time is API latency, not idleness
