@@ -46,7 +46,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +69,6 @@ from .common import (
     _indent,
     _latest_run,
     _one,
-    _ordered_states,
     _parse_json,
     _price,
     emit_json,
@@ -78,6 +77,7 @@ from .common import (
     selected_run,
 )
 from .cost import _configure_cost, cmd_cost
+from .runs import _configure_runs, cmd_runs
 
 ERROR_WIDTH = 60  # characters of a last error shown in the jobs table
 GONE_WAIT = 60.0  # seconds cleanup waits for a destroyed instance to leave the listing
@@ -198,10 +198,6 @@ def _positive(text: str) -> float:
     return value
 
 
-def _configure_runs(parser: argparse.ArgumentParser) -> None:
-    pass
-
-
 def _configure_jobs(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--run", metavar="ID", help="this run (id or unique prefix)")
@@ -242,63 +238,6 @@ def _configure_cleanup(parser: argparse.ArgumentParser) -> None:
     _api_options(parser)
 
 
-# -- runs --------------------------------------------------------------------------------
-def cmd_runs(journal: Journal, args: argparse.Namespace) -> int:
-    """Every run: when, how it ended, its jobs by state, instance-hours and dollars.
-
-    A run that never recorded its end is "running" while its snakemake process
-    lives (same host) and "unfinished" otherwise (it crashed or was killed).
-
-    Example:
-
-        $ python -m snakemake_executor_plugin_vastai journal runs
-        RUN                     STARTED              ...  OUTCOME   JOBS                   ...
-        20261128T133559-6a6039  2026-11-28 13:35:59  ...  finished  2 succeeded, 1 failed  ...
-    """
-    views = run_views(journal)
-    if args.json:
-        return emit_json(views)
-    print(runs_table(views) if views else f"no runs in {journal.path}")
-    return 0
-
-
-def run_views(journal: Journal) -> list[dict]:
-    jobs_by_run: dict[str, list[dict]] = defaultdict(list)
-    for job in journal.jobs():
-        jobs_by_run[job["run_id"]].append(job)
-    views = []
-    for run in journal.runs():
-        seconds, dollars = journal.run_cost(run["id"])
-        counts = Counter(job["state"] for job in jobs_by_run[run["id"]])
-        views.append(
-            {
-                **run,
-                "settings": _parse_json(run["settings"]),
-                "status": run_status(run),
-                "jobs": {state: counts[state] for state in _ordered_states(counts)},
-                "instance_seconds": seconds,
-                "instance_hours": seconds / 3600.0,
-                "dollars": dollars,
-            }
-        )
-    return views
-
-
-def runs_table(views: list[dict]) -> str:
-    rows = [
-        [
-            v["id"],
-            tables.when(v["started_at"]),
-            tables.when(v["ended_at"]),
-            v["status"],
-            ", ".join(f"{n} {state}" for state, n in v["jobs"].items()) or "no jobs",
-            tables.hours(v["instance_seconds"]),
-            tables.money(v["dollars"]),
-        ]
-        for v in views
-    ]
-    headers = ["RUN", "STARTED", "ENDED", "OUTCOME", "JOBS", "INST-H", "COST"]
-    return tables.render(headers, rows, right={5, 6})
 
 
 # -- jobs --------------------------------------------------------------------------------
@@ -681,8 +620,6 @@ def _destroyed(row: dict) -> str:
     if row.get("instance_id") is None:
         return "create unanswered"
     return "still billing?"
-
-
 
 
 # -- timeline ------------------------------------------------------------------------------
