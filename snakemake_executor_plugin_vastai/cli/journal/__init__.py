@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import sqlite3
 import sys
@@ -58,21 +57,12 @@ from ...run.teardown import Teardown
 from ...vastai.api import VastAPI
 from .. import tables
 from .api import _api_options, _status, api_errors, match_listing, open_api
-from .common import (
-    PROG,
-    CliError,
-    _gpu,
-    _indent,
-    _one,
-    _parse_json,
-    _price,
-    emit_json,
-    selected_run,
-)
+from .common import PROG, CliError, _price, emit_json, selected_run
 from .cost import _configure_cost, cmd_cost
-from .instances import _configure_instances, _destroyed, cmd_instances, public_instance
-from .jobs import _configure_jobs, cmd_jobs, job_view
+from .instances import _configure_instances, cmd_instances
+from .jobs import _configure_jobs, cmd_jobs
 from .runs import _configure_runs, cmd_runs
+from .show import _configure_show, cmd_show
 
 GONE_WAIT = 60.0  # seconds cleanup waits for a destroyed instance to leave the listing
 DESCRIPTION = (
@@ -182,10 +172,6 @@ def _journal_option(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def _configure_show(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", metavar="JOB", help="job id or a unique prefix of one")
-
-
 def _configure_cleanup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--dry-run", action="store_true", help="show what would be destroyed")
@@ -195,106 +181,6 @@ def _configure_cleanup(parser: argparse.ArgumentParser) -> None:
         help="clean up although a run of this workflow is still running (its jobs will fail)",
     )
     _api_options(parser)
-
-
-# -- show --------------------------------------------------------------------------------
-def cmd_show(journal: Journal, args: argparse.Namespace) -> int:
-    """One job: its full history, its instance, log file and last error.
-
-    JOB is a job id or any prefix of one that names a single job.
-
-    Example:
-
-        $ python -m snakemake_executor_plugin_vastai journal show 9b07
-        job        9b07a0422a73
-        rule       boom (attempt 1, snakemake job 3)
-        state      failed
-        ...
-        TIME                 TRIGGER       FROM       TO         DETAIL
-        2026-11-28 13:35:59  submit        -          searching  -
-    """
-    job = _one(journal.jobs_with_prefix(args.job), "job", args.job, journal.path)
-    instance = next(
-        (row for row in journal.instances_with_cost() if row["label"] == job["label"]), None
-    )
-    view = {
-        "job": job_view(job, instance, time.time()),
-        "instance": public_instance(instance) if instance else None,
-        "transitions": [
-            {**t, "detail": _parse_json(t["detail"])} for t in journal.transitions_of(job["id"])
-        ],
-    }
-    if args.json:
-        return emit_json(view)
-    print(show_text(view))
-    return 0
-
-
-def show_text(view: dict) -> str:
-    job, instance = view["job"], view["instance"]
-    parts = [tables.fields(_job_fields(job))]
-    if instance:
-        parts.append("instance\n" + _indent(tables.fields(_instance_fields(instance))))
-    history = [
-        [
-            tables.when(t["at"]),
-            t["trigger"],
-            t["from_state"],
-            t["to_state"],
-            _detail_text(t["detail"]),
-        ]
-        for t in view["transitions"]
-    ]
-    parts.append(
-        "history\n" + _indent(tables.render(["TIME", "TRIGGER", "FROM", "TO", "DETAIL"], history))
-    )
-    if job["last_error"]:
-        parts.append("last error\n" + _indent(job["last_error"].rstrip()))
-    return "\n\n".join(parts)
-
-
-def _job_fields(job: dict) -> list[tuple[str, object]]:
-    rule = f"{job['rule']} (attempt {job['attempt']}, snakemake job {job['snakemake_jobid']})"
-    return [
-        ("job", job["id"]),
-        ("rule", rule),
-        ("state", job["state"]),
-        ("run", job["run_id"]),
-        ("submitted", tables.when(job["created_at"])),
-        ("ended", tables.when(job["ended_at"])),
-        ("duration", tables.duration(job["duration_seconds"])),
-        ("exit code", job["exit_code"]),
-        ("resumed from", job["resumed_from"]),
-        ("log", job["log_path"]),
-    ]
-
-
-def _instance_fields(row: dict) -> list[tuple[str, object]]:
-    ssh = f"{row['ssh_host']}:{row['ssh_port']}" if row["ssh_host"] else None
-    return [
-        ("id", row["instance_id"]),
-        ("label", row["label"]),
-        ("offer", row["offer_id"]),
-        ("machine", row["machine_id"]),
-        ("GPU", _gpu(row)),
-        ("price", f"{_price(row['dph_total'])}/h"),
-        ("where", row["geolocation"]),
-        ("ssh", ssh),
-        ("requested", tables.when(row["requested_at"])),
-        ("created", tables.when(row["created_at"])),
-        ("destroyed", _destroyed(row)),
-        ("last status", row["last_status"]),
-        (
-            "billed",
-            f"{tables.duration(row['billed_seconds'])}, {tables.money(row['billed_dollars'])}",
-        ),
-    ]
-
-
-def _detail_text(detail: Any) -> str | None:
-    if detail is None or isinstance(detail, str):
-        return tables.one_line(detail, 100) if detail else None
-    return tables.one_line(json.dumps(detail, default=str), 100)
 
 
 
