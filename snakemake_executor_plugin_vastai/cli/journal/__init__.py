@@ -57,12 +57,13 @@ from ...run.teardown import Teardown
 from ...vastai.api import VastAPI
 from .. import tables
 from .api import _api_options, _status, api_errors, match_listing, open_api
-from .common import PROG, CliError, _price, emit_json, selected_run
+from .common import PROG, CliError, _price, emit_json
 from .cost import _configure_cost, cmd_cost
 from .instances import _configure_instances, cmd_instances
 from .jobs import _configure_jobs, cmd_jobs
 from .runs import _configure_runs, cmd_runs
 from .show import _configure_show, cmd_show
+from .timeline import _configure_timeline, cmd_timeline
 
 GONE_WAIT = 60.0  # seconds cleanup waits for a destroyed instance to leave the listing
 DESCRIPTION = (
@@ -183,46 +184,6 @@ def _configure_cleanup(parser: argparse.ArgumentParser) -> None:
     _api_options(parser)
 
 
-
-
-# -- timeline ------------------------------------------------------------------------------
-def cmd_timeline(journal: Journal, args: argparse.Namespace) -> int:
-    """A run as one HTML page: each instance's states over time, GPU, region, $/h, cost.
-
-    One self-contained file (inline SVG and CSS, nothing fetched from the
-    network) for the latest run or RUN (id or unique prefix); hover a bar for
-    its transitions. Totals are those of `journal cost` for the run.
-
-    Example:
-
-        $ python -m snakemake_executor_plugin_vastai journal timeline -o run.html
-        wrote run.html: 6 jobs on 6 instances, 0.004 instance-hours, $0.0011, 0 boots avoided
-    """
-    from .. import timeline  # it reads the cost functions of this module
-
-    run_id = selected_run(journal, args.run)
-    if run_id is None:
-        raise CliError(f"no run in {journal.path} yet: nothing to draw")
-    view = timeline.build(journal, run_id)
-    path = args.output or timeline.default_path(journal, run_id)
-    if not path.parent.is_dir():
-        raise CliError(f"-o {path}: directory {path.parent} does not exist")
-    try:
-        timeline.write_html(view, path)
-    except OSError as exc:
-        raise CliError(f"-o {path}: cannot write the timeline: {exc.strerror or exc}") from exc
-    if args.json:
-        return emit_json(timeline.as_json(view, path))
-    print(timeline.summary(view, path))
-    return 0
-
-
-def _configure_timeline(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", nargs="?", metavar="RUN",
-                        help="run id or unique prefix (default: the latest run)")
-    parser.add_argument("-o", "--output", type=Path, metavar="FILE.html",
-                        help="where to write the page (default: "
-                        ".snakemake/vastai/timeline-RUN.html beside the journal)")
 
 
 # -- cleanup -------------------------------------------------------------------------------
