@@ -165,8 +165,6 @@ def _journal_option(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-
-
 COMMANDS: list[tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = [
     ("runs", cmd_runs, _configure_runs),
     ("jobs", cmd_jobs, _configure_jobs),
