@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from html import escape
 
 from . import tables
-from .timeline import IDLE, Row, Span, Timeline
+from .timeline_model import IDLE, Row, Span, Timeline
 
 STATE_COLOURS = {
     "searching": "#b0bec5",
