@@ -38,6 +38,7 @@ from ..journal.store import TERMINAL_STATES, Journal
 from .journal.common import _gpu, run_is_live, selected_run
 from .journal.cost import _total
 from .timeline_model import IDLE, JobView, Row, Span, Timeline
+from .timeline_svg import render_html
 
 MIN_IDLE = 1.0  # seconds: shorter uncovered billed time is API latency, not idleness
 
@@ -245,8 +246,6 @@ def default_path(journal: Journal, run_id: str) -> Path:
 
 def write_html(timeline: Timeline, path: Path) -> Path:
     """Write the page (via a temporary name, so a reader never sees half of it)."""
-    from .timeline_svg import render_html
-
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(render_html(timeline), encoding="utf-8")
