@@ -26,7 +26,10 @@ def cmd_timeline(journal: Journal, args: argparse.Namespace) -> int:
         $ python -m snakemake_executor_plugin_vastai journal timeline -o run.html
         wrote run.html: 6 jobs on 6 instances, 0.004 instance-hours, $0.0011, 0 boots avoided
     """
-    from .. import timeline  # it reads the cost functions of this module
+    # Imported here, not at the top: importing cli/timeline.py first (demo.py does) loads
+    # cli/journal/common.py, so this package's __init__ and so this module, while
+    # cli/timeline.py is still half loaded.
+    from .. import timeline
 
     run_id = selected_run(journal, args.run)
     if run_id is None:
