@@ -5,8 +5,10 @@ reads the journal and writes one self-contained HTML page (``timeline_svg.py``
 draws it). This module holds the reading: it turns the append-only
 ``transitions`` rows into state spans, groups them by the instance that served
 the job, and totals the run exactly as ``journal cost`` does (the same
-``instances_with_cost`` rows, summed by the same function), so the picture and
-the table can never disagree about dollars.
+``instances_with_cost`` rows, summed by the same function, ``journal/cost.py``),
+so the picture and the table can never disagree about dollars. The rows and
+spans are the types of ``timeline_model.py``; the command is
+``journal/timeline.py``.
 
 How the journal maps onto rows:
 

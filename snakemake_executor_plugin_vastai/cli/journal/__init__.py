@@ -35,6 +35,17 @@ Exit codes
 2  usage error; journal missing, empty, damaged or too new; unknown or
    ambiguous job or run; no API key, or the key was refused; ``cleanup``
    while a run of this workflow is still running (without ``--force``).
+
+Where the code is
+-----------------
+This module is the entry point: the parser (one subparser per command, its
+help the handler's docstring), opening the journal, and errors as exit codes.
+Each command is a module of its own: ``runs.py``, ``jobs.py`` (with
+``--follow``), ``show.py``, ``instances.py``, ``cost.py``, ``timeline.py``,
+``cleanup.py``; each holds its ``cmd_*`` handler and the ``_configure_*`` that
+adds its options. ``api.py`` is the Vast.ai side of ``instances --alive`` and
+``cleanup``; ``common.py`` what several commands share. No command imports this
+module, so the imports run one way: here, commands, ``api.py``, ``common.py``.
 """
 
 from __future__ import annotations
