@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from snakemake_executor_plugin_vastai.cli import journal as journal_cli
+from snakemake_executor_plugin_vastai.cli.journal import jobs as journal_cli
 from snakemake_executor_plugin_vastai.cli.journal import main
 from snakemake_executor_plugin_vastai.costs import ledger
 from snakemake_executor_plugin_vastai.journal.store import Journal

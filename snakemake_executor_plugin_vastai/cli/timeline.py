@@ -5,8 +5,10 @@ reads the journal and writes one self-contained HTML page (``timeline_svg.py``
 draws it). This module holds the reading: it turns the append-only
 ``transitions`` rows into state spans, groups them by the instance that served
 the job, and totals the run exactly as ``journal cost`` does (the same
-``instances_with_cost`` rows, summed by the same function), so the picture and
-the table can never disagree about dollars.
+``instances_with_cost`` rows, summed by the same function, ``journal/cost.py``),
+so the picture and the table can never disagree about dollars. The rows and
+spans are the types of ``timeline_model.py``; the command is
+``journal/timeline.py``.
 
 How the journal maps onto rows:
 
@@ -31,95 +33,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..journal.store import TERMINAL_STATES, Journal
-from .journal import _gpu, _total, run_is_live, selected_run
+from .journal.common import _gpu, run_is_live, selected_run
+from .journal.cost import _total
+from .timeline_model import IDLE, JobView, Row, Span, Timeline
+from .timeline_svg import render_html
 
-IDLE = "idle"
 MIN_IDLE = 1.0  # seconds: shorter uncovered billed time is API latency, not idleness
-
-
-@dataclass
-class Span:
-    """One bar: a job (or an idle instance) in one state from ``start`` to ``end``."""
-
-    state: str
-    start: float
-    end: float
-    job_id: str | None
-    notes: list[str] = field(default_factory=list)  # the transitions inside, for hover text
-    open: bool = False  # the journal ends while the job is still in this state
-
-    @property
-    def seconds(self) -> float:
-        return max(0.0, self.end - self.start)
-
-
-@dataclass
-class JobView:
-    """A job as the chart names it, with how it ended."""
-
-    id: str
-    rule: str
-    snakemake_jobid: int | None
-    state: str
-    attempt: int | None
-    last_error: str | None
-    rented_here: bool  # this job's own rent created the row's instance
-
-    @property
-    def failed(self) -> bool:
-        return self.state == "failed"
-
-    @property
-    def name(self) -> str:
-        number = "" if self.snakemake_jobid is None else f" #{self.snakemake_jobid}"
-        return f"{self.rule}{number}"
-
-
-@dataclass
-class Row:
-    """One line of the chart: an instance and the jobs it served, or a job without one."""
-
-    key: str  # the instance label, or the job id of a job that never had an instance
-    instance_id: int | None
-    gpu: str | None
-    region: str | None
-    dph: float | None
-    billed_seconds: float
-    billed_dollars: float
-    billed: tuple[float, float] | None  # the instance's billing clock, start to end
-    jobs: list[JobView]
-    spans: list[Span]
-    rented_by_run: str | None = None  # an earlier run's instance: its cost counts there
-
-    @property
-    def start(self) -> float:
-        starts = [s.start for s in self.spans] + ([self.billed[0]] if self.billed else [])
-        return min(starts, default=0.0)
-
-    @property
-    def end(self) -> float:
-        ends = [s.end for s in self.spans] + ([self.billed[1]] if self.billed else [])
-        return max(ends, default=0.0)
-
-    @property
-    def failed(self) -> bool:
-        return any(job.failed for job in self.jobs)
-
-
-@dataclass
-class Timeline:
-    """A run's rows (sorted by start), its time window and its totals."""
-
-    run: dict
-    rows: list[Row]
-    start: float
-    end: float
-    totals: dict[str, Any]
 
 
 def build(journal: Journal, wanted_run: str | None = None, *, now: float | None = None) -> Timeline:
@@ -325,8 +248,6 @@ def default_path(journal: Journal, run_id: str) -> Path:
 
 def write_html(timeline: Timeline, path: Path) -> Path:
     """Write the page (via a temporary name, so a reader never sees half of it)."""
-    from .timeline_svg import render_html
-
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(render_html(timeline), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Draw a :class:`timeline.Timeline` as one self-contained HTML page (inline SVG and CSS).
+"""Draw a :class:`timeline_model.Timeline` as one self-contained HTML page (inline SVG and CSS).
 
 No script, no font, no stylesheet from the network: the page is a file to mail,
 attach to an issue or open from a CI artefact, and it must look the same
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from html import escape
 
 from . import tables
-from .timeline import IDLE, Row, Span, Timeline
+from .timeline_model import IDLE, Row, Span, Timeline
 
 STATE_COLOURS = {
     "searching": "#b0bec5",
