@@ -87,3 +87,10 @@ def one_line(text: str | None, width: int) -> str:
 
 def _cell(value: object) -> str:
     return NONE if value is None or value == "" else str(value)
+
+
+def gpu_text(row: dict) -> str | None:
+    """"2x RTX 4090" for a journal row with a GPU, else None."""
+    if not row.get("gpu_name"):
+        return None
+    return f"{row.get('num_gpus') or 1}x {row['gpu_name']}"

@@ -36,18 +36,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..costs.totals import total
 from ..journal.store import TERMINAL_STATES, Journal
-from .journal.common import _gpu, run_is_live, selected_run
-from .journal.cost import _total
+from ..run.liveness import is_live
+from .tables import gpu_text
 from .timeline_model import IDLE, JobView, Row, Span, Timeline
 from .timeline_svg import render_html
 
 MIN_IDLE = 1.0  # seconds: shorter uncovered billed time is API latency, not idleness
 
 
-def build(journal: Journal, wanted_run: str | None = None, *, now: float | None = None) -> Timeline:
-    """The timeline of the run named by id or prefix (default: the latest run)."""
-    run_id = selected_run(journal, wanted_run)
+def build(journal: Journal, run_id: str | None = None, *, now: float | None = None) -> Timeline:
+    """The timeline of the run ``run_id`` (default: the latest run). The ``journal
+    timeline`` command resolves a prefix the user typed first."""
+    run_id = run_id or journal.latest_run_id()
     if run_id is None:
         raise ValueError(f"journal {journal.path} holds no run yet")
     run = next(r for r in journal.runs() if r["id"] == run_id)
@@ -67,7 +69,7 @@ def totals(run_id: str, jobs: list[dict], instances: list[dict]) -> dict[str, An
     """The header's figures; instance-hours and dollars are ``journal cost``'s for the run."""
     own = [row for row in instances if row["run_id"] == run_id]
     created = {row["label"]: row for row in instances if row["instance_id"] is not None}
-    cost = _total(own)
+    cost = total(own)
     return {
         "jobs": len(jobs),
         "failed": sum(job["state"] == "failed" for job in jobs),
@@ -134,7 +136,7 @@ def _view_end(run: dict, history: dict[str, list[dict]], instances: list[dict],
               now: float) -> float:
     """Where open spans stop: now for a live run, else the last time the journal knows."""
     seen = [run["started_at"], run.get("ended_at") or 0.0]
-    if run_is_live(run):
+    if is_live(run):
         seen.append(now)
     seen += [row["at"] for rows in history.values() for row in rows]
     for row in instances:
@@ -186,7 +188,7 @@ def _instance_row(instance: dict, jobs: list[dict], spans: dict[str, list[Span]]
     return Row(
         key=instance["label"],
         instance_id=instance["instance_id"],
-        gpu=_gpu(instance),
+        gpu=gpu_text(instance),
         region=instance.get("geolocation"),
         dph=instance["dph_total"],
         billed_seconds=instance["billed_seconds"],

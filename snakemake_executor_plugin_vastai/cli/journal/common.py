@@ -90,12 +90,6 @@ def _ordered_states(counts: Counter) -> list[str]:
     return known + sorted(state for state in counts if state not in STATE_ORDER)
 
 
-def _gpu(row: dict) -> str | None:
-    if not row.get("gpu_name"):
-        return None
-    return f"{row.get('num_gpus') or 1}x {row['gpu_name']}"
-
-
 def _price(dph: float | None) -> str:
     return tables.money(dph)
 

@@ -15,10 +15,11 @@ from typing import Any
 from ...costs import bids as bid_costs
 from ...costs import ledger
 from ...costs import warm as warm_cost
+from ...costs.totals import total
 from ...journal.store import Journal
 from ...transports import progress
 from .. import tables
-from .common import _gpu, emit_json
+from .common import emit_json
 
 
 def _configure_cost(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +42,10 @@ def cmd_cost(journal: Journal, args: argparse.Namespace) -> int:
     rows = journal.instances_with_cost()
     rules = {job["id"]: job["rule"] for job in journal.jobs()}
     report = {
-        "total": _total(rows),
+        "total": total(rows),
         "runs": _totals(rows, lambda r: r["run_id"], "run"),
         "rules": _totals(rows, lambda r: rules.get(r["job_id"]), "rule"),
-        "gpus": _totals(rows, _gpu, "gpu"),
+        "gpus": _totals(rows, tables.gpu_text, "gpu"),
         "balances": balances(journal, rows),
     }
     bid_part = bid_costs.cost_report(rows)  # bid instances: storage while stopped, on demand
@@ -78,20 +79,6 @@ def warm_cost_text(warm: dict) -> str:
     ])
 
 
-def _total(rows: list[dict]) -> dict:
-    seconds = sum(row["billed_seconds"] for row in rows)
-    return {
-        "instances": len(rows),
-        "instance_seconds": seconds,
-        "instance_hours": seconds / 3600.0,
-        "bytes_uploaded": sum(int(row.get("bytes_uploaded") or 0) for row in rows),
-        "bytes_downloaded": sum(int(row.get("bytes_downloaded") or 0) for row in rows),
-        "components": {c.name: sum(row["components"][c.name] for row in rows)
-                       for c in ledger.COMPONENTS},
-        "dollars": sum(row["billed_dollars"] for row in rows),
-    }
-
-
 def balances(journal: Journal, rows: list[dict]) -> list[dict]:
     """Per run with a known start balance: the account credit before and after, what it
     fell by, and the ledger's total for the run (they agree when nothing else billed)."""
@@ -110,7 +97,7 @@ def _totals(rows: list[dict], key: Callable[[dict], Any], name: str) -> list[dic
     groups: dict[Any, list[dict]] = defaultdict(list)
     for row in rows:
         groups[key(row)].append(row)
-    return [{name: group, **_total(members)} for group, members in groups.items()]
+    return [{name: group, **total(members)} for group, members in groups.items()]
 
 
 def cost_text(report: dict) -> str:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from ...journal.store import TERMINAL_STATES, Journal
 from .. import tables
 from .api import _api_options, _status, list_ours, match_listing
-from .common import PROG, _gpu, _parse_json, _price, emit_json, run_is_live
+from .common import PROG, _parse_json, _price, emit_json, run_is_live
 
 
 def _configure_instances(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +134,7 @@ def instances_table(views: list[dict], *, alive: bool) -> str:
             v["instance_id"],
             v.get("job_id"),
             v.get("rule"),
-            _gpu(v),
+            tables.gpu_text(v),
             _price(v["dph_total"]),
             tables.when(v.get("requested_at")),
             tables.when(v.get("created_at")),

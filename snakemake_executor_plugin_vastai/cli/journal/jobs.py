@@ -19,7 +19,6 @@ from ...transports import progress
 from .. import tables
 from .common import (
     STATE_ORDER,
-    _gpu,
     _latest_run,
     _price,
     run_is_live,
@@ -107,7 +106,7 @@ def job_view(job: dict, instance: dict | None, now: float) -> dict:
     end = job["ended_at"] if job["ended_at"] is not None else now
     return {
         **job,
-        "gpu": _gpu(job),
+        "gpu": tables.gpu_text(job),
         "duration_seconds": max(0.0, float(end) - float(job["created_at"])),
         "instance_seconds": instance["billed_seconds"] if instance else 0.0,
         "dollars": instance["billed_dollars"] if instance else 0.0,

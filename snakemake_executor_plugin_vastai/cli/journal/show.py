@@ -13,7 +13,7 @@ from typing import Any
 
 from ...journal.store import Journal
 from .. import tables
-from .common import _gpu, _indent, _one, _parse_json, _price, emit_json
+from .common import _indent, _one, _parse_json, _price, emit_json
 from .instances import _destroyed, public_instance
 from .jobs import job_view
 
@@ -100,7 +100,7 @@ def _instance_fields(row: dict) -> list[tuple[str, object]]:
         ("label", row["label"]),
         ("offer", row["offer_id"]),
         ("machine", row["machine_id"]),
-        ("GPU", _gpu(row)),
+        ("GPU", tables.gpu_text(row)),
         ("price", f"{_price(row['dph_total'])}/h"),
         ("where", row["geolocation"]),
         ("ssh", ssh),

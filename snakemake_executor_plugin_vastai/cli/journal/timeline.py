@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from ...journal.store import Journal
+from .. import timeline
 from .common import CliError, emit_json, selected_run
 
 
@@ -26,11 +27,6 @@ def cmd_timeline(journal: Journal, args: argparse.Namespace) -> int:
         $ python -m snakemake_executor_plugin_vastai journal timeline -o run.html
         wrote run.html: 6 jobs on 6 instances, 0.004 instance-hours, $0.0011, 0 boots avoided
     """
-    # Imported here, not at the top: importing cli/timeline.py first (demo.py does) loads
-    # cli/journal/common.py, so this package's __init__ and so this module, while
-    # cli/timeline.py is still half loaded.
-    from .. import timeline
-
     run_id = selected_run(journal, args.run)
     if run_id is None:
         raise CliError(f"no run in {journal.path} yet: nothing to draw")
