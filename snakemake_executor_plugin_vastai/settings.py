@@ -1,4 +1,6 @@
-"""Run settings and where the Vast.ai API key and URL come from: one place for both.
+"""Run settings and where the Vast.ai API key and URL come from: one place for both
+(the run's :func:`resolve_api_key` / :func:`resolve_api_url`, the ``journal`` commands'
+:func:`cli_api_key` / :func:`cli_api_url`).
 
 :class:`RunSettings` holds the executor options once they are validated and resolved
 (``run/startup.py`` builds it); the resolvers below are the only code that decides which
@@ -113,3 +115,60 @@ def key_from_file() -> str | None:
 def resolve_api_url(settings: Any) -> str:
     url = getattr(settings, "api_url", None) or os.environ.get("VAST_URL") or DEFAULT_URL
     return url.rstrip("/")
+
+
+class SettingsError(ValueError):
+    """A key or URL the ``journal`` commands cannot use; the message says where it came from
+    and what to do (never the key itself)."""
+
+
+def cli_api_key(key_file: Path | None) -> tuple[str, str]:
+    """The ``journal`` commands' key: --api-key-file, else the environment as the plugin
+    reads it (never a plain option: argv is visible to every user). (key, where from)."""
+    if key_file is not None:
+        try:
+            lines = key_file.read_text().split()
+        except OSError as exc:
+            raise SettingsError(f"cannot read --api-key-file {key_file}: {exc.strerror}"
+                                ) from None
+        if not lines:
+            raise SettingsError(f"--api-key-file {key_file} is empty; it must hold the API key")
+        return lines[0], f"--api-key-file {key_file}"
+    for name in API_KEY_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value, f"${name}"
+    raise SettingsError(
+        f"no Vast.ai API key: set {' or '.join(API_KEY_ENV)}, or pass --api-key-file PATH "
+        "(a file holding the key). Keys are at https://console.vast.ai/manage-keys/"
+    )
+
+
+def cli_api_url(option: str | None, recorded: str | None, recorded_by: str) -> tuple[str, str]:
+    """The ``journal`` commands' URL: --api-url, $VAST_URL, the URL the latest run recorded
+    (only if it is the real service or this machine: the key goes wherever the URL points,
+    and a journal file is not enough say-so), else the real service. (URL, where from)."""
+    if option:
+        return option.rstrip("/"), "--api-url"
+    if os.environ.get("VAST_URL"):
+        return os.environ["VAST_URL"].rstrip("/"), "$VAST_URL"
+    if recorded:
+        recorded = recorded.rstrip("/")
+        if not trusted_recorded_url(recorded):
+            raise SettingsError(
+                f"the journal's latest run used the API at {recorded}; the key is sent "
+                "only to the real service or this machine unless you name the URL: pass "
+                f"--api-url {recorded} (or set VAST_URL) if you trust it"
+            )
+        return recorded, recorded_by
+    return DEFAULT_URL, "default"
+
+
+def trusted_recorded_url(url: str) -> bool:
+    """The real service, or a server on this machine (the bundled simulator)."""
+    from urllib.parse import urlsplit
+
+    if url == DEFAULT_URL.rstrip("/"):
+        return True
+    host = urlsplit(url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")

@@ -10,7 +10,6 @@ exit codes; and the journal rows matched to what the listing shows.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from ...journal.store import Journal
 from ...run import listing
-from ...settings import DEFAULT_URL
+from ...settings import DEFAULT_URL, SettingsError, cli_api_key, cli_api_url
 from ...vastai.api import VastAPI, VastAuthError, VastError
 from .common import CliError, _latest_run, _parse_json
 
@@ -49,57 +48,23 @@ def open_api(journal: Journal, args: argparse.Namespace) -> tuple[VastAPI, str]:
 
 
 def api_key(key_file: Path | None) -> tuple[str, str]:
-    """The key from --api-key-file, else the environment (as the plugin reads it)."""
-    from ...settings import API_KEY_ENV
-
-    if key_file is not None:
-        try:
-            lines = key_file.read_text().split()
-        except OSError as exc:
-            raise CliError(f"cannot read --api-key-file {key_file}: {exc.strerror}") from None
-        if not lines:
-            raise CliError(f"--api-key-file {key_file} is empty; it must hold the API key")
-        return lines[0], f"--api-key-file {key_file}"
-    for name in API_KEY_ENV:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value, f"${name}"
-    raise CliError(
-        f"no Vast.ai API key: set {' or '.join(API_KEY_ENV)}, or pass --api-key-file PATH "
-        "(a file holding the key). Keys are at https://console.vast.ai/manage-keys/"
-    )
+    """The key from --api-key-file, else the environment (``settings.cli_api_key``)."""
+    try:
+        return cli_api_key(key_file)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
 
 
 def api_url(journal: Journal, option: str | None) -> tuple[str, str]:
-    """(URL, where from): --api-url, $VAST_URL, the latest run's settings, the real service."""
-    if option:
-        return option.rstrip("/"), "--api-url"
-    if os.environ.get("VAST_URL"):
-        return os.environ["VAST_URL"].rstrip("/"), "$VAST_URL"
+    """(URL, where from): ``settings.cli_api_url`` given the latest run's recorded URL."""
     latest = _latest_run(journal)
-    if latest is not None:
-        settings = _parse_json(latest["settings"])
-        if isinstance(settings, dict) and settings.get("api_url"):
-            recorded = str(settings["api_url"]).rstrip("/")
-            if not trusted_recorded_url(recorded):
-                # The key goes wherever the URL points: a journal file is not enough say-so.
-                raise CliError(
-                    f"the journal's latest run used the API at {recorded}; the key is sent "
-                    "only to the real service or this machine unless you name the URL: pass "
-                    f"--api-url {recorded} (or set VAST_URL) if you trust it"
-                )
-            return recorded, f"recorded by run {latest['id']}"
-    return DEFAULT_URL, "default"
-
-
-def trusted_recorded_url(url: str) -> bool:
-    """The real service, or a server on this machine (the bundled simulator)."""
-    from urllib.parse import urlsplit
-
-    if url == DEFAULT_URL.rstrip("/"):
-        return True
-    host = urlsplit(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1")
+    settings = _parse_json(latest["settings"]) if latest is not None else None
+    recorded = settings.get("api_url") if isinstance(settings, dict) else None
+    try:
+        return cli_api_url(option, recorded and str(recorded),
+                           f"recorded by run {latest['id']}" if latest else "")
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
 
 
 def list_ours(journal: Journal, args: argparse.Namespace) -> list[dict]:
