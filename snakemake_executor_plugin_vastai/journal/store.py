@@ -132,6 +132,14 @@ from ..lifecycle.instance_machine import HOLDING as _HOLDING_INSTANCE
 from ..lifecycle.instance_machine import InstanceState, next_state
 from ..lifecycle.job_machine import TERMINAL_STATES as _TERMINAL_JOB_STATES
 from ..run.redaction import redact, scrub
+from .errors import (
+    JournalCorrupt,
+    JournalError,
+    JournalTooNew,
+    StaleTransition,
+    UnknownInstance,
+    UnknownJob,
+)
 
 RELATIVE_PATH = Path(".snakemake") / "vastai" / "journal.sqlite"
 DIR_MODE = 0o700
@@ -175,49 +183,6 @@ INSTANCE_MANAGED = frozenset(
 )
 FREE_TEXT = frozenset({"last_error"})
 OFFER_FACTS = ("offer_id", "machine_id", "gpu_name", "num_gpus", "dph_total", "geolocation")
-
-
-# -- errors ------------------------------------------------------------------------------
-class JournalError(Exception):
-    """The journal cannot be used as asked; the message names the file and what to do."""
-
-    def __init__(self, message: str, path: Path | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-class JournalCorrupt(JournalError):
-    """The file is not an SQLite database, or fails its integrity check."""
-
-
-class JournalTooNew(JournalError):
-    """A newer plugin wrote this journal; this code must not guess at its schema."""
-
-
-class StaleTransition(JournalError):
-    """A guarded state change found the job in another state than the caller expected."""
-
-    def __init__(
-        self,
-        message: str,
-        path: Path,
-        *,
-        job_id: str,
-        expected: tuple[str, ...],
-        actual: str | None,
-    ) -> None:
-        super().__init__(message, path)
-        self.job_id = job_id
-        self.expected = expected
-        self.actual = actual
-
-
-class UnknownJob(JournalError):
-    """No job with that id is journaled."""
-
-
-class UnknownInstance(JournalError):
-    """No instance with that label or id is journaled."""
 
 
 # -- schema migrations ---------------------------------------------------------------------
