@@ -32,9 +32,9 @@ from snakemake_executor_plugin_vastai.journal.store import (
     StaleTransition,
     UnknownInstance,
     UnknownJob,
-    redact,
 )
 from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
+from snakemake_executor_plugin_vastai.run.redaction import redact
 
 SECRET = "sk-PLANTED-5e3c9a1f7b2d4e6a"
 

@@ -109,7 +109,6 @@ looks like a private key is refused.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -120,7 +119,6 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -131,7 +129,8 @@ from ..costs import ledger
 from ..lifecycle.instance_machine import HOLDING as _HOLDING_INSTANCE
 from ..lifecycle.instance_machine import InstanceState, next_state
 from ..lifecycle.job_machine import TERMINAL_STATES as _TERMINAL_JOB_STATES
-from ..run.redaction import redact, scrub
+from ..run.redaction import scrub
+from .base import _assignments, _insert, _marks, _plain, _to_json
 from .errors import (
     JournalCorrupt,
     JournalError,
@@ -1386,20 +1385,6 @@ def _refuse_newer(path: Path, found: int, known: int) -> None:
         )
 
 
-def _to_json(value: Mapping[str, Any]) -> str:
-    """Strict JSON of a redacted dict: arbitrary objects are refused, as their repr could
-    carry a secret past the key-based redaction."""
-    return json.dumps(redact(value), default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable for the journal")
-
-
 def _insert_transition(
     db: sqlite_utils.Database,
     job_id: str,
@@ -1427,12 +1412,6 @@ def _insert_transition(
         at=at,
         detail=text,
     )
-
-
-def _insert(db: sqlite_utils.Database, table: str, **row: Any) -> None:
-    """INSERT one row; table and column names come from this module, never from callers."""
-    db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({_marks(row)})",
-               list(row.values()))
 
 
 def _offer_facts(offer: Mapping[str, Any]) -> dict[str, Any]:
@@ -1481,11 +1460,6 @@ def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
-def _plain(value: Any) -> Any:
-    """Enum members (JobState) as their plain value, so SQLite stores text."""
-    return value.value if isinstance(value, Enum) else value
-
-
 def _state(state: str) -> str:
     value = _plain(state)
     if not isinstance(value, str) or not value:
@@ -1500,12 +1474,3 @@ def _states(states: str | Collection[str]) -> tuple[str, ...]:
     if not result:
         raise ValueError("a transition needs at least one source state")
     return result
-
-
-def _assignments(columns: Mapping[str, Any]) -> str:
-    """``a = ?, b = ?`` for validated column names (never caller-chosen text)."""
-    return ", ".join(f"{name} = ?" for name in columns)
-
-
-def _marks(values: Collection[Any]) -> str:
-    return ", ".join("?" for _ in values)
