@@ -7,6 +7,10 @@ every open (a journal whose version n has another name was written by a differen
 and is refused), so a migration is never renamed, reordered or removed: a schema change
 is a new function appended at the end. Steps only ever add: tables, columns, indexes,
 triggers (and rows a new table is filled with from existing ones).
+
+The schema they build is documented in ``docs/journal-schema.md``, generated from this
+list by ``python -m snakemake_executor_plugin_vastai.journal.schema`` (``schema.py``);
+the first paragraph of a migration's docstring says there what its version adds.
 """
 
 from __future__ import annotations
