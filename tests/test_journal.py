@@ -225,22 +225,6 @@ def test_a_new_migration_shows_in_the_schema_doc(monkeypatch: pytest.MonkeyPatch
         schema.render()  # a new table needs a note saying what it is for
 
 
-def test_docstring_lists_every_column(journal: Journal) -> None:
-    """The module docstring is the schema's documentation: it must not drift."""
-    doc = journal_module.__doc__ or ""
-    tables = [
-        name
-        for (name,) in raw(
-            journal.path,
-            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'",
-        )
-    ]
-    for table in tables:
-        assert f"``{table}(" in doc, table
-        for row in raw(journal.path, f"PRAGMA table_info({table})"):
-            assert re.search(rf"\b{row[1]}\b", doc), f"{table}.{row[1]} is not documented"
-
-
 def test_connection_settings(journal: Journal) -> None:
     assert raw(journal.path, "PRAGMA journal_mode") == [("wal",)]  # persistent, any reader
     assert next(journal.db.query("PRAGMA busy_timeout"))["timeout"] >= 1000

@@ -9,6 +9,10 @@ an earlier run rented; the instance label (which starts with
 :attr:`Journal.label_prefix`) finds an instance even when the create call's
 answer never came back.
 
+This module holds the connection, its lock, the transactions and the ``meta`` table;
+:class:`Journal` combines them with one mixin per table group (``runs.py``, ``jobs.py``,
+``instances.py``, ``costs.py``).
+
 Where and how
 -------------
 ``<workdir>/.snakemake/vastai/journal.sqlite`` (directory 0700; the database
@@ -18,80 +22,12 @@ may open it: a run, a restarted run, ``sqlite-utils``), foreign keys on. It is
 plain SQLite, readable with ``sqlite-utils rows journal.sqlite jobs`` or
 ``datasette journal.sqlite``. All timestamps are ``time.time()`` epoch seconds.
 
-Schema (version 3; migrations only ever add tables and columns)
-----------------------------------------------------------------
-``meta(key TEXT PK, value TEXT)``
-    ``schema_version``, ``workflow_id`` (random hex, created once),
-    ``created_at``, ``workdir`` (the directory it was last used in: a copied
-    workflow directory is told apart from a moved one by it),
-    ``adopted_after_loss`` (present until the first reconcile when the journal
-    took its prefix over from a lost one: unknown labels are then its own).
-``migrations(version INTEGER PK, name TEXT, applied_at REAL)``
-    One row per schema migration applied, when.
-``runs(id TEXT PK, started_at, ended_at, outcome, pid, hostname,
-snakemake_version, plugin_version, settings, pid_started_at, heartbeat_at)``
-    One row per Snakemake invocation. ``ended_at`` stays NULL when the run
-    crashed. ``settings`` is JSON of the non-secret executor settings.
-    ``pid``, ``hostname``, ``pid_started_at`` and ``heartbeat_at`` are the
-    run's lease (``leases.py``).
-``jobs(id TEXT PK, run_id -> runs, snakemake_jobid, rule, fingerprint,
-attempt, state, created_at, updated_at, ended_at, label, instance_id,
-offer_id, machine_id, gpu_name, num_gpus, dph_total, ssh_host, ssh_port,
-exit_code, log_path, last_error, resumed_from -> jobs, fingerprint_parts)``
-    The current state of each job (indexes on fingerprint, run_id, state).
-    ``fingerprint_parts`` is JSON of the fingerprint's components (short
-    hashes), so a restart can name what changed.
-    ``ended_at`` is set on entering a terminal state. ``resumed_from`` names
-    the earlier run's job this one re-attached to; that earlier job then no
-    longer counts as unfinished.
-``instances(label TEXT PK, instance_id INTEGER UNIQUE, job_id -> jobs,
-run_id -> runs, offer_id, machine_id, gpu_name, num_gpus, dph_total,
-geolocation, offer, ssh_host, ssh_port, host_key, requested_at, created_at,
-contacted_at, destroy_requested_at, destroyed_at, last_status,
-last_status_at, started_at, destroy_accepted_at, claimed_by -> runs)``
-    One row per instance label, written before the create call
-    (``requested_at``); ``instance_id`` stays NULL until the API answers.
-    ``offer`` is JSON of the offer facts. ``host_key`` is the instance's public
-    SSH host key, pinned on first contact. ``destroyed_at`` set means "known
-    not to exist any more" (also for a label that was never created).
-    ``started_at`` is the API's ``start_date`` (Vast.ai's clock) and
-    ``destroy_accepted_at`` the time the first destroy request was accepted:
-    costs run from the one to the other (falling back to ``created_at`` and
-    ``destroyed_at`` where a fact is missing), as Vast.ai bills.
-    ``claimed_by`` is the run that took a dead run's instance over (to resume
-    or tear it down); it owns it from then on.
-    Bid instances (``bids.py``) add ``bid_price`` ($/h, NULL on demand),
-    ``storage_dph`` (the disk's $/h, billed while stopped too), ``ondemand_dph``
-    (the same machine on demand, for ``journal cost``), ``stopped_seconds`` and
-    ``stopped_since`` (time stopped by preemptions, billed as storage only) and
-    ``preemptions``.
-``strays(instance_id INTEGER PK, label, run_id -> runs, reason, dph_total,
-found_at, destroy_requested_at, destroy_accepted_at, destroyed_at)``
-    Instances listed with this workflow's prefix that no ``instances`` row
-    owns (a duplicate left by a lost create answer, a label marked gone that
-    appeared later), journaled before their teardown.
-``instances.bytes_uploaded, bytes_downloaded``; ``runs.balance_before,
-balance_after``; ``transfers(id, job_id, run_id, instance_id, direction,
-bytes_done, bytes_total, started_at, updated_at, ended_at)``
-    The cost ledger's facts (migration ``m004_cost_ledger``, see ledger.py).
-``instance_run_bytes(instance_id, run_id -> runs, bytes_uploaded, bytes_downloaded)``
-    The same bytes split by the run that moved them (``m007_bytes_per_run``): a
-    run's ``--vastai-max-spend`` counts what it moved on an earlier run's instance.
-``transitions(id INTEGER PK AUTOINCREMENT, job_id -> jobs, run_id -> runs,
-from_state, to_state, trigger, at, detail)``
-    Append-only (triggers refuse UPDATE and DELETE): one row per state change,
-    written in the same transaction as the ``jobs`` update. ``from_state`` is
-    NULL for the submit row. ``run_id`` is the run that made the change (NULL
-    outside a run). ``detail`` is the caller's string as given, or JSON of the
-    caller's dict after redaction.
-``instance_transitions(id INTEGER PK AUTOINCREMENT, label -> instances, run_id -> runs,
-job_id, from_state, to_state, trigger, at, detail)``
-    Append-only like ``transitions``: an instance's life (``instance_machine.py``),
-    written in the same transaction as the ``instances.state`` update. With warm
-    instances (schema 4) ``instances`` also holds ``state``, ``leased_by`` (the
-    job holding it), ``idle_since`` and ``served`` (jobs it served), and ``jobs``
-    holds ``work_dir`` (the job's own directory on the instance) and
-    ``leased_at``/``released_at`` (the job's hold on it: its cost).
+Schema
+------
+``docs/journal-schema.md``: every table, column, index and trigger, the migration that
+added it and what it is for. It is generated from the migrations (``migrations.py``) by
+``python -m snakemake_executor_plugin_vastai.journal.schema`` (see ``schema.py``), and a
+test fails when it and the code disagree.
 
 No secrets
 ----------
