@@ -84,7 +84,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _insert(db: sqlite_utils.Database, table: str, **row: Any) -> None:
-    """INSERT one row; table and column names come from this module, never from callers."""
+    """INSERT one row; table and column names come from the journal's code, never from
+    callers."""
     db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({_marks(row)})",
                list(row.values()))
 

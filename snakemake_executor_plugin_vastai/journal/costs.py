@@ -169,7 +169,8 @@ class CostsMixin(TableGroup):
 
 
 def _cost(row: Mapping[str, Any], now: float) -> tuple[float, float]:
-    """Billed time on Vast.ai's clock where known (see the schema notes), else ours."""
+    """Billed time on Vast.ai's clock where known, else ours (see ``instances`` in
+    docs/journal-schema.md)."""
     if row["created_at"] is None and row.get("started_at") is None:
         return 0.0, 0.0  # never created
     start = _first(row.get("started_at"), row["created_at"])

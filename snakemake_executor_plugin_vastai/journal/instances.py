@@ -326,7 +326,7 @@ class InstancesMixin(TableGroup):
         )
 
 
-    # -- the instance life cycle (instance_machine.py; warm instances, see pool.py) -------
+    # -- the instance life cycle (lifecycle/instance_machine.py; warm instances: run/pool.py)
     def instance_transition(
         self, label: str, *, trigger: str, detail: str | Mapping[str, Any] | None = None,
         job_id: str | None = None, **columns: Any,

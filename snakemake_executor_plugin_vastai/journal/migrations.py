@@ -121,7 +121,7 @@ def m004_cost_ledger(db: sqlite_utils.Database) -> None:
     """Bytes each instance moved, the account balance around a run, transfers in flight.
 
     ``instances.bytes_uploaded``/``bytes_downloaded`` (SSH payload, our side's view)
-    price bandwidth with the offer's $/GB (see ledger.py). ``runs.balance_before``/
+    price bandwidth with the offer's $/GB (see costs/ledger.py). ``runs.balance_before``/
     ``balance_after`` are the account credit at start and end. ``transfers`` holds one
     row per upload or download: bytes so far, total if known, updated a few times a
     second at most, so ``journal jobs --follow`` can show what is moving.
@@ -142,7 +142,7 @@ def m004_cost_ledger(db: sqlite_utils.Database) -> None:
 
 @migration
 def m005_bids(db: sqlite_utils.Database) -> None:
-    """Interruptible (bid) instances (bids.py): the bid, the disk's hourly storage price
+    """Interruptible (bid) instances (vastai/bids.py): the bid, the disk's hourly storage price
     (billed while stopped too), what the machine costs on demand, and how long it was
     stopped by preemptions (``stopped_since`` while it is stopped now)."""
     for column in ("bid_price REAL", "storage_dph REAL", "ondemand_dph REAL",
@@ -152,7 +152,7 @@ def m005_bids(db: sqlite_utils.Database) -> None:
 
 @migration
 def m006_warm_instances(db: sqlite_utils.Database) -> None:
-    """Instances as first-class: their own state (``instance_machine.py``) and history.
+    """Instances as first-class: their own state (``lifecycle/instance_machine.py``) and history.
 
     ``instances.state`` is the instance's state (NULL on rows written before this
     version: they never served a second job), ``leased_by`` the job holding it,

@@ -1,7 +1,7 @@
 """The journal's runs: one row per Snakemake invocation, and which run owns what.
 
 A run's row is its lease (``pid``, ``hostname``, ``pid_started_at``, ``heartbeat_at``;
-see ``run/leases.py``): while its process lives, no other run touches its jobs or
+see ``run/liveness.py``): while its process lives, no other run touches its jobs or
 instances. When it is dead, a later run takes its instances over (``instances.claimed_by``)
 in one guarded update, so two live runs never both act on one.
 """
@@ -33,7 +33,7 @@ class RunsMixin(TableGroup):
         """Journal a new Snakemake invocation; later transitions are attributed to it.
 
         ``pid``, ``hostname`` and ``pid_started_at`` form the run's lease (see
-        ``leases.py``): while that process lives, no other run touches this one's work.
+        ``run/liveness.py``): while that process lives, no other run touches this one's work.
         """
         now = self._clock()
         run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
@@ -116,7 +116,7 @@ class RunsMixin(TableGroup):
             return cursor.rowcount == 1
 
     def heartbeat(self, run_id: str) -> None:
-        """The run lives (see leases.py): other runs may not take its work."""
+        """The run lives (see run/liveness.py): other runs may not take its work."""
         with self._write() as db:
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [self._clock(), run_id])
 

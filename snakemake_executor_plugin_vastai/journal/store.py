@@ -38,7 +38,7 @@ stored as JSON (transition details, run settings, offers) is redacted first:
 values under keys matching ``key|token|secret|passw(or)d|credential|auth``
 (any case, at any depth) become ``"***"`` (``None`` and booleans are kept:
 they cannot carry a secret). Every string written, detail texts and error
-messages included, is scrubbed of the registered secrets (``redaction.py``)
+messages included, is scrubbed of the registered secrets (``run/redaction.py``)
 first, in whatever escaped form an exception quoted them. A host key that
 looks like a private key is refused.
 """
