@@ -965,3 +965,35 @@ def test_a_closed_journal_says_so(tmp_path: Path) -> None:
     j.close()
     with pytest.raises(JournalError, match="closed"):
         j.runs()
+
+
+def test_a_write_interrupted_between_begin_and_its_end_does_not_block_later_writes(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is: right after BEGIN, the
+    transaction stayed open and every later write (the teardown's too) failed with
+    "cannot start a transaction within a transaction"."""
+    run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    real = journal.db.execute
+
+    def interrupted(sql, *args, **kwargs):
+        result = real(sql, *args, **kwargs)
+        if sql == "BEGIN IMMEDIATE":
+            raise KeyboardInterrupt  # as a signal lands after the statement ran
+        return result
+
+    monkeypatch.setattr(journal.db, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        journal.end_run(run, outcome="interrupted")
+    monkeypatch.setattr(journal.db, "execute", real)
+    assert not journal.db.conn.in_transaction
+    journal.end_run(run, outcome="interrupted")  # the next write goes through
+    assert next(r for r in journal.runs() if r["id"] == run)["outcome"] == "interrupted"
+
+
+def test_a_transaction_left_open_by_a_crashed_writer_is_rolled_back_first(
+        journal: Journal) -> None:
+    run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    journal.db.execute("BEGIN IMMEDIATE")  # what an interrupted write could leave behind
+    journal.end_run(run, outcome="finished")
+    assert not journal.db.conn.in_transaction
+    assert next(r for r in journal.runs() if r["id"] == run)["outcome"] == "finished"

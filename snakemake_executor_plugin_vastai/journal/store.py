@@ -124,6 +124,7 @@ class Journal(RunsMixin, JobsMixin, InstancesMixin, CostsMixin):
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
+        self._writing = False  # a write transaction of this connection is open (_write)
         self._run_id: str | None = None
         self._closed = False
         try:
@@ -326,16 +327,26 @@ class Journal(RunsMixin, JobsMixin, InstancesMixin, CostsMixin):
 
         BEGIN IMMEDIATE takes the write lock up front, so a transaction that
         reads and then writes never fails half-way on another process's commit.
+        BEGIN is inside the ``try``, and a transaction still open when a (not nested) write
+        starts is rolled back first, under the lock: Ctrl-C raises
+        KeyboardInterrupt wherever the main thread is, also right after BEGIN, and a
+        transaction left open there made every later write fail, the teardown's too.
         """
         with self._lock, self._errors():
             self._check_open()
-            self.db.execute("BEGIN IMMEDIATE")
+            if not self._writing and self.db.conn.in_transaction:  # an interrupted write's
+                self.db.conn.rollback()  # leftover (a nested write fails at BEGIN, as ever)
+            outer, self._writing = self._writing, True
             try:
+                self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.rollback()
+                if not outer and self.db.conn.in_transaction:
+                    self.db.conn.rollback()
                 raise
+            finally:
+                self._writing = outer
 
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict]:
         """Read rows as dicts, fully fetched while the lock is held."""
