@@ -1,11 +1,11 @@
 """What counting bytes for the cost ledger costs a transfer (issue 16), on demand.
 
-Every send and receive of an SSH channel goes through ``remote._MeteredChannel``,
+Every send and receive of an SSH channel goes through ``transports/ssh/channels._MeteredChannel``,
 which counts into a ``ledger.ByteMeter`` (and calls a progress listener during
 uploads and downloads). The end-to-end transfer figure (``transfer.py``) is too
 noisy on a shared 2-core machine to show a difference this small, so this script
 times the wrapper itself against the bare call on an in-memory channel, and scales
-the difference to one GiB moved in the chunk sizes ``remote.py`` uses, next to the
+the difference to one GiB moved in the chunk sizes the SSH adapter uses, next to the
 time that GiB takes at the transfer figure's ~150 MB/s.
 
     python benchmarks/metering.py [--repeats 7]
@@ -17,9 +17,10 @@ import argparse
 import statistics
 import time
 
-from snakemake_executor_plugin_vastai.ledger import ByteMeter
-from snakemake_executor_plugin_vastai.progress import TransferProgress
-from snakemake_executor_plugin_vastai.remote import CHUNK, SEND_BATCH, _MeteredChannel
+from snakemake_executor_plugin_vastai.costs.ledger import ByteMeter
+from snakemake_executor_plugin_vastai.transports.progress import TransferProgress
+from snakemake_executor_plugin_vastai.transports.ssh.channels import CHUNK, _MeteredChannel
+from snakemake_executor_plugin_vastai.transports.ssh.upload import SEND_BATCH
 
 GIB = 1024**3
 CALLS = 200_000

@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from snakemake_executor_plugin_vastai import timeline  # noqa: E402
-from snakemake_executor_plugin_vastai.journal import Journal  # noqa: E402
-from snakemake_executor_plugin_vastai.timeline_svg import render_html  # noqa: E402
+from snakemake_executor_plugin_vastai.cli import timeline  # noqa: E402
+from snakemake_executor_plugin_vastai.cli.timeline_svg import render_html  # noqa: E402
+from snakemake_executor_plugin_vastai.journal.store import Journal  # noqa: E402
 from tests import timeline_journal  # noqa: E402
 
 

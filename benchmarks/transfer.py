@@ -30,12 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from snakemake_executor_plugin_vastai.keys import (
+from snakemake_executor_plugin_vastai.run.keys import (
     generate_keypair,
     load_private_key,
     write_private_key,
 )
-from snakemake_executor_plugin_vastai.remote import AllowedPaths, Endpoint, RemoteSession
+from snakemake_executor_plugin_vastai.transports.ssh.channels import Endpoint
+from snakemake_executor_plugin_vastai.transports.ssh.paths import AllowedPaths
+from snakemake_executor_plugin_vastai.transports.ssh.session import RemoteSession
 
 from .simproc import SimProcess
 
@@ -44,7 +46,7 @@ BLOCK = 16 * MiB
 SMALL_SIZE = 4096
 BOOT_TIMEOUT = 60.0
 METHODS = ("plugin", "scp", "cp")
-# The plugin offers AES-GCM first (remote.FAST_CIPHERS); OpenSSH would pick
+# The plugin offers AES-GCM first (transports/ssh/session.FAST_CIPHERS); OpenSSH would pick
 # chacha20-poly1305, which the simulator's asyncssh server runs much slower.
 # Same cipher on both sides, so the figure compares transfer designs, not ciphers.
 SCP_CIPHER = "aes128-gcm@openssh.com"

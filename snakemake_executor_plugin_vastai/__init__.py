@@ -1,44 +1,31 @@
 """Snakemake executor plugin: every job on the cheapest matching Vast.ai GPU instance.
 
-This module is what Snakemake imports: the settings dataclass, the common
-settings, and a thin :class:`Executor` that wires the parts together. It is
-imported on every ``snakemake`` start (plugins register their CLI options), so
-it imports nothing heavy; the SDK, paramiko and SQLite come in on first use.
+This module is what Snakemake imports: the settings dataclass, the common settings and
+the :class:`Executor` (``executor.py``, thin glue). It is imported on every
+``snakemake`` start (plugins register their CLI options), so it imports nothing heavy;
+the SDK, paramiko and SQLite come in on first use.
 
-Where to find things: ``machine.py`` (job states and transitions, as data),
-``driver.py`` (the steps every mode shares), ``ports.py`` (what a step may
-touch: ``market.py``, ``instances.py``, ``jobspec.py``, ``transports/``),
-``teardown.py`` (the one teardown), ``recovery.py`` / ``leases.py`` /
-``listing.py`` (restart after a crash), ``journal.py`` (SQLite journal),
-``offers.py`` (resources -> offer search), ``validation.py`` (early checks),
-``vast.py`` (the SDK adapter), ``remote.py`` (the paramiko adapter),
-``payload.py`` (what travels to and from an instance), ``sources.py`` (the
-source files), ``jobargs.py`` (the remote job arguments), ``rule_settings.py``
-(per-rule overrides), ``storage.py`` (storage mode: data through a bucket),
-``runtime.py`` (one run, start to end), ``pool.py`` / ``instance_machine.py``
-(warm instances: an instance serves several jobs), ``simulator/`` (the local Vast.ai).
+Where to find things (one folder per concern; the README's "Architecture" lists them):
+``lifecycle/`` the job and instance state machines and the job driver, ``run/`` one
+run's parts (start-up, recovery, teardown, warm pool, watcher), ``journal/`` the SQLite
+journal, ``vastai/`` everything that speaks to Vast.ai, ``transports/`` SSH and storage
+mode, ``workflow/`` what Snakemake's jobs and sources mean for us, ``costs/`` every cost
+figure, ``cli/`` the ``python -m snakemake_executor_plugin_vastai`` commands,
+``simulator/`` the local Vast.ai, ``settings.py`` run settings and the API key and URL.
 """
 
-import os
-import signal
-import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Optional
 
-from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
-from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
-from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.settings import (
     CommonSettings,
     ExecutorSettingsBase,
 )
 
-if TYPE_CHECKING:
-    from .runtime import Run
+from .executor import Executor
+from .settings import DEFAULT_IMAGE, __version__
 
-__version__ = "0.2.0"
-DEFAULT_IMAGE = "vastai/pytorch:@vastai-automatic-tag"
+__all__ = ["DEFAULT_IMAGE", "Executor", "ExecutorSettings", "__version__", "common_settings"]
 
 
 @dataclass
@@ -169,107 +156,3 @@ common_settings = CommonSettings(
     init_seconds_before_status_checks=0,
     can_transfer_local_files=True,  # SSH mode: the plugin ships inputs and outputs itself
 )
-
-STATUS_CHECK_SECONDS = 0.2  # check_active_jobs reads memory only; no API call
-
-
-class Executor(RemoteExecutor):
-    """Thin glue between Snakemake and a :class:`~.runtime.Run`."""
-
-    def __post_init__(self) -> None:
-        from .vast import skip_serverless_client
-
-        skip_serverless_client()
-        if os.environ.get("SNAKEMAKE_VASTAI_PLAN"):  # `... plan`: report, rent nothing
-            from .plan import write_plan_and_stop
-
-            write_plan_and_stop(self)
-        from .startup import start_run
-
-        self.next_seconds_between_status_checks = STATUS_CHECK_SECONDS
-        self.run: Run = start_run(self)
-        self._signals_installed = False
-
-    async def sleep(self) -> None:
-        """Status checks read memory only, so they run often from the very first one.
-
-        Snakemake starts its status thread before ``__post_init__`` could lower
-        the interval, so the base class would sleep its default 10 s first.
-        """
-        import asyncio
-
-        await asyncio.sleep(STATUS_CHECK_SECONDS)
-
-    def run_jobs(self, jobs: list[JobExecutorInterface]) -> None:
-        self._install_signal_handlers()
-        super().run_jobs(jobs)
-
-    def get_job_args(self, job: JobExecutorInterface, **kwargs: Any) -> str:
-        """Snakemake's job arguments, but shell-quoted (see jobargs.py)."""
-        from .jobargs import job_args
-
-        return job_args(job, cores=kwargs.get("cores", self.cores),
-                        unneeded_temp_files=self.workflow.dag.get_unneeded_temp_files(job))
-
-    def run_job(self, job: JobExecutorInterface) -> None:
-        model = self.run.submit(job)
-        self.report_job_submission(SubmittedJobInfo(job=job, external_jobid=model.job_id))
-
-    async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]):
-        from .checkpoints import bring_home
-        from .redaction import scrub
-        from .storage import forget_stale_answers
-
-        for info in active_jobs:
-            driver = self.run.drivers.get(str(info.external_jobid))
-            if driver is None or not driver.done.is_set():
-                yield info
-                continue
-            model = driver.m
-            if model.work_succeeded:
-                # Outputs are home; an unconfirmed destroy fails the run at shutdown
-                # instead (reporting an error here would make Snakemake delete them).
-                if self.run.storage is not None:
-                    forget_stale_answers(info.job)  # else directory() outputs look missing
-                    failure = await bring_home(info.job)
-                    if failure:
-                        self.report_job_error(info, msg=scrub(failure))
-                        continue
-                self.report_job_success(info)
-            else:
-                # Snakemake appends its own sentence to msg without a separator.
-                msg = (model.failure or f"job {model.state.value}").rstrip("\n") + "\n"
-                self.report_job_error(info, msg=scrub(msg), aux_logs=[model.log_path])
-
-    def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
-        self.run.cancel_all()
-
-    def shutdown(self) -> None:
-        super().shutdown()
-        self.run.finish()
-        pending = self.run.close("finished")
-        if pending:
-            from snakemake_interface_common.exceptions import WorkflowError
-
-            raise WorkflowError(pending)
-
-    def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGHUP behave like Ctrl-C: Snakemake cancels, we destroy.
-
-        Snakemake's scheduler installs its own SIGTERM handler ("finish running
-        jobs") after creating the executor; for rented GPUs, waiting is the
-        wrong answer, so ours goes in at the first submission.
-        """
-        if self._signals_installed or threading.current_thread() is not threading.main_thread():
-            return
-        self._signals_installed = True
-
-        def interrupt(signum: int, _frame: Any) -> None:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, interrupt)
-
-
-def workdir() -> Path:
-    return Path(os.getcwd())

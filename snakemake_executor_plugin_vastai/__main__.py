@@ -1,5 +1,5 @@
 """`python -m snakemake_executor_plugin_vastai`: hands over to the CLI."""
 
-from snakemake_executor_plugin_vastai.cli import main
+from snakemake_executor_plugin_vastai.cli.main import main
 
 raise SystemExit(main())

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snakemake_executor_plugin_vastai.driver import CRASH_ENV, CRASH_POINTS
+from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_ENV, CRASH_POINTS
 from snakemake_executor_plugin_vastai.simulator import sandbox
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 from tests.e2e import sim_env, snakemake_argv, write_workflow

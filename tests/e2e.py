@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from snakemake_executor_plugin_vastai.demo import lay_out_workflow
+from snakemake_executor_plugin_vastai.cli.demo import lay_out_workflow
 
 # A workflow for the acceptance tests: fan-out of 8, nested output
 # directories, a directory() output, a script: file and a config file.

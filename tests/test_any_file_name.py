@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from snakemake_executor_plugin_vastai import sources
-from snakemake_executor_plugin_vastai.jobargs import job_args
+from snakemake_executor_plugin_vastai.workflow import sources
+from snakemake_executor_plugin_vastai.workflow.jobargs import job_args
 
 ODD_NAMES = [
     "in put/h\u00e9llo w\u00f6rld.txt",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from snakemake_executor_plugin_vastai.backoff import Backoff
+from snakemake_executor_plugin_vastai.run.backoff import Backoff
 
 
 def test_delays_double_up_to_the_cap_and_are_jittered_down_only():

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from transitions.extensions import LockedMachine
 
-from snakemake_executor_plugin_vastai import bids, ledger
-from snakemake_executor_plugin_vastai.bids import BidSettings
-from snakemake_executor_plugin_vastai.machine import JobState, machine_kwargs
-from snakemake_executor_plugin_vastai.validation import ConfigError
+from snakemake_executor_plugin_vastai.costs import ledger
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState, machine_kwargs
+from snakemake_executor_plugin_vastai.vastai import bids
+from snakemake_executor_plugin_vastai.vastai.bids import BidSettings
+from snakemake_executor_plugin_vastai.workflow.validation import ConfigError
 from tests.test_machine import Model
 
 

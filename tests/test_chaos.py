@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from snakemake_executor_plugin_vastai.driver import CRASH_POINTS
+from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_POINTS
 from tests.chaos import CLASSES, assert_clean, run_trial, summarize
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]

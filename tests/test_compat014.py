@@ -13,13 +13,14 @@ import typing
 
 import pytest
 
-from snakemake_executor_plugin_vastai import ExecutorSettings, deploy
-from snakemake_executor_plugin_vastai.offers import (
+from snakemake_executor_plugin_vastai import ExecutorSettings
+from snakemake_executor_plugin_vastai.vastai.offers import (
     READ_RESOURCES,
     OfferSettings,
     build_offer_request,
 )
-from snakemake_executor_plugin_vastai.validation import (
+from snakemake_executor_plugin_vastai.workflow import deploy
+from snakemake_executor_plugin_vastai.workflow.validation import (
     ConfigError,
     validate_job_resources,
     validate_settings,

@@ -13,9 +13,9 @@ import multiprocessing
 import shutil
 from pathlib import Path
 
-from snakemake_executor_plugin_vastai import startup
-from snakemake_executor_plugin_vastai.journal import RELATIVE_PATH
-from snakemake_executor_plugin_vastai.logs import PluginLogger
+from snakemake_executor_plugin_vastai.journal.store import RELATIVE_PATH
+from snakemake_executor_plugin_vastai.run import startup
+from snakemake_executor_plugin_vastai.run.logs import PluginLogger
 
 RUNS = 6
 

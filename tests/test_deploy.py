@@ -10,15 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from snakemake_executor_plugin_vastai.deploy import (
+from snakemake_executor_plugin_vastai.run.startup import resolve_image
+from snakemake_executor_plugin_vastai.workflow.deploy import (
     Scope,
     check_every_pattern_matches,
     collect_scope,
     matches,
     select,
 )
-from snakemake_executor_plugin_vastai.startup import resolve_image
-from snakemake_executor_plugin_vastai.validation import (
+from snakemake_executor_plugin_vastai.workflow.validation import (
     ConfigError,
     deploy_patterns,
     validate_job_resources,

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from snakemake_executor_plugin_vastai.offers import ram_mib
-from snakemake_executor_plugin_vastai.validation import expand_geolocation
+from snakemake_executor_plugin_vastai.vastai.offers import ram_mib
+from snakemake_executor_plugin_vastai.workflow.validation import expand_geolocation
 from tests.differential import Differential, run_case
 from tests.differential_cases import FAST_CASES, SLOW_CASES, Case
 

@@ -13,21 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_executor_plugin_vastai.driver import JobDriver, JobModel, build_machine
-from snakemake_executor_plugin_vastai.instances import Instances
-from snakemake_executor_plugin_vastai.jobspec import JobSpec, Workspace
-from snakemake_executor_plugin_vastai.journal import Journal
-from snakemake_executor_plugin_vastai.keys import RunKey
-from snakemake_executor_plugin_vastai.logs import PluginLogger
-from snakemake_executor_plugin_vastai.machine import JobState
-from snakemake_executor_plugin_vastai.market import OfferMarket
-from snakemake_executor_plugin_vastai.offers import OfferSettings
-from snakemake_executor_plugin_vastai.ports import JobPorts
-from snakemake_executor_plugin_vastai.runtime import RunSettings
-from snakemake_executor_plugin_vastai.teardown import Teardown
-from snakemake_executor_plugin_vastai.transports.ssh import SshTransport
-from snakemake_executor_plugin_vastai.vast import VastAPI
-from snakemake_executor_plugin_vastai.watcher import InstanceWatcher
+from snakemake_executor_plugin_vastai.journal.store import Journal
+from snakemake_executor_plugin_vastai.lifecycle.driver import JobDriver, build_machine
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
+from snakemake_executor_plugin_vastai.lifecycle.models import JobModel
+from snakemake_executor_plugin_vastai.lifecycle.ports import JobPorts
+from snakemake_executor_plugin_vastai.run.keys import RunKey
+from snakemake_executor_plugin_vastai.run.logs import PluginLogger
+from snakemake_executor_plugin_vastai.run.teardown import Teardown
+from snakemake_executor_plugin_vastai.run.watcher import InstanceWatcher
+from snakemake_executor_plugin_vastai.settings import RunSettings
+from snakemake_executor_plugin_vastai.transports.ssh.transport import SshTransport
+from snakemake_executor_plugin_vastai.vastai.api import VastAPI
+from snakemake_executor_plugin_vastai.vastai.instances import Instances
+from snakemake_executor_plugin_vastai.vastai.market import OfferMarket
+from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings
+from snakemake_executor_plugin_vastai.workflow.jobspec import JobSpec, Workspace
 
 from .e2e import alive
 

@@ -241,7 +241,7 @@ def test_a_preempted_job_is_resumed_after_a_crash_and_a_raised_bid_starts_it_aga
     one (``PUT /instances/bid_price/{id}/`` through our adapter) starts it again."""
     import signal
 
-    from snakemake_executor_plugin_vastai.vast import VastAPI
+    from snakemake_executor_plugin_vastai.vastai.api import VastAPI
     from tests.e2e import start_snakemake, wait_for
 
     simulator.add_fault("outbid", at_state="running", after_seconds=1.0, competing_bid=5.0)

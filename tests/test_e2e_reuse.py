@@ -361,7 +361,7 @@ def test_ctrl_c_tears_down_idle_and_leased_instances(tmp_path, simulator):
 def test_link_command_links_only_matching_content(tmp_path):
     """The remote side of 'already on the instance': same content is linked, changed
     content is not (it is uploaded instead)."""
-    from snakemake_executor_plugin_vastai.transports.ssh import link_command
+    from snakemake_executor_plugin_vastai.transports.ssh.transport import link_command
 
     home = tmp_path
     (home / "old").mkdir()

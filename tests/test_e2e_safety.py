@@ -279,9 +279,9 @@ def test_every_sink_masks_a_secret_quoted_by_an_exception(tmp_path):
     bad header) reaches the terminal, the events file and the journal masked."""
     import logging
 
-    from snakemake_executor_plugin_vastai.journal import Journal
-    from snakemake_executor_plugin_vastai.logs import PluginLogger
-    from snakemake_executor_plugin_vastai.redaction import SECRETS
+    from snakemake_executor_plugin_vastai.journal.store import Journal
+    from snakemake_executor_plugin_vastai.run.logs import PluginLogger
+    from snakemake_executor_plugin_vastai.run.redaction import SECRETS
 
     key = "k3y-" + "9f8e7d6c5b4a" * 4
     SECRETS.add([key + "\n"])

@@ -284,7 +284,7 @@ def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_s
     import subprocess
     import sys
 
-    from snakemake_executor_plugin_vastai.driver import CRASH_ENV
+    from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_ENV
     from tests.e2e import wait_for
 
     bucket = new_bucket(s3_server)

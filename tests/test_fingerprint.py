@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-from snakemake_executor_plugin_vastai import fingerprint
+from snakemake_executor_plugin_vastai.run import fingerprint
 
 
 def run_block(x):  # a run: block as Snakemake compiles it: a plain function

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from snakemake_executor_plugin_vastai import payload
+from snakemake_executor_plugin_vastai.workflow import payload
 
 
 class IOFile(str):

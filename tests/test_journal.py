@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_executor_plugin_vastai import journal as journal_module
-from snakemake_executor_plugin_vastai.journal import (
+from snakemake_executor_plugin_vastai.journal import schema
+from snakemake_executor_plugin_vastai.journal import store as journal_module
+from snakemake_executor_plugin_vastai.journal.store import (
     MIGRATIONS,
     Journal,
     JournalCorrupt,
@@ -32,9 +33,9 @@ from snakemake_executor_plugin_vastai.journal import (
     StaleTransition,
     UnknownInstance,
     UnknownJob,
-    redact,
 )
-from snakemake_executor_plugin_vastai.machine import JobState
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
+from snakemake_executor_plugin_vastai.run.redaction import redact
 
 SECRET = "sk-PLANTED-5e3c9a1f7b2d4e6a"
 
@@ -178,20 +179,50 @@ def test_fresh_journal_has_documented_schema(journal: Journal) -> None:
     assert journal.path == path.parent.parent.parent / ".snakemake/vastai/journal.sqlite"
 
 
-def test_docstring_lists_every_column(journal: Journal) -> None:
-    """The module docstring is the schema's documentation: it must not drift."""
-    doc = journal_module.__doc__ or ""
-    tables = [
-        name
-        for (name,) in raw(
-            journal.path,
-            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'",
-        )
-    ]
-    for table in tables:
-        assert f"``{table}(" in doc, table
-        for row in raw(journal.path, f"PRAGMA table_info({table})"):
-            assert re.search(rf"\b{row[1]}\b", doc), f"{table}.{row[1]} is not documented"
+def test_committed_schema_doc_is_what_the_migrations_make() -> None:
+    """docs/journal-schema.md is the schema's documentation: it must not drift."""
+    if not schema.DOC.parent.is_dir():
+        pytest.skip("no docs/ in this tree (an sdist); a checkout's run compares it")
+    assert not schema.drift(), f"{schema.DOC} is out of date; run: {schema.COMMAND}"
+
+
+def test_schema_doc_describes_the_journal_the_store_opens(journal: Journal) -> None:
+    """The in-memory build the document is drawn from is what a real journal file holds,
+    and the document names every table and column of it."""
+    described = schema.describe(journal.db)
+    assert described == schema.describe(schema.build()[0])
+    doc = schema.render()
+    for table, parts in described.items():
+        assert f"\n### {table}\n" in doc, table
+        for name, *_ in parts["columns"]:
+            assert f"| `{name}` |" in doc, f"{table}.{name}"
+
+
+def test_schema_command_writes_and_checks(tmp_path: Path) -> None:
+    out = tmp_path / "journal-schema.md"
+    assert schema.main(["--check", "--out", str(out)]) == 1  # missing
+    assert schema.main(["--out", str(out)]) == 0
+    assert schema.main(["--check", "--out", str(out)]) == 0
+    out.write_text(out.read_text().replace("| `served` |", "| `servings` |"))
+    assert schema.main(["--check", "--out", str(out)]) == 1
+
+
+def test_a_new_migration_shows_in_the_schema_doc(monkeypatch: pytest.MonkeyPatch) -> None:
+    def m008_priority(db) -> None:
+        """Jobs get a priority."""
+        db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER")
+
+    def m009_extra(db) -> None:
+        db.execute("CREATE TABLE extra (x INTEGER)")
+
+    monkeypatch.setattr(schema, "MIGRATIONS", [*MIGRATIONS, m008_priority])
+    text = schema.render()
+    assert "| 8 | `m008_priority` | Jobs get a priority. |" in text
+    assert "| `priority` | INTEGER |  | `m008_priority` |" in text
+    assert schema.drift()
+    monkeypatch.setattr(schema, "MIGRATIONS", [*MIGRATIONS, m009_extra])
+    with pytest.raises(ValueError, match=r"no note for table.*extra"):
+        schema.render()  # a new table needs a note saying what it is for
 
 
 def test_connection_settings(journal: Journal) -> None:
@@ -585,7 +616,7 @@ def test_rent_intent_survives_a_crash_during_the_create_call(tmp_path: Path) -> 
     script = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from snakemake_executor_plugin_vastai.journal import Journal
+        from snakemake_executor_plugin_vastai.journal.store import Journal
         j = Journal.for_workdir(Path({str(tmp_path)!r}))
         run = j.start_run(snakemake_version="9", plugin_version="0", settings={{}})
         job = j.add_job(run_id=run, rule="r", snakemake_jobid=1, fingerprint="fp",
@@ -934,3 +965,35 @@ def test_a_closed_journal_says_so(tmp_path: Path) -> None:
     j.close()
     with pytest.raises(JournalError, match="closed"):
         j.runs()
+
+
+def test_a_write_interrupted_between_begin_and_its_end_does_not_block_later_writes(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is: right after BEGIN, the
+    transaction stayed open and every later write (the teardown's too) failed with
+    "cannot start a transaction within a transaction"."""
+    run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    real = journal.db.execute
+
+    def interrupted(sql, *args, **kwargs):
+        result = real(sql, *args, **kwargs)
+        if sql == "BEGIN IMMEDIATE":
+            raise KeyboardInterrupt  # as a signal lands after the statement ran
+        return result
+
+    monkeypatch.setattr(journal.db, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        journal.end_run(run, outcome="interrupted")
+    monkeypatch.setattr(journal.db, "execute", real)
+    assert not journal.db.conn.in_transaction
+    journal.end_run(run, outcome="interrupted")  # the next write goes through
+    assert next(r for r in journal.runs() if r["id"] == run)["outcome"] == "interrupted"
+
+
+def test_a_transaction_left_open_by_a_crashed_writer_is_rolled_back_first(
+        journal: Journal) -> None:
+    run = journal.start_run(snakemake_version="9", plugin_version="0", settings={})
+    journal.db.execute("BEGIN IMMEDIATE")  # what an interrupted write could leave behind
+    journal.end_run(run, outcome="finished")
+    assert not journal.db.conn.in_transaction
+    assert next(r for r in journal.runs() if r["id"] == run)["outcome"] == "finished"

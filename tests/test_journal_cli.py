@@ -24,11 +24,14 @@ from typing import Any
 import pytest
 import vastai
 
-from snakemake_executor_plugin_vastai import journal_cli, tables
-from snakemake_executor_plugin_vastai.journal import Journal
-from snakemake_executor_plugin_vastai.journal_cli import main
+from snakemake_executor_plugin_vastai.cli import journal as journal_cli
+from snakemake_executor_plugin_vastai.cli import tables
+from snakemake_executor_plugin_vastai.cli.journal import api as journal_api
+from snakemake_executor_plugin_vastai.cli.journal import jobs as journal_jobs
+from snakemake_executor_plugin_vastai.cli.journal import main
+from snakemake_executor_plugin_vastai.journal.store import Journal
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
-from snakemake_executor_plugin_vastai.vast import VastAPI
+from snakemake_executor_plugin_vastai.vastai.api import VastAPI
 from tests.e2e import run_snakemake, sim_env, write_workflow
 
 pytestmark = pytest.mark.e2e
@@ -389,7 +392,7 @@ def test_follow_refreshes_until_the_live_run_ends(capsys, copy, monkeypatch):
             run_id=run, rule="slow", snakemake_jobid=1, fingerprint="f", attempt=1, state="running"
         )
     shown = threading.Semaphore(0)
-    print_jobs = journal_cli.print_jobs
+    print_jobs = journal_jobs.print_jobs
 
     def counting(*args: Any, **kwargs: Any) -> None:
         print_jobs(*args, **kwargs)
@@ -401,7 +404,7 @@ def test_follow_refreshes_until_the_live_run_ends(capsys, copy, monkeypatch):
         with Journal(copy) as journal:
             journal.end_run(run, "finished")
 
-    monkeypatch.setattr(journal_cli, "print_jobs", counting)
+    monkeypatch.setattr(journal_jobs, "print_jobs", counting)
     ender = threading.Thread(target=end_after_two_tables)
     ender.start()
     try:
@@ -477,7 +480,7 @@ def test_alive_with_a_refused_key_or_no_api(capsys, finished, tmp_path, monkeypa
     code, out, err = cli(capsys, *args, "--api-key-file", str(key_file))
     assert code == 2 and f"--api-key-file {key_file}" in err and "refused" in err
     assert "not-the-key-7c1e" not in out + err
-    monkeypatch.setattr(journal_cli, "API_RETRY_BUDGET", 0.3)
+    monkeypatch.setattr(journal_api, "API_RETRY_BUDGET", 0.3)
     code, _, err = cli(
         capsys, *args, "--api-key-file", str(key_file), "--api-url", "http://127.0.0.1:9"
     )

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_executor_plugin_vastai import ledger
-from snakemake_executor_plugin_vastai.journal import Journal
-from snakemake_executor_plugin_vastai.journal_cli import main as journal_main
+from snakemake_executor_plugin_vastai.cli.journal import main as journal_main
+from snakemake_executor_plugin_vastai.costs import ledger
+from snakemake_executor_plugin_vastai.journal.store import Journal
 from tests.e2e import alive, run_snakemake, write_workflow
 
 GB = ledger.BYTES_PER_GB
@@ -113,7 +113,7 @@ def test_a_resumed_runs_cost_counts_the_bytes_it_moved_on_an_earlier_runs_instan
 
 
 def test_bytes_journaled_before_the_split_stay_the_renting_runs(tmp_path, monkeypatch):
-    from snakemake_executor_plugin_vastai import journal as journal_module
+    from snakemake_executor_plugin_vastai.journal import store as journal_module
 
     path = tmp_path / "j.sqlite"
     old = journal_module.MIGRATIONS[:6]  # up to m006_warm_instances
@@ -317,9 +317,11 @@ def test_the_meter_counts_what_the_instances_ssh_server_counts(tmp_path):
     import sys
     import uuid
 
-    from snakemake_executor_plugin_vastai.keys import RunKey
-    from snakemake_executor_plugin_vastai.remote import AllowedPaths, Endpoint, RemoteSession
+    from snakemake_executor_plugin_vastai.run.keys import RunKey
     from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
+    from snakemake_executor_plugin_vastai.transports.ssh.channels import Endpoint
+    from snakemake_executor_plugin_vastai.transports.ssh.paths import AllowedPaths
+    from snakemake_executor_plugin_vastai.transports.ssh.session import RemoteSession
 
     key = RunKey.load_or_create(tmp_path / "keys", "run-ledger")
     sandbox = tmp_path / "sandbox"

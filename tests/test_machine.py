@@ -7,7 +7,7 @@ from collections import deque
 import pytest
 from transitions.extensions import LockedMachine
 
-from snakemake_executor_plugin_vastai.machine import (
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import (
     CONDITIONS,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -192,7 +192,7 @@ def test_triggers_not_in_the_table_are_refused():
 
 def test_job_model_attributes_do_not_shadow_triggers():
     """transitions silently skips binding a trigger that a model attribute shadows."""
-    from snakemake_executor_plugin_vastai.driver import JobModel
+    from snakemake_executor_plugin_vastai.lifecycle.models import JobModel
 
     triggers = {row["trigger"] for row in TRANSITIONS}
     attributes = set(JobModel.__dataclass_fields__) | set(dir(JobModel))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
-from snakemake_executor_plugin_vastai.market import OfferMarket, Vacancies
-from snakemake_executor_plugin_vastai.offers import OfferSettings, build_offer_request
 from snakemake_executor_plugin_vastai.simulator.catalog import normalize
+from snakemake_executor_plugin_vastai.vastai.market import OfferMarket, Vacancies
+from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings, build_offer_request
 
 # Complete offers (every field a query may filter on), cheapest first.
 OFFERS = [normalize({"id": 10 + i, "dph_total": round(0.1 * (i + 1), 2), "num_gpus": 1,

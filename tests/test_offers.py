@@ -17,7 +17,7 @@ from vastai.api.client import VastClient, VastSession
 from vastai.api.query import offers_alias, offers_fields, offers_mult, parse_query
 from vastai.utils import _regions, preprocess_search_query
 
-from snakemake_executor_plugin_vastai.offers import (
+from snakemake_executor_plugin_vastai.vastai.offers import (
     REGIONS,
     SDK_DEFAULTS,
     OfferRequest,
@@ -26,7 +26,7 @@ from snakemake_executor_plugin_vastai.offers import (
     describe,
     ram_mib,
 )
-from snakemake_executor_plugin_vastai.validation import ConfigError
+from snakemake_executor_plugin_vastai.workflow.validation import ConfigError
 
 BASE = {
     "verified": {"eq": True},

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 
-from snakemake_executor_plugin_vastai import leases, listing
-from snakemake_executor_plugin_vastai.journal import Journal
-from snakemake_executor_plugin_vastai.redaction import SECRETS, add_environment, scrub
+from snakemake_executor_plugin_vastai.journal.store import Journal
+from snakemake_executor_plugin_vastai.run import listing
+from snakemake_executor_plugin_vastai.run import liveness as leases
+from snakemake_executor_plugin_vastai.run.redaction import SECRETS, add_environment, scrub
 
 HERE = leases.this_host()
 

@@ -23,7 +23,7 @@ import snakemake_executor_plugin_vastai as plugin
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "snakemake_executor_plugin_vastai"
-TOOLING = {f"{PACKAGE}/statechart.py"}  # writes statecharts/ of a checkout
+TOOLING = {f"{PACKAGE}/cli/statechart.py"}  # writes statecharts/ of a checkout
 UV = shutil.which("uv")
 
 pytestmark = pytest.mark.skipif(UV is None, reason="needs uv on PATH (tests/run.sh installs it)")
@@ -60,7 +60,7 @@ def test_the_wheel_holds_the_plugin_and_the_simulator_and_no_tests_benchmarks_or
     simulator = {n for n in code if n.startswith(f"{PACKAGE}/simulator/")}
     assert {f"{PACKAGE}/simulator/{m}.py" for m in ("server", "api", "sshd", "instances",
                                                      "market", "cli")} <= simulator
-    assert f"{PACKAGE}/demo.py" in code
+    assert f"{PACKAGE}/cli/demo.py" in code
 
     assert metadata["Name"] == "snakemake-executor-plugin-vastai"
     assert metadata["Version"] == plugin.__version__
@@ -78,9 +78,9 @@ def test_the_version_is_above_the_published_0_1_4_and_agrees_everywhere():
 
 def test_the_statechart_command_says_it_needs_a_checkout_when_the_tool_is_absent(
         monkeypatch, capsys):
-    from snakemake_executor_plugin_vastai import cli
+    from snakemake_executor_plugin_vastai.cli import main as cli
 
-    monkeypatch.setitem(sys.modules, f"{PACKAGE}.statechart", None)  # as in the wheel
+    monkeypatch.setitem(sys.modules, f"{PACKAGE}.cli.statechart", None)  # as in the wheel
     assert cli.main(["statechart", "--check"]) == 2
     assert "source checkout" in capsys.readouterr().err
 

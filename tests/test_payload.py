@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from snakemake_executor_plugin_vastai import payload
+from snakemake_executor_plugin_vastai.workflow import payload
 
 
 class IOFile(str):

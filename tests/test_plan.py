@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_executor_plugin_vastai.plan import DEFAULT_BOOT_SECONDS, render
+from snakemake_executor_plugin_vastai.cli.plan import DEFAULT_BOOT_SECONDS, render
 from tests.e2e import alive, demo_workflow, run_snakemake, sim_env, write_workflow
 from tests.s3 import s3_server  # noqa: F401 (fixture)
 
@@ -160,7 +160,7 @@ def test_bad_settings_are_a_problem_and_snakemake_errors_exit_2(tmp_path, simula
 
 
 def test_plan_is_a_documented_command():
-    from snakemake_executor_plugin_vastai import cli
+    from snakemake_executor_plugin_vastai.cli import main as cli
 
     assert "plan" in cli.COMMANDS and "\n  plan " in cli.USAGE
     done = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan",
@@ -237,7 +237,7 @@ def test_a_profile_that_touches_is_refused_too(tmp_path, simulator):
 
 
 def test_the_vastai_executor_goes_last_so_argparse_keeps_it():
-    from snakemake_executor_plugin_vastai.plan_safety import snakemake_argv
+    from snakemake_executor_plugin_vastai.cli.plan_safety import snakemake_argv
 
     assert snakemake_argv(["--jobs", "1", "-e", "x"])[-2:] == ["--executor", "vastai"]
     # after '--' it would be a target, so it goes before
@@ -273,7 +273,7 @@ def test_a_stray_plan_variable_fails_a_real_run_and_overwrites_nothing(tmp_path,
 
 
 def test_the_plan_directory_is_private_and_accepted_only_with_its_nonce(tmp_path):
-    from snakemake_executor_plugin_vastai.plan_safety import (
+    from snakemake_executor_plugin_vastai.cli.plan_safety import (
         NotAPlan,
         plan_directory,
         plan_target,
@@ -369,7 +369,7 @@ def test_an_untracked_file_is_named_only_as_a_whole_path(tmp_path, simulator):
     ("cat a.txt", True),
 ])
 def test_names_path_matches_path_tokens(text, named):
-    from snakemake_executor_plugin_vastai.plan import names_path
+    from snakemake_executor_plugin_vastai.cli.plan import names_path
 
     assert names_path(text, "a.txt") is named
     assert names_path("sh tools/helper.sh > x", "tools/helper.sh")
@@ -411,7 +411,7 @@ def test_symlinked_inputs_count_in_the_upload_estimate(tmp_path, simulator):
 
 
 def test_planned_bytes_follows_links_and_skips_loops(tmp_path):
-    from snakemake_executor_plugin_vastai.progress import planned_bytes
+    from snakemake_executor_plugin_vastai.transports.progress import planned_bytes
 
     (tmp_path / "d/e").mkdir(parents=True)
     (tmp_path / "d/e/x").write_bytes(b"1" * 300)
@@ -429,8 +429,8 @@ def test_one_slow_boot_does_not_inflate_the_boot_estimate(tmp_path):
     """Boots measured in the journal: the middle half counts, not the slowest ever."""
     import sqlite3
 
-    from snakemake_executor_plugin_vastai.journal import RELATIVE_PATH, Journal
-    from snakemake_executor_plugin_vastai.plan import measured_times
+    from snakemake_executor_plugin_vastai.cli.plan import measured_times
+    from snakemake_executor_plugin_vastai.journal.store import RELATIVE_PATH, Journal
 
     path = tmp_path / RELATIVE_PATH
     path.parent.mkdir(parents=True)
@@ -445,7 +445,7 @@ def test_one_slow_boot_does_not_inflate_the_boot_estimate(tmp_path):
     low, high = measured_times(tmp_path)["boot"]
     assert (low, high) == pytest.approx((62.75, 69.5))  # quartiles of the six
     assert high < 100  # not 1800: one hung boot is not the estimate
-    from snakemake_executor_plugin_vastai.plan import boot_range
+    from snakemake_executor_plugin_vastai.cli.plan import boot_range
 
     assert boot_range([90.0]) == [90.0, 90.0]
     assert boot_range([60.0, 80.0]) == pytest.approx([65.0, 75.0])

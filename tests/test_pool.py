@@ -10,21 +10,21 @@ from types import SimpleNamespace
 
 import pytest
 
-from snakemake_executor_plugin_vastai.instance_machine import (
+from snakemake_executor_plugin_vastai.journal.store import Journal, JournalError, StaleTransition
+from snakemake_executor_plugin_vastai.lifecycle.instance_machine import (
     HOLDING,
     TRANSITIONS,
     InstanceState,
     next_state,
 )
-from snakemake_executor_plugin_vastai.journal import Journal, JournalError, StaleTransition
-from snakemake_executor_plugin_vastai.offers import OfferSettings, build_offer_request
-from snakemake_executor_plugin_vastai.pool import (
+from snakemake_executor_plugin_vastai.run.pool import (
     NO_WORK_AHEAD,
     Pool,
     WarmInstance,
     misfit,
-    offer_fits,
 )
+from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings, build_offer_request
+from snakemake_executor_plugin_vastai.vastai.query import offer_fits
 
 I = InstanceState  # noqa: E741
 
@@ -327,7 +327,7 @@ def test_a_lease_racing_the_early_release_either_leases_or_destroys(tmp_path):
 ])
 def test_an_idle_instance_is_kept_while_its_premium_is_at_most_a_fresh_boot(
         idle, fresh, boot, work, keep):
-    from snakemake_executor_plugin_vastai.pool import worth_keeping
+    from snakemake_executor_plugin_vastai.run.pool import worth_keeping
 
     got, why = worth_keeping(idle, fresh, boot, work)
     assert got is keep

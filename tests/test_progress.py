@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from snakemake_executor_plugin_vastai import journal_cli, ledger
-from snakemake_executor_plugin_vastai.journal import Journal
-from snakemake_executor_plugin_vastai.journal_cli import main
-from snakemake_executor_plugin_vastai.progress import (
+from snakemake_executor_plugin_vastai.cli.journal import jobs as journal_cli
+from snakemake_executor_plugin_vastai.cli.journal import main
+from snakemake_executor_plugin_vastai.costs import ledger
+from snakemake_executor_plugin_vastai.journal.store import Journal
+from snakemake_executor_plugin_vastai.transports.progress import (
     TransferProgress,
     human_bytes,
     planned_bytes,
@@ -288,7 +289,7 @@ def test_progress_intervals_below_half_a_second_are_refused_naming_the_option(va
 
     from snakemake_interface_common.exceptions import WorkflowError
 
-    from snakemake_executor_plugin_vastai.startup import progress_interval
+    from snakemake_executor_plugin_vastai.run.startup import progress_interval
 
     with pytest.raises(WorkflowError, match="--vastai-progress-interval"):
         progress_interval(SimpleNamespace(progress_interval=value))
@@ -298,6 +299,6 @@ def test_progress_intervals_below_half_a_second_are_refused_naming_the_option(va
 def test_progress_intervals_off_or_from_half_a_second_are_taken(value, seconds):
     from types import SimpleNamespace
 
-    from snakemake_executor_plugin_vastai.startup import progress_interval
+    from snakemake_executor_plugin_vastai.run.startup import progress_interval
 
     assert progress_interval(SimpleNamespace(progress_interval=value)) == seconds

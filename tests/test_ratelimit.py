@@ -14,9 +14,13 @@ import time
 
 import pytest
 
-from snakemake_executor_plugin_vastai import ratelimit
-from snakemake_executor_plugin_vastai.ratelimit import RateLimiter, stated_threshold, with_margin
-from snakemake_executor_plugin_vastai.vast import VastAPI
+from snakemake_executor_plugin_vastai.vastai import ratelimit
+from snakemake_executor_plugin_vastai.vastai.api import VastAPI
+from snakemake_executor_plugin_vastai.vastai.ratelimit import (
+    RateLimiter,
+    stated_threshold,
+    with_margin,
+)
 
 BODY = "HTTP 429 detail=API requests too frequent endpoint threshold={t}"
 SLACK = 0.005  # seconds: timer resolution of Condition.wait, below any interval here

@@ -1,4 +1,4 @@
-"""The paramiko adapter (remote.py, keys.py, remote_scripts.py).
+"""The paramiko adapter (transports/ssh: session.py, the modules it joins, scripts.py; keys.py).
 
 Pure parts (path rules, env quoting, tar building, safe extraction) are tested on
 local bytes; everything that talks SSH runs against the simulator's real SSH server
@@ -27,30 +27,28 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from snakemake_executor_plugin_vastai import remote_scripts
-from snakemake_executor_plugin_vastai.keys import (
+from snakemake_executor_plugin_vastai.run.keys import (
     KeyFileError,
     RunKey,
     generate_keypair,
     load_private_key,
     write_private_key,
 )
-from snakemake_executor_plugin_vastai.remote import (
-    AllowedPaths,
+from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
+from snakemake_executor_plugin_vastai.transports.ssh import scripts as remote_scripts
+from snakemake_executor_plugin_vastai.transports.ssh.channels import Endpoint
+from snakemake_executor_plugin_vastai.transports.ssh.errors import (
     AuthRejected,
-    Endpoint,
     HostKeyMismatch,
     MissingRemotePaths,
     RemoteError,
-    RemoteSession,
     SSHUnavailable,
     UnsafeArchive,
-    _ChannelReader,
-    _Extractor,
-    _TarSender,
-    clean_relative,
 )
-from snakemake_executor_plugin_vastai.simulator.sshd import InstanceSSH
+from snakemake_executor_plugin_vastai.transports.ssh.extract import _ChannelReader, _Extractor
+from snakemake_executor_plugin_vastai.transports.ssh.paths import AllowedPaths, clean_relative
+from snakemake_executor_plugin_vastai.transports.ssh.session import RemoteSession
+from snakemake_executor_plugin_vastai.transports.ssh.upload import _TarSender
 
 JOB = "vastai-job"
 
@@ -285,7 +283,7 @@ def test_tar_sender_writes_a_valid_padded_archive(tmp_path: Path) -> None:
     (tree / "link").symlink_to("sub/f.txt")  # uploaded as the file it points to
     chan = FakeChannel()
     sender = _TarSender(chan)  # type: ignore[arg-type]
-    from snakemake_executor_plugin_vastai.remote import _plan_upload, _walk
+    from snakemake_executor_plugin_vastai.transports.ssh.upload import _plan_upload, _walk
 
     for item in _plan_upload([(tree, "in")], {".vastai/env": (b"export A=1\n", 0o600)}):
         members = _walk(*item, frozenset()) if isinstance(item, tuple) else [item]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from snakemake_executor_plugin_vastai.offers import OfferSettings, build_offer_request
-from snakemake_executor_plugin_vastai.rule_settings import (
+from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings, build_offer_request
+from snakemake_executor_plugin_vastai.workflow.rule_settings import (
     container_image,
     job_settings,
     runtime_cap_origin,
     validate_rule_settings,
 )
-from snakemake_executor_plugin_vastai.validation import ConfigError
+from snakemake_executor_plugin_vastai.workflow.validation import ConfigError
 
 GLOBAL = OfferSettings(max_price=2.0, disk_gb=40, geolocation="NA", reliability=0.98)
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from snakemake_executor_plugin_vastai.shared_search import SharedSearches
-from snakemake_executor_plugin_vastai.vast import VastAPI, VastError
+from snakemake_executor_plugin_vastai.vastai.api import VastAPI, VastError
+from snakemake_executor_plugin_vastai.vastai.shared_search import SharedSearches
 
 QUERY = {"num_gpus": {"eq": 1}}
 ORDER = [["dph_total", "asc"]]

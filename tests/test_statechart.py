@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from snakemake_executor_plugin_vastai import statechart
-from snakemake_executor_plugin_vastai.machine import TRANSITIONS, JobState
+from snakemake_executor_plugin_vastai.cli import statechart
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import TRANSITIONS, JobState
 
 
 def test_committed_statechart_matches_the_machine():
@@ -36,7 +36,7 @@ def test_readme_embeds_the_current_chart(tmp_path):
 
 
 def test_instance_chart_shows_every_state_and_trigger():
-    from snakemake_executor_plugin_vastai import instance_machine
+    from snakemake_executor_plugin_vastai.lifecycle import instance_machine
 
     text = (statechart.CHART_DIR / statechart.INSTANCE_MERMAID_FILE).read_text()
     for state in instance_machine.InstanceState:

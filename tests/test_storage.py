@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from snakemake_executor_plugin_vastai.storage import (
+from snakemake_executor_plugin_vastai.transports.storage.setup import (
     EXIT_MARKER,
     GOOGLE_CREDENTIALS_ENV,
     OutputProbe,

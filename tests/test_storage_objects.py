@@ -20,12 +20,12 @@ import pytest
 from snakemake.io import IOFile, flag
 from snakemake_storage_plugin_s3 import StorageProvider, StorageProviderSettings
 
-from snakemake_executor_plugin_vastai import checkpoints
-from snakemake_executor_plugin_vastai.storage import (
+from snakemake_executor_plugin_vastai.transports.storage.setup import (
     OutputProbe,
     forget_stale_answers,
     fresh_object,
 )
+from snakemake_executor_plugin_vastai.workflow import checkpoints
 from tests.s3 import ACCESS_KEY, SECRET_KEY, s3_server  # noqa: F401 (fixture)
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from snakemake_executor_plugin_vastai import timeline_svg
-from snakemake_executor_plugin_vastai.journal import TERMINAL_STATES, Journal
-from snakemake_executor_plugin_vastai.journal_cli import main
+from snakemake_executor_plugin_vastai.cli import timeline_svg
+from snakemake_executor_plugin_vastai.cli.journal import main
+from snakemake_executor_plugin_vastai.journal.store import TERMINAL_STATES, Journal
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 from tests import browser, png, timeline_journal
 from tests.e2e import alive, run_snakemake, write_workflow

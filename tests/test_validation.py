@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from snakemake_executor_plugin_vastai.offers import OfferSettings, build_offer_request
-from snakemake_executor_plugin_vastai.validation import (
+from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings, build_offer_request
+from snakemake_executor_plugin_vastai.workflow.validation import (
     ConfigError,
     expand_geolocation,
     parse_filters,

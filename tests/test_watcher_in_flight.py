@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from snakemake_executor_plugin_vastai.watcher import InstanceWatcher
+from snakemake_executor_plugin_vastai.run.watcher import InstanceWatcher
 
 
 class GatedListing:

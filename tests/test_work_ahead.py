@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from snakemake_executor_plugin_vastai.work_ahead import may_come, work_ahead
+from snakemake_executor_plugin_vastai.run.work_ahead import may_come, work_ahead
 
 
 @dataclass(eq=False)

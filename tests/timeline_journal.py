@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from snakemake_executor_plugin_vastai.journal import Journal
+from snakemake_executor_plugin_vastai.journal.store import Journal
 
 EVIL_RULE = 'train<img src=x onerror="alert(1)">&'
 EVIL_ERROR = "exit 3: </title><script>alert('x')</script>"

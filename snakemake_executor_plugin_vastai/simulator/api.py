@@ -54,9 +54,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ..vastai.query import QueryError, compare_keys, matches, parse_direction, validate_filters
 from .faults import ApiEffect
 from .market import OfferGone
-from .query import QueryError, compare_keys, matches, parse_direction, validate_filters
 
 log = logging.getLogger(__name__)
 

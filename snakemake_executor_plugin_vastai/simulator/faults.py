@@ -92,7 +92,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .query import glob_match
+from ..vastai.query import glob_match
 
 DEFAULT_FATAL_MSG = (
     "Error response from daemon: toomanyrequests: You have reached your pull rate limit. "

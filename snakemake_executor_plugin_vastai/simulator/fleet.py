@@ -42,6 +42,7 @@ class Fleet:
         sim_tag: str,
         seed: int,
         boot_delay_for: Callable[[int], float],
+        first_id: int | None = None,
     ) -> None:
         self.market = market
         self.plan = plan
@@ -54,6 +55,8 @@ class Fleet:
         # Ids grow with wall-clock time, like the real service's, so a workflow
         # journal that outlives one simulator never meets a reused id in the next.
         self._next_id = 20_000_000 + int(time.time() * 1000) % 900_000_000
+        if first_id is not None:  # a test that must meet an id journaled elsewhere
+            self._next_id = first_id
         self._keys: dict[int, dict[str, Any]] = {}
         self._next_key = 100_000 + seed % 1000
         self._closed = False

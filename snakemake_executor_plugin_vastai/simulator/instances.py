@@ -29,6 +29,12 @@ refuses, the disk stays, ``actual_status``/``intended_status``/``cur_state``/``n
 read ``stopped``, and only storage bills (``storage_cost`` $/GB-month for its disk) until it
 starts again (after ``back_after`` seconds, or when ``PUT /instances/bid_price/{id}/``
 raises the bid above the competing one) and boots as after a reboot, files kept.
+
+Why this module is long: an instance's status, processes, faults and billing clock
+change together under one lock and one boot generation (a fault armed for one boot
+must not fire in the next); split across modules, every fault would reach into the
+instance's private state. Issues 29 and 30 change this simulator next; a split by
+fault family is planned there.
 """
 
 from __future__ import annotations

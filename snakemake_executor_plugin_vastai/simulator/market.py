@@ -20,17 +20,19 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ..vastai.query import (
+    ALIASES,
+    EQUALITIES,
+    QueryError,
+    matches,
+    numeric_driver,
+    offer_field,
+    parse_direction,
+    sort_rows,
+    validate_filters,
+)
 from . import catalog
-from .query import QueryError, matches, parse_direction, sort_rows, validate_filters
 
-# The SDK's client-side aliases (vastai.api.query.offers_alias), honoured when they arrive.
-ALIASES = {
-    "cuda_vers": "cuda_max_good",
-    "display_active": "gpu_display_active",
-    "dlperf_usd": "dlperf_per_dphtotal",
-    "dph": "dph_total",
-    "flops_usd": "flops_per_dphtotal",
-}
 # Keys of a search body that are not filters.
 RESERVED = frozenset({"order", "type", "limit", "allocated_storage", "disable_bundling"})
 SEARCH_TYPES = {"on-demand": False, "ask": False, "reserved": False, "bid": True}
@@ -41,42 +43,6 @@ FOREIGN = "foreign"
 
 class OfferGone(LookupError):
     """The offer does not exist or is not available (answered as ``no_such_ask``)."""
-
-
-def _resolve(row: dict[str, Any], field: str) -> Any:
-    name = ALIASES.get(field, field)
-    if name == "datacenter":
-        return row.get("hosting_type") == 1
-    if name == "driver_version":
-        return _numeric_driver(row.get(name))
-    return row.get(name)
-
-
-def _country(value: Any) -> str:
-    text = str(value or "")
-    return text.rsplit(",", 1)[-1].strip().upper()
-
-
-def _geo_equal(actual: Any, wanted: Any) -> bool:
-    """A location equals its full text or its trailing country code."""
-    if actual is None or wanted is None:
-        return actual is wanted
-    want = str(wanted).strip().upper()
-    return str(actual).strip().upper() == want or _country(actual) == want
-
-
-def _numeric_driver(value: Any) -> Any:
-    """The SDK sends driver versions as numbers (535.86.05 -> 535086005)."""
-    if isinstance(value, str) and value.count(".") == 2:
-        try:
-            major, minor, patch = (int(p) for p in value.split("."))
-        except ValueError:
-            return value
-        return major * 1_000_000 + minor * 1_000 + patch
-    return value
-
-
-EQUALITIES = {"geolocation": _geo_equal}
 
 
 class Market:
@@ -134,10 +100,10 @@ class Market:
         with self._lock:
             candidates = [o for o in self._offers.values() if self._available(o)]
         priced = [catalog.price(o, storage, bid=SEARCH_TYPES[kind]) for o in candidates]
-        hits = [o for o in priced if matches(o, filters, _resolve, EQUALITIES)]
+        hits = [o for o in priced if matches(o, filters, offer_field, EQUALITIES)]
         for field, _ in order:
             self._known(field)
-        ranked = sort_rows(sorted(hits, key=lambda o: o["id"]), order, _resolve)
+        ranked = sort_rows(sorted(hits, key=lambda o: o["id"]), order, offer_field)
         return [dict(o) for o in ranked[: max(limit, 0)]]
 
     def _prepare_filters(self, filters: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -146,7 +112,7 @@ class Market:
         for field, ops in filters.items():
             name = self._known(field)
             if name == "driver_version":
-                ops = {op: _numeric_driver(v) for op, v in ops.items()}
+                ops = {op: numeric_driver(v) for op, v in ops.items()}
             prepared.setdefault(name, {}).update(ops)
         return prepared
 

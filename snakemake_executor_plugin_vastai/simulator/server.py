@@ -56,6 +56,7 @@ class SimConfig:
     boot_delay_range: tuple[float, float] | None = None  # per-instance, seeded (realistic)
     log_delay: float = 0.4  # seconds a log URL answers 404 before the text is there
     credit: float = 100.0  # account credit in $, reduced by billing
+    first_instance_id: int | None = None  # ids from here (seeded steps), not from the clock
 
     @classmethod
     def realistic(cls, time_scale: float = 1.0, **kw: Any) -> SimConfig:
@@ -101,6 +102,7 @@ class Simulator:
             sim_tag=self.sim_id,
             seed=self.config.seed,
             boot_delay_for=self._boot_delay_for,
+            first_id=self.config.first_instance_id,
         )
         self.stats = Stats()
         self.logs = LogStore(self.config.log_delay)

@@ -9,7 +9,7 @@ from vastai.api.query import offers_fields
 
 from snakemake_executor_plugin_vastai.simulator import catalog
 from snakemake_executor_plugin_vastai.simulator.market import Market, OfferGone
-from snakemake_executor_plugin_vastai.simulator.query import QueryError
+from snakemake_executor_plugin_vastai.vastai.query import QueryError
 
 from .helpers import IMAGE, sdk
 

@@ -1,0 +1,2 @@
+"""Every cost figure: the ledger, bid and warm-instance shares.
+"""

@@ -1,0 +1,456 @@
+"""Drives one job through the machine in ``job_machine.py``.
+
+Each job runs in its own thread: look at the state, perform that state's side
+effect, then fire the trigger the transition table allows. The machine's
+``before_state_change`` hook journals every transition (a guarded update plus
+an append-only row) before the new state is entered, and so before the new
+state's side effect runs. A crash therefore always leaves a journal at least as
+far along as reality, and the instance label is journaled before the create
+call so even an instance whose id never reached the journal is found again.
+
+A step sees its job's narrow ports (``ports.py``: offer market, instances,
+journal, job spec, settings), never the whole run. What depends on the transfer
+mode (upload, run, download, what "booted" means) lives in a transport
+(``transports/``); this module keeps the life cycle every mode shares. The steps
+that get the job an instance (search, wait, rent, lease, re-attach) are in
+``renting.py``, the model the machine drives in ``models.py``.
+
+Failures raise :class:`~.outcomes.JobFailure` inside a step; the loop turns
+them into the ``fail`` trigger, which leads through ``destroying``. Transient
+trouble (API throttling, SSH drops) is retried inside the step, with backoff,
+and shows in the journal as ``retry`` transitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from transitions.extensions import LockedMachine
+
+from ..journal.store import JournalError, StaleTransition, UnknownInstance
+from ..run.backoff import Backoff
+from ..vastai import bids
+from ..vastai.api import VastError
+from .job_machine import JobState, machine_kwargs
+from .models import JobModel
+from .outcomes import CRASH_ENV, CRASH_POINTS, JobCancelled, JobFailure, crash_point, log_tail
+from .renting import WAIT_PACE, RentingSteps
+
+if TYPE_CHECKING:
+    from ..transports import Transport
+    from .ports import JobPorts
+
+__all__ = ["CRASH_ENV", "CRASH_POINTS", "JobDriver", "build_machine"]
+
+# status_msg fragments that mean the instance will never boot (fail fast).
+FATAL_BOOT_PATTERNS = re.compile(
+    r"toomanyrequests|pull rate limit|manifest unknown|manifest for .* not found|"
+    r"no space left on device|unauthorized|authentication required|pull access denied|"
+    r"repository does not exist|invalid reference format|OCI runtime create failed|"
+    r"error response from daemon",
+    re.IGNORECASE,
+)
+BOOT_FAILED_STATUSES = frozenset({"exited", "stopped", "frozen"})
+HEARTBEAT_LOST_STATUSES = frozenset({"offline", "unknown"})
+
+
+def build_machine() -> LockedMachine:
+    """One machine for all jobs; each job is a model added at its current state."""
+    return LockedMachine(model=None, send_event=True,
+                         before_state_change="journal_transition", **machine_kwargs())
+
+
+class JobDriver(RentingSteps):
+    """Runs one job's steps in a thread until a terminal state."""
+
+    def __init__(self, model: JobModel, machine: LockedMachine) -> None:
+        self.m = model
+        self.p: JobPorts = model.ports
+        self.machine = machine
+        self.transport: Transport = self.p.transport(self)
+        self.m.storage = self.transport.skips_ssh
+        self.search_backoff = Backoff(start=WAIT_PACE[0], cap=WAIT_PACE[1])
+        self._logged_wait = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._main, name=f"vastai-job-{model.job_id}",
+                                       daemon=True)
+
+    # -- plumbing ---------------------------------------------------------------
+    def log(self, level: str, event: str, **kw: Any) -> None:
+        """Log with the job's identity, state and instance on every event."""
+        getattr(self.p.log, level)(event, job=self.m.job_id, rule=self.m.rule,
+                                   state=self.m.state.value, instance=self.m.instance_id,
+                                   **kw)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def fire(self, trigger: str, detail: Any = None, **fields: Any) -> None:
+        getattr(self.m, trigger)(detail=detail, fields=fields)
+
+    def cancel(self) -> None:
+        """Ask the job to stop; interrupts blocking SSH reads."""
+        self.m.cancel_requested = True
+        self.transport.close()
+
+    def check_cancel(self) -> None:
+        if self.m.cancel_requested:
+            raise JobCancelled()
+
+    def instance_id(self) -> int:
+        if self.m.instance_id is None:
+            raise JobFailure("internal: no instance for this job")
+        return self.m.instance_id
+
+    def record_failure(self, message: str) -> None:
+        """The job failed (its message for the user); the journal keeps it too."""
+        self.m.failure = message
+        with contextlib.suppress(JournalError):  # the message also travels in the transition
+            self.p.journal.update_job(self.m.job_id, last_error=message)
+
+    def _main(self) -> None:
+        """Step until terminal. Whatever ends this thread, an instance it may hold is torn
+        down (:meth:`_last_resort`): a job never stops billing in the dark."""
+        try:
+            while not self.m.state.is_terminal and not self.m.teardown_pending:
+                self._step()
+        except BaseException as exc:  # a journal that cannot be written, a bug
+            self._last_resort(exc)
+        finally:
+            self.transport.close()
+            if self.m.instance_id is not None:
+                self.p.instances.watcher.unwatch(self.m.instance_id)
+            self.p.spec.close_log()
+            with contextlib.suppress(Exception):
+                self.p.on_end(self.m)
+            self.done.set()
+
+    def _last_resort(self, exc: BaseException) -> None:
+        """The step loop broke (e.g. the journal refused a transition): tear the instance
+        down outside the machine, journal writes best effort, and say so."""
+        with contextlib.suppress(Exception):
+            self.log("error", "job thread failed; tearing its instance down",
+                     error=f"{type(exc).__name__}: {exc}")
+        self.m.failure = self.m.failure or (
+            f"rule {self.m.rule}: internal error in state {self.m.state.value}: "
+            f"{type(exc).__name__}: {exc}")
+        self.m.broken = True
+        if self.m.instance_id is None and self.m.label is None:
+            return
+        if self.p.settings.keep_instances:
+            return
+        teardown = self.p.instances.teardown
+        deadline = time.monotonic() + self.p.instances.teardown_wait
+        if self.m.instance_id is not None:
+            done = teardown.destroy(self.m.instance_id, label=self.m.label, deadline=deadline)
+        else:
+            teardown.destroy_label(self.m.label or "", deadline=deadline)
+            done = self.m.label not in teardown.pending_labels
+        self.m.teardown_pending = not done
+
+    def _step(self) -> None:
+        state = self.m.state
+        if self.m.cancel_requested and state is not JobState.DESTROYING:
+            self.fire("cancel", detail="cancelled")
+            return
+        try:
+            STEPS[state](self)
+        except JobCancelled:
+            if state is not JobState.DESTROYING:
+                self.fire("cancel", detail="cancelled by Snakemake")
+        except bids.Preempted as exc:
+            self._preempted(state, str(exc))
+        except JobFailure as exc:
+            self._fail(state, str(exc))
+        except JournalError:
+            raise  # the machine cannot move on; _main tears down without it
+        except VastError as exc:  # e.g. the API stayed unavailable: its message says what to do
+            self._fail(state, f"rule {self.m.rule}: {exc}")
+        except Exception as exc:  # a bug or an unforeseen answer: still clean up
+            self.log("exception", "unexpected error")
+            self._fail(state, f"internal error in state {state.value}: {exc!r}")
+
+    def _fail(self, state: JobState, message: str) -> None:
+        if state is JobState.DESTROYING:
+            deadline = self.m.destroy_deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self.m.teardown_pending = True  # the run reports it; the journal keeps it
+                return
+            time.sleep(1.0)  # the step is retried until its deadline
+            return
+        self.record_failure(message)
+        self.fire("fail", detail=message)
+
+    def instance_event(self, trigger: str, **columns: Any) -> None:
+        """Move this job's instance along instance_machine.py. An instance whose row predates
+        warm instances (no state) or that an earlier run's job holds (a resume) is left as
+        it is: only the job's own rows matter for it."""
+        if self.m.label is None:
+            return
+        with contextlib.suppress(StaleTransition, UnknownInstance):
+            self.p.journal.instance_transition(self.m.label, trigger=trigger,
+                                               job_id=self.m.job_id, **columns)
+
+    # -- booting -------------------------------------------------------------------
+    def step_booting(self) -> None:
+        iid = self.instance_id()
+        self.transport.prepare_boot(iid)
+        watcher = self.p.instances.watcher
+        watcher.watch(iid)
+        deadline = time.monotonic() + self.p.settings.boot_timeout
+        offline_since: float | None = None
+        generation = 0
+        while True:
+            self.check_cancel()
+            if time.monotonic() > deadline:
+                raise JobFailure(f"instance {iid} did not boot within "
+                                 f"{self.p.settings.boot_timeout}s (--vastai-boot-timeout)")
+            generation = watcher.wait_next(generation, timeout=5.0)
+            self._check_listing_health(iid)
+            seen = watcher.sighting(iid)
+            if seen is None:
+                continue
+            row = seen.row
+            if row is None:
+                raise JobFailure(f"instance {iid} vanished while booting")
+            status = str(row.get("actual_status") or "")
+            message = str(row.get("status_msg") or "")
+            self.p.journal.update_instance_status(iid, status)
+            if row.get("start_date"):
+                self.p.journal.record_instance_started(iid, float(row["start_date"]))
+            self.check_outbid(row)
+            if FATAL_BOOT_PATTERNS.search(message) and status != "running":
+                raise JobFailure(f"instance {iid} failed to boot: {message}")
+            ready = self.transport.ready(status, row) if status != "exited" or \
+                self.transport.skips_ssh else None
+            if ready is not None:
+                detail, fields = ready
+                self.instance_event("booted", leased_by=self.m.job_id, served=1)
+                if self.m.rented_at is not None and self.p.pool is not None:
+                    self.p.pool.boots.append(time.monotonic() - self.m.rented_at)
+                    self.m.rented_at = None
+                self.fire("booted", detail=detail, work_dir=self.m.work_dir,
+                          leased_at=time.time(), **fields)
+                self._warm_up()
+                self.transport.after_boot(iid)
+                return
+            if status in BOOT_FAILED_STATUSES:
+                raise JobFailure(f"instance {iid} went {status} while booting: {message}")
+            offline_since = self.heartbeat(iid, status, offline_since)
+
+    def _warm_up(self) -> None:
+        """SSH mode with warm instances: the instance this job rented may serve later jobs."""
+        pool = self.p.pool
+        if pool is None or not pool.enabled or self.m.storage or self.m.offer is None \
+                or self.m.endpoint is None:
+            return
+        from ..run.pool import WarmInstance
+
+        request = self.p.market.request_for(self.p.spec)
+        self.m.warm = WarmInstance(label=self.m.label or "", instance_id=self.instance_id(),
+                                   offer=dict(self.m.offer), image=self.p.spec.image,
+                                   disk_gb=float(request.storage_gb), endpoint=self.m.endpoint)
+
+    def _check_listing_health(self, iid: int) -> None:
+        """The batched listing has failed for longer than the API's retry budget: the
+        API-outage path (fail, tear down, Snakemake's --retries decide)."""
+        since = self.p.instances.watcher.failing_since
+        budget = self.p.instances.retry_budget
+        if since is not None and time.monotonic() - since > budget:
+            raise JobFailure(f"instance {iid}: the Vast.ai instance listing has failed for "
+                             f"more than {budget:.0f}s (see the log for why); the instance "
+                             "is torn down; check https://status.vast.ai and rerun")
+
+    def heartbeat(self, iid: int, status: str, since: float | None) -> float | None:
+        """Tolerate a lost host heartbeat for a bounded grace period."""
+        if status not in HEARTBEAT_LOST_STATUSES:
+            return None
+        now = time.monotonic()
+        since = since or now
+        if now - since > self.p.settings.offline_grace:
+            raise JobFailure(f"instance {iid} has been {status} for more than "
+                             f"{self.p.settings.offline_grace:g}s (host heartbeat lost; "
+                             "--vastai-offline-grace)")
+        return since
+
+    # -- uploading, running, downloading: the transport's -------------------------------
+    def step_uploading(self) -> None:
+        self.transport.upload()
+        self.m.inputs_on_disk = True
+
+    def step_running(self) -> None:
+        self.m.inputs_on_disk = True
+        if self.m.running_since is None:  # retries re-enter the state; the clock runs on
+            self.m.running_since = time.monotonic()
+        self.transport.run()
+
+    def step_downloading(self) -> None:
+        self.transport.download()
+
+    def finish_download(self, ok: bool, paths: int) -> None:
+        """The transport brought home what there is: judge the job and move on."""
+        if not ok:
+            spec = self.p.spec
+            self.record_failure(f"rule {self.m.rule}: the job exited with code "
+                                f"{self.m.exit_code} on instance {self.m.instance_id}"
+                                f"{spec.failure_note()}; remote "
+                                f"log: {spec.log_path}{log_tail(spec.log_path)}")
+        self.m.outputs_home = ok  # before the journal hears of it: it may refuse
+        crash_point("after_download")
+        if ok and self._may_give_back():
+            self.m.give_back = True
+            if self.m.running_since is not None:
+                self.p.pool.job_times.append(time.monotonic() - self.m.running_since)
+            self.fire("gave_back", detail={"paths": paths, "instance": self.m.instance_id},
+                      released_at=time.time())
+            crash_point("after_give_back")
+            if not self.p.pool.give_back(self.m.warm, self.m.job_id):
+                self.p.instances.destroy_in_background(self.instance_id(), label=self.m.label)
+            return
+        self.fire("downloaded", detail={"paths": paths, "exit_code": self.m.exit_code})
+
+    def _may_give_back(self) -> bool:
+        """Only a healthy instance whose job succeeded serves another (never after a
+        failure, a cancel, a runtime cap, or for an earlier run's resumed job). A bid
+        instance is not pooled: it may be outbid while idle, and its price is a bid."""
+        pool = self.p.pool
+        return (pool is not None and pool.enabled and self.m.warm is not None
+                and self.m.bid_price is None and not self.m.interruptible
+                and not self.p.settings.keep_instances and not self.m.cancel_requested
+                and not self.m.over_runtime and self.m.failure is None)
+
+    def over_runtime_message(self) -> str:
+        spec = self.p.spec
+        return (f"rule {self.m.rule}: the job ran longer than {spec.runtime_cap_text()} on "
+                f"instance {self.m.instance_id}, which "
+                f"is destroyed; log: {spec.log_path}{log_tail(spec.log_path)}")
+
+    # -- destroying ------------------------------------------------------------------
+    def step_destroying(self) -> None:
+        """The one teardown (teardown.py); a destroy not confirmed stays pending."""
+        self.transport.close()
+        iid = self.m.instance_id
+        if self.p.settings.keep_instances and iid is not None:
+            self.log("warning", "keeping instance (it keeps billing!)")
+            self.fire("destroyed", detail={"kept": iid})
+            return
+        teardown = self.p.instances.teardown
+        if self.m.destroy_deadline is None:  # kept across retries of this step
+            self.m.destroy_deadline = time.monotonic() + self.p.instances.teardown_wait
+        deadline = self.m.destroy_deadline
+        if iid is not None:
+            self.p.instances.watcher.unwatch(iid)
+            done = teardown.destroy(iid, label=self.m.label, on_retry=self._destroy_retry,
+                                    deadline=deadline)
+            detail: Any = {"instance": iid}
+        elif self.m.label is not None:  # a create that may have rented without an answer
+            gone = teardown.destroy_label(self.m.label, on_retry=self._destroy_retry,
+                                          deadline=deadline)
+            done = self.m.label not in teardown.pending_labels and not (
+                set(gone) & set(teardown.pending))
+            detail = {"label": self.m.label, "instances": gone} if gone else \
+                "nothing was rented"
+        else:
+            done, detail = True, "nothing was rented"
+        if not done:
+            self.m.teardown_pending = True
+            return
+        self.fire("destroyed", detail=detail)
+
+    def _destroy_retry(self, reason: str) -> None:
+        with contextlib.suppress(Exception):  # bookkeeping only: the teardown goes on
+            self.fire("destroy_retry", detail=reason)
+
+
+    # -- preemption (bid instances, see bids.py) -------------------------------------------
+    def check_outbid(self, row: dict | None) -> None:
+        """Raise Preempted when the listing shows this job's bid instance stopped (the row's
+        own ``is_bid`` decides: a crash may have kept the bid out of the journal)."""
+        if row is not None and bids.is_outbid(row):
+            raise bids.Preempted(f"instance {self.m.instance_id} was outbid: "
+                                 f"{row.get('status_msg') or row.get('actual_status')}")
+
+    def _preempted(self, state: JobState, reason: str) -> None:
+        """Journal the preemption; what the job had done decides where it resumes."""
+        self.transport.close()
+        self.m.preemptions += 1
+        self.m.preempted_at = time.monotonic()
+        self.m.after_preemption = True
+        if self.m.exit_code is None:  # its process died with the container: run it again
+            self.m.remote_started = False
+            self.m.log_offset = 0
+        with contextlib.suppress(JournalError):
+            self.p.journal.record_instance_stop(self.instance_id(), stopped=True)
+        self.log("warning", "bid instance outbid (stopped by Vast.ai)", reason=reason,
+                 preemptions=self.m.preemptions)
+        self.fire("preempted", detail={"reason": reason, "preemptions": self.m.preemptions,
+                                       "from": state.value, "bid_price": self.m.bid_price})
+
+    def step_preempted(self) -> None:
+        """Wait up to the grace for the outbid instance to run again; past it, tear it
+        down (the one teardown) and rent again."""
+        iid = self.instance_id()
+        watcher = self.p.instances.watcher
+        watcher.watch(iid)
+        grace = self.p.settings.bids.grace
+        since = self.m.preempted_at or time.monotonic()
+        generation = watcher.generation
+        while time.monotonic() - since <= grace:
+            self.check_cancel()
+            generation = watcher.wait_next(generation, timeout=min(5.0, grace + 0.1))
+            seen = watcher.sighting(iid)
+            if seen is None:
+                continue
+            if seen.row is None:
+                break  # gone for good: rent again
+            status = str(seen.row.get("actual_status") or "")
+            self.p.journal.update_instance_status(iid, status)
+            if not bids.is_outbid(seen.row) and status in ("running", "loading", "created",
+                                                          "rebooting", ""):
+                self.p.journal.record_instance_stop(iid, stopped=False)
+                self.fire("resumed", detail={"instance": iid, "status": status,
+                                             "stopped_for": round(time.monotonic() - since, 1)})
+                return
+        self._abandon(iid, since)
+
+    def _abandon(self, iid: int, since: float) -> None:
+        """The instance stayed stopped past the grace: destroy it, search again."""
+        teardown = self.p.instances.teardown
+        watcher = self.p.instances.watcher
+        watcher.unwatch(iid)
+        deadline = time.monotonic() + self.p.instances.teardown_wait
+        if not teardown.destroy(iid, label=self.m.label, deadline=deadline):
+            raise JobFailure(f"instance {iid} stayed outbid past --vastai-preemption-grace "
+                             "and its destroy was not confirmed")
+        with contextlib.suppress(JournalError):
+            self.p.journal.record_instance_stop(iid, stopped=False)
+        if self.m.offer is not None:
+            self.p.market.release(int(self.m.offer["id"]))
+        self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
+        self.m.bid_price = None
+        self.m.after_preemption = self.m.inputs_on_disk = self.m.remote_started = False
+        self.m.exit_code, self.m.log_offset = None, 0
+        fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
+        self.fire("rent_again", detail={"destroyed": iid, "waited": round(
+            time.monotonic() - since, 1), "next": "on-demand" if fallback or
+            not self.m.interruptible else "bid"})
+
+
+STEPS: dict[JobState, Callable[[JobDriver], None]] = {
+    JobState.SEARCHING: JobDriver.step_searching,
+    JobState.WAITING: JobDriver.step_waiting,
+    JobState.RENTING: JobDriver.step_renting,
+    JobState.BOOTING: JobDriver.step_booting,
+    JobState.UPLOADING: JobDriver.step_uploading,
+    JobState.RUNNING: JobDriver.step_running,
+    JobState.DOWNLOADING: JobDriver.step_downloading,
+    JobState.DESTROYING: JobDriver.step_destroying,
+    JobState.PREEMPTED: JobDriver.step_preempted,
+}
+
+

@@ -1,0 +1,110 @@
+"""The job model the shared machine drives: one object per job, its state and its facts.
+
+``job_machine.py`` names the states and transitions; this model carries what the
+conditions in that table read, and the hook that journals every transition before its
+state begins (``before_state_change``). The driver (``driver.py``) does the steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..workflow.payload import REMOTE_DIR
+from .job_machine import JobState
+
+if TYPE_CHECKING:
+    from .ports import JobPorts
+
+
+@dataclass(eq=False)
+class JobModel:
+    """The per-job model the shared machine drives (``state`` is set by it)."""
+
+    job_id: str
+    ports: JobPorts = field(repr=False)
+    snakemake_job: Any = field(repr=False)
+    rule: str
+    attempt: int
+    fingerprint: str
+    log_path: str
+    state: JobState = JobState.SEARCHING
+    candidates: list[dict] = field(default_factory=list)
+    waiting_since: float | None = None  # monotonic time the job first found no offer free
+    wait_reason: str = ""  # why it waits: what matched and who holds it (for the failure)
+    rented_at: float | None = None  # monotonic time of the create (the boot's start)
+    label: str | None = None
+    instance_id: int | None = None
+    offer: dict | None = None
+    endpoint: Any = None  # transports.ssh.channels.Endpoint (SSH mode)
+    exit_code: int | None = None
+    remote_started: bool = False
+    failure: str | None = None
+    cancel_requested: bool = False
+    log_offset: int = 0
+    claim: Any = None  # recovery.Claim: an earlier run's live instance to re-attach to
+    key: Any = None  # the SSH key for this job's instance (an earlier run's, on resume)
+    storage: bool = False  # storage mode: data moves through a bucket, no SSH at all
+    offline_since: float | None = None  # monotonic time the host's heartbeat was lost
+    running_since: float | None = None  # monotonic time the job first entered running
+    over_runtime: bool = False  # --vastai-max-runtime passed (SSH mode: set by a timer)
+    teardown_pending: bool = False  # the run stopped waiting before the destroy was confirmed
+    broken: bool = False  # the step loop broke (journal refused); torn down outside the machine
+    outputs_home: bool = False  # exit 0 and every output downloaded (or in the bucket)
+    destroy_deadline: float | None = None  # monotonic time the teardown gives up
+    # interruptible (bid) instances, see bids.py
+    interruptible: bool = False  # the job's rule asks for bid instances
+    bidding: bool = False  # the current search/instance is a bid one
+    bid_price: float | None = None  # $/h bid of the current instance
+    preemptions: int = 0  # times this job's instances were outbid
+    preempted_at: float | None = None  # monotonic time of the current preemption
+    after_preemption: bool = False  # booting again on an instance that was outbid
+    inputs_on_disk: bool = False  # the instance holds the uploaded inputs
+    work_dir: str = REMOTE_DIR  # the job's own directory on its instance (relative to $HOME)
+    warm: Any = None  # pool.WarmInstance: the instance may serve the next job (warm instances)
+    give_back: bool = False  # the job succeeded and its instance goes back to the pool
+
+    # -- conditions named in machine.TRANSITIONS ----------------------------------
+    def remote_job_finished(self, event: Any = None) -> bool:
+        return self.exit_code is not None
+
+    def remote_job_started(self, event: Any = None) -> bool:
+        return self.remote_started
+
+    def was_cancelled(self, event: Any = None) -> bool:
+        return self.cancel_requested and self.failure is None
+
+    def has_failed(self, event: Any = None) -> bool:
+        return self.failure is not None
+
+    def in_storage_mode(self, event: Any = None) -> bool:
+        return self.storage
+
+    def was_preempted(self, event: Any = None) -> bool:
+        return self.after_preemption
+
+    def inputs_uploaded(self, event: Any = None) -> bool:
+        return self.inputs_on_disk
+
+    def gives_instance_back(self, event: Any = None) -> bool:
+        return self.give_back and self.failure is None and not self.cancel_requested
+
+    @property
+    def work_succeeded(self) -> bool:
+        """The job's own work is done and home, whatever became of its instance or the
+        journal afterwards: reporting it failed would make Snakemake delete the outputs."""
+        return self.state is JobState.SUCCEEDED or (self.outputs_home and self.exit_code == 0)
+
+    # -- the journal hook -------------------------------------------------------
+    def journal_transition(self, event: Any) -> None:
+        """Write-ahead: commit the transition before the state (and its effect) begins."""
+        source = JobState[event.transition.source].value
+        dest = JobState[event.transition.dest].value
+        self.ports.journal.transition(
+            self.job_id, source=source, dest=dest, trigger=event.event.name,
+            detail=event.kwargs.get("detail"), **event.kwargs.get("fields", {}),
+        )
+        self.ports.log.info("transition", job=self.job_id, rule=self.rule, state=dest,
+                            source=source, trigger=event.event.name,
+                            detail=event.kwargs.get("detail"), instance=self.instance_id,
+                            verbose=True)

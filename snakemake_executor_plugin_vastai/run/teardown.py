@@ -1,0 +1,238 @@
+"""The one teardown: journal the intent, request the destroy, confirm it gone, journal that.
+
+Every path that ends an instance uses it: a job's ``destroying`` step, the
+reconcile at start, the end-of-run sweep, Ctrl-C/SIGTERM/atexit (through the
+jobs' own destroying step) and ``journal cleanup``. So they share one set of
+guarantees:
+
+- the intent (``destroy_requested_at``) is journaled before the request, so a
+  crash in between leaves unfinished work the next run finishes;
+- a destroy whose answer was lost is simply asked again: Vast.ai answers an
+  instance that is already gone with 404, which counts as gone;
+- "gone" is only believed once the API says so (the instance's own row is
+  absent), never because a request was accepted;
+- journal writes are best effort: a locked or full journal must not stop an
+  instance from being destroyed (the failure is logged and counted);
+- destroy requests that meet while one is in flight go out together in one
+  bulk request (``vastai destroy instances``), so cancelling 200 jobs under a
+  per-endpoint rate limit costs a handful of requests, not 200; a lone destroy
+  goes out at once, alone;
+- it never gives up silently: when the caller stops waiting (``give_up``) the
+  instance stays journaled as pending and is listed in :attr:`Teardown.pending`,
+  which the run turns into a non-zero exit naming the ids and the command that
+  finishes the job (:data:`CLEANUP_COMMAND`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..journal.store import Journal, JournalError
+from ..lifecycle.outcomes import crash_point
+from ..vastai.api import VastAPI, VastError, VastUnavailable
+from .backoff import Backoff
+
+CLEANUP_COMMAND = "python -m snakemake_executor_plugin_vastai journal cleanup"
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+REQUEST_BUDGET = 30.0  # seconds of API retries per destroy request before looking up
+
+
+class Teardown:
+    """Destroys instances for one process, with the guarantees in the module docstring."""
+
+    def __init__(self, api: VastAPI, journal: Journal | None, log: Any, *,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self.api = api
+        self.journal = journal
+        self.log = log
+        self.give_up = threading.Event()  # set when the caller stops waiting
+        self.pending: dict[int, str] = {}  # instance id -> label, not confirmed gone
+        self.pending_labels: set[str] = set()  # creates in doubt whose lookup kept failing
+        self.journal_failures = 0
+        self._lock = threading.Lock()
+        self._sleep = sleep or self.give_up.wait
+        self._requests = DestroyRequests(api)
+
+    # -- the teardown ---------------------------------------------------------------------
+    def destroy(self, instance_id: int, *, label: str | None = None,
+                on_retry: Callable[[str], None] | None = None,
+                deadline: float | None = None) -> bool:
+        """Destroy and confirm; True once the API no longer knows the instance.
+
+        Retries with backoff until confirmed, ``deadline`` (monotonic) passes or
+        :attr:`give_up` is set; then the instance is recorded as pending.
+        """
+        with self._lock:
+            self.pending[instance_id] = label or ""
+        self._journal("destroy intent", lambda j: j.record_destroy_requested(
+            instance_id=instance_id))
+        backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX)
+        while True:
+            budget = self._budget(deadline)
+            try:
+                self._requests.request(instance_id, budget)
+                self._journal("destroy accepted",
+                              lambda j: j.record_destroy_accepted(instance_id))
+                crash_point("after_destroy_request")
+                gone = self.api.show_instance(instance_id, budget=budget) is None
+                reason = "still listed after the destroy request"
+            except Exception as exc:  # VastError, or an answer nobody could parse
+                gone, reason = False, f"{type(exc).__name__}: {exc}"
+            if gone:
+                self._journal("destroyed", lambda j: j.record_instance_destroyed(
+                    instance_id=instance_id))
+                with self._lock:
+                    self.pending.pop(instance_id, None)
+                return True
+            if self.give_up.is_set() or (deadline is not None and time.monotonic() > deadline):
+                self.log.error("instance not confirmed destroyed; it may still bill",
+                               instance=instance_id, label=label, error=reason,
+                               command=CLEANUP_COMMAND)
+                return False
+            if on_retry is not None:
+                on_retry(reason)
+            self._sleep(backoff.delay())
+
+    def destroy_label(self, label: str, *, on_retry: Callable[[str], None] | None = None,
+                      deadline: float | None = None) -> list[int]:
+        """Destroy every instance carrying ``label`` (a create that may have rented although
+        its id never came back); the ids destroyed. A failing lookup is retried: "not
+        listed" is only believed from an answer."""
+        backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX)
+        while True:
+            try:
+                rows = self.api.find_all_by_label(label)
+                break
+            except Exception as exc:  # VastError, or an answer nobody could parse
+                if self.give_up.is_set() or (deadline is not None
+                                             and time.monotonic() > deadline):
+                    self.log.error("cannot look the instance up by its label; it may bill",
+                                   label=label, error=str(exc), command=CLEANUP_COMMAND)
+                    with self._lock:
+                        self.pending_labels.add(label)
+                    return []
+                if on_retry is not None:
+                    on_retry(str(exc))
+                self._sleep(backoff.delay())
+        destroyed = []
+        for row in rows:
+            iid = int(row["id"])
+            self._journal("adopt", lambda j, iid=iid, row=row: self._own(j, label, iid, row))
+            if self.destroy(iid, label=label, on_retry=on_retry, deadline=deadline):
+                destroyed.append(iid)
+        if not rows:
+            self._journal("never created", lambda j: j.record_instance_destroyed(label=label))
+        return destroyed
+
+    def destroy_stray(self, listed: dict, reason: str, deadline: float | None = None) -> bool:
+        """A listed instance of this workflow that no journal row owns: journal it, destroy."""
+        iid = int(listed["id"])
+        self.log.warning("destroying an instance of this workflow that no job owns",
+                         instance=iid, label=listed.get("label"), reason=reason)
+        self._journal("stray", lambda j: j.record_stray(
+            iid, label=listed.get("label"), reason=reason, dph_total=listed.get("dph_total")))
+        return self.destroy(iid, label=listed.get("label"), deadline=deadline)
+
+    # -- helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _budget(deadline: float | None) -> float:
+        """One request's retry budget: short, so the deadline and give_up are seen."""
+        if deadline is None:
+            return REQUEST_BUDGET
+        return max(min(REQUEST_BUDGET, deadline - time.monotonic()), 1.0)
+
+    @staticmethod
+    def _own(journal: Journal, label: str, iid: int, row: dict) -> None:
+        """The first instance found for a label becomes its row's; any other is a stray."""
+        try:
+            journal.record_instance_created(label, iid)
+        except JournalError:
+            journal.record_stray(iid, label=label, reason=f"a second instance with label {label}",
+                                 dph_total=row.get("dph_total"))
+
+    def _journal(self, what: str, write: Callable[[Journal], Any]) -> None:
+        """Best effort: a journal that cannot be written must not keep an instance alive."""
+        if self.journal is None:
+            return
+        try:
+            write(self.journal)
+        except Exception as exc:  # JournalError, sqlite errors, a full disk
+            self.journal_failures += 1
+            self.log.warning("journal write failed during teardown; destroying anyway",
+                             step=what, error=f"{type(exc).__name__}: {exc}")
+
+    def pending_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self.pending)
+
+    def pending_message(self) -> str | None:
+        """The user-facing sentence for a run that ends with instances not confirmed gone."""
+        with self._lock:
+            ids = sorted(self.pending)
+            labels = sorted(self.pending_labels)
+        if not ids and not labels:
+            return None
+        what = ", ".join(str(i) for i in ids) or "none known by id"
+        extra = f" (and creates in doubt for labels {', '.join(labels)})" if labels else ""
+        return (f"Vast.ai did not confirm instance(s) {what}{extra} destroyed; they may still "
+                f"bill. The journal keeps them as pending: run '{CLEANUP_COMMAND}' in this "
+                "directory (or snakemake again) to finish, and check "
+                "https://console.vast.ai/instances/")
+
+
+class DestroyRequests:
+    """Destroy requests, batched only when they meet: while one request is in flight,
+    the ones that arrive wait and then go out together in one bulk request."""
+
+    def __init__(self, api: VastAPI) -> None:
+        self._api = api
+        self._cond = threading.Condition()
+        self._waiting: set[int] = set()
+        self._results: dict[int, BaseException | None] = {}
+        self._in_flight = False
+        self._bulk = True  # off for good once the bulk endpoint refuses outright
+
+    def request(self, instance_id: int, budget: float) -> None:
+        """Return once the API accepted a destroy covering ``instance_id``; raise its error."""
+        with self._cond:
+            self._waiting.add(instance_id)
+            while instance_id not in self._results and self._in_flight:
+                self._cond.wait()
+            ids = None
+            if instance_id not in self._results:  # nothing in flight: this call sends
+                ids, self._waiting = sorted(self._waiting), set()
+                self._in_flight = True
+        if ids is not None:
+            outcome = self._send(ids, budget)
+            with self._cond:
+                self._results.update(dict.fromkeys(ids, outcome))
+                self._in_flight = False
+                self._cond.notify_all()
+        with self._cond:
+            outcome = self._results.pop(instance_id, None)
+        if outcome is not None:
+            raise outcome
+
+    def _send(self, ids: list[int], budget: float) -> BaseException | None:
+        try:
+            if len(ids) == 1 or not self._bulk:
+                errors = []
+                for iid in ids:
+                    try:
+                        self._api.destroy_instance(iid, budget=budget)
+                    except Exception as exc:  # one id's error is everyone's retry
+                        errors.append(exc)
+                return errors[0] if errors else None
+            self._api.destroy_instances(ids, budget=budget)
+        except VastUnavailable as exc:
+            return exc
+        except VastError as exc:  # the bulk endpoint refused outright: singles from now
+            self._bulk = False
+            return exc
+        except Exception as exc:
+            return exc
+        return None

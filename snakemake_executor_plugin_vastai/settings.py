@@ -1,0 +1,174 @@
+"""Run settings and where the Vast.ai API key and URL come from: one place for both
+(the run's :func:`resolve_api_key` / :func:`resolve_api_url`, the ``journal`` commands'
+:func:`cli_api_key` / :func:`cli_api_url`).
+
+:class:`RunSettings` holds the executor options once they are validated and resolved
+(``run/startup.py`` builds it); the resolvers below are the only code that decides which
+API key and URL a run, ``plan`` or the ``journal`` commands use. This module is
+imported on every ``snakemake`` start (through the package), so it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from snakemake_interface_common.exceptions import WorkflowError
+
+if TYPE_CHECKING:
+    from .vastai.bids import BidSettings
+    from .vastai.offers import OfferSettings
+
+__version__ = "0.2.0"
+DEFAULT_IMAGE = "vastai/pytorch:@vastai-automatic-tag"
+DEFAULT_URL = "https://console.vast.ai"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Resolved executor settings (the API key is held by VastAPI, not here)."""
+
+    api_url: str
+    image: str
+    disk: float
+    boot_timeout: float
+    keep_instances: bool
+    forward_credentials: bool
+    status_interval: float
+    offline_grace: float
+    offer_settings: OfferSettings
+    ssh_timeout: float = 20.0
+    max_download_bytes: int | None = None
+    on_restart: str = "resume"
+    max_spend: float | None = None
+    max_runtime: float = 0.0  # seconds a storage-mode job may run; 0 = no cap
+    progress_interval: float = 5.0  # seconds between transfer progress lines (progress.py)
+    bids: BidSettings = field(default_factory=lambda: _no_bids())  # interruptible instances
+    reuse: bool = True  # warm instances (pool.py): a succeeded job's instance serves the next
+    idle_timeout: float = 60.0  # seconds an idle warm instance waits (pool.DEFAULT_IDLE_TIMEOUT)
+    offer_wait: float = 1800.0  # seconds a job waits for an offer (lifecycle/renting.py)
+
+
+def _no_bids() -> BidSettings:
+    """No rule bids (imported here, not at the top: the package must stay light)."""
+    from .vastai.bids import BidSettings
+
+    return BidSettings()
+
+
+API_KEY_ENV = ("SNAKEMAKE_VASTAI_API_KEY", "VAST_API_KEY")
+
+
+def resolve_api_key(settings: Any) -> str:
+    """The key from --vastai-api-key, SNAKEMAKE_VASTAI_API_KEY, VAST_API_KEY, or the file
+    ``vastai set api-key`` saved (where the official CLI and SDK look for it).
+
+    The key is registered as a secret before anything else looks at it, and a key
+    that could never travel in an HTTP header is refused here: ``requests`` would
+    otherwise quote it whole in an exception message.
+    """
+    from .run.logs import SECRETS  # here: structlog is not for every snakemake start
+
+    key, source = getattr(settings, "api_key", None), "--vastai-api-key"
+    for name in API_KEY_ENV:
+        if not key:
+            key, source = os.environ.get(name), name
+    if not key:
+        key, source = key_from_file(), "the key file 'vastai set api-key' saved"
+    SECRETS.add([key])
+    if not key or not key.strip():
+        raise WorkflowError(
+            "No Vast.ai API key: set VAST_API_KEY (or SNAKEMAKE_VASTAI_API_KEY, or "
+            "--vastai-api-key), or save one with 'vastai set api-key'. Keys are at "
+            "https://console.vast.ai/manage-keys/")
+    key = key.strip()
+    if not key.isprintable() or any(c.isspace() for c in key) or not key.isascii():
+        raise WorkflowError(
+            f"the Vast.ai API key from {source} contains whitespace, control or non-ASCII "
+            "characters (a stray newline or quote?); copy it again from "
+            "https://console.vast.ai/manage-keys/ (the key itself is not shown here)")
+    return key
+
+
+def api_key_files() -> list[Path]:
+    """The key files of the official vastai CLI/SDK, in their order of preference."""
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return [Path(config) / "vastai" / "vast_api_key", Path(os.path.expanduser("~/.vast_api_key"))]
+
+
+def key_from_file() -> str | None:
+    """The first existing key file's content; an unreadable one is an error naming it."""
+    for path in api_key_files():
+        if not os.path.lexists(path):
+            continue
+        try:
+            return path.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise WorkflowError(f"cannot read the Vast.ai API key file {path}: {reason} "
+                                "(fix or remove it, or set VAST_API_KEY)") from None
+    return None
+
+
+def resolve_api_url(settings: Any) -> str:
+    url = getattr(settings, "api_url", None) or os.environ.get("VAST_URL") or DEFAULT_URL
+    return url.rstrip("/")
+
+
+class SettingsError(ValueError):
+    """A key or URL the ``journal`` commands cannot use; the message says where it came from
+    and what to do (never the key itself)."""
+
+
+def cli_api_key(key_file: Path | None) -> tuple[str, str]:
+    """The ``journal`` commands' key: --api-key-file, else the environment as the plugin
+    reads it (never a plain option: argv is visible to every user). (key, where from)."""
+    if key_file is not None:
+        try:
+            lines = key_file.read_text().split()
+        except OSError as exc:
+            raise SettingsError(f"cannot read --api-key-file {key_file}: {exc.strerror}"
+                                ) from None
+        if not lines:
+            raise SettingsError(f"--api-key-file {key_file} is empty; it must hold the API key")
+        return lines[0], f"--api-key-file {key_file}"
+    for name in API_KEY_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value, f"${name}"
+    raise SettingsError(
+        f"no Vast.ai API key: set {' or '.join(API_KEY_ENV)}, or pass --api-key-file PATH "
+        "(a file holding the key). Keys are at https://console.vast.ai/manage-keys/"
+    )
+
+
+def cli_api_url(option: str | None, recorded: str | None, recorded_by: str) -> tuple[str, str]:
+    """The ``journal`` commands' URL: --api-url, $VAST_URL, the URL the latest run recorded
+    (only if it is the real service or this machine: the key goes wherever the URL points,
+    and a journal file is not enough say-so), else the real service. (URL, where from)."""
+    if option:
+        return option.rstrip("/"), "--api-url"
+    if os.environ.get("VAST_URL"):
+        return os.environ["VAST_URL"].rstrip("/"), "$VAST_URL"
+    if recorded:
+        recorded = recorded.rstrip("/")
+        if not trusted_recorded_url(recorded):
+            raise SettingsError(
+                f"the journal's latest run used the API at {recorded}; the key is sent "
+                "only to the real service or this machine unless you name the URL: pass "
+                f"--api-url {recorded} (or set VAST_URL) if you trust it"
+            )
+        return recorded, recorded_by
+    return DEFAULT_URL, "default"
+
+
+def trusted_recorded_url(url: str) -> bool:
+    """The real service, or a server on this machine (the bundled simulator)."""
+    from urllib.parse import urlsplit
+
+    if url == DEFAULT_URL.rstrip("/"):
+        return True
+    host = urlsplit(url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")

@@ -1,0 +1,2 @@
+"""SSH mode: paramiko session, tar upload, safe extraction, detached launch.
+"""

@@ -1,0 +1,404 @@
+"""SSH mode: sources and inputs go up over SSH, the job is followed, outputs come home.
+
+Each job works in its own directory on the instance (``JobModel.work_dir``):
+with warm instances (``pool.py``) one instance serves several jobs, and a
+finished job's outputs stay untouched in their directory. On a reused
+instance, the run's source archive and inputs already there with the same
+content (a chain's previous output: sha256 checked on the instance) are
+hard-linked into the new job's directory instead of being uploaded again; the
+earlier jobs' directories, whose outputs are home, are then removed.
+
+Everything here talks to the instance through ``session.py`` and its parts (paramiko). SSH
+trouble is retried in place (reconnect with backoff within a budget) and shows
+in the journal as ``retry`` transitions; after a drop the follower resumes at
+exactly the bytes already written to the local log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ...costs.ledger import ByteMeter
+from ...lifecycle.outcomes import JobFailure, crash_point, disk_hint
+from ...run.backoff import Backoff
+from ...run.pool import file_digest
+from ...run.recovery import resumable_state
+from ...vastai.bids import Preempted
+from ...workflow import payload
+from ..progress import TransferProgress, planned_bytes
+from .channels import Endpoint
+from .errors import HostKeyMismatch, RemoteError, SSHUnavailable, UnsafeArchive
+from .paths import AllowedPaths
+from .session import RemoteSession
+
+if TYPE_CHECKING:
+    from ...lifecycle.driver import JobDriver
+
+SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
+REMOTE_DIR = payload.REMOTE_DIR
+
+# What a dying link can raise from deep inside paramiko when the adapter did not
+# translate it: treated like SSHUnavailable (reconnect and retry within the budget).
+LINK_ERRORS: tuple[type[BaseException], ...] = (EOFError, ConnectionError, TimeoutError)
+
+
+def onstart_script(public_line: str) -> str:
+    """Authorise our run key and keep Vast.ai's auto-tmux out of our SSH sessions."""
+    key = shlex.quote(public_line)
+    return ("mkdir -p ~/.ssh && chmod 700 ~/.ssh && "
+            f"echo {key} >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys && "
+            "touch ~/.no_auto_tmux")
+
+
+class SshTransport:
+    """One job's SSH link to its instance."""
+
+    skips_ssh = False
+
+    def __init__(self, steps: JobDriver) -> None:
+        self.steps = steps
+        self.m = steps.m
+        self.p = steps.p
+        self.session: RemoteSession | None = None
+        self._lock = threading.Lock()
+        self.meter = ByteMeter()  # this job's bytes on its instance (ledger.py)
+
+    # -- renting and booting -------------------------------------------------------------
+    def launch(self, label: str) -> dict[str, Any]:
+        return {"onstart": onstart_script(self.p.instances.key.public_line),
+                "runtype": "ssh_direc ssh_proxy"}
+
+    def prepare_boot(self, instance_id: int) -> None:
+        self.p.instances.attach_key(instance_id)
+
+    def ready(self, status: str, row: dict) -> tuple[dict, dict] | None:
+        """Running and answering SSH (first contact pins the host key)."""
+        if status != "running":
+            return None
+        endpoint = ssh_endpoint(row)
+        if endpoint is None:
+            return None
+        self.m.endpoint = endpoint
+        try:
+            self._connect()
+        except SSHUnavailable:
+            return None
+        return ({"host": endpoint.host, "port": endpoint.port},
+                {"ssh_host": endpoint.host, "ssh_port": endpoint.port})
+
+    def after_boot(self, instance_id: int) -> None:
+        # From here SSH itself (the follower's heartbeat) says whether the host lives;
+        # the listing is consulted again only after SSH trouble.
+        self.p.instances.watcher.unwatch(instance_id)
+
+    def resume_status(self, claim: Any) -> Any:
+        """An earlier run's job on a live instance: its status over SSH (its key)."""
+        self.m.endpoint = ssh_endpoint(claim.row)
+        status = None
+        if claim.key is not None and self.m.endpoint is not None \
+                and claim.row.get("actual_status") == "running":
+            try:
+                status = self.with_ssh("re-attach",
+                                       lambda s: s.job_status(self.m.work_dir))
+            except JobFailure as exc:
+                self.steps.log("warning", "cannot re-attach over SSH; booting it again",
+                               error=str(exc))
+        self.m.remote_started, self.m.exit_code = resumable_state(status)
+        if not self.m.remote_started:
+            self.m.key = None  # the boot step authorises this run's key
+        return status
+
+    # -- the steps --------------------------------------------------------------------
+    def upload(self) -> None:
+        shipment = self.p.spec.shipment()
+        files, linked = self._reuse_on_instance(shipment.files)
+        with self._progress("upload", planned_bytes(files)):
+            sent = self.with_ssh("upload", lambda s: s.upload(files, self.m.work_dir))
+        self._note_sources(shipment.files)
+        detail = {"files": len(shipment.files), "bytes": sent}
+        if linked:
+            detail["already_on_instance"] = len(linked)
+        self.steps.fire("uploaded", detail=detail)
+
+    def run(self) -> None:
+        timer = self._runtime_timer()
+        try:
+            self._run()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def download(self) -> None:
+        ok = self.m.exit_code == 0
+        back = self.p.spec.homecoming(succeeded=ok)
+        allowed = AllowedPaths(back.files, back.directories)
+        if back.paths:
+            try:
+                with self._progress("download", None):
+                    self.with_ssh("download", lambda s: s.download(
+                        self.m.work_dir, back.paths, self.p.spec.workspace.workdir,
+                        allowed=allowed, max_bytes=self.p.settings.max_download_bytes,
+                        optional=back.optional))
+            except JobFailure:
+                if ok:
+                    raise
+                # the job failed anyway; missing logs must not hide its exit code
+        if ok:
+            self._note_outputs(back.files)
+        self.steps.finish_download(ok, len(back.paths))
+
+    def close(self) -> None:
+        with self._lock:
+            session, self.session = self.session, None
+        if session is not None:
+            session.close()
+        self.flush_bytes()
+
+    # -- the cost ledger and progress (ledger.py, progress.py) ------------------------------
+    def flush_bytes(self) -> None:
+        """Journal the bytes moved since the last flush, on this job's instance."""
+        iid = self.m.instance_id
+        if iid is None:
+            return
+        uploaded, downloaded = self.meter.take()
+        try:
+            self.p.journal.add_instance_bytes(int(iid), uploaded, downloaded)
+        except Exception as exc:  # a busy journal must not fail the job; the next flush
+            self.meter.untake(uploaded, downloaded)  # journals these bytes too
+            self.steps.log("warning", "could not journal the bytes moved yet", error=str(exc))
+
+    @contextlib.contextmanager
+    def _progress(self, direction: str, total: int | None) -> Iterator[TransferProgress]:
+        """Report the transfer's progress while it runs, journaling its bytes with each
+        progress write (about once a second) and the rest when done."""
+        progress = TransferProgress(
+            direction, total, log=self.steps.log, journal=self.p.journal,
+            job_id=self.m.job_id, instance_id=self.m.instance_id,
+            interval=getattr(self.p.settings, "progress_interval", 5.0), meter=self.meter)
+        self.meter.listener = progress.count
+        ok = False
+        try:
+            yield progress
+            ok = True
+        finally:
+            self.meter.listener = None
+            progress.end(ok)
+            self.flush_bytes()
+
+    # -- warm instances: what is on the instance already ---------------------------------
+    def _reuse_on_instance(self, files: list[tuple[Any, str]]) -> tuple[list, list[str]]:
+        """Files to upload, and those hard-linked from earlier jobs' directories instead
+        (same content: the source archive of this run, inputs with the same sha256)."""
+        warm = self.m.warm
+        if warm is None or (warm.sources is None and not warm.files):
+            return files, []
+        pairs: list[tuple[str, str, str]] = []  # (remote source, rel, sha256 or "")
+        for local, rel in files:
+            if rel == payload.SOURCES_MEMBER and warm.sources:
+                pairs.append((warm.sources, rel, ""))
+            elif rel in warm.files and warm.files[rel][1] == file_digest(local):
+                pairs.append((warm.files[rel][0], rel, warm.files[rel][1]))
+        linked: list[str] = []
+        if pairs:
+            done = self.with_ssh("link", lambda s: s.run(
+                link_command(self.m.work_dir, pairs), timeout=max(self.p.settings.ssh_timeout,
+                                                                   30)))
+            if done.rc == 0:
+                linked = [line for line in done.stdout.decode(errors="replace").splitlines()
+                          if line]
+        self._prune(warm)
+        return [(local, rel) for local, rel in files if rel not in linked], linked
+
+    def _prune(self, warm: Any) -> None:
+        """Earlier jobs' directories go (their outputs are home; linked files live on)."""
+        dirs = [d for d in warm.dirs if d != self.m.work_dir]
+        if not dirs:
+            return
+        command = "rm -rf -- " + " ".join(shlex.quote(d) for d in dirs)
+        with contextlib.suppress(JobFailure):  # only disk space is at stake
+            self.with_ssh("prune", lambda s: s.run(command, timeout=60))
+        warm.dirs = [self.m.work_dir]
+        warm.files = {}
+
+    def _note_sources(self, files: list[tuple[Any, str]]) -> None:
+        warm = self.m.warm
+        if warm is None:
+            return
+        if self.m.work_dir not in warm.dirs:
+            warm.dirs.append(self.m.work_dir)
+        if any(rel == payload.SOURCES_MEMBER for _, rel in files):
+            warm.sources = f"{self.m.work_dir}/{payload.SOURCES_MEMBER}"
+
+    def _note_outputs(self, paths: list[str]) -> None:
+        """Files that came home from this job: a later job's inputs, maybe."""
+        warm = self.m.warm
+        if warm is None:
+            return
+        root = self.p.spec.workspace.workdir
+        for rel in paths:
+            digest = file_digest(root / rel)
+            if digest is not None:
+                warm.files[rel] = (f"{self.m.work_dir}/{rel}", digest)
+
+    # -- running ----------------------------------------------------------------------
+    def _runtime_timer(self) -> threading.Timer | None:
+        """--vastai-max-runtime in SSH mode: break the follow when the time is up."""
+        cap = self.p.spec.max_runtime  # the rule's cap, else --vastai-max-runtime
+        if not cap or self.m.running_since is None:
+            return None
+        left = max(cap - (time.monotonic() - self.m.running_since), 0.0)
+
+        def time_up() -> None:
+            self.m.over_runtime = True
+            self.close()
+
+        timer = threading.Timer(left, time_up)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _run(self) -> None:
+        if not self.m.remote_started:
+            command = self.p.spec.command()
+            env = self.p.spec.environment()
+            tries = 0
+
+            def launch(session: RemoteSession) -> None:
+                nonlocal tries
+                tries += 1
+                # A retry after a lost answer: the first launch may have started the job
+                # (the instance has one job directory, so a job found there is ours).
+                if tries > 1 and session.job_status(self.m.work_dir) != "absent":
+                    return
+                session.launch(self.m.work_dir, command, env=env)
+
+            self.with_ssh("launch", launch)
+            self.m.remote_started = True
+            crash_point("after_launch")
+        end = self.with_ssh("run", self._follow)
+        if end.lost and self.m.bid_price is not None:
+            # The wrapper records even a SIGKILL's code; only a container stop loses it:
+            # on a bid instance, a preemption the listing did not show in time (bids.py).
+            raise Preempted(f"instance {self.m.instance_id}: the job's process disappeared "
+                            "(the bid instance was stopped and started again)")
+        if end.lost:
+            raise JobFailure(f"instance {self.m.instance_id}: the job's process "
+                                     "disappeared on the host (killed?) without an exit code")
+        self.m.exit_code = int(end.rc)
+        self.steps.fire("completed", detail={"exit_code": self.m.exit_code},
+                        exit_code=self.m.exit_code)
+
+    def _follow(self, session: RemoteSession) -> Any:
+        # The local log file is the authority on how far we got: after a drop
+        # the follower resumes at exactly the bytes already written.
+        return session.follow(self.m.work_dir, offset=self.m.log_offset,
+                              on_output=self._log_bytes)
+
+    def _log_bytes(self, chunk: bytes) -> None:
+        self.p.spec.append_log(chunk)
+        self.m.log_offset += len(chunk)
+
+    # -- the link ---------------------------------------------------------------------
+    def _connect(self) -> RemoteSession:
+        iid = self.steps.instance_id()
+        assert self.m.endpoint is not None
+        journal = self.p.journal
+        pinned = journal.pinned_host_key(iid)
+        try:
+            session = RemoteSession.connect(self.m.endpoint,
+                                            (self.m.key or self.p.instances.key).pkey,
+                                            pinned_host_key=pinned,
+                                            timeout=self.p.settings.ssh_timeout,
+                                            meter=self.meter)
+        except HostKeyMismatch as exc:
+            raise JobFailure(f"instance {iid}: {exc}; refusing to talk to it") from None
+        if pinned is None:
+            journal.record_instance_contact(iid, ssh_host=self.m.endpoint.host,
+                                            ssh_port=self.m.endpoint.port,
+                                            host_key=session.host_key)
+        with self._lock:
+            old, self.session = self.session, session
+        if old is not None:
+            old.close()
+        return session
+
+    def _session(self) -> RemoteSession:
+        with self._lock:
+            session = self.session
+        return session if session is not None else self._connect()
+
+    def with_ssh(self, what: str, action: Callable[[RemoteSession], Any]) -> Any:
+        """Run ``action``; on SSH trouble reconnect with backoff within the budget."""
+        steps = self.steps
+        deadline = time.monotonic() + SSH_RETRY_BUDGET
+        backoff = Backoff(start=0.5, cap=10.0)
+        while True:
+            steps.check_cancel()
+            try:
+                return action(self._session())
+            except (SSHUnavailable, *LINK_ERRORS) as exc:
+                self.close()
+                steps.check_cancel()
+                if self.m.over_runtime:
+                    raise JobFailure(steps.over_runtime_message()) from None
+                self.p.instances.watcher.watch(steps.instance_id())  # fresh listings now
+                self._check_instance_alive()
+                if self.m.offline_since is not None:  # the grace period decides
+                    deadline = max(deadline, time.monotonic() + 1.0)
+                reason = str(exc) or type(exc).__name__
+                if time.monotonic() > deadline:
+                    raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing "
+                                        f"during {what}: {reason}") from None
+                steps.fire("retry", detail=f"{what}: {reason}")
+                time.sleep(backoff.delay())
+            except UnsafeArchive as exc:
+                raise JobFailure(f"instance {self.m.instance_id}: {exc}") from None
+            except RemoteError as exc:
+                raise JobFailure(f"instance {self.m.instance_id}: {what} failed: {exc}"
+                                    f"{disk_hint(str(exc))}") from None
+
+    def _check_instance_alive(self) -> None:
+        """After an SSH failure: is the instance gone or offline for too long?"""
+        iid = self.steps.instance_id()
+        seen = self.p.instances.watcher.sighting(iid)
+        if seen is None:
+            return
+        if seen.row is None:
+            raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
+        self.steps.check_outbid(seen.row)  # a bid instance stopped by Vast.ai (bids.py)
+        status = str(seen.row.get("actual_status") or "")
+        self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
+
+
+def link_command(work_dir: str, pairs: list[tuple[str, str, str]]) -> str:
+    """Hard-link files already on the instance into ``work_dir`` (paths relative to
+    $HOME), each only if it exists and (when a sha256 is given) its content matches;
+    prints the relative path of each file linked."""
+    lines = []
+    for src, rel, digest in pairs:
+        s, dst, r = shlex.quote(src), shlex.quote(f"{work_dir}/{rel}"), shlex.quote(rel)
+        check = (f' && [ "$(sha256sum < {s} | cut -d" " -f1)" = {shlex.quote(digest)} ]'
+                 if digest else "")
+        lines.append(f'if [ -f {s} ]{check}; then mkdir -p -- "$(dirname -- {dst})" && '
+                     f"ln -f -- {s} {dst} && echo {r}; fi")
+    return "\n".join(["cd ~ || exit 1", *lines, "exit 0"])
+
+
+def ssh_endpoint(row: dict) -> Endpoint | None:
+    """Direct SSH (public IP + mapped port 22) if offered, else the SSH proxy."""
+    ports = row.get("ports") or {}
+    direct = ports.get("22/tcp") if isinstance(ports, dict) else None
+    ip = row.get("public_ipaddr")
+    if direct and ip:
+        try:
+            return Endpoint(host=str(ip).strip(), port=int(direct[0]["HostPort"]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            pass
+    if row.get("ssh_host") and row.get("ssh_port"):
+        return Endpoint(host=str(row["ssh_host"]), port=int(row["ssh_port"]))
+    return None

@@ -1,0 +1,2 @@
+"""Storage mode: data through a bucket, no SSH.
+"""

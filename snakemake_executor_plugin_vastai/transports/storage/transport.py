@@ -1,0 +1,215 @@
+"""Storage mode: data moves through a bucket; the container runs the job; no SSH at all.
+
+The instance is created with runtype ``args`` and a container command that
+deploys the sources from the bucket and runs the job (``storage.py`` builds
+it); credentials travel in the create request's environment. The job's end is
+seen in the batched status listing and the instance log (our exit line), or,
+for a host that never reports the exit, as every output present in the bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from ...lifecycle.outcomes import JobFailure, log_tail
+from ...vastai import bids
+from ...vastai.api import VastError
+from ..ssh import transport as ssh
+from .setup import StorageSetup, container_args, exit_code_from_log, exit_token
+
+if TYPE_CHECKING:
+    from ...lifecycle.driver import JobDriver
+
+LOG_LINES = 20000  # lines of an instance log fetched when a job ends
+LOG_WAIT_SECONDS = 120.0  # how long an exited container's log is retried
+ENDED_STATUSES = frozenset({"exited", "stopped", "frozen"})
+
+
+def resume_status(row: dict) -> str:
+    """A container that runs or ran has started the job."""
+    status = str(row.get("actual_status") or "")
+    return "running" if status in ("running", "exited", "offline", "unknown") else status
+
+
+class StorageTransport:
+    """One job whose data moves through the bucket."""
+
+    skips_ssh = True
+
+    def __init__(self, steps: JobDriver, storage: StorageSetup) -> None:
+        self.steps = steps
+        self.m = steps.m
+        self.p = steps.p
+        self.storage = storage
+
+    # -- renting and booting ----------------------------------------------------------
+    def launch(self, label: str) -> dict[str, Any]:
+        args = container_args(job_command=self.p.spec.snakemake_command(),
+                              deploy_command=self.storage.prepare_command(self.p.spec.job),
+                              mode=self.storage.mode,
+                              snakemake_version=self.p.spec.workspace.snakemake_version,
+                              job_dir=ssh.REMOTE_DIR, token=exit_token(label))
+        return {"env": self.p.spec.environment(), "runtype": "args", "args": args}
+
+    def prepare_boot(self, instance_id: int) -> None:
+        """Nothing to authorise: the plugin never logs in."""
+
+    def ready(self, status: str, row: dict) -> tuple[dict, dict] | None:
+        # The container runs the job itself; one that already ended is judged by its
+        # log in the running step.
+        return ({"status": status}, {}) if status in ("running", "exited") else None
+
+    def after_boot(self, instance_id: int) -> None:
+        """The running step keeps listing it."""
+
+    def resume_status(self, claim: Any) -> Any:
+        status = resume_status(claim.row)
+        # the exit code is read from the log once running
+        self.m.remote_started, self.m.exit_code = status == "running", None
+        return status
+
+    def upload(self) -> None:
+        raise JobFailure("internal: storage mode uploads nothing")
+
+    def download(self) -> None:
+        raise JobFailure("internal: storage mode downloads nothing")
+
+    def close(self) -> None:
+        """No connection to drop."""
+
+    # -- running --------------------------------------------------------------------
+    @property
+    def check_interval(self) -> float:
+        """How often a running job's outputs are looked for in the bucket."""
+        return max(3.0 * self.p.settings.status_interval, 1.0)
+
+    @property
+    def settle_seconds(self) -> float:
+        """Outputs present but no exit line: how long to wait for the job's own end."""
+        return max(10.0 * self.p.settings.status_interval, 5.0)
+
+    def run(self) -> None:
+        """Watch the container: its end shows as ``exited`` plus our exit line in its log,
+        or (a host that never reports the exit) as the outputs in the bucket."""
+        iid = self.steps.instance_id()
+        watcher = self.p.instances.watcher
+        watcher.watch(iid)
+        started = self.m.running_since or time.monotonic()
+        cap = self.p.spec.max_runtime  # the rule's cap, else --vastai-max-runtime
+        next_probe = started + self.check_interval
+        outputs_since: float | None = None
+        exited_since: float | None = None
+        generation = 0
+        while True:
+            self.steps.check_cancel()
+            generation = watcher.wait_next(generation, timeout=5.0)
+            seen = watcher.sighting(iid)
+            if seen is not None and seen.row is None:
+                if self.outputs_present():
+                    self._complete(0, "the instance vanished after its outputs reached storage")
+                    return
+                raise JobFailure(f"instance {iid} vanished while running")
+            status = str(seen.row.get("actual_status") or "") if seen else ""
+            self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
+            if status in ENDED_STATUSES and seen is not None and bids.is_outbid(seen.row):
+                # a bid instance stopped by Vast.ai (bids.py): done if its log says so,
+                # else preempted (the container reruns the job when it starts again)
+                if self._finish_from_log(exited=False):
+                    return
+                self.steps.check_outbid(seen.row)
+            if status in ENDED_STATUSES:
+                exited_since = exited_since or time.monotonic()
+                if self._finish_from_log(exited=True):
+                    return
+                if time.monotonic() - exited_since > LOG_WAIT_SECONDS:
+                    self._judge_without_log(status)
+                    return
+            now = time.monotonic()
+            if now >= next_probe:
+                next_probe = now + self.check_interval
+                if self.outputs_present():
+                    outputs_since = outputs_since or now
+                    if self._finish_from_log(exited=False, outputs_since=outputs_since):
+                        return
+            if cap and now - started > cap:
+                self._runtime_exceeded(cap)
+                return
+
+    def outputs_present(self) -> bool:
+        """True if the job has storage outputs and every one of them exists."""
+        job = self.p.spec.job
+        if job is None:
+            return False
+        try:
+            return self.storage.outputs.all_present(job.output) is True
+        except Exception as exc:  # any provider error: not (yet) known to be there
+            self.steps.log("warning", "cannot check the job's outputs in storage",
+                           error=f"{type(exc).__name__}: {exc}")
+            return False
+
+    def _instance_log(self) -> str:
+        return self.p.instances.log(self.steps.instance_id(), tail=LOG_LINES)
+
+    def _finish_from_log(self, *, exited: bool, outputs_since: float | None = None) -> bool:
+        """Read the instance log for our exit line; True once the job is judged."""
+        iid = self.steps.instance_id()
+        spec = self.p.spec
+        try:
+            text = self._instance_log()
+        except VastError as exc:
+            self.steps.log("warning", "cannot read the instance log yet", error=str(exc))
+            return False
+        rc = exit_code_from_log(text, exit_token(self.m.label or ""))
+        if rc is not None:
+            spec.write_log(text)
+            self._complete(rc)
+            return True
+        if exited:
+            spec.write_log(text)
+            if self.outputs_present():
+                self._complete(0, "the container exited without an exit line, but every "
+                                  "output is in storage")
+                return True
+            raise JobFailure(f"instance {iid}: the container exited without reporting the "
+                             f"job's exit code; log: {spec.log_path}{log_tail(spec.log_path)}")
+        if outputs_since is not None and \
+                time.monotonic() - outputs_since > self.settle_seconds:
+            spec.write_log(text)
+            self._complete(0, f"every output is in storage and instance {iid} has not "
+                              "reported the job's end; taking it as done")
+            return True
+        return False
+
+    def _judge_without_log(self, status: str) -> None:
+        """The container ended but its log stays unreadable: the bucket decides."""
+        if self.outputs_present():
+            self._complete(0, "the instance log could not be read, but every output is in "
+                              "storage")
+            return
+        raise JobFailure(f"instance {self.m.instance_id} went {status} and its log could not "
+                         f"be read for {LOG_WAIT_SECONDS:.0f}s; the job's outputs are not in "
+                         "storage")
+
+    def _runtime_exceeded(self, cap: float) -> None:
+        """--vastai-max-runtime: a job with all outputs in storage is done, else failed."""
+        with contextlib.suppress(VastError):
+            self.p.spec.write_log(self._instance_log())
+        if self.outputs_present():
+            self._complete(0, f"--vastai-max-runtime {cap:g}s reached with every output in "
+                              "storage")
+            return
+        raise JobFailure(self.steps.over_runtime_message())
+
+    def _complete(self, rc: int, note: str | None = None) -> None:
+        if note:
+            self.steps.log("warning", note)
+        self.m.exit_code = rc
+        self.m.outputs_home = rc == 0  # the outputs are in the bucket
+        if rc != 0:
+            spec = self.p.spec
+            self.steps.record_failure(f"rule {self.m.rule}: the job exited with code {rc} on "
+                                      f"instance {self.m.instance_id}; log: {spec.log_path}"
+                                      f"{log_tail(spec.log_path)}")
+        self.steps.fire("completed", detail={"exit_code": rc, "note": note}, exit_code=rc)
