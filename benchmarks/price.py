@@ -20,7 +20,7 @@ Contestants, side by side in one invocation:
    priced as the simulator bills it (``catalog.price(offer, storage_gb)["dph_total"]``,
    GPU/CPU/RAM plus the rented disk), kept when it fits the plugin's own query
    (``offers.build_offer_request(OfferSettings(), {"gpu": 1}, 1)`` tested with
-   ``pool.offer_fits``). Should a run rent more instances than there are matching offers,
+   ``vastai.query.offer_fits``). Should a run rent more instances than there are matching offers,
    the extra instances are paired with the cheapest offers again (an offer is free once
    its instance is gone), which keeps the floor a lower bound. Bandwidth is left out of
    both sides of the ratio (the floor would move the same bytes): ours/floor compares our
@@ -114,9 +114,9 @@ def write_workflow(root: Path, jobs: int, seconds: float) -> Path:
 def market(seed: int = SEED) -> dict[str, Any]:
     """The offers a job asking for ``gpu=1`` can rent when the run starts, cheapest first,
     priced as the simulator bills them."""
-    from snakemake_executor_plugin_vastai.offers import OfferSettings, build_offer_request
-    from snakemake_executor_plugin_vastai.pool import offer_fits
     from snakemake_executor_plugin_vastai.simulator import catalog
+    from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings, build_offer_request
+    from snakemake_executor_plugin_vastai.vastai.query import offer_fits
 
     request = build_offer_request(OfferSettings(), {"gpu": 1}, 1)
     priced = [catalog.price(o, request.storage_gb) for o in catalog.load(None, seed)]
