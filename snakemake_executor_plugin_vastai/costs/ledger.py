@@ -27,7 +27,7 @@ BYTES_PER_GB = 1024**3  # Vast.ai's $/GB (its CLI shows $/TB as the $/GB price x
 @dataclass(frozen=True)
 class Component:
     """One kind of charge: ``dollars(row, seconds)`` from an instance row and its billed
-    seconds (see :func:`.journal._cost`)."""
+    seconds (see ``journal/costs.py``, ``_cost``)."""
 
     name: str
     dollars: Callable[[Mapping[str, Any], float], float]

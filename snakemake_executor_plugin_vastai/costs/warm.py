@@ -2,7 +2,7 @@
 
 With warm instances (``pool.py``) one instance serves several jobs, so its bill
 splits three ways (Vast.ai bills from its ``start_date`` to the accepted
-destroy, see ``journal._cost``):
+destroy, see ``journal/costs.py``, ``_cost``):
 
 - **leased**: from each job's ``leased_at`` (booted, or leased from the pool)
   to its ``released_at`` (given back) or, for the last job, its end; this is
