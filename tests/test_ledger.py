@@ -263,6 +263,9 @@ def test_a_crash_mid_upload_keeps_its_bytes_and_the_resumed_run_counts_its_own(
     from tests.e2e import start_snakemake, wait_for
 
     sim = simulator_factory(offers=pricey_network)
+    # A slow link (60 MB/s: the upload takes 5 s): at loopback speed the upload could end
+    # before its first progress write, leaving no moment to kill it mid-upload.
+    sim.add_fault("ssh_throttle", bytes_per_second=60_000_000)
     wf = transfer_workflow(tmp_path / "wf", 300_000_000)
     db = wf / ".snakemake/vastai/journal.sqlite"
     proc = start_snakemake(wf, sim.url, sim.api_key, "--vastai-progress-interval", "0.5",

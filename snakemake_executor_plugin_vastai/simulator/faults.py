@@ -35,6 +35,9 @@ Instance fault kinds:
   are reset although the API says running.
 - ``ssh_drop(after_bytes=None, after_seconds=None)``: the first SSH connection that logs in
   after running is torn down (TCP RST) after that many payload bytes or seconds. One-shot.
+- ``ssh_throttle(bytes_per_second)``: once running, what clients send over exec channels
+  (uploads) reaches the instance no faster than that: a slow link, so that a test can act
+  while a transfer is certainly under way.
 - ``kill_job(after_seconds=0.0, signal=9)``: ``after_seconds`` after running, every process
   of the instance gets ``signal`` (SIGKILL: an OOM kill); sshd keeps serving.
 - ``host_key_change(after_seconds=0.0)``: the SSH host key changes ``after_seconds`` after
@@ -111,6 +114,7 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "vanish": {"after_seconds": 0.0, "at_state": "running"},
     "ssh_refuse": {"seconds": 2.0},
     "ssh_drop": {"after_bytes": None, "after_seconds": None},
+    "ssh_throttle": {"bytes_per_second": _REQUIRED},
     "kill_job": {"after_seconds": 0.0, "signal": 9},
     "host_key_change": {"after_seconds": 0.0},
     "stays_running": {},

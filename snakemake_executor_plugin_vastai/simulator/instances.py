@@ -579,7 +579,8 @@ class Instance:
         """Schedule the faults that act on a running instance."""
         if not self._current(gen):
             return
-        for f in self._take({"offline", "ssh_refuse", "ssh_drop", "kill_job", "host_key_change"}):
+        for f in self._take({"offline", "ssh_refuse", "ssh_drop", "ssh_throttle", "kill_job",
+                             "host_key_change"}):
             p = f.params
             if f.kind == "offline":
                 self.timeline.after(
@@ -591,6 +592,8 @@ class Instance:
             elif f.kind == "ssh_drop" and self.ssh is not None:
                 self.ssh.faults.drop_after_bytes = _opt(p["after_bytes"], int)
                 self.ssh.faults.drop_after_seconds = _opt(p["after_seconds"], float)
+            elif f.kind == "ssh_throttle" and self.ssh is not None:
+                self.ssh.faults.throttle_bps = float(p["bytes_per_second"])
             elif f.kind == "kill_job":
                 self.timeline.after(
                     float(p["after_seconds"]),

@@ -108,6 +108,7 @@ class SSHFaults:
     refuse_until: float = 0.0
     drop_after_bytes: int | None = None
     drop_after_seconds: float | None = None
+    throttle_bps: float | None = None  # exec stdin (uploads) at most this many bytes/s
 
     def refusing(self) -> bool:
         """Whether connections are being refused right now."""
@@ -570,6 +571,8 @@ class InstanceSSH:
                 if not transport.is_closing():
                     transport.write(data[:k])
                     await protocol.drain()
+                if self.faults.throttle_bps:
+                    await asyncio.sleep(k / self.faults.throttle_bps)
                 if link.after():
                     break
         except (asyncssh.Error, OSError):

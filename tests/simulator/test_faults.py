@@ -180,6 +180,30 @@ def test_ssh_drop_after_seconds(sim, key):
     assert key.run(port, "echo fine")[1] == "fine\n"
 
 
+def test_ssh_throttle_slows_what_the_client_sends(sim, key):
+    """2 MB at 1 MB/s take about 2 s and all arrive (tests that must act mid-upload)."""
+    import time
+
+    import paramiko
+
+    sim.add_fault("ssh_throttle", bytes_per_second=1_000_000)
+    api = sdk(sim)
+    port = wait_status(api, rent(api), "running")["ssh_port"]
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", port=port, username="root", key_filename=str(key.path),
+                   look_for_keys=False, allow_agent=False, timeout=10)
+    try:
+        stdin, stdout, _ = client.exec_command("wc -c")
+        start = time.monotonic()
+        stdin.write(b"x" * 2_000_000)
+        stdin.channel.shutdown_write()
+        assert stdout.read().strip() == b"2000000"
+        assert time.monotonic() - start >= 1.5
+    finally:
+        client.close()
+
+
 def test_kill_job_sigkills_the_entrypoint(sim):
     sim.add_fault("kill_job", after_seconds=0.3)
     api = sdk(sim)
