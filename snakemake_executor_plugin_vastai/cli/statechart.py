@@ -2,7 +2,7 @@
 
 ``python -m snakemake_executor_plugin_vastai statechart`` regenerates the
 files; ``--check`` only compares and exits 1 on drift (the test suite runs the
-same comparison, so the picture can never disagree with ``machine.py``). The
+same comparison, so the picture can never disagree with ``lifecycle/job_machine.py``). The
 drawing uses the transitions library's Mermaid engine, which needs no system
 graphviz; GitHub renders the Markdown file's Mermaid block.
 """

@@ -64,7 +64,7 @@ class JobModel:
     warm: Any = None  # pool.WarmInstance: the instance may serve the next job (warm instances)
     give_back: bool = False  # the job succeeded and its instance goes back to the pool
 
-    # -- conditions named in machine.TRANSITIONS ----------------------------------
+    # -- conditions named in job_machine.TRANSITIONS ----------------------------------
     def remote_job_finished(self, event: Any = None) -> bool:
         return self.exit_code is not None
 

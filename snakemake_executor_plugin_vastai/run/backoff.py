@@ -1,6 +1,6 @@
 """The one retry pacing: exponential backoff with jitter, within a deadline.
 
-Used wherever the plugin waits before trying again (API calls in ``vast.py``,
+Used wherever the plugin waits before trying again (API calls in ``vastai/api.py``,
 destroys and label lookups in ``teardown.py``, SSH reconnects in
 ``transports/ssh.py``, searches in ``driver.py``), so the growth, the cap and
 the jitter (which keeps many job threads from retrying in lockstep) are one

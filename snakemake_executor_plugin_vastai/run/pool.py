@@ -2,7 +2,7 @@
 
 A boot on Vast.ai (image pull, container start) takes one to five minutes and
 is billed. When a job succeeds and its outputs are home, its instance is given
-back here instead of being destroyed (``machine.py``: ``gave_back``); the next
+back here instead of being destroyed (``lifecycle/job_machine.py``: ``gave_back``); the next
 job whose needs it meets leases it (``leased``: searching -> uploading) and
 skips searching, renting and booting. Among the fitting idle instances the
 cheapest wins.

@@ -30,7 +30,7 @@ job that looks active forever. A job whose destroy was requested but never
 confirmed (a crash while destroying) is finished the same way: its listed
 instance is torn down, never taken for "nothing was rented".
 
-Only the work of provably dead runs is touched (``leases.py``): two runs in
+Only the work of provably dead runs is touched (``liveness.py``): two runs in
 one directory each finish their own jobs. Instances that no journal row owns
 (``listing.py``: duplicates of a label after a lost create answer, unknown
 labels) are torn down as strays; a live run's own strays are left to its
@@ -102,7 +102,7 @@ class Recovery:
 
         ``scheduled`` maps the fingerprints of the jobs Snakemake plans to run whose
         inputs exist now to their parts (computed by the caller from the DAG).
-        Only the work of provably dead runs is touched (``leases.py``).
+        Only the work of provably dead runs is touched (``liveness.py``).
         """
         journal = self.journal
         dead = self._dead_runs()

@@ -1,6 +1,6 @@
 """Vast.ai instances as a job step sees them: create, watch, read logs, tear down.
 
-One object per run. It narrows the API adapter (``vast.py``), the batched status
+One object per run. It narrows the API adapter (``vastai/api.py``), the batched status
 listing (``watcher.py``) and the one teardown (``teardown.py``) to what a job's
 steps use, and runs the teardowns no job drives (strays, leftovers of dead runs)
 in the background so the run can wait for them at its end.

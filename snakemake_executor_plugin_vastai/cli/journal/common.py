@@ -40,7 +40,7 @@ def run_status(run: dict) -> str:
 
 def run_is_live(run: dict) -> bool:
     """True while the run has no end and its own process lives on this host (its lease,
-    ``leases.py``). A run on another host cannot be checked from here and counts as not
+    ``run/liveness.py``). A run on another host cannot be checked from here and counts as not
     live."""
     return leases.is_live(run)
 
