@@ -9,7 +9,6 @@ on first use: this module is imported on every ``snakemake`` start.
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
@@ -118,7 +117,3 @@ class Executor(RemoteExecutor):
 
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, interrupt)
-
-
-def workdir() -> Path:
-    return Path(os.getcwd())
