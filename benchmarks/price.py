@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import dollars
 from benchmarks.report import Summary, machine
 from benchmarks.simproc import SimProcess
-from benchmarks.workload import STAMP_PY, read_stamp
+from benchmarks.workload import read_stamp, write_workflow
 
 SEED = 0  # simproc's default seed: the simulator serves catalog.load(None, SEED)
 BOOT_SECONDS = 20.0
@@ -79,34 +79,6 @@ RUN_TIMEOUT = 900.0  # seconds per CLI run
 SECRETS = ("VAST_API_KEY", "SNAKEMAKE_VASTAI_API_KEY", "VAST_URL")
 INSTANCE_FIELDS = ("id", "offer_id", "gpu_name", "dph_total", "storage_dph", "disk",
                    "billed_seconds", "billed_dollars", "billed_bandwidth_dollars", "alive")
-
-SNAKEFILE = '''\
-rule all:
-    input:
-        expand("out/{{i}}.json", i=range({jobs})),
-
-
-rule one:
-    output:
-        "out/{{i}}.json",
-    resources:
-        gpu=1,
-    shell:
-        "python stamp.py {{output}} {seconds}"
-'''
-
-
-def write_workflow(root: Path, jobs: int, seconds: float) -> Path:
-    """``jobs`` independent one-GPU jobs (any model) in a fresh git repository (the plugin
-    ships the git-tracked sources); the job is ``workload.py``'s self-timing stamp."""
-    root.mkdir(parents=True)
-    (root / "Snakefile").write_text(SNAKEFILE.format(jobs=int(jobs), seconds=float(seconds)))
-    (root / "stamp.py").write_text(STAMP_PY)
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
-    for args in (["init", "-q"], ["add", "Snakefile", "stamp.py"], ["commit", "-q", "-m", "wf"]):
-        subprocess.run([*git, *args], cwd=root, check=True)
-    return root
-
 
 # --------------------------------------------------------------------------- the market
 
@@ -148,7 +120,7 @@ def run_once(base: Path, *, who: str, argv: list[str], jobs: int,
     published plugin, whose vastai SDK reads it, ``VAST_URL``) go in the environment.
     """
     with SimProcess(base / "sim", boot_delay=BOOT_SECONDS) as sim:
-        wf = write_workflow(base / "wf", jobs, JOB_SECONDS)
+        wf = write_workflow(base / "wf", jobs, JOB_SECONDS, gpus=1)
         env = {k: v for k, v in os.environ.items() if k not in SECRETS}
         env["VAST_API_KEY"] = sim.api_key
         if who == "published":

@@ -76,20 +76,23 @@ rule all:
 
 rule one:
     output:
-        "out/{{i}}.json",
+        "out/{{i}}.json",{resources}
     shell:
         "python stamp.py {{output}} {{SECONDS}}"
 '''
 
 
-def write_workflow(root: Path, jobs: int, seconds: float = 0.0) -> Path:
-    """``jobs`` independent jobs of ``seconds`` each, in a fresh git repository.
+def write_workflow(root: Path, jobs: int, seconds: float = 0.0, gpus: int | None = None) -> Path:
+    """``jobs`` independent jobs of ``seconds`` each, in a fresh git repository; ``gpus``:
+    each job asks for that many (``resources: gpu=N``), else the plugin's default of one.
 
     Git matters: the plugin ships the workflow's git-tracked sources (Snakefile,
     stamp.py) to each instance.
     """
     root.mkdir(parents=True, exist_ok=True)
-    (root / "Snakefile").write_text(SNAKEFILE.format(jobs=int(jobs), seconds=float(seconds)))
+    resources = "" if gpus is None else f"\n    resources:\n        gpu={int(gpus)},"
+    (root / "Snakefile").write_text(SNAKEFILE.format(jobs=int(jobs), seconds=float(seconds),
+                                                     resources=resources))
     (root / "stamp.py").write_text(STAMP_PY)
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=root, check=True)
