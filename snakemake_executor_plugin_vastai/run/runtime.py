@@ -114,7 +114,7 @@ class Run:
                          work_ahead=work_ahead(hooks.needrun_jobs, self.running_jobs),
                          on_idle=self.market.vacancies.notify,
                          on_gone=lambda offer: self.market.release(int(offer["id"])))
-        self.market.own_offers = self.pool.idle_offers
+        self.market.own_offers = self.held_offers
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self.journal, self.api, run_id=self.run_id, log=log,
                                  key_dir=self.key_dir, close_old_job=self.close_old_job,
@@ -180,6 +180,19 @@ class Run:
         return [d.m.snakemake_job for d in drivers
                 if d.m.snakemake_job is not None and not d.done.is_set()
                 and d.m.state is not JobState.WAITING]
+
+    def held_offers(self) -> list[dict]:
+        """The offers of every instance this run holds: idle in the pool, or held by a job
+        (a job that re-attached to an earlier run's instance knows only its journaled facts:
+        GPU, count, price, machine, region)."""
+        with self._lock:
+            holding = [d.m for d in self.drivers.values()
+                       if not d.done.is_set() and d.m.instance_id is not None]
+        facts = {row["label"]: row for row in self.journal.instances()} \
+            if any(m.offer is None for m in holding) else {}
+        held = [m.offer if m.offer is not None else facts.get(m.label or "", {})
+                for m in holding]
+        return [*self.pool.idle_offers(), *(o for o in held if o)]
 
     def queue_share(self) -> float:
         """Jobs still to come per instance of this run, at least 1: the work an idle

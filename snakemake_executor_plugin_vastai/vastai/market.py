@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .offers import OfferRequest, OfferSettings, build_offer_request
-from .query import offer_fits
+from .query import offer_misfit
 
 if TYPE_CHECKING:
     from ..journal.store import Journal
@@ -75,8 +75,9 @@ class OfferMarket:
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[float, list[dict]]] = {}  # request -> (time, answer)
         self.vacancies = Vacancies()
-        # The offers of the run's live instances that no claim holds (warm pool); set by
-        # the run, so that a job can tell whether one of the run's own may serve it.
+        # The offers of the run's live instances that no claim holds (warm pool, re-attached
+        # instances); set by the run, so that a job can tell whether one of its own may
+        # serve it.
         self.own_offers: Callable[[], Iterable[dict]] = lambda: ()
 
     def request_for(self, spec: JobSpec) -> OfferRequest:
@@ -106,11 +107,14 @@ class OfferMarket:
         return (free[0] if free else None), True
 
     def own_instance_fits(self, request: OfferRequest) -> bool:
-        """Does an instance this run holds (a claimed offer, or an idle warm one) meet the
-        request? Then waiting for it to come free can succeed, whatever the market says."""
+        """Could an instance this run holds (a claimed offer, an idle warm one, one a job
+        re-attached to, of which only the journaled facts are known) meet the request? Then
+        waiting for it to come free can succeed, whatever the market says; what is not known
+        about an instance does not rule it out."""
         with self._lock:
             held = list(self._claims.values())
-        return any(offer_fits(offer, request.query) for offer in [*held, *self.own_offers()])
+        return any(offer_misfit(offer, request.query, unknown_fits=True) is None
+                   for offer in [*held, *self.own_offers()])
 
     def spend_cap_reached(self) -> str | None:
         """A message once --vastai-max-spend is used up: the instances this run rented and

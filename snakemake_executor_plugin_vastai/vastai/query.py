@@ -234,11 +234,16 @@ EQUALITIES: dict[str, Equality] = {"geolocation": _geo_equal}
 DERIVED_FIELDS = frozenset({"datacenter"})  # computed by the service, not stored on offers
 
 
-def offer_misfit(offer: Mapping[str, Any], filters: Mapping[str, Mapping[str, Any]]) -> str | None:
+def offer_misfit(offer: Mapping[str, Any], filters: Mapping[str, Mapping[str, Any]], *,
+                 unknown_fits: bool = False) -> str | None:
     """The first filter of ``filters`` the offer fails, as text (None: all hold). A field
-    the offer lacks fails (a warm instance is only reused when it provably fits)."""
+    the offer lacks fails (a warm instance is only reused when it provably fits), unless
+    ``unknown_fits``: then only what is known can rule the offer out."""
     for field, ops in filters.items():
         name = ALIASES.get(field, field)
+        if unknown_fits and name not in offer and (
+                name not in DERIVED_FIELDS or "hosting_type" not in offer):
+            continue
         if name not in offer and name not in DERIVED_FIELDS:
             return f"the offer has no {field}"
         actual = offer_field(offer, field)
