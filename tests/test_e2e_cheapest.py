@@ -11,12 +11,16 @@ ends with no live instance in the simulator.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, write_workflow
+from tests.e2e import alive, run_snakemake, start_snakemake, wait_for, write_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -110,6 +114,37 @@ def test_a_job_past_the_offer_wait_fails_naming_its_request(tmp_path, simulator_
     assert "came free within 2s (--vastai-offer-wait)" in result.stderr
     assert "num_gpus=1" in result.stderr  # the request it waited for
     assert alive(sim.truth()) == []
+
+
+def job_states(wf: Path) -> list[str]:
+    try:
+        return [state for (state,) in journal_rows(wf, "select state from jobs")]
+    except sqlite3.Error:  # not created yet, or busy
+        return []
+
+
+def test_kill_9_while_a_job_waits_then_the_next_run_finishes_everything(
+        tmp_path, simulator_factory):
+    """One offer, two jobs: one runs, the other waits (nothing rented for it). SIGKILL the
+    run there; the next run settles the journal (the waiting job held no instance), finishes
+    both jobs and leaves nothing alive."""
+    sim = simulator_factory(offers=spread_market(CHEAP[:1]), boot_delay=0.5)
+    wf = parallel_workflow(tmp_path / "wf", 2, 6)
+    proc = start_snakemake(wf, sim.url, sim.api_key, "--vastai-no-reuse", jobs=2)
+    try:
+        assert wait_for(lambda: sorted(job_states(wf)) == ["running", "waiting"], timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert len(sim.truth()["instances"]) == 1  # the waiting job rented nothing
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock"], cwd=wf,
+                   capture_output=True, timeout=120, check=True)
+    result = run_snakemake(wf, sim.url, sim.api_key, "--vastai-no-reuse", "--rerun-incomplete",
+                           jobs=2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert sorted(p.name for p in (wf / "out").iterdir()) == ["0.txt", "1.txt"]
+    assert alive(sim.truth()) == []
+    assert "waiting" not in job_states(wf)  # the crashed run's waiting job was closed
 
 
 def test_a_dear_idle_instance_gives_way_to_a_cheap_free_offer(tmp_path, simulator_factory):

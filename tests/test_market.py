@@ -93,3 +93,12 @@ def test_a_release_wakes_a_waiter_and_a_notification_before_the_wait_is_not_lost
     start = time.monotonic()
     assert m.vacancies.wait(seen, 5) is True
     assert time.monotonic() - start < 2
+
+
+def test_an_instance_known_only_by_its_journaled_facts_counts_as_possibly_fitting():
+    """A re-attached instance: GPU, count and price are journaled, not the whole offer. What
+    is unknown must not rule it out (the job waits for it), what is known still does."""
+    m, _api = market()
+    m.own_offers = lambda: [{"gpu_name": "RTX 3090", "num_gpus": 1, "dph_total": 0.2}]
+    assert m.own_instance_fits(REQUEST)
+    assert not m.own_instance_fits(build_offer_request(OfferSettings(), {"gpu": 2}))
