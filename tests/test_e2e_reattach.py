@@ -25,7 +25,7 @@ def test_ssh_refused_while_reattaching_is_retried_and_the_job_resumes(tmp_path, 
     assert wait_for(lambda: job_in_state(wf, "running"), timeout=240)
     kill_hard(proc)
     [instance] = alive(simulator.truth())
-    simulator.add_fault("ssh_refuse", instance_id=instance["id"], seconds=4)
+    simulator.add_fault("ssh_refuse", instance_id=instance["id"], seconds=0, connections=2)
 
     unlock(wf)
     result = run_snakemake(wf, simulator.url, simulator.api_key, "--rerun-incomplete")

@@ -31,8 +31,9 @@ Instance fault kinds:
 - ``vanish(after_seconds=0.0, at_state="running")``: ``after_seconds`` after entering
   ``at_state`` (``created``, ``loading`` or ``running``) the instance disappears: gone from
   every API answer, SSH down, processes killed, billing stopped, its offer retired.
-- ``ssh_refuse(seconds=2.0)``: for ``seconds`` after reaching running, SSH connections
-  are reset although the API says running.
+- ``ssh_refuse(seconds=2.0, connections=0)``: for ``seconds`` after reaching running, SSH
+  connections are reset although the API says running; and then the next ``connections``
+  connections too, whenever they come.
 - ``ssh_drop(after_bytes=None, after_seconds=None)``: the first SSH connection that logs in
   after running is torn down (TCP RST) after that many payload bytes or seconds. One-shot.
 - ``ssh_throttle(bytes_per_second)``: once running, what clients send over exec channels
@@ -112,7 +113,7 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "boot_fatal": {"status_msg": DEFAULT_FATAL_MSG, "final_status": "exited"},
     "offline": {"after_seconds": 0.5, "duration": 3.0},
     "vanish": {"after_seconds": 0.0, "at_state": "running"},
-    "ssh_refuse": {"seconds": 2.0},
+    "ssh_refuse": {"seconds": 2.0, "connections": 0},
     "ssh_drop": {"after_bytes": None, "after_seconds": None},
     "ssh_throttle": {"bytes_per_second": _REQUIRED},
     "kill_job": {"after_seconds": 0.0, "signal": 9},

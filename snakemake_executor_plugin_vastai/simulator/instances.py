@@ -589,6 +589,7 @@ class Instance:
                 )
             elif f.kind == "ssh_refuse" and self.ssh is not None:
                 self.ssh.faults.refuse_until = time.monotonic() + float(p["seconds"])
+                self.ssh.faults.refuse_count = int(p["connections"])
             elif f.kind == "ssh_drop" and self.ssh is not None:
                 self.ssh.faults.drop_after_bytes = _opt(p["after_bytes"], int)
                 self.ssh.faults.drop_after_seconds = _opt(p["after_seconds"], float)

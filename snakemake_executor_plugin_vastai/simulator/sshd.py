@@ -101,11 +101,14 @@ class _LoopThread:
 class SSHFaults:
     """Faults of one instance's SSH server; plain attributes, set from any thread.
 
-    ``refuse_until`` is a ``time.monotonic()`` deadline. The two drop faults are one-shot:
+    ``refuse_until`` is a ``time.monotonic()`` deadline; ``refuse_count`` refuses that many
+    connections whenever they come (a test that must see a refusal cannot rely on a
+    client reaching the server inside a time window). The two drop faults are one-shot:
     the next authenticated connection takes (and clears) them.
     """
 
     refuse_until: float = 0.0
+    refuse_count: int = 0
     drop_after_bytes: int | None = None
     drop_after_seconds: float | None = None
     throttle_bps: float | None = None  # exec stdin (uploads) at most this many bytes/s
@@ -113,6 +116,15 @@ class SSHFaults:
     def refusing(self) -> bool:
         """Whether connections are being refused right now."""
         return time.monotonic() < self.refuse_until
+
+    def take_refusal(self) -> bool:
+        """Whether the connection arriving now is refused; consumes one counted refusal."""
+        if self.refusing():
+            return True
+        if self.refuse_count > 0:
+            self.refuse_count -= 1
+            return True
+        return False
 
     def take_drops(self) -> tuple[int | None, float | None]:
         """Consume the one-shot drop faults for the connection being armed."""
@@ -438,7 +450,7 @@ class InstanceSSH:
 
     def accepting_now(self) -> bool:
         """Whether a new connection may proceed."""
-        return self._accepting and not self.faults.refusing()
+        return self._accepting and not self.faults.take_refusal()
 
     def acceptable_key_blobs(self) -> set[str]:
         """API-attached keys plus ``<sandbox>/.ssh/authorized_keys``, read afresh."""

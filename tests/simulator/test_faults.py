@@ -156,6 +156,17 @@ def test_ssh_refuse_for_a_while_after_running(sim, key):
     assert wait_for(lambda: _ssh_works(key, port), timeout=5)
 
 
+def test_ssh_refuse_a_counted_number_of_connections_whenever_they_come(sim, key):
+    sim.add_fault("ssh_refuse", seconds=0, connections=2)
+    api = sdk(sim)
+    port = wait_status(api, rent(api), "running")["ssh_port"]
+    time.sleep(1.0)  # long after any time window: the count still holds
+    for _ in range(2):
+        with pytest.raises(SSH_ERRORS):
+            key.run(port, "true", timeout=3)
+    assert key.run(port, "echo ok", timeout=3)[1] == "ok\n"
+
+
 def _ssh_works(key, port):
     try:
         return key.run(port, "echo ok", timeout=3)[1] == "ok\n"
