@@ -8,8 +8,13 @@ instance for work that is already running.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from snakemake_executor_plugin_vastai.transports.ssh.transport import (
+    SSH_RETRY_BUDGET,
+)
 from tests.e2e import alive, run_snakemake, sim_env, wait_for, write_workflow
 from tests.test_e2e_safety import job_in_state, journal_rows, kill_hard, start, unlock
 
@@ -38,6 +43,34 @@ def test_ssh_refused_while_reattaching_is_retried_and_the_job_resumes(tmp_path, 
     truth = simulator.truth()
     assert truth["created_count"] == 1, "the running job was rented again"
     assert alive(truth) == []
+
+
+def test_a_key_the_instance_refuses_on_reattach_boots_it_again_without_the_full_ssh_budget(
+        tmp_path, simulator):
+    """The instance forgot the crashed run's key (or never got it): the re-attach gives up
+    after a short grace, not the 180 s SSH budget, and the job runs again on the same
+    instance with this run's key."""
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule slow:\n    output: "out.txt"\n'
+                     '    shell: "sleep 8; echo done > {output}"\n',
+    })
+    proc = start(wf, simulator.url, simulator.api_key)
+    assert wait_for(lambda: job_in_state(wf, "running"), timeout=240)
+    kill_hard(proc)
+    [instance] = alive(simulator.truth())
+    simulator.add_fault("keys_lost", instance_id=instance["id"])
+
+    unlock(wf)
+    started = time.monotonic()
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--rerun-incomplete")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (wf / "out.txt").read_text() == "done\n"
+    assert "cannot re-attach over SSH" in result.stderr
+    truth = simulator.truth()
+    assert truth["created_count"] == 1, "a second instance was rented"
+    assert alive(truth) == []
+    assert took < SSH_RETRY_BUDGET, f"the re-attach took {took:.0f} s"
 
 
 def test_a_destroy_that_timed_out_gets_one_more_try_before_the_run_ends(tmp_path, simulator):

@@ -39,6 +39,9 @@ Instance fault kinds:
 - ``ssh_throttle(bytes_per_second)``: once running, what clients send over exec channels
   (uploads) reaches the instance no faster than that: a slow link, so that a test can act
   while a transfer is certainly under way.
+- ``keys_lost(after_seconds=0.0)``: ``after_seconds`` after running the instance forgets
+  every SSH public key it accepted (API-attached ones and ``~/.ssh/authorized_keys``):
+  a client's key is refused until a key is attached again.
 - ``kill_job(after_seconds=0.0, signal=9)``: ``after_seconds`` after running, every process
   of the instance gets ``signal`` (SIGKILL: an OOM kill); sshd keeps serving.
 - ``host_key_change(after_seconds=0.0)``: the SSH host key changes ``after_seconds`` after
@@ -117,6 +120,7 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "ssh_drop": {"after_bytes": None, "after_seconds": None},
     "ssh_throttle": {"bytes_per_second": _REQUIRED},
     "kill_job": {"after_seconds": 0.0, "signal": 9},
+    "keys_lost": {"after_seconds": 0.0},
     "host_key_change": {"after_seconds": 0.0},
     "stays_running": {},
     "disk_full": {"after_bytes": _REQUIRED},

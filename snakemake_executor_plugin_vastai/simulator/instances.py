@@ -580,7 +580,7 @@ class Instance:
         if not self._current(gen):
             return
         for f in self._take({"offline", "ssh_refuse", "ssh_drop", "ssh_throttle", "kill_job",
-                             "host_key_change"}):
+                             "host_key_change", "keys_lost"}):
             p = f.params
             if f.kind == "offline":
                 self.timeline.after(
@@ -602,6 +602,8 @@ class Instance:
                 )
             elif f.kind == "host_key_change":
                 self.timeline.after(float(p["after_seconds"]), lambda: self._rotate_key(gen))
+            elif f.kind == "keys_lost":
+                self.timeline.after(float(p["after_seconds"]), lambda: self._forget_keys(gen))
         with self._lock:
             vanish_running = [
                 f for f in self._pending if f.kind == "vanish" and f.params["at_state"] == "running"
@@ -716,6 +718,13 @@ class Instance:
     def _rotate_key(self, gen: int) -> None:
         if self._current(gen) and self.ssh is not None:
             self.ssh.rotate_host_key()
+
+    def _forget_keys(self, gen: int) -> None:
+        if not self._current(gen):
+            return
+        with self._lock:
+            self._keys.clear()
+        (self.sandbox / ".ssh" / "authorized_keys").unlink(missing_ok=True)
 
     def _reboot(self) -> None:
         if self.destroyed_at is not None:

@@ -32,7 +32,7 @@ from ...vastai.bids import Preempted
 from ...workflow import payload
 from ..progress import TransferProgress, planned_bytes
 from .channels import Endpoint
-from .errors import HostKeyMismatch, RemoteError, SSHUnavailable, UnsafeArchive
+from .errors import AuthRejected, HostKeyMismatch, RemoteError, SSHUnavailable, UnsafeArchive
 from .paths import AllowedPaths
 from .session import RemoteSession
 
@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from ...lifecycle.driver import JobDriver
 
 SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
+# A re-attach meets an instance that has run for a while: a refused key there is not a key
+# still being installed but one the host never got (a run that died between renting and
+# attaching it) or lost, and booting again attaches this run's key at once.
+REATTACH_AUTH_GRACE = 20.0
 REMOTE_DIR = payload.REMOTE_DIR
 
 # What a dying link can raise from deep inside paramiko when the adapter did not
@@ -104,7 +108,8 @@ class SshTransport:
                 and claim.row.get("actual_status") == "running":
             try:
                 status = self.with_ssh("re-attach",
-                                       lambda s: s.job_status(self.m.work_dir))
+                                       lambda s: s.job_status(self.m.work_dir),
+                                       auth_grace=REATTACH_AUTH_GRACE)
             except JobFailure as exc:
                 self.steps.log("warning", "cannot re-attach over SSH; booting it again",
                                error=str(exc))
@@ -332,8 +337,13 @@ class SshTransport:
             session = self.session
         return session if session is not None else self._connect()
 
-    def with_ssh(self, what: str, action: Callable[[RemoteSession], Any]) -> Any:
-        """Run ``action``; on SSH trouble reconnect with backoff within the budget."""
+    def with_ssh(self, what: str, action: Callable[[RemoteSession], Any],
+                 auth_grace: float | None = None) -> Any:
+        """Run ``action``; on SSH trouble reconnect with backoff within the budget.
+
+        ``auth_grace``: how long a refused key may go on being refused (the whole budget
+        when None) before the step gives up.
+        """
         steps = self.steps
         deadline = time.monotonic() + SSH_RETRY_BUDGET
         backoff = Backoff(start=0.5, cap=10.0)
@@ -342,25 +352,36 @@ class SshTransport:
             try:
                 return action(self._session())
             except (SSHUnavailable, *LINK_ERRORS) as exc:
-                self.close()
-                steps.check_cancel()
-                if self.m.over_runtime:
-                    raise JobFailure(steps.over_runtime_message()) from None
-                self.p.instances.watcher.watch(steps.instance_id())  # fresh listings now
-                self._check_instance_alive()
-                if self.m.offline_since is not None:  # the grace period decides
-                    deadline = max(deadline, time.monotonic() + 1.0)
-                reason = str(exc) or type(exc).__name__
-                if time.monotonic() > deadline:
-                    raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing "
-                                        f"during {what}: {reason}") from None
-                steps.fire("retry", detail=f"{what}: {reason}")
+                if isinstance(exc, AuthRejected) and auth_grace is not None:
+                    deadline = min(deadline, time.monotonic() + auth_grace)
+                    auth_grace = None  # the grace counts from the first refusal
+                deadline = self._after_ssh_trouble(what, exc, deadline)
                 time.sleep(backoff.delay())
             except UnsafeArchive as exc:
                 raise JobFailure(f"instance {self.m.instance_id}: {exc}") from None
             except RemoteError as exc:
                 raise JobFailure(f"instance {self.m.instance_id}: {what} failed: {exc}"
                                     f"{disk_hint(str(exc))}") from None
+
+    def _after_ssh_trouble(self, what: str, exc: BaseException, deadline: float) -> float:
+        """Reconnect bookkeeping after one failed try: fail the step once the deadline has
+        passed (or the job outran its runtime), else journal a retry; the deadline back,
+        stretched while the instance is offline (the offline grace period decides)."""
+        steps = self.steps
+        self.close()
+        steps.check_cancel()
+        if self.m.over_runtime:
+            raise JobFailure(steps.over_runtime_message()) from None
+        self.p.instances.watcher.watch(steps.instance_id())  # fresh listings now
+        self._check_instance_alive()
+        if self.m.offline_since is not None:
+            deadline = max(deadline, time.monotonic() + 1.0)
+        reason = str(exc) or type(exc).__name__
+        if time.monotonic() > deadline:
+            raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing "
+                             f"during {what}: {reason}") from None
+        steps.fire("retry", detail=f"{what}: {reason}")
+        return deadline
 
     def _check_instance_alive(self) -> None:
         """After an SSH failure: is the instance gone or offline for too long?"""
