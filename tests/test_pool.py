@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 
 from snakemake_executor_plugin_vastai.journal.store import Journal, JournalError, StaleTransition
+from snakemake_executor_plugin_vastai.lifecycle import instance_life
 from snakemake_executor_plugin_vastai.lifecycle.instance_machine import (
     HOLDING,
     TRANSITIONS,
     InstanceState,
-    next_state,
 )
 from snakemake_executor_plugin_vastai.run.pool import (
     NO_WORK_AHEAD,
@@ -54,14 +54,12 @@ def test_every_instance_state_is_reachable_and_every_holding_state_can_fail():
                 queue.append(dest)
     assert seen == {s.value for s in I}
     for state in HOLDING:
-        assert next_state(state.value, "fail") is I.DESTROYING
+        assert {d for s, d, t in edges() if s == state and t == "fail"} == {I.DESTROYING}
 
 
 def test_idle_is_entered_only_by_giving_back_a_leased_instance():
     assert [(s, t) for s, d, t in edges() if d == I.IDLE] == [(I.LEASED.value, "given_back")]
     assert {s for s, d, _ in edges() if d == I.GONE} == {I.DESTROYING.value, I.RENTING.value}
-    with pytest.raises(ValueError):
-        next_state(I.DESTROYING.value, "given_back")
 
 
 # -- the journal -------------------------------------------------------------------------
@@ -82,23 +80,23 @@ def rented(journal: Journal, n: int = 1) -> tuple[str, list[str], list[str]]:
         label = f"{journal.label_prefix}{job}"
         journal.record_rent_intent(job_id=job, run_id=run, label=label,
                                    offer={**OFFER, "id": 100 + i})
-        journal.record_instance_created(label, 1000 + i)
-        journal.instance_transition(label, trigger="booted", job_id=job, leased_by=job)
+        instance_life.created(journal, label, 1000 + i)
+        instance_life.fire(journal, label, "booted", job_id=job, leased_by=job)
         jobs.append(job)
         labels.append(label)
     return run, jobs, labels
 
 
-def test_the_journal_keeps_the_instance_life_and_refuses_what_the_table_lacks(journal):
+def test_the_machine_keeps_the_instance_life_and_refuses_what_the_table_lacks(journal):
     _run, jobs, (label,) = rented(journal)
     with pytest.raises(StaleTransition):
-        journal.instance_transition(label, trigger="leased")  # leased, not idle
-    journal.instance_transition(label, trigger="given_back", job_id=jobs[0], leased_by=None,
-                                idle_since=time.time())
-    assert journal.lease_instance(label, "other-job") is True
-    assert journal.lease_instance(label, "third-job") is False  # already leased
-    journal.record_destroy_requested(label=label)  # the job failed: the teardown's intent
-    journal.record_instance_destroyed(label=label)
+        instance_life.fire(journal, label, "leased")  # leased, not idle
+    instance_life.fire(journal, label, "given_back", job_id=jobs[0], leased_by=None,
+                       idle_since=time.time())
+    assert instance_life.lease(journal, label, "other-job") is True
+    assert instance_life.lease(journal, label, "third-job") is False  # already leased
+    instance_life.destroy_requested(journal, label=label)  # the job failed: the intent
+    instance_life.destroyed(journal, label=label)
     life = [(r["from_state"], r["to_state"], r["trigger"]) for r in
             journal.instance_history(label)]
     assert life == [(None, "renting", "rent_intent"), ("renting", "booting", "created"),
@@ -111,9 +109,50 @@ def test_the_journal_keeps_the_instance_life_and_refuses_what_the_table_lacks(jo
 
 def test_a_destroy_requested_instance_cannot_be_leased(journal):
     _run, _jobs, (label,) = rented(journal)
-    journal.instance_transition(label, trigger="given_back", leased_by=None)
+    instance_life.fire(journal, label, "given_back", leased_by=None)
+    instance_life.destroy_requested(journal, label=label)
+    assert instance_life.lease(journal, label, "late-job") is False
+    row = journal.instance_row(label=label)
+    assert (row["state"], row["destroy_requested_at"] is not None) == ("destroying", True)
+
+
+def test_the_journal_records_facts_and_never_moves_an_instance_itself(journal):
+    """The journal's record_* methods store facts only: every move is the machine's."""
+    _run, _jobs, (label,) = rented(journal)
     journal.record_destroy_requested(label=label)
-    assert journal.lease_instance(label, "late-job") is False
+    journal.record_instance_destroyed(label=label)
+    row = journal.instance_row(label=label)
+    assert row["state"] == "leased"
+    assert row["destroy_requested_at"] is not None and row["destroyed_at"] is not None
+    assert [r["trigger"] for r in journal.instance_history(label)] == [
+        "rent_intent", "created", "booted"]
+
+
+def test_a_move_another_process_made_first_is_refused_and_changes_nothing(journal, tmp_path):
+    """Two processes on one journal: the second to move an idle instance loses the guard."""
+    _run, _jobs, (label,) = rented(journal)
+    instance_life.fire(journal, label, "given_back", leased_by=None, idle_since=time.time())
+    other = Journal.for_workdir(tmp_path)
+    try:
+        stale_row = journal.instance_row(label=label)  # this process read idle ...
+        assert instance_life.lease(other, label, "their-job") is True  # ... they leased it
+        with pytest.raises(StaleTransition, match="another job or process"):
+            journal.move_instance(label, source=stale_row["state"], dest="leased",
+                                  trigger="leased", leased_by="our-job")
+    finally:
+        other.close()
+    row = journal.instance_row(label=label)
+    assert (row["state"], row["leased_by"]) == ("leased", "their-job")
+    assert [r["job_id"] for r in journal.instance_history(label)
+            if r["trigger"] == "leased"] == ["their-job"]  # one lease, theirs
+
+
+def test_an_instance_that_vanished_passes_through_destroying_to_gone(journal):
+    _run, _jobs, (label,) = rented(journal)
+    instance_life.destroyed(journal, label=label)
+    assert [(r["from_state"], r["to_state"]) for r in journal.instance_history(label)][-2:] \
+        == [("leased", "destroying"), ("destroying", "gone")]
+    assert journal.instance_row(label=label)["destroyed_at"] is not None
 
 
 # -- matching ----------------------------------------------------------------------------
@@ -233,16 +272,16 @@ def test_a_disabled_pool_never_leases(journal):
 def test_an_instance_given_back_while_the_run_drains_is_still_torn_down(journal):
     """give_back passed its check, then drain ran: the late one must not stay idle."""
     pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600)
-    original = pool.journal.instance_transition
+    original = pool.journal.move_instance
 
     def drain_in_between(*args, **kwargs):
         result = original(*args, **kwargs)
         pool.drain("the run ended")  # lands after the check, before the instance joins
         return result
 
-    pool.journal.instance_transition = drain_in_between
+    pool.journal.move_instance = drain_in_between
     assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is True
-    pool.journal.instance_transition = original
+    pool.journal.move_instance = original
     assert destroyed == labels
     assert pool.idle_count() == 0
 
@@ -277,14 +316,14 @@ def test_an_idle_instance_goes_once_no_job_is_left_not_after_the_timeout(journal
 def test_a_journal_that_refuses_the_expiry_still_gets_the_instance_torn_down(journal):
     pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600,
                                               work_ahead=lambda: False)
-    original = journal.instance_transition
+    original = journal.move_instance
 
     def refuse_expiry(label, **kw):
         if kw.get("trigger") == "expired":
             raise JournalError("database is locked")
         return original(label, **kw)
 
-    journal.instance_transition = refuse_expiry
+    journal.move_instance = refuse_expiry
     assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is True
     assert destroyed == labels  # the teardown journals its own intent before the DELETE
     assert pool.idle_count() == 0

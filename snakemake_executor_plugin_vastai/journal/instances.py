@@ -3,9 +3,9 @@
 An instance's label (it starts with the workflow's prefix) is journaled with the offer
 before the create call, so a crash during the call still leaves a way to find (and
 destroy) whatever it rented. Its id, SSH host key (pinned at first contact), Vast.ai's
-billing clock and the destroy's intent and answer follow. Its life cycle (``state``,
-``lease_instance``, the append-only ``instance_transitions``) is
-``lifecycle/instance_machine.py``'s; warm instances move between leased and idle
+billing clock and the destroy's intent and answer follow. Its life cycle (``state`` and
+the append-only ``instance_transitions``) is moved only by the machine of
+``lifecycle/instance_life.py`` through :meth:`move_instance`; warm instances move between leased and idle
 (``run/pool.py``). ``strays`` are instances listed with the workflow's prefix that no
 row owns, journaled before their teardown like any other.
 """
@@ -13,13 +13,12 @@ row owns, journaled before their teardown like any other.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import sqlite_utils
 
-from ..lifecycle.instance_machine import HOLDING as _HOLDING_INSTANCE
-from ..lifecycle.instance_machine import InstanceState, next_state
+from ..lifecycle.instance_machine import InstanceState
 from ..run.redaction import scrub
 from .base import TableGroup, _assignments, _insert, _marks, _plain, _to_json
 from .errors import JournalError, StaleTransition, UnknownInstance
@@ -46,6 +45,9 @@ INSTANCE_MANAGED = frozenset(
         "served",
     }
 )
+# What a move may set beside the state (lifecycle/instance_life.py), and its time stamps.
+MOVE_COLUMNS = frozenset({"leased_by", "idle_since", "served"})
+MOVE_STAMPS = frozenset({"destroy_requested_at", "destroyed_at"})
 OFFER_FACTS = ("offer_id", "machine_id", "gpu_name", "num_gpus", "dph_total", "geolocation")
 
 
@@ -104,6 +106,10 @@ class InstancesMixin(TableGroup):
                     f"UPDATE instances SET {_assignments(columns)} WHERE label = ?",
                     [*columns.values(), label],
                 )
+                if existing["state"] != InstanceState.RENTING.value:  # a label born again
+                    self._instance_history(db, label, existing["state"],
+                                           InstanceState.RENTING.value, "rent_intent", now,
+                                           job_id=job_id)
             job_columns = {
                 "label": label,
                 **{k: v for k, v in facts.items() if k in self._job_columns},
@@ -167,8 +173,6 @@ class InstancesMixin(TableGroup):
                     f"another label in {self.path}: {exc}",
                     self.path,
                 ) from exc
-            if row["state"] == InstanceState.RENTING.value:
-                self._move_instance(db, row, "created", now, detail={"instance": instance_id})
             job_values = {
                 k: v for k, v in values.items() if k in self._job_columns and k not in JOB_IDENTITY
             }
@@ -256,35 +260,31 @@ class InstancesMixin(TableGroup):
     def record_destroy_requested(
         self, *, label: str | None = None, instance_id: int | None = None
     ) -> None:
-        """Write-ahead for the destroy call (the first request's time is kept)."""
+        """Write-ahead for the destroy call (the first request's time is kept). A holding
+        instance's move to destroying is the machine's (``instance_life.destroy_requested``)."""
         self._instance_or_stray_update(
             "destroy_requested_at = COALESCE(destroy_requested_at, ?)", [self._clock()],
-            label, instance_id, moved=self._destroy_requested_move)
+            label, instance_id)
 
     def record_instance_destroyed(
         self, *, label: str | None = None, instance_id: int | None = None, at: float | None = None
     ) -> None:
-        """The instance is known gone (or, for a label never created, never existed)."""
+        """The instance is known gone (or, for a label never created, never existed); its move
+        to gone is the machine's (``instance_life.destroyed``)."""
         when = self._clock() if at is None else at
         self._instance_or_stray_update(
-            "destroyed_at = COALESCE(destroyed_at, ?)", [when], label, instance_id,
-            moved=self._destroyed_move)
+            "destroyed_at = COALESCE(destroyed_at, ?)", [when], label, instance_id)
 
     def _instance_or_stray_update(
         self, assignment: str, values: list[Any], label: str | None, instance_id: int | None,
-        *, strict: bool = True, moved: Callable[[Any, dict], None] | None = None,
+        *, strict: bool = True,
     ) -> None:
-        """Update the instance row (by label and/or id), else the stray with that id.
-        ``moved`` then moves the row's life-cycle state in the same transaction."""
+        """Update the instance row (by label and/or id), else the stray with that id."""
         where, params = _instance_match(label, instance_id)
         with self._write() as db:
             cursor = db.execute(f"UPDATE instances SET {assignment} WHERE {where}",
                                 [*values, *params])
             if cursor.rowcount == 1:
-                if moved is not None:
-                    row = self._instance_row(db, where, params)
-                    if row is not None and row["state"] is not None:
-                        moved(db, row)
                 return
             if instance_id is not None:
                 cursor = db.execute(f"UPDATE strays SET {assignment} WHERE instance_id = ?",
@@ -326,36 +326,45 @@ class InstancesMixin(TableGroup):
         )
 
 
-    # -- the instance life cycle (lifecycle/instance_machine.py; warm instances: run/pool.py)
-    def instance_transition(
-        self, label: str, *, trigger: str, detail: str | Mapping[str, Any] | None = None,
-        job_id: str | None = None, **columns: Any,
-    ) -> str:
-        """Move an instance along ``instance_machine.TRANSITIONS``: a guarded update plus its
-        append-only row, in one transaction, before the side effect. Returns the new state;
-        raises StaleTransition (changing nothing) if its state has no such row."""
-        now = self._clock()
-        with self._write() as db:
-            row = self._instance_row(db, "label = ?", [label])
-            if row is None:
-                raise self._unknown_instance(f"label {label}")
-            return self._move_instance(db, row, trigger, now, detail=detail, job_id=job_id,
-                                       **columns)
+    # -- the instance life cycle: moves decided by lifecycle/instance_life.py's machine
+    def instance_row(self, *, label: str | None = None,
+                     instance_id: int | None = None) -> dict | None:
+        """The instance row with this label and/or id (None: not journaled)."""
+        where, params = _instance_match(label, instance_id)
+        with self._lock:
+            return self._instance_row(self.db, where, params)
 
-    def lease_instance(self, label: str, job_id: str, detail: str | None = None) -> bool:
-        """idle -> leased by ``job_id``, only if the instance is still idle and no destroy
-        was asked for: False when another job (or the idle reaper) was first, so two
-        threads or processes never lease one instance. ``detail``: why it was kept."""
+    def move_instance(
+        self, label: str, *, source: str, dest: str, trigger: str, job_id: str | None = None,
+        detail: str | Mapping[str, Any] | None = None, stamps: tuple[str, ...] = (),
+        at: float | None = None, **columns: Any,
+    ) -> None:
+        """Commit a move the instance machine decided: a compare-and-set of the row's state
+        (``source`` -> ``dest``) with its columns, plus the append-only history row, in one
+        transaction. ``stamps`` name time columns set to ``at`` (default: now) unless already
+        set. StaleTransition, changing nothing, if the row is no longer in ``source``."""
+        unknown = sorted(set(columns) - MOVE_COLUMNS) + sorted(set(stamps) - MOVE_STAMPS)
+        if unknown:
+            raise ValueError(f"cannot set instance column(s) {', '.join(unknown)} in a move")
         now = self._clock()
+        when = now if at is None else at
+        values = {"state": dest, **{k: _plain(v) for k, v in columns.items()}}
+        stamp_sql = "".join(f", {name} = COALESCE({name}, ?)" for name in stamps)
         with self._write() as db:
-            row = self._instance_row(db, "label = ?", [label])
-            if row is None or row["state"] != InstanceState.IDLE.value \
-                    or row["destroy_requested_at"] is not None:
-                return False
-            self._move_instance(db, row, "leased", now, detail=detail, job_id=job_id,
-                                leased_by=job_id, idle_since=None,
-                                served=int(row["served"] or 0) + 1)
-            return True
+            cursor = db.execute(
+                f"UPDATE instances SET {_assignments(values)}{stamp_sql} "
+                "WHERE label = ? AND state IS ?",
+                [*values.values(), *([when] * len(stamps)), label, source])
+            if cursor.rowcount != 1:
+                row = self._instance_row(db, "label = ?", [label])
+                if row is None:
+                    raise self._unknown_instance(f"label {label}")
+                raise StaleTransition(
+                    f"instance {label}: {trigger!r} expected state {source!r}, found "
+                    f"{row['state']!r} (another job or process moved it; journal {self.path})",
+                    self.path, job_id=job_id or "", expected=(source,), actual=row["state"])
+            self._instance_history(db, label, source, dest, trigger, now, job_id=job_id,
+                                   detail=detail)
 
     def instance_history(self, label: str) -> list[dict]:
         """An instance's life, oldest first."""
@@ -367,32 +376,6 @@ class InstancesMixin(TableGroup):
             f"SELECT * FROM instances WHERE state IN ({_marks(states)}) "
             "ORDER BY requested_at, label", list(states))
 
-    def _move_instance(
-        self, db: sqlite_utils.Database, row: Mapping[str, Any], trigger: str, now: float, *,
-        detail: str | Mapping[str, Any] | None = None, job_id: str | None = None,
-        **columns: Any,
-    ) -> str:
-        label, source = row["label"], row["state"]
-        try:
-            dest = next_state(source or "", trigger).value
-        except ValueError as exc:
-            raise StaleTransition(f"instance {label}: {exc} (journal {self.path})", self.path,
-                                  job_id=job_id or "", expected=(), actual=source) from None
-        unknown = sorted(set(columns) - {"leased_by", "idle_since", "served"})
-        if unknown:
-            raise ValueError(f"cannot set instance column(s) {', '.join(unknown)} in a move")
-        values = {"state": dest, **{k: _plain(v) for k, v in columns.items()}}
-        cursor = db.execute(
-            f"UPDATE instances SET {_assignments(values)} WHERE label = ? AND state IS ?",
-            [*values.values(), label, source])
-        if cursor.rowcount != 1:
-            raise StaleTransition(f"instance {label}: {trigger!r} lost a race (journal "
-                                  f"{self.path})", self.path, job_id=job_id or "",
-                                  expected=(str(source),), actual=None)
-        self._instance_history(db, label, source, dest, trigger, now, job_id=job_id,
-                               detail=detail)
-        return dest
-
     def _instance_history(
         self, db: sqlite_utils.Database, label: str, source: str | None, dest: str,
         trigger: str, at: float, *, job_id: str | None = None,
@@ -402,26 +385,6 @@ class InstancesMixin(TableGroup):
             None if detail is None else _to_json(detail))
         _insert(db, "instance_transitions", label=label, run_id=self._run_id, job_id=job_id,
                 from_state=source, to_state=dest, trigger=trigger, at=at, detail=text)
-
-    def _destroy_requested_move(self, db: sqlite_utils.Database, row: dict) -> None:
-        """The teardown's intent moves a holding instance into destroying."""
-        if row["state"] in {s.value for s in _HOLDING_INSTANCE}:
-            trigger = "expired" if row["state"] == InstanceState.IDLE.value else "fail"
-            self._move_instance(db, row, trigger, self._clock())
-
-    def _destroyed_move(self, db: sqlite_utils.Database, row: dict) -> None:
-        """Known gone: destroyed (or never created); an instance that vanished on its own
-        passes through destroying, so its history still reads as the table allows."""
-        state, now = row["state"], self._clock()
-        if state == InstanceState.RENTING.value and row["instance_id"] is None:
-            self._move_instance(db, row, "never_created", now)
-            return
-        if state in {s.value for s in _HOLDING_INSTANCE}:
-            self._move_instance(db, row, "fail", now, detail="not listed any more")
-            row = self._instance_row(db, "label = ?", [row["label"]]) or row
-        if row["state"] == InstanceState.DESTROYING.value:
-            self._move_instance(db, row, "destroyed", now)
-
 
     # -- strays: instances with our prefix that no instance row owns ---------------------
     def record_stray(

@@ -36,6 +36,7 @@ from ..journal.store import JournalError, StaleTransition, UnknownInstance
 from ..run.backoff import Backoff
 from ..vastai import bids
 from ..vastai.api import VastError
+from . import instance_life
 from .job_machine import JobState, machine_kwargs
 from .models import JobModel
 from .outcomes import CRASH_ENV, CRASH_POINTS, JobCancelled, JobFailure, crash_point, log_tail
@@ -193,8 +194,8 @@ class JobDriver(RentingSteps):
         if self.m.label is None:
             return
         with contextlib.suppress(StaleTransition, UnknownInstance):
-            self.p.journal.instance_transition(self.m.label, trigger=trigger,
-                                               job_id=self.m.job_id, **columns)
+            instance_life.fire(self.p.journal, self.m.label, trigger, job_id=self.m.job_id,
+                               **columns)
 
     # -- booting -------------------------------------------------------------------
     def step_booting(self) -> None:

@@ -3,10 +3,10 @@
 With warm instances (``pool.py``) an instance outlives the job that rented it:
 it is given back to the run's pool when its job succeeds and leased by the next
 job whose needs it meets. Its life is therefore its own, and this table is it.
-No I/O here: ``journal.Journal.instance_transition`` checks every change
-against this table and commits it (a guarded update plus an append-only row in
-``instance_transitions``) *before* the side effect of the state it enters, as
-for jobs. Reading the table top to bottom is reading an instance's life::
+No I/O here: ``instance_life.py`` runs this table on a ``transitions`` machine
+whose write-ahead hook commits every move to the journal (a guarded update plus
+an append-only row in ``instance_transitions``) *before* the side effect of the
+state it enters, as for jobs. Reading the table top to bottom is reading an instance's life::
 
     renting -> booting -> leased <-> idle -> destroying -> gone
 
@@ -66,26 +66,6 @@ TRANSITIONS: list[dict] = [
     # a create that never rented anything (the label is not listed)
     {"trigger": "never_created", "source": I.RENTING, "dest": I.GONE},
 ]
-
-
-def next_state(source: str, trigger: str) -> InstanceState:
-    """The state ``trigger`` leads to from ``source``; ValueError if the table has no row."""
-    for row in TRANSITIONS:
-        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
-        if row["trigger"] == trigger and source in [s.value for s in sources]:
-            return row["dest"]
-    raise ValueError(f"instance machine: no transition {trigger!r} from state {source!r}")
-
-
-def sources_of(trigger: str) -> list[str]:
-    """Every state ``trigger`` may leave (for guarded updates)."""
-    found: list[str] = []
-    for row in TRANSITIONS:
-        if row["trigger"] != trigger:
-            continue
-        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
-        found.extend(s.value for s in sources)
-    return found
 
 
 def machine_kwargs() -> dict:

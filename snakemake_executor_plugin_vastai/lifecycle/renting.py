@@ -18,6 +18,7 @@ from ..vastai import bids
 from ..vastai.api import CreateInDoubt, OfferGone, VastAuthError, VastError
 from ..vastai.offers import describe
 from ..workflow.payload import REMOTE_DIR
+from . import instance_life
 from .outcomes import JobFailure, crash_point
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ class RentingSteps:
         self.m.rented_at = time.monotonic()
         self.m.offer = offer
         self.m.bid_price = bid.get("bid_price")
-        journal.record_instance_created(label, instance_id, **bid)
+        instance_life.created(journal, label, instance_id, **bid)
         for extra in found[1:]:  # journaled as strays and destroyed, beside this job
             self.p.instances.destroy_in_background(int(extra["id"]), stray=extra, reason=(
                 f"a second instance with label {label} after a lost create answer"))

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..journal.store import Journal, JournalError
+from ..lifecycle import instance_life
 from ..vastai.query import offer_misfit
 
 # Seconds an idle instance waits for its next job by default. Vast.ai boots take 60-300 s
@@ -137,7 +138,7 @@ class Pool:
                 if self._idle.pop(warm.label, None) is None:
                     continue  # expired or leased meanwhile: look again
             try:
-                won = self.journal.lease_instance(warm.label, job_id, detail=why)
+                won = instance_life.lease(self.journal, warm.label, job_id, detail=why)
             except JournalError as exc:  # cannot journal the lease: it is not ours to use
                 self.log.warning("cannot journal a lease; tearing the idle instance down",
                                  instance=warm.instance_id, error=str(exc))
@@ -155,8 +156,8 @@ class Pool:
         if not self.enabled or self._stop.is_set():
             return False
         try:
-            self.journal.instance_transition(warm.label, trigger="given_back", job_id=job_id,
-                                             leased_by=None, idle_since=time.time())
+            instance_life.fire(self.journal, warm.label, "given_back", job_id=job_id,
+                               leased_by=None, idle_since=time.time())
         except JournalError as exc:
             self.log.warning("cannot journal the instance as idle; tearing it down",
                              instance=warm.instance_id, error=str(exc))
@@ -200,7 +201,7 @@ class Pool:
         if warm is None:
             return False
         with contextlib.suppress(JournalError):  # the teardown journals its intent anyway
-            self.journal.instance_transition(label, trigger="expired", detail=reason)
+            instance_life.fire(self.journal, label, "expired", detail=reason)
         self.log.info("tearing down an idle instance", instance=warm.instance_id,
                       reason=reason, verbose=True)
         self._destroy(warm.instance_id, label)

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..lifecycle import instance_life
 from . import fingerprint as fingerprints
 from . import listing
 from . import liveness as leases
@@ -169,10 +170,10 @@ class Recovery:
         journal = self.journal
         for row in matched.gone:
             if owners.get(row["label"], row["run_id"]) in dead:
-                journal.record_instance_destroyed(label=row["label"])
+                instance_life.destroyed(journal, label=row["label"])
         for stray in journal.strays_possibly_alive():
             if stray["instance_id"] not in {s.instance_id for s in matched.strays}:
-                journal.record_instance_destroyed(instance_id=int(stray["instance_id"]))
+                instance_life.destroyed(journal, instance_id=int(stray["instance_id"]))
         alive: dict[str, tuple[dict, dict]] = {}
         for label, (row, listed) in matched.alive.items():
             if owners.get(label, row["run_id"]) not in dead:
@@ -181,7 +182,7 @@ class Recovery:
             if not journal.take_over(label, self.run_id, from_runs=dead):
                 continue
             if row.get("instance_id") is None:
-                journal.record_instance_created(label, int(listed["id"]))
+                instance_life.created(journal, label, int(listed["id"]))
                 row = {**row, "instance_id": int(listed["id"])}
             alive[label] = (row, listed)
         return alive

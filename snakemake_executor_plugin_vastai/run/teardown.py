@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..journal.store import Journal, JournalError
+from ..lifecycle import instance_life
 from ..lifecycle.outcomes import crash_point
 from ..vastai.api import VastAPI, VastError, VastUnavailable
 from .backoff import Backoff
@@ -68,8 +69,8 @@ class Teardown:
         """
         with self._lock:
             self.pending[instance_id] = label or ""
-        self._journal("destroy intent", lambda j: j.record_destroy_requested(
-            instance_id=instance_id))
+        self._journal("destroy intent", lambda j: instance_life.destroy_requested(
+            j, instance_id=instance_id))
         backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX)
         while True:
             budget = self._budget(deadline)
@@ -83,8 +84,8 @@ class Teardown:
             except Exception as exc:  # VastError, or an answer nobody could parse
                 gone, reason = False, f"{type(exc).__name__}: {exc}"
             if gone:
-                self._journal("destroyed", lambda j: j.record_instance_destroyed(
-                    instance_id=instance_id))
+                self._journal("destroyed", lambda j: instance_life.destroyed(
+                    j, instance_id=instance_id))
                 with self._lock:
                     self.pending.pop(instance_id, None)
                 return True
@@ -125,7 +126,7 @@ class Teardown:
             if self.destroy(iid, label=label, on_retry=on_retry, deadline=deadline):
                 destroyed.append(iid)
         if not rows:
-            self._journal("never created", lambda j: j.record_instance_destroyed(label=label))
+            self._journal("never created", lambda j: instance_life.destroyed(j, label=label))
         return destroyed
 
     def destroy_stray(self, listed: dict, reason: str, deadline: float | None = None) -> bool:
@@ -149,7 +150,7 @@ class Teardown:
     def _own(journal: Journal, label: str, iid: int, row: dict) -> None:
         """The first instance found for a label becomes its row's; any other is a stray."""
         try:
-            journal.record_instance_created(label, iid)
+            instance_life.created(journal, label, iid)
         except JournalError:
             journal.record_stray(iid, label=label, reason=f"a second instance with label {label}",
                                  dph_total=row.get("dph_total"))

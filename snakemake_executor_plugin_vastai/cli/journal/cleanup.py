@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...journal.store import RELATIVE_PATH, Journal, JournalError
+from ...lifecycle import instance_life
 from ...run import liveness as leases
 from ...run.redaction import scrub
 from ...run.teardown import Teardown
@@ -102,7 +103,7 @@ def apply_plan(
     """Mark the unlisted rows gone, destroy the targets one by one (a failure does not stop
     the others)."""
     for row in plan.gone:
-        journal.record_instance_destroyed(label=row["label"])
+        instance_life.destroyed(journal, label=row["label"])
     destroyed, failed = [], []
     for target in plan.targets:
         error = destroy(api, journal, target)
@@ -247,7 +248,7 @@ def destroy(api: VastAPI, journal: Journal, target: Target) -> str | None:
     row = target.row
     try:
         if row is not None and row["instance_id"] is None:
-            journal.record_instance_created(row["label"], target.instance_id)
+            instance_life.created(journal, row["label"], target.instance_id)
     except JournalError as exc:
         return f"instance {target.instance_id} ({target.label}): {exc}"
     if row is None:
