@@ -354,7 +354,7 @@ def test_a_lease_racing_the_early_release_either_leases_or_destroys(tmp_path):
         journal.close()
 
 
-# -- price: keep an idle instance or replace it (pool.worth_keeping) ----------------------
+# -- price: keep an idle instance or replace it (costs/warm.worth_keeping) ----------------------
 @pytest.mark.parametrize(("idle", "fresh", "boot", "work", "keep"), [
     (0.40, None, 180, 600, True),  # nothing free to replace it with
     (0.40, 0.40, 180, 10**6, True),  # not dearer: a boot saved for nothing
@@ -366,7 +366,7 @@ def test_a_lease_racing_the_early_release_either_leases_or_destroys(tmp_path):
 ])
 def test_an_idle_instance_is_kept_while_its_premium_is_at_most_a_fresh_boot(
         idle, fresh, boot, work, keep):
-    from snakemake_executor_plugin_vastai.run.pool import worth_keeping
+    from snakemake_executor_plugin_vastai.costs.warm import worth_keeping
 
     got, why = worth_keeping(idle, fresh, boot, work)
     assert got is keep

@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..costs import ledger
+from ..costs.ledger import BYTES_PER_GB
 from .plan_safety import plan_directory, snakemake_argv
 
 DEFAULT_RUNTIME_MINUTES = 10.0  # a rule without a runtime resource, for the estimate
@@ -304,10 +306,9 @@ def cost_range(plan: RulePlan, offers: list[dict], measured: dict) -> tuple[floa
     upload_seconds = per_job_bytes / rate
 
     def cost(offer: dict, boot: float) -> float:
-        hours = (boot + plan.runtime_seconds + upload_seconds) / 3600.0
-        dph = float(offer.get("dph_total") or 0.0)
-        bandwidth = per_job_bytes * float(offer.get("inet_down_cost") or 0.0) / 1024**3
-        return plan.jobs * (hours * dph + bandwidth)
+        seconds = boot + plan.runtime_seconds + upload_seconds
+        bandwidth = per_job_bytes * float(offer.get("inet_down_cost") or 0.0) / BYTES_PER_GB
+        return plan.jobs * (ledger.dollars_at(offer.get("dph_total"), seconds) + bandwidth)
 
     cheapest = min(offers, key=lambda o: float(o.get("dph_total") or 0.0))
     dearest = max(offers, key=lambda o: cost(o, boot_high))

@@ -27,7 +27,7 @@ BYTES_PER_GB = 1024**3  # Vast.ai's $/GB (its CLI shows $/TB as the $/GB price x
 @dataclass(frozen=True)
 class Component:
     """One kind of charge: ``dollars(row, seconds)`` from an instance row and its billed
-    seconds (see ``journal/costs.py``, ``_cost``)."""
+    seconds (see :func:`billed`)."""
 
     name: str
     dollars: Callable[[Mapping[str, Any], float], float]
@@ -93,6 +93,27 @@ COMPONENTS: list[Component] = [
 def components(row: Mapping[str, Any], seconds: float) -> dict[str, float]:
     """Dollars per component for one instance row."""
     return {c.name: c.dollars(row, seconds) for c in COMPONENTS}
+
+
+def billed(row: Mapping[str, Any], now: float) -> tuple[float, float]:
+    """An instance's billed (seconds, dollars) so far: from Vast.ai's ``start_date`` where
+    known, else our create, to the accepted destroy, else the confirmed one, else ``now``
+    (see ``instances`` in docs/journal-schema.md); every component counted."""
+    if row.get("created_at") is None and row.get("started_at") is None:
+        return 0.0, 0.0  # never created
+    start = _first(row.get("started_at"), row.get("created_at"))
+    end = _first(row.get("destroy_accepted_at"), row.get("destroyed_at"), now)
+    seconds = max(0.0, float(end) - float(start))
+    return seconds, sum(components(row, seconds).values())
+
+
+def dollars_at(dph: Any, seconds: float) -> float:
+    """``seconds`` at ``dph`` $/h (a price the journal or the market gave; bad values: 0)."""
+    return max(seconds, 0.0) / 3600.0 * _price(dph)
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
 
 
 class ByteMeter:

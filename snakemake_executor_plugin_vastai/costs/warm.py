@@ -2,7 +2,7 @@
 
 With warm instances (``pool.py``) one instance serves several jobs, so its bill
 splits three ways (Vast.ai bills from its ``start_date`` to the accepted
-destroy, see ``journal/costs.py``, ``_cost``):
+destroy, see ``ledger.billed``):
 
 - **leased**: from each job's ``leased_at`` (booted, or leased from the pool)
   to its ``released_at`` (given back) or, for the last job, its end; this is
@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from typing import Any
+
+from . import ledger
 
 
 def split(instance: dict, jobs: list[dict], now: float) -> dict[str, float]:
@@ -87,3 +89,40 @@ def report(instances: list[dict], jobs: list[dict], now: float | None = None) ->
 
 def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
+
+
+def leased_share(job: dict, instance: dict | None, now: float) -> dict:
+    """A job that shared its warm instance costs its leased time only (seconds, dollars);
+    {} when it did not share (it pays its instance's whole bill)."""
+    if instance is None or instance.get("served", 0) <= 1 or job.get("leased_at") is None:
+        return {}
+    start = instance.get("started_at") or instance.get("created_at") or now
+    begin, stop = job_window(job, float(start) + instance["billed_seconds"])
+    seconds = max(0.0, stop - float(begin or stop))
+    return {"instance_seconds": seconds,
+            "dollars": ledger.dollars_at(instance.get("dph_total"), seconds)}
+
+
+def worth_keeping(idle_dph: float, fresh_dph: float | None, boot_s: float,
+                  work_s: float | None) -> tuple[bool, str]:
+    """Lease an idle instance at ``idle_dph`` $/h, or let it go and rent a free offer at
+    ``fresh_dph``? Keeping bills ``idle_dph * work``; replacing bills ``fresh_dph *
+    (boot + work)`` (Vast.ai bills a boot). So keep while the idle instance's premium,
+    ``(idle_dph - fresh_dph) * work``, is at most the fresh boot's bill, ``fresh_dph *
+    boot``. Ties keep (a boot also costs wall time); an unknown amount of work keeps
+    (the boot saved is certain, the premium a guess). Returns (keep, why)."""
+    if fresh_dph is None:
+        return True, f"kept at ${idle_dph:.3f}/h: no fitting offer is free on the market"
+    if idle_dph <= fresh_dph:
+        return True, (f"kept at ${idle_dph:.3f}/h: the cheapest free offer costs "
+                      f"${fresh_dph:.3f}/h")
+    if work_s is None:
+        return True, (f"kept at ${idle_dph:.3f}/h although an offer costs ${fresh_dph:.3f}/h: "
+                      "no job time measured yet")
+    premium = ledger.dollars_at(idle_dph - fresh_dph, work_s)
+    boot = ledger.dollars_at(fresh_dph, boot_s)
+    figures = (f"premium ${premium:.4f} over {work_s:.0f} s of expected work against a "
+               f"{boot_s:.0f} s boot at ${fresh_dph:.3f}/h, ${boot:.4f}")
+    if premium <= boot:
+        return True, f"kept at ${idle_dph:.3f}/h: {figures}"
+    return False, f"replaced, ${idle_dph:.3f}/h against a free ${fresh_dph:.3f}/h: {figures}"

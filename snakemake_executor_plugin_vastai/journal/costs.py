@@ -11,8 +11,7 @@ prices and the arithmetic are ``costs/ledger.py``'s; this module reads the rows 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Collection
 
 import sqlite_utils
 
@@ -127,7 +126,7 @@ class CostsMixin(TableGroup):
         rows = self._rows("SELECT * FROM instances WHERE label = ?", [label])
         if not rows:
             raise self._unknown_instance(f"label {label}")
-        return _cost(rows[0], self._clock())
+        return ledger.billed(rows[0], self._clock())
 
     def run_cost(self, run_id: str) -> tuple[float, float]:
         """Total (seconds, dollars) a run is answerable for: the time of the instances it
@@ -149,7 +148,7 @@ class CostsMixin(TableGroup):
                 else None
             row = {**row, "bytes_uploaded": mine["bytes_uploaded"] if mine else 0,
                    "bytes_downloaded": mine["bytes_downloaded"] if mine else 0}
-            billed, total = _cost(row, now)
+            billed, total = ledger.billed(row, now)
             if row["run_id"] == run_id:
                 seconds, dollars = seconds + billed, dollars + total
             else:  # only the bytes this run moved on another run's instance
@@ -162,23 +161,6 @@ class CostsMixin(TableGroup):
         now = self._clock()
         rows = self.instances()
         for row in rows:
-            row["billed_seconds"], row["billed_dollars"] = _cost(row, now)
+            row["billed_seconds"], row["billed_dollars"] = ledger.billed(row, now)
             row["components"] = ledger.components(row, row["billed_seconds"])
         return rows
-
-
-
-def _cost(row: Mapping[str, Any], now: float) -> tuple[float, float]:
-    """Billed time on Vast.ai's clock where known, else ours (see ``instances`` in
-    docs/journal-schema.md)."""
-    if row["created_at"] is None and row.get("started_at") is None:
-        return 0.0, 0.0  # never created
-    start = _first(row.get("started_at"), row["created_at"])
-    end = _first(row.get("destroy_accepted_at"), row["destroyed_at"], now)
-    seconds = max(0.0, float(end) - float(start))
-    return seconds, sum(ledger.components(row, seconds).values())
-
-
-def _first(*values: Any) -> Any:
-    return next(v for v in values if v is not None)
-

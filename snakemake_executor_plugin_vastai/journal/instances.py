@@ -5,9 +5,9 @@ before the create call, so a crash during the call still leaves a way to find (a
 destroy) whatever it rented. Its id, SSH host key (pinned at first contact), Vast.ai's
 billing clock and the destroy's intent and answer follow. Its life cycle (``state`` and
 the append-only ``instance_transitions``) is moved only by the machine of
-``lifecycle/instance_life.py`` through :meth:`move_instance`; warm instances move between leased and idle
-(``run/pool.py``). ``strays`` are instances listed with the workflow's prefix that no
-row owns, journaled before their teardown like any other.
+``lifecycle/instance_life.py``, through :meth:`move_instance`; warm instances move between
+leased and idle (``run/pool.py``). ``strays`` are instances listed with the workflow's
+prefix that no row owns, journaled before their teardown like any other.
 """
 
 from __future__ import annotations

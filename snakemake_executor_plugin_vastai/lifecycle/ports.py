@@ -40,5 +40,5 @@ class JobPorts:
     on_end: Callable[[Any], None] = lambda model: None  # the run's bookkeeping
     pool: Pool | None = None  # warm instances (pool.py); None: one instance per job
     # Jobs still to come per instance of the run (>= 1): how much work an idle instance
-    # would do if kept (pool.worth_keeping)
+    # would do if kept (costs/warm.worth_keeping)
     queue_share: Callable[[], float] = lambda: 1.0

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..costs.warm import worth_keeping
 from ..run.backoff import Backoff
-from ..run.pool import worth_keeping
 from ..vastai import bids
 from ..vastai.api import CreateInDoubt, OfferGone, VastAuthError, VastError
 from ..vastai.offers import describe
@@ -37,7 +37,7 @@ DEFAULT_OFFER_WAIT = 1800.0
 WAIT_PACE = (2.0, 20.0)
 WAIT_LOG_EVERY = 60.0  # seconds between "still waiting" lines of one job
 # Seconds a market answer's prices stand for the market when a job decides whether an
-# idle warm instance is worth its price (pool.worth_keeping); older: search again.
+# idle warm instance is worth its price (costs/warm.worth_keeping); older: search again.
 PRICE_MEMORY = 120.0
 # Pauses before each label lookup after a create whose answer was lost: the server may
 # act after the client gave up waiting, so one empty listing is not proof.
@@ -100,7 +100,7 @@ class RentingSteps:
     def _lease_warm(self, request: Any) -> bool:
         """Warm instances: take the cheapest idle instance of the run's pool that meets
         the job's request (journaled as leased first), skipping renting and booting, unless
-        a cheaper free offer makes it not worth its price (pool.worth_keeping).
+        a cheaper free offer makes it not worth its price (costs/warm.worth_keeping).
         Bid jobs rent bid instances of their own (bids.py): they never lease."""
         pool = self.p.pool
         if pool is None or self.transport.skips_ssh or self.m.interruptible:
@@ -125,7 +125,7 @@ class RentingSteps:
 
     def _worth_keeping(self, warm: Any, request: Any) -> tuple[bool, str]:
         """Price an idle instance against the cheapest free offer for this job (the latest
-        answer to its search, or a new search when none is recent): pool.worth_keeping."""
+        answer to its search, or a new search when none is recent): costs/warm.worth_keeping."""
         market, pool = self.p.market, self.p.pool
         fresh, known = market.cheapest_free(request, PRICE_MEMORY)
         if not known or (fresh is not None and price_of(fresh) < warm.price):

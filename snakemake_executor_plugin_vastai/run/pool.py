@@ -18,7 +18,7 @@ storage mode the container runs its one job from its launch arguments.
 Price: an idle instance is not leased blindly. When the market has a cheaper
 fitting offer free, keeping the idle instance costs its price premium over the
 work it would do, and replacing it costs a boot at the cheaper price; the cheaper
-of the two wins (:func:`worth_keeping`), and the journal says which and why (the
+of the two wins (``costs/warm.worth_keeping``), and the journal says which and why (the
 lease's or the expiry's detail). The work is the run's median job time so far
 times the queue share (jobs still to come that no instance holds, per instance of
 the run): a long queue makes a dear instance worth replacing, a short one makes
@@ -113,7 +113,7 @@ class Pool:
               ) -> WarmInstance | None:
         """The cheapest idle instance that meets the job's request, leased in the journal;
         None if none fits (the job searches and rents as usual). ``decide`` says whether
-        it is worth keeping at its price (:func:`worth_keeping`); one that is not is torn
+        it is worth keeping at its price (``costs/warm.worth_keeping``); one that is not is torn
         down with the reason and None returned: the job rents the cheaper offer, and the
         other idle instances (dearer still) stay for jobs that find no such offer."""
         if not self.enabled:
@@ -242,31 +242,6 @@ class Pool:
 
 
 # -- price: keep an idle instance or replace it? -------------------------------------------
-def worth_keeping(idle_dph: float, fresh_dph: float | None, boot_s: float,
-                  work_s: float | None) -> tuple[bool, str]:
-    """Lease an idle instance at ``idle_dph`` $/h, or let it go and rent a free offer at
-    ``fresh_dph``? Keeping bills ``idle_dph * work``; replacing bills ``fresh_dph *
-    (boot + work)`` (Vast.ai bills a boot). So keep while the idle instance's premium,
-    ``(idle_dph - fresh_dph) * work``, is at most the fresh boot's bill, ``fresh_dph *
-    boot``. Ties keep (a boot also costs wall time); an unknown amount of work keeps
-    (the boot saved is certain, the premium a guess). Returns (keep, why)."""
-    if fresh_dph is None:
-        return True, f"kept at ${idle_dph:.3f}/h: no fitting offer is free on the market"
-    if idle_dph <= fresh_dph:
-        return True, (f"kept at ${idle_dph:.3f}/h: the cheapest free offer costs "
-                      f"${fresh_dph:.3f}/h")
-    if work_s is None:
-        return True, (f"kept at ${idle_dph:.3f}/h although an offer costs ${fresh_dph:.3f}/h: "
-                      "no job time measured yet")
-    premium = (idle_dph - fresh_dph) * work_s / 3600
-    boot = fresh_dph * boot_s / 3600
-    figures = (f"premium ${premium:.4f} over {work_s:.0f} s of expected work against a "
-               f"{boot_s:.0f} s boot at ${fresh_dph:.3f}/h, ${boot:.4f}")
-    if premium <= boot:
-        return True, f"kept at ${idle_dph:.3f}/h: {figures}"
-    return False, f"replaced, ${idle_dph:.3f}/h against a free ${fresh_dph:.3f}/h: {figures}"
-
-
 # -- matching: pure functions ------------------------------------------------------------
 def fits(warm: WarmInstance, request: Any, image: str) -> bool:
     """Does this instance meet the job's request as its own search would have?"""

@@ -196,7 +196,7 @@ class Run:
 
     def queue_share(self) -> float:
         """Jobs still to come per instance of this run, at least 1: the work an idle
-        instance may expect if kept (pool.worth_keeping). 1 when the DAG cannot be read."""
+        instance may expect if kept (costs/warm.worth_keeping). 1 when the DAG cannot be read."""
         needrun = self.hooks.needrun_jobs
         if needrun is None:
             return 1.0

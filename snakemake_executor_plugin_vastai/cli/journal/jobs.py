@@ -110,19 +110,8 @@ def job_view(job: dict, instance: dict | None, now: float) -> dict:
         "duration_seconds": max(0.0, float(end) - float(job["created_at"])),
         "instance_seconds": instance["billed_seconds"] if instance else 0.0,
         "dollars": instance["billed_dollars"] if instance else 0.0,
-        **_leased_share(job, instance, now),
+        **warm_cost.leased_share(job, instance, now),
     }
-
-
-def _leased_share(job: dict, instance: dict | None, now: float) -> dict:
-    """Warm instances: a job that shared its instance costs its leased time only."""
-    if instance is None or instance.get("served", 0) <= 1 or job.get("leased_at") is None:
-        return {}
-    start = instance.get("started_at") or instance.get("created_at") or now
-    begin, stop = warm_cost.job_window(job, float(start) + instance["billed_seconds"])
-    seconds = max(0.0, stop - float(begin or stop))
-    return {"instance_seconds": seconds,
-            "dollars": seconds / 3600.0 * float(instance.get("dph_total") or 0.0)}
 
 
 def jobs_table(views: list[dict], *, with_run: bool = False) -> str:
