@@ -104,3 +104,24 @@ def test_the_formatted_shell_command_counts(tmp_path):
     base = parts(tmp_path, script=None, shellcmd="echo 1 > out/a.txt")
     assert fingerprint.changed(
         base, parts(tmp_path, script=None, shellcmd="echo 2 > out/a.txt")) == ["shell command"]
+
+
+def test_the_content_of_any_shipped_source_file_changes_the_fingerprint(tmp_path):
+    """A shell: rule that runs ``python train.py`` ships train.py in the source archive: its
+    content is part of what the job runs, whatever the command line says."""
+    (tmp_path / "train.py").write_text("print('old')\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "util.py").write_text("X = 1\n")
+
+    def digest() -> str:
+        workflow = SimpleNamespace(dag=SimpleNamespace(
+            get_sources=lambda: {"train.py", "lib/util.py"}))
+        return fingerprint.shipped_sources_digest(workflow, tmp_path)
+
+    before = digest()
+    assert digest() == before  # stable for the same content
+    (tmp_path / "lib" / "util.py").write_text("X = 2\n")
+    after = digest()
+    assert after != before
+    assert fingerprint.changed({"sources": before}, {"sources": after}) == [
+        "shipped source files"]

@@ -10,6 +10,10 @@ cover (each a short hash, so the journal can say *what* changed):
 ``code``      the content of the ``script:``/``notebook:`` file (its path formatted with
               the job's wildcards), or the ``run:`` block's compiled code plus the
               content of every Snakefile the workflow included (helpers it calls)
+``sources``   the content of every source file the run ships to the instance (the
+              archive's files: the Snakefile and includes, config files, scripts, every
+              git-tracked file), so a ``shell:`` rule running ``python train.py`` does not
+              re-attach to an instance still running the old ``train.py``
 ``config``    the workflow's config (config files and ``--config`` overrides), which
               scripts read through ``snakemake.config``
 ``params``    the job's params
@@ -20,9 +24,9 @@ cover (each a short hash, so the journal can say *what* changed):
               (ctime changes on every write and cannot be set back by ``touch``)
 ``protocol``  the plugin's remote protocol version (how the job runs on the host)
 
-Group jobs combine the parts of their members. Not covered: local modules a
-script imports (keep them in the repository and change the script's content, or
-rerun without resuming: ``--vastai-on-restart destroy``) and named conda
+Group jobs combine the parts of their members. Not covered: files the job reads that
+are neither declared inputs nor shipped sources (an untracked module, a file on the
+instance image; rerun without resuming: ``--vastai-on-restart destroy``) and named conda
 environments (only their name counts).
 """
 
@@ -37,11 +41,11 @@ from typing import Any
 # match (transports/ssh/scripts.py layout, wrapper behaviour).
 REMOTE_PROTOCOL = "2"
 VOLATILE_RESOURCES = frozenset({"_cores", "_nodes", "tmpdir"})
-PART_NAMES = ("identity", "command", "code", "config", "params", "resources", "software",
-              "inputs", "protocol")
+PART_NAMES = ("identity", "command", "code", "sources", "config", "params", "resources",
+              "software", "inputs", "protocol")
 READABLE = {
     "identity": "rule or outputs", "command": "shell command", "code": "script or run: code",
-    "config": "config",
+    "sources": "shipped source files", "config": "config",
     "params": "params", "resources": "resources", "software": "software environment",
     "inputs": "input files", "protocol": "plugin protocol version",
 }
@@ -61,7 +65,34 @@ def job_parts(job: Any, workdir: Path, image: str) -> dict[str, str]:
     """The named parts of a Snakemake job (group jobs: their members, in order)."""
     members = list(job.jobs) if job.is_group() else [job]
     facts = [_member_facts(m, workdir, image) for m in sorted(members, key=_member_key)]
-    return {name: _digest([f[name] for f in facts]) for name in PART_NAMES}
+    parts = {name: _digest([f[name] for f in facts]) for name in PART_NAMES
+             if name != "sources"}
+    parts["sources"] = shipped_sources_digest(getattr(members[0].rule, "workflow", None),
+                                              workdir)
+    return {name: parts[name] for name in PART_NAMES}
+
+
+_SHIPPED: list[tuple[Any, str]] = []  # (workflow, digest): one run hashes its sources once
+
+
+def shipped_sources_digest(workflow: Any, workdir: Path) -> str:
+    """The content of every file the run's source archive holds (``dag.get_sources()``,
+    as narrowed by deploy scopes), path by path. Hashed once per workflow object: the
+    archive is built once per run too."""
+    for known, digest in _SHIPPED:
+        if known is workflow:
+            return digest
+    try:
+        paths = sorted(str(p) for p in workflow.dag.get_sources())
+    except Exception as exc:  # never block a submission on introspection
+        return f"unknown:{type(exc).__name__}"
+    digest = _digest([(p, _file_digest(_under(workdir, p))) for p in paths])
+    _SHIPPED[:] = [(workflow, digest)]
+    return digest
+
+
+def _under(workdir: Path, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else workdir / path
 
 
 def changed(old: dict[str, str], new: dict[str, str]) -> list[str]:
@@ -175,7 +206,8 @@ def _file_digest(path: Path | None) -> str:
     if path is None:
         return "unresolved"
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        with path.open("rb") as f:  # streamed: a tracked data file may be large
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
     except OSError:
         return "unreadable"
 
