@@ -52,7 +52,9 @@ from ..workflow.validation import (
     validate_job_resources,
     validate_settings,
 )
+from . import market_check
 from .logs import SECRETS, PluginLogger
+from .market_check import MarketCheckError
 from .redaction import add_environment
 from .runtime import Run, SnakemakeHooks
 
@@ -433,6 +435,20 @@ def needrun_reader(workflow: Any) -> Callable[[], Iterable[Any]]:
     return lambda: workflow.dag.needrun_jobs()
 
 
+def check_the_market(run: Run, workflow: Any, resolved: Any) -> None:
+    """Before anything is rented, every rule's request against the market (see
+    market_check.py); the market's spelling of GPU names goes to the run's offers."""
+    requests = market_check.rule_requests(market_check.needrun_jobs(workflow), resolved)
+    if not requests:
+        return
+    held = market_check.held_offers(run.journal.instances_possibly_alive())
+    found = market_check.check_market(requests, run.api.search_offers_unshared, held)
+    for key, name in found.gpu_names.items():
+        run.log.info("GPU name matched as the market spells it", gpu_name=name,
+                     asked=key)
+    run.market.gpu_names.update(found.gpu_names)
+
+
 def start_run(executor: Any) -> Run:
     """Everything checked, then the run's journal, key, API client and watcher."""
     import snakemake
@@ -469,6 +485,12 @@ def start_run(executor: Any) -> Run:
         run.close("unreachable")
         raise WorkflowError(f"Vast.ai API at {resolved.api_url} is not reachable "
                             f"(--vastai-api-url / VAST_URL): {exc}") from None
+    try:
+        check_the_market(run, executor.workflow, resolved)
+    except (MarketCheckError, VastError) as exc:
+        run.close("no offer can serve a rule" if isinstance(exc, MarketCheckError)
+                  else "unreachable")
+        raise WorkflowError(str(exc)) from None
     if mode is not None:
         try:
             run.storage = deploy_sources(executor.workflow, mode)

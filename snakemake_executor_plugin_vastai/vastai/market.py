@@ -29,7 +29,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from .offers import OfferRequest, OfferSettings, build_offer_request
+from .offers import (
+    OfferRequest,
+    OfferSettings,
+    build_offer_request,
+    gpu_key,
+    requested_gpu_name,
+    with_gpu_name,
+)
 from .query import offer_misfit
 
 if TYPE_CHECKING:
@@ -79,13 +86,19 @@ class OfferMarket:
         # instances); set by the run, so that a job can tell whether one of its own may
         # serve it.
         self.own_offers: Callable[[], Iterable[dict]] = lambda: ()
+        # GPU names as the market spells them, for names a rule spelt otherwise (gpu_key ->
+        # spelling; learnt by the run's start-up market check, run/market_check.py)
+        self.gpu_names: dict[str, str] = {}
 
     def request_for(self, spec: JobSpec) -> OfferRequest:
         """The job's offer query; machines it already failed on are excluded."""
         excluded = self._journal.failed_machines(spec.fingerprint)
         settings = spec.offer_settings or self._settings  # the rule's overrides, if any
-        return build_offer_request(settings, spec.resources, spec.threads,
-                                   rule=spec.rule, exclude_machines=excluded)
+        request = build_offer_request(settings, spec.resources, spec.threads,
+                                      rule=spec.rule, exclude_machines=excluded)
+        asked = requested_gpu_name(request)
+        spelled = None if asked is None else self.gpu_names.get(gpu_key(asked))
+        return request if spelled is None else with_gpu_name(request, spelled)
 
     def search(self, request: OfferRequest, limit: int, *, bid: bool = False) -> list[dict]:
         """Offers for the request; ``bid``: interruptible offers (bids.py)."""

@@ -46,8 +46,9 @@ Units:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -147,6 +148,26 @@ class OfferRequest:
     limit: int
     storage_gb: float  # allocated_storage: the disk to rent, in GB
     text: str  # the same search in vastai query syntax
+
+
+def gpu_key(name: str) -> str:
+    """A GPU name as a person reads it: case, spaces, dashes and underscores ignored."""
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+def requested_gpu_name(request: OfferRequest) -> str | None:
+    """The GPU name the request asks for with ``eq`` (None: any)."""
+    value = (request.query.get("gpu_name") or {}).get("eq")
+    return None if value is None else str(value)
+
+
+def with_gpu_name(request: OfferRequest, name: str) -> OfferRequest:
+    """The same request asking for the GPU under ``name`` (the market's spelling)."""
+    old = requested_gpu_name(request)
+    query = {**request.query, "gpu_name": {**request.query["gpu_name"], "eq": name}}
+    text = request.text if old is None else request.text.replace(
+        old.replace(" ", "_"), name.replace(" ", "_")).replace(old, name)
+    return replace(request, query=query, text=text)
 
 
 def build_offer_request(
