@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from snakemake_executor_plugin_vastai.vastai.api import VastAPI, VastUnavailable
+from snakemake_executor_plugin_vastai.vastai.api import VastAPI, VastAuthError, VastUnavailable
 from tests.e2e import alive, run_snakemake, write_workflow
 
 ONE_RULE = 'rule one:\n    output: "one.txt"\n    shell: "echo ok > {output}"\n'
@@ -51,3 +51,18 @@ def test_an_api_that_stays_down_names_the_endpoint_and_what_to_do(simulator):
     message = str(caught.value)
     assert "endpoint 'bundles'" in message and "HTTP 503" in message
     assert "Vast.ai is up" in message and "rerun" in message
+
+
+def test_a_refused_key_is_not_asked_again_in_the_run(simulator):
+    """A 401 does not heal by waiting: after the first, every call fails at once, without a
+    request (the run stops renting and its teardown stops retrying)."""
+    api = VastAPI(simulator.api_key, simulator.url, retry_budget=30.0)
+    simulator.add_fault("api_status", code=401)
+    with pytest.raises(VastAuthError):
+        api.search_offers_unshared(QUERY, ORDER, 5, 10.0)
+    simulator.clear_faults()  # even a key that works again: this run does not guess
+    calls = sum(api.stats.calls.values())
+    with pytest.raises(VastAuthError, match="refused the API key earlier"):
+        api.show_instance(1)
+    assert sum(api.stats.calls.values()) == calls
+    assert api.key_refused.is_set()

@@ -7,10 +7,12 @@ failed on the code before its fix.
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, wait_for, write_workflow
+from tests.e2e import alive, run_snakemake, sim_env, wait_for, write_workflow
 from tests.test_e2e_safety import job_in_state, journal_rows, kill_hard, start, unlock
 
 pytestmark = pytest.mark.e2e
@@ -44,3 +46,67 @@ def test_a_changed_script_a_shell_rule_runs_is_not_reattached_after_a_restart(
     assert journal_rows(wf, "select count(*) from transitions where trigger = 'resume'") \
         == [(0,)]
     assert alive(simulator.truth()) == []
+
+
+# -- 6. a refused API key is fatal at once --------------------------------------------------
+def test_a_key_revoked_mid_run_stops_the_run_within_seconds_and_names_the_cleanup(
+        tmp_path, simulator):
+    """A 401 will not heal by waiting: the run stops renting, names the instances that may
+    still bill and the command that removes them, and exits non-zero in seconds; with a
+    valid key again, that command leaves nothing alive."""
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": "rule all:\n    input: expand('out{i}.txt', i=range(3))\n"
+                     "rule one:\n    output: 'out{i}.txt'\n"
+                     "    shell: 'sleep 4; echo {wildcards.i} > {output}'\n",
+    })
+    proc = start(wf, simulator.url, simulator.api_key, jobs=2)
+    assert wait_for(lambda: job_in_state(wf, "running"), timeout=240)
+    simulator.add_fault("api_status", code=401)
+    started = time.monotonic()
+    out, _ = proc.communicate(timeout=600)
+    took = time.monotonic() - started
+    assert proc.returncode != 0, out[-3000:]
+    assert took < 90, f"the run took {took:.0f} s to give up on a refused key"
+    assert "refused the API key" in out
+    assert "journal cleanup" in out
+    simulator.clear_faults()
+    cleanup = subprocess.run(
+        [sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal", "cleanup",
+         "--yes", "--api-url", simulator.url], cwd=wf, env=sim_env(simulator.api_key),
+        capture_output=True, text=True, timeout=300)
+    assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
+    assert alive(simulator.truth()) == []
+
+
+# -- 8. a rule nothing matches stops the run before anything is rented ---------------------
+PREP_THEN_TRAIN = (
+    "rule all:\n    input: 'model.txt'\n"
+    "rule prep:\n    output: 'data.txt'\n    shell: 'echo data > {{output}}'\n"
+    "rule gpu_train:\n    input: 'data.txt'\n    output: 'model.txt'\n"
+    "    resources: {resources}\n    shell: 'cat {{input}} > {{output}}'\n")
+
+
+@pytest.mark.parametrize("resources, expected", [
+    ('gpu=1, gpu_model="RTX_3909"', "did you mean 'RTX 3090'"),
+    ("gpu=64", "closest offers: "),
+])
+def test_a_rule_no_offer_matches_stops_the_run_before_anything_is_rented(
+        tmp_path, simulator, resources, expected):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": PREP_THEN_TRAIN.format(resources=resources)})
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode != 0
+    assert "rule gpu_train: no offer matches" in result.stderr, result.stderr[-3000:]
+    assert expected in result.stderr
+    assert simulator.truth()["created_count"] == 0, "an instance was rented first"
+    assert not (wf / "data.txt").exists()
+
+
+def test_a_gpu_name_in_another_spelling_rents_that_gpu(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": PREP_THEN_TRAIN.format(resources='gpu=1, gpu_model="rtx-3090"')})
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (wf / "model.txt").read_text() == "data\n"
+    gpus = journal_rows(wf, "select gpu_name from jobs j where rule = 'gpu_train'")
+    assert gpus == [("RTX 3090",)]

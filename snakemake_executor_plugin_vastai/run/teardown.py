@@ -33,7 +33,7 @@ from typing import Any
 from ..journal.store import Journal, JournalError
 from ..lifecycle import instance_life
 from ..lifecycle.outcomes import crash_point
-from ..vastai.api import VastAPI, VastError, VastUnavailable
+from ..vastai.api import VastAPI, VastAuthError, VastError, VastUnavailable
 from .backoff import Backoff
 
 CLEANUP_COMMAND = "python -m snakemake_executor_plugin_vastai journal cleanup"
@@ -81,6 +81,11 @@ class Teardown:
                 crash_point("after_destroy_request")
                 gone = self.api.show_instance(instance_id, budget=budget) is None
                 reason = "still listed after the destroy request"
+            except VastAuthError as exc:  # waiting will not heal a refused key
+                self.log.error("instance not destroyed: the API key was refused; it may "
+                               "still bill", instance=instance_id, label=label, error=str(exc),
+                               command=CLEANUP_COMMAND)
+                return False
             except Exception as exc:  # VastError, or an answer nobody could parse
                 gone, reason = False, f"{type(exc).__name__}: {exc}"
             if gone:
@@ -109,8 +114,8 @@ class Teardown:
                 rows = self.api.find_all_by_label(label)
                 break
             except Exception as exc:  # VastError, or an answer nobody could parse
-                if self.give_up.is_set() or (deadline is not None
-                                             and time.monotonic() > deadline):
+                if self.give_up.is_set() or isinstance(exc, VastAuthError) or (
+                        deadline is not None and time.monotonic() > deadline):
                     self.log.error("cannot look the instance up by its label; it may bill",
                                    label=label, error=str(exc), command=CLEANUP_COMMAND)
                     with self._lock:
@@ -179,9 +184,13 @@ class Teardown:
             return None
         what = ", ".join(str(i) for i in ids) or "none known by id"
         extra = f" (and creates in doubt for labels {', '.join(labels)})" if labels else ""
+        todo = (f"Run '{CLEANUP_COMMAND}' in this directory (or snakemake again) to finish")
+        if self.api.key_refused.is_set():
+            todo = ("Vast.ai refused the API key, so they could not be destroyed: set a valid "
+                    f"key (--vastai-api-key / VAST_API_KEY), then run '{CLEANUP_COMMAND}' in "
+                    "this directory")
         return (f"Vast.ai did not confirm instance(s) {what}{extra} destroyed; they may still "
-                f"bill. The journal keeps them as pending: run '{CLEANUP_COMMAND}' in this "
-                "directory (or snakemake again) to finish, and check "
+                f"bill. The journal keeps them as pending. {todo}, and check "
                 "https://console.vast.ai/instances/")
 
 

@@ -74,6 +74,10 @@ class VastAuthError(VastError):
     """The API key was refused (401/403)."""
 
 
+KEY_REFUSED_AGAIN = ("Vast.ai refused the API key earlier in this run; nothing more is "
+                     "asked of it with that key (check --vastai-api-key / VAST_API_KEY)")
+
+
 class VastUnavailable(VastError):
     """Transient failures outlasted the retry budget (or the URL never answered)."""
 
@@ -121,6 +125,9 @@ class VastAPI:
         self.retry_budget = retry_budget
         self.request_timeout = request_timeout
         self._api_key = api_key
+        # Set by the first 401/403: a refused key does not heal by waiting, so every later
+        # call fails at once (the run stops renting and its teardown stops retrying).
+        self.key_refused = threading.Event()
         self._on_retry = on_retry
         self._sleep = sleep
         self._sdk_obj: Any = None
@@ -159,6 +166,8 @@ class VastAPI:
         budget = self.retry_budget if budget is None else budget
         backoff = Backoff(start=0.75, cap=30.0, jitter=0.67)  # 0.25-0.75 s, doubling
         attempt = 0
+        if self.key_refused.is_set():
+            raise VastAuthError(KEY_REFUSED_AGAIN)
         while True:
             # This call's slot, one interval after the last; retries go first.
             released = self.pacer.wait(endpoint, retry=attempt > 0)
@@ -167,6 +176,9 @@ class VastAPI:
             self.stats.bump(self.stats.calls, endpoint)
             try:
                 result = _attempt(fn)
+            except VastAuthError:
+                self.key_refused.set()
+                raise
             except _Transient as exc:
                 attempt += 1
                 doubt = in_doubt(exc) if in_doubt is not None else None
