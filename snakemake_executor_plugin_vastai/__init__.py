@@ -88,6 +88,11 @@ class ExecutorSettings(ExecutorSettingsBase):
                 "cost'); once reached, no new instance is "
                 "rented, running jobs finish, and the run fails.",
         "env_var": False, "required": False})
+    max_download: Optional[int] = field(default=None, metadata={
+        "help": "Bytes a job's outputs may bring home (regular files and hard links alike); "
+                "beyond it the job fails, what came home stays and its instance is "
+                "destroyed. Default: the disk the job rented. 0 = no cap.",
+        "env_var": False, "required": False})
     on_restart: str = field(default="resume", metadata={
         "help": "What to do with instances an earlier, crashed run left alive: 'resume' "
                 "re-attaches jobs Snakemake runs again and destroys the rest; 'destroy' "

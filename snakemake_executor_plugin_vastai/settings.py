@@ -40,7 +40,7 @@ class RunSettings:
     offline_grace: float
     offer_settings: OfferSettings
     ssh_timeout: float = 20.0
-    max_download_bytes: int | None = None
+    max_download_bytes: int | None = None  # --vastai-max-download: None = the rented disk
     on_restart: str = "resume"
     max_spend: float | None = None
     max_runtime: float = 0.0  # seconds a storage-mode job may run; 0 = no cap
@@ -49,6 +49,20 @@ class RunSettings:
     reuse: bool = True  # warm instances (pool.py): a succeeded job's instance serves the next
     idle_timeout: float = 60.0  # seconds an idle warm instance waits (pool.DEFAULT_IDLE_TIMEOUT)
     offer_wait: float = 1800.0  # seconds a job waits for an offer (lifecycle/renting.py)
+
+
+DOWNLOAD_SLACK = 64 * 1024 * 1024  # archive headers, logs, rounding of the disk size
+
+
+def download_cap(option: int | None, disk_gb: float) -> int | None:
+    """Bytes a job may bring home (None: no cap). ``--vastai-max-download`` when set (0: no
+    cap); else the disk the job rented (Vast.ai's GB are 10**9 bytes) plus a little: a host
+    that sends more than its disk could hold is lying."""
+    if option == 0:
+        return None
+    if option is not None:
+        return int(option)
+    return int(disk_gb * 1e9) + DOWNLOAD_SLACK
 
 
 def _no_bids() -> BidSettings:

@@ -110,3 +110,81 @@ def test_a_gpu_name_in_another_spelling_rents_that_gpu(tmp_path, simulator):
     assert (wf / "model.txt").read_text() == "data\n"
     gpus = journal_rows(wf, "select gpu_name from jobs j where rule = 'gpu_train'")
     assert gpus == [("RTX 3090",)]
+
+
+# -- 3. symlinks: the user's own, and links that stay inside the job's outputs ---------------
+def test_a_local_output_folder_that_is_a_symlink_is_the_users_and_written_through(
+        tmp_path, simulator):
+    big = tmp_path / "big-disk"
+    big.mkdir()
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule one:\n    output: "results/one.txt"\n'
+                     '    shell: "echo ok > {output}"\n'})
+    (wf / "results").symlink_to(big)
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (big / "one.txt").read_text() == "ok\n"
+    assert (wf / "results").is_symlink()
+
+
+def test_an_output_that_is_a_link_to_a_file_beside_it_comes_home_as_a_link(
+        tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule best:\n    output: real="model_10.txt", link="best.txt"\n'
+                     '    shell: "echo weights > {output.real}; ln -s model_10.txt {output.link}"\n'})
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (wf / "best.txt").is_symlink()
+    assert (wf / "best.txt").read_text() == "weights\n"
+
+
+def test_a_link_that_climbs_but_stays_inside_its_directory_output_is_kept(
+        tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule tree:\n    output: directory("d")\n'
+                     '    shell: "mkdir -p {output}/sub; echo top > {output}/top.txt; '
+                     'ln -s ../top.txt {output}/sub/up.txt"\n'})
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (wf / "d" / "sub" / "up.txt").is_symlink()
+    assert (wf / "d" / "sub" / "up.txt").read_text() == "top\n"
+
+
+def test_a_link_that_escapes_the_outputs_is_still_refused_without_a_traceback(
+        tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule tree:\n    output: directory("d")\n'
+                     '    shell: "mkdir -p {output}; ln -s ../Snakefile {output}/escape"\n'})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--retries", "0")
+    assert result.returncode != 0
+    assert "escape" in result.stderr and "Traceback" not in result.stderr
+    assert alive(simulator.truth()) == []
+
+
+# -- 5. a limit on what a host can send back ------------------------------------------------
+def test_outputs_past_the_download_cap_fail_the_job_hard_links_counted(tmp_path, simulator):
+    """One 600 kB file and two hard links to it are 1.8 MB on the local disk: past a 1 MB
+    cap the job fails clearly, what came home stays, and its instance is destroyed."""
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule big:\n    output: small="small.txt", d=directory("d")\n'
+                     '    shell: "echo hi > {output.small}; mkdir -p {output.d}; '
+                     'head -c 600000 /dev/zero > {output.d}/a; ln {output.d}/a {output.d}/b; '
+                     'ln {output.d}/a {output.d}/c"\n'})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--retries", "0",
+                           "--vastai-max-download", "1000000")
+    assert result.returncode != 0
+    assert "exceed the download cap of 1000000 bytes" in result.stderr, result.stderr[-3000:]
+    assert "--vastai-max-download" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert alive(simulator.truth()) == []
+
+
+def test_a_bad_download_cap_is_refused_before_anything_is_rented(tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule one:\n    output: "one.txt"\n    shell: "echo ok > {output}"\n'})
+    result = run_snakemake(wf, simulator.url, simulator.api_key,
+                           "--vastai-max-download", "-5")
+    assert result.returncode != 0
+    assert "--vastai-max-download" in result.stderr
+    assert simulator.truth()["created_count"] == 0

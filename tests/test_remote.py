@@ -378,7 +378,9 @@ HOSTILE = {
     "undeclared": [{"name": "other.txt"}],
     "symlink_to_etc_passwd": [{"name": "outdir/pw", "type": "sym", "link": "/etc/passwd"}],
     "symlink_climbing": [{"name": "outdir/up", "type": "sym", "link": "../../outside"}],
-    "symlink_as_declared_file": [{"name": "out.txt", "type": "sym", "link": "outdir/x"}],
+    "symlink_as_declared_file_leaving": [{"name": "out.txt", "type": "sym", "link": "../x"}],
+    "symlink_climbing_out_of_its_dir": [{"name": "outdir/a/up", "type": "sym",
+                                          "link": "../../logs/../../x"}],
     "write_through_own_symlink": [
         {"name": "outdir/sub", "type": "dir"},
         {"name": "outdir/l", "type": "sym", "link": "sub"},
@@ -391,6 +393,11 @@ HOSTILE = {
     "fifo": [{"name": "outdir/pipe", "type": "fifo"}],
     "device": [{"name": "outdir/dev", "type": "chr"}],
     "huge": [{"name": "out.txt", "data": "z", "repeat": 3 * 1024 * 1024}],
+    "huge_by_hard_links": [
+        {"name": "outdir/big", "data": "z", "repeat": 700 * 1024},
+        {"name": "outdir/h1", "type": "hard", "link": "outdir/big"},
+        {"name": "outdir/h2", "type": "hard", "link": "outdir/big"},
+    ],
 }
 MAX_BYTES = 1024 * 1024
 
@@ -413,18 +420,37 @@ def test_extractor_refuses_hostile_archive_locally(tmp_path: Path, case: str) ->
         extract_local(data, root, allowed, MAX_BYTES)
     assert list(outside.iterdir()) == []
     assert not (tmp_path / "escaped.txt").exists()
-    assert local_tree(root) <= {"logs", "logs/ok.log", "outdir", "outdir/sub", "outdir/l"}
+    assert local_tree(root) <= {"logs", "logs/ok.log", "outdir", "outdir/sub", "outdir/l",
+                                "outdir/big", "outdir/h1", "outdir/a"}
 
 
-def test_extractor_never_writes_through_a_local_symlink(tmp_path: Path) -> None:
+def test_a_local_symlink_that_was_there_before_is_the_users_and_followed(tmp_path: Path):
+    """``results -> /big/disk``: an everyday layout, made by the user, not by the host."""
     elsewhere, root = tmp_path / "elsewhere", tmp_path / "home"
     elsewhere.mkdir()
     root.mkdir()
     (root / "outdir").symlink_to(elsewhere)
     data = local_tar([{"name": "outdir", "type": "dir"}, {"name": "outdir/f.txt"}])
-    with pytest.raises(UnsafeArchive, match="symlink"):
-        extract_local(data, root, AllowedPaths([], ["outdir"]))
-    assert list(elsewhere.iterdir()) == []
+    extract_local(data, root, AllowedPaths([], ["outdir"]))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["f.txt"]
+    assert (root / "outdir").is_symlink()
+
+
+@pytest.mark.parametrize("members, link, reads", [
+    # a declared output that links to the file beside it ("link the best model")
+    ([{"name": "model.txt", "data": "w"}, {"name": "best.txt", "type": "sym",
+                                           "link": "model.txt"}], "best.txt", "w"),
+    # a link inside a directory output that climbs but stays inside it
+    ([{"name": "outdir/top.txt", "data": "t"}, {"name": "outdir/sub", "type": "dir"},
+      {"name": "outdir/sub/up.txt", "type": "sym", "link": "../top.txt"}],
+     "outdir/sub/up.txt", "t"),
+])
+def test_links_that_stay_inside_the_outputs_are_kept_as_links(tmp_path, members, link, reads):
+    root = tmp_path / "home"
+    extract_local(local_tar(members), root,
+                  AllowedPaths(["model.txt", "best.txt"], ["outdir"]), MAX_BYTES)
+    assert (root / link).is_symlink()
+    assert (root / link).read_text() == reads
 
 
 def test_junk_after_the_archive_is_refused(tmp_path: Path) -> None:
@@ -704,7 +730,8 @@ def test_download_refuses_hostile_archive(
         )
     assert list(outside.iterdir()) == []
     assert not (tmp_path / "escaped.txt").exists()
-    assert local_tree(home) <= {"logs", "logs/ok.log", "outdir", "outdir/sub", "outdir/l"}
+    assert local_tree(home) <= {"logs", "logs/ok.log", "outdir", "outdir/sub", "outdir/l",
+                                "outdir/big", "outdir/h1", "outdir/a"}
     assert session.run("true").rc == 0  # the session survives a refused download
 
 

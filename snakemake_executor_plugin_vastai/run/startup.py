@@ -91,6 +91,7 @@ def run_settings(settings: Any, container_image: str | None = None,
         offline_grace=float(settings.offline_grace), offer_settings=offer_settings,
         on_restart=str(getattr(settings, "on_restart", "resume")),
         max_spend=max_spend(settings), max_runtime=max_runtime(settings),
+        max_download_bytes=max_download(settings),
         progress_interval=progress_interval(settings), bids=bid_settings,
         reuse=not bool(getattr(settings, "no_reuse", False)),
         idle_timeout=idle_timeout(settings), offer_wait=offer_wait(settings))
@@ -125,6 +126,19 @@ def max_spend(settings: Any) -> float | None:
         raise WorkflowError(f"--vastai-max-spend must be a positive number of dollars, "
                             f"not {value!r}")
     return cap
+
+
+def max_download(settings: Any) -> int | None:
+    """--vastai-max-download: a whole number of bytes >= 0 (0: no cap); unset: None, the
+    job's rented disk (settings.download_cap)."""
+    value = getattr(settings, "max_download", None)
+    if value is None:
+        return None
+    number = _number(value)
+    if not (number >= 0 and number == int(number)):
+        raise WorkflowError(f"--vastai-max-download must be a whole number of bytes (0 = no "
+                            f"cap), not {value!r}")
+    return int(number)
 
 
 def idle_timeout(settings: Any) -> float:

@@ -82,6 +82,18 @@ class JobSpec:
     def threads(self) -> int:
         return int(self.job.threads or 1)
 
+    def rented_disk_gb(self, run_disk_gb: float) -> float:
+        """The disk the job's instance was rented with (the rule's overrides and disk_mb
+        resource counted), for the download cap."""
+        from ..vastai.offers import storage_gb
+        from .validation import megabytes
+
+        disk = self.offer_settings.disk_gb if self.offer_settings is not None else run_disk_gb
+        try:
+            return storage_gb(disk, megabytes(self.resources, "disk_mb", self.rule))
+        except Exception:  # an earlier run's job (no Snakemake job): the run's disk
+            return float(disk)
+
     # -- what travels ---------------------------------------------------------------
     def shipment(self) -> payload.Shipment:
         return payload.shipment(self.job.input, self.workspace.workdir, self.rule,

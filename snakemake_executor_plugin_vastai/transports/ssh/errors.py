@@ -40,6 +40,11 @@ class UnsafeArchive(RemoteError):
     """A downloaded archive entry would land outside the declared paths (or is huge)."""
 
 
+class DownloadTooLarge(UnsafeArchive):
+    """The job's outputs exceed ``--vastai-max-download``: what came home stays, the job
+    fails and its instance is destroyed."""
+
+
 class MissingRemotePaths(RemoteError):
     """Requested paths did not exist on the instance; the others were downloaded."""
 

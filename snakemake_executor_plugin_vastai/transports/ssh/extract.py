@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import secrets
 import shutil
 import stat
@@ -24,7 +25,13 @@ import paramiko
 
 from . import scripts as scripts
 from .channels import CHUNK, Channels, _tail
-from .errors import MissingRemotePaths, RemoteError, SSHUnavailable, UnsafeArchive
+from .errors import (
+    DownloadTooLarge,
+    MissingRemotePaths,
+    RemoteError,
+    SSHUnavailable,
+    UnsafeArchive,
+)
 from .paths import AllowedPaths, clean_relative
 
 TRAILER_LIMIT = 1024 * 1024  # bytes tolerated after the end-of-archive marker
@@ -108,6 +115,14 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
+def _stat(path: str) -> os.stat_result | None:
+    """What a link leads to (None: nothing)."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -117,12 +132,17 @@ def _write_all(fd: int, data: bytes) -> None:
 class _Extractor:
     """Extracts a tar stream under ``root``, accepting only what ``allowed`` declares.
 
-    Links: a symlink must lie inside a declared directory and point downwards from
-    its own directory (relative, no ``..``), so that no chain of links can climb out;
-    a hard link must lie at an allowed path and name a file this same archive already
-    delivered (it is written as a copy). Devices, fifos and sparse files are refused.
-    Every directory on the way to a target is checked (once) to be a real directory,
-    never a symlink, and targets are replaced by rename, which never follows a link.
+    Links: a symlink must be relative and its target, resolved from the link's own
+    directory, must stay inside what the job may write (a declared output, log or
+    directory output): a symlinked output beside its file, or ``../top.txt`` inside a
+    ``directory()``, is as safe as a file; a link that leaves the outputs is refused.
+    A hard link must lie at an allowed path and name a file this same archive already
+    delivered (it is written as a copy, and counted against ``max_bytes`` like one).
+    Devices, fifos and sparse files are refused. Every directory on the way to a target
+    is checked (once): a symlink this archive made is never written through (so no chain
+    of links can climb out), while one that was there before the download is the user's
+    layout (``results -> /big/disk``) and is followed. Targets are replaced by rename,
+    which never follows a link.
     """
 
     def __init__(self, root: Path, allowed: AllowedPaths, max_bytes: int | None) -> None:
@@ -135,6 +155,7 @@ class _Extractor:
         self._files: dict[str, str] = {}
         self._dirs: list[tuple[str, int, int]] = []
         self._real_dirs: set[str] = {self.root}
+        self._links: set[str] = set()  # symlinks this archive made: never written through
 
     def extract(self, reader: _ChannelReader) -> list[Path]:
         os.makedirs(self.root, exist_ok=True)
@@ -150,13 +171,17 @@ class _Extractor:
         self._finish_dirs()
         return self.written
 
+    def _count(self, size: int, name: str) -> None:
+        """Bytes written locally so far, against the download cap."""
+        self.total += size
+        if self.max_bytes is not None and self.total > self.max_bytes:
+            raise DownloadTooLarge(
+                f"the job's outputs exceed the download cap of {self.max_bytes} bytes (at "
+                f"{name!r}; --vastai-max-download, 0 for none)")
+
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         if member.isreg() and not member.issparse():
-            self.total += member.size
-            if self.max_bytes is not None and self.total > self.max_bytes:
-                raise UnsafeArchive(
-                    f"huge archive: more than {self.max_bytes} bytes of files (at {member.name!r})"
-                )
+            self._count(member.size, member.name)
             self._file(tar, member, self.allowed.check(member.name))
         elif member.isdir():
             self._dir(member, self.allowed.check(member.name, is_dir=True))
@@ -181,7 +206,13 @@ class _Extractor:
                 os.mkdir(path, 0o755)
             st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            raise UnsafeArchive(f"local {path} is a symlink; refusing to write through it")
+            if path in self._links:
+                raise UnsafeArchive(f"{rel!r} goes through a symlink this archive made; "
+                                    "refusing to write through it")
+            st = _stat(path)  # the user's own link (there before the download): followed
+            if st is None:
+                raise UnsafeArchive(f"local {path} is a symlink to nothing; {rel!r} needs a "
+                                    "directory there")
         if not stat.S_ISDIR(st.st_mode):
             raise UnsafeArchive(f"local {path} is not a directory, but {rel!r} needs one")
         self._real_dirs.add(path)
@@ -239,16 +270,15 @@ class _Extractor:
             self._dirs.append((target, (member.mode & MODE_MASK) | 0o700, member.mtime))
 
     def _symlink(self, member: tarfile.TarInfo, rel: str) -> None:
-        if self.allowed.directory_of(rel) is None:
-            raise UnsafeArchive(
-                f"{rel!r} is a symlink; links are accepted only inside declared directories"
-            )
         link = member.linkname
-        if not link or link.startswith("/") or ".." in link.split("/") or "\0" in link:
+        if not link or link.startswith("/") or "\0" in link:
+            raise UnsafeArchive(f"symlink {rel!r} -> {link!r} rejected: only relative links "
+                                "are accepted")
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
+        if not self._inside_outputs(resolved):
             raise UnsafeArchive(
-                f"symlink {rel!r} -> {link!r} rejected: only relative links that do not "
-                "climb ('..') are accepted"
-            )
+                f"symlink {rel!r} -> {link!r} rejected: it leads to {resolved!r}, outside "
+                "the job's declared outputs")
         target = self._target(rel)
         tmp = _temp_name(os.path.dirname(target))
         os.symlink(link, tmp)
@@ -257,6 +287,17 @@ class _Extractor:
         except BaseException:
             os.unlink(tmp)
             raise
+        self._links.add(target)
+
+    def _inside_outputs(self, rel: str) -> bool:
+        """Is ``rel`` (normalised) a path the job may write, as a file or a directory?"""
+        for is_dir in (False, True):
+            try:
+                self.allowed.check(rel, is_dir=is_dir)
+                return True
+            except UnsafeArchive:
+                continue
+        return False
 
     def _hardlink(self, member: tarfile.TarInfo, rel: str) -> None:
         source = self._files.get(self.allowed.check(member.linkname))
@@ -265,6 +306,7 @@ class _Extractor:
                 f"hard link {rel!r} -> {member.linkname!r} rejected: its target is not a "
                 "file delivered by this archive"
             )
+        self._count(os.stat(source, follow_symlinks=False).st_size, member.name)
         target = self._target(rel)
         fd, tmp = _create_temp(os.path.dirname(target))
         try:

@@ -28,6 +28,7 @@ from ...lifecycle.outcomes import JobFailure, crash_point, disk_hint
 from ...run.backoff import Backoff
 from ...run.pool import file_digest
 from ...run.recovery import resumable_state
+from ...settings import download_cap
 from ...vastai.bids import Preempted
 from ...workflow import payload
 from ..progress import TransferProgress, planned_bytes
@@ -147,7 +148,7 @@ class SshTransport:
                 with self._progress("download", None):
                     self.with_ssh("download", lambda s: s.download(
                         self.m.work_dir, back.paths, self.p.spec.workspace.workdir,
-                        allowed=allowed, max_bytes=self.p.settings.max_download_bytes,
+                        allowed=allowed, max_bytes=self._download_cap(),
                         optional=back.optional))
             except JobFailure:
                 if ok:
@@ -156,6 +157,11 @@ class SshTransport:
         if ok:
             self._note_outputs(back.files)
         self.steps.finish_download(ok, len(back.paths))
+
+    def _download_cap(self) -> int | None:
+        settings = self.p.settings
+        return download_cap(settings.max_download_bytes,
+                            self.p.spec.rented_disk_gb(settings.offer_settings.disk_gb))
 
     def close(self) -> None:
         with self._lock:
