@@ -65,6 +65,7 @@ class Executor(RemoteExecutor):
 
     async def check_active_jobs(self, active_jobs: list[SubmittedJobInfo]):
         from .run.redaction import scrub
+        from .run.terminal import sanitise
         from .transports.storage.setup import forget_stale_answers
         from .workflow.checkpoints import bring_home
 
@@ -81,13 +82,14 @@ class Executor(RemoteExecutor):
                     forget_stale_answers(info.job)  # else directory() outputs look missing
                     failure = await bring_home(info.job)
                     if failure:
-                        self.report_job_error(info, msg=scrub(failure))
+                        self.report_job_error(info, msg=scrub(sanitise(failure)))
                         continue
                 self.report_job_success(info)
             else:
                 # Snakemake appends its own sentence to msg without a separator.
                 msg = (model.failure or f"job {model.state.value}").rstrip("\n") + "\n"
-                self.report_job_error(info, msg=scrub(msg), aux_logs=[model.log_path])
+                self.report_job_error(info, msg=scrub(sanitise(msg)),
+                                      aux_logs=[model.log_path])
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
         self.run.cancel_all()

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from .redaction import SECRETS, redact, scrub
+from .terminal import sanitise
 
 __all__ = ["SECRETS", "PluginLogger"]
 
@@ -57,8 +58,9 @@ class _SnakemakeSink:
         self._logger = logger
 
     def _emit(self, level: str, message: str) -> None:
-        # The final text, traceback included, is what must hold no secret.
-        getattr(self._logger, level, self._logger.info)(scrub(message))
+        # The final text, traceback included, is what must hold no secret, and no byte a
+        # host chose may drive the user's terminal (terminal.py).
+        getattr(self._logger, level, self._logger.info)(scrub(sanitise(message)))
 
     def debug(self, message: str) -> None:
         self._emit("debug", message)
