@@ -2,7 +2,7 @@
 every named crash point), restart, and check nothing leaks, nothing is lost, and
 every job whose instance survived is resumed rather than rented again.
 
-``python -m tests.chaos --trials 200`` runs the long version (benchmarks/).
+``python -m tests.harness.chaos --trials 200`` runs the long version (benchmarks/).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_POINTS
-from tests.chaos import CLASSES, assert_clean, run_trial, summarize
+from tests.harness.chaos import CLASSES, assert_clean, run_trial, summarize
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 TRIALS = 8  # one of each adversity class (chaos.CLASSES, chosen by seed)

@@ -1,7 +1,7 @@
 """Chaos with bid instances: SIGKILL-and-restart trials while the simulator outbids some
 of the work rule's bid instances (some come back within the grace, some never).
 
-Same harness and promises as tests/test_chaos.py: nothing leaks (stopped instances
+Same harness and promises as tests/e2e/test_chaos.py: nothing leaks (stopped instances
 included), nothing is lost, outputs equal the local executor's, and every unfinished job
 whose instance survived a kill is resumed, a preempted one too.
 """
@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.chaos import BID_CLASS, GRACE_ENV, assert_clean, run_trial, summarize
+from tests.harness.chaos import BID_CLASS, GRACE_ENV, assert_clean, run_trial, summarize
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
-# in CI; more: SNAKEMAKE_VASTAI_PREEMPTION_GRACE=3 python -m tests.chaos --only preemptions
+# in CI; more: SNAKEMAKE_VASTAI_PREEMPTION_GRACE=3 python -m tests.harness.chaos --only preemptions
 TRIALS = 3
 SEED = 3000
 

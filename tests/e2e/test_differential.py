@@ -1,6 +1,6 @@
 """Every catalogued workflow ends the same under the local executor and on the simulator.
 
-Fast cases run in CI; ``pytest -m differential_slow tests/test_differential.py`` runs the
+Fast cases run in CI; ``pytest -m differential_slow tests/e2e/test_differential.py`` runs the
 rest (the whole catalogue: ``pytest -m 'differential or differential_slow'``). Some cases
 also promise something only the vastai run can show (which image an instance ran, what a
 failure message names); those checks follow the comparison.
@@ -17,8 +17,8 @@ import pytest
 
 from snakemake_executor_plugin_vastai.vastai.offers import ram_mib
 from snakemake_executor_plugin_vastai.workflow.validation import expand_geolocation
-from tests.differential import Differential, run_case
-from tests.differential_cases import FAST_CASES, SLOW_CASES, Case
+from tests.harness.differential import Differential, run_case
+from tests.harness.differential_cases import FAST_CASES, SLOW_CASES, Case
 
 pytestmark = pytest.mark.e2e
 

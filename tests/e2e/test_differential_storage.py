@@ -1,8 +1,8 @@
 """Storage-mode differential runs, one test per case: this mode's own catalogue
-(tests/differential_storage.py) and issue 13's (tests/differential_cases.py).
+(tests/harness/differential_storage.py) and issue 13's (tests/harness/differential_cases.py).
 
 In CI: the storage catalogue's fast cases and two of issue 13's (``STORAGE_CI_CASES``);
-the rest on demand: ``pytest -m differential_slow tests/test_differential_storage.py``.
+the rest on demand: ``pytest -m differential_slow tests/e2e/test_differential_storage.py``.
 Issue 13's cases that cannot run in storage mode are skipped with their reason
 (``NOT_IN_STORAGE_MODE``); those that end differently there, the same under every executor,
 say how (``STORAGE_MODE_ENDINGS``); README.md repeats both.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.differential_cases import CASES, Case
-from tests.differential_storage import (
+from tests.harness.differential_cases import CASES, Case
+from tests.harness.differential_storage import (
     FAST_STORAGE_CASES,
     NOT_IN_STORAGE_MODE,
     SLOW_STORAGE_CASES,
@@ -22,7 +22,7 @@ from tests.differential_storage import (
     in_storage_mode,
     run_storage_case,
 )
-from tests.s3 import s3_server  # noqa: F401 (fixture)
+from tests.harness.s3 import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 

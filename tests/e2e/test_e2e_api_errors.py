@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from snakemake_executor_plugin_vastai.vastai.api import VastAPI, VastUnavailable
-from tests.e2e import alive, run_snakemake, write_workflow
+from tests.harness.e2e import alive, run_snakemake, write_workflow
 
 ONE_RULE = 'rule one:\n    output: "one.txt"\n    shell: "echo ok > {output}"\n'
 QUERY = {"rentable": {"eq": True}}

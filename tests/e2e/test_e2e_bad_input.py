@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import run_snakemake, sim_env, write_workflow
+from tests.harness.e2e import run_snakemake, sim_env, write_workflow
 
 pytestmark = pytest.mark.e2e
 

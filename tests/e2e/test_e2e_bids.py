@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, write_workflow
-from tests.s3 import s3_server  # noqa: F401 (fixture)
+from tests.harness.e2e import alive, run_snakemake, write_workflow
+from tests.harness.s3 import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -242,7 +242,7 @@ def test_a_preempted_job_is_resumed_after_a_crash_and_a_raised_bid_starts_it_aga
     import signal
 
     from snakemake_executor_plugin_vastai.vastai.api import VastAPI
-    from tests.e2e import start_snakemake, wait_for
+    from tests.harness.e2e import start_snakemake, wait_for
 
     simulator.add_fault("outbid", at_state="running", after_seconds=1.0, competing_bid=5.0)
     names = ("a",)
@@ -278,7 +278,7 @@ def test_a_preempted_job_is_resumed_after_a_crash_and_a_raised_bid_starts_it_aga
 
 def test_storage_mode_job_preempted_while_running_reruns_on_the_same_instance(
         tmp_path, simulator, s3_server):  # noqa: F811
-    from tests.test_e2e_storage import new_bucket, s3_env, storage_args
+    from tests.e2e.test_e2e_storage import new_bucket, s3_env, storage_args
 
     simulator.add_fault("outbid", at_state="running", after_seconds=1.0, back_after=1.0)
     bucket = new_bucket(s3_server)

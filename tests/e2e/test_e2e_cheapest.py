@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, start_snakemake, wait_for, write_workflow
+from tests.harness.e2e import alive, run_snakemake, start_snakemake, wait_for, write_workflow
 
 pytestmark = pytest.mark.e2e
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 import snakemake_executor_plugin_vastai as plugin
-from tests.e2e import alive, run_snakemake, write_workflow
-from tests.s3 import s3_server  # noqa: F401 (fixture)
-from tests.test_e2e_storage import new_bucket, s3_env, storage_args
+from tests.e2e.test_e2e_storage import new_bucket, s3_env, storage_args
+from tests.harness.e2e import alive, run_snakemake, write_workflow
+from tests.harness.s3 import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, sim_env, snakemake_argv, wait_for, write_workflow
+from tests.harness.e2e import (
+    alive,
+    run_snakemake,
+    sim_env,
+    snakemake_argv,
+    wait_for,
+    write_workflow,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, write_workflow
+from tests.harness.e2e import alive, run_snakemake, write_workflow
 
 pytestmark = pytest.mark.e2e
 

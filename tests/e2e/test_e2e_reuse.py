@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import (
+from tests.harness.e2e import (
     alive,
     interrupt,
     run_snakemake,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, write_workflow
-from tests.test_e2e_storage import HANGING
+from tests.e2e.test_e2e_storage import HANGING
+from tests.harness.e2e import alive, run_snakemake, write_workflow
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import (
+from tests.harness.e2e import (
     alive,
     run_snakemake,
     sim_env,

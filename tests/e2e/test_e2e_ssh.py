@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import (
+from tests.harness.e2e import (
     alive,
     fanout_workflow,
     interrupt,
@@ -144,7 +144,7 @@ def test_profile_config_yaml_drives_the_plugin(tmp_path, simulator):
     import subprocess
     import sys
 
-    from tests.e2e import sim_env
+    from tests.harness.e2e import sim_env
 
     wf = write_workflow(tmp_path / "wf", {
         "Snakefile": 'rule one:\n    output: "one.txt"\n    shell: "echo ok > {output}"\n',
@@ -203,7 +203,7 @@ def test_secrets_reach_the_job_but_no_log_journal_or_output(tmp_path, simulator)
     """A planted credential and the API key never show up in any log line or the journal."""
     import hashlib
 
-    from tests.e2e import sim_env
+    from tests.harness.e2e import sim_env
 
     planted = "planted-aws-secret-7c1d9e"
     wf = write_workflow(tmp_path / "wf", {  # the job writes a hash of what it saw

@@ -1,6 +1,6 @@
 """Storage mode end to end: the real snakemake CLI, the simulator and a real S3 server.
 
-The S3 server is moto in server mode on 127.0.0.1 (tests/s3.py); Snakemake's
+The S3 server is moto in server mode on 127.0.0.1 (tests/harness/s3.py); Snakemake's
 S3 storage plugin is pointed at it. Jobs run in ``args`` containers that fetch
 sources and inputs from the bucket and put outputs there: the plugin must not
 open SSH to them at all.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, sim_env, write_workflow
-from tests.s3 import ACCESS_KEY, SECRET_KEY, s3_server  # noqa: F401 (fixture)
+from tests.harness.e2e import alive, run_snakemake, sim_env, write_workflow
+from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 _buckets = itertools.count()
@@ -285,7 +285,7 @@ def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_s
     import sys
 
     from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_ENV
-    from tests.e2e import wait_for
+    from tests.harness.e2e import wait_for
 
     bucket = new_bucket(s3_server)
     wf = write_workflow(tmp_path / "wf", {"Snakefile": SLOW})
@@ -334,8 +334,8 @@ def test_no_forwarded_secret_in_any_process_argv(tmp_path, simulator, s3_server)
     import subprocess
     import time
 
-    from tests.e2e import snakemake_argv, wait_for
-    from tests.test_hostile_host import _all_argv
+    from tests.e2e.test_hostile_host import _all_argv
+    from tests.harness.e2e import snakemake_argv, wait_for
 
     bucket = new_bucket(s3_server)
     wf = write_workflow(tmp_path / "wf", {"Snakefile": SLOW})

@@ -1,7 +1,7 @@
 """Storage mode end to end, issue 19: directories, odd file names, refused features.
 
 The byte-for-byte comparisons with the local executor are in
-``tests/test_differential_storage.py``; these are the cases that need their own set-up.
+``tests/e2e/test_differential_storage.py``; these are the cases that need their own set-up.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, write_workflow
-from tests.s3 import s3_server  # noqa: F401 (fixture)
-from tests.test_e2e_storage import new_bucket, s3_env, storage_args
+from tests.e2e.test_e2e_storage import new_bucket, s3_env, storage_args
+from tests.harness.e2e import alive, run_snakemake, write_workflow
+from tests.harness.s3 import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ real ``snakemake --executor vastai`` CLI against it and checks what the user
 gets: the job's final state in the journal, the error text on stderr where the
 run fails, a retry on a *different* machine where that matters, and -- always --
 no live instance left in the simulator's ground truth. The machinery is in
-``tests/faults_matrix_cases.py``.
+``tests/harness/faults_matrix_cases.py``.
 
 Known plugin bugs and simulator gaps stay visible: a case that fails because of
 one is a strict xfail naming the bug; a bug that only some runs hit is a
@@ -26,7 +26,7 @@ import os
 import pytest
 
 from snakemake_executor_plugin_vastai.simulator.sandbox import can_mount
-from tests.faults_matrix_cases import (
+from tests.harness.faults_matrix_cases import (
     Case,
     Inject,
     Matrix,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, sim_env, wait_for, write_workflow
+from tests.harness.e2e import alive, run_snakemake, sim_env, wait_for, write_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -73,7 +73,7 @@ def _all_argv() -> list[bytes]:
 def test_no_secret_in_any_process_argv_and_private_file_modes(tmp_path, simulator):
     import subprocess
 
-    from tests.e2e import snakemake_argv
+    from tests.harness.e2e import snakemake_argv
 
     planted = "planted-credential-0b7e44"
     wf = one_rule(tmp_path, "sleep 3; echo ok > {output}")

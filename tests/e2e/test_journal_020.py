@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from snakemake_executor_plugin_vastai.vastai.api import VastAPI
-from tests.e2e import alive, run_snakemake, write_workflow
 from tests.fixtures.make_journal_020 import FIRST_ID
+from tests.harness.e2e import alive, run_snakemake, write_workflow
 
 pytestmark = pytest.mark.e2e
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "journal-0.2.0"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "journal-0.2.0"
 
 
 def old_instance() -> tuple[str, int]:

@@ -32,7 +32,7 @@ from snakemake_executor_plugin_vastai.cli.journal import main
 from snakemake_executor_plugin_vastai.journal.store import Journal
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 from snakemake_executor_plugin_vastai.vastai.api import VastAPI
-from tests.e2e import run_snakemake, sim_env, write_workflow
+from tests.harness.e2e import run_snakemake, sim_env, write_workflow
 
 pytestmark = pytest.mark.e2e
 

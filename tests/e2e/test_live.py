@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.e2e import write_workflow
+from tests.harness.e2e import write_workflow
 
 pytestmark = [
     pytest.mark.live,

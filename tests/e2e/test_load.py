@@ -31,7 +31,7 @@ out.
 The suite runs 50 jobs in each test: 200 take about 6 minutes of both cores of a 2-core
 machine (each remote Snakemake costs ~1.4 CPU-seconds and all 200 wait at
 once), which the suite's 15-minute budget cannot hold. The full scale runs on
-demand: ``VASTAI_LOAD_JOBS=200 pytest tests/test_load.py -s`` (``-s`` shows the
+demand: ``VASTAI_LOAD_JOBS=200 pytest tests/e2e/test_load.py -s`` (``-s`` shows the
 figures).
 """
 
@@ -47,7 +47,7 @@ import pytest
 
 from benchmarks.catalog import write_offers
 from benchmarks.simproc import SimProcess
-from tests.e2e import alive, sim_env, snakemake_argv, wait_for, write_workflow
+from tests.harness.e2e import alive, sim_env, snakemake_argv, wait_for, write_workflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

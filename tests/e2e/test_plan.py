@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from snakemake_executor_plugin_vastai.cli.plan import DEFAULT_BOOT_SECONDS, render
-from tests.e2e import alive, demo_workflow, run_snakemake, sim_env, write_workflow
-from tests.s3 import s3_server  # noqa: F401 (fixture)
+from tests.harness.e2e import alive, demo_workflow, run_snakemake, sim_env, write_workflow
+from tests.harness.s3 import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -166,7 +166,7 @@ def test_plan_is_a_documented_command():
     done = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan",
                            "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Nothing is rented" in done.stdout
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "python -m snakemake_executor_plugin_vastai plan --jobs 4" in readme
 
 
@@ -319,7 +319,7 @@ def test_the_plan_runs_the_runs_own_start_checks(tmp_path, simulator):
 
 def test_the_plan_runs_storage_modes_checks(tmp_path, simulator, s3_server):  # noqa: F811
     """A --default-storage-prefix whose bucket does not exist stops the run: so the plan."""
-    from tests.test_e2e_storage import CHAIN, s3_env
+    from tests.e2e.test_e2e_storage import CHAIN, s3_env
 
     wf = write_workflow(tmp_path / "wf", {"Snakefile": CHAIN})
     argv = [sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan", "--json",

@@ -9,7 +9,7 @@ Half the trials of each class run with warm instances (``--jobs 2`` for three jo
 the third job leases an instance given back by another; kills then also land on idle
 and leased instances); the other half keep one instance per job.
 
-Shared by ``tests/test_chaos.py`` (20+ trials) and ``benchmarks/chaos.py``
+Shared by ``tests/e2e/test_chaos.py`` (20+ trials) and ``benchmarks/chaos.py``
 (200). One trial: a workflow of a few short jobs on a fresh simulator holding
 a foreign instance that belongs to no workflow. Run 1 is killed either after
 a random delay or at a named crash point inside the plugin (for the moments a
@@ -42,7 +42,7 @@ from typing import Any
 from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_ENV, CRASH_POINTS
 from snakemake_executor_plugin_vastai.simulator import sandbox
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
-from tests.e2e import sim_env, snakemake_argv, write_workflow
+from tests.harness.e2e import sim_env, snakemake_argv, write_workflow
 
 JOBS = 3
 TAG_LINE = 'TAG = "job"\n'
@@ -60,7 +60,7 @@ CLASSES = ("kill", "lost_answers", "failing_destroys", "concurrent_run", "locked
            "full_disk", "changed_code", "copied_dir")
 LOST_MODES = ("reset", "truncate", "html")
 LOGS_ENV = "VASTAI_CHAOS_LOGS"  # a directory: every run's output is kept there
-# Bid instances (issue 15): not in CLASSES (run by tests/test_chaos_bids.py); the work
+# Bid instances (issue 15): not in CLASSES (run by tests/e2e/test_chaos_bids.py); the work
 # rule rents bid instances, and the simulator outbids some of them at seeded moments.
 BID_CLASS = "preemptions"
 BID_SNAKEFILE = SNAKEFILE.replace('    params: tag=TAG\n',

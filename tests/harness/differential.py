@@ -1,7 +1,8 @@
 """Differential runs: the same workflow under Snakemake's local executor and on the simulator.
 
-The local executor is the oracle. :func:`run_case` lays one :class:`~tests.differential_cases.
-Case` out twice (as a git repository each time), runs ``snakemake -c2`` in one copy and
+The local executor is the oracle. :func:`run_case` lays one
+:class:`~tests.harness.differential_cases.Case` out twice (as a git repository each time),
+runs ``snakemake -c2`` in one copy and
 ``snakemake --executor vastai`` against the simulator in the other, and returns both results
 plus a comparison of the two output trees. Snakemake's own bookkeeping (``.snakemake/``) and
 git's (``.git/``) are left out of the comparison; everything else must be equal byte for byte
@@ -22,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.differential_cases import Case
-from tests.e2e import alive, sim_env, snakemake_argv
+from tests.harness.differential_cases import Case
+from tests.harness.e2e import alive, sim_env, snakemake_argv
 
 IGNORED_TOP = (".snakemake", ".git")
 TIMEOUT = 300.0

@@ -1,7 +1,7 @@
 """The catalogue of differential workflows, as data.
 
 Each :class:`Case` is a small workflow (a dict of files) plus the command-line words both
-runs share. ``tests/differential.py`` runs a case under the local executor and under
+runs share. ``tests/harness/differential.py`` runs a case under the local executor and under
 ``--executor vastai`` and compares the trees; any other mode (storage mode, say) can run
 the same catalogue with its own argv. A case marked ``slow`` runs only on demand
 (``pytest -m differential_slow``); the others run in CI.

@@ -2,12 +2,12 @@
 
 Each case is laid out twice (a git repository each time). One copy runs under Snakemake's
 local executor, the other under ``--executor vastai`` against the simulator; both with the
-same default storage provider settings (S3 on a moto server, see ``tests/s3.py``), each
+same default storage provider settings (S3 on a moto server, see ``tests/harness/s3.py``), each
 into its own bucket. What the runs leave under the prefix is then compared byte for byte,
 except Snakemake's source archive (only remote executors upload one). The vastai run must
 also have opened no SSH connection carrying a byte, and leave no instance alive.
 
-The runner takes issue 13's :class:`~tests.differential_cases.Case`: this module's own
+The runner takes issue 13's :class:`~tests.harness.differential_cases.Case`: this module's own
 catalogue (``name -> {"files", "targets", "promise", "slow", ...}``, every key a field of
 ``Case``) is converted by :func:`storage_case`, and issue 13's catalogue runs unchanged.
 Every file of a case is also put into both buckets before the runs: with a default storage
@@ -29,10 +29,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tests.differential import lay_out
-from tests.differential_cases import CHECKPOINT, Case
-from tests.e2e import alive, snakemake_argv
-from tests.test_e2e_storage import s3_env
+from tests.e2e.test_e2e_storage import s3_env
+from tests.harness.differential import lay_out
+from tests.harness.differential_cases import CHECKPOINT, Case
+from tests.harness.e2e import alive, snakemake_argv
 
 PREFIX = "wf"
 SOURCE_ARCHIVE = f"{PREFIX}/snakemake-workflow-sources."

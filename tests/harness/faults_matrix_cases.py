@@ -1,4 +1,4 @@
-"""Machinery for the fault matrix (``tests/test_fault_matrix.py``).
+"""Machinery for the fault matrix (``tests/e2e/test_fault_matrix.py``).
 
 A :class:`Case` is one row of the matrix: the faults the simulator injects
 before the run (and, optionally, one more injected when a job reaches a given
@@ -23,7 +23,7 @@ from typing import Any
 
 from snakemake_executor_plugin_vastai.simulator import catalog
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
-from tests.e2e import alive, sim_env, snakemake_argv, write_workflow
+from tests.harness.e2e import alive, sim_env, snakemake_argv, write_workflow
 
 # Options every case runs with: short grace periods so a case takes seconds.
 # ``--seconds-between-status-checks 0``: Snakemake's wait thread takes its first

@@ -1,13 +1,13 @@
 """Write the README's "Reliability" table from the fault matrix's rows.
 
 The README promises, fault by fault, what the plugin does and what the user
-sees; ``tests/test_fault_matrix.py`` checks each promise end to end and keeps
+sees; ``tests/e2e/test_fault_matrix.py`` checks each promise end to end and keeps
 the wording in ``MATRIX_ROWS``. Generating the README block from those rows
-means the two cannot drift apart unnoticed: ``tests/test_reliability_table.py``
+means the two cannot drift apart unnoticed: ``tests/project/test_reliability_table.py``
 regenerates the block and fails when the README differs.
 
-    python -m tests.reliability_table          # rewrite the README block
-    python -m tests.reliability_table --check  # exit 1 if the README is stale
+    python -m tests.harness.reliability_table          # rewrite the README block
+    python -m tests.harness.reliability_table --check  # exit 1 if the README is stale
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
 HEADER = ("Fault", "What the plugin does", "What the user sees")
 FOOTER = """\
-Generated from `MATRIX_ROWS` in `tests/test_fault_matrix.py` by
-`python -m tests.reliability_table` (a test fails when they differ); every row
-is an end-to-end case: `.venv/bin/python -m pytest tests/test_fault_matrix.py`."""
+Generated from `MATRIX_ROWS` in `tests/e2e/test_fault_matrix.py` by
+`python -m tests.harness.reliability_table` (a test fails when they differ); every row
+is an end-to-end case: `.venv/bin/python -m pytest tests/e2e/test_fault_matrix.py`."""
 
 
 def cell(text: str) -> str:
@@ -40,7 +40,7 @@ def table(rows: Iterable[tuple[str, str, str]]) -> str:
 
 def matrix_rows() -> list[tuple[str, str, str]]:
     """The rows as the fault matrix holds them now (imported, never copied)."""
-    from tests.test_fault_matrix import MATRIX_ROWS
+    from tests.e2e.test_fault_matrix import MATRIX_ROWS
 
     return list(MATRIX_ROWS)
 
@@ -68,8 +68,8 @@ def stale(readme: Path = README, rows: Iterable[tuple[str, str, str]] | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Example: ``python -m tests.reliability_table --check``."""
-    parser = argparse.ArgumentParser(prog="python -m tests.reliability_table",
+    """Example: ``python -m tests.harness.reliability_table --check``."""
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.reliability_table",
                                      description="Regenerate the README's Reliability table.")
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on drift")
     parser.add_argument("--readme", type=Path, default=README, help="the README to update")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if stale(args.readme):
             print(f"{args.readme}: the Reliability table is out of date; run "
-                  "python -m tests.reliability_table", file=sys.stderr)
+                  "python -m tests.harness.reliability_table", file=sys.stderr)
             return 1
         return 0
     args.readme.write_text(with_table(text, matrix_rows()))

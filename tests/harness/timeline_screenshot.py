@@ -1,6 +1,6 @@
 """Regenerate the README's timeline screenshot from a real demo run.
 
-    python -m tests.timeline_screenshot docs/timeline-demo.png
+    python -m tests.harness.timeline_screenshot docs/timeline-demo.png
 
 Runs ``python -m snakemake_executor_plugin_vastai demo`` (the simulator, the real
 snakemake CLI), then opens the timeline page it wrote in headless Chromium.
@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.browser import screenshot
+from tests.harness.browser import screenshot
 
 
 def main(target: str) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIGURE_NUMBERS = {"1", "2", "3", "4", "5", "6", "7"}
 STATUSES = {"pass", "miss", "info", "n/a"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.differential import compare, lay_out, snapshot
-from tests.differential_cases import CASES, Case
+from tests.harness.differential import compare, lay_out, snapshot
+from tests.harness.differential_cases import CASES, Case
 
 CASE = Case(name="t", promise="harness", files={"Snakefile": "", "data/in.txt": "x\n"},
             untracked=("data/in.txt",), fuzzy={"bench/*": "benchmark", "r.html": "exists"})

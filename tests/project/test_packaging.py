@@ -4,7 +4,7 @@ The contents check runs everywhere (building the wheel takes about a second).
 Installing the wheel and the sdist into fresh virtual environments and running
 the demo from each takes minutes and downloads the dependencies, so it runs on
 demand: ``SNAKEMAKE_VASTAI_PACKAGING=1 uv run --no-sync python -m pytest
-tests/test_packaging.py -m packaging``.
+tests/project/test_packaging.py -m packaging``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 import snakemake_executor_plugin_vastai as plugin
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "snakemake_executor_plugin_vastai"
 TOOLING = {f"{PACKAGE}/cli/statechart.py"}  # writes statecharts/ of a checkout
 UV = shutil.which("uv")

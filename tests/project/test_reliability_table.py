@@ -7,7 +7,7 @@ and names the command that brings them back together.
 
 from __future__ import annotations
 
-from tests import reliability_table as rt
+from tests.harness import reliability_table as rt
 
 ROWS = [
     ("Fault A", "Retries", "Nothing"),
@@ -16,7 +16,7 @@ ROWS = [
 
 
 def test_readme_table_matches_the_fault_matrix():
-    assert not rt.stale(), "run: python -m tests.reliability_table"
+    assert not rt.stale(), "run: python -m tests.harness.reliability_table"
     assert rt.main(["--check"]) == 0
 
 
@@ -25,7 +25,7 @@ def test_every_matrix_row_is_in_the_readme():
     section = text.split("## Reliability", 1)[1].split(rt.END, 1)[0]
     for row in rt.matrix_rows():
         assert f"| {' | '.join(rt.cell(c) for c in row)} |" in section, row[0]
-    assert "python -m pytest tests/test_fault_matrix.py" in section
+    assert "python -m pytest tests/e2e/test_fault_matrix.py" in section
 
 
 def test_cells_cannot_break_the_table():

@@ -2,7 +2,7 @@
 
 A real run (the snakemake CLI against the simulator; three jobs, one fails)
 gives the journal for the structure and totals; a journal of 500 jobs written
-through the Journal API on a made-up clock (``tests/timeline_journal.py``)
+through the Journal API on a made-up clock (``tests/harness/timeline_journal.py``)
 gives scale, warm reuse, ``leased``/``preempted``/unknown states, a two-hour
 quiet stretch and hostile text. Both pages are opened in headless Chromium.
 """
@@ -25,8 +25,8 @@ from snakemake_executor_plugin_vastai.cli import timeline_svg
 from snakemake_executor_plugin_vastai.cli.journal import main
 from snakemake_executor_plugin_vastai.journal.store import TERMINAL_STATES, Journal
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
-from tests import browser, png, timeline_journal
-from tests.e2e import alive, run_snakemake, write_workflow
+from tests.harness import browser, png, timeline_journal
+from tests.harness.e2e import alive, run_snakemake, write_workflow
 
 SVG = "{http://www.w3.org/2000/svg}"
 SNAKEFILE = """\

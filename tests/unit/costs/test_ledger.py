@@ -14,7 +14,7 @@ import pytest
 from snakemake_executor_plugin_vastai.cli.journal import main as journal_main
 from snakemake_executor_plugin_vastai.costs import ledger
 from snakemake_executor_plugin_vastai.journal.store import Journal
-from tests.e2e import alive, run_snakemake, write_workflow
+from tests.harness.e2e import alive, run_snakemake, write_workflow
 
 GB = ledger.BYTES_PER_GB
 
@@ -260,7 +260,7 @@ def test_a_crash_mid_upload_keeps_its_bytes_and_the_resumed_run_counts_its_own(
     import subprocess
     import sys
 
-    from tests.e2e import start_snakemake, wait_for
+    from tests.harness.e2e import start_snakemake, wait_for
 
     sim = simulator_factory(offers=pricey_network)
     # A slow link (60 MB/s: the upload takes 5 s): at loopback speed the upload could end

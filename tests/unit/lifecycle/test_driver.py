@@ -29,8 +29,7 @@ from snakemake_executor_plugin_vastai.vastai.instances import Instances
 from snakemake_executor_plugin_vastai.vastai.market import OfferMarket
 from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings
 from snakemake_executor_plugin_vastai.workflow.jobspec import JobSpec, Workspace
-
-from .e2e import alive
+from tests.harness.e2e import alive
 
 
 @dataclass
@@ -156,7 +155,7 @@ def test_destroys_that_meet_go_out_in_one_bulk_request(tmp_path, simulator, bulk
     service that refuses the bulk endpoint gets single requests instead."""
     import threading
 
-    from .simulator.helpers import rent, sdk
+    from tests.simulator.helpers import rent, sdk
 
     api = VastAPI(simulator.api_key, simulator.url, retry_budget=30, request_timeout=5)
     ids = [rent(sdk(simulator), label=f"bulk-{n}") for n in range(6)]

@@ -1,7 +1,7 @@
 """The resume fingerprint: every part that decides a job's result changes it.
 
 The objects stand in for Snakemake's job and rule with the attributes the
-fingerprint reads; tests/test_e2e_safety.py checks the same end to end.
+fingerprint reads; tests/e2e/test_e2e_safety.py checks the same end to end.
 """
 
 from __future__ import annotations

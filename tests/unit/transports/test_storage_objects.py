@@ -26,7 +26,7 @@ from snakemake_executor_plugin_vastai.transports.storage.setup import (
     fresh_object,
 )
 from snakemake_executor_plugin_vastai.workflow import checkpoints
-from tests.s3 import ACCESS_KEY, SECRET_KEY, s3_server  # noqa: F401 (fixture)
+from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, s3_server  # noqa: F401 (fixture)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState, mac
 from snakemake_executor_plugin_vastai.vastai import bids
 from snakemake_executor_plugin_vastai.vastai.bids import BidSettings
 from snakemake_executor_plugin_vastai.workflow.validation import ConfigError
-from tests.test_machine import Model
+from tests.unit.lifecycle.test_machine import Model
 
 
 def machine() -> LockedMachine:

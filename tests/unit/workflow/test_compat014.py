@@ -3,7 +3,7 @@
 The lists below are facts read from 0.1.4's released wheel (its ExecutorSettings
 fields with their types and defaults, and the resources its offer search and
 source scoping read). The end-to-end proof with a 0.1.4 profile and Snakefile is
-``tests/test_e2e_compat014.py``.
+``tests/e2e/test_e2e_compat014.py``.
 """
 
 from __future__ import annotations

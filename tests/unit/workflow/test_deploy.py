@@ -1,7 +1,7 @@
 """Scoped source shipping (deploy.py): which of the workflow's sources travel.
 
 Pure functions against lists of paths; the end-to-end proof that only these
-bytes reach an instance is in ``tests/test_e2e_compat014.py``.
+bytes reach an instance is in ``tests/e2e/test_e2e_compat014.py``.
 """
 
 from __future__ import annotations
