@@ -3,7 +3,7 @@
     python benchmarks/timeline_page.py            # 1, 100, 500, 2000 jobs, 5 repeats
     python benchmarks/timeline_page.py --jobs 500 --repeats 9
 
-Each journal is written by ``tests/timeline_journal.py`` (the real Journal API on a
+Each journal is written by ``tests/harness/timeline_journal.py`` (the real Journal API on a
 made-up clock: waves of 20 jobs, half the instances reused, a two-hour quiet
 stretch). Timed: reading the journal into rows and spans (``timeline.build``) and
 drawing the page (``render_html``), separately. Printed: median [min..max] of the
@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 from snakemake_executor_plugin_vastai.cli import timeline  # noqa: E402
 from snakemake_executor_plugin_vastai.cli.timeline_svg import render_html  # noqa: E402
 from snakemake_executor_plugin_vastai.journal.store import Journal  # noqa: E402
-from tests import timeline_journal  # noqa: E402
+from tests.harness import timeline_journal  # noqa: E402
 
 
 def measure(jobs: int, repeats: int, root: Path) -> dict:

@@ -10,7 +10,7 @@ if ! command -v ssh >/dev/null 2>&1 || ! command -v scp >/dev/null 2>&1; then
         (apt-get update -qq && apt-get install -y -qq openssh-client) >/dev/null 2>&1 || true
     fi
 fi
-# Headless Chromium opens the journal timeline page (tests/test_timeline.py); without
+# Headless Chromium opens the journal timeline page (tests/unit/cli/test_timeline.py); without
 # apt-get those tests skip; where apt-get exists they must not pass by skipping.
 if command -v apt-get >/dev/null 2>&1; then
     if ! command -v chromium >/dev/null 2>&1; then

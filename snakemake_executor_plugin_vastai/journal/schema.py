@@ -7,7 +7,7 @@ reports (``PRAGMA table_info``, ``foreign_key_list``, ``index_list``, the trigge
 as Markdown, with each migration's docstring and a note per table from :data:`NOTES`.
 
 ``python -m snakemake_executor_plugin_vastai.journal.schema`` rewrites the file;
-``--check`` only compares and exits 1 on drift. tests/test_journal.py runs the same
+``--check`` only compares and exits 1 on drift. tests/unit/journal/test_journal.py runs the same
 comparison, so the document cannot disagree with the migrations (as the statecharts
 cannot with the state machines).
 """

@@ -5,7 +5,7 @@ A :class:`~.driver.JobDriver` sees only its :class:`JobPorts`: the offer market
 job spec (``jobspec.py``), the settings that bound its steps, a logger, and a
 transport factory (``transports/``: SSH mode or storage mode). ``runtime.py``
 builds them; tests build them from a simulator and a journal alone, without
-Snakemake (``tests/test_driver.py``).
+Snakemake (``tests/unit/lifecycle/test_driver.py``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,62 @@
+"""The crash-safety acceptance: SIGKILL Snakemake at seeded random moments (and at
+every named crash point), restart, and check nothing leaks, nothing is lost, and
+every job whose instance survived is resumed rather than rented again.
+
+``python -m tests.harness.chaos --trials 200`` runs the long version (benchmarks/).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_POINTS
+from tests.harness.chaos import CLASSES, assert_clean, run_trial, summarize
+
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+TRIALS = 8  # one of each adversity class (chaos.CLASSES, chosen by seed)
+SEED = 1000
+
+
+# A trial whose re-attach meets a key the crashed run never installed retries SSH for its
+# 180 s budget before booting the instance again: with 8 trials in 3 threads that can pass
+# the suite's 300 s hang guard (seen once in four clean-clone runs).
+@pytest.mark.timeout(600)
+def test_chaos_trials_leak_nothing_lose_nothing_and_resume(tmp_path):
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda n: run_trial(SEED + n, tmp_path, reuse=n % 2 == 1),
+                                range(TRIALS)))
+    report = summarize(results)
+    print(json.dumps(report, indent=1))
+    assert_clean(report, TRIALS)
+    assert report["stale_resumes"] == 0
+    assert all(n == TRIALS // len(CLASSES) for n in report["by_class"].values()
+               ) or report["skipped_full_disk"]
+    assert report["resumable_after_kill"] > 0  # the trials did exercise resume
+    assert report["kills"] >= TRIALS
+    assert report["with_reuse"] == TRIALS // 2 and report["leased"] > 0  # reuse was exercised
+
+
+def test_every_crash_point_is_survived(tmp_path):
+    """One trial per named crash point, including between create and its journal write."""
+    import random
+
+    def trial(point: str):
+        seed = next(s for s in range(SEED, SEED + 10_000)
+                    if _first_crash_point(random.Random(s)) == point)
+        # giving an instance back happens only with warm instances
+        return run_trial(seed, tmp_path, adversity="kill", reuse=point == "after_give_back")
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(trial, CRASH_POINTS))
+    report = summarize(results)
+    print(json.dumps(report, indent=1))
+    assert report["failures"] == []
+    assert set(report["crash_points"]) >= set(CRASH_POINTS)
+
+
+def _first_crash_point(rng) -> str | None:
+    """Mirror of run_trial's first draw: which crash point (if any) a seed picks."""
+    return rng.choice(CRASH_POINTS) if rng.random() < 0.4 else None

@@ -1,0 +1,181 @@
+"""The driver's steps in process, against the simulator, without a Snakemake subprocess.
+
+A job step sees narrow ports (ports.py); here they are built from a real API
+client, journal, watcher, teardown and SSH transport, with a job that stands in
+for Snakemake's (the attributes the spec reads). The simulator is the edge.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from snakemake_executor_plugin_vastai.journal.store import Journal
+from snakemake_executor_plugin_vastai.lifecycle.driver import JobDriver, build_machine
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
+from snakemake_executor_plugin_vastai.lifecycle.models import JobModel
+from snakemake_executor_plugin_vastai.lifecycle.ports import JobPorts
+from snakemake_executor_plugin_vastai.run.keys import RunKey
+from snakemake_executor_plugin_vastai.run.logs import PluginLogger
+from snakemake_executor_plugin_vastai.run.teardown import Teardown
+from snakemake_executor_plugin_vastai.run.watcher import InstanceWatcher
+from snakemake_executor_plugin_vastai.settings import RunSettings
+from snakemake_executor_plugin_vastai.transports.ssh.transport import SshTransport
+from snakemake_executor_plugin_vastai.vastai.api import VastAPI
+from snakemake_executor_plugin_vastai.vastai.instances import Instances
+from snakemake_executor_plugin_vastai.vastai.market import OfferMarket
+from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings
+from snakemake_executor_plugin_vastai.workflow.jobspec import JobSpec, Workspace
+from tests.harness.e2e import alive
+
+
+@dataclass
+class StandInJob:
+    """What the job spec reads of Snakemake's job."""
+
+    command: str
+    input: list[str] = field(default_factory=list)
+    output: list[str] = field(default_factory=lambda: ["out.txt"])
+    log: list[str] = field(default_factory=list)
+    benchmark: str | None = None
+    resources: dict = field(default_factory=lambda: {"gpu": 1})
+    threads: int = 1
+
+
+@dataclass
+class Rig:
+    journal: Journal
+    model: JobModel
+    driver: JobDriver
+    watcher: InstanceWatcher
+
+    def run(self, timeout: float = 120) -> JobModel:
+        self.driver.start()
+        assert self.driver.done.wait(timeout), f"job stuck in {self.model.state}"
+        self.watcher.stop()
+        return self.model
+
+
+def rig(sim, tmp_path: Path, command: str) -> Rig:
+    api = VastAPI(sim.api_key, sim.url, retry_budget=30, request_timeout=5)
+    journal = Journal.for_workdir(tmp_path)
+    run_id = journal.start_run(snakemake_version="", plugin_version="test", settings={})
+    log = PluginLogger(logging.getLogger("test-driver"))
+    watcher = InstanceWatcher(api, journal.label_prefix, 0.2)
+    watcher.start()
+    key = RunKey.load_or_create(tmp_path / "keys", run_id)
+    offers = OfferSettings(reliability=0)
+    settings = RunSettings(api_url=sim.url, image="img", disk=10, boot_timeout=60,
+                           keep_instances=False, forward_credentials=False,
+                           status_interval=0.2, offline_grace=5, offer_settings=offers)
+    workspace = Workspace(workdir=tmp_path, job_command=lambda job: job.command,
+                          declared_envvars=dict, snakemake_version="")
+    job = StandInJob(command)
+    job_id = journal.add_job(run_id=run_id, rule="r", snakemake_jobid=1, fingerprint="f",
+                             attempt=1, state="searching")
+    spec = JobSpec(workspace, job, rule="r", fingerprint="f",
+                   log_path=str(tmp_path / "r.log"), image="img")
+    ports = JobPorts(run_id=run_id, journal=journal,
+                     market=OfferMarket(api, journal, offers, run_id=run_id),
+                     instances=Instances(api, watcher, Teardown(api, journal, log), key,
+                                         teardown_wait=60),
+                     spec=spec, settings=settings, log=log, transport=SshTransport)
+    model = JobModel(job_id=job_id, ports=ports, snakemake_job=job, rule="r", attempt=1,
+                     fingerprint="f", log_path=spec.log_path)
+    machine = build_machine()
+    machine.add_model(model, initial=JobState.SEARCHING)
+    return Rig(journal, model, JobDriver(model, machine), watcher)
+
+
+def states(journal: Journal, job_id: str) -> list[str]:
+    return [row["to_state"] for row in journal.transitions_of(job_id)]
+
+
+def test_a_job_runs_through_every_ssh_state_and_comes_home(tmp_path, simulator):
+    r = rig(simulator, tmp_path, "echo hello > out.txt")
+    model = r.run()
+    assert model.state is JobState.SUCCEEDED, model.failure
+    assert (tmp_path / "out.txt").read_text() == "hello\n"
+    assert states(r.journal, model.job_id) == [
+        "searching", "renting", "booting", "uploading", "running", "downloading",
+        "destroying", "succeeded"]
+    assert alive(simulator.truth()) == []
+
+
+def test_a_failing_command_fails_the_job_and_still_destroys(tmp_path, simulator):
+    r = rig(simulator, tmp_path, "echo broken >&2; exit 4")
+    model = r.run()
+    assert model.state is JobState.FAILED
+    assert "exited with code 4" in model.failure and "broken" in model.failure
+    assert not (tmp_path / "out.txt").exists()
+    assert alive(simulator.truth()) == []
+
+
+@pytest.mark.parametrize("mode", ["reset", "html"])
+def test_a_lost_create_answer_is_adopted_not_rented_twice(tmp_path, simulator, mode):
+    simulator.add_fault("answer_lost", endpoint="PUT */asks/*", count=1, mode=mode)
+    r = rig(simulator, tmp_path, "echo once > out.txt")
+    model = r.run()
+    assert model.state is JobState.SUCCEEDED, model.failure
+    truth = simulator.truth()
+    assert truth["created_count"] == 1
+    assert alive(truth) == []
+
+
+def test_a_journal_that_stops_working_mid_job_still_tears_the_instance_down(tmp_path,
+                                                                             simulator):
+    r = rig(simulator, tmp_path, "sleep 3; echo late > out.txt")
+    r.driver.start()
+    assert _wait(lambda: r.model.state is JobState.RUNNING, 60)
+    r.journal.close()  # every later write raises JournalError
+    assert r.driver.done.wait(60)
+    r.watcher.stop()
+    assert r.model.broken and "internal error" in r.model.failure
+    assert not r.model.teardown_pending
+    assert alive(simulator.truth()) == []
+
+
+def _wait(predicate, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("bulk_refused", [False, True])
+def test_destroys_that_meet_go_out_in_one_bulk_request(tmp_path, simulator, bulk_refused):
+    """Six teardowns at once (a Ctrl-C): one request in flight, the rest together; a
+    service that refuses the bulk endpoint gets single requests instead."""
+    import threading
+
+    from tests.simulator.helpers import rent, sdk
+
+    api = VastAPI(simulator.api_key, simulator.url, retry_budget=30, request_timeout=5)
+    ids = [rent(sdk(simulator), label=f"bulk-{n}") for n in range(6)]
+    simulator.add_fault("api_latency", seconds=0.5, endpoint="DELETE *")
+    if bulk_refused:
+        simulator.add_fault("api_status", code=405, endpoint="DELETE /api/v0/instances/")
+    teardown = Teardown(api, None, PluginLogger(logging.getLogger("test-bulk")))
+    results: dict[int, bool] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, teardown.destroy(i)))
+               for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == dict.fromkeys(ids, True)
+    requests = simulator.truth()["requests"]
+    single = requests.get("DELETE /api/v0/instances/{id}/", 0)
+    bulk = requests.get("DELETE /api/v0/instances/", 0)
+    if bulk_refused:
+        assert bulk == 1 and single >= len(ids), requests
+    else:
+        assert bulk >= 1 and single + bulk <= 3, requests
+    assert [i for i in simulator.truth()["instances"] if i["alive"]] == []
