@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.e2e import alive, run_snakemake, sim_env, wait_for, write_workflow
-from tests.test_e2e_safety import job_in_state, journal_rows, kill_hard, start, unlock
+from tests.e2e.test_e2e_safety import job_in_state, journal_rows, kill_hard, start, unlock
+from tests.harness.e2e import alive, run_snakemake, sim_env, wait_for, write_workflow
 
 pytestmark = pytest.mark.e2e
 
