@@ -132,7 +132,8 @@ def test_an_output_that_is_a_link_to_a_file_beside_it_comes_home_as_a_link(
         tmp_path, simulator):
     wf = write_workflow(tmp_path / "wf", {
         "Snakefile": 'rule best:\n    output: real="model_10.txt", link="best.txt"\n'
-                     '    shell: "echo weights > {output.real}; ln -s model_10.txt {output.link}"\n'})
+                     '    shell: "echo weights > {output.real}; '
+                     'ln -s model_10.txt {output.link}"\n'})
     result = run_snakemake(wf, simulator.url, simulator.api_key)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (wf / "best.txt").is_symlink()
@@ -188,3 +189,20 @@ def test_a_bad_download_cap_is_refused_before_anything_is_rented(tmp_path, simul
     assert result.returncode != 0
     assert "--vastai-max-download" in result.stderr
     assert simulator.truth()["created_count"] == 0
+
+
+# -- 4. a failed job's own output: always there, never raw ---------------------------------
+def test_a_failed_jobs_error_ends_with_its_last_lines_and_no_escape_reaches_the_terminal(
+        tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": "rule bad:\n    output: 'out.txt'\n"
+                     "    shell: \"printf 'step one\\\\n\\\\033[2J\\\\033[3J\\\\033]52;c;aGk=\\\\a"
+                     "the real cause: CUDA out of memory\\\\n'; exit 3\"\n"})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--retries", "0")
+    assert result.returncode != 0
+    err = result.stderr
+    assert "the real cause: CUDA out of memory" in err, err[-3000:]
+    assert "\x1b" not in err and "\x07" not in err
+    assert "\\x1b[2J" in err  # made visible, not dropped: tampering shows
+    log = next((wf / ".snakemake" / "auxiliary" / "vastai-logs").rglob("*.log"))
+    assert b"\x1b[2J" in log.read_bytes()  # the job's own log stays raw
