@@ -30,6 +30,7 @@ scripts.py; here is the client side, as methods of a session.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -51,6 +52,20 @@ class JobEnd:
     offset: int
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """What ``sweep`` left: processes of the job still alive, processes on the GPU (-1:
+    nvidia-smi failed), or a job that carried no tag (launched by an older plugin)."""
+
+    left: int
+    gpu_apps: int
+    untagged: bool = False
+
+    @property
+    def clean(self) -> bool:
+        return not self.untagged and self.left == 0 and self.gpu_apps == 0
+
+
 JobStatus = Literal["running", "lost", "absent"] | tuple[Literal["finished"], int]
 
 
@@ -67,6 +82,7 @@ class DetachedJobs(Uploads):
         if self.job_status(job_dir) == "running":
             raise RemoteError(f"{self.endpoint}: a job is already running in {job_dir}")
         extra = {
+            scripts.TAG_FILE: (secrets.token_hex(12).encode(), 0o600),
             scripts.JOB_SCRIPT: (command.encode(), 0o700),
             scripts.ENV_FILE: (scripts.env_file(env or {}), 0o600),
             scripts.WRAPPER: (scripts.WRAPPER_SH.encode(), 0o700),
@@ -80,6 +96,22 @@ class DetachedJobs(Uploads):
                 f"{_tail(done.stderr) or 'no message'}"
             )
         return int(lines[-1])
+
+    def sweep(self, job_dir: str) -> Sweep:
+        """End everything the job started (its whole process tree, detached ones included,
+        found by the tag every one of them inherits) so the instance can serve another."""
+        done = self.run(scripts.sweep_command(job_dir), timeout=max(self.timeout, 60))
+        words = done.stdout.decode("ascii", "replace").split()
+        if done.rc != 0 or not words:
+            raise RemoteError(f"{self.endpoint}: cleaning up after the job in {job_dir} "
+                              f"failed (exit {done.rc}): {_tail(done.stderr) or 'no message'}")
+        if words[0] == "untagged":
+            return Sweep(left=0, gpu_apps=0, untagged=True)
+        try:
+            return Sweep(left=int(words[1]), gpu_apps=int(words[3]))
+        except (IndexError, ValueError):
+            raise RemoteError(f"{self.endpoint}: unreadable clean-up answer "
+                              f"{done.stdout[:80]!r}") from None
 
     def follow(
         self,

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 CONTROL_DIR = ".vastai"
 JOB_SCRIPT = f"{CONTROL_DIR}/job.sh"
 ENV_FILE = f"{CONTROL_DIR}/env"
+TAG_FILE = f"{CONTROL_DIR}/tag"  # the job's process tag (a fresh random token per launch)
 WRAPPER = f"{CONTROL_DIR}/run.sh"
 
 # Exit codes of our own snippets (chosen outside what sh/tar use for their errors).
@@ -44,6 +45,9 @@ WRAPPER_SH = """\
 cd "$(dirname "$0")/.." || exit 1
 echo $$ > .vastai/pid.tmp && mv -f .vastai/pid.tmp .vastai/pid
 if [ -f .vastai/env ]; then . ./.vastai/env; fi
+# every process the job starts inherits the tag, detached ones too (sweep finds them)
+if [ -f .vastai/tag ]; then SNAKEMAKE_VASTAI_JOB_TAG=$(cat .vastai/tag); fi
+export SNAKEMAKE_VASTAI_JOB_TAG
 sh ./.vastai/job.sh
 rc=$?
 echo "$rc" > .vastai/rc.tmp && mv -f .vastai/rc.tmp .vastai/rc
@@ -164,10 +168,77 @@ def follow(ctl, offset, poll, beat):
         select.select([waiter], [], [], delay)
         delay = min(delay * 1.5, max(poll, 1.0))
 
+def tagged(tag):
+    # Every process whose environment carries the job's tag (readable: the same user).
+    mark = ("SNAKEMAKE_VASTAI_JOB_TAG=" + tag).encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            pass
+    return found
+
+def gpu_apps():
+    # Processes holding GPU memory (nvidia-smi where present; -1: cannot tell).
+    import shutil, subprocess
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid",
+                              "--format=csv,noheader"], capture_output=True, timeout=30)
+    except Exception:
+        return -1
+    if out.returncode != 0:
+        return -1
+    return len([l for l in out.stdout.split(b"\n") if l.strip()])
+
+def sweep(ctl):
+    # End everything the job started: TERM, a grace, KILL; report what is left.
+    import signal
+    try:
+        with open(os.path.join(ctl, "tag"), "rb") as f:
+            tag = f.read(64).strip().decode("ascii")
+    except OSError:
+        write_all(1, b"untagged\n")
+        return
+    if not tag:
+        write_all(1, b"untagged\n")
+        return
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        pids = tagged(tag)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = [p for p in tagged(tag) if not zombie(p)]
+        if not pids:
+            break
+    left = [p for p in tagged(tag) if not zombie(p)]
+    write_all(1, ("left %d gpu %d\n" % (len(left), gpu_apps())).encode())
+
+def zombie(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] in (b"Z", b"X")
+    except (OSError, ValueError):
+        return True
+
 def main():
     mode, ctl = sys.argv[1], sys.argv[2]
     if mode == "status":
         write_all(1, (status(ctl) + "\n").encode())
+    elif mode == "sweep":
+        sweep(ctl)
     else:
         follow(ctl, int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
 
@@ -264,6 +335,12 @@ def follow_command(job_dir: str, offset: int, poll: float, heartbeat: float) -> 
 def status_command(job_dir: str) -> str:
     """Print the job's status line (see ``FOLLOWER_PY``)."""
     return _python(["status", control_dir(job_dir)])
+
+
+def sweep_command(job_dir: str) -> str:
+    """End every process the job in ``job_dir`` started (by its tag) and print
+    ``left N gpu M`` (M: processes holding GPU memory, -1 unknown) or ``untagged``."""
+    return _python(["sweep", control_dir(job_dir)])
 
 
 def _python(args: Sequence[str]) -> str:

@@ -973,3 +973,31 @@ def test_sessions_do_not_leak_file_descriptors(session: RemoteSession) -> None:
 def test_follow_of_a_never_launched_job_is_an_error(session: RemoteSession) -> None:
     with pytest.raises(RemoteError, match="no job was launched"):
         session.follow("nothing-here", on_output=lambda b: None)
+
+
+def test_sweep_ends_everything_the_job_started_detached_ones_included(
+    host: Host, session: RemoteSession
+) -> None:
+    """A job that leaves a background loader, a nohup'd and a setsid'd process behind: the
+    next job leased on the instance must find none of them (warm instances)."""
+    marker = f"sleep 999.{os.getpid()}"  # a duration nothing else on the host sleeps
+    command = (f"{marker}1 & nohup {marker}2 >/dev/null 2>&1 & "
+               f"setsid {marker}3 >/dev/null 2>&1 & echo started; exit 0")
+    session.launch(JOB, command)
+    assert session.follow(JOB, on_output=lambda b: None).rc == 0
+
+    def alive() -> list[str]:
+        out = session.run(f"ps -eo args | grep '^{marker}' || true").stdout
+        return out.decode().split("\n")[:-1]
+
+    assert len(alive()) == 3, "the job's leftovers were not started"
+    swept = session.sweep(JOB)
+    assert swept.clean and swept.left == 0
+    assert alive() == []
+
+
+def test_sweep_of_a_job_without_a_tag_is_not_clean(host: Host, session: RemoteSession) -> None:
+    """A job launched by an older plugin carries no tag: nothing can be proven gone."""
+    session.run(f"mkdir -p {JOB}/.vastai")
+    swept = session.sweep(JOB)
+    assert swept.untagged and not swept.clean
