@@ -309,8 +309,7 @@ class JobDriver(RentingSteps):
             self.fire("gave_back", detail={"paths": paths, "instance": self.m.instance_id},
                       released_at=time.time())
             crash_point("after_give_back")
-            if not self.p.pool.give_back(self.m.warm, self.m.job_id):
-                self.p.instances.destroy_in_background(self.instance_id(), label=self.m.label)
+            self.p.pool.give_back(self.m.warm, self.m.job_id)  # it ends one it refuses
             return
         self.fire("downloaded", detail={"paths": paths, "exit_code": self.m.exit_code})
 

@@ -261,7 +261,8 @@ class Run:
                                              reason=reason)
 
     def _destroy_idle(self, instance_id: int, label: str) -> None:
-        """An idle warm instance expired: the one teardown, in the background."""
+        """An instance of the pool (expired, or refused when given back): the one
+        teardown, in the background."""
         self.instances.destroy_in_background(instance_id, label=label)
 
     def job_ended(self, model: JobModel) -> None:
