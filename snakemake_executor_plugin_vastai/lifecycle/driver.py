@@ -15,6 +15,10 @@ mode (upload, run, download, what "booted" means) lives in a transport
 that get the job an instance (search, wait, rent, lease, re-attach) are in
 ``renting.py``, the model the machine drives in ``models.py``.
 
+Only the driver writes the job model and fires triggers: a transport returns an
+outcome (``outcomes.py``) that the step applies, and sees the job through a narrow
+port (``step_port.py``) that lets it journal a retry in place, nothing more.
+
 Failures raise :class:`~.outcomes.JobFailure` inside a step; the loop turns
 them into the ``fail`` trigger, which leads through ``destroying``. Transient
 trouble (API throttling, SSH drops) is retried inside the step, with backoff,
@@ -38,7 +42,17 @@ from ..vastai import bids
 from ..vastai.api import VastError
 from .job_machine import JobState, machine_kwargs
 from .models import JobModel
-from .outcomes import CRASH_ENV, CRASH_POINTS, JobCancelled, JobFailure, crash_point, log_tail
+from .outcomes import (
+    CRASH_ENV,
+    CRASH_POINTS,
+    Downloaded,
+    JobCancelled,
+    JobFailure,
+    Reattached,
+    RunEnded,
+    crash_point,
+    log_tail,
+)
 from .renting import WAIT_PACE, RentingSteps
 
 if TYPE_CHECKING:
@@ -92,6 +106,10 @@ class JobDriver(RentingSteps):
 
     def fire(self, trigger: str, detail: Any = None, **fields: Any) -> None:
         getattr(self.m, trigger)(detail=detail, fields=fields)
+
+    def note_retry(self, detail: str) -> None:
+        """A transport retried in place (an SSH reconnect): a ``retry`` in the journal."""
+        self.fire("retry", detail=detail)
 
     def cancel(self) -> None:
         """Ask the job to stop; interrupts blocking SSH reads."""
@@ -226,16 +244,17 @@ class JobDriver(RentingSteps):
             self.check_outbid(row)
             if FATAL_BOOT_PATTERNS.search(message) and status != "running":
                 raise JobFailure(f"instance {iid} failed to boot: {message}")
-            ready = self.transport.ready(status, row) if status != "exited" or \
+            booted = self.transport.ready(status, row) if status != "exited" or \
                 self.transport.skips_ssh else None
-            if ready is not None:
-                detail, fields = ready
+            if booted is not None:
+                if booted.endpoint is not None:
+                    self.m.endpoint = booted.endpoint
                 self.instance_event("booted", leased_by=self.m.job_id, served=1)
                 if self.m.rented_at is not None and self.p.pool is not None:
                     self.p.pool.boots.append(time.monotonic() - self.m.rented_at)
                     self.m.rented_at = None
-                self.fire("booted", detail=detail, work_dir=self.m.work_dir,
-                          leased_at=time.time(), **fields)
+                self.fire("booted", detail=booted.detail, work_dir=self.m.work_dir,
+                          leased_at=time.time(), **booted.fields)
                 self._warm_up()
                 self.transport.after_boot(iid)
                 return
@@ -278,40 +297,67 @@ class JobDriver(RentingSteps):
                              "--vastai-offline-grace)")
         return since
 
-    # -- uploading, running, downloading: the transport's -------------------------------
+    # -- re-attaching (renting.py's step_resuming): what the transport found -------------
+    def reattached(self, found: Reattached) -> Any:
+        """Apply what a re-attach found; the instance's status, for the journal."""
+        self.m.endpoint = found.endpoint
+        self.m.remote_started, self.m.exit_code = found.started, found.exit_code
+        if not found.started:
+            self.m.key = None  # the boot step authorises this run's key
+        return found.status
+
+    # -- uploading, running, downloading: the transport moves, the driver applies -------
     def step_uploading(self) -> None:
-        self.transport.upload()
+        sent = self.transport.upload()
+        detail = {"files": sent.files, "bytes": sent.bytes}
+        if sent.already_on_instance:
+            detail["already_on_instance"] = sent.already_on_instance
+        self.fire("uploaded", detail=detail)
         self.m.inputs_on_disk = True
 
     def step_running(self) -> None:
         self.m.inputs_on_disk = True
         if self.m.running_since is None:  # retries re-enter the state; the clock runs on
             self.m.running_since = time.monotonic()
-        self.transport.run()
+        self._run_ended(self.transport.run(started=self.m.remote_started))
+
+    def _run_ended(self, ended: RunEnded) -> None:
+        """The job's process ended: record how, then ``completed``."""
+        self.m.exit_code = ended.exit_code
+        self.m.outputs_home = ended.outputs_home  # storage mode: in the bucket
+        if ended.failure is not None:
+            self.record_failure(ended.failure)
+        if ended.over_runtime:
+            self.m.warm = None  # a job that met its runtime cap gives no instance back
+        detail: dict[str, Any] = {"exit_code": ended.exit_code}
+        if ended.note is not None:
+            detail["note"] = ended.note
+        self.fire("completed", detail=detail, exit_code=ended.exit_code)
 
     def step_downloading(self) -> None:
-        self.transport.download()
+        self._judge_download(self.transport.download())
 
-    def finish_download(self, ok: bool, paths: int) -> None:
+    def _judge_download(self, back: Downloaded) -> None:
         """The transport brought home what there is: judge the job and move on."""
-        if not ok:
+        if not back.ok:
             spec = self.p.spec
             self.record_failure(f"rule {self.m.rule}: the job exited with code "
                                 f"{self.m.exit_code} on instance {self.m.instance_id}"
                                 f"{spec.failure_note()}; remote "
                                 f"log: {spec.log_path}{log_tail(spec.log_path)}")
-        self.m.outputs_home = ok  # before the journal hears of it: it may refuse
+        self.m.outputs_home = back.ok  # before the journal hears of it: it may refuse
         crash_point("after_download")
-        if ok and self._may_give_back():
+        if back.ok and self._may_give_back():
             self.m.give_back = True
             if self.m.running_since is not None:
                 self.p.pool.job_times.append(time.monotonic() - self.m.running_since)
-            self.fire("gave_back", detail={"paths": paths, "instance": self.m.instance_id},
+            self.fire("gave_back", detail={"paths": back.paths,
+                                           "instance": self.m.instance_id},
                       released_at=time.time())
             crash_point("after_give_back")
             self.p.pool.give_back(self.m.warm, self.m.job_id)  # it ends one it refuses
             return
-        self.fire("downloaded", detail={"paths": paths, "exit_code": self.m.exit_code})
+        self.fire("downloaded", detail={"paths": back.paths, "exit_code": self.m.exit_code})
 
     def _may_give_back(self) -> bool:
         """Only a healthy instance whose job succeeded serves another (never after a
@@ -321,7 +367,7 @@ class JobDriver(RentingSteps):
         return (pool is not None and pool.enabled and self.m.warm is not None
                 and self.m.bid_price is None and not self.m.interruptible
                 and not self.p.settings.keep_instances and not self.m.cancel_requested
-                and not self.m.over_runtime and self.m.failure is None)
+                and self.m.failure is None)
 
     def over_runtime_message(self) -> str:
         spec = self.p.spec
@@ -382,7 +428,6 @@ class JobDriver(RentingSteps):
         self.m.after_preemption = True
         if self.m.exit_code is None:  # its process died with the container: run it again
             self.m.remote_started = False
-            self.m.log_offset = 0
         with contextlib.suppress(JournalError):
             self.p.journal.record_instance_stop(self.instance_id(), stopped=True)
         self.log("warning", "bid instance outbid (stopped by Vast.ai)", reason=reason,
@@ -433,7 +478,7 @@ class JobDriver(RentingSteps):
         self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
         self.m.bid_price = None
         self.m.after_preemption = self.m.inputs_on_disk = self.m.remote_started = False
-        self.m.exit_code, self.m.log_offset = None, 0
+        self.m.exit_code = None
         fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
         self.fire("rent_again", detail={"destroyed": iid, "waited": round(
             time.monotonic() - since, 1), "next": "on-demand" if fallback or

@@ -2,7 +2,9 @@
 
 ``job_machine.py`` names the states and transitions; this model carries what the
 conditions in that table read, and the hook that journals every transition before its
-state begins (``before_state_change``). The driver (``driver.py``) does the steps.
+state begins (``before_state_change``). The driver (``driver.py``) does the steps and is
+the only writer of the model (the run's ``cancel`` aside, which only asks); transports
+return outcomes (``outcomes.py``) that the driver applies.
 """
 
 from __future__ import annotations
@@ -41,13 +43,10 @@ class JobModel:
     remote_started: bool = False
     failure: str | None = None
     cancel_requested: bool = False
-    log_offset: int = 0
     claim: Any = None  # recovery.Claim: an earlier run's live instance to re-attach to
     key: Any = None  # the SSH key for this job's instance (an earlier run's, on resume)
     storage: bool = False  # storage mode: data moves through a bucket, no SSH at all
-    offline_since: float | None = None  # monotonic time the host's heartbeat was lost
     running_since: float | None = None  # monotonic time the job first entered running
-    over_runtime: bool = False  # --vastai-max-runtime passed (SSH mode: set by a timer)
     teardown_pending: bool = False  # the run stopped waiting before the destroy was confirmed
     broken: bool = False  # the step loop broke (journal refused); torn down outside the machine
     outputs_home: bool = False  # exit 0 and every output downloaded (or in the bucket)
