@@ -12,8 +12,10 @@ from snakemake_executor_plugin_vastai.lifecycle.job_machine import (
     TERMINAL_STATES,
     TRANSITIONS,
     JobState,
+    Progress,
     machine_kwargs,
 )
+from snakemake_executor_plugin_vastai.lifecycle.models import JobModel
 
 
 def edges() -> list[tuple[JobState, JobState, str]]:
@@ -79,35 +81,24 @@ def test_conditions_named_in_the_table_are_declared():
 
 
 class Model:
+    """A job without ports: JobModel's own guards over the facts they read, and a list
+    for a journal."""
+
+    work_finished = JobModel.work_finished
+    work_started = JobModel.work_started
+    inputs_uploaded = JobModel.inputs_uploaded
+    in_storage_mode = JobModel.in_storage_mode
+    outputs_home = JobModel.outputs_home
+    was_cancelled = JobModel.was_cancelled
+    has_failed = JobModel.has_failed
+
     def __init__(self, journal: list, fail_journal: bool = False):
         self.journal = journal
         self.fail_journal = fail_journal
-        self.failed = False
-        self.cancelled = False
-        self.finished = False
-        self.started = False
+        self.progress = Progress.NOTHING
+        self.failure: str | None = None
+        self.cancel_requested = False
         self.storage = False
-
-    def remote_job_finished(self, event=None):
-        return self.finished
-
-    def remote_job_started(self, event=None):
-        return self.started
-
-    def was_cancelled(self, event=None):
-        return self.cancelled
-
-    def has_failed(self, event=None):
-        return self.failed
-
-    def in_storage_mode(self, event=None):
-        return self.storage
-
-    def was_preempted(self, event=None):
-        return getattr(self, "preempted_before", False)
-
-    def inputs_uploaded(self, event=None):
-        return getattr(self, "uploaded", False)
 
     def journal_transition(self, event):
         if self.fail_journal:
@@ -155,27 +146,27 @@ def test_a_failed_journal_write_leaves_the_state_unchanged():
     assert job.state is JobState.BOOTING
 
 
-@pytest.mark.parametrize(("finished", "started", "dest"), [
-    (True, True, JobState.DOWNLOADING),
-    (False, True, JobState.RUNNING),
-    (False, False, JobState.BOOTING),
+@pytest.mark.parametrize(("progress", "dest"), [
+    (Progress.FINISHED, JobState.DOWNLOADING),
+    (Progress.STARTED, JobState.RUNNING),
+    (Progress.NOTHING, JobState.BOOTING),
 ])
-def test_resume_enters_the_state_the_remote_job_is_in(finished, started, dest):
+def test_resume_enters_the_state_the_remote_job_is_in(progress, dest):
     m, job = machine(), Model([])
-    job.finished, job.started = finished, started
+    job.progress = progress
     m.add_model(job)
     job.resume()
     assert job.state is dest
 
 
-@pytest.mark.parametrize(("failed", "cancelled", "dest"), [
-    (False, False, JobState.SUCCEEDED),
-    (True, False, JobState.FAILED),
-    (False, True, JobState.CANCELLED),
+@pytest.mark.parametrize(("failure", "cancelled", "dest"), [
+    (None, False, JobState.SUCCEEDED),
+    ("boom", False, JobState.FAILED),
+    (None, True, JobState.CANCELLED),
 ])
-def test_destroyed_ends_in_the_outcome_of_the_job(failed, cancelled, dest):
+def test_destroyed_ends_in_the_outcome_of_the_job(failure, cancelled, dest):
     m, job = machine(), Model([])
-    job.failed, job.cancelled = failed, cancelled
+    job.failure, job.cancel_requested = failure, cancelled
     m.add_model(job, initial=JobState.DESTROYING)
     job.destroyed()
     assert job.state is dest

@@ -40,7 +40,7 @@ from ..journal.store import JournalError, StaleTransition, UnknownInstance
 from ..run.backoff import Backoff
 from ..vastai import bids
 from ..vastai.api import VastError
-from .job_machine import JobState, machine_kwargs
+from .job_machine import JobState, Progress, machine_kwargs
 from .models import JobModel
 from .outcomes import (
     CRASH_ENV,
@@ -299,9 +299,12 @@ class JobDriver(RentingSteps):
 
     # -- re-attaching (renting.py's step_resuming): what the transport found -------------
     def reattached(self, found: Reattached) -> Any:
-        """Apply what a re-attach found; the instance's status, for the journal."""
+        """Apply what a re-attach found (the job goes on where its work got: the
+        ``resume`` guards read ``progress``); the instance's status, for the journal."""
         self.m.endpoint = found.endpoint
-        self.m.remote_started, self.m.exit_code = found.started, found.exit_code
+        self.m.exit_code = found.exit_code
+        self.m.progress = (Progress.FINISHED if found.exit_code is not None else
+                           Progress.STARTED if found.started else Progress.NOTHING)
         if not found.started:
             self.m.key = None  # the boot step authorises this run's key
         return found.status
@@ -312,19 +315,20 @@ class JobDriver(RentingSteps):
         detail = {"files": sent.files, "bytes": sent.bytes}
         if sent.already_on_instance:
             detail["already_on_instance"] = sent.already_on_instance
+        self.m.progress = Progress.UPLOADED
         self.fire("uploaded", detail=detail)
-        self.m.inputs_on_disk = True
 
     def step_running(self) -> None:
-        self.m.inputs_on_disk = True
+        if self.m.progress is Progress.NOTHING:  # storage mode: the container deploys
+            self.m.progress = Progress.UPLOADED
         if self.m.running_since is None:  # retries re-enter the state; the clock runs on
             self.m.running_since = time.monotonic()
-        self._run_ended(self.transport.run(started=self.m.remote_started))
+        self._run_ended(self.transport.run(started=self.m.progress is Progress.STARTED))
 
     def _run_ended(self, ended: RunEnded) -> None:
         """The job's process ended: record how, then ``completed``."""
         self.m.exit_code = ended.exit_code
-        self.m.outputs_home = ended.outputs_home  # storage mode: in the bucket
+        self.m.progress = Progress.HOME if ended.outputs_home else Progress.FINISHED
         if ended.failure is not None:
             self.record_failure(ended.failure)
         if ended.over_runtime:
@@ -338,24 +342,26 @@ class JobDriver(RentingSteps):
         self._judge_download(self.transport.download())
 
     def _judge_download(self, back: Downloaded) -> None:
-        """The transport brought home what there is: judge the job and move on."""
-        if not back.ok:
+        """The transport brought home what there is: judge the job and move on. An
+        instance given back to the pool is the pool's from then on (it tears down one it
+        refuses); every other ends in ``destroying``."""
+        if back.ok:
+            self.m.progress = Progress.HOME  # before the journal hears of it: it may refuse
+        else:
             spec = self.p.spec
             self.record_failure(f"rule {self.m.rule}: the job exited with code "
                                 f"{self.m.exit_code} on instance {self.m.instance_id}"
                                 f"{spec.failure_note()}; remote "
                                 f"log: {spec.log_path}{log_tail(spec.log_path)}")
-        self.m.outputs_home = back.ok  # before the journal hears of it: it may refuse
         crash_point("after_download")
         if back.ok and self._may_give_back():
-            self.m.give_back = True
             if self.m.running_since is not None:
                 self.p.pool.job_times.append(time.monotonic() - self.m.running_since)
             self.fire("gave_back", detail={"paths": back.paths,
                                            "instance": self.m.instance_id},
                       released_at=time.time())
             crash_point("after_give_back")
-            self.p.pool.give_back(self.m.warm, self.m.job_id)  # it ends one it refuses
+            self.p.pool.give_back(self.m.warm, self.m.job_id)
             return
         self.fire("downloaded", detail={"paths": back.paths, "exit_code": self.m.exit_code})
 
@@ -425,9 +431,8 @@ class JobDriver(RentingSteps):
         self.transport.close()
         self.m.preemptions += 1
         self.m.preempted_at = time.monotonic()
-        self.m.after_preemption = True
-        if self.m.exit_code is None:  # its process died with the container: run it again
-            self.m.remote_started = False
+        if self.m.progress is Progress.STARTED:  # its process died with the container
+            self.m.progress = Progress.UPLOADED  # run it again, without a new upload
         with contextlib.suppress(JournalError):
             self.p.journal.record_instance_stop(self.instance_id(), stopped=True)
         self.log("warning", "bid instance outbid (stopped by Vast.ai)", reason=reason,
@@ -477,8 +482,7 @@ class JobDriver(RentingSteps):
             self.p.market.release(int(self.m.offer["id"]))
         self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
         self.m.bid_price = None
-        self.m.after_preemption = self.m.inputs_on_disk = self.m.remote_started = False
-        self.m.exit_code = None
+        self.m.progress, self.m.exit_code = Progress.NOTHING, None
         fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
         self.fire("rent_again", detail={"destroyed": iid, "waited": round(
             time.monotonic() - since, 1), "next": "on-demand" if fallback or
