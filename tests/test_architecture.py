@@ -180,3 +180,20 @@ def test_transports_return_outcomes_and_never_write_the_job_model_or_fire_trigge
                     node.func.attr in ("fire", "finish_download", "record_failure"):
                 found.append(f"{path.name}:{node.lineno} calls {node.func.attr}")
     assert found == []
+
+
+TEARDOWN_CALLS = {"destroy", "destroy_label", "destroy_in_background", "destroy_stray"}
+
+
+def test_the_driver_tears_a_jobs_instance_down_in_the_destroying_step_only():
+    """One teardown call site per path through the job table: ``step_destroying``; plus
+    ``_last_resort`` for a loop that broke (it cannot move through the table), and the
+    strays a lost create answer made under the job's label (never the job's instance)."""
+    sites = set()
+    for path in sorted((PACKAGE_DIR / "lifecycle").glob("*.py")):
+        for function in _functions(path):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                        node.func.attr in TEARDOWN_CALLS:
+                    sites.add(f"{path.stem}.{function.name}")
+    assert sites == {"driver.step_destroying", "driver._last_resort", "renting._rent"}

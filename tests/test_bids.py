@@ -60,9 +60,12 @@ def test_a_first_boot_goes_to_uploading():
 
 
 def test_past_the_grace_the_job_searches_again_and_can_still_fail_or_cancel():
+    """The abandoned instance is torn down in destroying, the one teardown state; then
+    the job, whose work is not home, searches again."""
     m, job = machine(), Model([])
     m.add_model(job, initial=JobState.RUNNING)
-    assert walk(job, ["preempted", "rent_again"]) == ["PREEMPTED", "SEARCHING"]
+    assert walk(job, ["preempted", "abandon", "rent_again"]) == ["PREEMPTED", "DESTROYING",
+                                                                 "SEARCHING"]
     other = Model([])
     m.add_model(other, initial=JobState.PREEMPTED)
     other.cancel()

@@ -136,8 +136,38 @@ def test_a_journal_that_stops_working_mid_job_still_tears_the_instance_down(tmp_
     r.journal.close()  # every later write raises JournalError
     assert r.driver.done.wait(60)
     r.watcher.stop()
-    assert r.model.broken and "internal error" in r.model.failure
-    assert not r.model.teardown_pending
+    # the loop broke: the job stays where the journal could last follow it (the run counts
+    # that as broken), its instance torn down outside the machine, nothing left pending
+    assert not r.model.state.is_terminal and "internal error" in r.model.failure
+    assert r.model.ports.instances.teardown.pending_ids() == []
+    assert alive(simulator.truth()) == []
+
+
+@pytest.mark.parametrize(("command", "outcome"), [
+    ("echo ok > out.txt", JobState.SUCCEEDED),
+    ("exit 3", JobState.FAILED),
+])
+def test_a_destroy_never_confirmed_still_ends_the_job_in_its_terminal_state(
+        tmp_path, simulator, command, outcome):
+    """Vast.ai refuses every destroy past the teardown wait: the job ends all the same, in
+    its own outcome (a job used to stop in destroying, which is not terminal), and the
+    instance, not the job, keeps the pending destroy: listed by the teardown, its journal
+    row destroying with no destroyed_at, for the run's last try."""
+    simulator.add_fault("api_status", code=503, endpoint="DELETE *")
+    r = rig(simulator, tmp_path, command, teardown_wait=2)
+    model = r.run()
+    assert model.state is outcome, model.failure
+    job = r.journal.job(model.job_id)
+    assert job["state"] == outcome.value and job["ended_at"] is not None
+    last = r.journal.transitions_of(model.job_id)[-1]
+    assert (last["from_state"], last["trigger"]) == ("destroying", "destroy_unconfirmed")
+    teardown = model.ports.instances.teardown
+    assert teardown.pending_ids() == [model.instance_id]
+    [instance] = r.journal.instances()
+    assert instance["state"] == "destroying" and instance["destroyed_at"] is None
+    assert instance["destroy_requested_at"] is not None
+    simulator.clear_faults()  # the run's last act: one more try
+    assert teardown.destroy(model.instance_id, label=model.label)
     assert alive(simulator.truth()) == []
 
 

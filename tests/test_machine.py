@@ -62,6 +62,16 @@ def test_terminal_states_have_no_way_out():
     assert not [e for e in edges() if e[0] in TERMINAL_STATES]
 
 
+def test_every_trigger_from_destroying_ends_the_job_or_searches_again():
+    """No path stops in destroying: each way out of it (confirmed or not) reaches a
+    terminal state, or searching for an instance lost before the work came home."""
+    out = {(dest, t) for src, dest, t in edges() if src is JobState.DESTROYING
+           and dest is not JobState.DESTROYING}
+    for trigger in ("destroyed", "destroy_unconfirmed"):
+        assert {d for d, t in out if t == trigger} == TERMINAL_STATES
+    assert {d for d, t in out if d not in TERMINAL_STATES} == {JobState.SEARCHING}
+
+
 def test_terminal_states_are_entered_only_from_destroying_or_by_giving_back():
     """Only a success may skip destroying, and only by giving its instance back to the
     pool (warm instances): failed and cancelled are entered from destroying alone."""
@@ -91,6 +101,7 @@ class Model:
     outputs_home = JobModel.outputs_home
     was_cancelled = JobModel.was_cancelled
     has_failed = JobModel.has_failed
+    needs_an_instance = JobModel.needs_an_instance
 
     def __init__(self, journal: list, fail_journal: bool = False):
         self.journal = journal
@@ -159,17 +170,37 @@ def test_resume_enters_the_state_the_remote_job_is_in(progress, dest):
     assert job.state is dest
 
 
+@pytest.mark.parametrize("trigger", ["destroyed", "destroy_unconfirmed"])
 @pytest.mark.parametrize(("failure", "cancelled", "dest"), [
     (None, False, JobState.SUCCEEDED),
     ("boom", False, JobState.FAILED),
     (None, True, JobState.CANCELLED),
+    ("boom", True, JobState.FAILED),
 ])
-def test_destroyed_ends_in_the_outcome_of_the_job(failure, cancelled, dest):
+def test_leaving_destroying_ends_in_the_outcome_of_the_job(trigger, failure, cancelled, dest):
+    """Confirmed gone or not, the job ends in its own outcome (a destroy not confirmed
+    stays pending on the instance, not on the job)."""
     m, job = machine(), Model([])
+    job.progress = Progress.HOME if failure is None else Progress.FINISHED
     job.failure, job.cancel_requested = failure, cancelled
     m.add_model(job, initial=JobState.DESTROYING)
-    job.destroyed()
+    getattr(job, trigger)()
     assert job.state is dest
+
+
+def test_only_a_job_whose_work_is_not_done_failed_or_cancelled_rents_again():
+    m, job = machine(), Model([])
+    job.progress = Progress.FINISHED  # outbid while downloading, never back
+    m.add_model(job, initial=JobState.DESTROYING)
+    assert job.needs_an_instance()
+    job.rent_again()
+    assert job.state is JobState.SEARCHING
+    for done in ({"progress": Progress.HOME}, {"failure": "boom"}, {"cancel_requested": True}):
+        other = Model([])
+        other.__dict__.update(done)
+        m.add_model(other, initial=JobState.DESTROYING)
+        assert not other.rent_again()  # the guard refuses: it stays to be destroyed
+        assert other.state is JobState.DESTROYING
 
 
 def test_triggers_not_in_the_table_are_refused():

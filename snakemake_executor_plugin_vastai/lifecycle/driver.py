@@ -23,6 +23,11 @@ Failures raise :class:`~.outcomes.JobFailure` inside a step; the loop turns
 them into the ``fail`` trigger, which leads through ``destroying``. Transient
 trouble (API throttling, SSH drops) is retried inside the step, with backoff,
 and shows in the journal as ``retry`` transitions.
+
+The job's instance is torn down in one place, the ``destroying`` step: failure,
+cancel, success and an outbid instance abandoned past its grace all lead there.
+The one other teardown is :meth:`JobDriver._last_resort`, for a loop that broke
+(the journal refused a transition) and so cannot move the job through the table.
 """
 
 from __future__ import annotations
@@ -135,7 +140,7 @@ class JobDriver(RentingSteps):
         """Step until terminal. Whatever ends this thread, an instance it may hold is torn
         down (:meth:`_last_resort`): a job never stops billing in the dark."""
         try:
-            while not self.m.state.is_terminal and not self.m.teardown_pending:
+            while not self.m.state.is_terminal:
                 self._step()
         except BaseException as exc:  # a journal that cannot be written, a bug
             self._last_resort(exc)
@@ -149,15 +154,17 @@ class JobDriver(RentingSteps):
             self.done.set()
 
     def _last_resort(self, exc: BaseException) -> None:
-        """The step loop broke (e.g. the journal refused a transition): tear the instance
-        down outside the machine, journal writes best effort, and say so."""
+        """The step loop broke (e.g. the journal refused a transition), so the job cannot
+        move through the table: tear the instance down outside the machine, journal
+        writes best effort, and say so. The job stays in the state the journal has (not
+        terminal: that is how the run counts it as broken); a destroy not confirmed stays
+        pending in the teardown, which the run reports."""
         with contextlib.suppress(Exception):
             self.log("error", "job thread failed; tearing its instance down",
                      error=f"{type(exc).__name__}: {exc}")
         self.m.failure = self.m.failure or (
             f"rule {self.m.rule}: internal error in state {self.m.state.value}: "
             f"{type(exc).__name__}: {exc}")
-        self.m.broken = True
         if self.m.instance_id is None and self.m.label is None:
             return
         if self.p.settings.keep_instances:
@@ -165,11 +172,9 @@ class JobDriver(RentingSteps):
         teardown = self.p.instances.teardown
         deadline = time.monotonic() + self.p.instances.teardown_wait
         if self.m.instance_id is not None:
-            done = teardown.destroy(self.m.instance_id, label=self.m.label, deadline=deadline)
+            teardown.destroy(self.m.instance_id, label=self.m.label, deadline=deadline)
         else:
             teardown.destroy_label(self.m.label or "", deadline=deadline)
-            done = self.m.label not in teardown.pending_labels
-        self.m.teardown_pending = not done
 
     def _step(self) -> None:
         state = self.m.state
@@ -197,7 +202,7 @@ class JobDriver(RentingSteps):
         if state is JobState.DESTROYING:
             deadline = self.m.destroy_deadline
             if deadline is not None and time.monotonic() > deadline:
-                self.m.teardown_pending = True  # the run reports it; the journal keeps it
+                self._destroy_unconfirmed(message)
                 return
             time.sleep(1.0)  # the step is retried until its deadline
             return
@@ -383,10 +388,15 @@ class JobDriver(RentingSteps):
 
     # -- destroying ------------------------------------------------------------------
     def step_destroying(self) -> None:
-        """The one teardown (teardown.py); a destroy not confirmed stays pending."""
+        """The job's one teardown (teardown.py). Confirmed gone: the job ends in its
+        outcome, or rents anew if it lost its instance before its work came home (an
+        outbid instance abandoned). Not confirmed by the deadline: the job ends all the
+        same, and the instance stays pending (the teardown's list, the journal's
+        instance row in destroying) for the run's last try and its exit status."""
         self.transport.close()
         iid = self.m.instance_id
-        if self.p.settings.keep_instances and iid is not None:
+        if self.p.settings.keep_instances and iid is not None \
+                and not self.m.needs_an_instance():
             self.log("warning", "keeping instance (it keeps billing!)")
             self.fire("destroyed", detail={"kept": iid})
             return
@@ -409,14 +419,27 @@ class JobDriver(RentingSteps):
         else:
             done, detail = True, "nothing was rented"
         if not done:
-            self.m.teardown_pending = True
-            return
-        self.fire("destroyed", detail=detail)
+            self._destroy_unconfirmed("not confirmed gone within the teardown wait")
+        elif self.m.needs_an_instance():
+            self._rent_again(iid)
+        else:
+            self.fire("destroyed", detail=detail)
 
     def _destroy_retry(self, reason: str) -> None:
         with contextlib.suppress(Exception):  # bookkeeping only: the teardown goes on
             self.fire("destroy_retry", detail=reason)
 
+    def _destroy_unconfirmed(self, reason: str) -> None:
+        """The teardown wait passed without Vast.ai confirming the instance gone: the job
+        ends in its outcome all the same (one that was to rent again fails), and its
+        instance stays pending: the run asks once more at its end and exits non-zero,
+        naming it, if that fails too (teardown.pending_message)."""
+        iid, label = self.m.instance_id, self.m.label
+        if self.m.needs_an_instance():
+            self.record_failure(f"instance {iid} stayed outbid past --vastai-preemption-grace "
+                                "and its destroy was not confirmed")
+        self.fire("destroy_unconfirmed", detail={"instance": iid, "label": label,
+                                                 "reason": reason})
 
     # -- preemption (bid instances, see bids.py) -------------------------------------------
     def check_outbid(self, row: dict | None) -> None:
@@ -441,8 +464,8 @@ class JobDriver(RentingSteps):
                                        "from": state.value, "bid_price": self.m.bid_price})
 
     def step_preempted(self) -> None:
-        """Wait up to the grace for the outbid instance to run again; past it, tear it
-        down (the one teardown) and rent again."""
+        """Wait up to the grace for the outbid instance to run again; past it (or once it
+        is gone), abandon it: ``destroying`` tears it down and the job rents anew."""
         iid = self.instance_id()
         watcher = self.p.instances.watcher
         watcher.watch(iid)
@@ -465,28 +488,23 @@ class JobDriver(RentingSteps):
                 self.fire("resumed", detail={"instance": iid, "status": status,
                                              "stopped_for": round(time.monotonic() - since, 1)})
                 return
-        self._abandon(iid, since)
+        self.fire("abandon", detail={"instance": iid,
+                                     "waited": round(time.monotonic() - since, 1)})
 
-    def _abandon(self, iid: int, since: float) -> None:
-        """The instance stayed stopped past the grace: destroy it, search again."""
-        teardown = self.p.instances.teardown
-        watcher = self.p.instances.watcher
-        watcher.unwatch(iid)
-        deadline = time.monotonic() + self.p.instances.teardown_wait
-        if not teardown.destroy(iid, label=self.m.label, deadline=deadline):
-            raise JobFailure(f"instance {iid} stayed outbid past --vastai-preemption-grace "
-                             "and its destroy was not confirmed")
+    def _rent_again(self, iid: int | None) -> None:
+        """The abandoned instance is gone: forget it and search again (on demand once the
+        job was outbid often enough)."""
         with contextlib.suppress(JournalError):
-            self.p.journal.record_instance_stop(iid, stopped=False)
+            if iid is not None:
+                self.p.journal.record_instance_stop(iid, stopped=False)
         if self.m.offer is not None:
             self.p.market.release(int(self.m.offer["id"]))
         self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
-        self.m.bid_price = None
+        self.m.bid_price, self.m.key, self.m.destroy_deadline = None, None, None
         self.m.progress, self.m.exit_code = Progress.NOTHING, None
         fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
-        self.fire("rent_again", detail={"destroyed": iid, "waited": round(
-            time.monotonic() - since, 1), "next": "on-demand" if fallback or
-            not self.m.interruptible else "bid"})
+        self.fire("rent_again", detail={"destroyed": iid, "next": "on-demand" if fallback or
+                                        not self.m.interruptible else "bid"})
 
 
 STEPS: dict[JobState, Callable[[JobDriver], None]] = {
@@ -500,5 +518,3 @@ STEPS: dict[JobState, Callable[[JobDriver], None]] = {
     JobState.DESTROYING: JobDriver.step_destroying,
     JobState.PREEMPTED: JobDriver.step_preempted,
 }
-
-

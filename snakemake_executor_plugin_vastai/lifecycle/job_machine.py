@@ -20,7 +20,9 @@ after ``--vastai-offer-wait`` seconds (``driver.py``).
 An interruptible (bid) instance that is outbid is stopped by Vast.ai, not destroyed
 (``bids.py``): its job moves to ``preempted`` and, when the instance runs again within
 ``--vastai-preemption-grace``, back to ``booting`` on the same instance (its uploaded files
-are still there); past the grace the instance is torn down and the job searches again.
+are still there); past the grace the job abandons it (``abandon``): ``destroying`` tears it down and
+the job, whose work is neither home, failed nor cancelled, searches again
+(``rent_again``).
 
 How far the job's own work got on its instance is one typed field, not a handful of
 flags: :class:`Progress` (``JobModel.progress``). The guards of ``resume`` and
@@ -38,8 +40,12 @@ job's outputs are home (downloading -> succeeded: nothing destroyed). The
 instance's own life is in ``instance_machine.py``. A failed job's instance is
 never given back: failure still leads through ``destroying``.
 
-Every failure and every cancel goes through ``destroying``: nothing a job
-rented is ever left behind by a path through this table.
+Every failure and every cancel goes through ``destroying``, and ``destroying``
+is the one state that tears the job's instance down. Every path ends in a
+terminal state: a destroy that Vast.ai does not confirm within the teardown wait
+ends the job all the same (``destroy_unconfirmed``), while the instance stays
+pending in the journal (its own machine keeps it ``destroying``) and the run asks
+once more at its end; the run exits non-zero if it is still not gone.
 
 How Vast.ai's ``actual_status`` of the job's instance maps onto these states
 (the instance's facts are kept apart from the job's, in the journal's
@@ -79,7 +85,8 @@ class JobState(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        """True once nothing is rented and nothing more will happen."""
+        """True once nothing more will happen to the job (a destroy it asked for and
+        Vast.ai did not confirm stays pending on the instance, see the module docstring)."""
         return self in TERMINAL_STATES
 
     @property
@@ -157,26 +164,36 @@ TRANSITIONS: list[dict] = [
     {"trigger": "gave_back", "source": S.DOWNLOADING, "dest": S.SUCCEEDED,
      "conditions": "outputs_home"},
     # preemption (bids.py): an outbid bid instance is stopped with its disk kept; the job
-    # waits up to --vastai-preemption-grace for it to run again (then boots it again);
-    # past the grace its instance is torn down (teardown.py) and the job searches again
+    # waits up to --vastai-preemption-grace for it to run again (then boots it again),
+    # past the grace abandons it (destroying), and rents anew once it is gone
     {"trigger": "preempted", "source": [S.BOOTING, S.UPLOADING, S.RUNNING, S.DOWNLOADING],
      "dest": S.PREEMPTED},
     {"trigger": "resumed", "source": S.PREEMPTED, "dest": S.BOOTING},
-    {"trigger": "rent_again", "source": S.PREEMPTED, "dest": S.SEARCHING},
+    {"trigger": "abandon", "source": S.PREEMPTED, "dest": S.DESTROYING},
     # failure and cancel, from anywhere before destroying
     {"trigger": "fail", "source": BEFORE_DESTROYING, "dest": S.DESTROYING},
     {"trigger": "cancel", "source": BEFORE_DESTROYING, "dest": S.DESTROYING},
-    # destroying: retried until the API confirms the instance gone
+    # destroying: the job's one teardown, retried until the API confirms the instance
+    # gone; then the job ends in its outcome, or (its instance lost before its work came
+    # home) rents anew. Not confirmed within the teardown wait: the job ends all the
+    # same; the instance stays pending and the run asks once more at its end.
     {"trigger": "destroy_retry", "source": S.DESTROYING, "dest": "="},
+    {"trigger": "rent_again", "source": S.DESTROYING, "dest": S.SEARCHING,
+     "conditions": "needs_an_instance"},
     {"trigger": "destroyed", "source": S.DESTROYING, "dest": S.CANCELLED,
      "conditions": "was_cancelled"},
     {"trigger": "destroyed", "source": S.DESTROYING, "dest": S.FAILED,
      "conditions": "has_failed"},
     {"trigger": "destroyed", "source": S.DESTROYING, "dest": S.SUCCEEDED},
+    {"trigger": "destroy_unconfirmed", "source": S.DESTROYING, "dest": S.CANCELLED,
+     "conditions": "was_cancelled"},
+    {"trigger": "destroy_unconfirmed", "source": S.DESTROYING, "dest": S.FAILED,
+     "conditions": "has_failed"},
+    {"trigger": "destroy_unconfirmed", "source": S.DESTROYING, "dest": S.SUCCEEDED},
 ]
 
 CONDITIONS = ("work_finished", "work_started", "inputs_uploaded", "in_storage_mode",
-              "outputs_home", "was_cancelled", "has_failed")
+              "outputs_home", "needs_an_instance", "was_cancelled", "has_failed")
 
 
 def machine_kwargs() -> dict:

@@ -51,8 +51,6 @@ class JobModel:
     key: Any = None  # the SSH key for this job's instance (an earlier run's, on resume)
     storage: bool = False  # storage mode: data moves through a bucket, no SSH at all
     running_since: float | None = None  # monotonic time the job first entered running
-    teardown_pending: bool = False  # the run stopped waiting before the destroy was confirmed
-    broken: bool = False  # the step loop broke (journal refused); torn down outside the machine
     destroy_deadline: float | None = None  # monotonic time the teardown gives up
     # interruptible (bid) instances, see bids.py
     interruptible: bool = False  # the job's rule asks for bid instances
@@ -84,6 +82,11 @@ class JobModel:
 
     def has_failed(self, event: Any = None) -> bool:
         return self.failure is not None
+
+    def needs_an_instance(self, event: Any = None) -> bool:
+        """Its instance is gone, its work neither home, failed nor cancelled: the one way
+        there is an outbid instance abandoned past the grace (the job rents anew)."""
+        return not (self.cancel_requested or self.has_failed() or self.outputs_home())
 
     @property
     def work_succeeded(self) -> bool:
