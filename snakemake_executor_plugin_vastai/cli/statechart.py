@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..lifecycle import instance_machine
-from ..lifecycle.job_machine import machine_kwargs
+from ..lifecycle.job_machine import Progress, machine_kwargs
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "statecharts"
 README = CHART_DIR.parent / "README.md"
@@ -27,10 +27,19 @@ INSTANCE_MARKDOWN_FILE = "instance-lifecycle.md"
 HEADER = """\
 # Job life cycle
 
-Generated from `snakemake_executor_plugin_vastai/machine.py` by
+Generated from `snakemake_executor_plugin_vastai/lifecycle/job_machine.py` by
 `python -m snakemake_executor_plugin_vastai statechart`; a test fails when this
 file and the code disagree. Guards are shown in brackets. Every failure and
-every cancel passes through `DESTROYING`.
+every cancel passes through `DESTROYING`, the one state that tears a job's
+instance down, and every path ends in `SUCCEEDED`, `FAILED` or `CANCELLED`
+(`destroy_unconfirmed`: Vast.ai did not confirm the destroy in time; the
+instance stays pending in the journal and the run tries once more at its end).
+
+The guards read one typed field besides the job's end (failed, cancelled):
+`progress`, how far the job's work got on its instance, in this order: {progress}.
+`work_started`, `inputs_uploaded`, `work_finished` and `outputs_home` test
+for one value; `needs_an_instance` holds for an instance lost (outbid past the
+grace) before the work came home, failed or was cancelled.
 
 """
 
@@ -46,9 +55,22 @@ a failed or cancelled job's instance goes to `DESTROYING`, never back to `IDLE`.
 """
 
 
+def progress_order() -> str:
+    """The values of the job's typed sub-state, in order (for the chart)."""
+    return " -> ".join(f"`{p.value}`" for p in Progress)
+
+
+def progress_note() -> list[str]:
+    """A Mermaid note beside the chart: the typed field the job's guards read."""
+    return ["", "  note right of BOOTING",
+            "    guards read progress: " + ", ".join(p.value for p in Progress),
+            "  end note"]
+
+
 def mermaid(kwargs: dict | None = None, title: str = "Job life cycle") -> str:
     """The chart as Mermaid ``stateDiagram-v2`` text, drawn from the initial state
-    (the job machine unless ``kwargs`` names another table)."""
+    (the job machine unless ``kwargs`` names another table; the job's carries a note
+    naming the typed field its guards read)."""
     from transitions.extensions import GraphMachine
 
     class Drawing:
@@ -60,6 +82,8 @@ def mermaid(kwargs: dict | None = None, title: str = "Job life cycle") -> str:
     lines = [line.rstrip() for line in drawing.get_graph().draw(None).rstrip().splitlines()]
     if lines[:1] == ["---"] and len(lines) > 2 and lines[2] == "---":
         lines[1] = f"title: {lines[1]}"  # Mermaid front matter is YAML
+    if kwargs is None:
+        lines += progress_note()
     return "\n".join(lines) + "\n"
 
 
@@ -67,7 +91,8 @@ def rendered() -> dict[str, str]:
     """File name -> content, for every file in statecharts/."""
     text = mermaid()
     instance = mermaid(instance_machine.machine_kwargs(), "Instance life cycle")
-    return {MERMAID_FILE: text, MARKDOWN_FILE: f"{HEADER}```mermaid\n{text}```\n",
+    header = HEADER.replace("{progress}", progress_order())
+    return {MERMAID_FILE: text, MARKDOWN_FILE: f"{header}```mermaid\n{text}```\n",
             INSTANCE_MERMAID_FILE: instance,
             INSTANCE_MARKDOWN_FILE: f"{INSTANCE_HEADER}```mermaid\n{instance}```\n"}
 
@@ -94,7 +119,8 @@ def readme_with_chart(readme: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Example: ``python -m snakemake_executor_plugin_vastai statechart --check``."""
     parser = argparse.ArgumentParser(prog="python -m snakemake_executor_plugin_vastai statechart",
-                                     description="Regenerate statecharts/ from machine.py.")
+                                     description="Regenerate statecharts/ from the "
+                                                 "lifecycle tables.")
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on drift")
     parser.add_argument("--dir", type=Path, default=CHART_DIR, help="output directory")
     args = parser.parse_args(argv)

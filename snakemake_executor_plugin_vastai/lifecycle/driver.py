@@ -15,10 +15,19 @@ mode (upload, run, download, what "booted" means) lives in a transport
 that get the job an instance (search, wait, rent, lease, re-attach) are in
 ``renting.py``, the model the machine drives in ``models.py``.
 
+Only the driver writes the job model and fires triggers: a transport returns an
+outcome (``outcomes.py``) that the step applies, and sees the job through a narrow
+port (``step_port.py``) that lets it journal a retry in place, nothing more.
+
 Failures raise :class:`~.outcomes.JobFailure` inside a step; the loop turns
 them into the ``fail`` trigger, which leads through ``destroying``. Transient
 trouble (API throttling, SSH drops) is retried inside the step, with backoff,
 and shows in the journal as ``retry`` transitions.
+
+The job's instance is torn down in one place, the ``destroying`` step: failure,
+cancel, success and an outbid instance abandoned past its grace all lead there.
+The one other teardown is :meth:`JobDriver._last_resort`, for a loop that broke
+(the journal refused a transition) and so cannot move the job through the table.
 """
 
 from __future__ import annotations
@@ -37,9 +46,19 @@ from ..run.backoff import Backoff
 from ..vastai import bids
 from ..vastai.api import VastError
 from . import instance_life
-from .job_machine import JobState, machine_kwargs
+from .job_machine import JobState, Progress, machine_kwargs
 from .models import JobModel
-from .outcomes import CRASH_ENV, CRASH_POINTS, JobCancelled, JobFailure, crash_point, log_tail
+from .outcomes import (
+    CRASH_ENV,
+    CRASH_POINTS,
+    Downloaded,
+    JobCancelled,
+    JobFailure,
+    Reattached,
+    RunEnded,
+    crash_point,
+    log_tail,
+)
 from .renting import WAIT_PACE, RentingSteps
 
 if TYPE_CHECKING:
@@ -94,6 +113,10 @@ class JobDriver(RentingSteps):
     def fire(self, trigger: str, detail: Any = None, **fields: Any) -> None:
         getattr(self.m, trigger)(detail=detail, fields=fields)
 
+    def note_retry(self, detail: str) -> None:
+        """A transport retried in place (an SSH reconnect): a ``retry`` in the journal."""
+        self.fire("retry", detail=detail)
+
     def cancel(self) -> None:
         """Ask the job to stop; interrupts blocking SSH reads."""
         self.m.cancel_requested = True
@@ -118,7 +141,7 @@ class JobDriver(RentingSteps):
         """Step until terminal. Whatever ends this thread, an instance it may hold is torn
         down (:meth:`_last_resort`): a job never stops billing in the dark."""
         try:
-            while not self.m.state.is_terminal and not self.m.teardown_pending:
+            while not self.m.state.is_terminal:
                 self._step()
         except BaseException as exc:  # a journal that cannot be written, a bug
             self._last_resort(exc)
@@ -132,15 +155,17 @@ class JobDriver(RentingSteps):
             self.done.set()
 
     def _last_resort(self, exc: BaseException) -> None:
-        """The step loop broke (e.g. the journal refused a transition): tear the instance
-        down outside the machine, journal writes best effort, and say so."""
+        """The step loop broke (e.g. the journal refused a transition), so the job cannot
+        move through the table: tear the instance down outside the machine, journal
+        writes best effort, and say so. The job stays in the state the journal has (not
+        terminal: that is how the run counts it as broken); a destroy not confirmed stays
+        pending in the teardown, which the run reports."""
         with contextlib.suppress(Exception):
             self.log("error", "job thread failed; tearing its instance down",
                      error=f"{type(exc).__name__}: {exc}")
         self.m.failure = self.m.failure or (
             f"rule {self.m.rule}: internal error in state {self.m.state.value}: "
             f"{type(exc).__name__}: {exc}")
-        self.m.broken = True
         if self.m.instance_id is None and self.m.label is None:
             return
         if self.p.settings.keep_instances:
@@ -148,11 +173,9 @@ class JobDriver(RentingSteps):
         teardown = self.p.instances.teardown
         deadline = time.monotonic() + self.p.instances.teardown_wait
         if self.m.instance_id is not None:
-            done = teardown.destroy(self.m.instance_id, label=self.m.label, deadline=deadline)
+            teardown.destroy(self.m.instance_id, label=self.m.label, deadline=deadline)
         else:
             teardown.destroy_label(self.m.label or "", deadline=deadline)
-            done = self.m.label not in teardown.pending_labels
-        self.m.teardown_pending = not done
 
     def _step(self) -> None:
         state = self.m.state
@@ -180,7 +203,7 @@ class JobDriver(RentingSteps):
         if state is JobState.DESTROYING:
             deadline = self.m.destroy_deadline
             if deadline is not None and time.monotonic() > deadline:
-                self.m.teardown_pending = True  # the run reports it; the journal keeps it
+                self._destroy_unconfirmed(message)
                 return
             time.sleep(1.0)  # the step is retried until its deadline
             return
@@ -227,16 +250,17 @@ class JobDriver(RentingSteps):
             self.check_outbid(row)
             if FATAL_BOOT_PATTERNS.search(message) and status != "running":
                 raise JobFailure(f"instance {iid} failed to boot: {message}")
-            ready = self.transport.ready(status, row) if status != "exited" or \
+            booted = self.transport.ready(status, row) if status != "exited" or \
                 self.transport.skips_ssh else None
-            if ready is not None:
-                detail, fields = ready
+            if booted is not None:
+                if booted.endpoint is not None:
+                    self.m.endpoint = booted.endpoint
                 self.instance_event("booted", leased_by=self.m.job_id, served=1)
                 if self.m.rented_at is not None and self.p.pool is not None:
                     self.p.pool.boots.append(time.monotonic() - self.m.rented_at)
                     self.m.rented_at = None
-                self.fire("booted", detail=detail, work_dir=self.m.work_dir,
-                          leased_at=time.time(), **fields)
+                self.fire("booted", detail=booted.detail, work_dir=self.m.work_dir,
+                          leased_at=time.time(), **booted.fields)
                 self._warm_up()
                 self.transport.after_boot(iid)
                 return
@@ -279,41 +303,73 @@ class JobDriver(RentingSteps):
                              "--vastai-offline-grace)")
         return since
 
-    # -- uploading, running, downloading: the transport's -------------------------------
+    # -- re-attaching (renting.py's step_resuming): what the transport found -------------
+    def reattached(self, found: Reattached) -> Any:
+        """Apply what a re-attach found (the job goes on where its work got: the
+        ``resume`` guards read ``progress``); the instance's status, for the journal."""
+        self.m.endpoint = found.endpoint
+        self.m.exit_code = found.exit_code
+        self.m.progress = (Progress.FINISHED if found.exit_code is not None else
+                           Progress.STARTED if found.started else Progress.NOTHING)
+        if not found.started:
+            self.m.key = None  # the boot step authorises this run's key
+        return found.status
+
+    # -- uploading, running, downloading: the transport moves, the driver applies -------
     def step_uploading(self) -> None:
-        self.transport.upload()
-        self.m.inputs_on_disk = True
+        sent = self.transport.upload()
+        detail = {"files": sent.files, "bytes": sent.bytes}
+        if sent.already_on_instance:
+            detail["already_on_instance"] = sent.already_on_instance
+        self.m.progress = Progress.UPLOADED
+        self.fire("uploaded", detail=detail)
 
     def step_running(self) -> None:
-        self.m.inputs_on_disk = True
+        if self.m.progress is Progress.NOTHING:  # storage mode: the container deploys
+            self.m.progress = Progress.UPLOADED
         if self.m.running_since is None:  # retries re-enter the state; the clock runs on
             self.m.running_since = time.monotonic()
-        self.transport.run()
+        self._run_ended(self.transport.run(started=self.m.progress is Progress.STARTED))
+
+    def _run_ended(self, ended: RunEnded) -> None:
+        """The job's process ended: record how, then ``completed``."""
+        self.m.exit_code = ended.exit_code
+        self.m.progress = Progress.HOME if ended.outputs_home else Progress.FINISHED
+        if ended.failure is not None:
+            self.record_failure(ended.failure)
+        if ended.over_runtime:
+            self.m.warm = None  # a job that met its runtime cap gives no instance back
+        detail: dict[str, Any] = {"exit_code": ended.exit_code}
+        if ended.note is not None:
+            detail["note"] = ended.note
+        self.fire("completed", detail=detail, exit_code=ended.exit_code)
 
     def step_downloading(self) -> None:
-        self.transport.download()
+        self._judge_download(self.transport.download())
 
-    def finish_download(self, ok: bool, paths: int) -> None:
-        """The transport brought home what there is: judge the job and move on."""
-        if not ok:
+    def _judge_download(self, back: Downloaded) -> None:
+        """The transport brought home what there is: judge the job and move on. An
+        instance given back to the pool is the pool's from then on (it tears down one it
+        refuses); every other ends in ``destroying``."""
+        if back.ok:
+            self.m.progress = Progress.HOME  # before the journal hears of it: it may refuse
+        else:
             spec = self.p.spec
             self.record_failure(f"rule {self.m.rule}: the job exited with code "
                                 f"{self.m.exit_code} on instance {self.m.instance_id}"
                                 f"{spec.failure_note()}; remote "
                                 f"log: {spec.log_path}{log_tail(spec.log_path)}")
-        self.m.outputs_home = ok  # before the journal hears of it: it may refuse
         crash_point("after_download")
-        if ok and self._may_give_back():
-            self.m.give_back = True
+        if back.ok and self._may_give_back():
             if self.m.running_since is not None:
                 self.p.pool.job_times.append(time.monotonic() - self.m.running_since)
-            self.fire("gave_back", detail={"paths": paths, "instance": self.m.instance_id},
+            self.fire("gave_back", detail={"paths": back.paths,
+                                           "instance": self.m.instance_id},
                       released_at=time.time())
             crash_point("after_give_back")
-            if not self.p.pool.give_back(self.m.warm, self.m.job_id):
-                self.p.instances.destroy_in_background(self.instance_id(), label=self.m.label)
+            self.p.pool.give_back(self.m.warm, self.m.job_id)
             return
-        self.fire("downloaded", detail={"paths": paths, "exit_code": self.m.exit_code})
+        self.fire("downloaded", detail={"paths": back.paths, "exit_code": self.m.exit_code})
 
     def _may_give_back(self) -> bool:
         """Only a healthy instance whose job succeeded serves another (never after a
@@ -323,7 +379,7 @@ class JobDriver(RentingSteps):
         return (pool is not None and pool.enabled and self.m.warm is not None
                 and self.m.bid_price is None and not self.m.interruptible
                 and not self.p.settings.keep_instances and not self.m.cancel_requested
-                and not self.m.over_runtime and self.m.failure is None)
+                and self.m.failure is None)
 
     def over_runtime_message(self) -> str:
         spec = self.p.spec
@@ -333,10 +389,15 @@ class JobDriver(RentingSteps):
 
     # -- destroying ------------------------------------------------------------------
     def step_destroying(self) -> None:
-        """The one teardown (teardown.py); a destroy not confirmed stays pending."""
+        """The job's one teardown (teardown.py). Confirmed gone: the job ends in its
+        outcome, or rents anew if it lost its instance before its work came home (an
+        outbid instance abandoned). Not confirmed by the deadline: the job ends all the
+        same, and the instance stays pending (the teardown's list, the journal's
+        instance row in destroying) for the run's last try and its exit status."""
         self.transport.close()
         iid = self.m.instance_id
-        if self.p.settings.keep_instances and iid is not None:
+        if self.p.settings.keep_instances and iid is not None \
+                and not self.m.needs_an_instance():
             self.log("warning", "keeping instance (it keeps billing!)")
             self.fire("destroyed", detail={"kept": iid})
             return
@@ -359,14 +420,27 @@ class JobDriver(RentingSteps):
         else:
             done, detail = True, "nothing was rented"
         if not done:
-            self.m.teardown_pending = True
-            return
-        self.fire("destroyed", detail=detail)
+            self._destroy_unconfirmed("not confirmed gone within the teardown wait")
+        elif self.m.needs_an_instance():
+            self._rent_again(iid)
+        else:
+            self.fire("destroyed", detail=detail)
 
     def _destroy_retry(self, reason: str) -> None:
         with contextlib.suppress(Exception):  # bookkeeping only: the teardown goes on
             self.fire("destroy_retry", detail=reason)
 
+    def _destroy_unconfirmed(self, reason: str) -> None:
+        """The teardown wait passed without Vast.ai confirming the instance gone: the job
+        ends in its outcome all the same (one that was to rent again fails), and its
+        instance stays pending: the run asks once more at its end and exits non-zero,
+        naming it, if that fails too (teardown.pending_message)."""
+        iid, label = self.m.instance_id, self.m.label
+        if self.m.needs_an_instance():
+            self.record_failure(f"instance {iid} stayed outbid past --vastai-preemption-grace "
+                                "and its destroy was not confirmed")
+        self.fire("destroy_unconfirmed", detail={"instance": iid, "label": label,
+                                                 "reason": reason})
 
     # -- preemption (bid instances, see bids.py) -------------------------------------------
     def check_outbid(self, row: dict | None) -> None:
@@ -381,10 +455,8 @@ class JobDriver(RentingSteps):
         self.transport.close()
         self.m.preemptions += 1
         self.m.preempted_at = time.monotonic()
-        self.m.after_preemption = True
-        if self.m.exit_code is None:  # its process died with the container: run it again
-            self.m.remote_started = False
-            self.m.log_offset = 0
+        if self.m.progress is Progress.STARTED:  # its process died with the container
+            self.m.progress = Progress.UPLOADED  # run it again, without a new upload
         with contextlib.suppress(JournalError):
             self.p.journal.record_instance_stop(self.instance_id(), stopped=True)
         self.log("warning", "bid instance outbid (stopped by Vast.ai)", reason=reason,
@@ -393,8 +465,8 @@ class JobDriver(RentingSteps):
                                        "from": state.value, "bid_price": self.m.bid_price})
 
     def step_preempted(self) -> None:
-        """Wait up to the grace for the outbid instance to run again; past it, tear it
-        down (the one teardown) and rent again."""
+        """Wait up to the grace for the outbid instance to run again; past it (or once it
+        is gone), abandon it: ``destroying`` tears it down and the job rents anew."""
         iid = self.instance_id()
         watcher = self.p.instances.watcher
         watcher.watch(iid)
@@ -417,29 +489,23 @@ class JobDriver(RentingSteps):
                 self.fire("resumed", detail={"instance": iid, "status": status,
                                              "stopped_for": round(time.monotonic() - since, 1)})
                 return
-        self._abandon(iid, since)
+        self.fire("abandon", detail={"instance": iid,
+                                     "waited": round(time.monotonic() - since, 1)})
 
-    def _abandon(self, iid: int, since: float) -> None:
-        """The instance stayed stopped past the grace: destroy it, search again."""
-        teardown = self.p.instances.teardown
-        watcher = self.p.instances.watcher
-        watcher.unwatch(iid)
-        deadline = time.monotonic() + self.p.instances.teardown_wait
-        if not teardown.destroy(iid, label=self.m.label, deadline=deadline):
-            raise JobFailure(f"instance {iid} stayed outbid past --vastai-preemption-grace "
-                             "and its destroy was not confirmed")
+    def _rent_again(self, iid: int | None) -> None:
+        """The abandoned instance is gone: forget it and search again (on demand once the
+        job was outbid often enough)."""
         with contextlib.suppress(JournalError):
-            self.p.journal.record_instance_stop(iid, stopped=False)
+            if iid is not None:
+                self.p.journal.record_instance_stop(iid, stopped=False)
         if self.m.offer is not None:
             self.p.market.release(int(self.m.offer["id"]))
         self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
-        self.m.bid_price = None
-        self.m.after_preemption = self.m.inputs_on_disk = self.m.remote_started = False
-        self.m.exit_code, self.m.log_offset = None, 0
+        self.m.bid_price, self.m.key, self.m.destroy_deadline = None, None, None
+        self.m.progress, self.m.exit_code = Progress.NOTHING, None
         fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
-        self.fire("rent_again", detail={"destroyed": iid, "waited": round(
-            time.monotonic() - since, 1), "next": "on-demand" if fallback or
-            not self.m.interruptible else "bid"})
+        self.fire("rent_again", detail={"destroyed": iid, "next": "on-demand" if fallback or
+                                        not self.m.interruptible else "bid"})
 
 
 STEPS: dict[JobState, Callable[[JobDriver], None]] = {
@@ -453,5 +519,3 @@ STEPS: dict[JobState, Callable[[JobDriver], None]] = {
     JobState.DESTROYING: JobDriver.step_destroying,
     JobState.PREEMPTED: JobDriver.step_preempted,
 }
-
-

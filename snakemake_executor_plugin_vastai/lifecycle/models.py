@@ -2,7 +2,13 @@
 
 ``job_machine.py`` names the states and transitions; this model carries what the
 conditions in that table read, and the hook that journals every transition before its
-state begins (``before_state_change``). The driver (``driver.py``) does the steps.
+state begins (``before_state_change``). The driver (``driver.py``) does the steps and is
+the only writer of the model (the run's ``cancel`` aside, which only asks); transports
+return outcomes (``outcomes.py``) that the driver applies.
+
+What the guards read is the state, one typed field (``progress``: how far the job's
+work got on its instance) and the job's end (``failure``, ``cancel_requested``); the
+other fields are facts the steps need, not sub-states.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..workflow.payload import REMOTE_DIR
-from .job_machine import JobState
+from .job_machine import JobState, Progress
 
 if TYPE_CHECKING:
     from .ports import JobPorts
@@ -37,20 +43,14 @@ class JobModel:
     instance_id: int | None = None
     offer: dict | None = None
     endpoint: Any = None  # transports.ssh.channels.Endpoint (SSH mode)
-    exit_code: int | None = None
-    remote_started: bool = False
+    progress: Progress = Progress.NOTHING  # how far the job's work got on its instance
+    exit_code: int | None = None  # the job's exit code, once progress is finished or home
     failure: str | None = None
-    cancel_requested: bool = False
-    log_offset: int = 0
+    cancel_requested: bool = False  # set by the run (Snakemake cancels); read by the driver
     claim: Any = None  # recovery.Claim: an earlier run's live instance to re-attach to
     key: Any = None  # the SSH key for this job's instance (an earlier run's, on resume)
     storage: bool = False  # storage mode: data moves through a bucket, no SSH at all
-    offline_since: float | None = None  # monotonic time the host's heartbeat was lost
     running_since: float | None = None  # monotonic time the job first entered running
-    over_runtime: bool = False  # --vastai-max-runtime passed (SSH mode: set by a timer)
-    teardown_pending: bool = False  # the run stopped waiting before the destroy was confirmed
-    broken: bool = False  # the step loop broke (journal refused); torn down outside the machine
-    outputs_home: bool = False  # exit 0 and every output downloaded (or in the bucket)
     destroy_deadline: float | None = None  # monotonic time the teardown gives up
     # interruptible (bid) instances, see bids.py
     interruptible: bool = False  # the job's rule asks for bid instances
@@ -58,18 +58,24 @@ class JobModel:
     bid_price: float | None = None  # $/h bid of the current instance
     preemptions: int = 0  # times this job's instances were outbid
     preempted_at: float | None = None  # monotonic time of the current preemption
-    after_preemption: bool = False  # booting again on an instance that was outbid
-    inputs_on_disk: bool = False  # the instance holds the uploaded inputs
     work_dir: str = REMOTE_DIR  # the job's own directory on its instance (relative to $HOME)
     warm: Any = None  # pool.WarmInstance: the instance may serve the next job (warm instances)
-    give_back: bool = False  # the job succeeded and its instance goes back to the pool
 
     # -- conditions named in job_machine.TRANSITIONS ----------------------------------
-    def remote_job_finished(self, event: Any = None) -> bool:
-        return self.exit_code is not None
+    def work_finished(self, event: Any = None) -> bool:
+        return self.progress is Progress.FINISHED
 
-    def remote_job_started(self, event: Any = None) -> bool:
-        return self.remote_started
+    def work_started(self, event: Any = None) -> bool:
+        return self.progress is Progress.STARTED
+
+    def inputs_uploaded(self, event: Any = None) -> bool:
+        return self.progress is Progress.UPLOADED
+
+    def in_storage_mode(self, event: Any = None) -> bool:
+        return self.storage
+
+    def outputs_home(self, event: Any = None) -> bool:
+        return self.progress is Progress.HOME and self.failure is None
 
     def was_cancelled(self, event: Any = None) -> bool:
         return self.cancel_requested and self.failure is None
@@ -77,23 +83,16 @@ class JobModel:
     def has_failed(self, event: Any = None) -> bool:
         return self.failure is not None
 
-    def in_storage_mode(self, event: Any = None) -> bool:
-        return self.storage
-
-    def was_preempted(self, event: Any = None) -> bool:
-        return self.after_preemption
-
-    def inputs_uploaded(self, event: Any = None) -> bool:
-        return self.inputs_on_disk
-
-    def gives_instance_back(self, event: Any = None) -> bool:
-        return self.give_back and self.failure is None and not self.cancel_requested
+    def needs_an_instance(self, event: Any = None) -> bool:
+        """Its instance is gone, its work neither home, failed nor cancelled: the one way
+        there is an outbid instance abandoned past the grace (the job rents anew)."""
+        return not (self.cancel_requested or self.has_failed() or self.outputs_home())
 
     @property
     def work_succeeded(self) -> bool:
         """The job's own work is done and home, whatever became of its instance or the
         journal afterwards: reporting it failed would make Snakemake delete the outputs."""
-        return self.state is JobState.SUCCEEDED or (self.outputs_home and self.exit_code == 0)
+        return self.state is JobState.SUCCEEDED or self.progress is Progress.HOME
 
     # -- the journal hook -------------------------------------------------------
     def journal_transition(self, event: Any) -> None:

@@ -1,9 +1,12 @@
-"""How a job step ends other than by its trigger, and the messages that say why.
+"""How a job step ends: the outcomes transports return, the exceptions, the messages.
 
-Steps raise :class:`JobFailure` (the message is for the user) or
-:class:`JobCancelled`; the driver's loop turns them into the ``fail`` and
-``cancel`` triggers, which lead through ``destroying``. Shared by the driver
-and every transport.
+A transport (``transports/``) moves the job's data and runs it; it returns what it
+found as a small value (:class:`Booted`, :class:`Reattached`, :class:`Uploaded`,
+:class:`RunEnded`, :class:`Downloaded`), and only the driver (``driver.py``) writes
+the job model and fires the trigger. Steps that cannot go on raise
+:class:`JobFailure` (the message is for the user) or :class:`JobCancelled`; the
+driver's loop turns them into the ``fail`` and ``cancel`` triggers, which lead
+through ``destroying``. Shared by the driver and every transport.
 """
 
 from __future__ import annotations
@@ -11,10 +14,59 @@ from __future__ import annotations
 import os
 import re
 import signal
+from dataclasses import dataclass, field
+from typing import Any
 
 CRASH_ENV = "SNAKEMAKE_VASTAI_CRASH_AT"
 CRASH_POINTS = ("after_rent_intent", "after_create", "after_launch", "after_download",
                 "after_destroy_request", "after_give_back")
+
+
+@dataclass(frozen=True)
+class Booted:
+    """The instance is up and answers (SSH mode: SSH too): journaled with ``booted``."""
+
+    detail: dict  # for the transition's detail
+    fields: dict = field(default_factory=dict)  # job columns (SSH: host and port)
+    endpoint: Any = None  # SSH mode: where the instance answers (channels.Endpoint)
+
+
+@dataclass(frozen=True)
+class Reattached:
+    """What a re-attach found of an earlier run's job on its live instance."""
+
+    status: Any  # what the instance said (for the ``resume`` detail)
+    started: bool  # its process was launched there
+    exit_code: int | None = None  # it ended with this code
+    endpoint: Any = None  # SSH mode: where the instance answers
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """Sources and inputs are on the instance."""
+
+    files: int
+    bytes: int
+    already_on_instance: int = 0  # hard-linked from earlier jobs' directories
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """The job's process ended with ``exit_code``."""
+
+    exit_code: int
+    note: str | None = None  # how its end was seen, when not by its own exit line
+    failure: str | None = None  # the message for the user when it failed (storage mode)
+    outputs_home: bool = False  # storage mode: it exited 0 and its outputs are in the bucket
+    over_runtime: bool = False  # its runtime cap passed while its end was being read
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """What could come home came home."""
+
+    ok: bool  # it exited 0 and every declared output is home
+    paths: int  # paths asked for
 
 
 class JobFailure(Exception):

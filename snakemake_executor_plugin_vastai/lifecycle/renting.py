@@ -179,7 +179,7 @@ class RentingSteps:
         self.m.key = claim.key
         self.m.bid_price = resumed_bid(claim)  # a bid instance: it may be outbid
         self.m.work_dir = claim.job.get("work_dir") or REMOTE_DIR
-        status = self.transport.resume_status(claim)
+        status = self.reattached(self.transport.resume_status(claim))
         self.p.instances.watcher.watch(self.m.instance_id)
         old = claim.job
         self.fire("resume", detail={"from_job": old["id"], "from_run": old["run_id"],

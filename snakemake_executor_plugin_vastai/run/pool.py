@@ -151,9 +151,12 @@ class Pool:
                 return warm
 
     def give_back(self, warm: WarmInstance, job_id: str) -> bool:
-        """A succeeded job's instance joins the pool (journaled first); False (and torn
-        down) when the pool is off or the journal refuses."""
+        """A succeeded job's instance joins the pool (journaled first). One the pool
+        refuses (it is off, the run is ending, the journal refuses) is torn down here, in
+        the background, and False returned: its job has ended (``gave_back``), so the
+        instance is the pool's to end."""
         if not self.enabled or self._stop.is_set():
+            self._destroy(warm.instance_id, warm.label)
             return False
         try:
             instance_life.fire(self.journal, warm.label, "given_back", job_id=job_id,
@@ -161,6 +164,7 @@ class Pool:
         except JournalError as exc:
             self.log.warning("cannot journal the instance as idle; tearing it down",
                              instance=warm.instance_id, error=str(exc))
+            self._destroy(warm.instance_id, warm.label)
             return False
         warm.idle_since = time.monotonic()
         with self._lock:

@@ -261,13 +261,16 @@ class Run:
                                              reason=reason)
 
     def _destroy_idle(self, instance_id: int, label: str) -> None:
-        """An idle warm instance expired: the one teardown, in the background."""
+        """An instance of the pool (expired, or refused when given back): the one
+        teardown, in the background."""
         self.instances.destroy_in_background(instance_id, label=label)
 
     def job_ended(self, model: JobModel) -> None:
-        """Called by a driver thread when its job reached a terminal state."""
+        """Called by a driver thread when its job ended: in a terminal state, or in
+        another when its loop broke (the journal refused a transition; the driver tore
+        its instance down outside the machine)."""
         with self._lock:
-            if model.broken:
+            if not model.state.is_terminal:
                 self.broken_jobs += 1
         self.machine.remove_model(model)
         # Its machine may be rented again by a later job, unless the instance serves on in

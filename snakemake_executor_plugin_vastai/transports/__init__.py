@@ -10,21 +10,29 @@ whether the SSH states are skipped (``skips_ssh``).
 - ``storage.py``: data moves through a bucket; the container runs the job
   itself and the plugin never opens SSH (a default storage provider is set).
 
-What a transport provides (duck-typed, see :class:`Transport`):
+A transport is made with its job's narrow port (``lifecycle/step_port.py``: read the
+job, log, see a cancel, journal a retry in place) and returns outcomes
+(``lifecycle/outcomes.py``); only the driver writes the job model and fires triggers.
+What it provides (duck-typed, see :class:`Transport`):
 
 ``skips_ssh``                 storage mode: booting -> running -> destroying
 ``launch(label)``             create-request fields (onstart or args, env, runtype)
 ``prepare_boot(iid)``         before the instance boots (SSH: authorise our key)
-``ready(status, row)``        booted? -> (detail, journal fields) or None
+``ready(status, row)``        booted? -> Booted (detail, journal fields, endpoint) or None
 ``after_boot(iid)``           once booted (SSH: stop listing it)
-``resume_status(claim)``      how far an earlier run's job got on a live instance
-``upload()`` / ``run()`` / ``download()``   the steps; each fires its trigger
+``resume_status(claim)``      how far an earlier run's job got on a live instance: Reattached
+``upload()``                  -> Uploaded
+``run(started)``              launch (unless started) and follow to the end -> RunEnded
+``download()``                -> Downloaded
 ``close()``                   drop connections (cancel, end of job)
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..lifecycle.outcomes import Booted, Downloaded, Reattached, RunEnded, Uploaded
 
 
 class Transport(Protocol):
@@ -32,10 +40,10 @@ class Transport(Protocol):
 
     def launch(self, label: str) -> dict[str, Any]: ...
     def prepare_boot(self, instance_id: int) -> None: ...
-    def ready(self, status: str, row: dict) -> tuple[dict, dict] | None: ...
+    def ready(self, status: str, row: dict) -> Booted | None: ...
     def after_boot(self, instance_id: int) -> None: ...
-    def resume_status(self, claim: Any) -> Any: ...
-    def upload(self) -> None: ...
-    def run(self) -> None: ...
-    def download(self) -> None: ...
+    def resume_status(self, claim: Any) -> Reattached: ...
+    def upload(self) -> Uploaded: ...
+    def run(self, started: bool) -> RunEnded: ...
+    def download(self) -> Downloaded: ...
     def close(self) -> None: ...

@@ -141,6 +141,10 @@ def test_a_destroy_never_confirmed_fails_the_run_naming_ids_and_the_command(tmp_
     assert (wf / "one.txt").read_text() == "ok\n"  # the finished result is not thrown away
     assert journal_rows(wf, "select destroy_requested_at is not null, destroyed_at from "
                             "instances") == [(1, None)]
+    # the pending destroy is the instance's; the job itself ended (it used to stay in
+    # destroying, a state that is not terminal)
+    assert journal_rows(wf, "select state from jobs") == [("succeeded",)]
+    assert journal_rows(wf, "select state from instances") == [("destroying",)]
     simulator.clear_faults()
     cleanup = subprocess.run(
         [sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal", "cleanup", "--yes",

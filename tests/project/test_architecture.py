@@ -149,3 +149,51 @@ def test_no_module_is_much_over_600_lines_without_saying_why():
                    if LONG_REASON not in (ast.get_docstring(ast.parse(
                        modules()[name].read_text())) or "")}
     assert unexplained == {}, f"modules over {LONG} lines without '{LONG_REASON}'"
+
+
+# -- the job's life cycle: who may move a job, and where its instance is torn down -------
+def _functions(path: Path) -> list[ast.FunctionDef]:
+    return [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)]
+
+
+def _is_job_model(node: ast.expr) -> bool:
+    """``self.m``, ``steps.m``, ``self.steps.m``: the job model as a transport holds it."""
+    return isinstance(node, ast.Attribute) and node.attr == "m"
+
+
+def test_transports_return_outcomes_and_never_write_the_job_model_or_fire_triggers():
+    """Only the driver writes the job model and fires triggers; a transport returns an
+    outcome (lifecycle/outcomes.py) and journals nothing but a retry, through its port."""
+    found = []
+    for path in sorted((PACKAGE_DIR / "transports").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.Assign):
+                targets = list(node.targets)
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            for target in targets:
+                for part in ast.walk(target):
+                    if isinstance(part, ast.Attribute) and _is_job_model(part.value):
+                        found.append(f"{path.name}:{node.lineno} writes m.{part.attr}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("fire", "finish_download", "record_failure"):
+                found.append(f"{path.name}:{node.lineno} calls {node.func.attr}")
+    assert found == []
+
+
+TEARDOWN_CALLS = {"destroy", "destroy_label", "destroy_in_background", "destroy_stray"}
+
+
+def test_the_driver_tears_a_jobs_instance_down_in_the_destroying_step_only():
+    """One teardown call site per path through the job table: ``step_destroying``; plus
+    ``_last_resort`` for a loop that broke (it cannot move through the table), and the
+    strays a lost create answer made under the job's label (never the job's instance)."""
+    sites = set()
+    for path in sorted((PACKAGE_DIR / "lifecycle").glob("*.py")):
+        for function in _functions(path):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                        node.func.attr in TEARDOWN_CALLS:
+                    sites.add(f"{path.stem}.{function.name}")
+    assert sites == {"driver.step_destroying", "driver._last_resort", "renting._rent"}

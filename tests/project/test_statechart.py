@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from snakemake_executor_plugin_vastai.cli import statechart
-from snakemake_executor_plugin_vastai.lifecycle.job_machine import TRANSITIONS, JobState
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import (
+    TRANSITIONS,
+    JobState,
+    Progress,
+)
 
 
 def test_committed_statechart_matches_the_machine():
@@ -16,6 +20,15 @@ def test_chart_shows_every_state_and_trigger():
         assert f'state "{state.name}"' in text
     for row in TRANSITIONS:
         assert row["trigger"] in text
+
+
+def test_chart_shows_the_typed_field_the_guards_read():
+    """The job's one sub-state beside its state, progress, is in the picture (the chart
+    and the Markdown page that embeds it), every value in order."""
+    values = ", ".join(p.value for p in Progress)
+    assert f"guards read progress: {values}" in statechart.mermaid()
+    page = (statechart.CHART_DIR / statechart.MARKDOWN_FILE).read_text()
+    assert " -> ".join(f"`{p.value}`" for p in Progress) in page
 
 
 def test_drift_is_detected(tmp_path):

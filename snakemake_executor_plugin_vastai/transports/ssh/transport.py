@@ -10,8 +10,14 @@ earlier jobs' directories, whose outputs are home, are then removed.
 
 Everything here talks to the instance through ``session.py`` and its parts (paramiko). SSH
 trouble is retried in place (reconnect with backoff within a budget) and shows
-in the journal as ``retry`` transitions; after a drop the follower resumes at
-exactly the bytes already written to the local log.
+in the journal as ``retry`` transitions (through the driver's narrow port,
+``lifecycle/step_port.py``); after a drop the follower resumes at exactly the
+bytes already written to the local log.
+
+Each step returns an outcome (``lifecycle/outcomes.py``); the driver writes the job
+model and fires the trigger. What only the link needs (the follower's log offset,
+since when the host's heartbeat is lost, whether the runtime cap's timer fired)
+lives here, on the transport, not on the job model.
 """
 
 from __future__ import annotations
@@ -24,7 +30,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...costs.ledger import ByteMeter
-from ...lifecycle.outcomes import JobFailure, crash_point, disk_hint
+from ...lifecycle.outcomes import (
+    Booted,
+    Downloaded,
+    JobFailure,
+    Reattached,
+    RunEnded,
+    Uploaded,
+    crash_point,
+    disk_hint,
+)
 from ...run.backoff import Backoff
 from ...run.pool import file_digest
 from ...run.recovery import resumable_state
@@ -38,7 +53,7 @@ from .paths import AllowedPaths
 from .session import RemoteSession
 
 if TYPE_CHECKING:
-    from ...lifecycle.driver import JobDriver
+    from ...lifecycle.step_port import StepPort
 
 SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
 # A re-attach meets an instance that has run for a while: a refused key there is not a key
@@ -65,13 +80,16 @@ class SshTransport:
 
     skips_ssh = False
 
-    def __init__(self, steps: JobDriver) -> None:
+    def __init__(self, steps: StepPort) -> None:
         self.steps = steps
-        self.m = steps.m
+        self.m = steps.m  # read only: the driver writes the job model
         self.p = steps.p
         self.session: RemoteSession | None = None
         self._lock = threading.Lock()
         self.meter = ByteMeter()  # this job's bytes on its instance (ledger.py)
+        self.time_up = threading.Event()  # --vastai-max-runtime passed (set by a timer)
+        self._log_offset = 0  # bytes of the running process's log already in the local log
+        self._offline_since: float | None = None  # monotonic: the host's heartbeat lost
 
     # -- renting and booting -------------------------------------------------------------
     def launch(self, label: str) -> dict[str, Any]:
@@ -81,65 +99,65 @@ class SshTransport:
     def prepare_boot(self, instance_id: int) -> None:
         self.p.instances.attach_key(instance_id)
 
-    def ready(self, status: str, row: dict) -> tuple[dict, dict] | None:
+    def ready(self, status: str, row: dict) -> Booted | None:
         """Running and answering SSH (first contact pins the host key)."""
         if status != "running":
             return None
         endpoint = ssh_endpoint(row)
         if endpoint is None:
             return None
-        self.m.endpoint = endpoint
         try:
-            self._connect()
+            self._connect(endpoint)
         except SSHUnavailable:
             return None
-        return ({"host": endpoint.host, "port": endpoint.port},
-                {"ssh_host": endpoint.host, "ssh_port": endpoint.port})
+        return Booted(detail={"host": endpoint.host, "port": endpoint.port},
+                      fields={"ssh_host": endpoint.host, "ssh_port": endpoint.port},
+                      endpoint=endpoint)
 
     def after_boot(self, instance_id: int) -> None:
         # From here SSH itself (the follower's heartbeat) says whether the host lives;
         # the listing is consulted again only after SSH trouble.
         self.p.instances.watcher.unwatch(instance_id)
 
-    def resume_status(self, claim: Any) -> Any:
-        """An earlier run's job on a live instance: its status over SSH (its key)."""
-        self.m.endpoint = ssh_endpoint(claim.row)
+    def resume_status(self, claim: Any) -> Reattached:
+        """An earlier run's job on a live instance: its status over SSH (its key, which
+        the driver set on the job)."""
+        endpoint = ssh_endpoint(claim.row)
         status = None
-        if claim.key is not None and self.m.endpoint is not None \
+        if claim.key is not None and endpoint is not None \
                 and claim.row.get("actual_status") == "running":
             try:
                 status = self.with_ssh("re-attach",
                                        lambda s: s.job_status(self.m.work_dir),
-                                       auth_grace=REATTACH_AUTH_GRACE)
+                                       auth_grace=REATTACH_AUTH_GRACE, endpoint=endpoint)
             except JobFailure as exc:
                 self.steps.log("warning", "cannot re-attach over SSH; booting it again",
                                error=str(exc))
-        self.m.remote_started, self.m.exit_code = resumable_state(status)
-        if not self.m.remote_started:
-            self.m.key = None  # the boot step authorises this run's key
-        return status
+        started, exit_code = resumable_state(status)
+        return Reattached(status=status, started=started, exit_code=exit_code,
+                          endpoint=endpoint)
 
     # -- the steps --------------------------------------------------------------------
-    def upload(self) -> None:
+    def upload(self) -> Uploaded:
         shipment = self.p.spec.shipment()
         files, linked = self._reuse_on_instance(shipment.files)
         with self._progress("upload", planned_bytes(files)):
             sent = self.with_ssh("upload", lambda s: s.upload(files, self.m.work_dir))
         self._note_sources(shipment.files)
-        detail = {"files": len(shipment.files), "bytes": sent}
-        if linked:
-            detail["already_on_instance"] = len(linked)
-        self.steps.fire("uploaded", detail=detail)
+        return Uploaded(files=len(shipment.files), bytes=sent,
+                        already_on_instance=len(linked))
 
-    def run(self) -> None:
+    def run(self, started: bool) -> RunEnded:
+        """Launch the job (unless ``started``: a re-attached one) and follow it to its end."""
+        self.time_up.clear()
         timer = self._runtime_timer()
         try:
-            self._run()
+            return self._run(started)
         finally:
             if timer is not None:
                 timer.cancel()
 
-    def download(self) -> None:
+    def download(self) -> Downloaded:
         ok = self.m.exit_code == 0
         back = self.p.spec.homecoming(succeeded=ok)
         allowed = AllowedPaths(back.files, back.directories)
@@ -156,7 +174,7 @@ class SshTransport:
                 # the job failed anyway; missing logs must not hide its exit code
         if ok:
             self._note_outputs(back.files)
-        self.steps.finish_download(ok, len(back.paths))
+        return Downloaded(ok=ok, paths=len(back.paths))
 
     def _download_cap(self) -> int | None:
         settings = self.p.settings
@@ -258,14 +276,16 @@ class SshTransport:
 
     # -- running ----------------------------------------------------------------------
     def _runtime_timer(self) -> threading.Timer | None:
-        """--vastai-max-runtime in SSH mode: break the follow when the time is up."""
+        """--vastai-max-runtime in SSH mode: break the follow when the time is up. The
+        timer thread only sets :attr:`time_up` and drops the link; the step's own thread
+        sees it (:meth:`_after_ssh_trouble`) and fails the job."""
         cap = self.p.spec.max_runtime  # the rule's cap, else --vastai-max-runtime
         if not cap or self.m.running_since is None:
             return None
         left = max(cap - (time.monotonic() - self.m.running_since), 0.0)
 
         def time_up() -> None:
-            self.m.over_runtime = True
+            self.time_up.set()
             self.close()
 
         timer = threading.Timer(left, time_up)
@@ -273,8 +293,8 @@ class SshTransport:
         timer.start()
         return timer
 
-    def _run(self) -> None:
-        if not self.m.remote_started:
+    def _run(self, started: bool) -> RunEnded:
+        if not started:
             command = self.p.spec.command()
             env = self.p.spec.environment()
             tries = 0
@@ -288,8 +308,8 @@ class SshTransport:
                     return
                 session.launch(self.m.work_dir, command, env=env)
 
+            self._log_offset = 0  # a new process: its log starts at its first byte
             self.with_ssh("launch", launch)
-            self.m.remote_started = True
             crash_point("after_launch")
         end = self.with_ssh("run", self._follow)
         if end.lost and self.m.bid_price is not None:
@@ -300,28 +320,28 @@ class SshTransport:
         if end.lost:
             raise JobFailure(f"instance {self.m.instance_id}: the job's process "
                                      "disappeared on the host (killed?) without an exit code")
-        self.m.exit_code = int(end.rc)
-        self.steps.fire("completed", detail={"exit_code": self.m.exit_code},
-                        exit_code=self.m.exit_code)
+        return RunEnded(exit_code=int(end.rc), over_runtime=self.time_up.is_set())
 
     def _follow(self, session: RemoteSession) -> Any:
         # The local log file is the authority on how far we got: after a drop
         # the follower resumes at exactly the bytes already written.
-        return session.follow(self.m.work_dir, offset=self.m.log_offset,
+        return session.follow(self.m.work_dir, offset=self._log_offset,
                               on_output=self._log_bytes)
 
     def _log_bytes(self, chunk: bytes) -> None:
         self.p.spec.append_log(chunk)
-        self.m.log_offset += len(chunk)
+        self._log_offset += len(chunk)
 
     # -- the link ---------------------------------------------------------------------
-    def _connect(self) -> RemoteSession:
+    def _connect(self, endpoint: Endpoint | None = None) -> RemoteSession:
+        """Open a session to ``endpoint`` (one the step just found), else to the job's."""
         iid = self.steps.instance_id()
-        assert self.m.endpoint is not None
+        endpoint = endpoint or self.m.endpoint
+        assert endpoint is not None
         journal = self.p.journal
         pinned = journal.pinned_host_key(iid)
         try:
-            session = RemoteSession.connect(self.m.endpoint,
+            session = RemoteSession.connect(endpoint,
                                             (self.m.key or self.p.instances.key).pkey,
                                             pinned_host_key=pinned,
                                             timeout=self.p.settings.ssh_timeout,
@@ -329,8 +349,8 @@ class SshTransport:
         except HostKeyMismatch as exc:
             raise JobFailure(f"instance {iid}: {exc}; refusing to talk to it") from None
         if pinned is None:
-            journal.record_instance_contact(iid, ssh_host=self.m.endpoint.host,
-                                            ssh_port=self.m.endpoint.port,
+            journal.record_instance_contact(iid, ssh_host=endpoint.host,
+                                            ssh_port=endpoint.port,
                                             host_key=session.host_key)
         with self._lock:
             old, self.session = self.session, session
@@ -338,17 +358,18 @@ class SshTransport:
             old.close()
         return session
 
-    def _session(self) -> RemoteSession:
+    def _session(self, endpoint: Endpoint | None = None) -> RemoteSession:
         with self._lock:
             session = self.session
-        return session if session is not None else self._connect()
+        return session if session is not None else self._connect(endpoint)
 
     def with_ssh(self, what: str, action: Callable[[RemoteSession], Any],
-                 auth_grace: float | None = None) -> Any:
+                 auth_grace: float | None = None, endpoint: Endpoint | None = None) -> Any:
         """Run ``action``; on SSH trouble reconnect with backoff within the budget.
 
         ``auth_grace``: how long a refused key may go on being refused (the whole budget
-        when None) before the step gives up.
+        when None) before the step gives up. ``endpoint``: where to connect when it is not
+        the job's yet (a re-attach).
         """
         steps = self.steps
         deadline = time.monotonic() + SSH_RETRY_BUDGET
@@ -356,7 +377,7 @@ class SshTransport:
         while True:
             steps.check_cancel()
             try:
-                return action(self._session())
+                return action(self._session(endpoint))
             except (SSHUnavailable, *LINK_ERRORS) as exc:
                 if isinstance(exc, AuthRejected) and auth_grace is not None:
                     deadline = min(deadline, time.monotonic() + auth_grace)
@@ -376,17 +397,17 @@ class SshTransport:
         steps = self.steps
         self.close()
         steps.check_cancel()
-        if self.m.over_runtime:
+        if self.time_up.is_set():
             raise JobFailure(steps.over_runtime_message()) from None
         self.p.instances.watcher.watch(steps.instance_id())  # fresh listings now
         self._check_instance_alive()
-        if self.m.offline_since is not None:
+        if self._offline_since is not None:
             deadline = max(deadline, time.monotonic() + 1.0)
         reason = str(exc) or type(exc).__name__
         if time.monotonic() > deadline:
             raise JobFailure(f"instance {self.m.instance_id}: SSH kept failing "
                              f"during {what}: {reason}") from None
-        steps.fire("retry", detail=f"{what}: {reason}")
+        steps.note_retry(f"{what}: {reason}")
         return deadline
 
     def _check_instance_alive(self) -> None:
@@ -399,7 +420,7 @@ class SshTransport:
             raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
         self.steps.check_outbid(seen.row)  # a bid instance stopped by Vast.ai (bids.py)
         status = str(seen.row.get("actual_status") or "")
-        self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
+        self._offline_since = self.steps.heartbeat(iid, status, self._offline_since)
 
 
 def link_command(work_dir: str, pairs: list[tuple[str, str, str]]) -> str:

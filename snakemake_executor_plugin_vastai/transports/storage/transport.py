@@ -5,6 +5,9 @@ deploys the sources from the bucket and runs the job (``storage.py`` builds
 it); credentials travel in the create request's environment. The job's end is
 seen in the batched status listing and the instance log (our exit line), or,
 for a host that never reports the exit, as every output present in the bucket.
+
+Each step returns an outcome (``lifecycle/outcomes.py``); the driver writes the job
+model and fires the trigger.
 """
 
 from __future__ import annotations
@@ -13,14 +16,22 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from ...lifecycle.outcomes import JobFailure, log_tail
+from ...lifecycle.outcomes import (
+    Booted,
+    Downloaded,
+    JobFailure,
+    Reattached,
+    RunEnded,
+    Uploaded,
+    log_tail,
+)
 from ...vastai import bids
 from ...vastai.api import VastError
 from ..ssh import transport as ssh
 from .setup import StorageSetup, container_args, exit_code_from_log, exit_token
 
 if TYPE_CHECKING:
-    from ...lifecycle.driver import JobDriver
+    from ...lifecycle.step_port import StepPort
 
 LOG_LINES = 20000  # lines of an instance log fetched when a job ends
 LOG_WAIT_SECONDS = 120.0  # how long an exited container's log is retried
@@ -38,11 +49,12 @@ class StorageTransport:
 
     skips_ssh = True
 
-    def __init__(self, steps: JobDriver, storage: StorageSetup) -> None:
+    def __init__(self, steps: StepPort, storage: StorageSetup) -> None:
         self.steps = steps
-        self.m = steps.m
+        self.m = steps.m  # read only: the driver writes the job model
         self.p = steps.p
         self.storage = storage
+        self._offline_since: float | None = None  # monotonic: the host's heartbeat lost
 
     # -- renting and booting ----------------------------------------------------------
     def launch(self, label: str) -> dict[str, Any]:
@@ -56,24 +68,23 @@ class StorageTransport:
     def prepare_boot(self, instance_id: int) -> None:
         """Nothing to authorise: the plugin never logs in."""
 
-    def ready(self, status: str, row: dict) -> tuple[dict, dict] | None:
+    def ready(self, status: str, row: dict) -> Booted | None:
         # The container runs the job itself; one that already ended is judged by its
         # log in the running step.
-        return ({"status": status}, {}) if status in ("running", "exited") else None
+        return Booted(detail={"status": status}) if status in ("running", "exited") else None
 
     def after_boot(self, instance_id: int) -> None:
         """The running step keeps listing it."""
 
-    def resume_status(self, claim: Any) -> Any:
+    def resume_status(self, claim: Any) -> Reattached:
         status = resume_status(claim.row)
         # the exit code is read from the log once running
-        self.m.remote_started, self.m.exit_code = status == "running", None
-        return status
+        return Reattached(status=status, started=status == "running")
 
-    def upload(self) -> None:
+    def upload(self) -> Uploaded:
         raise JobFailure("internal: storage mode uploads nothing")
 
-    def download(self) -> None:
+    def download(self) -> Downloaded:
         raise JobFailure("internal: storage mode downloads nothing")
 
     def close(self) -> None:
@@ -90,9 +101,10 @@ class StorageTransport:
         """Outputs present but no exit line: how long to wait for the job's own end."""
         return max(10.0 * self.p.settings.status_interval, 5.0)
 
-    def run(self) -> None:
+    def run(self, started: bool) -> RunEnded:
         """Watch the container: its end shows as ``exited`` plus our exit line in its log,
-        or (a host that never reports the exit) as the outputs in the bucket."""
+        or (a host that never reports the exit) as the outputs in the bucket. The
+        container starts the job itself, so ``started`` changes nothing."""
         iid = self.steps.instance_id()
         watcher = self.p.instances.watcher
         watcher.watch(iid)
@@ -108,34 +120,35 @@ class StorageTransport:
             seen = watcher.sighting(iid)
             if seen is not None and seen.row is None:
                 if self.outputs_present():
-                    self._complete(0, "the instance vanished after its outputs reached storage")
-                    return
+                    return self._complete(0, "the instance vanished after its outputs "
+                                             "reached storage")
                 raise JobFailure(f"instance {iid} vanished while running")
             status = str(seen.row.get("actual_status") or "") if seen else ""
-            self.m.offline_since = self.steps.heartbeat(iid, status, self.m.offline_since)
+            self._offline_since = self.steps.heartbeat(iid, status, self._offline_since)
             if status in ENDED_STATUSES and seen is not None and bids.is_outbid(seen.row):
                 # a bid instance stopped by Vast.ai (bids.py): done if its log says so,
                 # else preempted (the container reruns the job when it starts again)
-                if self._finish_from_log(exited=False):
-                    return
+                ended = self._finish_from_log(exited=False)
+                if ended is not None:
+                    return ended
                 self.steps.check_outbid(seen.row)
             if status in ENDED_STATUSES:
                 exited_since = exited_since or time.monotonic()
-                if self._finish_from_log(exited=True):
-                    return
+                ended = self._finish_from_log(exited=True)
+                if ended is not None:
+                    return ended
                 if time.monotonic() - exited_since > LOG_WAIT_SECONDS:
-                    self._judge_without_log(status)
-                    return
+                    return self._judge_without_log(status)
             now = time.monotonic()
             if now >= next_probe:
                 next_probe = now + self.check_interval
                 if self.outputs_present():
                     outputs_since = outputs_since or now
-                    if self._finish_from_log(exited=False, outputs_since=outputs_since):
-                        return
+                    ended = self._finish_from_log(exited=False, outputs_since=outputs_since)
+                    if ended is not None:
+                        return ended
             if cap and now - started > cap:
-                self._runtime_exceeded(cap)
-                return
+                return self._runtime_exceeded(cap)
 
     def outputs_present(self) -> bool:
         """True if the job has storage outputs and every one of them exists."""
@@ -152,64 +165,59 @@ class StorageTransport:
     def _instance_log(self) -> str:
         return self.p.instances.log(self.steps.instance_id(), tail=LOG_LINES)
 
-    def _finish_from_log(self, *, exited: bool, outputs_since: float | None = None) -> bool:
-        """Read the instance log for our exit line; True once the job is judged."""
+    def _finish_from_log(self, *, exited: bool,
+                         outputs_since: float | None = None) -> RunEnded | None:
+        """Read the instance log for our exit line; the job's end once it is judged."""
         iid = self.steps.instance_id()
         spec = self.p.spec
         try:
             text = self._instance_log()
         except VastError as exc:
             self.steps.log("warning", "cannot read the instance log yet", error=str(exc))
-            return False
+            return None
         rc = exit_code_from_log(text, exit_token(self.m.label or ""))
         if rc is not None:
             spec.write_log(text)
-            self._complete(rc)
-            return True
+            return self._complete(rc)
         if exited:
             spec.write_log(text)
             if self.outputs_present():
-                self._complete(0, "the container exited without an exit line, but every "
-                                  "output is in storage")
-                return True
+                return self._complete(0, "the container exited without an exit line, but "
+                                         "every output is in storage")
             raise JobFailure(f"instance {iid}: the container exited without reporting the "
                              f"job's exit code; log: {spec.log_path}{log_tail(spec.log_path)}")
         if outputs_since is not None and \
                 time.monotonic() - outputs_since > self.settle_seconds:
             spec.write_log(text)
-            self._complete(0, f"every output is in storage and instance {iid} has not "
-                              "reported the job's end; taking it as done")
-            return True
-        return False
+            return self._complete(0, f"every output is in storage and instance {iid} has not "
+                                     "reported the job's end; taking it as done")
+        return None
 
-    def _judge_without_log(self, status: str) -> None:
+    def _judge_without_log(self, status: str) -> RunEnded:
         """The container ended but its log stays unreadable: the bucket decides."""
         if self.outputs_present():
-            self._complete(0, "the instance log could not be read, but every output is in "
-                              "storage")
-            return
+            return self._complete(0, "the instance log could not be read, but every output "
+                                     "is in storage")
         raise JobFailure(f"instance {self.m.instance_id} went {status} and its log could not "
                          f"be read for {LOG_WAIT_SECONDS:.0f}s; the job's outputs are not in "
                          "storage")
 
-    def _runtime_exceeded(self, cap: float) -> None:
+    def _runtime_exceeded(self, cap: float) -> RunEnded:
         """--vastai-max-runtime: a job with all outputs in storage is done, else failed."""
         with contextlib.suppress(VastError):
             self.p.spec.write_log(self._instance_log())
         if self.outputs_present():
-            self._complete(0, f"--vastai-max-runtime {cap:g}s reached with every output in "
-                              "storage")
-            return
+            return self._complete(0, f"--vastai-max-runtime {cap:g}s reached with every "
+                                     "output in storage")
         raise JobFailure(self.steps.over_runtime_message())
 
-    def _complete(self, rc: int, note: str | None = None) -> None:
+    def _complete(self, rc: int, note: str | None = None) -> RunEnded:
+        """The job's end: exit 0 means its outputs are in the bucket (nothing to download)."""
         if note:
             self.steps.log("warning", note)
-        self.m.exit_code = rc
-        self.m.outputs_home = rc == 0  # the outputs are in the bucket
+        failure = None
         if rc != 0:
             spec = self.p.spec
-            self.steps.record_failure(f"rule {self.m.rule}: the job exited with code {rc} on "
-                                      f"instance {self.m.instance_id}; log: {spec.log_path}"
-                                      f"{log_tail(spec.log_path)}")
-        self.steps.fire("completed", detail={"exit_code": rc, "note": note}, exit_code=rc)
+            failure = (f"rule {self.m.rule}: the job exited with code {rc} on instance "
+                       f"{self.m.instance_id}; log: {spec.log_path}{log_tail(spec.log_path)}")
+        return RunEnded(exit_code=rc, note=note, failure=failure, outputs_home=rc == 0)

@@ -8,6 +8,7 @@ for Snakemake's (the attributes the spec reads). The simulator is the edge.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,8 @@ class Rig:
         return self.model
 
 
-def rig(sim, tmp_path: Path, command: str) -> Rig:
+def rig(sim, tmp_path: Path, command: str, *, teardown_wait: float = 60,
+        max_runtime: float = 0.0, model_class: type[JobModel] = JobModel) -> Rig:
     api = VastAPI(sim.api_key, sim.url, retry_budget=30, request_timeout=5)
     journal = Journal.for_workdir(tmp_path)
     run_id = journal.start_run(snakemake_version="", plugin_version="test", settings={})
@@ -77,14 +79,14 @@ def rig(sim, tmp_path: Path, command: str) -> Rig:
     job_id = journal.add_job(run_id=run_id, rule="r", snakemake_jobid=1, fingerprint="f",
                              attempt=1, state="searching")
     spec = JobSpec(workspace, job, rule="r", fingerprint="f",
-                   log_path=str(tmp_path / "r.log"), image="img")
+                   log_path=str(tmp_path / "r.log"), image="img", max_runtime=max_runtime)
     ports = JobPorts(run_id=run_id, journal=journal,
                      market=OfferMarket(api, journal, offers, run_id=run_id),
                      instances=Instances(api, watcher, Teardown(api, journal, log), key,
-                                         teardown_wait=60),
+                                         teardown_wait=teardown_wait),
                      spec=spec, settings=settings, log=log, transport=SshTransport)
-    model = JobModel(job_id=job_id, ports=ports, snakemake_job=job, rule="r", attempt=1,
-                     fingerprint="f", log_path=spec.log_path)
+    model = model_class(job_id=job_id, ports=ports, snakemake_job=job, rule="r", attempt=1,
+                        fingerprint="f", log_path=spec.log_path)
     machine = build_machine()
     machine.add_model(model, initial=JobState.SEARCHING)
     return Rig(journal, model, JobDriver(model, machine), watcher)
@@ -133,8 +135,71 @@ def test_a_journal_that_stops_working_mid_job_still_tears_the_instance_down(tmp_
     r.journal.close()  # every later write raises JournalError
     assert r.driver.done.wait(60)
     r.watcher.stop()
-    assert r.model.broken and "internal error" in r.model.failure
-    assert not r.model.teardown_pending
+    # the loop broke: the job stays where the journal could last follow it (the run counts
+    # that as broken), its instance torn down outside the machine, nothing left pending
+    assert not r.model.state.is_terminal and "internal error" in r.model.failure
+    assert r.model.ports.instances.teardown.pending_ids() == []
+    assert alive(simulator.truth()) == []
+
+
+@pytest.mark.parametrize(("command", "outcome"), [
+    ("echo ok > out.txt", JobState.SUCCEEDED),
+    ("exit 3", JobState.FAILED),
+])
+def test_a_destroy_never_confirmed_still_ends_the_job_in_its_terminal_state(
+        tmp_path, simulator, command, outcome):
+    """Vast.ai refuses every destroy past the teardown wait: the job ends all the same, in
+    its own outcome (a job used to stop in destroying, which is not terminal), and the
+    instance, not the job, keeps the pending destroy: listed by the teardown, its journal
+    row destroying with no destroyed_at, for the run's last try."""
+    simulator.add_fault("api_status", code=503, endpoint="DELETE *")
+    r = rig(simulator, tmp_path, command, teardown_wait=2)
+    model = r.run()
+    assert model.state is outcome, model.failure
+    job = r.journal.job(model.job_id)
+    assert job["state"] == outcome.value and job["ended_at"] is not None
+    last = r.journal.transitions_of(model.job_id)[-1]
+    assert (last["from_state"], last["trigger"]) == ("destroying", "destroy_unconfirmed")
+    teardown = model.ports.instances.teardown
+    assert teardown.pending_ids() == [model.instance_id]
+    [instance] = r.journal.instances()
+    assert instance["state"] == "destroying" and instance["destroyed_at"] is None
+    assert instance["destroy_requested_at"] is not None
+    simulator.clear_faults()  # the run's last act: one more try
+    assert teardown.destroy(model.instance_id, label=model.label)
+    assert alive(simulator.truth()) == []
+
+
+class WatchedModel(JobModel):
+    """A job model that notes which thread writes which field, once the job runs."""
+
+    watching = False
+
+    def __setattr__(self, name, value):
+        if type(self).watching:
+            WRITES.append((threading.current_thread().name, name))
+        super().__setattr__(name, value)
+
+
+WRITES: list[tuple[str, str]] = []
+
+
+def test_only_the_job_thread_writes_the_model_even_when_the_runtime_cap_fires(tmp_path,
+                                                                             simulator):
+    """The runtime cap's timer (SSH mode) used to set a flag on the job model from its own
+    thread; now it sets an event on the transport, and the job's thread fails the job."""
+    WRITES.clear()
+    r = rig(simulator, tmp_path, "sleep 60", max_runtime=3, model_class=WatchedModel)
+    WatchedModel.watching = True
+    try:
+        model = r.run()
+    finally:
+        WatchedModel.watching = False
+    assert model.state is JobState.FAILED
+    assert "ran longer than" in model.failure
+    writers = {thread for thread, _ in WRITES}
+    assert writers == {r.driver.thread.name}, [w for w in WRITES if w[0] != r.driver.thread.name]
+    assert r.driver.transport.time_up.is_set()
     assert alive(simulator.truth()) == []
 
 

@@ -12,8 +12,10 @@ from snakemake_executor_plugin_vastai.lifecycle.job_machine import (
     TERMINAL_STATES,
     TRANSITIONS,
     JobState,
+    Progress,
     machine_kwargs,
 )
+from snakemake_executor_plugin_vastai.lifecycle.models import JobModel
 
 
 def edges() -> list[tuple[JobState, JobState, str]]:
@@ -60,6 +62,16 @@ def test_terminal_states_have_no_way_out():
     assert not [e for e in edges() if e[0] in TERMINAL_STATES]
 
 
+def test_every_trigger_from_destroying_ends_the_job_or_searches_again():
+    """No path stops in destroying: each way out of it (confirmed or not) reaches a
+    terminal state, or searching for an instance lost before the work came home."""
+    out = {(dest, t) for src, dest, t in edges() if src is JobState.DESTROYING
+           and dest is not JobState.DESTROYING}
+    for trigger in ("destroyed", "destroy_unconfirmed"):
+        assert {d for d, t in out if t == trigger} == TERMINAL_STATES
+    assert {d for d, t in out if d not in TERMINAL_STATES} == {JobState.SEARCHING}
+
+
 def test_terminal_states_are_entered_only_from_destroying_or_by_giving_back():
     """Only a success may skip destroying, and only by giving its instance back to the
     pool (warm instances): failed and cancelled are entered from destroying alone."""
@@ -79,35 +91,25 @@ def test_conditions_named_in_the_table_are_declared():
 
 
 class Model:
+    """A job without ports: JobModel's own guards over the facts they read, and a list
+    for a journal."""
+
+    work_finished = JobModel.work_finished
+    work_started = JobModel.work_started
+    inputs_uploaded = JobModel.inputs_uploaded
+    in_storage_mode = JobModel.in_storage_mode
+    outputs_home = JobModel.outputs_home
+    was_cancelled = JobModel.was_cancelled
+    has_failed = JobModel.has_failed
+    needs_an_instance = JobModel.needs_an_instance
+
     def __init__(self, journal: list, fail_journal: bool = False):
         self.journal = journal
         self.fail_journal = fail_journal
-        self.failed = False
-        self.cancelled = False
-        self.finished = False
-        self.started = False
+        self.progress = Progress.NOTHING
+        self.failure: str | None = None
+        self.cancel_requested = False
         self.storage = False
-
-    def remote_job_finished(self, event=None):
-        return self.finished
-
-    def remote_job_started(self, event=None):
-        return self.started
-
-    def was_cancelled(self, event=None):
-        return self.cancelled
-
-    def has_failed(self, event=None):
-        return self.failed
-
-    def in_storage_mode(self, event=None):
-        return self.storage
-
-    def was_preempted(self, event=None):
-        return getattr(self, "preempted_before", False)
-
-    def inputs_uploaded(self, event=None):
-        return getattr(self, "uploaded", False)
 
     def journal_transition(self, event):
         if self.fail_journal:
@@ -155,30 +157,50 @@ def test_a_failed_journal_write_leaves_the_state_unchanged():
     assert job.state is JobState.BOOTING
 
 
-@pytest.mark.parametrize(("finished", "started", "dest"), [
-    (True, True, JobState.DOWNLOADING),
-    (False, True, JobState.RUNNING),
-    (False, False, JobState.BOOTING),
+@pytest.mark.parametrize(("progress", "dest"), [
+    (Progress.FINISHED, JobState.DOWNLOADING),
+    (Progress.STARTED, JobState.RUNNING),
+    (Progress.NOTHING, JobState.BOOTING),
 ])
-def test_resume_enters_the_state_the_remote_job_is_in(finished, started, dest):
+def test_resume_enters_the_state_the_remote_job_is_in(progress, dest):
     m, job = machine(), Model([])
-    job.finished, job.started = finished, started
+    job.progress = progress
     m.add_model(job)
     job.resume()
     assert job.state is dest
 
 
-@pytest.mark.parametrize(("failed", "cancelled", "dest"), [
-    (False, False, JobState.SUCCEEDED),
-    (True, False, JobState.FAILED),
-    (False, True, JobState.CANCELLED),
+@pytest.mark.parametrize("trigger", ["destroyed", "destroy_unconfirmed"])
+@pytest.mark.parametrize(("failure", "cancelled", "dest"), [
+    (None, False, JobState.SUCCEEDED),
+    ("boom", False, JobState.FAILED),
+    (None, True, JobState.CANCELLED),
+    ("boom", True, JobState.FAILED),
 ])
-def test_destroyed_ends_in_the_outcome_of_the_job(failed, cancelled, dest):
+def test_leaving_destroying_ends_in_the_outcome_of_the_job(trigger, failure, cancelled, dest):
+    """Confirmed gone or not, the job ends in its own outcome (a destroy not confirmed
+    stays pending on the instance, not on the job)."""
     m, job = machine(), Model([])
-    job.failed, job.cancelled = failed, cancelled
+    job.progress = Progress.HOME if failure is None else Progress.FINISHED
+    job.failure, job.cancel_requested = failure, cancelled
     m.add_model(job, initial=JobState.DESTROYING)
-    job.destroyed()
+    getattr(job, trigger)()
     assert job.state is dest
+
+
+def test_only_a_job_whose_work_is_not_done_failed_or_cancelled_rents_again():
+    m, job = machine(), Model([])
+    job.progress = Progress.FINISHED  # outbid while downloading, never back
+    m.add_model(job, initial=JobState.DESTROYING)
+    assert job.needs_an_instance()
+    job.rent_again()
+    assert job.state is JobState.SEARCHING
+    for done in ({"progress": Progress.HOME}, {"failure": "boom"}, {"cancel_requested": True}):
+        other = Model([])
+        other.__dict__.update(done)
+        m.add_model(other, initial=JobState.DESTROYING)
+        assert not other.rent_again()  # the guard refuses: it stays to be destroyed
+        assert other.state is JobState.DESTROYING
 
 
 def test_triggers_not_in_the_table_are_refused():

@@ -263,6 +263,26 @@ def test_drain_ends_every_idle_instance_and_refuses_new_ones(journal):
     assert pool.give_back(warm(labels[1], image="img"), jobs[1]) is False  # after the end
 
 
+def test_an_instance_the_pool_refuses_is_torn_down_by_the_pool(journal):
+    """Its job has ended (gave_back): the instance is the pool's, which ends one it
+    cannot keep (the run drains, the journal refuses) instead of the job's driver."""
+    pool, jobs, labels, destroyed = pool_with(journal, 2, idle_timeout=600)
+    original = journal.instance_transition
+
+    def refuse(label, **kw):
+        raise JournalError("database is locked")
+
+    journal.instance_transition = refuse
+    try:
+        assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is False
+    finally:
+        journal.instance_transition = original
+    assert destroyed == labels[:1] and pool.idle_count() == 0
+    pool.drain("the run ended")
+    assert pool.give_back(warm(labels[1], image="img"), jobs[1]) is False
+    assert destroyed == labels
+
+
 def test_a_disabled_pool_never_leases(journal):
     pool, jobs, labels, _ = pool_with(journal, 1, enabled=False)
     assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is False

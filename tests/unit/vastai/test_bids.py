@@ -6,7 +6,11 @@ import pytest
 from transitions.extensions import LockedMachine
 
 from snakemake_executor_plugin_vastai.costs import ledger
-from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState, machine_kwargs
+from snakemake_executor_plugin_vastai.lifecycle.job_machine import (
+    JobState,
+    Progress,
+    machine_kwargs,
+)
 from snakemake_executor_plugin_vastai.vastai import bids
 from snakemake_executor_plugin_vastai.vastai.bids import BidSettings
 from snakemake_executor_plugin_vastai.workflow.validation import ConfigError
@@ -34,33 +38,34 @@ def test_every_state_holding_a_booted_or_booting_instance_can_be_preempted(state
     assert JobState.PREEMPTED.may_hold_instance and not JobState.PREEMPTED.is_terminal
 
 
-@pytest.mark.parametrize(("finished", "uploaded", "dest"), [
-    (True, True, "DOWNLOADING"),  # the job had ended: only its outputs are fetched
-    (False, True, "RUNNING"),  # inputs on the kept disk: run again without an upload
-    (False, False, "UPLOADING"),  # preempted before the upload finished
+@pytest.mark.parametrize(("progress", "dest"), [
+    (Progress.FINISHED, "DOWNLOADING"),  # the job had ended: only its outputs are fetched
+    (Progress.UPLOADED, "RUNNING"),  # inputs on the kept disk: run again without an upload
+    (Progress.NOTHING, "UPLOADING"),  # preempted before the upload finished
 ])
-def test_a_resumed_instance_boots_into_what_is_left_to_do(finished, uploaded, dest):
+def test_a_resumed_instance_boots_into_what_is_left_to_do(progress, dest):
     m, job = machine(), Model([])
-    job.finished, job.uploaded = finished, uploaded
+    job.progress = progress
     m.add_model(job, initial=JobState.RUNNING)
     job.preempted()
-    job.preempted_before = True
     assert walk(job, ["resumed", "booted"])[-2:] == ["BOOTING", dest]
 
 
-def test_without_a_preemption_booting_still_goes_to_uploading():
-    """The preemption rows come first in the table; they must not catch a first boot."""
+def test_a_first_boot_goes_to_uploading():
+    """A first boot has nothing of the job on the instance: it uploads."""
     m, job = machine(), Model([])
-    job.finished, job.uploaded = True, True
     m.add_model(job, initial=JobState.BOOTING)
     job.booted()
     assert job.state is JobState.UPLOADING
 
 
 def test_past_the_grace_the_job_searches_again_and_can_still_fail_or_cancel():
+    """The abandoned instance is torn down in destroying, the one teardown state; then
+    the job, whose work is not home, searches again."""
     m, job = machine(), Model([])
     m.add_model(job, initial=JobState.RUNNING)
-    assert walk(job, ["preempted", "rent_again"]) == ["PREEMPTED", "SEARCHING"]
+    assert walk(job, ["preempted", "abandon", "rent_again"]) == ["PREEMPTED", "DESTROYING",
+                                                                 "SEARCHING"]
     other = Model([])
     m.add_model(other, initial=JobState.PREEMPTED)
     other.cancel()
