@@ -267,12 +267,12 @@ def test_an_instance_the_pool_refuses_is_torn_down_by_the_pool(journal):
     """Its job has ended (gave_back): the instance is the pool's, which ends one it
     cannot keep (the run drains, the journal refuses) instead of the job's driver."""
     pool, jobs, labels, destroyed = pool_with(journal, 2, idle_timeout=600)
-    original = journal.instance_transition
+    original = journal.move_instance
 
     def refuse(label, **kw):
         raise JournalError("database is locked")
 
-    journal.instance_transition = refuse
+    journal.move_instance = refuse
     try:
         assert pool.give_back(warm(labels[0], image="img"), jobs[0]) is False
     finally:
