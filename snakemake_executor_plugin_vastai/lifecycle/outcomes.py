@@ -101,13 +101,29 @@ def disk_hint(message: str) -> str:
 
 
 def log_tail(path: str, lines: int = 20) -> str:
-    """The end of a job's log, indented, for the error Snakemake shows."""
+    """The end of the job's own output in its log, indented, for the error Snakemake shows.
+
+    The remote Snakemake ends a failed job's log with its own report (``Error in rule``,
+    the shell command, "Shutting down", the same report again), which alone fills twenty
+    lines: the tail shown is the output before that report, where the job said why it
+    failed. The log file itself stays as the host wrote it (raw bytes; shown sanitised).
+    """
     try:
         with open(path, "rb") as handle:
             handle.seek(0, 2)
-            handle.seek(max(handle.tell() - 8192, 0))
+            handle.seek(max(handle.tell() - 65536, 0))
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    tail = text.splitlines()[-lines:]
+    all_lines = text.splitlines()
+    report = next((i for i, line in enumerate(all_lines) if REMOTE_REPORT.match(line)), None)
+    if report is not None and report > 0:
+        if TIMESTAMP.match(all_lines[report - 1]):
+            report -= 1
+        all_lines = all_lines[:report]
+    tail = all_lines[-lines:]
     return ("\n    " + "\n    ".join(tail)) if tail else ""
+
+
+REMOTE_REPORT = re.compile(r"^(Error in rule |Error in group |RuleException)")
+TIMESTAMP = re.compile(r"^\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]$")

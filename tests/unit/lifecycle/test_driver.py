@@ -244,3 +244,18 @@ def test_destroys_that_meet_go_out_in_one_bulk_request(tmp_path, simulator, bulk
     else:
         assert bulk >= 1 and single + bulk <= 3, requests
     assert [i for i in simulator.truth()["instances"] if i["alive"]] == []
+
+
+def test_the_log_tail_is_the_jobs_own_output_not_the_remote_snakemakes_report(tmp_path):
+    """Twenty lines of the remote Snakemake's error report used to push out the line where
+    the job said why it failed."""
+    from snakemake_executor_plugin_vastai.lifecycle.outcomes import log_tail
+
+    report = ["[Sun Dec  6 16:38:31 2026]", "Error in rule bad:", "    message: None",
+              "    shell:", "        python train.py", "        (command exited with "
+              "non-zero exit code)", "Shutting down, this might take some time."] * 4
+    log = tmp_path / "job.log"
+    log.write_text("\n".join(["loading data", "RuntimeError: CUDA out of memory", *report]))
+    tail = log_tail(str(log))
+    assert tail.endswith("RuntimeError: CUDA out of memory")
+    assert "Error in rule" not in tail
