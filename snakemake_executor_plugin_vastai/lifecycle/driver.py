@@ -360,7 +360,7 @@ class JobDriver(RentingSteps):
                                 f"{spec.failure_note()}; remote "
                                 f"log: {spec.log_path}{log_tail(spec.log_path)}")
         crash_point("after_download")
-        if back.ok and self._may_give_back():
+        if back.ok and self._may_give_back() and self._clean_for_next():
             if self.m.running_since is not None:
                 self.p.pool.job_times.append(time.monotonic() - self.m.running_since)
             self.fire("gave_back", detail={"paths": back.paths,
@@ -370,6 +370,17 @@ class JobDriver(RentingSteps):
             self.p.pool.give_back(self.m.warm, self.m.job_id)
             return
         self.fire("downloaded", detail={"paths": back.paths, "exit_code": self.m.exit_code})
+
+    def _clean_for_next(self) -> bool:
+        """Before an instance is lent again, everything its job started must be gone (a
+        leftover loader holds GPU memory the next job needs); one that cannot be proven
+        clean is destroyed, not lent."""
+        why = self.transport.clean_for_next()
+        if why is None:
+            return True
+        self.log("warning", "not lending the instance to another job; destroying it",
+                 reason=why)
+        return False
 
     def _may_give_back(self) -> bool:
         """Only a healthy instance whose job succeeded serves another (never after a

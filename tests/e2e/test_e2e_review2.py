@@ -206,3 +206,45 @@ def test_a_failed_jobs_error_ends_with_its_last_lines_and_no_escape_reaches_the_
     assert "\\x1b[2J" in err  # made visible, not dropped: tampering shows
     log = next((wf / ".snakemake" / "auxiliary" / "vastai-logs").rglob("*.log"))
     assert b"\x1b[2J" in log.read_bytes()  # the job's own log stays raw
+
+
+# -- 7. a job's leftovers do not live on into the next job on a warm instance -------------------
+def test_the_next_job_on_a_warm_instance_finds_nothing_the_last_one_left_running(
+        tmp_path, simulator):
+    """The first job starts a loader in the background, a nohup'd and a setsid'd process
+    and ends; the second job, leased the same instance, counts them."""
+    marker = f"999.{time.monotonic_ns() % 100000}"
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": (
+            "rule all:\n    input: 'second.txt'\n"
+            "rule first:\n    output: 'first.txt'\n"
+            f"    shell: 'sleep {marker}1 & nohup sleep {marker}2 >/dev/null 2>&1 & "
+            f"setsid sleep {marker}3 >/dev/null 2>&1 & echo ok > {{output}}'\n"
+            "rule second:\n    input: 'first.txt'\n    output: 'second.txt'\n"
+            f"    shell: \"ps -eo args | grep -c '^sleep {marker}' > {{output}} || true\"\n"),
+    })
+    result = run_snakemake(wf, simulator.url, simulator.api_key, jobs=1, reuse=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    truth = simulator.truth()
+    assert truth["created_count"] == 1, "the second job did not lease the warm instance"
+    assert (wf / "second.txt").read_text().strip() == "0"
+    assert alive(truth) == []
+
+
+def test_an_instance_that_cannot_be_proven_clean_is_destroyed_not_lent(tmp_path, simulator):
+    """The first job removes the tag its processes are found by: nothing proves the
+    instance clean, so the second job gets a fresh one and the first is destroyed."""
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": (
+            "rule all:\n    input: 'second.txt'\n"
+            "rule first:\n    output: 'first.txt'\n"
+            "    shell: 'rm -f .vastai/tag; echo ok > {output}'\n"
+            "rule second:\n    input: 'first.txt'\n    output: 'second.txt'\n"
+            "    shell: 'echo ok > {output}'\n"),
+    })
+    result = run_snakemake(wf, simulator.url, simulator.api_key, jobs=1, reuse=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not lending the instance to another job" in result.stderr
+    truth = simulator.truth()
+    assert truth["created_count"] == 2
+    assert alive(truth) == []

@@ -176,6 +176,22 @@ class SshTransport:
             self._note_outputs(back.files)
         return Downloaded(ok=ok, paths=len(back.paths))
 
+    def clean_for_next(self) -> str | None:
+        """End everything the job started (launch.py's sweep); None when the instance is
+        provably clean, else why it must not serve another job."""
+        try:
+            swept = self.with_ssh("clean-up", lambda s: s.sweep(self.m.work_dir))
+        except JobFailure as exc:
+            return f"the clean-up after the job failed: {exc}"
+        if swept.untagged:
+            return "its job was started by an older plugin (its processes cannot be found)"
+        if swept.left:
+            return f"{swept.left} process(es) the job started survived SIGKILL"
+        if swept.gpu_apps:
+            return ("a process still holds GPU memory" if swept.gpu_apps > 0
+                    else "nvidia-smi could not say whether the GPU is free")
+        return None
+
     def _download_cap(self) -> int | None:
         settings = self.p.settings
         return download_cap(settings.max_download_bytes,

@@ -87,6 +87,9 @@ class StorageTransport:
     def download(self) -> Downloaded:
         raise JobFailure("internal: storage mode downloads nothing")
 
+    def clean_for_next(self) -> str | None:
+        return "storage-mode instances run one job and are not lent again"
+
     def close(self) -> None:
         """No connection to drop."""
 
