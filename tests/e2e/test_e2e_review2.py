@@ -248,3 +248,19 @@ def test_an_instance_that_cannot_be_proven_clean_is_destroyed_not_lent(tmp_path,
     truth = simulator.truth()
     assert truth["created_count"] == 2
     assert alive(truth) == []
+
+
+def test_a_log_past_the_download_cap_fails_the_job_and_stops_the_local_copy(
+        tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": "rule chatty:\n    output: 'out.txt'\n"
+                     "    shell: 'head -c 3000000 /dev/zero | tr \"\\\\0\" x; "
+                     "echo ok > {output}'\n"})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "--retries", "0",
+                           "--vastai-max-download", "1000000")
+    assert result.returncode != 0
+    assert "log passed the download cap of 1000000 bytes" in result.stderr, \
+        result.stderr[-3000:]
+    log = next((wf / ".snakemake" / "auxiliary" / "vastai-logs").rglob("*.log"))
+    assert log.stat().st_size <= 1000000
+    assert alive(simulator.truth()) == []

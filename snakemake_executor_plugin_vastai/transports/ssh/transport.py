@@ -48,7 +48,14 @@ from ...vastai.bids import Preempted
 from ...workflow import payload
 from ..progress import TransferProgress, planned_bytes
 from .channels import Endpoint
-from .errors import AuthRejected, HostKeyMismatch, RemoteError, SSHUnavailable, UnsafeArchive
+from .errors import (
+    AuthRejected,
+    DownloadTooLarge,
+    HostKeyMismatch,
+    RemoteError,
+    SSHUnavailable,
+    UnsafeArchive,
+)
 from .paths import AllowedPaths
 from .session import RemoteSession
 
@@ -89,6 +96,7 @@ class SshTransport:
         self.meter = ByteMeter()  # this job's bytes on its instance (ledger.py)
         self.time_up = threading.Event()  # --vastai-max-runtime passed (set by a timer)
         self._log_offset = 0  # bytes of the running process's log already in the local log
+        self._log_total = 0  # bytes this job's local log has taken (for the download cap)
         self._offline_since: float | None = None  # monotonic: the host's heartbeat lost
 
     # -- renting and booting -------------------------------------------------------------
@@ -345,8 +353,17 @@ class SshTransport:
                               on_output=self._log_bytes)
 
     def _log_bytes(self, chunk: bytes) -> None:
+        """Into the local log, up to the download cap: a host that streams without end
+        must not fill the user's disk (what came home stays; the job then fails)."""
+        cap = self._download_cap()
+        if cap is not None and self._log_total + len(chunk) > cap:
+            self.p.spec.append_log(chunk[:max(cap - self._log_total, 0)])
+            raise DownloadTooLarge(
+                f"the job's log passed the download cap of {cap} bytes; the local copy "
+                "stops there (--vastai-max-download, 0 for none)")
         self.p.spec.append_log(chunk)
         self._log_offset += len(chunk)
+        self._log_total += len(chunk)
 
     # -- the link ---------------------------------------------------------------------
     def _connect(self, endpoint: Endpoint | None = None) -> RemoteSession:
