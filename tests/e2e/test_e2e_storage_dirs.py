@@ -131,3 +131,22 @@ def test_local_files_run_here_in_storage_mode(tmp_path, simulator, s3_server):  
     assert result.returncode == 0, result.stderr[-3000:]
     assert (wf / "out" / "here.txt").read_text() == "here\n"
     assert simulator.truth()["created_count"] == 0
+
+
+def test_a_long_directory_upload_is_never_cut_short(tmp_path, simulator, s3_server):  # noqa: F811
+    """The remote Snakemake uploads a directory one file at a time: some keys under its
+    prefix prove nothing. The job is done when its exit line says so, with every file in
+    the bucket (the settle time used to take a half-uploaded directory for done)."""
+    bucket = new_bucket(s3_server)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": (
+        "rule many:\n    output: directory('results/many')\n"
+        "    shell: 'mkdir -p {output} && for i in $(seq 1 1500); do "
+        "echo $i > {output}/f$i.txt; done'\n")})
+    result = run_snakemake(wf, simulator.url, simulator.api_key, "results/many",
+                           *storage_args(s3_server, bucket), env=s3_env(simulator.api_key),
+                           timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "taking it as done" not in result.stderr
+    keys = [k for k in s3_server.keys(bucket) if k.startswith("wf/results/many/f")]
+    assert len(keys) == 1500
+    assert alive(simulator.truth()) == []

@@ -39,8 +39,9 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
 
     def keys(self, bucket: str) -> list[str]:
-        answer = self.client().list_objects_v2(Bucket=bucket)
-        return sorted(item["Key"] for item in answer.get("Contents", []))
+        """Every key (all pages: a listing answers at most 1,000)."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
     def read(self, bucket: str, key: str) -> bytes:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()

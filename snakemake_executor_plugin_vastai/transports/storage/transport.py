@@ -16,6 +16,8 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from snakemake.io import is_flagged
+
 from ...lifecycle.outcomes import (
     Booted,
     Downloaded,
@@ -122,7 +124,7 @@ class StorageTransport:
             generation = watcher.wait_next(generation, timeout=5.0)
             seen = watcher.sighting(iid)
             if seen is not None and seen.row is None:
-                if self.outputs_present():
+                if self.outputs_prove_end():
                     return self._complete(0, "the instance vanished after its outputs "
                                              "reached storage")
                 raise JobFailure(f"instance {iid} vanished while running")
@@ -153,8 +155,20 @@ class StorageTransport:
             if cap and now - started > cap:
                 return self._runtime_exceeded(cap)
 
+    def outputs_prove_end(self) -> bool:
+        """True if the job's outputs alone prove its end: every one exists and none is a
+        ``directory()``. An object is whole once it exists (a PUT is atomic); a directory
+        is uploaded one file at a time, and keys under its prefix prove nothing: for those
+        only the job's exit line in the instance log (printed after the remote Snakemake's
+        last upload) says the job is done."""
+        job = self.p.spec.job
+        if job is None or any(is_flagged(o, "directory") for o in job.output):
+            return False
+        return self.outputs_present()
+
     def outputs_present(self) -> bool:
-        """True if the job has storage outputs and every one of them exists."""
+        """True if the job has storage outputs and every one of them exists (then its log
+        is worth reading for the exit line)."""
         job = self.p.spec.job
         if job is None:
             return False
@@ -184,12 +198,12 @@ class StorageTransport:
             return self._complete(rc)
         if exited:
             spec.write_log(text)
-            if self.outputs_present():
+            if self.outputs_prove_end():
                 return self._complete(0, "the container exited without an exit line, but "
                                          "every output is in storage")
             raise JobFailure(f"instance {iid}: the container exited without reporting the "
                              f"job's exit code; log: {spec.log_path}{log_tail(spec.log_path)}")
-        if outputs_since is not None and \
+        if outputs_since is not None and self.outputs_prove_end() and \
                 time.monotonic() - outputs_since > self.settle_seconds:
             spec.write_log(text)
             return self._complete(0, f"every output is in storage and instance {iid} has not "
@@ -198,7 +212,7 @@ class StorageTransport:
 
     def _judge_without_log(self, status: str) -> RunEnded:
         """The container ended but its log stays unreadable: the bucket decides."""
-        if self.outputs_present():
+        if self.outputs_prove_end():
             return self._complete(0, "the instance log could not be read, but every output "
                                      "is in storage")
         raise JobFailure(f"instance {self.m.instance_id} went {status} and its log could not "
@@ -209,7 +223,7 @@ class StorageTransport:
         """--vastai-max-runtime: a job with all outputs in storage is done, else failed."""
         with contextlib.suppress(VastError):
             self.p.spec.write_log(self._instance_log())
-        if self.outputs_present():
+        if self.outputs_prove_end():
             return self._complete(0, f"--vastai-max-runtime {cap:g}s reached with every "
                                      "output in storage")
         raise JobFailure(self.steps.over_runtime_message())
