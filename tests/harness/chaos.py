@@ -3,7 +3,8 @@
 Each trial also meets one adversity class (``CLASSES``, by seed): lost API answers,
 destroys failing while the kill lands, a second run in the same directory, a locked
 journal, a full disk under the journal, the code changed between crash and restart, the
-directory copied after the crash. Outputs are compared with Snakemake's local executor
+directory copied after the crash, hosts that forgot the crashed run's SSH key (the
+restart cannot re-attach over SSH and must boot the job again, within seconds). Outputs are compared with Snakemake's local executor
 on the same (final) Snakefile, and no job may be re-attached after its code changed.
 Half the trials of each class run with warm instances (``--jobs 2`` for three jobs, so
 the third job leases an instance given back by another; kills then also land on idle
@@ -57,7 +58,7 @@ MAX_RUNS = 6
 # in the same directory; the journal locked by another process; the disk under the journal
 # full; the code changed between crash and restart; the directory copied after the crash.
 CLASSES = ("kill", "lost_answers", "failing_destroys", "concurrent_run", "locked_journal",
-           "full_disk", "changed_code", "copied_dir")
+           "full_disk", "changed_code", "copied_dir", "lost_keys")
 LOST_MODES = ("reset", "truncate", "html")
 LOGS_ENV = "VASTAI_CHAOS_LOGS"  # a directory: every run's output is kept there
 # Bid instances (issue 15): not in CLASSES (run by tests/e2e/test_chaos_bids.py); the work
@@ -303,6 +304,10 @@ def _between_runs(adversity: str, wf: Path, sim: Simulator, result: TrialResult)
     if adversity == "changed_code" and TAG_LINE in (wf / "Snakefile").read_text():
         (wf / "Snakefile").write_text(SNAKEFILE.replace(TAG_LINE, 'TAG = "JOB"\n'))
         result.changed_at = time.time()  # jobs started before this may not be resumed
+    if adversity == "lost_keys":
+        for inst in sim.truth()["instances"]:
+            if inst["alive"] and not inst["foreign"]:
+                sim.add_fault("keys_lost", instance_id=inst["id"])
     if adversity == "copied_dir" and not (wf.parent / f"{wf.name}-copy").exists():
         copy = wf.parent / f"{wf.name}-copy"
         shutil.copytree(wf, copy, ignore=shutil.ignore_patterns("filler"))
