@@ -260,12 +260,42 @@ def check_job_paths(job: Any) -> None:
         raise WorkflowError(
             f"rule {job.rule.name}: the path {bad[0]!r} contains a newline, which the vastai "
             "executor cannot pass to the remote Snakemake; rename it (nothing was rented)")
+    for path in [*job.output, *job.log]:
+        blocked = unwritable_parent(str(path))
+        if blocked is not None:
+            raise WorkflowError(
+                f"rule {job.rule.name}: output {str(path)!r} cannot be brought home: the "
+                f"local {blocked!r} is {_what_blocks(blocked)}, not a directory (fix or "
+                "remove it; nothing was rented)")
     for name, value in dict(getattr(job, "wildcards_dict", None) or {}).items():
         if "," in str(value):
             raise WorkflowError(
                 f"rule {job.rule.name}: wildcard {name}={str(value)!r} contains a comma, which "
                 "Snakemake's remote job arguments (--target-jobs) cannot carry; avoid commas "
                 "in wildcard values (nothing was rented)")
+
+
+def unwritable_parent(path: str) -> str | None:
+    """The first existing folder on the way to ``path`` that cannot hold it: a file, or a
+    symlink that leads nowhere or to a file (a symlink to a directory is the user's own
+    layout and is written through). None when the way is clear."""
+    parent = os.path.dirname(os.path.normpath(path))
+    parts = [p for p in parent.split(os.sep) if p] if parent else []
+    current = os.sep if os.path.isabs(path) else ""
+    for part in parts:
+        current = os.path.join(current, part) if current else part
+        if not os.path.lexists(current):
+            return None
+        if not os.path.isdir(current):  # follows links: a link to a directory is fine
+            return current
+    return None
+
+
+def _what_blocks(path: str) -> str:
+    if os.path.islink(path):
+        return "a symlink that leads to nothing" if not os.path.exists(path) \
+            else "a symlink to a file"
+    return "a file"
 
 
 def scope_sources(workflow: Any, settings: Any, log: PluginLogger) -> Scope:

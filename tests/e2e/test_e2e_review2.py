@@ -264,3 +264,17 @@ def test_a_log_past_the_download_cap_fails_the_job_and_stops_the_local_copy(
     log = next((wf / ".snakemake" / "auxiliary" / "vastai-logs").rglob("*.log"))
     assert log.stat().st_size <= 1000000
     assert alive(simulator.truth()) == []
+
+
+def test_a_local_layout_that_cannot_take_the_outputs_is_refused_before_renting(
+        tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {
+        "Snakefile": 'rule one:\n    output: "results/one.txt"\n'
+                     '    shell: "echo ok > {output}"\n'})
+    (wf / "results").symlink_to(tmp_path / "unmounted-disk")  # leads nowhere
+    result = run_snakemake(wf, simulator.url, simulator.api_key)
+    assert result.returncode != 0
+    assert "'results' is a symlink that leads to nothing" in result.stderr, \
+        result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert simulator.truth()["created_count"] == 0
