@@ -5,9 +5,9 @@ the job's steps; ``driver.py`` keeps the life cycle (search, rent, boot, tear
 down) that every mode shares. The machine table knows one thing about the mode:
 whether the SSH states are skipped (``skips_ssh``).
 
-- ``ssh.py``: the plugin ships sources and inputs over SSH, follows the job
+- ``ssh/``: the plugin ships sources and inputs over SSH, follows the job
   and brings outputs home (the default).
-- ``storage.py``: data moves through a bucket; the container runs the job
+- ``storage/``: data moves through a bucket; the container runs the job
   itself and the plugin never opens SSH (a default storage provider is set).
 
 A transport is made with its job's narrow port (``lifecycle/step_port.py``: read the
