@@ -1,8 +1,9 @@
 """Storage-mode differential runs, one test per case: this mode's own catalogue
 (tests/harness/differential_storage.py) and issue 13's (tests/harness/differential_cases.py).
 
-In CI: the storage catalogue's fast cases and two of issue 13's (``STORAGE_CI_CASES``);
-the rest on demand: ``pytest -m differential_slow tests/e2e/test_differential_storage.py``.
+In CI: the storage catalogue's fast cases, two of issue 13's (``STORAGE_CI_CASES``) and
+issue 28's working-directory cases (``WORKDIR_CASES``); the rest on demand:
+``pytest -m differential_slow tests/e2e/test_differential_storage.py``.
 Issue 13's cases that cannot run in storage mode are skipped with their reason
 (``NOT_IN_STORAGE_MODE``); those that end differently there, the same under every executor,
 say how (``STORAGE_MODE_ENDINGS``); README.md repeats both.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.differential_cases import CASES, Case
+from tests.harness.differential_cases import CASES, WORKDIR_CASES, Case
 from tests.harness.differential_storage import (
     FAST_STORAGE_CASES,
     NOT_IN_STORAGE_MODE,
@@ -42,6 +43,8 @@ def test_storage_case_on_demand(name, tmp_path, simulator, s3_server):  # noqa: 
 def _issue13_params() -> list:
     params = []
     for case in CASES:
+        if case in WORKDIR_CASES:
+            continue  # run in CI below
         if case.name in NOT_IN_STORAGE_MODE:
             marks = pytest.mark.skip(reason=f"not in storage mode: "
                                             f"{NOT_IN_STORAGE_MODE[case.name]}")
@@ -65,6 +68,26 @@ def test_issue13_case_in_storage_mode(case: Case, tmp_path, simulator,
         held = {side: s3_server.keys(f"diff-{side}-group-temp") for side in ("local", "vastai")}
         assert "wf/tmp/inner.txt" in held["local"], held
         assert "wf/tmp/inner.txt" not in held["vastai"], held
+
+
+@pytest.mark.differential
+@pytest.mark.xfail(strict=True, reason="issue 28")
+@pytest.mark.parametrize("case", WORKDIR_CASES, ids=[c.name for c in WORKDIR_CASES])
+def test_working_directory_case_in_storage_mode(case: Case, tmp_path, simulator,
+                                                s3_server):  # noqa: F811
+    """Issue 28's cases (--directory from the parent, a workdir: directive with a script
+    outside the working directory, the Python API, no git), in storage mode, in CI.
+
+    Also: no instance ran its job in this machine's workflow directory. Simulated instances
+    share this machine's file system, so a remote Snakemake handed this machine's path
+    (``--directory /tmp/...``) works there, and leaves its local copies of storage objects
+    (``.snakemake/storage/...``) behind; on Vast.ai that path does not exist (the job would
+    miss its config file). The main process leaves none."""
+    result = run_storage_case(case, tmp_path, simulator, s3_server)
+    result.assert_same()
+    stray = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "vastai").rglob("*")
+                   if p.is_file() and "/.snakemake/storage/" in p.as_posix())
+    assert stray == [], f"an instance wrote into this machine's workflow directory: {stray}"
 
 
 def test_every_skip_names_a_catalogued_case():

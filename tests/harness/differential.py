@@ -1,8 +1,8 @@
 """Differential runs: the same workflow under Snakemake's local executor and on the simulator.
 
 The local executor is the oracle. :func:`run_case` lays one
-:class:`~tests.harness.differential_cases.Case` out twice (as a git repository each time),
-runs ``snakemake -c2`` in one copy and
+:class:`~tests.harness.differential_cases.Case` out twice (as a git repository each
+time, unless the case says ``git=False``), runs ``snakemake -c2`` in one copy and
 ``snakemake --executor vastai`` against the simulator in the other, and returns both results
 plus a comparison of the two output trees. Snakemake's own bookkeeping (``.snakemake/``) and
 git's (``.git/``) are left out of the comparison; everything else must be equal byte for byte
@@ -11,6 +11,12 @@ in ``fuzzy``: those are compared after a normaliser (benchmark timings, report H
 
 The mode is a parameter, so a storage-mode variant runs the same catalogue by passing
 its own ``remote_argv``.
+
+How a run starts is the case's (issue 28): in the workflow directory (the default); in its
+parent with ``--directory``/``--snakefile`` (``from_parent``); or through Snakemake's
+Python API with ``workdir=`` (``via_api``, see ``api_run.py``). A case with ``git=False``
+is laid out without git; a ``workdir:`` directive's own ``.snakemake`` (``working_dir``) is
+bookkeeping like the top-level one.
 """
 
 from __future__ import annotations
@@ -74,13 +80,15 @@ class Differential:
 
 def lay_out(root: Path, case: Case) -> Path:
     """Write the case's files under ``root`` and ``git add`` the tracked ones (no commit
-    needed, as the README says)."""
+    needed, as the README says); no git at all for a case with ``git=False``."""
     root.mkdir(parents=True, exist_ok=True)
     for rel, content in case.files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         data = content.encode() if isinstance(content, str) else content
         path.write_bytes(data)
+    if not case.git:
+        return root
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=root, check=True)
     tracked = [rel for rel in case.files if case.is_tracked(rel)]
@@ -141,10 +149,50 @@ def compare(case: Case, local: dict[str, Entry], remote: dict[str, Entry]) -> li
 
 
 def run_snakemake_in(workdir: Path, argv: list[str], env: dict[str, str],
-                     timeout: float = TIMEOUT) -> Outcome:
-    done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True,
+                     timeout: float = TIMEOUT, case: Case | None = None) -> Outcome:
+    """One snakemake run of ``case`` (if given) in ``workdir``, started as the case says
+    (see :func:`launch`)."""
+    cwd, argv = launch(case, workdir, argv) if case is not None else (workdir, argv)
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
     return Outcome(done.returncode, done.stdout, done.stderr, {}, workdir)
+
+
+API_RUN = Path(__file__).with_name("api_run.py")
+
+
+def launch(case: Case, workdir: Path, argv: list[str]) -> tuple[Path, list[str]]:
+    """Where a run of ``case`` starts, and its command line (issue 28): in the workflow
+    directory (the default); with ``from_parent`` in its parent, the workflow directory
+    named by ``--directory`` and ``--snakefile``. (``via_api`` runs are built by
+    :func:`api_argv` and start in the parent too.)"""
+    if case.via_api:
+        return workdir.parent, argv
+    if case.from_parent:
+        name = workdir.name
+        return workdir.parent, [*argv, "--directory", name, "--snakefile", f"{name}/Snakefile"]
+    return workdir, argv
+
+
+def api_argv(case: Case, workdir: Path, executor: str, url: str | None = None,
+             storage: tuple[str, str] | None = None) -> list[str]:
+    """A run through Snakemake's Python API (``api_run.py``): ``workdir=`` the workflow
+    directory, started elsewhere. ``storage``: (prefix, endpoint) for S3 storage mode."""
+    assert not (case.args or case.local_args or case.remote_args or case.then), \
+        f"case {case.name}: a run through the API takes no command-line arguments"
+    argv = [sys.executable, str(API_RUN), "--workdir", str(workdir), "--executor", executor]
+    if url is not None:
+        argv += ["--api-url", url]
+    if storage is not None:
+        argv += ["--storage-prefix", storage[0], "--storage-endpoint", storage[1]]
+    return [*argv, "--", *case.targets]
+
+
+def bookkeeping(case: Case) -> tuple[str, ...]:
+    """Paths left out of the comparison: the case's own, and Snakemake's bookkeeping in a
+    working directory below the workflow directory (a workdir: directive's)."""
+    inner = (f"{case.working_dir}/.snakemake",) if case.working_dir else ()
+    return (*case.ignored, *inner)
 
 
 def local_argv(case: Case) -> list[str]:
@@ -167,9 +215,13 @@ def run_case(case: Case, base: Path, simulator,
     """Run ``case`` both ways below ``base`` and compare (see the module docstring)."""
     local_dir = lay_out(base / "local" / case.workdir_name, case)
     remote_dir = lay_out(base / "remote" / case.workdir_name, case)
-    local = _run_steps(case, local_dir, local_argv(case), sim_env(None))
-    remote = _run_steps(case, remote_dir, remote_argv(case, simulator),
-                        remote_env or sim_env(simulator.api_key))
+    if case.via_api:
+        argvs = (api_argv(case, local_dir, "local"),
+                 api_argv(case, remote_dir, "vastai", url=simulator.url))
+    else:
+        argvs = (local_argv(case), remote_argv(case, simulator))
+    local = _run_steps(case, local_dir, argvs[0], sim_env(None))
+    remote = _run_steps(case, remote_dir, argvs[1], remote_env or sim_env(simulator.api_key))
     differences = compare(case, local.tree, remote.tree)
     return Differential(case, local, remote, differences, alive(simulator.truth()))
 
@@ -177,11 +229,11 @@ def run_case(case: Case, base: Path, simulator,
 def _run_steps(case: Case, workdir: Path, argv: list[str], env: dict[str, str]) -> Outcome:
     """The main run, then the case's follow-up runs (e.g. ``--report``, run as a user would:
     plain ``snakemake``, no executor); the first failing step's result is what counts."""
-    outcome = run_snakemake_in(workdir, argv, env)
+    outcome = run_snakemake_in(workdir, argv, env, case=case)
     for step in case.then:
         if outcome.returncode != 0:
             break
         outcome = run_snakemake_in(workdir, [sys.executable, "-m", "snakemake", "-c1", *step],
-                                   env)
+                                   env, case=case)
     return Outcome(outcome.returncode, outcome.stdout, outcome.stderr,
-                   snapshot(workdir, case.ignored), workdir)
+                   snapshot(workdir, bookkeeping(case)), workdir)

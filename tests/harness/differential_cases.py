@@ -54,6 +54,13 @@ class Case:
     ignored: tuple[str, ...] = ()  # paths left out of the comparison
     workdir_name: str = "wf"
     commit: bool = True
+    git: bool = True  # False: the workflow directory is no git repository at all
+    # How the run starts (issue 28): in the workflow directory (the default); in its parent
+    # with --directory <workdir_name> --snakefile <workdir_name>/Snakefile (from_parent);
+    # through Snakemake's Python API with workdir= from the parent (via_api).
+    from_parent: bool = False
+    via_api: bool = False
+    working_dir: str = ""  # a workdir: directive's directory, relative to the workflow's
     slow: bool = False
     rents: int | None = None  # instances the vastai run must create (None: not checked)
 
@@ -646,11 +653,100 @@ with open(snakemake.output[0], "w") as out:
     rents=2,
 )
 
+# -- issue 28: the working directory Snakemake uses, however it was set -----------------------
+# One small workflow with every kind of path that depends on the working directory: a config
+# file, a script: with a helper module beside it, an untracked declared input, a log.
+_WORKDIR_SNAKEFILE = """\
+configfile: "config.yaml"
+
+rule all:
+    input: "out/summary.txt"
+
+rule count:
+    input: "data/words.txt"
+    output: "out/count.txt"
+    params: word=config["word"]
+    log: "logs/count.log"
+    script: "scripts/count.py"
+
+rule summary:
+    input: "out/count.txt"
+    output: "out/summary.txt"
+    shell: "(echo summary; cat {input}) > {output}"
+"""
+_COUNT_SCRIPT = """\
+from helper import counted
+text = open(snakemake.input[0]).read()
+with open(snakemake.log[0], "w") as log:
+    log.write("counting " + snakemake.params.word + "\\n")
+with open(snakemake.output[0], "w") as out:
+    out.write(counted(text, snakemake.params.word))
+"""
+_HELPER = "def counted(text, word):\n    return f'{word} {text.count(word)}\\n'\n"
+_WORKDIR_FILES = {
+    "Snakefile": _WORKDIR_SNAKEFILE,
+    "config.yaml": "word: gpu\n",
+    "scripts/count.py": _COUNT_SCRIPT,
+    "scripts/helper.py": _HELPER,
+    "data/words.txt": "gpu cpu gpu tpu gpu\n",
+}
+
+DIRECTORY_FROM_PARENT = Case(
+    name="directory_from_parent",
+    promise="snakemake --directory wf --snakefile wf/Snakefile started in the parent "
+            "directory: sources, inputs, outputs and logs are wf's, as locally",
+    files=_WORKDIR_FILES,
+    untracked=("data/words.txt",),
+    from_parent=True,
+    rents=2,
+)
+
+WORKDIR_DIRECTIVE = Case(
+    name="workdir_directive_script_outside",
+    promise="a workdir: directive moves the working directory below the Snakefile; its "
+            "script: lies outside the working directory (../scripts/count.py from there) "
+            "and still ships; inputs, outputs and logs are relative to the working directory",
+    files={
+        "Snakefile": 'workdir: "work"\n\n' + _WORKDIR_SNAKEFILE,
+        "work/config.yaml": "word: gpu\n",  # configfile: is read from the working dir
+        "scripts/count.py": _COUNT_SCRIPT,
+        "scripts/helper.py": _HELPER,
+        "work/data/words.txt": "gpu cpu gpu tpu gpu\n",
+    },
+    untracked=("work/data/words.txt",),
+    working_dir="work",
+    rents=2,
+)
+
+PYTHON_API = Case(
+    name="python_api",
+    promise="a run started through Snakemake's Python API (workdir=, the Snakefile's "
+            "absolute path, from another directory) ends as the same run of the local "
+            "executor through the API",
+    files=_WORKDIR_FILES,
+    untracked=("data/words.txt",),
+    via_api=True,
+    rents=2,
+)
+
+NOT_GIT = Case(
+    name="not_git",
+    promise="a workflow directory outside git runs as Snakemake's own remote execution "
+            "does: the Snakefile, config file, script: and its directory ship, the declared "
+            "input travels as an input",
+    files=_WORKDIR_FILES,
+    git=False,
+    rents=2,
+)
+
+WORKDIR_CASES: tuple[Case, ...] = (DIRECTORY_FROM_PARENT, WORKDIR_DIRECTIVE, PYTHON_API,
+                                   NOT_GIT)
+
 CASES: tuple[Case, ...] = (
     CHAIN, ODD_NAMES, GROUP, GROUP_FAILS, FAILED_LOG, RULE_SETTINGS, DRY_RUN,
     BENCHMARK, TEMP_PROTECTED, DIRECTORY_ANCIENT, CHECKPOINT, LOCALRULE, THREADS_RESOURCES,
     TOUCH, REPORT, GROUP_COMPONENTS, GROUP_PIPE, GROUP_SERVICE, GROUP_TEMP, RUN_SHADOW,
-    CONDA,
+    CONDA, *WORKDIR_CASES,
 )
 FAST_CASES: tuple[Case, ...] = tuple(c for c in CASES if not c.slow)
 SLOW_CASES: tuple[Case, ...] = tuple(c for c in CASES if c.slow)

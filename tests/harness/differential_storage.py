@@ -1,8 +1,10 @@
 """Storage-mode differential runs: the local executor is the oracle, the bucket is the tree.
 
-Each case is laid out twice (a git repository each time). One copy runs under Snakemake's
-local executor, the other under ``--executor vastai`` against the simulator; both with the
-same default storage provider settings (S3 on a moto server, see ``tests/harness/s3.py``), each
+Each case is laid out twice (a git repository each time, unless ``git=False``) and started
+as the case says (``differential.launch``; ``via_api``: through the Python API with the
+same storage settings). One copy runs under Snakemake's local executor, the other under
+``--executor vastai`` against the simulator; both with the same default storage provider
+settings (S3 on a moto server, see ``tests/harness/s3.py``), each
 into its own bucket. What the runs leave under the prefix is then compared byte for byte,
 except Snakemake's source archive (only remote executors upload one). The vastai run must
 also have opened no SSH connection carrying a byte, and leave no instance alive.
@@ -11,9 +13,10 @@ The runner takes issue 13's :class:`~tests.harness.differential_cases.Case`: thi
 catalogue (``name -> {"files", "targets", "promise", "slow", ...}``, every key a field of
 ``Case``) is converted by :func:`storage_case`, and issue 13's catalogue runs unchanged.
 Every file of a case is also put into both buckets before the runs: with a default storage
-provider, Snakemake reads every input (tracked in git or not) from the bucket; what the
-runs *produce* is what must be equal. A case with ``"slow": True`` runs only on demand
-(``pytest -m differential_slow``).
+provider, Snakemake reads every input (tracked in git or not) from the bucket, at its path
+relative to the working directory (:func:`storage_key`; a ``workdir:`` directive moves it);
+what the runs *produce* is what must be equal. A case with ``"slow": True`` runs only on
+demand (``pytest -m differential_slow``).
 
 Cases of issue 13 that say nothing in storage mode, or name a feature storage mode cannot
 have, are listed in :data:`NOT_IN_STORAGE_MODE` with the reason (also in README.md,
@@ -22,6 +25,7 @@ have, are listed in :data:`NOT_IN_STORAGE_MODE` with the reason (also in README.
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.test_e2e_storage import s3_env
-from tests.harness.differential import lay_out
+from tests.harness.differential import api_argv, launch, lay_out
 from tests.harness.differential_cases import CHECKPOINT, Case
 from tests.harness.e2e import alive, snakemake_argv
 
@@ -304,29 +308,46 @@ def compare(case: Case, local: Mapping[str, bytes], remote: Mapping[str, bytes])
     return problems
 
 
+def storage_key(case: Case, rel: str) -> str | None:
+    """Where a file of the case (``rel``, relative to the workflow directory) lies below the
+    prefix: storage paths are relative to the working directory, which a ``workdir:``
+    directive moves (``case.working_dir``); None for a file outside it."""
+    if not case.working_dir:
+        return rel
+    inside = posixpath.relpath(rel, case.working_dir)
+    return None if inside == ".." or inside.startswith("../") else inside
+
+
 def seed(server, bucket: str, case: Case) -> dict[str, bytes]:
     """Put every file of the case into the bucket (inputs are read from there)."""
     seeded = {}
     for rel, content in case.files.items():
+        key = storage_key(case, rel)
+        if key is None:
+            continue
         data = content.encode() if isinstance(content, str) else content
-        server.put(bucket, f"{PREFIX}/{rel}", data)
-        seeded[rel] = data
+        server.put(bucket, f"{PREFIX}/{key}", data)
+        seeded[key] = data
     return seeded
 
 
-def _run(workdir: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True,
+def _run(workdir: Path, argv: list[str], env: dict[str, str],
+         case: Case | None = None) -> subprocess.CompletedProcess:
+    """One run in ``workdir``, started as ``case`` says (see ``differential.launch``)."""
+    cwd, argv = launch(case, workdir, argv) if case is not None else (workdir, argv)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT)
 
 
 def _run_steps(case: Case, workdir: Path, argv: list[str], storage: list[str],
                env: dict[str, str]) -> tuple[int, str]:
     """The main run, then the case's follow-up runs (plain ``snakemake``, same storage)."""
-    done = _run(workdir, argv, env)
+    done = _run(workdir, argv, env, case)
     for step in case.then:
         if done.returncode != 0:
             break
-        done = _run(workdir, [sys.executable, "-m", "snakemake", "-c1", *step, *storage], env)
+        done = _run(workdir, [sys.executable, "-m", "snakemake", "-c1", *step, *storage], env,
+                    case)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -350,6 +371,10 @@ def run_storage_case(case: Case | str, base: Path, simulator, server) -> Storage
     outcomes = {}
     for side, argv in (("local", local_argv), ("vastai", remote_argv)):
         workdir = lay_out(base / side / case.workdir_name, case)
+        if case.via_api:  # issue 28: through Snakemake's Python API, same storage
+            argv = api_argv(case, workdir, "local" if side == "local" else "vastai",
+                            url=None if side == "local" else simulator.url,
+                            storage=(f"s3://{buckets[side]}/{PREFIX}", server.endpoint))
         returncode, output = _run_steps(case, workdir, argv, storage[side], env)
         outcomes[side] = BucketOutcome(returncode, output,
                                        bucket_objects(server, buckets[side], case.ignored))

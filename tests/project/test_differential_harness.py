@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 
-from tests.harness.differential import compare, lay_out, snapshot
+from tests.harness.differential import api_argv, bookkeeping, compare, launch, lay_out, snapshot
 from tests.harness.differential_cases import CASES, Case
+from tests.harness.differential_storage import storage_key
 
 CASE = Case(name="t", promise="harness", files={"Snakefile": "", "data/in.txt": "x\n"},
             untracked=("data/in.txt",), fuzzy={"bench/*": "benchmark", "r.html": "exists"})
@@ -61,3 +63,46 @@ def test_the_catalogue_has_at_least_15_distinct_workflows():
     names = [c.name for c in CASES]
     assert len(names) >= 15 and len(set(names)) == len(names)
     assert all(c.promise for c in CASES)
+
+
+# -- issue 28: how a run starts, and layouts without git -----------------------------------
+def test_a_case_without_git_is_laid_out_without_a_repository(tmp_path):
+    root = lay_out(tmp_path / "wf", replace(CASE, git=False))
+    assert not (root / ".git").exists()
+    assert (root / "data/in.txt").read_text() == "x\n"
+
+
+def test_runs_start_in_the_workflow_directory_or_its_parent(tmp_path):
+    wf = tmp_path / "wf"
+    assert launch(CASE, wf, ["snakemake"]) == (wf, ["snakemake"])
+    assert launch(replace(CASE, from_parent=True), wf, ["snakemake"]) == (
+        tmp_path, ["snakemake", "--directory", "wf", "--snakefile", "wf/Snakefile"])
+    api = replace(CASE, via_api=True, targets=("a.txt",))
+    argv = api_argv(api, wf, "vastai", url="http://sim", storage=("s3://b/wf", "http://s3"))
+    assert launch(api, wf, argv) == (tmp_path, argv)
+    assert argv[1].endswith("api_run.py") and argv[-2:] == ["--", "a.txt"]
+    assert argv[argv.index("--workdir") + 1] == str(wf)
+    assert argv[argv.index("--api-url") + 1] == "http://sim"
+    assert argv[argv.index("--storage-prefix") + 1] == "s3://b/wf"
+
+
+def test_a_workdir_directive_moves_bookkeeping_and_storage_keys():
+    moved = replace(CASE, working_dir="work", ignored=("x",))
+    assert bookkeeping(moved) == ("x", "work/.snakemake")
+    assert storage_key(moved, "work/data/in.txt") == "data/in.txt"
+    assert storage_key(moved, "scripts/x.py") is None  # outside the working directory
+    assert storage_key(CASE, "data/in.txt") == "data/in.txt"
+
+
+def test_api_run_runs_a_workflow_through_the_api_from_another_directory(tmp_path):
+    case = Case(name="api", promise="harness", via_api=True,
+                files={"Snakefile": 'rule a:\n    output: "a.txt"\n'
+                                    '    shell: "pwd > {output}"\n'})
+    wf = lay_out(tmp_path / "wf", case)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(api_argv(case, wf, "local"), cwd=elsewhere, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (wf / "a.txt").read_text().strip() == str(wf.resolve())
+    assert list(elsewhere.iterdir()) == []
