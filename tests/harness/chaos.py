@@ -4,8 +4,9 @@ Each trial also meets one adversity class (``CLASSES``, by seed): lost API answe
 destroys failing while the kill lands, a second run in the same directory, a locked
 journal, a full disk under the journal, the code changed between crash and restart, the
 directory copied after the crash, hosts that forgot the crashed run's SSH key (the
-restart cannot re-attach over SSH and must boot the job again, within seconds). Outputs are compared with Snakemake's local executor
-on the same (final) Snakefile, and no job may be re-attached after its code changed.
+restart cannot re-attach over SSH and must boot the job again, within seconds). Outputs
+are compared with Snakemake's local executor on the same (final) Snakefile, and no job
+may be re-attached after its code changed.
 Half the trials of each class run with warm instances (``--jobs 2`` for three jobs, so
 the third job leases an instance given back by another; kills then also land on idle
 and leased instances); the other half keep one instance per job.
