@@ -41,8 +41,8 @@ from typing import Any
 # match (transports/ssh/scripts.py layout, wrapper behaviour).
 REMOTE_PROTOCOL = "2"
 VOLATILE_RESOURCES = frozenset({"_cores", "_nodes", "tmpdir"})
-PART_NAMES = ("identity", "command", "code", "sources", "config", "params", "resources",
-              "software", "inputs", "protocol")
+PART_NAMES = ("identity", "command", "code", "config", "params", "resources", "software",
+              "inputs", "sources", "protocol")
 READABLE = {
     "identity": "rule or outputs", "command": "shell command", "code": "script or run: code",
     "sources": "shipped source files", "config": "config",

@@ -165,7 +165,7 @@ def _diagnose(search: Callable[..., list[dict]], request: OfferRequest,
               result: MarketCheck) -> str:
     """No offer matches: say what was asked, the closest offers and, for a GPU name, the
     market's names that come closest."""
-    text = f"no offer matches {request.text}"
+    text = f"no Vast.ai offer matches {request.text}"
     wanted = requested_gpu_name(request)
     if wanted is not None:
         names = _market_names(search, request, result)
@@ -180,8 +180,10 @@ def _diagnose(search: Callable[..., list[dict]], request: OfferRequest,
     if closest:
         text += "; closest offers: " + ", ".join(_brief(o) for o in closest)
     else:
-        text += "; no offer at all passes the run's other filters (price cap, region, ...)"
-    return text
+        text += ("; no offer at all passes the run's other filters (--vastai-max-price, "
+                 "--vastai-geolocation, --vastai-reliability, --vastai-search-query)")
+    return text + (" (loosen the rule's resources, --vastai-max-price, --vastai-gpu-name or "
+                   "--vastai-geolocation)")
 
 
 def _market_names(search: Callable[..., list[dict]], request: OfferRequest,

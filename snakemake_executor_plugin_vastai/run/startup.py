@@ -486,7 +486,14 @@ def check_the_market(run: Run, workflow: Any, resolved: Any) -> None:
     if not requests:
         return
     held = market_check.held_offers(run.journal.instances_possibly_alive())
-    found = market_check.check_market(requests, run.api.search_offers_unshared, held)
+    try:
+        found = market_check.check_market(requests, run.api.search_offers_unshared, held)
+    except VastAuthError:
+        raise
+    except VastError as exc:  # an early warning, not a gate: each job searches again
+        run.log.warning("could not check the market before renting; each job's own search "
+                        "will", error=str(exc))
+        return
     for key, name in found.gpu_names.items():
         run.log.info("GPU name matched as the market spells it", gpu_name=name,
                      asked=key)

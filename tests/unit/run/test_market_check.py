@@ -65,7 +65,7 @@ def test_a_misspelt_gpu_names_the_rule_and_what_the_market_calls_close():
         check_market(requests(ok={"gpu": 1}, train={"gpu": 1, "gpu_model": "RTX_3909"}),
                      market.search, [])
     text = str(err.value)
-    assert "rule train: no offer matches" in text and "rule ok" not in text
+    assert "rule train: no Vast.ai offer matches" in text and "rule ok" not in text
     assert "did you mean 'RTX 3090'" in text
     assert "closest offers: 1x RTX 3090 at $0.170/h" in text
 
