@@ -52,6 +52,13 @@ class Executor(RemoteExecutor):
         self._install_signal_handlers()
         super().run_jobs(jobs)
 
+    def additional_general_args(self) -> str:
+        """The remote job runs in its job directory, where the sources are unpacked as they
+        lie below the local working directory. Snakemake passes its own ``--directory``
+        (``wf`` from the command line, an absolute local path from the API) to every
+        remote job; the last ``--directory`` wins, so this one puts the job back there."""
+        return "--directory ."  # a string: join_cli_args takes strings, despite its docs
+
     def get_job_args(self, job: JobExecutorInterface, **kwargs: Any) -> str:
         """Snakemake's job arguments, but shell-quoted (see jobargs.py)."""
         from .workflow.jobargs import job_args

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from ..vastai.offers import OfferSettings
 from ..workflow import checkpoints
 from ..workflow.deploy import Scope, apply_scope
 from ..workflow.rule_settings import container_of, validate_rule_settings
-from ..workflow.sources import SourcesError, git_files, newline_paths
+from ..workflow.sources import SourcesError, git_files, in_git, newline_paths
 from ..workflow.sources import install as install_sources
 from ..workflow.validation import (
     ConfigError,
@@ -316,21 +315,20 @@ UNTRACKED_SHOWN = 10
 
 
 def check_git(workdir: Path, log: PluginLogger) -> None:
-    """The workflow must be a git repository: git-tracked files are what gets shipped.
+    """Git-tracked files are what is shipped beside what Snakemake knows to be sources.
 
-    Files git does not track are listed in a warning, because a script that is
+    Outside git (or without git), the run ships only what Snakemake itself knows (the
+    Snakefile and its includes, config files, ``script:``/``notebook:`` files and their
+    folders, conda files), as Snakemake's own remote execution does, and says so once.
+    Inside git, files git does not track are listed in a warning, because a script that is
     neither tracked nor declared as an input is silently missing remotely.
     """
-    try:
-        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=workdir,
-                                capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise WorkflowError(f"git is needed to ship the workflow's sources ({exc})") from None
-    if inside.returncode != 0 or inside.stdout.strip() != "true":
-        raise WorkflowError(
-            f"The workflow directory {workdir} is not a git repository. The vastai executor "
-            "ships the git-tracked files to each instance: run 'git init' and 'git add' the "
-            "Snakefile, scripts and config files (no commit needed).")
+    if not in_git(workdir):
+        log.warning(f"{workdir} is not in a git repository: shipping only what Snakemake "
+                    "knows to be sources (the Snakefile and its includes, config, script "
+                    "and conda files); other files a job reads must be declared inputs, or "
+                    "'git init' and 'git add' them to ship them")
+        return
     try:
         bad = newline_paths(git_files(workdir))
         untracked = [f for f in git_files(workdir, "--others", "--exclude-standard")

@@ -41,6 +41,16 @@ def git_files(workdir: Path, *extra: str) -> list[str]:
     return [os.fsdecode(name) for name in done.stdout.split(b"\0") if name]
 
 
+def in_git(workdir: Path) -> bool:
+    """Is ``workdir`` inside a git work tree (and git installed)?"""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=workdir,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and done.stdout.strip() == "true"
+
+
 def registered_sources(workflow: Any) -> set[str]:
     """What Snakemake itself records as sources (see ``DAG.get_sources``), minus git."""
     from snakemake.common import is_local_file
@@ -80,9 +90,11 @@ def registered_sources(workflow: Any) -> set[str]:
 
 
 def source_files(workflow: Any, workdir: Path) -> list[str]:
-    """Every source file, relative to ``workdir``, sorted; submodules included."""
+    """Every source file, relative to ``workdir``, sorted; submodules included. Outside
+    git: what Snakemake knows to be sources, as its own remote execution ships."""
     files = registered_sources(workflow)
-    files.update(os.path.relpath(f) for f in git_files(workdir, "--recurse-submodules"))
+    if in_git(workdir):
+        files.update(os.path.relpath(f) for f in git_files(workdir, "--recurse-submodules"))
     return sorted(files)
 
 

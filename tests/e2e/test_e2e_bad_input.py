@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.e2e import run_snakemake, sim_env, write_workflow
+from tests.harness.e2e import alive, run_snakemake, sim_env, write_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -118,16 +118,23 @@ def test_unreachable_api_url_is_reported(tmp_path):
     assert "not reachable" in result.stderr and "--vastai-api-url" in result.stderr
 
 
-def test_workflow_outside_git_is_refused_before_renting(tmp_path, simulator):
+def test_a_workflow_outside_git_ships_what_snakemake_knows_and_says_so(tmp_path, simulator):
+    """As Snakemake's own remote execution: the Snakefile, its includes, config and script
+    files travel; the warning says git would ship more. (It used to be refused.)"""
     import subprocess
 
     wf = tmp_path / "nogit"
-    wf.mkdir()
-    (wf / "Snakefile").write_text('rule one:\n    output: "one.txt"\n    shell: "touch {output}"\n')
+    (wf / "scripts").mkdir(parents=True)
+    (wf / "scripts" / "make.py").write_text(
+        "open(snakemake.output[0], 'w').write('made\\n')\n")
+    (wf / "Snakefile").write_text('rule one:\n    output: "one.txt"\n'
+                                  '    script: "scripts/make.py"\n')
     result = run_snakemake(wf, simulator.url, simulator.api_key, timeout=120)
-    assert result.returncode != 0
-    assert "not a git repository" in result.stderr and str(wf) in result.stderr
-    assert simulator.truth()["created_count"] == 0
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (wf / "one.txt").read_text() == "made\n"
+    assert "not in a git repository: shipping only what Snakemake knows" in result.stderr
+    assert str(wf) in result.stderr
+    assert alive(simulator.truth()) == []
     assert subprocess.run(["git", "status"], cwd=wf, capture_output=True).returncode != 0
 
 

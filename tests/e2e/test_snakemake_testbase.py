@@ -15,13 +15,12 @@ through the API, not by the caller's current directory. After each test case no 
 of the simulator may be alive (checked in ``cleanup_test``, which the base calls after every
 case, also when it failed).
 
-They fail today (issue 28), hence ``xfail(strict=True)``: as shipped, the run is refused
-before renting ("is not a git repository"); in git, Snakemake hands the remote Snakemake
-``--directory <this machine's absolute working directory>`` (the API's ``workdir``), so in
-SSH mode every job fails after renting (its outputs are not in its job directory, where
-the download looks for them), and in storage mode the jobs run in this machine's directory
-(simulated instances share its file system; on Vast.ai that directory does not exist).
-One passes today: storage mode, ``groups`` in git (no file of it shows where it ran).
+Before issue 28 they failed: as shipped, the run was refused before renting ("is not a git
+repository"); in git, Snakemake handed the remote Snakemake ``--directory <this machine's
+absolute working directory>`` (the API's ``workdir``), so in SSH mode every job failed
+after renting (its outputs were not in its job directory, where the download looks for
+them), and in storage mode the jobs ran in this machine's directory (simulated instances
+share its file system; on Vast.ai that directory does not exist).
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from tests.harness.e2e import alive
 from tests.harness.s3 import ACCESS_KEY, SECRET_KEY, s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
-ISSUE_28 = pytest.mark.xfail(strict=True, reason="issue 28")
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
 SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -103,14 +101,12 @@ class InGit:
 
 
 # -- SSH mode ------------------------------------------------------------------------------
-@ISSUE_28
 class TestSSHAsShipped(OnTheSimulator, sm_tests.TestWorkflowsLocalStorageBase):
     """The base's test cases exactly as Snakemake ships them (no git repository)."""
 
     __test__ = True
 
 
-@ISSUE_28
 class TestSSHInGit(InGit, OnTheSimulator, sm_tests.TestWorkflowsLocalStorageBase):
     """The same test cases, each made a git repository first."""
 
@@ -157,7 +153,6 @@ class OnMoto(OnTheSimulator):
         return SECRET_KEY
 
 
-@ISSUE_28
 class TestStorageAsShipped(OnMoto, sm_tests.TestWorkflowsMinioPlayStorageBase):
     """Storage mode, the test cases as shipped."""
 
@@ -171,6 +166,5 @@ class TestStorageInGit(InGit, OnMoto, sm_tests.TestWorkflowsMinioPlayStorageBase
 
     __test__ = True
 
-    @ISSUE_28
     def test_simple_workflow(self, tmp_path):
         super().test_simple_workflow(tmp_path)
