@@ -67,6 +67,7 @@ SSH_RETRY_BUDGET = 180.0  # seconds of SSH trouble tolerated per step
 # still being installed but one the host never got (a run that died between renting and
 # attaching it) or lost, and booting again attaches this run's key at once.
 REATTACH_AUTH_GRACE = 20.0
+_UNSET = object()
 REMOTE_DIR = payload.REMOTE_DIR
 
 # What a dying link can raise from deep inside paramiko when the adapter did not
@@ -97,6 +98,7 @@ class SshTransport:
         self.time_up = threading.Event()  # --vastai-max-runtime passed (set by a timer)
         self._log_offset = 0  # bytes of the running process's log already in the local log
         self._log_total = 0  # bytes this job's local log has taken (for the download cap)
+        self._cap: object = _UNSET  # the download cap, once known (see _download_cap)
         self._offline_since: float | None = None  # monotonic: the host's heartbeat lost
 
     # -- renting and booting -------------------------------------------------------------
@@ -201,9 +203,12 @@ class SshTransport:
         return None
 
     def _download_cap(self) -> int | None:
-        settings = self.p.settings
-        return download_cap(settings.max_download_bytes,
-                            self.p.spec.rented_disk_gb(settings.offer_settings.disk_gb))
+        """The job's download cap, worked out once (the log follower asks per chunk)."""
+        if self._cap is _UNSET:
+            settings = self.p.settings
+            self._cap = download_cap(settings.max_download_bytes,
+                                     self.p.spec.rented_disk_gb(settings.offer_settings.disk_gb))
+        return self._cap  # type: ignore[return-value]
 
     def close(self) -> None:
         with self._lock:
