@@ -17,6 +17,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..run.terminal import sanitise
+
 CRASH_ENV = "SNAKEMAKE_VASTAI_CRASH_AT"
 CRASH_POINTS = ("after_rent_intent", "after_create", "after_launch", "after_download",
                 "after_destroy_request", "after_give_back")
@@ -121,7 +123,7 @@ def log_tail(path: str, lines: int = 20) -> str:
         if TIMESTAMP.match(all_lines[report - 1]):
             report -= 1
         all_lines = all_lines[:report]
-    tail = all_lines[-lines:]
+    tail = [sanitise(line) for line in all_lines[-lines:]]  # it reaches journal views too
     return ("\n    " + "\n    ".join(tail)) if tail else ""
 
 

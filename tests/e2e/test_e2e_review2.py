@@ -206,6 +206,9 @@ def test_a_failed_jobs_error_ends_with_its_last_lines_and_no_escape_reaches_the_
     assert "\\x1b[2J" in err  # made visible, not dropped: tampering shows
     log = next((wf / ".snakemake" / "auxiliary" / "vastai-logs").rglob("*.log"))
     assert b"\x1b[2J" in log.read_bytes()  # the job's own log stays raw
+    # what `journal show` prints comes from the journal: sanitised there too
+    text = " ".join(str(v) for row in journal_rows(wf, "select * from jobs") for v in row)
+    assert "the real cause" in text and "\x1b" not in text
 
 
 # -- 7. a job's leftovers do not live on into the next job on a warm instance -------------------
