@@ -329,10 +329,11 @@ class InstancesMixin(TableGroup):
     # -- the instance life cycle: moves decided by lifecycle/instance_life.py's machine
     def instance_row(self, *, label: str | None = None,
                      instance_id: int | None = None) -> dict | None:
-        """The instance row with this label and/or id (None: not journaled)."""
+        """The instance row with this label and/or id (None: not journaled). A closed
+        journal raises JournalError, as every read does (a reaper thread may ask late)."""
         where, params = _instance_match(label, instance_id)
-        with self._lock:
-            return self._instance_row(self.db, where, params)
+        rows = self._rows(f"SELECT * FROM instances WHERE {where}", params)
+        return rows[0] if rows else None
 
     def move_instance(
         self, label: str, *, source: str, dest: str, trigger: str, job_id: str | None = None,

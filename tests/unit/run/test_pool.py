@@ -438,3 +438,13 @@ def test_giving_back_wakes_waiting_jobs_and_expiring_ends_the_offers_claim(journ
     assert pool.idle_offers()[0]["id"] == OFFER["id"]
     pool.drain("the run ended")
     assert [o["id"] for o in gone] == [OFFER["id"]] and not pool.holds(labels[0])
+
+
+def test_a_closed_journal_answers_the_machine_with_a_journal_error(tmp_path):
+    """A reaper thread may move an instance after the run closed its journal: the error
+    must be the JournalError the pool handles, not sqlite's ProgrammingError."""
+    journal = Journal.for_workdir(tmp_path)
+    _run, _jobs, (label,) = rented(journal)
+    journal.close()
+    with pytest.raises(JournalError):
+        instance_life.fire(journal, label, "given_back", leased_by=None)
