@@ -124,10 +124,10 @@ def check_market(requests: dict[str, RuleRequest], search: Callable[..., list[di
             continue
         if any(offer_misfit(o, request.query, unknown_fits=True) is None for o in held):
             continue
-        renamed = _market_spelling(search, request, result)
-        if renamed is not None:
+        around = _relaxed(search, request, result)  # one search serves both below
+        if _market_spelling(search, request, result, around) is not None:
             continue
-        problem = _diagnose(search, request, result)
+        problem = _diagnose(request, around)
         for rule in entry.rules:
             by_rule[rule].append(problem)
     for rule, found in sorted(by_rule.items()):
@@ -146,12 +146,12 @@ def _answers(search: Callable[..., list[dict]], request: OfferRequest,
 
 
 def _market_spelling(search: Callable[..., list[dict]], request: OfferRequest,
-                     result: MarketCheck) -> str | None:
+                     result: MarketCheck, around: list[dict]) -> str | None:
     """The request's GPU under the market's spelling, if that one matches (None: no)."""
     wanted = requested_gpu_name(request)
     if wanted is None:
         return None
-    names = _market_names(search, request, result)
+    names = _names(around)
     same = [n for n in names if gpu_key(n) == gpu_key(wanted) and n != wanted]
     for name in same:
         renamed = with_gpu_name(request, name)
@@ -161,14 +161,14 @@ def _market_spelling(search: Callable[..., list[dict]], request: OfferRequest,
     return None
 
 
-def _diagnose(search: Callable[..., list[dict]], request: OfferRequest,
-              result: MarketCheck) -> str:
+def _diagnose(request: OfferRequest, around: list[dict]) -> str:
     """No offer matches: say what was asked, the closest offers and, for a GPU name, the
-    market's names that come closest."""
+    market's names that come closest (``around``: the market without the machine filters,
+    best first)."""
     text = f"no Vast.ai offer matches {request.text}"
     wanted = requested_gpu_name(request)
     if wanted is not None:
-        names = _market_names(search, request, result)
+        names = _names(around)
         close = difflib.get_close_matches(gpu_key(wanted), {gpu_key(n): n for n in names},
                                           3, 0.6)
         spelled = {gpu_key(n): n for n in names}
@@ -176,7 +176,7 @@ def _diagnose(search: Callable[..., list[dict]], request: OfferRequest,
             text += "; did you mean " + " or ".join(repr(spelled[c]) for c in close) + "?"
         elif names:
             text += f"; the market offers {', '.join(sorted(names)[:12])}"
-    closest = _relaxed(search, request, result, CLOSEST_SHOWN)
+    closest = around[:CLOSEST_SHOWN]
     if closest:
         text += "; closest offers: " + ", ".join(_brief(o) for o in closest)
     else:
@@ -186,18 +186,16 @@ def _diagnose(search: Callable[..., list[dict]], request: OfferRequest,
                    "--vastai-geolocation)")
 
 
-def _market_names(search: Callable[..., list[dict]], request: OfferRequest,
-                  result: MarketCheck) -> list[str]:
-    offers = _relaxed(search, request, result, NAMES_LIMIT)
+def _names(offers: list[dict]) -> list[str]:
     return sorted({str(o["gpu_name"]) for o in offers if o.get("gpu_name")})
 
 
-def _relaxed(search: Callable[..., list[dict]], request: OfferRequest, result: MarketCheck,
-             limit: int) -> list[dict]:
-    """The request without what it asks of the machine: the market around it."""
+def _relaxed(search: Callable[..., list[dict]], request: OfferRequest,
+             result: MarketCheck) -> list[dict]:
+    """The request without what it asks of the machine: the market around it, best first."""
     query = {k: v for k, v in request.query.items() if k not in MACHINE_FIELDS}
     result.searches += 1
-    return list(search(query, request.order, limit, 0.0))
+    return list(search(query, request.order, NAMES_LIMIT, 0.0))
 
 
 def _brief(offer: dict) -> str:
