@@ -61,7 +61,7 @@ MIN_UPLOAD_MEASURE = 1024**2  # transfers smaller than this say nothing about th
 
 @dataclass
 class Problem:
-    kind: str  # no_offer, settings, balance, untracked, price_cap
+    kind: str  # no_offer, settings, balance, untracked, price_cap, not_git
     message: str
     stops: bool  # would stop (or fail) the run
     rule: str | None = None
@@ -164,12 +164,20 @@ def _result(rules: list[RulePlan], problems: list[Problem], balance: float | Non
 class _Quiet:
     """A logger for check_git: its warning lists every untracked file, declared inputs
     too; the plan names only the untracked files a rule's command needs (see
-    :func:`untracked_problems`)."""
+    :func:`untracked_problems`). A workflow outside git is reported as the run reports
+    it: what ships and what git would have added."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
 
     def warning(self, event: str, **_kw: Any) -> None:
-        pass
+        from ..run.startup import NOT_GIT
 
-    info = warning
+        if NOT_GIT in event:
+            self.problems.append(Problem("not_git", event, False))
+
+    def info(self, event: str, **_kw: Any) -> None:
+        pass
 
 
 def start_checks(workflow: Any, workdir: Path, resolved: Any,
@@ -182,7 +190,7 @@ def start_checks(workflow: Any, workdir: Path, resolved: Any,
     def found(exc: Exception) -> None:
         problems.append(Problem("start", str(exc), True))
 
-    quiet: Any = _Quiet()
+    quiet: Any = _Quiet(problems)
     preflight(workflow, workflow.executor_settings, resolved.forward_credentials, workdir,
               quiet, found)
 

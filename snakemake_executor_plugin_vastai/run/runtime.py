@@ -65,6 +65,7 @@ class SnakemakeHooks:
     storage: StorageSetup | None = None  # storage mode (see storage.py), else SSH mode
     credential_env: Mapping[str, str] = field(default_factory=dict)  # e.g. Google creds
     uses_conda: bool = False  # --software-deployment-method conda
+    workdir_rel: str = ""  # the working directory below the sources' root (sources.Layout)
     # The DAG's unfinished jobs that need to run (work_ahead.py); None: cannot tell.
     needrun_jobs: Callable[[], Iterable[Any]] | None = None
 
@@ -102,7 +103,7 @@ class Run:
             declared_envvars=hooks.declared_envvars, snakemake_version=hooks.snakemake_version,
             forward_credentials=settings.forward_credentials,
             credential_env=hooks.credential_env, write_source_archive=hooks.write_source_archive,
-            uses_conda=hooks.uses_conda,
+            uses_conda=hooks.uses_conda, workdir_rel=hooks.workdir_rel,
             archive_path=workdir / ".snakemake" / "vastai" / f"sources-{self.run_id}.tar.xz")
         self.machine = build_machine()
         self.storage = hooks.storage

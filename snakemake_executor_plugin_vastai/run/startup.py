@@ -43,8 +43,16 @@ from ..vastai.offers import OfferSettings
 from ..workflow import checkpoints
 from ..workflow.deploy import Scope, apply_scope
 from ..workflow.rule_settings import container_of, validate_rule_settings
-from ..workflow.sources import SourcesError, git_files, in_git, newline_paths
+from ..workflow.sources import (
+    SourcesError,
+    git_files,
+    in_git,
+    newline_paths,
+    registered_sources,
+    unshipped_files,
+)
 from ..workflow.sources import install as install_sources
+from ..workflow.sources import layout as source_layout
 from ..workflow.validation import (
     ConfigError,
     parse_image_reference,
@@ -201,7 +209,7 @@ def storage_preflight(workflow: Any, forward_credentials: bool
     return mode, credential_env
 
 
-def deploy_sources(workflow: Any, mode: StorageMode) -> StorageSetup:
+def deploy_sources(workflow: Any, mode: StorageMode, workdir_rel: str = "") -> StorageSetup:
     """Snakemake uploads the run's source archive to the bucket, once per run."""
     try:
         workflow.upload_sources()
@@ -219,7 +227,7 @@ def deploy_sources(workflow: Any, mode: StorageMode) -> StorageSetup:
                                          storage_args)
 
     return StorageSetup(mode=mode, deploy_command=command, outputs=OutputProbe(),
-                        checkpoint_fetch=checkpoint_fetch)
+                        checkpoint_fetch=checkpoint_fetch, workdir_rel=workdir_rel)
 
 
 def validate_scheduled_jobs(workflow: Any) -> None:
@@ -314,20 +322,29 @@ def scope_sources(workflow: Any, settings: Any, log: PluginLogger) -> Scope:
 UNTRACKED_SHOWN = 10
 
 
-def check_git(workdir: Path, log: PluginLogger) -> None:
+NOT_GIT = "is not in a git repository"  # the plan reports this warning (cli/plan.py)
+
+
+def check_git(workflow: Any, workdir: Path, log: PluginLogger) -> None:
     """Git-tracked files are what is shipped beside what Snakemake knows to be sources.
 
     Outside git (or without git), the run ships only what Snakemake itself knows (the
     Snakefile and its includes, config files, ``script:``/``notebook:`` files and their
-    folders, conda files), as Snakemake's own remote execution does, and says so once.
-    Inside git, files git does not track are listed in a warning, because a script that is
-    neither tracked nor declared as an input is silently missing remotely.
+    folders, conda files), as Snakemake's own remote execution does, and says so once,
+    naming the files git would have added. Inside git, files git does not track are listed
+    in a warning, because a script that is neither tracked nor declared as an input is
+    silently missing remotely.
     """
-    if not in_git(workdir):
-        log.warning(f"{workdir} is not in a git repository: shipping only what Snakemake "
-                    "knows to be sources (the Snakefile and its includes, config, script "
-                    "and conda files); other files a job reads must be declared inputs, or "
-                    "'git init' and 'git add' them to ship them")
+    tree = source_layout(workflow, workdir).tree
+    if not in_git(tree):
+        left = unshipped_files(tree, registered_sources(workflow), workdir)
+        shown = ", ".join(left[:UNTRACKED_SHOWN])
+        more = f" and {len(left) - UNTRACKED_SHOWN} more" if len(left) > UNTRACKED_SHOWN else ""
+        named = (f"; {len(left)} other files below it do not ship unless a rule declares "
+                 f"them as input: {shown}{more}") if left else ""
+        log.warning(f"{tree} {NOT_GIT}: shipping only what Snakemake knows to be sources "
+                    "(the Snakefile and its includes, config, script and conda files)"
+                    f"{named}; 'git init' and 'git add' files to ship them too")
         return
     try:
         bad = newline_paths(git_files(workdir))
@@ -452,8 +469,8 @@ def preflight(workflow: Any, settings: Any, forward_credentials: bool, workdir: 
     stages: list[list[Callable[[], Any]]] = [
         [lambda: validate_scheduled_jobs(workflow)],
         [lambda: check_apptainer(workflow)],
-        [lambda: check_git(workdir, log),
-         lambda: install_sources(workflow, workdir),  # before the scope wraps the listing
+        [lambda: check_git(workflow, workdir, log),
+         lambda: install_sources(workflow, workdir, log.warning),  # before the scope wraps it
          lambda: scope_sources(workflow, settings, log)],
         [lambda: storage_preflight(workflow, forward_credentials)],
     ]
@@ -520,6 +537,7 @@ def start_run(executor: Any) -> Run:
         snakemake_version=snakemake.__version__,
         credential_env=credential_env,
         uses_conda=uses_conda(executor.workflow),
+        workdir_rel=source_layout(executor.workflow, workdir).workdir_rel,
         needrun_jobs=needrun_reader(executor.workflow),
     )
     journal = open_journal(workdir, log)
@@ -542,7 +560,7 @@ def start_run(executor: Any) -> Run:
         raise WorkflowError(str(exc)) from None
     if mode is not None:
         try:
-            run.storage = deploy_sources(executor.workflow, mode)
+            run.storage = deploy_sources(executor.workflow, mode, hooks.workdir_rel)
         except WorkflowError:
             run.close("storage unavailable")
             raise

@@ -32,6 +32,9 @@ class Workspace:
     write_source_archive: Callable[[Path], None] | None = None
     archive_path: Path | None = None
     uses_conda: bool = False  # --software-deployment-method conda
+    # The working directory below the source archive's root ("" = the root; see
+    # sources.Layout): on the instance the job runs that far below its own directory.
+    workdir_rel: str = ""
     _archive: Path | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -45,6 +48,15 @@ class Workspace:
                 self.write_source_archive(self.archive_path)
                 self._archive = self.archive_path
             return self._archive
+
+    def up(self) -> str:
+        """From the job's working directory on the instance back to its own directory."""
+        depth = len(self.workdir_rel.split("/")) if self.workdir_rel else 0
+        return "/".join([".."] * depth) or "."
+
+    def remote_dir(self, job_dir: str) -> str:
+        """Where the job runs below ``job_dir``, its own directory on the instance."""
+        return f"{job_dir}/{self.workdir_rel}" if self.workdir_rel else job_dir
 
     def environment(self) -> dict[str, str]:
         """Variables for a remote job (secrets registered before anything sends them)."""
@@ -126,7 +138,7 @@ class JobSpec:
         conda = payload.conda_rules(self.job) if self.workspace.uses_conda else []
         checks = [payload.conda_check(conda, self.image)] if conda else []
         return payload.job_script(self.snakemake_command(), self.workspace.snakemake_version,
-                                  checks)
+                                  checks, unpack_to=self.workspace.up())
 
     def environment(self) -> dict[str, str]:
         return self.workspace.environment()

@@ -227,19 +227,22 @@ def conda_rules(job: Any) -> list[str]:
     return [str(m.rule.name) for m in members if getattr(m, "conda_env_spec", None)]
 
 
-def job_script(command: str, snakemake_version: str, checks: Iterable[str] = ()) -> str:
+def job_script(command: str, snakemake_version: str, checks: Iterable[str] = (),
+               unpack_to: str = ".") -> str:
     """The remote shell script: bootstrap, unpack sources, run the job.
 
     Bootstrap installs Snakemake at the local version only when the image
     lacks it (real images usually do; the simulator never does). ``checks`` are shell
-    lines run first (e.g. :func:`conda_check`).
+    lines run first (e.g. :func:`conda_check`). The script runs in the job's working
+    directory; the sources unpack at ``unpack_to`` from there, the root they were packed
+    from (``..`` under a ``workdir:`` directive; see sources.Layout).
     """
     version = snakemake_version if _SNAKEMAKE_VERSION_RE.match(snakemake_version) else ""
     pin = f"snakemake=={version}" if version else "snakemake"
     unpack = (
         "import sys, tarfile\n"
         f"with tarfile.open({SOURCES_MEMBER!r}) as t:\n"
-        "    t.extractall('.', filter='data')\n"
+        f"    t.extractall({unpack_to!r}, filter='data')\n"
     )
     return "\n".join([
         "set -e",

@@ -71,11 +71,7 @@ def test_issue13_case_in_storage_mode(case: Case, tmp_path, simulator,
 
 
 @pytest.mark.differential
-@pytest.mark.parametrize("case", [
-    pytest.param(c, id=c.name, marks=[pytest.mark.xfail(
-        strict=True, reason="issue 28: sources above a workdir: directive")]
-        if c.name == "workdir_directive_script_outside" else [])
-    for c in WORKDIR_CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in WORKDIR_CASES])
 def test_working_directory_case_in_storage_mode(case: Case, tmp_path, simulator,
                                                 s3_server):  # noqa: F811
     """Issue 28's cases (--directory from the parent, a workdir: directive with a script

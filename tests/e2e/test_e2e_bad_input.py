@@ -129,11 +129,16 @@ def test_a_workflow_outside_git_ships_what_snakemake_knows_and_says_so(tmp_path,
         "open(snakemake.output[0], 'w').write('made\\n')\n")
     (wf / "Snakefile").write_text('rule one:\n    output: "one.txt"\n'
                                   '    script: "scripts/make.py"\n')
+    (wf / "notes").mkdir()
+    (wf / "notes" / "lab book.txt").write_text("git would have shipped this\n")
     result = run_snakemake(wf, simulator.url, simulator.api_key, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (wf / "one.txt").read_text() == "made\n"
     assert "not in a git repository: shipping only what Snakemake knows" in result.stderr
     assert str(wf) in result.stderr
+    # named as what git would have added; the script, shipped, is not named
+    assert "1 other files below it do not ship" in result.stderr
+    assert "notes/lab book.txt" in result.stderr and "scripts/make.py" not in result.stderr
     assert alive(simulator.truth()) == []
     assert subprocess.run(["git", "status"], cwd=wf, capture_output=True).returncode != 0
 

@@ -317,6 +317,23 @@ def test_the_plan_runs_the_runs_own_start_checks(tmp_path, simulator):
     nothing_rented(simulator)
 
 
+def test_the_plan_says_what_a_workflow_outside_git_ships(tmp_path, simulator):
+    """As the run warns (test_e2e_bad_input): the plan names what git would have added;
+    it does not stop the run."""
+    wf = tmp_path / "nogit"
+    (wf / "scripts").mkdir(parents=True)
+    (wf / "scripts" / "make.py").write_text("open(snakemake.output[0], 'w').write('x')\n")
+    (wf / "Snakefile").write_text('rule one:\n    output: "one.txt"\n'
+                                  '    script: "scripts/make.py"\n')
+    (wf / "extra.txt").write_text("git would have shipped this\n")
+    code, got = plan_json(wf, simulator, jobs=1)
+    assert code == 0, got["problems"]
+    (problem,) = [p for p in got["problems"] if p["kind"] == "not_git"]
+    assert not problem["stops"]
+    assert "extra.txt" in problem["message"] and "scripts/make.py" not in problem["message"]
+    nothing_rented(simulator)
+
+
 def test_the_plan_runs_storage_modes_checks(tmp_path, simulator, s3_server):  # noqa: F811
     """A --default-storage-prefix whose bucket does not exist stops the run: so the plan."""
     from tests.e2e.test_e2e_storage import CHAIN, s3_env

@@ -138,7 +138,7 @@ class SshTransport:
                 and claim.row.get("actual_status") == "running":
             try:
                 status = self.with_ssh("re-attach",
-                                       lambda s: s.job_status(self.m.work_dir),
+                                       lambda s: s.job_status(self.job_dir),
                                        auth_grace=REATTACH_AUTH_GRACE, endpoint=endpoint)
             except JobFailure as exc:
                 self.steps.log("warning", "cannot re-attach over SSH; booting it again",
@@ -147,12 +147,18 @@ class SshTransport:
         return Reattached(status=status, started=started, exit_code=exit_code,
                           endpoint=endpoint)
 
+    @property
+    def job_dir(self) -> str:
+        """Where the job runs on the instance: its own directory (``JobModel.work_dir``,
+        the one warm reuse prunes), or below it under a ``workdir:`` directive."""
+        return self.p.spec.workspace.remote_dir(self.m.work_dir)
+
     # -- the steps --------------------------------------------------------------------
     def upload(self) -> Uploaded:
         shipment = self.p.spec.shipment()
         files, linked = self._reuse_on_instance(shipment.files)
         with self._progress("upload", planned_bytes(files)):
-            sent = self.with_ssh("upload", lambda s: s.upload(files, self.m.work_dir))
+            sent = self.with_ssh("upload", lambda s: s.upload(files, self.job_dir))
         self._note_sources(shipment.files)
         return Uploaded(files=len(shipment.files), bytes=sent,
                         already_on_instance=len(linked))
@@ -175,7 +181,7 @@ class SshTransport:
             try:
                 with self._progress("download", None):
                     self.with_ssh("download", lambda s: s.download(
-                        self.m.work_dir, back.paths, self.p.spec.workspace.workdir,
+                        self.job_dir, back.paths, self.p.spec.workspace.workdir,
                         allowed=allowed, max_bytes=self._download_cap(),
                         optional=back.optional))
             except JobFailure:
@@ -190,7 +196,7 @@ class SshTransport:
         """End everything the job started (launch.py's sweep); None when the instance is
         provably clean, else why it must not serve another job."""
         try:
-            swept = self.with_ssh("clean-up", lambda s: s.sweep(self.m.work_dir))
+            swept = self.with_ssh("clean-up", lambda s: s.sweep(self.job_dir))
         except JobFailure as exc:
             return f"the clean-up after the job failed: {exc}"
         if swept.untagged:
@@ -264,7 +270,7 @@ class SshTransport:
         linked: list[str] = []
         if pairs:
             done = self.with_ssh("link", lambda s: s.run(
-                link_command(self.m.work_dir, pairs), timeout=max(self.p.settings.ssh_timeout,
+                link_command(self.job_dir, pairs), timeout=max(self.p.settings.ssh_timeout,
                                                                    30)))
             if done.rc == 0:
                 linked = [line for line in done.stdout.decode(errors="replace").splitlines()
@@ -290,7 +296,7 @@ class SshTransport:
         if self.m.work_dir not in warm.dirs:
             warm.dirs.append(self.m.work_dir)
         if any(rel == payload.SOURCES_MEMBER for _, rel in files):
-            warm.sources = f"{self.m.work_dir}/{payload.SOURCES_MEMBER}"
+            warm.sources = f"{self.job_dir}/{payload.SOURCES_MEMBER}"
 
     def _note_outputs(self, paths: list[str]) -> None:
         """Files that came home from this job: a later job's inputs, maybe."""
@@ -301,7 +307,7 @@ class SshTransport:
         for rel in paths:
             digest = file_digest(root / rel)
             if digest is not None:
-                warm.files[rel] = (f"{self.m.work_dir}/{rel}", digest)
+                warm.files[rel] = (f"{self.job_dir}/{rel}", digest)
 
     # -- running ----------------------------------------------------------------------
     def _runtime_timer(self) -> threading.Timer | None:
@@ -333,9 +339,9 @@ class SshTransport:
                 tries += 1
                 # A retry after a lost answer: the first launch may have started the job
                 # (the instance has one job directory, so a job found there is ours).
-                if tries > 1 and session.job_status(self.m.work_dir) != "absent":
+                if tries > 1 and session.job_status(self.job_dir) != "absent":
                     return
-                session.launch(self.m.work_dir, command, env=env)
+                session.launch(self.job_dir, command, env=env)
 
             self._log_offset = 0  # a new process: its log starts at its first byte
             self.with_ssh("launch", launch)
@@ -354,7 +360,7 @@ class SshTransport:
     def _follow(self, session: RemoteSession) -> Any:
         # The local log file is the authority on how far we got: after a drop
         # the follower resumes at exactly the bytes already written.
-        return session.follow(self.m.work_dir, offset=self._log_offset,
+        return session.follow(self.job_dir, offset=self._log_offset,
                               on_output=self._log_bytes)
 
     def _log_bytes(self, chunk: bytes) -> None:

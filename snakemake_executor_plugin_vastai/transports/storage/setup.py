@@ -44,11 +44,17 @@ class StorageSetup:
     outputs: OutputProbe
     # a job's container line fetching the checkpoint outputs it may consult (checkpoints.py)
     checkpoint_fetch: Callable[[Any], str] = lambda job: ""
+    # The working directory below the sources' root (sources.Layout): Snakemake unpacks
+    # the archive where it stands, so the job steps down into its working directory after.
+    workdir_rel: str = ""
 
     def prepare_command(self, job: Any) -> str:
-        """Deploy the sources, then fetch checkpoint outputs (evaluated per job)."""
-        return "\n".join(line for line in (self.deploy_command, self.checkpoint_fetch(job))
-                         if line)
+        """Deploy the sources, step into the working directory, then fetch checkpoint
+        outputs (evaluated per job)."""
+        into = shlex.quote(self.workdir_rel)
+        step = f"mkdir -p -- {into} && cd -- {into}" if self.workdir_rel else ""
+        return "\n".join(line for line in (self.deploy_command, step,
+                                            self.checkpoint_fetch(job)) if line)
 
 
 class StorageCheckFailed(Exception):

@@ -4,6 +4,7 @@ of the remote Snakemake command line, and the early refusal of newlines."""
 from __future__ import annotations
 
 import subprocess
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,10 +64,14 @@ def test_the_source_listing_snakemake_archives_holds_every_odd_name(tmp_path, mo
     repo = git_repo(tmp_path / "wf \u00e9 $x 'q'", ["Snakefile", *ODD_NAMES])
     monkeypatch.chdir(repo)
     workflow = fake_workflow(["Snakefile"])
-    sources.install(workflow, repo)
+    warnings: list[str] = []
+    sources.install(workflow, repo, warnings.append)
     listed = workflow.dag.get_sources()
     assert listed == {"Snakefile", *ODD_NAMES}
-    assert all((repo / name).is_file() for name in listed)  # what the archive opens
+    workflow.write_source_archive(repo.parent / "sources.tar.xz")
+    with tarfile.open(repo.parent / "sources.tar.xz") as archive:
+        assert sorted(archive.getnames()) == sorted(listed)
+    assert warnings == []
 
 
 def test_names_with_newlines_are_found():
