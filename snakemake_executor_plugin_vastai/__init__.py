@@ -5,7 +5,7 @@ the :class:`Executor` (``executor.py``, thin glue). It is imported on every
 ``snakemake`` start (plugins register their CLI options), so it imports nothing heavy;
 the SDK, paramiko and SQLite come in on first use.
 
-Where to find things (one folder per concern; the README's "Architecture" lists them):
+Where to find things (one folder per concern; docs/architecture.md lists them):
 ``lifecycle/`` the job and instance state machines and the job driver, ``run/`` one
 run's parts (start-up, recovery, teardown, warm pool, watcher), ``journal/`` the SQLite
 journal, ``vastai/`` everything that speaks to Vast.ai, ``transports/`` SSH and storage
