@@ -47,7 +47,7 @@ from benchmarks.simproc import SimProcess
 from benchmarks.workload import read_stamp, write_workflow
 
 REAL_BOOT = (60.0, 300.0)  # seconds, Vast.ai's typical range (NOTES.md)
-REAL_IDLE_TIMEOUT = 60.0  # the plugin's default (pool.DEFAULT_IDLE_TIMEOUT)
+REAL_IDLE_TIMEOUT = 60.0  # the plugin's default (settings.DEFAULT_IDLE_TIMEOUT)
 
 
 def run_once(base: Path, *, reuse: bool, jobs: int, job_seconds: float, parallel: int,

@@ -11,7 +11,7 @@ imported on every ``snakemake`` start (through the package), so it imports nothi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,46 @@ if TYPE_CHECKING:
 __version__ = "0.2.0"
 DEFAULT_IMAGE = "vastai/pytorch:@vastai-automatic-tag"
 DEFAULT_URL = "https://console.vast.ai"
+# Defaults of options whose code reads them elsewhere (the modules there import these):
+# held here so ExecutorSettings can show them without importing anything heavy.
+DEFAULT_BID_FACTOR = 1.0  # vastai/bids.py: the bid as a multiple of the offer's min_bid
+DEFAULT_PREEMPTION_GRACE = 300.0  # vastai/bids.py: seconds an outbid instance may stay stopped
+DEFAULT_IDLE_TIMEOUT = 60.0  # run/pool.py: about the shortest Vast.ai boot an idle one saves
+DEFAULT_OFFER_WAIT = 1800.0  # lifecycle/renting.py: seconds a job waits for an offer
+
+
+def option(help: str, default: Any = None, *, shown: str | None = None, env: bool = False,
+           choices: list[str] | None = None) -> Any:
+    """One ``ExecutorSettings`` field whose help ends with the default it really has.
+
+    Snakemake's ``--help`` (and the plugin catalog's settings table) print a field's
+    help, not its default, so the default is written into the help here, from the value
+    itself: ``shown`` only where the value is None and means something (no cap, the
+    disk the job rented). ``env``: Snakemake also reads ``SNAKEMAKE_VASTAI_<NAME>``
+    and appends ``[env var: ...]`` to the help.
+    """
+    metadata: dict[str, Any] = {
+        "help": f"{help} Default: {shown or default_text(default)}.",
+        "env_var": env, "required": False, "default_shown": shown or default_text(default)}
+    if choices is not None:
+        metadata["choices"] = choices
+    return field(default=default, metadata=metadata)
+
+
+def default_text(value: Any) -> str:
+    """A default as a person types it: ``off`` for a flag, ``5`` for 5.0, ``1800``."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def shown_default(setting: Field) -> str:
+    """The default ``--help`` shows for one ExecutorSettings field (docs tests read it)."""
+    return str(setting.metadata.get("default_shown", default_text(setting.default)))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command (README "Development"): installs everything it needs
+# The one test command (README; docs/development.md): installs everything it needs
 # (uv from PyPI, the project with its test extras, the OpenSSH client used by
 # the simulator's interoperability tests, Debian's chromium for the timeline
 # page) and runs the suite.

@@ -17,7 +17,7 @@ from ..lifecycle import instance_machine
 from ..lifecycle.job_machine import Progress, machine_kwargs
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "statecharts"
-README = CHART_DIR.parent / "README.md"
+README = CHART_DIR.parent / "docs" / "state-machines.md"  # the page that embeds the job chart
 START, END = "<!-- statechart:start -->", "<!-- statechart:end -->"
 MERMAID_FILE = "job-lifecycle.mmd"
 MARKDOWN_FILE = "job-lifecycle.md"

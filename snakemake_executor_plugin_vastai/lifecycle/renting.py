@@ -30,7 +30,7 @@ MAX_EXTRA_OFFERS = 200  # offers asked for beyond the limit, to see past our own
 # Seconds a job waits for a matching offer to come free before it fails
 # (--vastai-offer-wait): long enough for the run's own jobs of typical GPU length to
 # finish and hand their instances on, and waiting rents nothing, so it costs no money.
-DEFAULT_OFFER_WAIT = 1800.0
+# DEFAULT_OFFER_WAIT (1800 s) lives in settings.py, where --help shows it.
 # Pace of the searches of a waiting job: from 2 s up to 20 s between searches of one
 # job (shared with the run's other jobs asking the same, see shared_search.py), well
 # inside the search endpoint's rate limit; a vacancy of the run wakes it sooner.

@@ -47,13 +47,14 @@ from typing import Any
 
 from ..journal.store import Journal, JournalError
 from ..lifecycle import instance_life
+from ..settings import DEFAULT_IDLE_TIMEOUT
 from ..vastai.query import offer_misfit
 
 # Seconds an idle instance waits for its next job by default. Vast.ai boots take 60-300 s
 # (NOTES.md); waiting at most as long as the cheapest boot can never cost more than one
 # avoided boot (the ski-rental bound), while the gap between a job's end and the next
 # job's submission in Snakemake is a few seconds (benchmarks/reuse.py measures both).
-DEFAULT_IDLE_TIMEOUT = 60.0
+# DEFAULT_IDLE_TIMEOUT (60 s) lives in settings.py, where --help shows it.
 # Seconds a boot is taken to last until this run has measured one: the middle of the
 # 60-300 s Vast.ai boots (NOTES.md).
 DEFAULT_BOOT_ESTIMATE = 180.0

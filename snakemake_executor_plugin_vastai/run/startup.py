@@ -18,7 +18,9 @@ from snakemake_interface_common.exceptions import WorkflowError
 
 from ..journal.store import RELATIVE_PATH, WORKFLOW_ID_FILE, Journal, JournalCorrupt, JournalError
 from ..settings import (
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_IMAGE,
+    DEFAULT_OFFER_WAIT,
     RunSettings,
     __version__,
     resolve_api_key,
@@ -150,16 +152,12 @@ def max_download(settings: Any) -> int | None:
 
 def idle_timeout(settings: Any) -> float:
     """--vastai-idle-timeout: seconds an idle warm instance waits (>= 0; unset: the default)."""
-    from .pool import DEFAULT_IDLE_TIMEOUT
-
     return _seconds(settings, "idle_timeout", DEFAULT_IDLE_TIMEOUT,
                     "0 = destroy an instance as soon as its job is done")
 
 
 def offer_wait(settings: Any) -> float:
     """--vastai-offer-wait: seconds a job waits for a matching offer to come free."""
-    from ..lifecycle.renting import DEFAULT_OFFER_WAIT
-
     return _seconds(settings, "offer_wait", DEFAULT_OFFER_WAIT,
                     "0 = fail at once when no matching offer is free")
 

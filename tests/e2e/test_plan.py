@@ -166,8 +166,8 @@ def test_plan_is_a_documented_command():
     done = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "plan",
                            "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Nothing is rented" in done.stdout
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert "python -m snakemake_executor_plugin_vastai plan --jobs 4" in readme
+    costs_page = (Path(__file__).parents[2] / "docs" / "costs.md").read_text()
+    assert "snakemake-vastai plan --jobs 4" in costs_page
 
 
 def test_start_checks_and_a_missing_key_are_problems(tmp_path, simulator):

@@ -1,13 +1,13 @@
-"""Write the README's "Reliability" table from the fault matrix's rows.
+"""Write the "Reliability" table of docs/crash-safety.md from the fault matrix's rows.
 
-The README promises, fault by fault, what the plugin does and what the user
+docs/crash-safety.md promises, fault by fault, what the plugin does and what the user
 sees; ``tests/e2e/test_fault_matrix.py`` checks each promise end to end and keeps
-the wording in ``MATRIX_ROWS``. Generating the README block from those rows
+the wording in ``MATRIX_ROWS``. Generating the page's block from those rows
 means the two cannot drift apart unnoticed: ``tests/project/test_reliability_table.py``
-regenerates the block and fails when the README differs.
+regenerates the block and fails when the page differs.
 
-    python -m tests.harness.reliability_table          # rewrite the README block
-    python -m tests.harness.reliability_table --check  # exit 1 if the README is stale
+    python -m tests.harness.reliability_table          # rewrite the page's block
+    python -m tests.harness.reliability_table --check  # exit 1 if the page is stale
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "crash-safety.md"  # its Reliability table
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
 HEADER = ("Fault", "What the plugin does", "What the user sees")
 FOOTER = """\
@@ -60,7 +60,7 @@ def with_table(text: str, rows: Iterable[tuple[str, str, str]]) -> str:
 
 
 def stale(readme: Path = README, rows: Iterable[tuple[str, str, str]] | None = None) -> bool:
-    """Whether the README's block differs from what the rows generate (or is missing)."""
+    """Whether the page's block differs from what the rows generate (or is missing)."""
     text = readme.read_text()
     if START not in text or END not in text:
         return True
@@ -70,9 +70,10 @@ def stale(readme: Path = README, rows: Iterable[tuple[str, str, str]] | None = N
 def main(argv: list[str] | None = None) -> int:
     """Example: ``python -m tests.harness.reliability_table --check``."""
     parser = argparse.ArgumentParser(prog="python -m tests.harness.reliability_table",
-                                     description="Regenerate the README's Reliability table.")
+                                     description="Regenerate the Reliability table of "
+                                                 "docs/crash-safety.md.")
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on drift")
-    parser.add_argument("--readme", type=Path, default=README, help="the README to update")
+    parser.add_argument("--readme", type=Path, default=README, help="the page to update")
     args = parser.parse_args(argv)
     text = args.readme.read_text()
     if START not in text or END not in text:

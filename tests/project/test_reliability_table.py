@@ -1,4 +1,4 @@
-"""The README's Reliability table is what the fault matrix's rows say.
+"""The Reliability table of docs/crash-safety.md is what the fault matrix's rows say.
 
 The table is the user-facing promise; ``MATRIX_ROWS`` is the wording the fault
 matrix is checked against. If someone edits one and not the other, this fails
