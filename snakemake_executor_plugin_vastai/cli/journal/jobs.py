@@ -15,6 +15,7 @@ import time
 
 from ...costs import warm as warm_cost
 from ...journal.store import Journal
+from ...run.verdict import final_states, verdict
 from ...transports import progress
 from .. import tables
 from .common import (
@@ -151,7 +152,7 @@ def follow_jobs(journal: Journal, args: argparse.Namespace) -> int:
             if clear:
                 print("\x1b[H\x1b[2J", end="")
             if not args.json:
-                print(_follow_header(latest, live))
+                print(_follow_header(journal, latest, live))
             print_jobs(journal, args, compact=True)
             moving = transfers_text(journal, latest) if live and not args.json else ""
             if moving:
@@ -186,8 +187,9 @@ def transfers_text(journal: Journal, run: dict | None) -> str:
     return "\n" + table
 
 
-def _follow_header(run: dict | None, live: bool) -> str:
+def _follow_header(journal: Journal, run: dict | None, live: bool) -> str:
     if run is None:
         return "no runs yet"
-    state = "running (Ctrl-C to stop following)" if live else run_status(run)
+    ended = verdict(run_status(run), final_states(journal.jobs(run_id=run["id"])))
+    state = "running (Ctrl-C to stop following)" if live else ended
     return f"run {run['id']}: {state}  [{tables.when(time.time())}]"
