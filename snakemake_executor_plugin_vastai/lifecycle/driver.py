@@ -56,6 +56,7 @@ from .outcomes import (
     JobFailure,
     Reattached,
     RunEnded,
+    command_exit_code,
     crash_point,
     log_tail,
 )
@@ -355,6 +356,7 @@ class JobDriver(RentingSteps):
             self.m.progress = Progress.HOME  # before the journal hears of it: it may refuse
         else:
             spec = self.p.spec
+            self.m.exit_code = command_exit_code(spec.log_path, self.m.exit_code)
             self.record_failure(f"rule {self.m.rule}: the job exited with code "
                                 f"{self.m.exit_code} on instance {self.m.instance_id}"
                                 f"{spec.failure_note()}; remote "
@@ -369,7 +371,8 @@ class JobDriver(RentingSteps):
             crash_point("after_give_back")
             self.p.pool.give_back(self.m.warm, self.m.job_id)
             return
-        self.fire("downloaded", detail={"paths": back.paths, "exit_code": self.m.exit_code})
+        self.fire("downloaded", detail={"paths": back.paths, "exit_code": self.m.exit_code},
+                  exit_code=self.m.exit_code)
 
     def _clean_for_next(self) -> bool:
         """Before an instance is lent again, everything its job started must be gone (a

@@ -18,6 +18,7 @@ from snakemake_executor_plugin_vastai.journal.store import Journal
 from snakemake_executor_plugin_vastai.lifecycle.driver import JobDriver, build_machine
 from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
 from snakemake_executor_plugin_vastai.lifecycle.models import JobModel
+from snakemake_executor_plugin_vastai.lifecycle.outcomes import command_exit_code
 from snakemake_executor_plugin_vastai.lifecycle.ports import JobPorts
 from snakemake_executor_plugin_vastai.run.keys import RunKey
 from snakemake_executor_plugin_vastai.run.logs import PluginLogger
@@ -259,3 +260,15 @@ def test_the_log_tail_is_the_jobs_own_output_not_the_remote_snakemakes_report(tm
     tail = log_tail(str(log))
     assert tail.endswith("RuntimeError: CUDA out of memory")
     assert "Error in rule" not in tail
+
+
+def test_the_commands_own_exit_code_is_read_from_the_remote_log(tmp_path):
+    """The remote Snakemake exits 1 for any failed rule; its log names the command's code."""
+    log = tmp_path / "job.log"
+    log.write_text("boom\nRuleException:\nCalledProcessError in file \"Snakefile\", line 3:\n"
+                   "Command 'set -euo pipefail;  exit 3' returned non-zero exit status 3.\n"
+                   "Error in rule boom:\n")
+    assert command_exit_code(str(log), 1) == 3
+    log.write_text("MissingOutputException: the rule made no out.txt\n")
+    assert command_exit_code(str(log), 1) == 1  # no command status: the process's own
+    assert command_exit_code(str(tmp_path / "absent.log"), 1) == 1
