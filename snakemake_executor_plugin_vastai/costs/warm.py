@@ -28,7 +28,7 @@ def split(instance: dict, jobs: list[dict], now: float) -> dict[str, float]:
     total = float(instance.get("billed_seconds") or 0.0)
     if total <= 0:
         return {"boot": 0.0, "leased": 0.0, "idle": 0.0}
-    start = float(_first(instance.get("started_at"), instance.get("created_at"), now))
+    start = float(first(instance.get("started_at"), instance.get("created_at"), now))
     end = start + total
     leased = 0.0
     firsts = []
@@ -49,7 +49,7 @@ def job_window(job: dict, end: float) -> tuple[float | None, float]:
     begin = job.get("leased_at")
     if begin is None:
         return None, end
-    stop = _first(job.get("released_at"), job.get("ended_at"), end)
+    stop = first(job.get("released_at"), job.get("ended_at"), end)
     return float(begin), float(stop)
 
 
@@ -75,7 +75,7 @@ def report(instances: list[dict], jobs: list[dict], now: float | None = None) ->
         for share, seconds in shares.items():
             run[f"{share}_seconds"] += seconds
             run[f"{share}_dollars"] += seconds * price
-        end = float(_first(inst.get("started_at"), inst.get("created_at"), now)) + float(
+        end = float(first(inst.get("started_at"), inst.get("created_at"), now)) + float(
             inst.get("billed_seconds") or 0.0)
         for job in served:
             begin, stop = job_window(job, end)
@@ -87,7 +87,8 @@ def report(instances: list[dict], jobs: list[dict], now: float | None = None) ->
             "rules": [{"rule": k, **v} for k, v in rules.items()]}
 
 
-def _first(*values: Any) -> Any:
+def first(*values: Any) -> Any:
+    """The first value that is not None (an epoch of 0.0 is a time, not a missing one)."""
     return next((v for v in values if v is not None), None)
 
 

@@ -202,8 +202,11 @@ def test_ledger_totals_agree_with_the_simulators_billing(tmp_path, simulator_fac
         sum(i["billed_bandwidth_dollars"] for i in billed.values()), rel=0.01)
     assert report["balances"][0]["fell_by"] == pytest.approx(report["total"]["dollars"],
                                                              rel=0.01)
+    # per rule: the rules' shares add up to the simulator's bill, bandwidth included
+    assert sum(r["dollars"] for r in report["rules"]) == pytest.approx(
+        sum(i["billed_dollars"] for i in billed.values()), rel=0.01)
     assert journal_main(["--journal", str(wf / ".snakemake/vastai/journal.sqlite"),
-                         "cost"]) == 0
+                         "cost", "--detail"]) == 0
     text = capsys.readouterr().out
     assert "COMPUTE  BANDWIDTH" in text and "BALANCE OF RUN" in text
     # progress: the 40 MB upload (above the bar; the 12 MB are under it) says when it is
