@@ -40,8 +40,8 @@ STATE_COLOURS = {
 FALLBACK_COLOUR = "#f06292"  # a state this version does not know, drawn all the same
 FAILED_COLOUR = "#c62828"
 
-GUTTER = 632  # px of row labels left of the chart
-CHART = 900  # px of time axis
+GUTTER = 676  # px of row labels left of the chart
+CHART = 760  # px of time axis (the page scales the whole drawing to the window)
 AXIS = 34  # px above the first row
 MIN_BREAK = 60.0  # seconds: a shorter quiet stretch is drawn to scale
 BREAK_SHARE = 0.05  # ... and so is one shorter than this share of the active time
@@ -144,7 +144,7 @@ def render_html(timeline: Timeline) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         f'<p class="when">started {escape(tables.when(run["started_at"]))}, '
-        f'{escape(str(run.get("outcome") or "no recorded end"))}</p>',
+        f'<span id="outcome">{escape(timeline.totals["outcome"])}</span></p>',
         totals_html(timeline.totals),
         legend_html(timeline),
         render_svg(timeline),
@@ -206,9 +206,10 @@ def render_svg(timeline: Timeline) -> str:
     scale = time_scale(timeline)
     height = AXIS + row_h * max(1, len(rows)) + 8
     width = GUTTER + CHART + 16
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" font-size="{11 if row_h > 14 else 9}">',
+    parts = [  # as wide as the window, however wide the drawing (CSS: no sideways scroll)
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" width="100%" '
+        f'viewBox="0 0 {width} {height}" preserveAspectRatio="xMinYMin meet" '
+        f'font-size="{11 if row_h > 14 else 9}">',
         header_row(row_h),
         axis_svg(scale, timeline.start, height),
     ]
@@ -218,8 +219,9 @@ def render_svg(timeline: Timeline) -> str:
     return "\n".join(parts)
 
 
-COLUMNS = [("INSTANCE", 6), ("JOBS", 86), ("GPU", 256), ("REGION", 390), ("$/H", 546),
-           ("COST", 608)]  # x of each label column; the last two are right-aligned
+COLUMNS = [("INSTANCE", 6), ("JOBS", 86), ("GPU", 300), ("REGION", 434), ("$/H", 590),
+           ("COST", 652)]  # x of each label column; the last two are right-aligned
+JOBS_CHARS = 32  # what fits between JOBS and GPU at the chart's font size
 
 
 def header_row(row_h: int) -> str:
@@ -313,13 +315,10 @@ def row_svg(row: Row, index: int, y: int, row_h: int, scale: TimeScale, origin: 
 def labels_svg(row: Row, baseline: int) -> str:
     """The left columns: instance id, jobs served, GPU, region, $/h and the row's cost."""
     instance = "no instance" if row.instance_id is None else str(row.instance_id)
-    jobs = (row.jobs[0].name if len(row.jobs) == 1 else f"{len(row.jobs)} jobs")
     failed = [job for job in row.jobs if job.failed]
-    if failed:
-        jobs = ("\u2716 " if len(row.jobs) == 1 else f"\u2716{len(failed)} ") + jobs
     values = [
         instance,
-        _clip(jobs, 26),
+        _clip(jobs_label(row.jobs), JOBS_CHARS),
         _clip(row.gpu or "-", 20),
         _clip(row.region or "-", 20),
         "-" if row.dph is None else f"${row.dph:.3f}",
@@ -342,6 +341,24 @@ def labels_svg(row: Row, baseline: int) -> str:
         title += (f"\nrented by run {row.rented_by_run}: its cost (in parentheses) counts "
                   "in that run's totals")
     return f'<g class="labels"><title>{escape(title)}</title>{"".join(texts)}</g>'
+
+
+def jobs_label(jobs: list) -> str:
+    """What ran on the row, readable without the hover text.
+
+    ``boom #3 failed`` for one job; ``3 jobs: ok (2), report`` for several (rules
+    in the order they ran), ``2 jobs, 1 failed: ok, boom`` when some failed.
+    """
+    if not jobs:
+        return "no job"
+    if len(jobs) == 1:
+        return jobs[0].name + (" failed" if jobs[0].failed else "")
+    rules: dict[str, int] = {}
+    for job in jobs:
+        rules[job.rule] = rules.get(job.rule, 0) + 1
+    names = ", ".join(rule if n == 1 else f"{rule} ({n})" for rule, n in rules.items())
+    failed = sum(job.failed for job in jobs)
+    return f"{len(jobs)} jobs" + (f", {failed} failed" if failed else "") + f": {names}"
 
 
 def span_svg(span: Span, jobs: dict, y: int, row_h: int, scale: TimeScale,
@@ -382,6 +399,8 @@ def _clip(text: str, limit: int) -> str:
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 16px; color: #222; background: #fff; }
+svg#timeline { display: block; width: 100%; height: auto; }
+#totals, #legend { flex-wrap: wrap; }
 h1 { font-size: 18px; margin: 0 0 4px; }
 .when { margin: 0 0 10px; color: #555; font-size: 13px; }
 #totals { display: flex; gap: 28px; margin: 0 0 10px; }
