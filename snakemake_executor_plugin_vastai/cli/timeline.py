@@ -1,6 +1,6 @@
 """Where a run's time and money went, as data: one row per instance, one span per state.
 
-``python -m snakemake_executor_plugin_vastai journal timeline [RUN] [-o FILE.html]``
+``snakemake-vastai journal timeline [RUN] [-o FILE.html]``
 reads the journal and writes one self-contained HTML page (``timeline_svg.py``
 draws it). This module holds the reading: it turns the append-only
 ``transitions`` rows into state spans, groups them by the instance that served
@@ -39,8 +39,7 @@ from typing import Any
 from ..costs.totals import total
 from ..journal.store import TERMINAL_STATES, Journal
 from ..run.liveness import is_live
-from ..run.verdict import FAILED, final_states, verdict
-from .journal.common import run_status
+from ..run.verdict import FAILED, final_states, run_verdict
 from .tables import gpu_text
 from .timeline_model import IDLE, JobView, Row, Span, Timeline
 from .timeline_svg import render_html
@@ -76,7 +75,7 @@ def totals(run: dict, jobs: list[dict], instances: list[dict]) -> dict[str, Any]
     cost = total(own)
     states = final_states(jobs)
     return {
-        "outcome": verdict(run_status(run), states),
+        "outcome": run_verdict(run, jobs),
         "jobs": len(states),
         "attempts": len(jobs),
         "failed": sum(state == FAILED for state in states),

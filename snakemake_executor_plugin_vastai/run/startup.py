@@ -314,14 +314,25 @@ def scope_sources(workflow: Any, settings: Any, log: PluginLogger) -> Scope:
 UNTRACKED_SHOWN = 10
 
 
-def check_git(workdir: Path, log: PluginLogger) -> None:
+def declared_inputs(workflow: Any) -> set[str]:
+    """The input paths the workflow's jobs declare (uploaded as inputs, tracked or not)."""
+    try:
+        jobs = list(workflow.dag.jobs)
+    except (AttributeError, TypeError):  # no DAG built (a test's stand-in workflow)
+        return set()
+    return {os.path.normpath(str(path)) for job in jobs for path in job.input}
+
+
+def check_git(workdir: Path, log: PluginLogger, declared: set[str] | frozenset = frozenset()
+              ) -> None:
     """Git-tracked files are what is shipped beside what Snakemake knows to be sources.
 
     Outside git (or without git), the run ships only what Snakemake itself knows (the
     Snakefile and its includes, config files, ``script:``/``notebook:`` files and their
     folders, conda files), as Snakemake's own remote execution does, and says so once.
     Inside git, files git does not track are listed in a warning, because a script that is
-    neither tracked nor declared as an input is silently missing remotely.
+    neither tracked nor declared as an input is silently missing remotely; ``declared``
+    inputs are uploaded with their jobs, so they are not listed.
     """
     if not in_git(workdir):
         log.warning(f"{workdir} is not in a git repository: shipping only what Snakemake "
@@ -332,7 +343,7 @@ def check_git(workdir: Path, log: PluginLogger) -> None:
     try:
         bad = newline_paths(git_files(workdir))
         untracked = [f for f in git_files(workdir, "--others", "--exclude-standard")
-                     if not f.startswith(".snakemake/")]
+                     if not f.startswith(".snakemake/") and os.path.normpath(f) not in declared]
     except SourcesError as exc:
         raise WorkflowError(str(exc)) from None
     if bad:
@@ -452,7 +463,7 @@ def preflight(workflow: Any, settings: Any, forward_credentials: bool, workdir: 
     stages: list[list[Callable[[], Any]]] = [
         [lambda: validate_scheduled_jobs(workflow)],
         [lambda: check_apptainer(workflow)],
-        [lambda: check_git(workdir, log),
+        [lambda: check_git(workdir, log, declared_inputs(workflow)),
          lambda: install_sources(workflow, workdir),  # before the scope wraps the listing
          lambda: scope_sources(workflow, settings, log)],
         [lambda: storage_preflight(workflow, forward_credentials)],

@@ -13,7 +13,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .liveness import is_live
+
 FAILED = "failed"
+
+
+def recorded_status(run: Mapping[str, Any]) -> str:
+    """The recorded outcome; else "running" while the run's process lives on this host
+    (its lease, ``liveness.py``), "unfinished" when it crashed or was killed."""
+    if run["ended_at"] is not None:
+        return str(run["outcome"] or "ended")
+    return "running" if is_live(dict(run)) else "unfinished"
+
+
+def run_verdict(run: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]]) -> str:
+    """What every view of a run shows as its end: :func:`verdict` of its status."""
+    return verdict(recorded_status(run), final_states(jobs))
 
 
 def final_states(jobs: Iterable[Mapping[str, Any]]) -> list[str]:

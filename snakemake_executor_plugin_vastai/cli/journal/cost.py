@@ -18,9 +18,10 @@ from ...costs import rules as rule_costs
 from ...costs import warm as warm_cost
 from ...costs.totals import total
 from ...journal.store import Journal
+from ...run.commands import own_command
 from ...transports import progress
 from .. import tables
-from .common import PROG, emit_json
+from .common import emit_json
 
 
 def _configure_cost(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +86,8 @@ def summary_text(report: dict) -> str:
     rules = ", ".join(f"{r['rule']} {tables.money(r['dollars'])} ({_n(r['jobs'], 'job')})"
                       for r in report["rules"])
     return "\n".join([head, f"by rule: {rules or 'no jobs'}",
-                      f"details (per run, rule, GPU, charge, balance): {PROG} cost --detail"])
+                      "details (per run, rule, GPU, charge, balance): "
+                      f"{own_command()} journal cost --detail"])
 
 
 def _n(count: int, noun: str) -> str:

@@ -15,7 +15,7 @@ import time
 
 from ...costs import warm as warm_cost
 from ...journal.store import Journal
-from ...run.verdict import final_states, verdict
+from ...run.verdict import run_verdict
 from ...transports import progress
 from .. import tables
 from .common import (
@@ -23,7 +23,6 @@ from .common import (
     _latest_run,
     _price,
     run_is_live,
-    run_status,
     selected_run,
 )
 
@@ -67,7 +66,7 @@ def cmd_jobs(journal: Journal, args: argparse.Namespace) -> int:
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal jobs --state failed
+        $ snakemake-vastai journal jobs --state failed
         JOB           RULE  TRY  STATE   INSTANCE  GPU          ...     COST  ERROR
         9b07a0422a73  boom    1  failed  392958068  1x RTX 3090  ...  $0.0002  rule boom: the ...
     """
@@ -190,6 +189,6 @@ def transfers_text(journal: Journal, run: dict | None) -> str:
 def _follow_header(journal: Journal, run: dict | None, live: bool) -> str:
     if run is None:
         return "no runs yet"
-    ended = verdict(run_status(run), final_states(journal.jobs(run_id=run["id"])))
+    ended = run_verdict(run, journal.jobs(run_id=run["id"]))
     state = "running (Ctrl-C to stop following)" if live else ended
     return f"run {run['id']}: {state}  [{tables.when(time.time())}]"

@@ -6,9 +6,9 @@ import argparse
 from collections import Counter, defaultdict
 
 from ...journal.store import Journal
-from ...run.verdict import final_states, verdict
+from ...run.verdict import run_verdict
 from .. import tables
-from .common import _ordered_states, _parse_json, emit_json, run_status
+from .common import _ordered_states, _parse_json, emit_json
 
 
 def _configure_runs(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def cmd_runs(journal: Journal, args: argparse.Namespace) -> int:
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal runs
+        $ snakemake-vastai journal runs
         RUN                     ...  OUTCOME               JOBS                   ...
         20261128T133559-6a6039  ...  failed (1 of 3 jobs)  2 succeeded, 1 failed  ...
     """
@@ -48,7 +48,7 @@ def run_views(journal: Journal) -> list[dict]:
             {
                 **run,
                 "settings": _parse_json(run["settings"]),
-                "status": verdict(run_status(run), final_states(jobs_by_run[run["id"]])),
+                "status": run_verdict(run, jobs_by_run[run["id"]]),
                 "jobs": {state: counts[state] for state in _ordered_states(counts)},
                 "instance_seconds": seconds,
                 "instance_hours": seconds / 3600.0,

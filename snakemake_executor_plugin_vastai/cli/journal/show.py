@@ -29,7 +29,7 @@ def cmd_show(journal: Journal, args: argparse.Namespace) -> int:
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal show 9b07
+        $ snakemake-vastai journal show 9b07
         job        9b07a0422a73
         rule       boom (attempt 1, snakemake job 3)
         state      failed

@@ -350,6 +350,15 @@ def test_the_demo_ends_by_writing_its_timeline(tmp_path, capsys):
     expected = expected_spans(journal, shown.run)
     for job, spans in expected.items():
         assert drawn_spans(shown.svg, job) == sorted(spans), job
+    # its declared input (data/raw.csv, not in git) is uploaded, so nothing warns of it
+    assert "not tracked by git" not in demo.stdout + demo.stderr
+    # what it offers to try next runs as printed, from another directory
+    offered = demo.stdout.split("Try next", 1)[1].splitlines()[1:]
+    assert len(offered) == 3
+    for command in offered:
+        ran = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)
+        assert ran.returncode == 0 and ran.stdout, (command, ran.stderr)
 
 
 # -- a job re-attached to an earlier run's instance ------------------------------------------
