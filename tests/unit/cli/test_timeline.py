@@ -283,7 +283,7 @@ def test_500_jobs_the_quiet_two_hours_are_one_labelled_break(large):
 def test_500_jobs_hostile_rule_names_and_errors_are_escaped(large):
     for raw in (timeline_journal.EVIL_RULE, timeline_journal.EVIL_ERROR, "<img", "<script"):
         assert raw not in large.html, raw
-    assert "train&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;" in large.html
+    assert "train&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;" in large.html
     titles = [t.text or "" for t in large.svg.iter(f"{SVG}title")]
     assert any(timeline_journal.EVIL_ERROR in t for t in titles)  # shown, as text
 
