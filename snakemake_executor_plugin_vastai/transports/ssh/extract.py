@@ -333,6 +333,18 @@ class _Extractor:
 class Downloads(Channels):
     """The download operation of a session (``RemoteSession`` in session.py)."""
 
+    def download_size(self, remote_dir: str, paths: Sequence[str]) -> int | None:
+        """What :meth:`download` of ``paths`` will move, as the host lists it (for the
+        progress total and percentage only: a host's word sizes nothing else); None
+        when it cannot say."""
+        wanted = [clean_relative(p) for p in paths]
+        if not wanted:
+            return None
+        done = self.run(scripts.size_command(remote_dir, wanted), timeout=60)
+        if done.rc != 0 or not done.stdout:
+            return None
+        return scripts.tar_bytes(done.stdout.decode("utf-8", "replace"))
+
     def download(
         self,
         remote_dir: str,
