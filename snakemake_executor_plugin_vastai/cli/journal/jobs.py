@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from ...costs import warm as warm_cost
+from ...costs import rules as rule_costs
 from ...journal.store import Journal
 from ...run.verdict import run_verdict
 from ...transports import progress
@@ -91,26 +91,27 @@ def job_views(journal: Journal, args: argparse.Namespace) -> list[dict]:
     run_id = None if args.all_runs else selected_run(journal, args.run)
     if run_id is None and not args.all_runs:
         return []
-    instances = {row["label"]: row for row in journal.instances_with_cost()}
+    rows = journal.instances_with_cost()
     now = time.time()
+    shares = rule_costs.by_job(rows, journal.jobs(), now)  # every job: the shares need all
     jobs = journal.jobs(run_id=run_id, state=args.state, rule=args.rule)
-    return [job_view(job, instances.get(job["label"]), now) for job in jobs]
+    return [job_view(job, shares.get(job["id"], {}), now) for job in jobs]
 
 
-def job_view(job: dict, instance: dict | None, now: float) -> dict:
-    """A job row plus what people ask of it: GPU, duration, the instance's bill.
+def job_view(job: dict, share: dict, now: float) -> dict:
+    """A job row plus what people ask of it: GPU, duration, its share of the bill.
 
-    The bill is that of the instance the job's label names: a job that resumed
-    an earlier run's instance shows the whole bill, shared with that job.
+    The share is ``costs/rules.py``'s: the whole bill of an instance it had alone,
+    else its part by the time it held the instance, so a rule's jobs add up to the
+    rule's figure in ``journal cost``.
     """
     end = job["ended_at"] if job["ended_at"] is not None else now
     return {
         **job,
         "gpu": tables.gpu_text(job),
         "duration_seconds": max(0.0, float(end) - float(job["created_at"])),
-        "instance_seconds": instance["billed_seconds"] if instance else 0.0,
-        "dollars": instance["billed_dollars"] if instance else 0.0,
-        **warm_cost.leased_share(job, instance, now),
+        "instance_seconds": share.get("instance_seconds", 0.0),
+        "dollars": share.get("dollars", 0.0),
     }
 
 
