@@ -10,7 +10,7 @@ Where to find things (one folder per concern; docs/architecture.md lists them):
 run's parts (start-up, recovery, teardown, warm pool, watcher), ``journal/`` the SQLite
 journal, ``vastai/`` everything that speaks to Vast.ai, ``transports/`` SSH and storage
 mode, ``workflow/`` what Snakemake's jobs and sources mean for us, ``costs/`` every cost
-figure, ``cli/`` the ``python -m snakemake_executor_plugin_vastai`` commands,
+figure, ``cli/`` the ``snakemake-vastai`` commands,
 ``simulator/`` the local Vast.ai, ``settings.py`` run settings and the API key and URL.
 """
 

@@ -1,3 +1,3 @@
-"""``python -m snakemake_executor_plugin_vastai``: one module per subcommand, the timeline,
+"""``snakemake-vastai``: one module per subcommand, the timeline,
 plan, demo and statechart.
 """

@@ -1,15 +1,18 @@
-"""``python -m snakemake_executor_plugin_vastai demo``: the whole product, free, in a minute.
+"""``snakemake-vastai demo``: the whole product, free, in a minute.
 
 Starts the bundled Vast.ai simulator, lays out a small example workflow (a git
 repository with a Snakefile, a config file, a ``script:`` and inputs), runs the
 real ``snakemake --executor vastai`` on it with live output, and ends with
 where the outputs are, what the simulated GPUs cost, proof that no instance
 was left running, and the run's timeline (an HTML page to open in a browser).
+The commands it prints to try next are spelled by ``run/commands.py``, so they
+run as printed from any directory.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..simulator.server import SimConfig, Simulator
 
-    parser = argparse.ArgumentParser(prog="python -m snakemake_executor_plugin_vastai demo",
+    parser = argparse.ArgumentParser(prog="snakemake-vastai demo",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?", help="where to lay out the example workflow "
                         "(default: a new temporary directory)")
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Simulated Vast.ai running at {sim.url}\n")
         env = {**os.environ, "VAST_API_KEY": sim.api_key}
         command = snakemake_command(sim.url, args.jobs)
-        print("$ " + " ".join(["snakemake", *command[3:]]) + "\n", flush=True)
+        print("Running: " + " ".join(["snakemake", *command[3:]]) + "\n", flush=True)
         code = subprocess.run(command, cwd=root, env=env).returncode
         truth = sim.truth()
     alive = truth["alive_count"]
@@ -145,13 +148,23 @@ def main(argv: list[str] | None = None) -> int:
         Outputs:   {root / 'results'}
         Job logs:  {root / '.snakemake/auxiliary/vastai-logs'}
         Instances: {truth['created_count']} rented, {alive} still alive
-        Billed:    {seconds:.1f} instance-seconds, ${dollars:.5f} (simulated)
-        Journal:   python -m snakemake_executor_plugin_vastai journal --journal \
-{root / '.snakemake/vastai/journal.sqlite'} jobs"""))
+        Billed:    {seconds:.1f} instance-seconds, ${dollars:.5f} (simulated)"""))
     timeline = write_timeline(root)
     if timeline is not None:
         print(f"Timeline:  {timeline}  (open it in a browser)")
+    print("\nTry next (each runs as printed, from any directory):")
+    for line in next_commands(root):
+        print(f"  {line}")
     return code if alive == 0 else 1
+
+
+def next_commands(root: Path) -> list[str]:
+    """The journal commands worth a look after the demo, aimed at its journal."""
+    from ..journal.store import RELATIVE_PATH
+    from ..run.commands import own_command
+
+    journal = f"{own_command()} journal --journal {shlex.quote(str(root / RELATIVE_PATH))}"
+    return [f"{journal} runs", f"{journal} jobs", f"{journal} cost"]
 
 
 def write_timeline(root: Path) -> Path | None:

@@ -1,15 +1,18 @@
-"""``python -m snakemake_executor_plugin_vastai``: demo, simulate, journal, statechart.
+"""``snakemake-vastai``: demo, simulate, offers, plan, journal, statechart.
 
-Each subcommand is a short function that hands its remaining arguments to the
-module that owns the concern, so ``--help`` of each is that module's own.
+The console script (``pyproject.toml``, ``[project.scripts]``) and
+``python -m snakemake_executor_plugin_vastai`` both land here. Each subcommand is
+a short function that hands its remaining arguments to the module that owns the
+concern, so ``--help`` of each is that module's own.
 
 Examples::
 
-    python -m snakemake_executor_plugin_vastai demo
-    python -m snakemake_executor_plugin_vastai simulate --port 0
-    python -m snakemake_executor_plugin_vastai journal jobs
-    python -m snakemake_executor_plugin_vastai plan --jobs 4
-    python -m snakemake_executor_plugin_vastai statechart
+    snakemake-vastai demo
+    snakemake-vastai simulate --port 0
+    snakemake-vastai offers "gpu_ram>=24"
+    snakemake-vastai journal jobs
+    snakemake-vastai plan --jobs 4
+    snakemake-vastai statechart
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-USAGE = """usage: python -m snakemake_executor_plugin_vastai COMMAND [ARGS...]
+USAGE = """usage: snakemake-vastai COMMAND [ARGS...]
+   (or: python -m snakemake_executor_plugin_vastai COMMAND [ARGS...])
 
 commands:
   demo       run an example workflow through the plugin on the bundled simulator
   simulate   start the local Vast.ai simulator (REST API + SSH instances)
+  offers     which GPU models the market has for a query: counts and $/h ranges
   journal    inspect this workflow's journal (runs, jobs, instances, cost, cleanup, timeline)
   plan       what a run would rent and cost, and what would stop it (rents nothing)
   statechart regenerate statecharts/ from the job state machine (source checkout)
@@ -38,6 +43,12 @@ def _demo(argv: list[str]) -> int:
 
 def _simulate(argv: list[str]) -> int:
     from ..simulator.cli import main
+
+    return main(argv)
+
+
+def _offers(argv: list[str]) -> int:
+    from .offers import main
 
     return main(argv)
 
@@ -69,6 +80,7 @@ def _statechart(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "demo": _demo,
     "simulate": _simulate,
+    "offers": _offers,
     "journal": _journal,
     "plan": _plan,
     "statechart": _statechart,

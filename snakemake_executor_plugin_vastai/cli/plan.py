@@ -1,9 +1,9 @@
-"""``python -m snakemake_executor_plugin_vastai plan``: what a run would rent and cost, renting
+"""``snakemake-vastai plan``: what a run would rent and cost, renting
 nothing.
 
 Run it in the workflow directory with the options (and profile) of the real run::
 
-    python -m snakemake_executor_plugin_vastai plan --jobs 4 --profile gpu [--json]
+    snakemake-vastai plan --jobs 4 --profile gpu [--json]
 
 Why not ``snakemake --executor vastai --dry-run``: Snakemake 9 replaces the executor
 with its built-in ``dryrun`` executor when ``--dry-run`` is given (``args_to_api`` in
@@ -419,7 +419,7 @@ def names_path(text: str, path: str) -> bool:
 
 
 # -- outside snakemake: the command ---------------------------------------------------------
-USAGE = """usage: python -m snakemake_executor_plugin_vastai plan [--json] [SNAKEMAKE ARGS...]
+USAGE = """usage: snakemake-vastai plan [--json] [SNAKEMAKE ARGS...]
 
 Show, per rule, the offers its jobs would get now, the job count and an estimated cost
 range, the account balance, and the problems that would stop the run. Nothing is rented.

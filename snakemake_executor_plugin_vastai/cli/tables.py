@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterable, Sequence
 
+from tabulate import tabulate
+
 NONE = "-"  # how a missing value is shown
 
 
@@ -19,21 +21,19 @@ def render(
 ) -> str:
     """Aligned columns, two spaces apart; columns in ``right`` (numbers) right-aligned.
 
+    ``tabulate`` lays them out; the header goes in as the first row, so it is aligned
+    like its column and adds no padding of its own, and nothing is parsed as a number
+    (the cells are already formatted).
+
     >>> print(render(["ID", "COST"], [["a", "$1.0000"], ["bb", "$0.5000"]], right={1}))
     ID     COST
     a   $1.0000
     bb  $0.5000
     """
     cells = [[str(h) for h in headers], *([_cell(v) for v in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        padded = [
-            value.rjust(width) if i in right else value.ljust(width)
-            for i, (value, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
+    align = ["right" if i in right else "left" for i in range(len(headers))]
+    text = tabulate(cells, tablefmt="plain", colalign=align, disable_numparse=True)
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
 def fields(pairs: Iterable[tuple[str, object]]) -> str:

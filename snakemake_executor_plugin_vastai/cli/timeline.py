@@ -1,6 +1,6 @@
 """Where a run's time and money went, as data: one row per instance, one span per state.
 
-``python -m snakemake_executor_plugin_vastai journal timeline [RUN] [-o FILE.html]``
+``snakemake-vastai journal timeline [RUN] [-o FILE.html]``
 reads the journal and writes one self-contained HTML page (``timeline_svg.py``
 draws it). This module holds the reading: it turns the append-only
 ``transitions`` rows into state spans, groups them by the instance that served
@@ -39,6 +39,7 @@ from typing import Any
 from ..costs.totals import total
 from ..journal.store import TERMINAL_STATES, Journal
 from ..run.liveness import is_live
+from ..run.verdict import FAILED, final_states, run_verdict
 from .tables import gpu_text
 from .timeline_model import IDLE, JobView, Row, Span, Timeline
 from .timeline_svg import render_html
@@ -62,17 +63,22 @@ def build(journal: Journal, run_id: str | None = None, *, now: float | None = No
     rows.sort(key=lambda row: (row.start, row.key))
     start = min((row.start for row in rows), default=run["started_at"])
     end = max([view_end, *(row.end for row in rows)])
-    return Timeline(run, rows, start, end, totals(run_id, jobs, instances))
+    return Timeline(run, rows, start, end, totals(run, jobs, instances))
 
 
-def totals(run_id: str, jobs: list[dict], instances: list[dict]) -> dict[str, Any]:
-    """The header's figures; instance-hours and dollars are ``journal cost``'s for the run."""
-    own = [row for row in instances if row["run_id"] == run_id]
+def totals(run: dict, jobs: list[dict], instances: list[dict]) -> dict[str, Any]:
+    """The header's figures; instance-hours and dollars are ``journal cost``'s for the run,
+    the outcome and job counts ``journal runs``' (a retried job counts once, as its last
+    attempt)."""
+    own = [row for row in instances if row["run_id"] == run["id"]]
     created = {row["label"]: row for row in instances if row["instance_id"] is not None}
     cost = total(own)
+    states = final_states(jobs)
     return {
-        "jobs": len(jobs),
-        "failed": sum(job["state"] == "failed" for job in jobs),
+        "outcome": run_verdict(run, jobs),
+        "jobs": len(states),
+        "attempts": len(jobs),
+        "failed": sum(state == FAILED for state in states),
         "instances": cost["instances"],
         "instance_seconds": cost["instance_seconds"],
         "instance_hours": cost["instance_hours"],

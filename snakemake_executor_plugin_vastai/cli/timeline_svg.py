@@ -1,9 +1,12 @@
-"""Draw a :class:`timeline_model.Timeline` as one self-contained HTML page (inline SVG and CSS).
+"""Lay a :class:`timeline_model.Timeline` out as one self-contained HTML page (inline SVG).
 
 No script, no font, no stylesheet from the network: the page is a file to mail,
 attach to an issue or open from a CI artefact, and it must look the same
-offline. Every text that came from the journal (rule names, errors, labels,
-regions) is escaped before it lands in the markup.
+offline. This module works out what to draw (the time scale, positions, colours
+and texts) as plain data; ``timeline_page.py`` writes the markup from Jinja2
+templates with autoescape, so every text from the journal (rule names, errors,
+labels, regions) is escaped on its way in. The page scales the drawing to the
+window (no sideways scrolling).
 
 Long idle stretches: the time axis is linear wherever some job is doing
 something (searching, renting, booting, moving data, running, destroying),
@@ -19,10 +22,11 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from html import escape
+from typing import Any
 
 from . import tables
 from .timeline_model import IDLE, Row, Span, Timeline
+from .timeline_page import render_page
 
 STATE_COLOURS = {
     "searching": "#b0bec5",
@@ -40,8 +44,8 @@ STATE_COLOURS = {
 FALLBACK_COLOUR = "#f06292"  # a state this version does not know, drawn all the same
 FAILED_COLOUR = "#c62828"
 
-GUTTER = 632  # px of row labels left of the chart
-CHART = 900  # px of time axis
+GUTTER = 676  # px of row labels left of the chart
+CHART = 760  # px of time axis (the page scales the whole drawing to the window)
 AXIS = 34  # px above the first row
 MIN_BREAK = 60.0  # seconds: a shorter quiet stretch is drawn to scale
 BREAK_SHARE = 0.05  # ... and so is one shorter than this share of the active time
@@ -132,27 +136,21 @@ def gaps(union: list[tuple[float, float]], start: float, end: float) -> list[tup
     return out
 
 
-# -- the page --------------------------------------------------------------------------------
+# -- what the page shows (timeline_page.py turns it into markup) ----------------------------
 def render_html(timeline: Timeline) -> str:
     """The whole page: header with totals, legend, and the chart."""
+    return render_page(page_view(timeline), svg_view(timeline))
+
+
+def page_view(timeline: Timeline) -> dict[str, Any]:
+    """The header: title, start, the run's verdict, totals and the legend."""
     run = timeline.run
-    title = f"Vast.ai run {run['id']}"
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escape(title)}</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>{escape(title)}</h1>",
-        f'<p class="when">started {escape(tables.when(run["started_at"]))}, '
-        f'{escape(str(run.get("outcome") or "no recorded end"))}</p>',
-        totals_html(timeline.totals),
-        legend_html(timeline),
-        render_svg(timeline),
-        "</body></html>",
-    ])
+    return {"title": f"Vast.ai run {run['id']}", "started": tables.when(run["started_at"]),
+            "outcome": timeline.totals["outcome"], "totals": totals_view(timeline.totals),
+            "legend": legend_view(timeline)}
 
 
-def totals_html(totals: dict) -> str:
+def totals_view(totals: dict) -> list[dict[str, Any]]:
     """Run totals; ``data-value`` holds the exact figure (tests compare it with journal cost)."""
     failed = totals["failed"]
     items = [
@@ -162,28 +160,18 @@ def totals_html(totals: dict) -> str:
         ("dollars", "cost", tables.money(totals["dollars"])),
         ("boots_avoided", "boots avoided", str(totals["boots_avoided"])),
     ]
-    cells = "".join(
-        f'<div><dt>{escape(label)}</dt><dd data-total="{key}" data-value="{totals[key]!r}"'
-        f'{f" data-failed={failed!r} class=failed" if key == "jobs" and failed else ""}>'
-        f'{escape(text)}</dd></div>'
-        for key, label, text in items
-    )
-    return f'<dl id="totals">{cells}</dl>'
+    return [{"key": key, "label": label, "text": text, "value": repr(totals[key]),
+             "failed": failed if key == "jobs" else 0} for key, label, text in items]
 
 
-def legend_html(timeline: Timeline) -> str:
+def legend_view(timeline: Timeline) -> list[dict[str, Any]]:
     """Each state's colour and where the minutes went: its job-seconds summed over all bars."""
     seconds = state_seconds(timeline)
     states = list(STATE_COLOURS) + sorted(set(seconds) - set(STATE_COLOURS))
-    items = "".join(
-        f'<span class="key{"" if state in seconds else " unseen"}" data-state="{escape(state)}"'
-        f' data-seconds="{seconds.get(state, 0.0)!r}"><i style="background:{colour(state)}">'
-        f'</i>{escape(state)}'
-        f'{f" <b>{escape(_seconds(seconds[state]))}</b>" if state in seconds else ""}</span>'
-        for state in states
-    )
-    failed = '<span class="key"><i class="failed-key"></i>failed job</span>'
-    return f'<p id="legend">{items}{failed}</p>'
+    return [{"state": state, "seen": state in seconds, "colour": colour(state),
+             "seconds": repr(seconds.get(state, 0.0)),
+             "spent": _seconds(seconds[state]) if state in seconds else ""}
+            for state in states]
 
 
 def state_seconds(timeline: Timeline) -> dict[str, float]:
@@ -199,64 +187,39 @@ def colour(state: str) -> str:
     return STATE_COLOURS.get(state, FALLBACK_COLOUR)
 
 
-def render_svg(timeline: Timeline) -> str:
+COLUMNS = [("INSTANCE", 6), ("JOBS", 86), ("GPU", 300), ("REGION", 434), ("$/H", 590),
+           ("COST", 652)]  # x of each label column; the last two are right-aligned
+RIGHT_ALIGNED = ("$/H", "COST")
+JOBS_CHARS = 32  # what fits between JOBS and GPU at the chart's font size
+
+
+def svg_view(timeline: Timeline) -> dict[str, Any]:
     """The chart: axis on top, one row per instance (or instance-less job)."""
     rows = timeline.rows
     row_h = 22 if len(rows) <= 60 else 14
     scale = time_scale(timeline)
     height = AXIS + row_h * max(1, len(rows)) + 8
-    width = GUTTER + CHART + 16
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" font-size="{11 if row_h > 14 else 9}">',
-        header_row(row_h),
-        axis_svg(scale, timeline.start, height),
-    ]
-    for i, row in enumerate(rows):
-        parts.append(row_svg(row, i, AXIS + i * row_h, row_h, scale, timeline.start))
-    parts.append("</svg>")
-    return "\n".join(parts)
+    return {
+        "width": GUTTER + CHART + 16, "height": height, "font_size": 11 if row_h > 14 else 9,
+        "head_y": AXIS - 8,
+        "columns": [{"name": name, "x": x, "end": name in RIGHT_ALIGNED} for name, x in COLUMNS],
+        "breaks": [_break_view(seg, height) for seg in scale.breaks],
+        "ticks": [{"x": f"{GUTTER + scale.x(t):.1f}", "y1": AXIS - 4, "y2": height,
+                   "label_y": AXIS - 8, "label": tables.duration(t - timeline.start)}
+                  for seg in scale.segments if not seg.is_break
+                  for t in ticks(seg, timeline.start)],
+        "rows": [row_view(row, i, AXIS + i * row_h, row_h, scale, timeline.start)
+                 for i, row in enumerate(rows)],
+    }
 
 
-COLUMNS = [("INSTANCE", 6), ("JOBS", 86), ("GPU", 256), ("REGION", 390), ("$/H", 546),
-           ("COST", 608)]  # x of each label column; the last two are right-aligned
-
-
-def header_row(row_h: int) -> str:
-    texts = []
-    for name, x in COLUMNS:
-        anchor = ' text-anchor="end"' if name in ("$/H", "COST") else ""
-        texts.append(f'<text class="colhead" x="{x}" y="{AXIS - 8}"{anchor}>{name}</text>')
-    return "".join(texts)
-
-
-def axis_svg(scale: TimeScale, origin: float, height: int) -> str:
-    """Tick lines labelled with time since the first bar; breaks hatched and labelled."""
-    parts = ['<g class="axis">']
-    for seg in scale.segments:
-        if seg.is_break:
-            x, w = GUTTER + seg.x0, seg.x1 - seg.x0
-            parts.append(
-                f'<g class="break"><rect x="{x:.1f}" y="{AXIS - 14}" width="{w:.1f}" '
-                f'height="{height - AXIS + 14}" fill="url(#hatch)"><title>'
-                f'{escape(tables.duration(seg.t1 - seg.t0))} with no job active, drawn '
-                f'{w:.0f} px wide</title></rect><text x="{x + w / 2:.1f}" y="{AXIS - 20}" '
-                f'text-anchor="middle">{escape(tables.duration(seg.t1 - seg.t0))}</text></g>'
-            )
-            continue
-        for t in ticks(seg, origin):
-            x = GUTTER + scale.x(t)
-            parts.append(
-                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{AXIS - 4}" y2="{height}"/>'
-                f'<text x="{x:.1f}" y="{AXIS - 8}" text-anchor="middle">'
-                f'{escape(tables.duration(t - origin))}</text>'
-            )
-    parts.append("</g>")
-    defs = ('<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
-            'patternTransform="rotate(45)"><rect width="6" height="6" fill="#fafafa"/>'
-            '<line x1="0" y1="0" x2="0" y2="6" stroke="#bbb" stroke-width="2"/></pattern>'
-            '</defs>')
-    return defs + "".join(parts)
+def _break_view(seg: Segment, height: int) -> dict[str, Any]:
+    """A quiet stretch cut short: hatched, labelled with its real length."""
+    x, w = GUTTER + seg.x0, seg.x1 - seg.x0
+    length = tables.duration(seg.t1 - seg.t0)
+    return {"x": f"{x:.1f}", "y": AXIS - 14, "w": f"{w:.1f}", "h": height - AXIS + 14,
+            "title": f"{length} with no job active, drawn {w:.0f} px wide", "label": length,
+            "label_x": f"{x + w / 2:.1f}", "label_y": AXIS - 20}
 
 
 def ticks(seg: Segment, origin: float) -> list[float]:
@@ -276,55 +239,52 @@ def ticks(seg: Segment, origin: float) -> list[float]:
     return out
 
 
-def row_svg(row: Row, index: int, y: int, row_h: int, scale: TimeScale, origin: float) -> str:
-    """A row: its label columns, the billed band, one rect per span, failure markers."""
-    classes = "row" + (" failed" if row.failed else "") + (" odd" if index % 2 else "")
-    instance = "" if row.instance_id is None else str(row.instance_id)
-    parts = [
-        f'<g class="{classes}" data-key="{escape(row.key)}" data-instance="{instance}">',
-        f'<rect class="stripe" x="0" y="{y}" width="{GUTTER + CHART + 16}" height="{row_h}"/>',
-        labels_svg(row, y + row_h - (6 if row_h > 14 else 3)),
-    ]
+def row_view(row: Row, index: int, y: int, row_h: int, scale: TimeScale,
+             origin: float) -> dict[str, Any]:
+    """A row: its label columns, the billed band, one bar per span, failure markers."""
+    baseline = y + row_h - (6 if row_h > 14 else 3)
+    names = {job.id: job for job in row.jobs}
+    billed = None
     if row.billed is not None:
         x0, x1 = GUTTER + scale.x(row.billed[0]), GUTTER + scale.x(row.billed[1])
-        parts.append(
-            f'<rect class="billed" x="{x0:.1f}" y="{y + row_h - 3}" '
-            f'width="{max(1.0, x1 - x0):.1f}" height="2"><title>billed '
-            f'{escape(tables.duration(row.billed_seconds))}, '
-            f'{escape(tables.money(row.billed_dollars))}</title></rect>'
-        )
-    names = {job.id: job for job in row.jobs}
-    for span in row.spans:
-        parts.append(span_svg(span, names, y, row_h, scale, origin))
+        billed = {"x": f"{x0:.1f}", "y": y + row_h - 3, "w": f"{max(1.0, x1 - x0):.1f}",
+                  "title": f"billed {tables.duration(row.billed_seconds)}, "
+                           f"{tables.money(row.billed_dollars)}"}
+    marks = []
     for job in row.jobs:
         if job.failed:
             ends = [s.end for s in row.spans if s.job_id == job.id]
             x = GUTTER + scale.x(max(ends)) if ends else GUTTER
-            parts.append(
-                f'<text class="fail-mark" data-job="{escape(job.id)}" x="{x + 2:.1f}" '
-                f'y="{y + row_h - (6 if row_h > 14 else 3)}">&#x2716;<title>'
-                f'{escape(job.name)} failed: {escape(job.last_error or "no error recorded")}'
-                f'</title></text>'
-            )
-    parts.append("</g>")
-    return "".join(parts)
+            marks.append({"job": job.id, "x": f"{x + 2:.1f}",
+                          "title": f"{job.name} failed: {job.last_error or 'no error recorded'}"})
+    return {
+        "classes": "row" + (" failed" if row.failed else "") + (" odd" if index % 2 else ""),
+        "key": row.key, "instance": "" if row.instance_id is None else str(row.instance_id),
+        "y": y, "h": row_h, "baseline": baseline, "title": labels_title(row),
+        "texts": labels_view(row), "billed": billed, "marks": marks,
+        "bars": [bar_view(span, names, y, row_h, scale, origin) for span in row.spans],
+    }
 
 
-def labels_svg(row: Row, baseline: int) -> str:
+def labels_view(row: Row) -> list[dict[str, Any]]:
     """The left columns: instance id, jobs served, GPU, region, $/h and the row's cost."""
-    instance = "no instance" if row.instance_id is None else str(row.instance_id)
-    jobs = (row.jobs[0].name if len(row.jobs) == 1 else f"{len(row.jobs)} jobs")
-    failed = [job for job in row.jobs if job.failed]
-    if failed:
-        jobs = ("\u2716 " if len(row.jobs) == 1 else f"\u2716{len(failed)} ") + jobs
+    failed = any(job.failed for job in row.jobs)
     values = [
-        instance,
-        _clip(jobs, 26),
+        "no instance" if row.instance_id is None else str(row.instance_id),
+        _clip(jobs_label(row.jobs), JOBS_CHARS),
         _clip(row.gpu or "-", 20),
         _clip(row.region or "-", 20),
         "-" if row.dph is None else f"${row.dph:.3f}",
         _row_cost(row),
     ]
+    return [{"x": x, "text": value, "end": name in RIGHT_ALIGNED,
+             "failed": name == "JOBS" and failed}
+            for (name, x), value in zip(COLUMNS, values, strict=True)]
+
+
+def labels_title(row: Row) -> str:
+    """The row's hover text: every job on it, how it ended, and its error."""
+    instance = "no instance" if row.instance_id is None else str(row.instance_id)
     details = "\n".join(
         f"{job.name} (job {job.id}, attempt {job.attempt}): {job.state}"
         + ("" if job.rented_here or row.instance_id is None else ", on an instance rented "
@@ -332,37 +292,46 @@ def labels_svg(row: Row, baseline: int) -> str:
         + (f"\n  {job.last_error}" if job.failed and job.last_error else "")
         for job in row.jobs
     )
-    texts = []
-    for (name, x), value in zip(COLUMNS, values, strict=True):
-        anchor = ' text-anchor="end"' if name in ("$/H", "COST") else ""
-        cls = ' class="failed"' if name == "JOBS" and failed else ""
-        texts.append(f'<text x="{x}" y="{baseline}"{anchor}{cls}>{escape(value)}</text>')
     title = f"instance {instance} ({row.key})\n{details}"
     if row.rented_by_run:
         title += (f"\nrented by run {row.rented_by_run}: its cost (in parentheses) counts "
                   "in that run's totals")
-    return f'<g class="labels"><title>{escape(title)}</title>{"".join(texts)}</g>'
+    return title
 
 
-def span_svg(span: Span, jobs: dict, y: int, row_h: int, scale: TimeScale,
-             origin: float) -> str:
-    """One bar; its <title> tells the job, state, times and the transitions inside."""
+def jobs_label(jobs: list) -> str:
+    """What ran on the row, readable without the hover text.
+
+    ``boom #3 failed`` for one job; ``3 jobs: ok (2), report`` for several (rules
+    in the order they ran), ``2 jobs, 1 failed: ok, boom`` when some failed.
+    """
+    if not jobs:
+        return "no job"
+    if len(jobs) == 1:
+        return jobs[0].name + (" failed" if jobs[0].failed else "")
+    rules: dict[str, int] = {}
+    for job in jobs:
+        rules[job.rule] = rules.get(job.rule, 0) + 1
+    names = ", ".join(rule if n == 1 else f"{rule} ({n})" for rule, n in rules.items())
+    failed = sum(job.failed for job in jobs)
+    return f"{len(jobs)} jobs" + (f", {failed} failed" if failed else "") + f": {names}"
+
+
+def bar_view(span: Span, jobs: dict, y: int, row_h: int, scale: TimeScale,
+             origin: float) -> dict[str, Any]:
+    """One bar; its title tells the job, state, times and the transitions inside."""
     x0, x1 = GUTTER + scale.x(span.start), GUTTER + scale.x(span.end)
     job = jobs.get(span.job_id)
     who = f"{job.name} (job {job.id})" if job else "instance"
     still = ", still in it when the journal ends" if span.open else ""
     when = (f"+{tables.duration(span.start - origin)} to +{tables.duration(span.end - origin)}"
             f" ({_seconds(span.seconds)}{still})")
-    title = "\n".join([f"{who}: {span.state}", when, *span.notes])
-    failed = " failed" if job is not None and job.failed else ""
     pad = 3 if row_h > 14 else 2
-    return (
-        f'<rect class="bar{failed}" data-state="{escape(span.state)}" '
-        f'data-job="{escape(span.job_id or "")}" data-start="{span.start!r}" '
-        f'data-end="{span.end!r}" x="{x0:.1f}" y="{y + pad}" width="{max(1.0, x1 - x0):.1f}" '
-        f'height="{row_h - 2 * pad - 2}" fill="{colour(span.state)}">'
-        f"<title>{escape(title)}</title></rect>"
-    )
+    return {"failed": job is not None and job.failed, "state": span.state,
+            "job": span.job_id or "", "start": repr(span.start), "end": repr(span.end),
+            "x": f"{x0:.1f}", "y": y + pad, "w": f"{max(1.0, x1 - x0):.1f}",
+            "h": row_h - 2 * pad - 2, "fill": colour(span.state),
+            "title": "\n".join([f"{who}: {span.state}", when, *span.notes])}
 
 
 def _row_cost(row: Row) -> str:
@@ -378,35 +347,3 @@ def _seconds(seconds: float) -> str:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 16px; color: #222; background: #fff; }
-h1 { font-size: 18px; margin: 0 0 4px; }
-.when { margin: 0 0 10px; color: #555; font-size: 13px; }
-#totals { display: flex; gap: 28px; margin: 0 0 10px; }
-#totals div { display: flex; flex-direction: column-reverse; }
-#totals dt { font-size: 12px; color: #555; }
-#totals dd { margin: 0; font-size: 20px; font-weight: 600; }
-#totals dd.failed { color: #c62828; }
-#legend { font-size: 12px; margin: 0 0 8px; }
-.key { margin-right: 12px; white-space: nowrap; }
-.key.unseen { opacity: 0.45; }
-.key b { font-weight: 600; color: #444; }
-.key i { display: inline-block; width: 12px; height: 12px; margin-right: 4px;
-         vertical-align: -2px; border: 1px solid #888; }
-.key i.failed-key { border: 2px solid #c62828; background: #fff; }
-svg text { fill: #222; font-family: ui-monospace, monospace; }
-svg .colhead { font-weight: bold; fill: #555; }
-svg .axis line { stroke: #ddd; stroke-width: 1; }
-svg .axis text { fill: #666; }
-svg .stripe { fill: #fff; }
-svg .row.odd .stripe { fill: #f7f7f7; }
-svg .row.failed .stripe { fill: #fdecea; }
-svg .billed { fill: #455a64; }
-svg .bar { stroke: #fff; stroke-width: 0.5; }
-svg .bar[data-state="idle"] { stroke: #90a4ae; stroke-dasharray: 2 2; }
-svg .bar.failed { stroke: #c62828; stroke-width: 1.5; }
-svg text.failed, svg .fail-mark { fill: #c62828; font-weight: bold; }
-svg .break text { fill: #666; font-style: italic; }
-"""

@@ -1,17 +1,17 @@
-"""Who pays for what on a shared instance: a job pays its leased time, the run the rest.
+"""Where a shared instance's bill went: boot, the jobs' leased time, idle.
 
 With warm instances (``pool.py``) one instance serves several jobs, so its bill
 splits three ways (Vast.ai bills from its ``start_date`` to the accepted
 destroy, see ``ledger.billed``):
 
 - **leased**: from each job's ``leased_at`` (booted, or leased from the pool)
-  to its ``released_at`` (given back) or, for the last job, its end; this is
-  the job's own cost, summed per rule;
+  to its ``released_at`` (given back) or, for the last job, its end (each
+  job's share of the whole bill is in proportion to it, ``rules.py``);
 - **boot**: from the billing start to the first job's lease (the image pull
   and container start a warm instance saves the later jobs);
 - **idle**: the rest (waiting in the pool, and the teardown's latency).
 
-Pure functions over journal rows; ``journal cost`` prints the result.
+Pure functions over journal rows; ``journal cost --detail`` prints the result.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def split(instance: dict, jobs: list[dict], now: float) -> dict[str, float]:
     total = float(instance.get("billed_seconds") or 0.0)
     if total <= 0:
         return {"boot": 0.0, "leased": 0.0, "idle": 0.0}
-    start = float(_first(instance.get("started_at"), instance.get("created_at"), now))
+    start = float(first(instance.get("started_at"), instance.get("created_at"), now))
     end = start + total
     leased = 0.0
     firsts = []
@@ -49,7 +49,7 @@ def job_window(job: dict, end: float) -> tuple[float | None, float]:
     begin = job.get("leased_at")
     if begin is None:
         return None, end
-    stop = _first(job.get("released_at"), job.get("ended_at"), end)
+    stop = first(job.get("released_at"), job.get("ended_at"), end)
     return float(begin), float(stop)
 
 
@@ -75,7 +75,7 @@ def report(instances: list[dict], jobs: list[dict], now: float | None = None) ->
         for share, seconds in shares.items():
             run[f"{share}_seconds"] += seconds
             run[f"{share}_dollars"] += seconds * price
-        end = float(_first(inst.get("started_at"), inst.get("created_at"), now)) + float(
+        end = float(first(inst.get("started_at"), inst.get("created_at"), now)) + float(
             inst.get("billed_seconds") or 0.0)
         for job in served:
             begin, stop = job_window(job, end)
@@ -87,20 +87,9 @@ def report(instances: list[dict], jobs: list[dict], now: float | None = None) ->
             "rules": [{"rule": k, **v} for k, v in rules.items()]}
 
 
-def _first(*values: Any) -> Any:
+def first(*values: Any) -> Any:
+    """The first value that is not None (an epoch of 0.0 is a time, not a missing one)."""
     return next((v for v in values if v is not None), None)
-
-
-def leased_share(job: dict, instance: dict | None, now: float) -> dict:
-    """A job that shared its warm instance costs its leased time only (seconds, dollars);
-    {} when it did not share (it pays its instance's whole bill)."""
-    if instance is None or instance.get("served", 0) <= 1 or job.get("leased_at") is None:
-        return {}
-    start = instance.get("started_at") or instance.get("created_at") or now
-    begin, stop = job_window(job, float(start) + instance["billed_seconds"])
-    seconds = max(0.0, stop - float(begin or stop))
-    return {"instance_seconds": seconds,
-            "dollars": ledger.dollars_at(instance.get("dph_total"), seconds)}
 
 
 def worth_keeping(idle_dph: float, fresh_dph: float | None, boot_s: float,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from transitions.extensions import LockedMachine
 
 from ..journal.store import JournalError, StaleTransition, UnknownInstance
 from ..run.backoff import Backoff
+from ..run.commands import cleanup_command
 from ..vastai import bids
 from ..vastai.api import VastError
 from . import instance_life
@@ -56,6 +58,7 @@ from .outcomes import (
     JobFailure,
     Reattached,
     RunEnded,
+    command_exit_code,
     crash_point,
     log_tail,
 )
@@ -355,6 +358,7 @@ class JobDriver(RentingSteps):
             self.m.progress = Progress.HOME  # before the journal hears of it: it may refuse
         else:
             spec = self.p.spec
+            self.m.exit_code = command_exit_code(spec.log_path, self.m.exit_code)
             self.record_failure(f"rule {self.m.rule}: the job exited with code "
                                 f"{self.m.exit_code} on instance {self.m.instance_id}"
                                 f"{spec.failure_note()}; remote "
@@ -369,7 +373,8 @@ class JobDriver(RentingSteps):
             crash_point("after_give_back")
             self.p.pool.give_back(self.m.warm, self.m.job_id)
             return
-        self.fire("downloaded", detail={"paths": back.paths, "exit_code": self.m.exit_code})
+        self.fire("downloaded", detail={"paths": back.paths, "exit_code": self.m.exit_code},
+                  exit_code=self.m.exit_code)
 
     def _clean_for_next(self) -> bool:
         """Before an instance is lent again, everything its job started must be gone (a
@@ -399,6 +404,21 @@ class JobDriver(RentingSteps):
                 f"is destroyed; log: {spec.log_path}{log_tail(spec.log_path)}")
 
     # -- destroying ------------------------------------------------------------------
+    def kept_message(self, instance_id: int) -> str:
+        """--vastai-keep-instances: how to get onto the kept instance and how to end it
+        (a person keeps one to look inside, and must not forget it bills)."""
+        endpoint = self.m.endpoint
+        key = getattr(self.m.key or self.p.instances.key, "path", None)
+        if endpoint is None:
+            ssh = "no SSH (storage mode): look at it in the Vast.ai console"
+        else:
+            identity = f"-i {shlex.quote(str(key))} " if key is not None else ""
+            ssh = f"ssh {identity}-p {endpoint.port} {endpoint.user}@{endpoint.host}"
+        return (f"keeping instance {instance_id}; it bills until destroyed\n"
+                f"    log in:     {ssh}\n"
+                f"    destroy it: {cleanup_command(self.p.journal.path)}\n"
+                "    (the destroy finds every instance this workflow kept)")
+
     def step_destroying(self) -> None:
         """The job's one teardown (teardown.py). Confirmed gone: the job ends in its
         outcome, or rents anew if it lost its instance before its work came home (an
@@ -409,7 +429,7 @@ class JobDriver(RentingSteps):
         iid = self.m.instance_id
         if self.p.settings.keep_instances and iid is not None \
                 and not self.m.needs_an_instance():
-            self.log("warning", "keeping instance (it keeps billing!)")
+            self.log("warning", self.kept_message(iid))
             self.fire("destroyed", detail={"kept": iid})
             return
         teardown = self.p.instances.teardown

@@ -127,5 +127,26 @@ def log_tail(path: str, lines: int = 20) -> str:
     return ("\n    " + "\n    ".join(tail)) if tail else ""
 
 
+def command_exit_code(path: str, fallback: int | None) -> int | None:
+    """The exit code of the job's own command, as the remote Snakemake logged it.
+
+    The process the plugin waits for is the remote Snakemake, which exits 1 whatever
+    the rule's command exited with; a person debugging ``exit 3`` needs the 3. The
+    remote Snakemake logs it in its ``CalledProcessError`` line ("returned non-zero
+    exit status 3"); the last such line of the log wins. ``fallback`` (the process's
+    own code) when the log has none (a ``run:`` block, a missing output).
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(handle.tell() - 65536, 0))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return fallback
+    found = COMMAND_STATUS.findall(text)
+    return int(found[-1]) if found else fallback
+
+
+COMMAND_STATUS = re.compile(r"returned non-zero exit status (\d+)\.?\s*$", re.MULTILINE)
 REMOTE_REPORT = re.compile(r"^(Error in rule |Error in group |RuleException)")
 TIMESTAMP = re.compile(r"^\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]$")

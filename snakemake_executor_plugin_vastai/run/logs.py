@@ -42,9 +42,14 @@ def redact_event(_logger: Any, _name: str, event_dict: dict) -> dict:
 
 
 def _render(_logger: Any, method: str, event_dict: dict) -> str:
-    """One readable line: the event, then key=value pairs (job first)."""
+    """One readable line: the event, then key=value pairs (job first). A ``plain`` event
+    (progress) reads as a sentence about its job: ``vastai: rule r, job 1c2d: ...``."""
     event = event_dict.pop("event", "")
     event_dict.pop("verbose", None)
+    if event_dict.pop("plain", False):
+        who = ", ".join(f"{k} {event_dict[k]}" for k in ("rule", "job")
+                        if event_dict.get(k) is not None)
+        return f"vastai: {who}: {event}" if who else f"vastai: {event}"
     order = ["rule", "job", "instance"]
     keys = [k for k in order if k in event_dict] + sorted(k for k in event_dict if k not in order)
     pairs = " ".join(f"{k}={event_dict[k]}" for k in keys if event_dict[k] is not None)
@@ -132,7 +137,9 @@ class PluginLogger:
 
     Human lines go to Snakemake's logger; with :meth:`open_events`, every event
     also lands as JSON in the run's event file. ``verbose=True`` events are
-    debug-level for humans (shown with ``--verbose``) and always in the file.
+    debug-level for humans (shown with ``--verbose``) and always in the file;
+    ``facts={...}`` go to the file only (the human line already says them in words),
+    and ``plain=True`` renders the line as a sentence about its job.
     """
 
     def __init__(self, snakemake_logger: Any, *, _sinks: _Sinks | None = None,
@@ -160,8 +167,9 @@ class PluginLogger:
     def _emit(self, method: str, event: str, kw: dict) -> None:
         kw = {**self._context, **kw}
         human = "debug" if kw.pop("verbose", False) and method == "info" else method
+        facts = kw.pop("facts", None) or {}  # figures for the event file, not for people
         if self._sinks.events is not None:
-            getattr(self._sinks.events, method)(event, **dict(kw))
+            getattr(self._sinks.events, method)(event, **{**kw, **facts})
         getattr(self._sinks.human, human)(event, **kw)
 
     def debug(self, event: str, **kw: Any) -> None:

@@ -45,6 +45,7 @@ from .logs import SECRETS, PluginLogger
 from .pool import Pool
 from .recovery import Recovery, scheduled_fingerprints
 from .teardown import Teardown
+from .verdict import final_states, verdict
 from .watcher import InstanceWatcher
 from .work_ahead import jobs_ahead, work_ahead
 
@@ -389,7 +390,7 @@ class Run:
             self.journal.end_run(self.run_id, outcome)
         except Exception as exc:  # the summary and the pending message still matter
             self.log.warning("could not journal the run's end", error=str(exc))
-        self.log.info(self.summary())
+        self.log.info(self.summary(outcome))
         if pending:
             self.log.error(pending)
         self.log.close()
@@ -414,8 +415,9 @@ class Run:
             self.log.warning("could not read the account balance at the end",
                              error=str(exc))
 
-    def summary(self) -> str:
-        """One line: jobs by outcome, instances rented/resumed, instance-hours, dollars."""
+    def summary(self, outcome: str = "finished") -> str:
+        """One line: how the run ended (``verdict.py``: failures first), jobs by outcome,
+        instances rented/resumed, instance-hours, dollars."""
         with self._lock:
             models = [d.m for d in self.drivers.values() if d.m.snakemake_job is not None]
         states: dict[str, int] = {}
@@ -442,7 +444,10 @@ class Run:
                             "teardown")
         warm = (f", {self.pool.leases} boots avoided (warm instances)"
                 if self.pool.enabled else "")
-        return (f"run summary: {len(models)} jobs ({parts or 'none'}){broken}, "
+        ended = verdict(outcome, final_states(
+            {"id": m.job_id, "snakemake_jobid": getattr(m.snakemake_job, "jobid", None),
+             "attempt": m.attempt, "state": m.state.value} for m in models))
+        return (f"run summary: {ended}; {len(models)} jobs ({parts or 'none'}){broken}, "
                 f"{len(labels) - resumed} instances rented, {resumed} resumed{warm}, "
                 f"{seconds / 3600:.4f} instance-hours, ${dollars:.4f}{unconfirmed}")
 

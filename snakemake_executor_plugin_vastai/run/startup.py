@@ -323,7 +323,17 @@ UNTRACKED_SHOWN = 10
 NOT_GIT = "is not in a git repository"  # the plan reports this warning (cli/plan.py)
 
 
-def check_git(workflow: Any, workdir: Path, log: PluginLogger) -> None:
+def declared_inputs(workflow: Any) -> set[str]:
+    """The input paths the workflow's jobs declare (uploaded as inputs, tracked or not)."""
+    try:
+        jobs = list(workflow.dag.jobs)
+    except (AttributeError, TypeError):  # no DAG built (a test's stand-in workflow)
+        return set()
+    return {os.path.normpath(str(path)) for job in jobs for path in job.input}
+
+
+def check_git(workflow: Any, workdir: Path, log: PluginLogger,
+              declared: set[str] | frozenset = frozenset()) -> None:
     """Git-tracked files are what is shipped beside what Snakemake knows to be sources.
 
     Outside git (or without git), the run ships only what Snakemake itself knows (the
@@ -331,11 +341,13 @@ def check_git(workflow: Any, workdir: Path, log: PluginLogger) -> None:
     folders, conda files), as Snakemake's own remote execution does, and says so once,
     naming the files git would have added. Inside git, files git does not track are listed
     in a warning, because a script that is neither tracked nor declared as an input is
-    silently missing remotely.
+    silently missing remotely; ``declared`` inputs are uploaded with their jobs, so they
+    are not listed.
     """
     tree = source_layout(workflow, workdir).tree
     if not in_git(tree):
-        left = unshipped_files(tree, registered_sources(workflow), workdir)
+        left = [f for f in unshipped_files(tree, registered_sources(workflow), workdir)
+                if os.path.normpath(f) not in declared]  # inputs travel with their jobs
         shown = ", ".join(left[:UNTRACKED_SHOWN])
         more = f" and {len(left) - UNTRACKED_SHOWN} more" if len(left) > UNTRACKED_SHOWN else ""
         named = (f"; {len(left)} other files below it do not ship unless a rule declares "
@@ -347,7 +359,7 @@ def check_git(workflow: Any, workdir: Path, log: PluginLogger) -> None:
     try:
         bad = newline_paths(git_files(workdir))
         untracked = [f for f in git_files(workdir, "--others", "--exclude-standard")
-                     if not f.startswith(".snakemake/")]
+                     if not f.startswith(".snakemake/") and os.path.normpath(f) not in declared]
     except SourcesError as exc:
         raise WorkflowError(str(exc)) from None
     if bad:
@@ -467,7 +479,7 @@ def preflight(workflow: Any, settings: Any, forward_credentials: bool, workdir: 
     stages: list[list[Callable[[], Any]]] = [
         [lambda: validate_scheduled_jobs(workflow)],
         [lambda: check_apptainer(workflow)],
-        [lambda: check_git(workflow, workdir, log),
+        [lambda: check_git(workflow, workdir, log, declared_inputs(workflow)),
          lambda: install_sources(workflow, workdir, log.warning),  # before the scope wraps it
          lambda: scope_sources(workflow, settings, log)],
         [lambda: storage_preflight(workflow, forward_credentials)],

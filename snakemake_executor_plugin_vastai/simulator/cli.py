@@ -1,6 +1,6 @@
 """``simulate``: run the local Vast.ai simulator until interrupted.
 
-    python -m snakemake_executor_plugin_vastai simulate --port 0 --seed 1
+    snakemake-vastai simulate --port 0 --seed 1
     python -m snakemake_executor_plugin_vastai.simulator.cli --realistic --time-scale 0.1
 
 Prints the URL and API key (and shell ``export`` lines), then serves until SIGINT or
@@ -22,7 +22,7 @@ from .server import SimConfig, Simulator
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m snakemake_executor_plugin_vastai simulate",
+        prog="snakemake-vastai simulate",
         description="Serve a local Vast.ai (REST API + SSH instances) on 127.0.0.1.",
     )
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free)")

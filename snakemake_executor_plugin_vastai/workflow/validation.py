@@ -206,28 +206,23 @@ def gpu_model(value: object, culprit: str) -> str:
 
 
 # -- geolocation -----------------------------------------------------------------------
-def _sdk_regions() -> dict[str, str]:
-    """The vastai CLI's region table (``georegion=true``). It is private in the SDK,
-    so there is a small table of our own in case a later SDK drops it."""
-    try:
-        from vastai.utils import _regions
-    except ImportError:
-        return _OWN_REGIONS
-    return dict(_regions) if isinstance(_regions, dict) and _regions else _OWN_REGIONS
-
-
-_OWN_REGIONS = {
-    "AF": "DZ,AO,BJ,BW,BF,BI,CM,CV,CF,TD,KM,CD,CG,CI,DJ,EG,GQ,ER,ET,GA,GM,GH,GN,GW,KE,LS,"
-    "LR,LY,MG,MW,ML,MR,MU,MA,MZ,NA,NE,NG,RW,ST,SN,SC,SL,SO,ZA,SS,SD,SZ,TZ,TG,TN,UG,ZM,ZW",
-    "AS": "AE,AF,AM,AZ,BD,BH,BN,BT,CN,GE,HK,ID,IL,IN,IQ,IR,JO,JP,KG,KH,KR,KW,KZ,LA,LB,LK,"
-    "MM,MN,MO,MV,MY,NP,OM,PH,PK,QA,SA,SG,SY,TH,TJ,TM,TR,TW,UZ,VN,YE",
-    "EU": "AD,AL,AT,BA,BE,BG,BY,CH,CY,CZ,DE,DK,EE,ES,FI,FR,GB,GR,HR,HU,IE,IS,IT,LI,LT,LU,"
-    "LV,MC,MD,ME,MK,MT,NL,NO,PL,PT,RO,RS,RU,SE,SI,SK,SM,UA,VA",
-    "LC": "AG,AR,BB,BO,BR,BS,BZ,CL,CO,CR,CU,DM,DO,EC,GD,GT,GY,HN,HT,JM,KN,LC,MX,NI,PA,PE,"
-    "PR,PY,SR,SV,TT,UY,VC,VE",
+# The vastai CLI's region shortcuts (``vastai search offers 'geolocation in EU'`` with
+# ``georegion=true``), copied as data from vastai 1.9.1 so a region means here what it
+# means there, quirks included (AR and AU under AS, SUR and VZ, which are not ISO codes).
+# The SDK keeps its table private; tests/unit/workflow/test_validation.py compares it
+# with this one while the SDK still has it.
+REGION_COUNTRIES: Mapping[str, str] = MappingProxyType({
+    "AF": "DZ,AO,BJ,BW,BF,BI,CM,CV,CF,TD,KM,CD,CG,DJ,EG,GQ,ER,ET,GA,GM,GH,GN,GW,KE,LS,LR,LY,"
+          "MW,MA,ML,MR,MU,MZ,NA,NE,NG,RW,SH,ST,SN,SC,SL,SO,ZA,SS,SD,SZ,TZ,TG,TN,UG,YE,ZM,ZW",
+    "AS": "AE,AM,AR,AU,AZ,BD,BH,BN,BT,MM,KH,KP,IN,ID,IR,IQ,IL,JP,JO,KZ,LV,LI,MY,MV,MN,NP,KR,"
+          "PK,PH,QA,SA,SG,LK,SY,TW,TJ,TH,TR,TM,VN,YE,HK,CN,OM",
+    "EU": "AL,AD,AT,BY,BE,BA,BG,HR,CY,CZ,DK,EE,FI,FR,GE,DE,GR,HU,IS,IT,KZ,LV,LI,LT,LU,MT,MD,"
+          "MC,ME,NL,NO,PL,PT,RO,RU,RS,SK,SI,ES,SE,CH,UA,GB,VA,MK",
+    "LC": "AG,AR,BS,BB,BZ,BO,BR,CL,CO,CR,CU,DO,EC,SV,GY,HT,HN,JM,MX,NI,PA,PY,PE,PR,RD,SUR,TT,"
+          "UR,VZ",
     "NA": "CA,US",
-    "OC": "AU,FJ,FM,KI,MH,NR,NZ,PG,PW,SB,TO,TV,VU,WS",
-}
+    "OC": "AU,FJ,GU,KI,MH,FM,NR,NZ,PG,PW,SL,TO,TV,VU",
+})
 
 
 def _region_table(raw: Mapping[str, str]) -> Mapping[str, tuple[str, ...]]:
@@ -238,8 +233,8 @@ def _region_table(raw: Mapping[str, str]) -> Mapping[str, tuple[str, ...]]:
     return MappingProxyType(table)
 
 
-REGIONS: Mapping[str, tuple[str, ...]] = _region_table(_sdk_regions())
-"""Region shortcut -> country codes, taken from the vastai SDK's own table."""
+REGIONS: Mapping[str, tuple[str, ...]] = _region_table(REGION_COUNTRIES)
+"""Region shortcut -> country codes, as the vastai CLI expands them."""
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 

@@ -115,8 +115,18 @@ def test_a_chain_reuses_one_warm_instance_and_matches_the_local_executor(tmp_pat
     assert shares == pytest.approx(report["total"]["instance_seconds"], abs=1e-6)
     assert 0 < run["leased_seconds"] < report["total"]["instance_seconds"]
     assert run["boot_seconds"] > 0
-    rules = {r["rule"]: r for r in report["warm"]["rules"]}
+    rules = {r["rule"]: r for r in report["rules"]}
     assert rules["step"]["jobs"] == n and rules["first"]["jobs"] == 1
+    # one instance served every job: its whole bill, the simulator's, is shared by the rules
+    assert sum(r["dollars"] for r in rules.values()) == pytest.approx(
+        sum(i["billed_dollars"] for i in truth["instances"]), rel=0.01, abs=0.5 / 3600)
+    # ... and each job's cost in `journal jobs` is its part of its rule's figure
+    listed = json.loads(subprocess.run(
+        [sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal", "jobs", "--json"],
+        cwd=wf, capture_output=True, text=True, timeout=60, check=True).stdout)
+    for rule, figures in rules.items():
+        assert sum(j["dollars"] for j in listed if j["rule"] == rule) == pytest.approx(
+            figures["dollars"]), rule
     # the timeline: one instance row serving every job, the boots avoided, leases drawn
     page = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal",
                            "timeline", "-o", str(tmp_path / "t.html"), "--json"], cwd=wf,

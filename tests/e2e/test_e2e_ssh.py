@@ -55,15 +55,15 @@ def test_failing_job_reports_remote_log_and_destroys_instance(tmp_path, simulato
     })
     result = run_snakemake(wf, simulator.url, simulator.api_key, "out.txt")
     assert result.returncode != 0
-    # the remote Snakemake reports the failed shell command and exits 1
-    assert "exited with code 1" in result.stderr
+    # the remote Snakemake exits 1; the user is told the command's own code
+    assert "exited with code 3" in result.stderr
     assert "echo remote-says-goodbye" in result.stderr  # the remote log's tail is shown
     log = next((wf / ".snakemake/auxiliary/vastai-logs").glob("boom.*.log")).read_text()
     assert "remote-says-goodbye" in log
     assert not (wf / "out.txt").exists()
     assert alive(simulator.truth()) == []
-    assert journal_rows(wf, "select state, last_error like '%code 1%' from jobs") == [
-        ("failed", 1)]
+    assert journal_rows(wf, "select state, last_error like '%code 3%', exit_code from jobs") == [
+        ("failed", 1, 3)]  # `journal show` reports the command's exit code too
 
 
 def test_fatal_boot_error_is_retried_on_another_machine(tmp_path, simulator):

@@ -112,7 +112,7 @@ def test_failing_job_fails_with_its_log_and_leaves_nothing(tmp_path, simulator,
     result = run_snakemake(wf, simulator.url, simulator.api_key, "out/boom.txt",
                            *storage_args(s3_server, bucket), env=s3_env(simulator.api_key))
     assert result.returncode != 0
-    assert "exited with code 1" in result.stderr  # the remote Snakemake's own exit code
+    assert "exited with code 3" in result.stderr  # the command's own, not the remote Snakemake's 1
     assert "storage-job-says-goodbye" in result.stderr  # the instance log's tail is shown
     assert alive(simulator.truth()) == []
     assert journal_rows(wf, "select state from jobs") == [("failed",)]

@@ -92,7 +92,8 @@ def finished(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Finish
     result = run_snakemake(workdir, sim.url, sim.api_key, "--keep-going")
     sim.clear_faults()
     assert result.returncode != 0, "the boom job should have failed the run"
-    assert "vastai: run summary: 3 jobs (1 failed, 2 succeeded)" in result.stderr
+    assert ("vastai: run summary: failed (1 of 3 jobs); 3 jobs (1 failed, 2 succeeded)"
+            in result.stderr)
     truth = sim.truth()
     assert [i for i in truth["instances"] if i["alive"]] == []
     return Finished(sim, workdir, workdir / ".snakemake/vastai/journal.sqlite", truth)
@@ -189,7 +190,7 @@ def prefix_of(path: Path) -> str:
 # -- runs, jobs, show, instances, cost (read-only) ------------------------------------------
 def test_runs_shows_the_run_its_jobs_and_its_cost(capsys, finished):
     [run] = cli_json(capsys, "--journal", str(finished.journal), "runs")
-    assert run["status"] == run["outcome"] == "finished"
+    assert run["outcome"] == "finished" and run["status"] == "failed (1 of 3 jobs)"
     assert run["jobs"] == {"succeeded": 2, "failed": 1}
     assert run["dollars"] == billed(finished.truth["instances"])
     assert run["settings"]["api_url"] == finished.sim.url
@@ -198,6 +199,7 @@ def test_runs_shows_the_run_its_jobs_and_its_cost(capsys, finished):
     header, line = out.splitlines()
     assert header.split()[:4] == ["RUN", "STARTED", "ENDED", "OUTCOME"]
     assert line.startswith(run["id"]) and "2 succeeded, 1 failed" in line
+    assert " failed (1 of 3 jobs) " in line and "finished" not in line
     assert tables.money(run["dollars"]) in line
 
 
@@ -211,7 +213,7 @@ def test_jobs_of_the_latest_run_with_filters(capsys, finished):
         assert job["gpu"] == f"1x {truth['gpu_name']}"
         assert job["dollars"] == billed([truth])
     [failed] = cli_json(capsys, "--journal", path, "jobs", "--state", "failed")
-    assert failed["rule"] == "boom" and "exited with code 1" in failed["last_error"]
+    assert failed["rule"] == "boom" and "exited with code 3" in failed["last_error"]
     assert "boom-goes-the-job" in failed["last_error"]  # the full text, not one line
     assert len(cli_json(capsys, "--journal", path, "jobs", "--rule", "ok")) == 2
     assert cli_json(capsys, "--journal", path, "jobs", "--rule", "ok", "--state", "failed") == []
@@ -318,12 +320,24 @@ def test_cost_per_run_rule_and_gpu(capsys, finished):
     )
     rules = {r["rule"]: r for r in report["rules"]}
     assert rules["ok"]["instances"] == 2 and rules["boom"]["instances"] == 1
+    by_id = {i["id"]: i for i in instances}
+    with Journal(finished.journal) as journal:  # each rule's share is its instances' bill
+        for rule in ("ok", "boom"):
+            ids = {j["instance_id"] for j in journal.jobs() if j["rule"] == rule}
+            assert rules[rule]["dollars"] == billed([by_id[i] for i in ids])
     gpus = {g["gpu"]: g for g in report["gpus"]}
     for gpu in {i["gpu_name"] for i in instances}:
         assert gpus[f"1x {gpu}"]["dollars"] == billed(
             [i for i in instances if i["gpu_name"] == gpu]
         )
     code, out, _ = cli(capsys, "--journal", str(finished.journal), "cost")
+    assert code == 0  # the summary: the total, each rule's share, the way to the tables
+    total_line, rule_line, more = out.splitlines()
+    assert total_line.startswith(f"{tables.money(report['total']['dollars'])} for 3 instances")
+    for rule in ("ok", "boom"):
+        assert f"{rule} {tables.money(rules[rule]['dollars'])}" in rule_line
+    assert more.endswith("journal cost --detail")
+    code, out, _ = cli(capsys, "--journal", str(finished.journal), "cost", "--detail")
     assert code == 0
     assert [block.split()[0] for block in out.split("\n\n")] == ["RUN", "RULE", "GPU", "TOTAL",
                                                                    "BALANCE"]
@@ -382,7 +396,7 @@ def test_follow_on_a_finished_run_returns_at_once(capsys, finished):
         capsys, "--journal", str(finished.journal), "jobs", "--follow", "--interval", "30"
     )
     assert code == 0 and time.monotonic() - started < 20  # no 30 s wait
-    assert out.count("JOB  ") == 1 and "finished" in out.splitlines()[0]
+    assert out.count("JOB  ") == 1 and "failed (1 of 3 jobs)" in out.splitlines()[0]
 
 
 def test_follow_refreshes_until_the_live_run_ends(capsys, copy, monkeypatch):

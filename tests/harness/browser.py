@@ -8,6 +8,7 @@ browser a failure, so CI cannot pass by skipping them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -46,3 +47,26 @@ def _shoot(page: Path, out: Path, profile: str, width: int, height: int) -> Path
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and out.is_file(), result.stderr[-2000:]
     return out
+
+
+def scroll_width(page: Path, width: int, height: int = 800) -> tuple[int, int]:
+    """(the page's scroll width, the window's inner width) at a window ``width`` px wide.
+
+    A copy of the page gets a one-line script that writes both into its title, and
+    Chromium prints the DOM after the page ran; a scroll width above the inner width
+    is a sideways scroll bar.
+    """
+    probe = ('<script>document.title = "scroll " + document.documentElement.scrollWidth + '
+             '" inner " + window.innerWidth;</script></body>')
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        copy = Path(profile) / "probe.html"
+        copy.write_text(page.read_text(encoding="utf-8").replace("</body>", probe),
+                        encoding="utf-8")
+        argv = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                f"--user-data-dir={profile}/data", f"--window-size={width},{height}",
+                "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+                "--dump-dom", copy.as_uri()]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    found = re.search(r"<title>scroll (\d+) inner (\d+)</title>", result.stdout)
+    assert found, result.stderr[-2000:]
+    return int(found.group(1)), int(found.group(2))

@@ -51,6 +51,7 @@ def test_the_wheel_holds_the_plugin_and_the_simulator_and_no_tests_benchmarks_or
         names = set(zf.namelist())
         dist_info = f"{PACKAGE}-{plugin.__version__}.dist-info"
         metadata = email.message_from_bytes(zf.read(f"{dist_info}/METADATA"))
+        entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
     code = {n for n in names if not n.startswith(dist_info + "/")}
 
     assert code == checkout_modules() - TOOLING  # every module but the tooling, nothing else
@@ -67,6 +68,9 @@ def test_the_wheel_holds_the_plugin_and_the_simulator_and_no_tests_benchmarks_or
     assert "simulator" in metadata.get_all("Provides-Extra")
     simulator_deps = [r for r in metadata.get_all("Requires-Dist") if "simulator" in r]
     assert any(r.startswith("asyncssh") for r in simulator_deps), simulator_deps
+    # the console script: `snakemake-vastai COMMAND` is `python -m snakemake_executor_plugin_vastai`
+    scripts = entry_points.split("[console_scripts]", 1)[1].split("[", 1)[0].split()
+    assert scripts[:3] == ["snakemake-vastai", "=", f"{PACKAGE}.cli.main:main"]
 
 
 def test_the_version_is_above_the_published_0_1_4_and_agrees_everywhere():
@@ -103,7 +107,8 @@ def install_and_run_demo(artifact: Path, venv: Path, demo_dir: Path) -> str:
     where = subprocess.run([str(python), "-c", f"import {PACKAGE} as p; print(p.__file__)"],
                            cwd=venv, capture_output=True, text=True, env=env, check=True)
     assert str(venv) in where.stdout, where.stdout
-    done = subprocess.run([str(python), "-m", PACKAGE, "demo", str(demo_dir)], cwd=venv,
+    script = python.parent / "snakemake-vastai"  # the console script the package declares
+    done = subprocess.run([str(script), "demo", str(demo_dir)], cwd=venv,
                           capture_output=True, text=True, env=env, timeout=DEMO_TIMEOUT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout

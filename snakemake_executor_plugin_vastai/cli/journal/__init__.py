@@ -1,16 +1,16 @@
-"""``python -m snakemake_executor_plugin_vastai journal``: the journal, answered without SQL.
+"""``snakemake-vastai journal``: the journal, answered without SQL.
 
 What ran where, what it cost, why a job failed, whether anything still bills,
 and destroying what does. Run it in the workflow's directory, or name the
 journal (or the workflow directory) with ``--journal``::
 
-    python -m snakemake_executor_plugin_vastai journal runs
-    python -m snakemake_executor_plugin_vastai journal jobs --state failed
-    python -m snakemake_executor_plugin_vastai journal show 9b07
-    python -m snakemake_executor_plugin_vastai journal instances --alive
-    python -m snakemake_executor_plugin_vastai journal cost --json
-    python -m snakemake_executor_plugin_vastai journal cleanup --dry-run
-    python -m snakemake_executor_plugin_vastai journal timeline -o run.html
+    snakemake-vastai journal runs
+    snakemake-vastai journal jobs --state failed
+    snakemake-vastai journal show 9b07
+    snakemake-vastai journal instances --alive
+    snakemake-vastai journal cost --json
+    snakemake-vastai journal cleanup --dry-run
+    snakemake-vastai journal timeline -o run.html
 
 Every subcommand prints aligned tables for people and, with ``--json``, the
 full rows for scripts (epoch-second times, untruncated errors). Reading never

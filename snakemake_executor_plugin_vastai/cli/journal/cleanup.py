@@ -71,7 +71,7 @@ def cmd_cleanup(journal: Journal, args: argparse.Namespace) -> int:
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal cleanup
+        $ snakemake-vastai journal cleanup
         INSTANCE   LABEL                      API      $/H      JOURNAL
         393107267  smk-b7fb4a81-1c2d3e4f5a6b  running  $0.1343  job 1c2d3e4f5a6b running
         Destroy 1 instance(s)? [y/N] y

@@ -17,9 +17,10 @@ from typing import Any
 from ...journal.store import Journal
 from ...lifecycle.job_machine import JobState
 from ...run import liveness as leases
+from ...run.verdict import recorded_status
 from .. import tables
 
-PROG = "python -m snakemake_executor_plugin_vastai journal"
+PROG = "snakemake-vastai journal"
 STATE_ORDER = [s.value for s in JobState]
 
 
@@ -32,10 +33,8 @@ class CliError(Exception):
 
 
 def run_status(run: dict) -> str:
-    """The recorded outcome, else "running" or "unfinished" (see :func:`run_is_live`)."""
-    if run["ended_at"] is not None:
-        return str(run["outcome"] or "ended")
-    return "running" if run_is_live(run) else "unfinished"
+    """The recorded outcome, else "running" or "unfinished" (``run/verdict.py``)."""
+    return recorded_status(run)
 
 
 def run_is_live(run: dict) -> bool:

@@ -33,7 +33,7 @@ def cmd_instances(journal: Journal, args: argparse.Namespace) -> int:
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal instances --alive
+        $ snakemake-vastai journal instances --alive
         INSTANCE   JOB           RULE  GPU          $/H      ...  COST     API
         392958068  9b07a0422a73  boom  1x RTX 3090  $0.1378  ...  $0.0002  gone
     """

@@ -13,8 +13,9 @@ import json
 import sys
 import time
 
-from ...costs import warm as warm_cost
+from ...costs import rules as rule_costs
 from ...journal.store import Journal
+from ...run.verdict import run_verdict
 from ...transports import progress
 from .. import tables
 from .common import (
@@ -22,7 +23,6 @@ from .common import (
     _latest_run,
     _price,
     run_is_live,
-    run_status,
     selected_run,
 )
 
@@ -66,7 +66,7 @@ def cmd_jobs(journal: Journal, args: argparse.Namespace) -> int:
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal jobs --state failed
+        $ snakemake-vastai journal jobs --state failed
         JOB           RULE  TRY  STATE   INSTANCE  GPU          ...     COST  ERROR
         9b07a0422a73  boom    1  failed  392958068  1x RTX 3090  ...  $0.0002  rule boom: the ...
     """
@@ -91,26 +91,27 @@ def job_views(journal: Journal, args: argparse.Namespace) -> list[dict]:
     run_id = None if args.all_runs else selected_run(journal, args.run)
     if run_id is None and not args.all_runs:
         return []
-    instances = {row["label"]: row for row in journal.instances_with_cost()}
+    rows = journal.instances_with_cost()
     now = time.time()
+    shares = rule_costs.by_job(rows, journal.jobs(), now)  # every job: the shares need all
     jobs = journal.jobs(run_id=run_id, state=args.state, rule=args.rule)
-    return [job_view(job, instances.get(job["label"]), now) for job in jobs]
+    return [job_view(job, shares.get(job["id"], {}), now) for job in jobs]
 
 
-def job_view(job: dict, instance: dict | None, now: float) -> dict:
-    """A job row plus what people ask of it: GPU, duration, the instance's bill.
+def job_view(job: dict, share: dict, now: float) -> dict:
+    """A job row plus what people ask of it: GPU, duration, its share of the bill.
 
-    The bill is that of the instance the job's label names: a job that resumed
-    an earlier run's instance shows the whole bill, shared with that job.
+    The share is ``costs/rules.py``'s: the whole bill of an instance it had alone,
+    else its part by the time it held the instance, so a rule's jobs add up to the
+    rule's figure in ``journal cost``.
     """
     end = job["ended_at"] if job["ended_at"] is not None else now
     return {
         **job,
         "gpu": tables.gpu_text(job),
         "duration_seconds": max(0.0, float(end) - float(job["created_at"])),
-        "instance_seconds": instance["billed_seconds"] if instance else 0.0,
-        "dollars": instance["billed_dollars"] if instance else 0.0,
-        **warm_cost.leased_share(job, instance, now),
+        "instance_seconds": share.get("instance_seconds", 0.0),
+        "dollars": share.get("dollars", 0.0),
     }
 
 
@@ -151,7 +152,7 @@ def follow_jobs(journal: Journal, args: argparse.Namespace) -> int:
             if clear:
                 print("\x1b[H\x1b[2J", end="")
             if not args.json:
-                print(_follow_header(latest, live))
+                print(_follow_header(journal, latest, live))
             print_jobs(journal, args, compact=True)
             moving = transfers_text(journal, latest) if live and not args.json else ""
             if moving:
@@ -186,8 +187,9 @@ def transfers_text(journal: Journal, run: dict | None) -> str:
     return "\n" + table
 
 
-def _follow_header(run: dict | None, live: bool) -> str:
+def _follow_header(journal: Journal, run: dict | None, live: bool) -> str:
     if run is None:
         return "no runs yet"
-    state = "running (Ctrl-C to stop following)" if live else run_status(run)
+    ended = run_verdict(run, journal.jobs(run_id=run["id"]))
+    state = "running (Ctrl-C to stop following)" if live else ended
     return f"run {run['id']}: {state}  [{tables.when(time.time())}]"

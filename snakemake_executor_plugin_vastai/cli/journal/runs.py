@@ -6,8 +6,9 @@ import argparse
 from collections import Counter, defaultdict
 
 from ...journal.store import Journal
+from ...run.verdict import run_verdict
 from .. import tables
-from .common import _ordered_states, _parse_json, emit_json, run_status
+from .common import _ordered_states, _parse_json, emit_json
 
 
 def _configure_runs(parser: argparse.ArgumentParser) -> None:
@@ -18,13 +19,15 @@ def cmd_runs(journal: Journal, args: argparse.Namespace) -> int:
     """Every run: when, how it ended, its jobs by state, instance-hours and dollars.
 
     A run that never recorded its end is "running" while its snakemake process
-    lives (same host) and "unfinished" otherwise (it crashed or was killed).
+    lives (same host) and "unfinished" otherwise (it crashed or was killed). A run
+    in which jobs failed reads "failed (1 of 3 jobs)" whatever else it recorded
+    (``--json`` keeps the recorded ``outcome`` beside this ``status``).
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal runs
-        RUN                     STARTED              ...  OUTCOME   JOBS                   ...
-        20261128T133559-6a6039  2026-11-28 13:35:59  ...  finished  2 succeeded, 1 failed  ...
+        $ snakemake-vastai journal runs
+        RUN                     ...  OUTCOME               JOBS                   ...
+        20261128T133559-6a6039  ...  failed (1 of 3 jobs)  2 succeeded, 1 failed  ...
     """
     views = run_views(journal)
     if args.json:
@@ -45,7 +48,7 @@ def run_views(journal: Journal) -> list[dict]:
             {
                 **run,
                 "settings": _parse_json(run["settings"]),
-                "status": run_status(run),
+                "status": run_verdict(run, jobs_by_run[run["id"]]),
                 "jobs": {state: counts[state] for state in _ordered_states(counts)},
                 "instance_seconds": seconds,
                 "instance_hours": seconds / 3600.0,

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from ...costs import rules as rule_costs
 from ...journal.store import Journal
 from .. import tables
 from .common import _indent, _one, _parse_json, _price, emit_json
@@ -29,7 +30,7 @@ def cmd_show(journal: Journal, args: argparse.Namespace) -> int:
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal show 9b07
+        $ snakemake-vastai journal show 9b07
         job        9b07a0422a73
         rule       boom (attempt 1, snakemake job 3)
         state      failed
@@ -38,11 +39,12 @@ def cmd_show(journal: Journal, args: argparse.Namespace) -> int:
         2026-11-28 13:35:59  submit        -          searching  -
     """
     job = _one(journal.jobs_with_prefix(args.job), "job", args.job, journal.path)
-    instance = next(
-        (row for row in journal.instances_with_cost() if row["label"] == job["label"]), None
-    )
+    rows = journal.instances_with_cost()
+    instance = next((row for row in rows if row["label"] == job["label"]), None)
+    now = time.time()
+    share = rule_costs.by_job(rows, journal.jobs(), now).get(job["id"], {})
     view = {
-        "job": job_view(job, instance, time.time()),
+        "job": job_view(job, share, now),
         "instance": public_instance(instance) if instance else None,
         "transitions": [
             {**t, "detail": _parse_json(t["detail"])} for t in journal.transitions_of(job["id"])

@@ -24,7 +24,7 @@ def cmd_timeline(journal: Journal, args: argparse.Namespace) -> int:
 
     Example:
 
-        $ python -m snakemake_executor_plugin_vastai journal timeline -o run.html
+        $ snakemake-vastai journal timeline -o run.html
         wrote run.html: 6 jobs on 6 instances, 0.004 instance-hours, $0.0011, 0 boots avoided
     """
     run_id = selected_run(journal, args.run)

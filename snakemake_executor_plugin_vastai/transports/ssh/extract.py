@@ -330,8 +330,41 @@ class _Extractor:
             os.utime(path, (mtime, mtime))
 
 
+SIZE_LISTING_MAX = 8 * 1024 * 1024  # bytes of a download's size listing (~500k entries)
+
+
+class _ListingTooLong(Exception):
+    """The host's size listing passed SIZE_LISTING_MAX: the total stays unknown."""
+
+
 class Downloads(Channels):
     """The download operation of a session (``RemoteSession`` in session.py)."""
+
+    def download_size(self, remote_dir: str, paths: Sequence[str]) -> int | None:
+        """What :meth:`download` of ``paths`` will move, as the host lists it (for the
+        progress total and percentage only: a host's word sizes nothing else); None
+        when it cannot say."""
+        wanted = [clean_relative(p) for p in paths]
+        if not wanted:
+            return None
+        chan = self._exec(scripts.size_command(remote_dir, wanted), "size")
+        self._close_input(chan, "size")
+        listing = bytearray()
+
+        def take(data: bytes) -> None:  # a host that floods gets no total, not our memory
+            if len(listing) + len(data) > SIZE_LISTING_MAX:
+                raise _ListingTooLong
+            listing.extend(data)
+
+        try:
+            rc = self._pump(chan, take, lambda _data: None, "size", timeout=60)
+        except _ListingTooLong:
+            return None
+        finally:
+            chan.close()
+        if rc != 0 or not listing:
+            return None
+        return scripts.tar_bytes(listing.decode("utf-8", "replace"))
 
     def download(
         self,

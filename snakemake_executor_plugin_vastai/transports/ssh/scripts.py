@@ -301,6 +301,30 @@ def download_command(remote_dir: str, paths: Sequence[str]) -> str:
     )
 
 
+def size_command(remote_dir: str, paths: Sequence[str]) -> str:
+    """List what :func:`download_command` would send: ``f SIZE`` per regular file, ``o``
+    per other entry (directory, link), so the client can work out the tar's size for a
+    download's total and percentage. Missing paths are left out, as there."""
+    d = shlex.quote(remote_dir)
+    words = " ".join(shlex.quote("./" + p) for p in paths)
+    return (f"cd -- {d} || exit {EXIT_NO_JOB_DIR}\n"
+            f"find {words} \\( -type f -printf 'f %s\\n' \\) -o -printf 'o\\n' "
+            "2>/dev/null\nexit 0\n")
+
+
+def tar_bytes(listing: str) -> int:
+    """The size of an uncompressed tar of the ``size_command`` listing: a 512-byte header
+    per entry, file data padded to 512 bytes, two zero blocks, whole 10 KiB records."""
+    total = 1024
+    for line in listing.splitlines():
+        kind, _, size = line.partition(" ")
+        if kind == "f" and size.isdigit():
+            total += 512 + -(-int(size) // 512) * 512
+        elif kind in ("f", "o"):
+            total += 512
+    return -(-total // 10240) * 10240
+
+
 def launch_command(job_dir: str) -> str:
     """Start the wrapper detached and print its pid once it has recorded it.
 

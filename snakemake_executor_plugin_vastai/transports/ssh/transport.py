@@ -46,7 +46,7 @@ from ...run.recovery import resumable_state
 from ...settings import download_cap
 from ...vastai.bids import Preempted
 from ...workflow import payload
-from ..progress import TransferProgress, planned_bytes
+from ..progress import TransferProgress, planned_bytes, terminal_bars
 from .channels import Endpoint
 from .errors import (
     AuthRejected,
@@ -179,7 +179,7 @@ class SshTransport:
         allowed = AllowedPaths(back.files, back.directories)
         if back.paths:
             try:
-                with self._progress("download", None):
+                with self._progress("download", self._download_size(back.paths)):
                     self.with_ssh("download", lambda s: s.download(
                         self.job_dir, back.paths, self.p.spec.workspace.workdir,
                         allowed=allowed, max_bytes=self._download_cap(),
@@ -191,6 +191,18 @@ class SshTransport:
         if ok:
             self._note_outputs(back.files)
         return Downloaded(ok=ok, paths=len(back.paths))
+
+    def _download_size(self, paths: list[str]) -> int | None:
+        """The download's size, for its progress total: one try on the open session, no
+        reconnect (unknown, None, rather than hold the download up on a bad link)."""
+        with self._lock:
+            session = self.session
+        if session is None:
+            return None
+        try:
+            return session.download_size(self.m.work_dir, paths)
+        except (SSHUnavailable, RemoteError, *LINK_ERRORS):
+            return None
 
     def clean_for_next(self) -> str | None:
         """End everything the job started (launch.py's sweep); None when the instance is
@@ -243,7 +255,8 @@ class SshTransport:
         progress = TransferProgress(
             direction, total, log=self.steps.log, journal=self.p.journal,
             job_id=self.m.job_id, instance_id=self.m.instance_id,
-            interval=getattr(self.p.settings, "progress_interval", 5.0), meter=self.meter)
+            interval=getattr(self.p.settings, "progress_interval", 5.0), meter=self.meter,
+            bars=terminal_bars(), label=f"{self.m.rule} {self.m.job_id}")
         self.meter.listener = progress.count
         ok = False
         try:

@@ -25,6 +25,7 @@ from ...lifecycle.outcomes import (
     Reattached,
     RunEnded,
     Uploaded,
+    command_exit_code,
     log_tail,
 )
 from ...vastai import bids
@@ -235,6 +236,7 @@ class StorageTransport:
         failure = None
         if rc != 0:
             spec = self.p.spec
+            rc = command_exit_code(spec.log_path, rc) or rc  # the command's own, see there
             failure = (f"rule {self.m.rule}: the job exited with code {rc} on instance "
                        f"{self.m.instance_id}; log: {spec.log_path}{log_tail(spec.log_path)}")
         return RunEnded(exit_code=rc, note=note, failure=failure, outputs_home=rc == 0)

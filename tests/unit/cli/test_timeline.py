@@ -23,6 +23,7 @@ import pytest
 
 from snakemake_executor_plugin_vastai.cli import timeline_svg
 from snakemake_executor_plugin_vastai.cli.journal import main
+from snakemake_executor_plugin_vastai.cli.timeline_model import JobView
 from snakemake_executor_plugin_vastai.journal.store import TERMINAL_STATES, Journal
 from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 from tests.harness import browser, png, timeline_journal
@@ -172,6 +173,7 @@ def test_totals_of_a_real_run_equal_journal_cost(real, capsys):
     assert shown["instance_hours"] == cost["instance_hours"]
     assert shown["instances"] == cost["instances"] == 3
     assert shown["jobs"] == 3 and shown["failed"] == 1 and shown["boots_avoided"] == 0
+    assert '<span id="outcome">failed (1 of 3 jobs)</span>' in real.html  # not "finished"
     rows = real.json["rows"]
     assert sum(r["billed_dollars"] for r in rows) == pytest.approx(cost["dollars"], rel=1e-12)
 
@@ -270,7 +272,7 @@ def test_500_jobs_the_quiet_two_hours_are_one_labelled_break(large):
     assert len(breaks) == 1
     label = breaks[0].find(f"{SVG}text").text
     assert label.startswith("1h5") or label.startswith("2h0"), label
-    width = float(large.svg.get("width"))
+    width = float(large.svg.get("viewBox").split()[2])
     xs = [float(e.get("x")) + float(e.get("width")) for e in bars(large.svg)]
     assert max(xs) <= width
     # to scale outside the break: the busy half-hour fills most of the chart
@@ -281,7 +283,7 @@ def test_500_jobs_the_quiet_two_hours_are_one_labelled_break(large):
 def test_500_jobs_hostile_rule_names_and_errors_are_escaped(large):
     for raw in (timeline_journal.EVIL_RULE, timeline_journal.EVIL_ERROR, "<img", "<script"):
         assert raw not in large.html, raw
-    assert "train&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;" in large.html
+    assert "train&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;" in large.html
     titles = [t.text or "" for t in large.svg.iter(f"{SVG}title")]
     assert any(timeline_journal.EVIL_ERROR in t for t in titles)  # shown, as text
 
@@ -294,6 +296,25 @@ def test_500_jobs_page_renders_in_headless_chromium(large, tmp_path):
     assert len(counts) > 20
     for state in ("running", "leased", "booting"):
         assert counts.get(png.hex_rgb(timeline_svg.STATE_COLOURS[state]), 0) > 100, state
+
+
+@pytest.mark.parametrize("window", [1280, 1920])
+def test_the_page_fits_the_window_without_sideways_scrolling(large, window):
+    scroll, inner = browser.scroll_width(large.path, window)
+    assert inner == window and scroll <= inner, (scroll, inner)
+
+
+def test_row_labels_say_what_ran_and_what_failed():
+    def job(rule: str, n: int, failed: bool = False) -> JobView:
+        return JobView(f"j{n}", rule, n, "failed" if failed else "succeeded", 1,
+                       "exit 3" if failed else None, True)
+
+    assert timeline_svg.jobs_label([job("boom", 3, failed=True)]) == "boom #3 failed"
+    assert timeline_svg.jobs_label([job("ok", 1)]) == "ok #1"
+    assert timeline_svg.jobs_label([job("ok", 1), job("ok", 2), job("report", 4)]) == (
+        "3 jobs: ok (2), report")
+    assert timeline_svg.jobs_label([job("ok", 1), job("boom", 2, failed=True)]) == (
+        "2 jobs, 1 failed: ok, boom")
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -329,6 +350,15 @@ def test_the_demo_ends_by_writing_its_timeline(tmp_path, capsys):
     expected = expected_spans(journal, shown.run)
     for job, spans in expected.items():
         assert drawn_spans(shown.svg, job) == sorted(spans), job
+    # its declared input (data/raw.csv, not in git) is uploaded, so nothing warns of it
+    assert "not tracked by git" not in demo.stdout + demo.stderr
+    # what it offers to try next runs as printed, from another directory
+    offered = demo.stdout.split("Try next", 1)[1].splitlines()[1:]
+    assert len(offered) == 3
+    for command in offered:
+        ran = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)
+        assert ran.returncode == 0 and ran.stdout, (command, ran.stderr)
 
 
 # -- a job re-attached to an earlier run's instance ------------------------------------------

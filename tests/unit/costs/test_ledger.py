@@ -202,14 +202,17 @@ def test_ledger_totals_agree_with_the_simulators_billing(tmp_path, simulator_fac
         sum(i["billed_bandwidth_dollars"] for i in billed.values()), rel=0.01)
     assert report["balances"][0]["fell_by"] == pytest.approx(report["total"]["dollars"],
                                                              rel=0.01)
+    # per rule: the rules' shares add up to the simulator's bill, bandwidth included
+    assert sum(r["dollars"] for r in report["rules"]) == pytest.approx(
+        sum(i["billed_dollars"] for i in billed.values()), rel=0.01)
     assert journal_main(["--journal", str(wf / ".snakemake/vastai/journal.sqlite"),
-                         "cost"]) == 0
+                         "cost", "--detail"]) == 0
     text = capsys.readouterr().out
     assert "COMPUTE  BANDWIDTH" in text and "BALANCE OF RUN" in text
     # progress: the 40 MB upload (above the bar; the 12 MB are under it) says when it is
     # done; lines while it runs are shown by the crash test below (a longer upload)
-    lines = [ln for ln in result.stderr.splitlines() if "vastai: upload" in ln]
-    assert any(re.search(r"upload done: 38\.\d MiB in", ln) for ln in lines), "\n".join(lines)
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("vastai: rule")]
+    assert any(re.search(r": upload done: 38\.\d+ MiB in", ln) for ln in lines), "\n".join(lines)
     transfers = sqlite3.connect(wf / ".snakemake/vastai/journal.sqlite").execute(
         "select direction, bytes_done, ended_at is not null from transfers "
         "where bytes_done > 1000000 order by id").fetchall()
@@ -275,9 +278,9 @@ def test_a_crash_mid_upload_keeps_its_bytes_and_the_resumed_run_counts_its_own(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
-    lines = [ln for ln in out.splitlines() if "vastai: upload" in ln]
-    assert any(re.search(r"upload: [\d.]+ MiB of 286\.\d MiB \(\d+%\) at .*/s, .* left", ln)
-               for ln in lines), out[-3000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("vastai: rule")]
+    assert any(re.search(r": upload [\d.]+ MiB of 286\.\d+ MiB \(\d+%\), .*/s, .* left$", ln)
+               for ln in lines), out[-3000:]  # a sentence, no key=value tail
     con = sqlite3.connect(db)  # one query: one snapshot of the journal
     ((row_bytes, journaled),) = con.execute(
         "SELECT t.bytes_done, i.bytes_uploaded FROM transfers t, instances i").fetchall()

@@ -8,6 +8,9 @@ for Snakemake's (the attributes the spec reads). The simulator is the edge.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from snakemake_executor_plugin_vastai.journal.store import Journal
 from snakemake_executor_plugin_vastai.lifecycle.driver import JobDriver, build_machine
 from snakemake_executor_plugin_vastai.lifecycle.job_machine import JobState
 from snakemake_executor_plugin_vastai.lifecycle.models import JobModel
+from snakemake_executor_plugin_vastai.lifecycle.outcomes import command_exit_code
 from snakemake_executor_plugin_vastai.lifecycle.ports import JobPorts
 from snakemake_executor_plugin_vastai.run.keys import RunKey
 from snakemake_executor_plugin_vastai.run.logs import PluginLogger
@@ -61,7 +65,8 @@ class Rig:
 
 
 def rig(sim, tmp_path: Path, command: str, *, teardown_wait: float = 60,
-        max_runtime: float = 0.0, model_class: type[JobModel] = JobModel) -> Rig:
+        max_runtime: float = 0.0, model_class: type[JobModel] = JobModel,
+        keep_instances: bool = False) -> Rig:
     api = VastAPI(sim.api_key, sim.url, retry_budget=30, request_timeout=5)
     journal = Journal.for_workdir(tmp_path)
     run_id = journal.start_run(snakemake_version="", plugin_version="test", settings={})
@@ -71,7 +76,7 @@ def rig(sim, tmp_path: Path, command: str, *, teardown_wait: float = 60,
     key = RunKey.load_or_create(tmp_path / "keys", run_id)
     offers = OfferSettings(reliability=0)
     settings = RunSettings(api_url=sim.url, image="img", disk=10, boot_timeout=60,
-                           keep_instances=False, forward_credentials=False,
+                           keep_instances=keep_instances, forward_credentials=False,
                            status_interval=0.2, offline_grace=5, offer_settings=offers)
     workspace = Workspace(workdir=tmp_path, job_command=lambda job: job.command,
                           declared_envvars=dict, snakemake_version="")
@@ -259,3 +264,40 @@ def test_the_log_tail_is_the_jobs_own_output_not_the_remote_snakemakes_report(tm
     tail = log_tail(str(log))
     assert tail.endswith("RuntimeError: CUDA out of memory")
     assert "Error in rule" not in tail
+
+
+def test_the_commands_own_exit_code_is_read_from_the_remote_log(tmp_path):
+    """The remote Snakemake exits 1 for any failed rule; its log names the command's code."""
+    log = tmp_path / "job.log"
+    log.write_text("boom\nRuleException:\nCalledProcessError in file \"Snakefile\", line 3:\n"
+                   "Command 'set -euo pipefail;  exit 3' returned non-zero exit status 3.\n"
+                   "Error in rule boom:\n")
+    assert command_exit_code(str(log), 1) == 3
+    log.write_text("MissingOutputException: the rule made no out.txt\n")
+    assert command_exit_code(str(log), 1) == 1  # no command status: the process's own
+    assert command_exit_code(str(tmp_path / "absent.log"), 1) == 1
+
+
+def test_a_kept_instance_is_announced_with_ssh_and_cleanup_commands_that_work(
+        tmp_path, simulator, caplog):
+    """--vastai-keep-instances: the warning says how to log in and how to end the bill,
+    and both commands work (the login with options that only make it non-interactive)."""
+    caplog.set_level(logging.WARNING, logger="test-driver")
+    r = rig(simulator, tmp_path, "echo kept > out.txt", keep_instances=True)
+    model = r.run()
+    assert model.state is JobState.SUCCEEDED, model.failure
+    assert [i["id"] for i in alive(simulator.truth())] == [model.instance_id]
+    [said] = [rec.getMessage() for rec in caplog.records if "keeping instance" in rec.getMessage()]
+    login = re.search(r"^ +log in: +(ssh .+)$", said, re.MULTILINE).group(1).split()
+    quiet = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    inside = subprocess.run([login[0], *quiet, *login[1:], f"cat {model.work_dir}/out.txt"],
+                            capture_output=True, text=True, timeout=60)
+    assert inside.returncode == 0 and inside.stdout == "kept\n", inside.stderr
+    cleanup = re.search(r"^ +destroy it: +(.+)$", said, re.MULTILINE).group(1)
+    r.journal.end_run(model.ports.run_id, "finished")  # as snakemake does when it exits
+    env = {**os.environ, "VAST_API_KEY": simulator.api_key, "VAST_URL": simulator.url}
+    done = subprocess.run(cleanup, shell=True, input="y\n", capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert alive(simulator.truth()) == []

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import io
+import json
+import re
+import subprocess
 import threading
 import time
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from snakemake_executor_plugin_vastai.cli.journal import jobs as journal_cli
 from snakemake_executor_plugin_vastai.cli.journal import main
 from snakemake_executor_plugin_vastai.costs import ledger
 from snakemake_executor_plugin_vastai.journal.store import Journal
+from snakemake_executor_plugin_vastai.run.logs import PluginLogger
 from snakemake_executor_plugin_vastai.transports.progress import (
+    TerminalBars,
     TransferProgress,
     human_bytes,
     planned_bytes,
 )
+from snakemake_executor_plugin_vastai.transports.ssh import scripts
 
 MiB = 1024**2
 
@@ -58,13 +66,14 @@ def test_a_long_upload_logs_one_line_per_interval_with_rate_and_time_left():
         clock=clock)
     feed(progress, clock, total=600 * MiB, seconds=60.0, pieces=6000)  # 10 MiB/s for 60 s
     progress.end()
-    middle, last = lines[:-1], lines[-1]
+    first, middle, last = lines[0], lines[1:-1], lines[-1]
+    assert first[1] == "upload of 600 MiB started"  # at once: the next line is 5 s away
     assert 11 <= len(middle) <= 12  # one line every 5 s of 60 s, not one per packet
     level, text, fields = middle[0]
-    assert level == "info" and text.startswith("upload: 50.0 MiB of 600.0 MiB (8%)")
-    assert "at 10.0 MiB/s, 55s left" in text
-    assert fields["seconds_left"] == pytest.approx(55.0, abs=0.1)
-    assert last[1] == "upload done: 600.0 MiB in 1m00s (10.0 MiB/s)"
+    assert level == "info" and text == "upload 50 MiB of 600 MiB (8%), 10 MiB/s, 55 seconds left"
+    assert fields["plain"] is True  # a sentence about the job, not a key=value tail
+    assert fields["facts"]["seconds_left"] == pytest.approx(55.0, abs=0.1)  # the file's
+    assert last[1] == "upload done: 600 MiB in 1 minute (10 MiB/s)"
     # journal rows: at most one write a second, then the closing one
     assert 55 <= len(journal.updates) <= 62
     assert journal.updates[-1] == (7, 6000 * (600 * MiB // 6000), True)
@@ -90,7 +99,7 @@ def test_a_download_of_unknown_size_reports_once_past_the_threshold():
                                 interval=2.0, clock=clock)
     feed(progress, clock, total=100 * MiB, seconds=20.0, pieces=200)  # 5 MiB/s
     assert lines and all("left" not in ln and " of " not in ln for ln in lines)
-    assert lines[0].startswith("download: 32.0 MiB at 5.0 MiB/s")  # first at the bar
+    assert lines[0] == "download 32 MiB, 5 MiB/s"  # first at the bar
 
 
 def test_interval_zero_turns_lines_off():
@@ -110,7 +119,7 @@ def test_planned_bytes_counts_files_and_directories(tmp_path):
     files = [(tmp_path / "d", "d"), (tmp_path / "f", "f"), (tmp_path / "link", "link"),
              (tmp_path / "gone", "gone")]
     assert planned_bytes(files) == 400  # the link counts: the upload follows it
-    assert human_bytes(1536) == "1.5 KiB" and human_bytes(12) == "12 B"
+    assert human_bytes(1536) == "1.5 KiB" and human_bytes(12) == "12 bytes"
 
 
 def test_follow_shows_transfers_in_flight(capsys, tmp_path, monkeypatch):
@@ -147,7 +156,7 @@ def test_follow_shows_transfers_in_flight(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert code == 0
     moving = [ln for ln in out.splitlines() if ln.startswith(job) and " upload " in ln]
-    assert moving and "100.0 MiB" in moving[0] and "400.0 MiB" in moving[0]
+    assert moving and "100 MiB" in moving[0] and "400 MiB" in moving[0]
     assert "25%" in moving[0] and "TRANSFER OF JOB" in out
     assert len(moving) == 1  # the table after the run ended shows none
     assert not any("download" in ln for ln in out.splitlines())  # ended: not in flight
@@ -302,3 +311,68 @@ def test_progress_intervals_off_or_from_half_a_second_are_taken(value, seconds):
     from snakemake_executor_plugin_vastai.run.startup import progress_interval
 
     assert progress_interval(SimpleNamespace(progress_interval=value)) == seconds
+
+
+# -- what a person reads: the log, the terminal, the download's total ------------------------
+class Lines:
+    """Snakemake's executor logger as the plugin sees it: it receives finished lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, line: str) -> None:
+        self.lines.append(line)
+
+    warning = error = debug = info
+
+
+def test_in_a_log_progress_reads_as_sentences_about_the_job_and_the_file_keeps_figures(
+        tmp_path):
+    sink = Lines()
+    log = PluginLogger(sink).bind(rule="train", job="1c2d3e4f5a6b", instance=7,
+                                  state="uploading")
+    log.open_events(tmp_path / "events.jsonl")
+    clock = Clock()
+    progress = TransferProgress("upload", 200 * MiB, log=lambda lvl, ev, **kw: getattr(
+        log, lvl)(ev, **kw), interval=5.0, clock=clock)
+    feed(progress, clock, total=200 * MiB, seconds=20.0, pieces=200)
+    progress.end()
+    log.close()
+    assert sink.lines[0] == "vastai: rule train, job 1c2d3e4f5a6b: upload of 200 MiB started"
+    assert re.fullmatch(r"vastai: rule train, job 1c2d3e4f5a6b: upload 5\d MiB of 200 MiB "
+                        r"\(2\d%\), 10 MiB/s, 1\d seconds left", sink.lines[1]), sink.lines[1]
+    assert sink.lines[-1].endswith("upload done: 200 MiB in 20 seconds (10 MiB/s)")
+    assert not any("=" in line for line in sink.lines)  # no key=value tail
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert 50 * MiB <= events[1]["bytes"] <= 52 * MiB and 14 < events[1]["seconds_left"] < 16
+
+
+def test_on_a_terminal_each_large_transfer_is_a_live_bar_with_total_and_time_left():
+    screen = io.StringIO()
+    bars = TerminalBars(Console(file=screen, force_terminal=True, width=120))
+    clock, lines = Clock(), []
+    progress = TransferProgress("download", 300 * MiB, log=lambda lvl, ev, **kw: lines.append(
+        ev), interval=5.0, clock=clock, bars=bars, label="train 1c2d3e4f5a6b")
+    feed(progress, clock, total=120 * MiB, seconds=12.0, pieces=120)
+    bars._display.refresh()  # what the display shows now (it redraws twice a second)
+    drawn = screen.getvalue()
+    assert "train 1c2d3e4f5a6b download" in drawn and "/300.0 MiB" in drawn
+    assert re.search(r"\d+:\d\d:\d\d", drawn)  # the time left
+    progress.end()
+    assert bars._display is None  # the last bar gone, the display stops
+    assert lines == ["download done: 120 MiB in 12 seconds (10 MiB/s)"]  # no lines meanwhile
+
+
+def test_the_download_total_is_the_size_of_the_tar_that_will_arrive(tmp_path):
+    work = tmp_path / "job"
+    (work / "out" / "deep").mkdir(parents=True)
+    (work / "out" / "deep" / "a.bin").write_bytes(b"x" * 70_000)
+    (work / "out" / "b.txt").write_text("hello\n")
+    (work / "log.txt").write_bytes(b"")
+    (work / "out" / "link").symlink_to("b.txt")
+    paths = ["out", "log.txt", "missing.txt"]
+    listing = subprocess.run(["sh", "-c", scripts.size_command(str(work), paths)],
+                             capture_output=True, text=True, check=True).stdout
+    tar = subprocess.run(["sh", "-c", scripts.download_command(str(work), paths)],
+                         capture_output=True, check=True).stdout
+    assert scripts.tar_bytes(listing) == len(tar)

@@ -6,12 +6,16 @@ must also make ``build_offer_request`` fail, with the same message.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from snakemake_executor_plugin_vastai.vastai.offers import OfferSettings, build_offer_request
+from snakemake_executor_plugin_vastai.workflow import validation as validation_module
 from snakemake_executor_plugin_vastai.workflow.validation import (
+    REGION_COUNTRIES,
     ConfigError,
     expand_geolocation,
     parse_filters,
@@ -208,6 +212,25 @@ def test_image_reference_is_stripped():
 def test_geolocation_regions_and_countries_mix_without_duplicates():
     assert expand_geolocation("NA,us,CA,DE") == ("CA", "US", "DE")
     assert expand_geolocation(None) == ()
+
+
+def test_our_region_table_is_the_vastai_clis_while_the_sdk_still_has_one():
+    """Ours is data of our own (an SDK update may drop its private table); while the SDK
+    has it, both must expand a region to the same countries."""
+    utils = pytest.importorskip("vastai.utils")
+    sdk = getattr(utils, "_regions", None)
+    if not isinstance(sdk, dict):
+        pytest.skip("this vastai SDK has no region table of its own any more")
+    assert {k: v.split(",") for k, v in sdk.items()} == {
+        k: v.split(",") for k, v in REGION_COUNTRIES.items()}
+
+
+def test_the_package_imports_no_private_name_of_another_package():
+    package = Path(validation_module.__file__).parents[1]
+    private = re.compile(r"^\s*from\s+(?!\.)(\S+)\s+import\s+.*\b_[a-z]", re.MULTILINE)
+    found = [f"{path.relative_to(package)}: {m.group(0).strip()}"
+             for path in package.rglob("*.py") for m in private.finditer(path.read_text())]
+    assert found == []
 
 
 def test_parse_filters_types_values_and_leaves_base_untouched():
