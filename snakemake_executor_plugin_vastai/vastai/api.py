@@ -14,7 +14,8 @@ what the SDK leaves to its callers:
   errors before the budget is spent.
 - Identical offer searches of concurrent jobs share one request
   (``shared_search.py``).
-- Error mapping: a gone offer (``no_such_ask``) is :class:`OfferGone`; a bad
+- Error mapping: an offer refused for its own sake (404 ``no_such_ask``, 410, 400
+  ``invalid_price``) is :class:`OfferGone` (the caller tries the next offer); a bad
   key is :class:`VastAuthError`; an unreachable URL past the budget is
   :class:`VastUnavailable`. Messages never contain the API key.
 - One batched instance listing (paged by the SDK) serves the status of every
@@ -25,6 +26,7 @@ The SDK is imported lazily, so ``snakemake --dry-run`` does not pay for it.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -83,7 +85,8 @@ class VastUnavailable(VastError):
 
 
 class OfferGone(VastError):
-    """The offer was rented by someone else between search and create."""
+    """The offer cannot be rented by us now: someone else rented it between search and
+    create, its machine cannot start it (410), or our bid no longer fits it."""
 
 
 class CreateInDoubt(VastError):
@@ -330,9 +333,20 @@ class VastAPI:
         return sorted(rows, key=lambda r: int(r["id"]))
 
     def show_instance(self, instance_id: int, budget: float | None = None) -> dict | None:
-        """One instance's row, or None once it is gone."""
-        return self._call("instances/show", lambda: self._sdk.show_instance(instance_id),
-                          budget=budget)
+        """One instance's row, or None once it is gone: the service answers a destroyed
+        instance with a null row, or with a JSON 404 that names the instance missing
+        (:data:`INSTANCE_MISSING`). A 404 of any other kind (an HTML page, a wrong URL's
+        ``not_found`` without a message about the instance) is an error, never "gone"."""
+
+        def run() -> dict | None:
+            try:
+                return self._sdk.show_instance(instance_id)
+            except _http_error() as exc:
+                if _status(exc) == 404 and _names_instance_missing(_answer_of(exc)):
+                    return None
+                raise
+
+        return self._call("instances/show", run, budget=budget)
 
     def destroy_instance(self, instance_id: int, budget: float | None = None) -> None:
         """Destroy; an instance that is already gone counts as destroyed."""
@@ -420,7 +434,7 @@ def _attempt(fn: Callable[[], Any]) -> Any:
             raise VastAuthError(
                 f"Vast.ai refused the API key (HTTP {code}); check --vastai-api-key / "
                 "VAST_API_KEY") from None
-        if answer.get("error") == "no_such_ask" or "no_such_ask" in str(answer):
+        if _offer_refused(code, answer):
             raise OfferGone(_brief(answer)) from None
         raise VastError(f"Vast.ai answered HTTP {code}: {_brief(answer)}") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
@@ -436,6 +450,26 @@ def _attempt(fn: Callable[[], Any]) -> Any:
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         # The SDK parsing an answer of the wrong shape (JSON, but not what it expects).
         raise _Transient(f"garbled answer: {type(exc).__name__}") from None
+
+
+# The ``error`` of a 404 that says the instance does not exist (documented per endpoint:
+# ``not_found`` for destroy, ``no_such_instance`` for a bid change, ``invalid_id`` for logs).
+INSTANCE_MISSING = frozenset({"not_found", "no_such_instance", "invalid_id"})
+_INSTANCE_WORD = re.compile(r"\binstance\b", re.IGNORECASE)  # not "/instances/" of a path
+
+
+def _names_instance_missing(answer: dict) -> bool:
+    """A JSON 404 about the instance, not about the path (``no such endpoint``)."""
+    msg = str(answer.get("msg", ""))
+    return answer.get("error") in INSTANCE_MISSING and _INSTANCE_WORD.search(msg) is not None
+
+
+def _offer_refused(code: int | None, answer: dict) -> bool:
+    """A create refused for the offer's sake, not ours: the offer is gone (404
+    ``no_such_ask``), cannot start now (410), or our price no longer fits it
+    (``invalid_price``). Each means: try the next offer."""
+    return (code == 410 or answer.get("error") in ("no_such_ask", "invalid_price")
+            or "no_such_ask" in str(answer.get("msg", "")))
 
 
 def _retry_after(exc: Exception) -> float | None:
