@@ -24,14 +24,27 @@ POST/DELETE /_sim/faults                             add a fault (JSON kwargs) /
 POST        /_sim/foreign                            create a foreign instance ``{"label"}``
 ==========  =======================================  =========================================
 
-Status codes: 401 ``{"success": false, "error": "auth_error", ...}`` for a missing or wrong
-key; 404 ``no_such_ask`` when renting an offer that is gone (404 is what most clients see
-for a vanished ask); 404 ``no_such_instance`` for destroy/reboot/logs/ssh of an unknown or
-destroyed instance (``GET`` of one answers 200 ``{"instances": null}``); 400
-``invalid_args`` for malformed JSON, bad filters or payloads; 404 ``not_found`` for
-unknown paths, 405 for a wrong method; 500 ``server_error`` when a handler fails (logged,
-the server keeps serving); 503 while the simulator stops. Throttling: 429
-``{"detail": "API requests too frequent endpoint threshold=<s>"}``, without Retry-After.
+Status codes, as Vast.ai's published description documents them (``vast-openapi.yaml``;
+the contract test holds us to it): 401 ``{"success": false, "error": "auth_error", ...}``
+for a missing or wrong key; create: 404 ``invalid_args`` with ``no_such_ask`` in ``msg``
+and ``ask_id`` for an offer that is gone, 410 ``no_such_ask`` / 400 ``invalid_price`` (the
+``create_refused`` fault), 400 ``invalid_args`` for a bad payload; an unknown or destroyed
+instance: 404 ``not_found`` (destroy, ssh, relabel, reboot), ``no_such_instance`` (bid
+change), ``invalid_id`` (logs); the v1 listing: 400 ``invalid_request`` / ``invalid_token``
+(``listing.py``). Our own: 404 ``not_found`` for unknown paths, 405 for a wrong method,
+500 ``server_error`` when a handler fails (logged, the server keeps serving), 503 while
+the simulator stops. Throttling (``RateLimiter``): 429 with the endpoint's threshold,
+``{"success": false, "error": "rate_limit_exceeded", "msg": ...}`` for destroys (single
+and bulk) and ``{"detail": "API requests too frequent endpoint threshold=<s>"}`` for
+every other endpoint, without Retry-After, as the description shows them.
+
+Where the description is silent, our choices: ``GET /instances/{id}/`` of a destroyed
+instance answers 200 ``{"instances": null}`` (what the SDK reads as gone; the
+``gone_answer`` fault answers 404 or a row on its way out instead); bulk destroy
+(``DELETE /instances/`` with ``instance_ids``, which the SDK sends but the description
+does not list) answers ``{"success": true, "destroyed": [ids]}``, skips ids it does not
+know, and shares the single destroy's 3.0 s interval in the realistic profile; endpoints
+whose interval is not documented get 0.25 s there.
 """
 
 from __future__ import annotations
