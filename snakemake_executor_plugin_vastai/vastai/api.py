@@ -40,6 +40,8 @@ from .ratelimit import RateLimiter
 from .shared_search import SharedSearches
 
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+WAIT_REPORTED = 10.0  # seconds queued for an endpoint's slot that are worth telling the user
+WAIT_REPORT_EVERY = 30.0  # seconds between two such reports for one endpoint
 PAGE_SIZE = 25  # the v1 listing's maximum
 
 
@@ -123,6 +125,8 @@ class VastAPI:
     def __init__(self, api_key: str, url: str | None = None, *, retry_budget: float = 300.0,
                  request_timeout: float = 30.0,
                  on_retry: Callable[[str, str, float], None] | None = None,
+                 on_wait: Callable[[str, float, float], None] | None = None,
+                 wait_reported: float = WAIT_REPORTED,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.url = (url or DEFAULT_URL).rstrip("/")
         self.retry_budget = retry_budget
@@ -132,6 +136,11 @@ class VastAPI:
         # call fails at once (the run stops renting and its teardown stops retrying).
         self.key_refused = threading.Event()
         self._on_retry = on_retry
+        # A long queue for an endpoint's slot (50 creates at 4.5 s apart is nearly four
+        # minutes) is reported as a wait, not as an error: (endpoint, waited, interval).
+        self._on_wait = on_wait
+        self._wait_reported = wait_reported
+        self._wait_told: dict[str, float] = {}
         self._sleep = sleep
         self._sdk_obj: Any = None
         self._sdk_lock = threading.Lock()
@@ -173,9 +182,11 @@ class VastAPI:
             raise VastAuthError(KEY_REFUSED_AGAIN)
         while True:
             # This call's slot, one interval after the last; retries go first.
+            asked = time.monotonic()
             released = self.pacer.wait(endpoint, retry=attempt > 0)
             if attempt == 0:  # queueing behind a burst is not failing: the budget starts now
                 deadline = released + budget
+                self._tell_wait(endpoint, released - asked)
             self.stats.bump(self.stats.calls, endpoint)
             try:
                 result = _attempt(fn)
@@ -204,6 +215,17 @@ class VastAPI:
                 continue
             self.pacer.succeeded(endpoint)
             return result
+
+    def _tell_wait(self, endpoint: str, waited: float) -> None:
+        """Report a long queue for an endpoint's slot, at most every WAIT_REPORT_EVERY s."""
+        if self._on_wait is None or waited < self._wait_reported:
+            return
+        now = time.monotonic()
+        with self.stats.lock:
+            if now - self._wait_told.get(endpoint, -WAIT_REPORT_EVERY) < WAIT_REPORT_EVERY:
+                return
+            self._wait_told[endpoint] = now
+        self._on_wait(endpoint, waited, self.pacer.interval(endpoint))
 
     # -- operations -------------------------------------------------------------
     def check_access(self) -> dict:
