@@ -42,13 +42,15 @@ class Scenario:
     extra: tuple[str, ...] = ()
     rate_limit: float = 0.0  # the simulator's minimum interval per endpoint (0: none)
     boot: float = BOOT_DELAY  # the simulator's boot delay
+    documented: bool = False  # the description's per-endpoint intervals (4.5 s create, ...)
 
     @property
     def slug(self) -> str:
         interval = "default" if self.status_interval is None else f"{self.status_interval:g}"
         extra = "-".join(a.strip("-") for a in self.extra)
         service = (f"-rl{self.rate_limit:g}" if self.rate_limit else "") + (
-            f"-b{self.boot:g}" if self.boot != BOOT_DELAY else "")
+            f"-b{self.boot:g}" if self.boot != BOOT_DELAY else "") + (
+            "-doc" if self.documented else "")
         return (f"n{self.jobs}-s{self.seconds:g}-i{interval}{service}"
                 + (f"-{extra}" if extra else ""))
 
@@ -124,7 +126,8 @@ def run_once(base: Path, scenario: Scenario, repeat: int) -> Outcome:
     shutil.rmtree(root, ignore_errors=True)
     workdir = write_workflow(root / "wf", scenario.jobs, scenario.seconds)
     with SimProcess(root / "sim", boot_delay=scenario.boot, rate_limit=scenario.rate_limit,
-                    offers=offers_for(base, scenario.jobs)) as sim:
+                    offers=offers_for(base, scenario.jobs),
+                    documented=scenario.documented) as sim:
         peak = [0]
 
         def on_line(_proc: Any, _t: float, _line: str) -> None:

@@ -114,6 +114,9 @@ def serve(argv: list[str] | None = None) -> int:
     parser.add_argument("--boot-delay", type=float, default=0.3)
     parser.add_argument("--rate-limit", type=float, default=0.0,
                         help="min seconds between calls per endpoint and key (0: none)")
+    parser.add_argument("--documented-intervals", action="store_true",
+                        help="the per-endpoint intervals of Vast.ai's description (4.5 s "
+                             "create, ...); --rate-limit for the other endpoints")
     parser.add_argument("--offers", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--state-dir", type=Path, help="instance sandboxes (default: a temp dir)")
@@ -124,10 +127,13 @@ def serve(argv: list[str] | None = None) -> int:
     _install_request_log(args.request_log)
     if args.job_priority == "idle" and shutil.which("chrt"):
         _install_idle_job_python(args.request_log.parent / "idle-bin")
+    from snakemake_executor_plugin_vastai.simulator.api import DOCUMENTED_INTERVALS
     from snakemake_executor_plugin_vastai.simulator.server import SimConfig, Simulator
 
+    intervals = dict(DOCUMENTED_INTERVALS) if args.documented_intervals else {}
     sim = Simulator(SimConfig(seed=args.seed, boot_delay=args.boot_delay, offers=args.offers,
                               state_dir=args.state_dir, rate_limit_interval=args.rate_limit,
+                              rate_limit_intervals=intervals,
                               boot_delay_range=tuple(args.boot_range) if args.boot_range
                               else None))
     done = threading.Event()
@@ -155,8 +161,10 @@ class SimProcess:
     def __init__(self, workdir: Path, *, boot_delay: float = 0.3,
                  offers: Path | None = None, job_priority: str = "idle",
                  state_dir: Path | None = None, rate_limit: float = 0.0,
-                 boot_range: tuple[float, float] | None = None) -> None:
+                 boot_range: tuple[float, float] | None = None,
+                 documented: bool = False) -> None:
         self.workdir = workdir
+        self.documented = documented  # the description's per-endpoint intervals
         self.state_dir = state_dir
         self.boot_delay = boot_delay
         self.rate_limit = rate_limit
@@ -180,6 +188,8 @@ class SimProcess:
             argv += ["--state-dir", str(self.state_dir)]
         if self.boot_range is not None:
             argv += ["--boot-range", *(str(x) for x in self.boot_range)]
+        if self.documented:
+            argv.append("--documented-intervals")
         stderr = open(self.workdir / "sim-stderr.log", "w")  # noqa: SIM115 -- child owns it
         self._proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr,
                                       text=True, start_new_session=True)

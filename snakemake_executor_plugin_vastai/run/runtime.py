@@ -88,7 +88,8 @@ class Run:
             settings=public_settings(settings), pid_started_at=leases.process_start_time())
         self.events_path = workdir / ".snakemake" / "vastai" / "logs" / f"{self.run_id}.jsonl"
         self.log.open_events(self.events_path)
-        self.api = VastAPI(api_key, settings.api_url, on_retry=self._api_retry)
+        self.api = VastAPI(api_key, settings.api_url, on_retry=self._api_retry,
+                           on_wait=self._api_wait)
         self.teardown = Teardown(self.api, self.journal, self.log)
         self.key_dir = workdir / ".snakemake" / "vastai" / "keys"
         self.key = RunKey.load_or_create(self.key_dir, self.run_id)
@@ -302,6 +303,11 @@ class Run:
     def _api_retry(self, endpoint: str, reason: str, delay: float) -> None:
         self.log.info("API retry", endpoint=endpoint, reason=reason, wait=round(delay, 2),
                       verbose=True)
+
+    def _api_wait(self, endpoint: str, waited: float, interval: float) -> None:
+        self.log.info("API wait: calls queue for Vast.ai's per-endpoint rate limit (not an "
+                      "error)", endpoint=endpoint, waited=round(waited, 1),
+                      interval=round(interval, 2))
 
     def _watch_error(self, exc: Exception) -> None:
         self.log.warning("instance listing failed; retrying next tick",

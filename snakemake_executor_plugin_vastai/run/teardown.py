@@ -9,14 +9,20 @@ guarantees:
   crash in between leaves unfinished work the next run finishes;
 - a destroy whose answer was lost is simply asked again: Vast.ai answers an
   instance that is already gone with 404, which counts as gone;
-- "gone" is only believed once the API says so (the instance's own row is
-  absent), never because a request was accepted;
+- "gone" is only believed once the API says so, never because a request was
+  accepted: its row is null, or its show answers a JSON 404 naming the instance
+  missing, or its row's status says it is going or gone (:data:`GONE_STATES` in any
+  of ``actual_status``, ``intended_status``, ``cur_state``, ``next_state``). A
+  transient answer (5xx, 429, a timeout, a garbled body) never confirms anything;
 - journal writes are best effort: a locked or full journal must not stop an
   instance from being destroyed (the failure is logged and counted);
 - destroy requests that meet while one is in flight go out together in one
-  bulk request (``vastai destroy instances``), so cancelling 200 jobs under a
-  per-endpoint rate limit costs a handful of requests, not 200; a lone destroy
-  goes out at once, alone;
+  bulk request (``vastai destroy instances``, which Vast.ai's description does not
+  list), so cancelling 200 jobs under a per-endpoint rate limit costs a handful of
+  requests, not 200; a lone destroy goes out at once, alone. The bulk request is
+  only ever a shortcut: each id is confirmed gone on its own, an id not confirmed
+  after a bulk request is asked again alone, and once the bulk endpoint refuses
+  outright every destroy goes out singly;
 - it never gives up silently: when the caller stops waiting (``give_up``) the
   instance stays journaled as pending and is listed in :attr:`Teardown.pending`,
   which the run turns into a non-zero exit naming the ids and the command that
@@ -40,6 +46,17 @@ CLEANUP_COMMAND = "python -m snakemake_executor_plugin_vastai journal cleanup"
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 REQUEST_BUDGET = 30.0  # seconds of API retries per destroy request before looking up
+# Statuses that say an instance is being destroyed or is gone (the description documents
+# none for this; these are the words a state machine of the service would use).
+GONE_STATES = frozenset({"destroyed", "destroying", "deleted", "deleting", "gone"})
+STATUS_FIELDS = ("actual_status", "intended_status", "cur_state", "next_state")
+
+
+def says_gone(row: dict | None) -> bool:
+    """Whether a show answer confirms the instance gone (see the module docstring)."""
+    if row is None:
+        return True
+    return any(str(row.get(name) or "").lower() in GONE_STATES for name in STATUS_FIELDS)
 
 
 class Teardown:
@@ -72,14 +89,15 @@ class Teardown:
         self._journal("destroy intent", lambda j: instance_life.destroy_requested(
             j, instance_id=instance_id))
         backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX)
+        alone = False  # a retry goes out alone: a bulk request may not have covered it
         while True:
             budget = self._budget(deadline)
             try:
-                self._requests.request(instance_id, budget)
+                self._requests.request(instance_id, budget, alone=alone)
                 self._journal("destroy accepted",
                               lambda j: j.record_destroy_accepted(instance_id))
                 crash_point("after_destroy_request")
-                gone = self.api.show_instance(instance_id, budget=budget) is None
+                gone = says_gone(self.api.show_instance(instance_id, budget=budget))
                 reason = "still listed after the destroy request"
             except VastAuthError as exc:  # waiting will not heal a refused key
                 self.log.error("instance not destroyed: the API key was refused; it may "
@@ -101,6 +119,7 @@ class Teardown:
                 return False
             if on_retry is not None:
                 on_retry(reason)
+            alone = True
             self._sleep(backoff.delay())
 
     def destroy_label(self, label: str, *, on_retry: Callable[[str], None] | None = None,
@@ -206,8 +225,12 @@ class DestroyRequests:
         self._in_flight = False
         self._bulk = True  # off for good once the bulk endpoint refuses outright
 
-    def request(self, instance_id: int, budget: float) -> None:
-        """Return once the API accepted a destroy covering ``instance_id``; raise its error."""
+    def request(self, instance_id: int, budget: float, *, alone: bool = False) -> None:
+        """Return once the API accepted a destroy covering ``instance_id``; raise its error.
+        ``alone``: a single destroy for this id, whatever else is waiting."""
+        if alone:
+            self._api.destroy_instance(instance_id, budget=budget)
+            return
         with self._cond:
             self._waiting.add(instance_id)
             while instance_id not in self._results and self._in_flight:

@@ -24,21 +24,32 @@ POST/DELETE /_sim/faults                             add a fault (JSON kwargs) /
 POST        /_sim/foreign                            create a foreign instance ``{"label"}``
 ==========  =======================================  =========================================
 
-Status codes: 401 ``{"success": false, "error": "auth_error", ...}`` for a missing or wrong
-key; 404 ``no_such_ask`` when renting an offer that is gone (404 is what most clients see
-for a vanished ask); 404 ``no_such_instance`` for destroy/reboot/logs/ssh of an unknown or
-destroyed instance (``GET`` of one answers 200 ``{"instances": null}``); 400
-``invalid_args`` for malformed JSON, bad filters or payloads; 404 ``not_found`` for
-unknown paths, 405 for a wrong method; 500 ``server_error`` when a handler fails (logged,
-the server keeps serving); 503 while the simulator stops. Throttling: 429
-``{"detail": "API requests too frequent endpoint threshold=<s>"}``, without Retry-After.
+Status codes, as Vast.ai's published description documents them (``vast-openapi.yaml``;
+the contract test holds us to it): 401 ``{"success": false, "error": "auth_error", ...}``
+for a missing or wrong key; create: 404 ``invalid_args`` with ``no_such_ask`` in ``msg``
+and ``ask_id`` for an offer that is gone, 410 ``no_such_ask`` / 400 ``invalid_price`` (the
+``create_refused`` fault), 400 ``invalid_args`` for a bad payload; an unknown or destroyed
+instance: 404 ``not_found`` (destroy, ssh, relabel, reboot), ``no_such_instance`` (bid
+change), ``invalid_id`` (logs); the v1 listing: 400 ``invalid_request`` / ``invalid_token``
+(``listing.py``). Our own: 404 ``not_found`` for unknown paths, 405 for a wrong method,
+500 ``server_error`` when a handler fails (logged, the server keeps serving), 503 while
+the simulator stops. Throttling (``RateLimiter``): 429 with the endpoint's threshold,
+``{"success": false, "error": "rate_limit_exceeded", "msg": ...}`` for destroys (single
+and bulk) and ``{"detail": "API requests too frequent endpoint threshold=<s>"}`` for
+every other endpoint, without Retry-After, as the description shows them.
+
+Where the description is silent, our choices: ``GET /instances/{id}/`` of a destroyed
+instance answers 200 ``{"instances": null}`` (what the SDK reads as gone; the
+``gone_answer`` fault answers 404 or a row on its way out instead); bulk destroy
+(``DELETE /instances/`` with ``instance_ids``, which the SDK sends but the description
+does not list) answers ``{"success": true, "destroyed": [ids]}``, skips ids it does not
+know, and shares the single destroy's 3.0 s interval in the realistic profile; endpoints
+whose interval is not documented get 0.25 s there.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import functools
 import json
 import logging
 import re
@@ -54,13 +65,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..vastai.query import QueryError, compare_keys, matches, parse_direction, validate_filters
+from ..vastai.query import QueryError
+from .exchanges import Exchange, ExchangeLog, redacted_headers
 from .faults import ApiEffect
 from .market import OfferGone
 
 log = logging.getLogger(__name__)
 
-V1_PAGE_MAX = 25
 _SEGMENT = {"id": r"\d+", "token": r"[A-Za-z0-9_-]+"}
 DROPPED = object()  # the request gets no answer: its connection is reset
 
@@ -121,22 +132,62 @@ class Route:
         return f"{self.method} {self.pattern}"
 
 
-class RateLimiter:
-    """A minimum interval between calls per endpoint and identity, like the real service."""
+# The intervals Vast.ai's description states in its 429 examples (``threshold=``), by route.
+DOCUMENTED_INTERVALS: dict[str, float] = {
+    "GET /api/v1/instances/": 1.0,
+    "GET /api/v0/instances/{id}/": 2.0,
+    "DELETE /api/v0/instances/{id}/": 3.0,
+    "DELETE /api/v0/instances/": 3.0,  # bulk destroy: undocumented; as a single destroy
+    "PUT /api/v0/asks/{id}/": 4.5,
+    "PUT /api/v0/instances/bid_price/{id}/": 5.5,
+}
+# Short names for the command line (``--rate-interval create=4.5``).
+ENDPOINT_NAMES: dict[str, str] = {
+    "list": "GET /api/v1/instances/",
+    "show": "GET /api/v0/instances/{id}/",
+    "destroy": "DELETE /api/v0/instances/{id}/",
+    "destroy_many": "DELETE /api/v0/instances/",
+    "create": "PUT /api/v0/asks/{id}/",
+    "bid": "PUT /api/v0/instances/bid_price/{id}/",
+    "search": "POST /api/v0/bundles/",
+    "user": "GET /api/v0/users/current",
+    "logs": "PUT /api/v0/instances/request_logs/{id}/",
+    "ssh": "POST /api/v0/instances/{id}/ssh/",
+}
+# The description shows this 429 body only for destroying; every other 429 has ``detail``.
+ERROR_FORM_429 = frozenset({"DELETE /api/v0/instances/{id}/", "DELETE /api/v0/instances/"})
 
-    def __init__(self, interval: float) -> None:
+
+def throttled(endpoint: str | None, interval: float) -> Response:
+    """A 429 in the endpoint's documented form, naming its threshold."""
+    text = f"API requests too frequent endpoint threshold={interval:g}"
+    if endpoint in ERROR_FORM_429:
+        return Response(429, {"success": False, "error": "rate_limit_exceeded", "msg": text})
+    return Response(429, {"detail": text})
+
+
+class RateLimiter:
+    """A minimum interval between calls per endpoint and identity, like the real service:
+    ``intervals`` per route key, ``interval`` for every other endpoint (0: no limit)."""
+
+    def __init__(self, interval: float, intervals: dict[str, float] | None = None) -> None:
         self.interval = interval
+        self.intervals = dict(intervals or {})
         self._last: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
+    def interval_for(self, endpoint: str | None) -> float:
+        return self.intervals.get(endpoint or "", self.interval)
+
     def allow(self, identity: str, endpoint: str) -> bool:
         """Record an accepted call; False if it comes too soon after the last one."""
-        if self.interval <= 0:
+        interval = self.interval_for(endpoint)
+        if interval <= 0:
             return True
         now = time.monotonic()
         with self._lock:
             last = self._last.get((identity, endpoint))
-            if last is not None and now - last < self.interval:
+            if last is not None and now - last < interval:
                 return False
             self._last[(identity, endpoint)] = now
             return True
@@ -201,15 +252,16 @@ def gateway_page(status: int) -> str:
     )
 
 
-def injected(effect: ApiEffect, interval: float) -> Response:
+def injected(effect: ApiEffect, interval: float, endpoint: str | None = None) -> Response:
     """The answer of an ``api_status`` fault."""
     status = int(effect.status or 500)
     headers = {"Retry-After": effect.retry_after} if effect.retry_after is not None else {}
     if status == 429:
         # Without a configured interval the fault models occasional throttling: the body
         # states a short threshold (a client that learns from it must not crawl).
-        body: Any = {"detail": f"API requests too frequent endpoint threshold={interval or 0.2:g}"}
-        return Response(status, body, headers=headers)
+        response = throttled(endpoint, interval or 0.2)
+        response.headers.update(headers)
+        return response
     if status in (502, 503, 504):
         return Response(status, gateway_page(status), "text/html", headers)
     return Response(
@@ -217,82 +269,6 @@ def injected(effect: ApiEffect, interval: float) -> Response:
         {"success": False, "error": "server_error", "msg": "Internal Server Error"},
         headers=headers,
     )
-
-
-# --------------------------------------------------------------------------- listing
-
-
-def encode_token(values: list[Any]) -> str:
-    raw = json.dumps({"values": values}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_token(token: str) -> list[Any]:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        values = json.loads(base64.urlsafe_b64decode(padded))["values"]
-    except (ValueError, KeyError, TypeError):
-        raise HttpError(400, "invalid_args", "bad after_token") from None
-    if not isinstance(values, list):
-        raise HttpError(400, "invalid_args", "bad after_token")
-    return values
-
-
-def _json_arg(query: dict[str, str], name: str, default: Any) -> Any:
-    if name not in query:
-        return default
-    try:
-        return json.loads(query[name])
-    except ValueError:
-        raise HttpError(400, "invalid_args", f"{name} must be JSON") from None
-
-
-def page_instances(rows: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
-    """One page of the v1 listing: filter, order (id last), keyset pagination."""
-    try:
-        filters = validate_filters(_json_arg(query, "select_filters", {}))
-    except QueryError as exc:
-        raise HttpError(400, "invalid_args", str(exc)) from None
-    order_by = _json_arg(query, "order_by", [{"col": "id", "dir": "asc"}]) or []
-    if not isinstance(order_by, list) or not all(isinstance(o, dict) for o in order_by):
-        raise HttpError(400, "invalid_args", "order_by must be a list of {col, dir}")
-    order = [(str(o.get("col")), parse_direction(o.get("dir", "asc"))) for o in order_by]
-    if "id" not in [c for c, _ in order]:
-        order.append(("id", False))
-    try:
-        limit = max(1, min(int(query.get("limit", V1_PAGE_MAX)), V1_PAGE_MAX))
-    except ValueError:
-        raise HttpError(400, "invalid_args", "limit must be an integer") from None
-
-    def resolve(row: dict[str, Any], name: str) -> Any:
-        return row.get(name)
-
-    hits = [r for r in rows if matches(r, filters, resolve)]
-    cols, desc = [c for c, _ in order], [d for _, d in order]
-
-    def key(row: dict[str, Any]) -> list[Any]:
-        return [row.get(c) for c in cols]
-
-    hits.sort(key=functools.cmp_to_key(lambda a, b: compare_keys(key(a), key(b), desc)))
-    start = query.get("after_token")
-    remaining = hits
-    if start:
-        after = decode_token(start)
-        remaining = [r for r in hits if compare_keys(key(r), after, desc) > 0]
-    page, rest = remaining[:limit], remaining[limit:]
-    labels = Counter(str(r.get("label") or "") for r in hits)
-    return {
-        "instances": [_select(r, _json_arg(query, "select_cols", None)) for r in page],
-        "next_token": encode_token(key(page[-1])) if rest and page else None,
-        "total_instances": len(hits),
-        "label_counts": dict(labels),
-    }
-
-
-def _select(row: dict[str, Any], cols: Any) -> dict[str, Any]:
-    if not cols or cols == ["*"] or not isinstance(cols, list):
-        return row
-    return {c: row.get(c) for c in ["id", *cols] if c in row or c != "id"}
 
 
 # --------------------------------------------------------------------------- server
@@ -366,9 +342,12 @@ class SimRequestHandler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
+    raw_body: bytes = b""
+
     def read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        self.raw_body = self.rfile.read(length) if length > 0 else b""
+        return self.raw_body
 
     def send(self, response: Response) -> None:
         data = response.payload()
@@ -401,6 +380,7 @@ class App:
         stats: Stats,
         stopping: threading.Event,
         lost_answer: Callable[[str, str, str | None], tuple[str, float] | None] | None = None,
+        exchanges: ExchangeLog | None = None,
     ) -> None:
         self.api_key = api_key
         self.routes = routes
@@ -410,6 +390,7 @@ class App:
         self.rate_limiter = rate_limiter
         self.stats = stats
         self.stopping = stopping
+        self.exchanges = exchanges
 
     def handle(self, h: SimRequestHandler) -> None:
         try:
@@ -428,8 +409,23 @@ class App:
             self.stats.count(self.stats.rejected, "5xx")
         if response.status < 400 and self._lose(h, response):
             return
+        self._record(h, response)  # before sending: the client may look as soon as it has it
         with contextlib.suppress(OSError):
             h.send(response)
+
+    def _record(self, h: SimRequestHandler, response: Response) -> None:
+        """Keep an answered ``/api/`` exchange for the contract tests (exchanges.py)."""
+        if self.exchanges is None or not urlsplit(h.path).path.startswith("/api/"):
+            return
+        self.exchanges.add(Exchange(
+            method=h.command,
+            target=h.path,
+            request_headers=redacted_headers(dict(h.headers.items())),
+            request_body=h.raw_body,
+            status=response.status,
+            content_type=response.content_type,
+            response_body=response.payload(),
+        ))
 
     def _lose(self, h: SimRequestHandler, response: Response) -> bool:
         """The ``answer_lost`` fault: the work is done; its answer goes astray."""
@@ -491,10 +487,7 @@ class App:
         """Throttle, then check the key: a refusal, or None to go on."""
         if not self.rate_limiter.allow(identity, route.key):
             self.stats.count(self.stats.rejected, "429")
-            threshold = f"{self.rate_limiter.interval:g}"
-            return Response(
-                429, {"detail": f"API requests too frequent endpoint threshold={threshold}"}
-            )
+            return throttled(route.key, self.rate_limiter.interval_for(route.key))
         if key != self.api_key:
             self.stats.count(self.stats.rejected, "401")
             return Response(
@@ -517,7 +510,8 @@ class App:
         if effect.status is not None:
             if effect.status == 429:
                 self.stats.count(self.stats.rejected, "429")
-            return injected(effect, self.rate_limiter.interval)
+            key = route.key if route else None
+            return injected(effect, self.rate_limiter.interval_for(key), key)
         return None
 
     def _not_found(self, method: str, path: str) -> Response:
@@ -540,8 +534,12 @@ class App:
         try:
             out = route.handler(req)
         except OfferGone:
+            ask = req.params.get("id")
             raise HttpError(
-                404, "no_such_ask", f"Instance type by id {req.params.get('id')} is not available."
+                404,
+                "invalid_args",
+                f"error 404/3603: no_such_ask Instance type by id {ask} is not available.",
+                ask_id=int(ask) if ask and ask.isdigit() else None,
             ) from None
         except QueryError as exc:
             raise HttpError(400, "invalid_args", str(exc)) from None

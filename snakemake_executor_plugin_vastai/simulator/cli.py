@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from .api import ENDPOINT_NAMES
 from .server import SimConfig, Simulator
 
 
@@ -49,7 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate-limit", type=float, help="min seconds between calls per endpoint and key"
     )
+    parser.add_argument(
+        "--rate-interval",
+        action="append",
+        default=[],
+        metavar="ENDPOINT=SECONDS",
+        help=(
+            "one endpoint's min seconds between calls (repeatable; overrides --rate-limit "
+            f"and --realistic), ENDPOINT one of {', '.join(ENDPOINT_NAMES)} or a route "
+            "such as 'PUT /api/v0/asks/{id}/'"
+        ),
+    )
     return parser
+
+
+def parse_intervals(items: list[str]) -> dict[str, float]:
+    """``["create=4.5", ...]`` as route keys to seconds; ValueError names a bad item."""
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        route = ENDPOINT_NAMES.get(name.strip(), name.strip())
+        if not sep or not route or route.split(" ", 1)[0] not in ("GET", "PUT", "POST", "DELETE"):
+            raise ValueError(f"--rate-interval {item!r}: expected ENDPOINT=SECONDS with "
+                             f"ENDPOINT one of {', '.join(ENDPOINT_NAMES)} or 'METHOD /path'")
+        out[route] = float(value)
+    return out
 
 
 def config_from(args: argparse.Namespace) -> SimConfig:
@@ -66,6 +91,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         config = SimConfig.realistic(time_scale=args.time_scale, **extra)
     else:
         config = SimConfig(**extra)  # type: ignore[arg-type]
+    config.rate_limit_intervals.update(parse_intervals(args.rate_interval))
     if args.boot_delay is not None:
         config.boot_delay = args.boot_delay
         config.boot_delay_range = None

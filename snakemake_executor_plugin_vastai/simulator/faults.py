@@ -24,10 +24,12 @@ Instance fault kinds:
   when a pull fails before the container exists) with that ``status_msg``, e.g.
   ``"manifest unknown"``, ``"no space left on device"``,
   ``"unauthorized: authentication required"``. SSH never answers.
-- ``offline(after_seconds=0.5, duration=3.0)``: ``after_seconds`` after reaching running
-  the host loses its heartbeat: ``actual_status`` is ``offline``, established SSH
-  connections are torn down and new ones reset; processes keep running. After
-  ``duration`` it is ``running`` again.
+- ``offline(after_seconds=0.5, duration=None, status="offline")``: ``after_seconds`` after
+  reaching running the host loses its heartbeat: ``actual_status`` is ``status``
+  (``offline`` or ``unknown``), established SSH connections are torn down and new ones
+  reset; processes keep running. By default it never comes back, as the published
+  description says of both statuses; a ``duration`` makes it ``running`` again after
+  that many seconds (a short loss of heartbeat, for tests of the grace period).
 - ``vanish(after_seconds=0.0, at_state="running")``: ``after_seconds`` after entering
   ``at_state`` (``created``, ``loading`` or ``running``) the instance disappears: gone from
   every API answer, SSH down, processes killed, billing stopped, its offer retired.
@@ -78,6 +80,17 @@ Service faults (no targeting; ``count`` limits how many requests they hit):
 - ``offer_taken(count=1, offer_id=None)``: the next ``count`` creates (on ``offer_id``
   only, if given) answer ``no_such_ask`` and the offer is gone from search, as if someone
   else rented it between search and create.
+- ``create_refused(status=410, count=1, offer_id=None, fraction=1.0)``: the next ``count``
+  creates (on ``offer_id`` only, if given; each with probability ``fraction``, seeded) are
+  refused as the description documents: 410 ``no_such_ask`` "no longer available" (the
+  machine cannot start it now; the offer stays listed) or, with ``status=400``,
+  ``invalid_price``. Nothing is rented.
+- ``gone_answer(mode="404", count=None)``: how ``GET /instances/{id}/`` answers for an
+  instance that was destroyed (the description is silent; by default the simulator
+  answers ``{"instances": null}``, which the SDK reads as gone): ``404`` answers the
+  documented instance 404 (``not_found``); ``row`` answers its last row with
+  ``intended_status``/``cur_state``/``next_state`` ``destroyed`` and ``actual_status``
+  ``exited`` (a row on its way out). Only for instances this account had.
 - ``answer_lost(endpoint="*", count=1, mode="reset", seconds=0.0, fraction=1.0)``: the
   server *does the work* (creates, destroys, lists), then the answer is lost on its way:
   ``reset`` drops the connection without a byte; ``truncate`` sends the headers and half
@@ -114,7 +127,7 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "boot_delay": {"seconds": _REQUIRED},
     "boot_hang": {},
     "boot_fatal": {"status_msg": DEFAULT_FATAL_MSG, "final_status": "exited"},
-    "offline": {"after_seconds": 0.5, "duration": 3.0},
+    "offline": {"after_seconds": 0.5, "duration": None, "status": "offline"},
     "vanish": {"after_seconds": 0.0, "at_state": "running"},
     "ssh_refuse": {"seconds": 2.0, "connections": 0},
     "ssh_drop": {"after_bytes": None, "after_seconds": None},
@@ -138,6 +151,8 @@ SERVICE_KINDS: dict[str, dict[str, Any]] = {
     "api_latency": {"seconds": _REQUIRED, "fraction": 1.0, "endpoint": "*", "count": None},
     "api_down": {"seconds": _REQUIRED, "after_seconds": 0.0, "mode": "reset"},
     "offer_taken": {"count": 1, "offer_id": None},
+    "create_refused": {"status": 410, "count": 1, "offer_id": None, "fraction": 1.0},
+    "gone_answer": {"mode": "404", "count": None},
     "answer_lost": {"endpoint": "*", "count": 1, "mode": "reset", "seconds": 0.0,
                     "fraction": 1.0},
 }
@@ -223,6 +238,13 @@ def _check_values(kind: str, p: dict[str, Any]) -> None:
         raise ValueError("fault boot_fatal: final_status must be 'exited' or 'created'")
     if kind == "api_status" and not 400 <= int(p["code"]) <= 599:
         raise ValueError("fault api_status: code must be an HTTP error status")
+    if kind == "offline" and p["status"] not in ("offline", "unknown"):
+        raise ValueError("fault offline: status must be 'offline' or 'unknown'")
+    if kind == "create_refused" and int(p["status"]) not in (400, 410):
+        raise ValueError("fault create_refused: status must be 410 (no_such_ask) or 400 "
+                         "(invalid_price)")
+    if kind == "gone_answer" and p["mode"] not in ("404", "row"):
+        raise ValueError("fault gone_answer: mode must be '404' or 'row'")
     if kind == "api_down" and p["mode"] not in ("reset", "hang"):
         raise ValueError("fault api_down: mode must be 'reset' or 'hang'")
     if kind == "answer_lost" and p["mode"] not in LOST_MODES:
@@ -314,6 +336,34 @@ class FaultPlan:
                     f.count -= 1
                 return True
         return False
+
+    def refuse_create(self, offer_id: int) -> int | None:
+        """The status a ``create_refused`` fault answers this create with, if one hits
+        (consumes its count)."""
+        with self._lock:
+            for f in self.faults:
+                if f.kind != "create_refused" or (f.count is not None and f.count <= 0):
+                    continue
+                wanted = f.params["offer_id"]
+                if wanted is not None and int(wanted) != offer_id:
+                    continue
+                if f.rng.random() >= float(f.params["fraction"]):
+                    continue
+                if f.count is not None:
+                    f.count -= 1
+                return int(f.params["status"])
+        return None
+
+    def gone_answer(self) -> str | None:
+        """How a show of a destroyed instance answers, if a ``gone_answer`` fault says
+        (consumes its count); None: the null row."""
+        with self._lock:
+            for f in self.faults:
+                if f.kind == "gone_answer" and (f.count is None or f.count > 0):
+                    if f.count is not None:
+                        f.count -= 1
+                    return str(f.params["mode"])
+        return None
 
     def api_effect(self, method: str, path: str, route: str | None) -> ApiEffect:
         """How the service faults treat one API request (consumes counts)."""

@@ -30,6 +30,26 @@ class FleetClosed(RuntimeError):
     """The simulator is stopping; nothing new may start."""
 
 
+class CreateRefused(ValueError):
+    """A create refused as the description documents it (410 no_such_ask, 400
+    invalid_price); nothing was rented."""
+
+    def __init__(self, offer_id: int, status: int, error: str, msg: str) -> None:
+        super().__init__(msg)
+        self.offer_id, self.status, self.error, self.msg = offer_id, status, error, msg
+
+
+def refused(offer_id: int, status: int) -> CreateRefused:
+    """The documented refusal for a ``create_refused`` fault's status."""
+    if status == 410:
+        return CreateRefused(offer_id, 410, "no_such_ask",
+                             f"error 410/3907: no_such_ask Instance type {offer_id} is no "
+                             "longer available.")
+    return CreateRefused(offer_id, 400, "invalid_price",
+                         f"error 400/3453: invalid_price for offer {offer_id}: the price "
+                         "is not valid for this offer now.")
+
+
 class Fleet:
     """All instances of the account. Thread-safe."""
 
@@ -76,6 +96,9 @@ class Fleet:
         if self.plan.take_offer(offer_id):
             self.market.snatch(offer_id)
             raise OfferGone(offer_id)
+        status = self.plan.refuse_create(offer_id)
+        if status is not None:
+            raise refused(offer_id, status)
         self._check_bid(offer_id, spec)
         iid = self._allocate_id()
         offer = self.market.take(offer_id, iid)
@@ -97,8 +120,9 @@ class Fleet:
         offer = self.market.offer(offer_id)
         minimum = float((offer or {}).get("min_bid") or 0.0)
         if offer is not None and spec.price < minimum:
-            raise ValueError(f"bid price {spec.price:g} is below min_bid {minimum:g} "
-                             f"of offer {offer_id}")
+            raise CreateRefused(offer_id, 400, "invalid_price",
+                                f"bid price {spec.price:g} is below min_bid {minimum:g} "
+                                f"of offer {offer_id}")
 
     def create_foreign(self, label: str) -> int:
         """A running instance on the account that no workflow started."""
@@ -157,6 +181,12 @@ class Fleet:
         with self._lock:
             inst = self._instances.get(iid)
         return inst if inst is not None and inst.alive else None
+
+    def ended(self, iid: int) -> Instance | None:
+        """An instance of the account that was destroyed or vanished."""
+        with self._lock:
+            inst = self._instances.get(iid)
+        return inst if inst is not None and not inst.alive and not inst.foreign else None
 
     def visible(self) -> list[Instance]:
         """Live instances, by id."""

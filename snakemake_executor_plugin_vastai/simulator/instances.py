@@ -3,7 +3,9 @@
 Life of an instance (``actual_status``, as the real API reports it)::
 
     None (just created) -> loading ("Pulling image ...") -> running
-                                       |                    |-> offline -> running (fault)
+                                       |                    |-> offline/unknown (fault;
+                                       |                    |   -> running only if a
+                                       |                    |   duration was given)
                                        |                    |-> exited (args entrypoint ended)
                                        |-> exited/created + error status_msg (boot_fatal)
     reboot: rebooting -> loading -> running        destroy/vanish: gone from the API
@@ -355,7 +357,7 @@ class Instance:
             o, spec = self.offer, self.spec
             status = self.actual_status
             ports: dict[str, Any] = {}
-            if self.ssh_port and status in ("running", "offline"):
+            if self.ssh_port and status in ("running", "offline", "unknown"):
                 hp = str(self.ssh_port)
                 ports = {
                     "22/tcp": [
@@ -376,7 +378,7 @@ class Instance:
                 "image_uuid": spec.image,
                 "image_args": list(spec.args) if isinstance(spec.args, list) else [],
                 "image_runtype": spec.runtype,
-                "onstart": spec.onstart,
+                "onstart": spec.onstart or "",  # typed string, never null
                 "extra_env": [[k, v] for k, v in spec.env.items()],
                 "disk_space": spec.disk,
                 "disk_usage": 0.0,
@@ -384,7 +386,7 @@ class Instance:
                 "gpu_totalram": o.get("gpu_total_ram"),
                 "gpu_util": 0.0 if status == "running" else None,
                 "gpu_temp": 40.0 if status == "running" else None,
-                "cpu_util": 0.0 if status == "running" else None,
+                "cpu_util": 0.0,  # typed number, never null
                 "mem_usage": None,
                 "mem_limit": None,
                 "vmem_usage": None,
@@ -399,11 +401,11 @@ class Instance:
                 "ports": ports,
                 "direct_port_start": self.ssh_port,
                 "direct_port_end": self.ssh_port,
-                "jupyter_token": None,
+                "jupyter_token": "",  # typed string; no Jupyter here
                 "template_id": None,
                 "template_hash_id": None,
                 "template_name": None,
-                "volume_info": None,
+                "volume_info": [],
                 "is_bid": self.bid_price is not None,
                 "client_run_time": round(self.billed_seconds(), 3),
                 "host_run_time": round(self.billed_seconds(), 3),
@@ -583,9 +585,10 @@ class Instance:
                              "host_key_change", "keys_lost"}):
             p = f.params
             if f.kind == "offline":
+                duration, status = _opt(p["duration"], float), str(p["status"])
                 self.timeline.after(
                     float(p["after_seconds"]),
-                    lambda d=float(p["duration"]): self._go_offline(gen, d),
+                    lambda d=duration, s=status: self._go_offline(gen, d, s),
                 )
             elif f.kind == "ssh_refuse" and self.ssh is not None:
                 self.ssh.faults.refuse_until = time.monotonic() + float(p["seconds"])
@@ -696,18 +699,20 @@ class Instance:
         if self._current(gen) and self.end(vanished=True):
             self._on_vanish(self)
 
-    def _go_offline(self, gen: int, duration: float) -> None:
+    def _go_offline(self, gen: int, duration: float | None, status: str) -> None:
+        """Lose the heartbeat (``offline`` or ``unknown``); back only after ``duration``."""
         if not self._current(gen) or self.actual_status != "running":
             return
         msg = self.status_msg
-        self._set("offline", msg)
+        self._set(status, msg)
         self._block("offline", True)
         if self.ssh is not None:  # a host without heartbeat has no working links either
             self.ssh.drop_connections()
-        self.timeline.after(duration, lambda: self._back_online(gen, msg))
+        if duration is not None:
+            self.timeline.after(duration, lambda: self._back_online(gen, msg))
 
     def _back_online(self, gen: int, msg: str | None) -> None:
-        if self._current(gen) and self.actual_status == "offline":
+        if self._current(gen) and self.actual_status in ("offline", "unknown"):
             self._set("running", msg)
             self._block("offline", False)
 
@@ -786,7 +791,7 @@ class Instance:
             self.timeline.after(0, lambda: self._entrypoint_exited(gen, code))
 
     def _entrypoint_exited(self, gen: int, code: int) -> None:
-        if not self._current(gen) or self.actual_status not in ("running", "offline"):
+        if not self._current(gen) or self.actual_status not in ("running", "offline", "unknown"):
             return
         with self._lock:
             self.exit_code = code

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .api import HttpError, LogStore, Request, Response, Route, page_instances
+from .api import HttpError, LogStore, Request, Response, Route
 from .faults import FaultPlan
-from .fleet import Fleet, FleetClosed
+from .fleet import CreateRefused, Fleet, FleetClosed
 from .instances import Instance
+from .listing import page_instances
 from .market import Market
 
 USER_ID = 424242
+KEY_ID = 31337  # the id of the account's (only) API key
 
 
 class Endpoints:
@@ -76,14 +78,13 @@ class Endpoints:
 
     # ----- helpers
 
-    def _instance(self, req: Request) -> Instance:
+    def _instance(
+        self, req: Request, error: str = "not_found", msg: str = "Instance not found"
+    ) -> Instance:
+        """The instance of the path, or the endpoint's documented 404."""
         inst = self.fleet.get(_int(req.params["id"]))
         if inst is None:
-            raise HttpError(
-                404,
-                "no_such_instance",
-                f"Instance {req.params['id']} not found or already destroyed.",
-            )
+            raise HttpError(404, error, msg)
         return inst
 
     @staticmethod
@@ -109,9 +110,10 @@ class Endpoints:
             "billed_expected": 0.0,
             "user_type": "client",
             "email_verified": True,
-            "ssh_key": keys[-1]["public_key"] if keys else None,
+            "key_id": KEY_ID,
+            "ssh_key": keys[-1]["public_key"] if keys else "",
             "api_key": self.api_key,
-            "sid": None,
+            "sid": "",
             "rights": None,
             "balance_threshold": 0.0,
             "balance_threshold_enabled": False,
@@ -132,6 +134,8 @@ class Endpoints:
     def create(self, req: Request) -> Response | dict[str, Any]:
         try:
             iid = self.fleet.create(_int(req.params["id"]), self._body(req))
+        except CreateRefused as exc:
+            raise HttpError(exc.status, exc.error, exc.msg, ask_id=exc.offer_id) from None
         except ValueError as exc:
             raise HttpError(400, "invalid_args", str(exc)) from None
         except FleetClosed as exc:
@@ -159,8 +163,18 @@ class Endpoints:
         }
 
     def show(self, req: Request) -> dict[str, Any]:
-        inst = self.fleet.get(_int(req.params["id"]))
-        return {"instances": inst.row() if inst is not None else None}
+        iid = _int(req.params["id"])
+        inst = self.fleet.get(iid)
+        if inst is not None:
+            return {"instances": inst.row()}
+        ended = self.fleet.ended(iid)
+        mode = self.plan.gone_answer() if ended is not None else None
+        if mode == "404":
+            raise HttpError(404, "not_found", "Instance not found")
+        if mode == "row" and ended is not None:
+            going = dict.fromkeys(("intended_status", "cur_state", "next_state"), "destroyed")
+            return {"instances": {**ended.row(), **going, "actual_status": "exited"}}
+        return {"instances": None}  # the SDK's show_instance reads this as gone
 
     def update(self, req: Request) -> dict[str, Any]:
         inst, body = self._instance(req), self._body(req)
@@ -176,9 +190,7 @@ class Endpoints:
     def destroy(self, req: Request) -> dict[str, Any]:
         iid = _int(req.params["id"])
         if not self.fleet.destroy(iid):
-            raise HttpError(
-                404, "no_such_instance", f"Instance {iid} not found or already destroyed."
-            )
+            raise HttpError(404, "not_found", "Instance not found")
         return {"success": True, "msg": f"destroying instance {iid}."}
 
     def destroy_many(self, req: Request) -> dict[str, Any]:
@@ -192,7 +204,8 @@ class Endpoints:
 
     def change_bid(self, req: Request) -> dict[str, Any]:
         """``vastai change bid``: a new bid price for an interruptible instance."""
-        inst, body = self._instance(req), self._body(req)
+        inst = self._instance(req, "no_such_instance", "Instance with that ID does not exist.")
+        body = self._body(req)
         try:
             inst.change_bid(float(body.get("price")))
         except (TypeError, ValueError) as exc:
@@ -212,7 +225,7 @@ class Endpoints:
         return {"success": True, "msg": "SSH key added to instance."}
 
     def request_logs(self, req: Request) -> dict[str, Any]:
-        inst, body = self._instance(req), self._body(req)
+        inst, body = self._instance(req, "invalid_id", "Invalid instance id."), self._body(req)
         try:
             tail = int(body["tail"]) if body.get("tail") not in (None, "") else None
         except (TypeError, ValueError):

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .api import App, LogStore, RateLimiter, SimHTTPServer, Stats
+from .api import DOCUMENTED_INTERVALS, App, LogStore, RateLimiter, SimHTTPServer, Stats
+from .exchanges import ExchangeLog
 from .faults import FaultPlan
 from .fleet import Fleet
 from .market import Market
@@ -38,7 +39,7 @@ _sim_serial = itertools.count(1)
 
 # The realistic profile, in seconds before ``time_scale``.
 REAL_BOOT = (60.0, 300.0)
-REAL_RATE_LIMIT = 0.25  # undisclosed by Vast.ai; back-to-back pages still collide
+REAL_RATE_LIMIT = 0.25  # endpoints whose interval the description does not state
 REAL_LOG_DELAY = 2.0
 
 
@@ -51,22 +52,28 @@ class SimConfig:
     time_scale: float = 1.0  # multiplies the realistic profile's delays
     offers: Path | list[dict[str, Any]] | None = None  # None: the built-in catalogue
     rate_limit_interval: float = 0.0  # min seconds between calls per endpoint and key
+    # Per-endpoint intervals by route key ("PUT /api/v0/asks/{id}/"), overriding the one above.
+    rate_limit_intervals: dict[str, float] = field(default_factory=dict)
     state_dir: Path | None = None  # sandboxes and logs (default: a temp dir, removed)
     api_key: str | None = None  # default: random
     boot_delay_range: tuple[float, float] | None = None  # per-instance, seeded (realistic)
     log_delay: float = 0.4  # seconds a log URL answers 404 before the text is there
     credit: float = 100.0  # account credit in $, reduced by billing
     first_instance_id: int | None = None  # ids from here (seeded steps), not from the clock
+    record_exchanges: bool = False  # keep every /api/ exchange in ``Simulator.exchanges``
 
     @classmethod
     def realistic(cls, time_scale: float = 1.0, **kw: Any) -> SimConfig:
         """Real-world timing times ``time_scale``: boots of 60-300 s (seeded per instance),
-        a 0.25 s minimum interval per endpoint and key, log URLs ready after 2 s."""
+        the per-endpoint intervals Vast.ai's description states (1.0 s v1 listing, 2.0 s
+        show, 3.0 s destroy, 4.5 s create, 5.5 s bid change) and 0.25 s for every other
+        endpoint, per key; log URLs ready after 2 s."""
         lo, hi = REAL_BOOT
         config = cls(
             boot_delay=(lo + hi) / 2 * time_scale,
             time_scale=time_scale,
             rate_limit_interval=REAL_RATE_LIMIT * time_scale,
+            rate_limit_intervals={k: v * time_scale for k, v in DOCUMENTED_INTERVALS.items()},
             boot_delay_range=(lo * time_scale, hi * time_scale),
             log_delay=min(REAL_LOG_DELAY * time_scale, 6.0),
         )
@@ -106,7 +113,10 @@ class Simulator:
         )
         self.stats = Stats()
         self.logs = LogStore(self.config.log_delay)
-        self.rate_limiter = RateLimiter(self.config.rate_limit_interval)
+        self.rate_limiter = RateLimiter(
+            self.config.rate_limit_interval, self.config.rate_limit_intervals
+        )
+        self.exchanges = ExchangeLog() if self.config.record_exchanges else None
         self._running: _Running | None = None
         self._stopped = False
         self._lock = threading.Lock()
@@ -141,6 +151,7 @@ class Simulator:
                 rate_limiter=self.rate_limiter,
                 stats=self.stats,
                 stopping=stopping,
+                exchanges=self.exchanges,
             )
             http = SimHTTPServer(("127.0.0.1", port), app)
             thread = threading.Thread(

@@ -14,7 +14,8 @@ what the SDK leaves to its callers:
   errors before the budget is spent.
 - Identical offer searches of concurrent jobs share one request
   (``shared_search.py``).
-- Error mapping: a gone offer (``no_such_ask``) is :class:`OfferGone`; a bad
+- Error mapping: an offer refused for its own sake (404 ``no_such_ask``, 410, 400
+  ``invalid_price``) is :class:`OfferGone` (the caller tries the next offer); a bad
   key is :class:`VastAuthError`; an unreachable URL past the budget is
   :class:`VastUnavailable`. Messages never contain the API key.
 - One batched instance listing (paged by the SDK) serves the status of every
@@ -25,6 +26,7 @@ The SDK is imported lazily, so ``snakemake --dry-run`` does not pay for it.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +40,8 @@ from .ratelimit import RateLimiter
 from .shared_search import SharedSearches
 
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+WAIT_REPORTED = 10.0  # seconds queued for an endpoint's slot that are worth telling the user
+WAIT_REPORT_EVERY = 30.0  # seconds between two such reports for one endpoint
 PAGE_SIZE = 25  # the v1 listing's maximum
 
 
@@ -83,7 +87,8 @@ class VastUnavailable(VastError):
 
 
 class OfferGone(VastError):
-    """The offer was rented by someone else between search and create."""
+    """The offer cannot be rented by us now: someone else rented it between search and
+    create, its machine cannot start it (410), or our bid no longer fits it."""
 
 
 class CreateInDoubt(VastError):
@@ -120,6 +125,8 @@ class VastAPI:
     def __init__(self, api_key: str, url: str | None = None, *, retry_budget: float = 300.0,
                  request_timeout: float = 30.0,
                  on_retry: Callable[[str, str, float], None] | None = None,
+                 on_wait: Callable[[str, float, float], None] | None = None,
+                 wait_reported: float = WAIT_REPORTED,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.url = (url or DEFAULT_URL).rstrip("/")
         self.retry_budget = retry_budget
@@ -129,6 +136,11 @@ class VastAPI:
         # call fails at once (the run stops renting and its teardown stops retrying).
         self.key_refused = threading.Event()
         self._on_retry = on_retry
+        # A long queue for an endpoint's slot (50 creates at 4.5 s apart is nearly four
+        # minutes) is reported as a wait, not as an error: (endpoint, waited, interval).
+        self._on_wait = on_wait
+        self._wait_reported = wait_reported
+        self._wait_told: dict[str, float] = {}
         self._sleep = sleep
         self._sdk_obj: Any = None
         self._sdk_lock = threading.Lock()
@@ -170,9 +182,11 @@ class VastAPI:
             raise VastAuthError(KEY_REFUSED_AGAIN)
         while True:
             # This call's slot, one interval after the last; retries go first.
+            asked = time.monotonic()
             released = self.pacer.wait(endpoint, retry=attempt > 0)
             if attempt == 0:  # queueing behind a burst is not failing: the budget starts now
                 deadline = released + budget
+                self._tell_wait(endpoint, released - asked)
             self.stats.bump(self.stats.calls, endpoint)
             try:
                 result = _attempt(fn)
@@ -201,6 +215,17 @@ class VastAPI:
                 continue
             self.pacer.succeeded(endpoint)
             return result
+
+    def _tell_wait(self, endpoint: str, waited: float) -> None:
+        """Report a long queue for an endpoint's slot, at most every WAIT_REPORT_EVERY s."""
+        if self._on_wait is None or waited < self._wait_reported:
+            return
+        now = time.monotonic()
+        with self.stats.lock:
+            if now - self._wait_told.get(endpoint, -WAIT_REPORT_EVERY) < WAIT_REPORT_EVERY:
+                return
+            self._wait_told[endpoint] = now
+        self._on_wait(endpoint, waited, self.pacer.interval(endpoint))
 
     # -- operations -------------------------------------------------------------
     def check_access(self) -> dict:
@@ -330,9 +355,20 @@ class VastAPI:
         return sorted(rows, key=lambda r: int(r["id"]))
 
     def show_instance(self, instance_id: int, budget: float | None = None) -> dict | None:
-        """One instance's row, or None once it is gone."""
-        return self._call("instances/show", lambda: self._sdk.show_instance(instance_id),
-                          budget=budget)
+        """One instance's row, or None once it is gone: the service answers a destroyed
+        instance with a null row, or with a JSON 404 that names the instance missing
+        (:data:`INSTANCE_MISSING`). A 404 of any other kind (an HTML page, a wrong URL's
+        ``not_found`` without a message about the instance) is an error, never "gone"."""
+
+        def run() -> dict | None:
+            try:
+                return self._sdk.show_instance(instance_id)
+            except _http_error() as exc:
+                if _status(exc) == 404 and _names_instance_missing(_answer_of(exc)):
+                    return None
+                raise
+
+        return self._call("instances/show", run, budget=budget)
 
     def destroy_instance(self, instance_id: int, budget: float | None = None) -> None:
         """Destroy; an instance that is already gone counts as destroyed."""
@@ -420,7 +456,7 @@ def _attempt(fn: Callable[[], Any]) -> Any:
             raise VastAuthError(
                 f"Vast.ai refused the API key (HTTP {code}); check --vastai-api-key / "
                 "VAST_API_KEY") from None
-        if answer.get("error") == "no_such_ask" or "no_such_ask" in str(answer):
+        if _offer_refused(code, answer):
             raise OfferGone(_brief(answer)) from None
         raise VastError(f"Vast.ai answered HTTP {code}: {_brief(answer)}") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
@@ -436,6 +472,26 @@ def _attempt(fn: Callable[[], Any]) -> Any:
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         # The SDK parsing an answer of the wrong shape (JSON, but not what it expects).
         raise _Transient(f"garbled answer: {type(exc).__name__}") from None
+
+
+# The ``error`` of a 404 that says the instance does not exist (documented per endpoint:
+# ``not_found`` for destroy, ``no_such_instance`` for a bid change, ``invalid_id`` for logs).
+INSTANCE_MISSING = frozenset({"not_found", "no_such_instance", "invalid_id"})
+_INSTANCE_WORD = re.compile(r"\binstance\b", re.IGNORECASE)  # not "/instances/" of a path
+
+
+def _names_instance_missing(answer: dict) -> bool:
+    """A JSON 404 about the instance, not about the path (``no such endpoint``)."""
+    msg = str(answer.get("msg", ""))
+    return answer.get("error") in INSTANCE_MISSING and _INSTANCE_WORD.search(msg) is not None
+
+
+def _offer_refused(code: int | None, answer: dict) -> bool:
+    """A create refused for the offer's sake, not ours: the offer is gone (404
+    ``no_such_ask``), cannot start now (410), or our price no longer fits it
+    (``invalid_price``). Each means: try the next offer."""
+    return (code == 410 or answer.get("error") in ("no_such_ask", "invalid_price")
+            or "no_such_ask" in str(answer.get("msg", "")))
 
 
 def _retry_after(exc: Exception) -> float | None:

@@ -346,6 +346,16 @@ CASES: list[Case] = [
         checks=(succeeds(), rented(1), offer_taken_transitions(2)),
     ),
     Case(
+        # The create refusals the description documents besides 404: 410 (the machine
+        # cannot start it now) and 400 invalid_price. Each: try the next offer.
+        "create-refused-410-and-invalid-price",
+        faults=(
+            ("create_refused", dict(status=410, count=1)),
+            ("create_refused", dict(status=400, count=1)),
+        ),
+        checks=(succeeds(), rented(1), offer_taken_transitions(2)),
+    ),
+    Case(
         "every-offer-taken",
         faults=(("offer_taken", dict(count=100_000)),),
         args=("--vastai-offer-wait", "3"),
@@ -378,6 +388,16 @@ CASES: list[Case] = [
         "offline-at-boot-beyond-grace",
         faults=(("offline", dict(after_seconds=0, duration=60)),),
         checks=(fails("has been offline for more than 3s"), rented(1)),
+    ),
+    Case(
+        # The description: an instance gone 'unknown' never reaches running again. Past
+        # the grace the job fails, its instance is destroyed, and a retry rents another.
+        "unknown-for-good-replaced",
+        args=("--retries", "1"),
+        sim=TWINS,
+        faults=(("offline", dict(after_seconds=0, status="unknown", next_n=1)),),
+        checks=(succeeds(), went_through("unknown"),
+                retried_elsewhere("has been unknown for more than 3s")),
     ),
     Case(
         "offline-mid-run-within-grace",

@@ -96,7 +96,7 @@ def test_create_show_destroy(simulator):
     with pytest.raises(requests.HTTPError) as err:
         api.destroy_instance(iid)
     assert err.value.response.status_code == 404
-    assert err.value.response.json()["error"] == "no_such_instance"
+    assert err.value.response.json()["error"] == "not_found"  # as the description documents
 
 
 def test_unknown_instance_is_null_for_show_and_404_elsewhere(simulator):

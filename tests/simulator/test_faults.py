@@ -268,7 +268,8 @@ def test_offer_taken(sim):
         with pytest.raises(requests.HTTPError) as err:
             api.create_instance(offer, image=IMAGE)
         assert err.value.response.status_code == 404
-        assert err.value.response.json()["error"] == "no_such_ask"
+        body = err.value.response.json()  # the documented 404: invalid_args, reason in msg
+        assert body["error"] == "invalid_args" and "no_such_ask" in body["msg"]
         assert offer not in [o["id"] for o in api.search_offers("num_gpus=1", limit=500)]
     assert rent(api)
     assert sim.truth()["created_count"] == 1

@@ -178,7 +178,8 @@ def test_rented_offer_leaves_search_and_comes_back(api):
     with pytest.raises(requests.HTTPError) as err:
         api.create_instance(101, image=IMAGE)
     assert err.value.response.status_code == 404
-    assert err.value.response.json()["error"] == "no_such_ask"
+    body = err.value.response.json()  # the documented 404: invalid_args, reason in msg
+    assert body["error"] == "invalid_args" and "no_such_ask" in body["msg"]
     api.destroy_instance(iid)
     assert 101 in ids(api.search_offers("num_gpus>=1", no_default=True, limit=100))
 

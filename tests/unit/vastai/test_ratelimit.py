@@ -287,3 +287,17 @@ def test_refusals_at_a_stated_threshold_widen_it_at_most_to_twice_that():
         clock.now += 1.0
         interval = limiter.refused("asks", BODY.format(t=0.25), released=clock.now)
     assert interval == pytest.approx(2 * with_margin(0.25))
+
+
+def test_a_long_queue_for_an_endpoint_is_reported_as_a_wait_once_not_per_call(
+        simulator_factory):
+    """Under the documented 4.5 s create interval 50 creates queue for nearly four minutes:
+    the run says it is waiting (once per endpoint and spell), never that it failed."""
+    sim = simulator_factory(rate_limit_intervals={"GET /api/v0/users/current": 0.3})
+    waits: list[tuple[str, float, float]] = []
+    api = VastAPI(sim.api_key, sim.url, retry_budget=30,
+                  on_wait=lambda *w: waits.append(w), wait_reported=0.5)
+    assert burst(api, 6) == []
+    assert len(waits) == 1, waits
+    endpoint, waited, interval = waits[0]
+    assert endpoint == "users/current" and waited >= 0.5 and interval >= 0.3
