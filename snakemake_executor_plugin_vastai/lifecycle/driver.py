@@ -188,7 +188,7 @@ class JobDriver(RentingSteps):
             if state is not JobState.DESTROYING:
                 self.fire("cancel", detail="cancelled by Snakemake")
         except bids.Preempted as exc:
-            self._preempted(state, str(exc))
+            self._preempted(state, str(exc), isinstance(exc, bids.SelfStopped))
         except JobFailure as exc:
             self._fail(state, str(exc))
         except JournalError:
@@ -255,6 +255,7 @@ class JobDriver(RentingSteps):
             if booted is not None:
                 if booted.endpoint is not None:
                     self.m.endpoint = booted.endpoint
+                self._probe_after_boot()
                 self.instance_event("booted", leased_by=self.m.job_id, served=1)
                 if self.m.rented_at is not None and self.p.pool is not None:
                     self.p.pool.boots.append(time.monotonic() - self.m.rented_at)
@@ -267,6 +268,19 @@ class JobDriver(RentingSteps):
             if status in BOOT_FAILED_STATUSES:
                 raise JobFailure(f"instance {iid} went {status} while booting: {message}")
             offline_since = self.heartbeat(iid, status, offline_since)
+
+    def _probe_after_boot(self) -> None:
+        """A resumed job whose instance could not be asked before (it was stopped): what
+        is on its disk decides where the job goes on (a finished job's outputs come home
+        rather than the job running again)."""
+        if not self.m.probe_on_boot:
+            return
+        self.m.probe_on_boot = False
+        found = self.transport.probe_job()
+        if found.exit_code is not None:
+            self.m.exit_code, self.m.progress = found.exit_code, Progress.FINISHED
+        elif found.started:
+            self.m.progress = Progress.STARTED
 
     def _warm_up(self) -> None:
         """SSH mode with warm instances: the instance this job rented may serve later jobs."""
@@ -460,18 +474,24 @@ class JobDriver(RentingSteps):
         if row is not None and bids.is_outbid(row):
             raise bids.Preempted(f"instance {self.m.instance_id} was outbid: "
                                  f"{row.get('status_msg') or row.get('actual_status')}")
+        if row is not None and bids.self_stopped(row):
+            raise bids.SelfStopped(f"instance {self.m.instance_id} stopped itself: its "
+                                   "watchdog had no heartbeat from the run "
+                                   "(--vastai-orphan-timeout)")
 
-    def _preempted(self, state: JobState, reason: str) -> None:
+    def _preempted(self, state: JobState, reason: str, self_stopped: bool = False) -> None:
         """Journal the preemption; what the job had done decides where it resumes."""
         self.transport.close()
         self.m.preemptions += 1
         self.m.preempted_at = time.monotonic()
-        if self.m.progress is Progress.STARTED:  # its process died with the container
-            self.m.progress = Progress.UPLOADED  # run it again, without a new upload
+        self.m.self_stopped = self_stopped
+        if self.m.progress is Progress.STARTED and not self_stopped:
+            self.m.progress = Progress.UPLOADED  # its process died: run it again, no upload
         with contextlib.suppress(JournalError):
             self.p.journal.record_instance_stop(self.instance_id(), stopped=True)
-        self.log("warning", "bid instance outbid (stopped by Vast.ai)", reason=reason,
-                 preemptions=self.m.preemptions)
+        self.log("warning", "instance stopped by its own watchdog; starting it again"
+                 if self_stopped else "bid instance outbid (stopped by Vast.ai)",
+                 reason=reason, preemptions=self.m.preemptions)
         self.fire("preempted", detail={"reason": reason, "preemptions": self.m.preemptions,
                                        "from": state.value, "bid_price": self.m.bid_price})
 
@@ -484,6 +504,12 @@ class JobDriver(RentingSteps):
         grace = self.p.settings.bids.grace
         since = self.m.preempted_at or time.monotonic()
         generation = watcher.generation
+        if self.m.self_stopped:  # our own stop: ask for the start (its GPU may be gone)
+            self.m.self_stopped = False
+            try:
+                self.p.instances.start(iid)
+            except VastError as exc:
+                self.log("warning", "could not start the stopped instance", error=str(exc))
         while time.monotonic() - since <= grace:
             self.check_cancel()
             generation = watcher.wait_next(generation, timeout=min(5.0, grace + 0.1))
@@ -494,8 +520,8 @@ class JobDriver(RentingSteps):
                 break  # gone for good: rent again
             status = str(seen.row.get("actual_status") or "")
             self.p.journal.update_instance_status(iid, status)
-            if not bids.is_outbid(seen.row) and status in ("running", "loading", "created",
-                                                          "rebooting", ""):
+            if not bids.is_outbid(seen.row) and not bids.self_stopped(seen.row) and \
+                    status in ("running", "loading", "created", "rebooting", ""):
                 self.p.journal.record_instance_stop(iid, stopped=False)
                 self.fire("resumed", detail={"instance": iid, "status": status,
                                              "stopped_for": round(time.monotonic() - since, 1)})

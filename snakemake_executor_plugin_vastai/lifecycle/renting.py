@@ -179,7 +179,11 @@ class RentingSteps:
         self.m.key = claim.key
         self.m.bid_price = resumed_bid(claim)  # a bid instance: it may be outbid
         self.m.work_dir = claim.job.get("work_dir") or REMOTE_DIR
-        status = self.reattached(self.transport.resume_status(claim))
+        found = self.transport.resume_status(claim)
+        status = self.reattached(found)
+        # not reachable now (stopped by its watchdog, say): once booted, ask over SSH how
+        # far the job got before uploading anything
+        self.m.probe_on_boot = found.status is None and not self.transport.skips_ssh
         self.p.instances.watcher.watch(self.m.instance_id)
         old = claim.job
         self.fire("resume", detail={"from_job": old["id"], "from_run": old["run_id"],

@@ -34,6 +34,7 @@ from ..transports.storage.transport import StorageTransport
 from ..vastai.api import VastAPI
 from ..vastai.instances import Instances
 from ..vastai.market import OfferMarket
+from ..watchdog.feeder import HeartbeatFeeder
 from ..workflow import payload
 from ..workflow.jobspec import JobSpec, Workspace
 from ..workflow.rule_settings import JobSettings, container_of, job_settings, runtime_cap_origin
@@ -126,11 +127,22 @@ class Run:
         self._lock = threading.Lock()
         self._closed = False
         self.watcher.start()
+        # The instance-side watchdogs' heartbeat (SSH mode; see watchdog/feeder.py).
+        self.feeder = (HeartbeatFeeder(settings.orphan_timeout, ssh_timeout=settings.ssh_timeout,
+                                       log=self.log.debug, still_ours=self._still_ours)
+                       if settings.orphan_timeout > 0 and hooks.storage is None else None)
+        if self.feeder is not None:
+            self.feeder.start()
         self._beating = threading.Event()
         self._beat_thread = threading.Thread(target=self._heartbeat, name="vastai-heartbeat",
                                              daemon=True)
         self._beat_thread.start()
         atexit.register(self._at_exit)
+
+    def _still_ours(self, instance_id: int) -> bool:
+        """Not yet known destroyed (the heartbeat feeder's filter)."""
+        row = self.journal.instance_row(instance_id=instance_id)
+        return row is not None and row.get("destroyed_at") is None
 
     # -- jobs ---------------------------------------------------------------------
     def fingerprint_parts(self, job: Any) -> dict[str, str]:
@@ -227,7 +239,7 @@ class Run:
         return JobPorts(run_id=self.run_id, journal=self.journal, market=self.market,
                         instances=self.instances, spec=spec, settings=self.settings,
                         log=self.log, transport=self._transport, on_end=self.job_ended,
-                        pool=self.pool, queue_share=self.queue_share)
+                        pool=self.pool, queue_share=self.queue_share, feeder=self.feeder)
 
     def _transport(self, driver: JobDriver) -> Transport:
         """Storage mode when Snakemake has a default storage provider, else SSH mode."""
@@ -380,6 +392,8 @@ class Run:
             return None
         self._closed = True
         self.watcher.stop()
+        if self.feeder is not None:
+            self.feeder.stop()
         self._beating.set()
         pending = self.teardown.pending_message()
         if pending:

@@ -21,6 +21,7 @@ from ..settings import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_IMAGE,
     DEFAULT_OFFER_WAIT,
+    DEFAULT_ORPHAN_TIMEOUT,
     RunSettings,
     __version__,
     resolve_api_key,
@@ -103,7 +104,8 @@ def run_settings(settings: Any, container_image: str | None = None,
         max_download_bytes=max_download(settings),
         progress_interval=progress_interval(settings), bids=bid_settings,
         reuse=not bool(getattr(settings, "no_reuse", False)),
-        idle_timeout=idle_timeout(settings), offer_wait=offer_wait(settings))
+        idle_timeout=idle_timeout(settings), offer_wait=offer_wait(settings),
+        orphan_timeout=orphan_timeout(settings))
 
 
 def progress_interval(settings: Any) -> float:
@@ -148,6 +150,12 @@ def max_download(settings: Any) -> int | None:
         raise WorkflowError(f"--vastai-max-download must be a whole number of bytes (0 = no "
                             f"cap), not {value!r}")
     return int(number)
+
+
+def orphan_timeout(settings: Any) -> float:
+    """--vastai-orphan-timeout: seconds without heartbeat before an instance's watchdog
+    acts (>= 0; unset: the default)."""
+    return _seconds(settings, "orphan_timeout", DEFAULT_ORPHAN_TIMEOUT, "0 = no watchdog")
 
 
 def idle_timeout(settings: Any) -> float:

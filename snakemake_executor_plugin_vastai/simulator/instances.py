@@ -55,8 +55,8 @@ import contextlib
 import logging
 import math
 import os
-import shlex
 import secrets
+import shlex
 import shutil
 import subprocess
 import threading

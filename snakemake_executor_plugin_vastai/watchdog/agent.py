@@ -30,6 +30,7 @@ A refused key or an unreachable API is logged and retried with growing pauses (5
 Usage: ``python3 agent.py API_URL ORPHAN_TIMEOUT [TICK]``
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -46,7 +47,7 @@ KILL_GRACE = 30.0
 
 
 def say(message):
-    sys.stdout.write("%s watchdog: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message))
+    sys.stdout.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} watchdog: {message}\n")
     sys.stdout.flush()
 
 
@@ -142,15 +143,14 @@ class Watchdog:
             return
         first = self.killed.setdefault(ctl, self.now())
         sig = signal.SIGTERM if self.now() - first < KILL_GRACE else signal.SIGKILL
-        say("the job in %s ran %.0f s, past its maximal runtime of %d s: %s" % (
-            os.path.dirname(ctl), ran, cap, "SIGTERM" if sig == signal.SIGTERM else "SIGKILL"))
+        name = "SIGTERM" if sig == signal.SIGTERM else "SIGKILL"
+        say(f"the job in {os.path.dirname(ctl)} ran {ran:.0f} s, past its maximal runtime "
+            f"of {cap} s: {name}")
         try:
             os.killpg(pid, sig)
         except OSError:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, sig)
-            except OSError:
-                pass
 
     def act(self, action):
         """Stop or destroy this instance with its own key; on failure, try again later."""
@@ -158,46 +158,46 @@ class Watchdog:
         key = os.environ.get("CONTAINER_API_KEY", "")
         age = self.heartbeat_age()
         if not iid or not key:
-            say("no CONTAINER_ID/CONTAINER_API_KEY in this environment: cannot %s" % action)
+            say(f"no CONTAINER_ID/CONTAINER_API_KEY in this environment: cannot {action}")
             return self.later(action)
-        address = "%s/api/v0/instances/%s/" % (self.url, iid)
+        address = f"{self.url}/api/v0/instances/{iid}/"
         if action == "stop":
             method, body = "PUT", json.dumps({"state": "stopped"}).encode()
         else:
             method, body = "DELETE", None
         request = urllib.request.Request(address, data=body, method=method, headers={
             "Authorization": "Bearer " + key, "Content-Type": "application/json"})
-        say("no heartbeat for %.0f s (orphan timeout %.0f s): %s instance %s" % (
-            age, self.timeout, action, iid))
+        say(f"no heartbeat for {age:.0f} s (orphan timeout {self.timeout:.0f} s): "
+            f"{action} instance {iid}")
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 answer.read()
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and action == "destroy":
-                say("instance %s is gone already" % iid)
+                say(f"instance {iid} is gone already")
                 return action
-            say("%s refused: HTTP %s" % (action, exc.code))
+            say(f"{action} refused: HTTP {exc.code}")
             return self.later(action)
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            say("%s failed: %s" % (action, type(exc).__name__))
+            say(f"{action} failed: {type(exc).__name__}")
             return self.later(action)
-        say("%s requested" % action)
+        say(f"{action} requested")
         self.next_try = self.now() + 60.0  # if it is still here then, ask again
         return action
 
     def later(self, action):
         self.next_try = self.now() + self.pause
-        say("trying to %s again in %.0f s" % (action, self.pause))
+        say(f"trying to {action} again in {self.pause:.0f} s")
         self.pause = min(self.pause * 2, 300.0)
         return "failed"
 
     def loop(self):
-        say("watching (orphan timeout %.0f s, tick %.0f s)" % (self.timeout, self.tick))
+        say(f"watching (orphan timeout {self.timeout:.0f} s, tick {self.tick:.0f} s)")
         while True:
             try:
                 self.step()
             except Exception as exc:  # never die: the next tick tries again
-                say("error: %s: %s" % (type(exc).__name__, exc))
+                say(f"error: {type(exc).__name__}: {exc}")
             time.sleep(self.tick)
 
 

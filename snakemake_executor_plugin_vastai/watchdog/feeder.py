@@ -39,22 +39,28 @@ class HeartbeatFeeder:
 
     def __init__(self, orphan_timeout: float, *, ssh_timeout: float = 15.0,
                  log: Callable[..., None] | None = None,
+                 still_ours: Callable[[int], bool] = lambda iid: True,
                  connect: Callable[..., RemoteSession] = RemoteSession.connect) -> None:
         self.interval = max(orphan_timeout / 4.0, 0.5)
         self.ssh_timeout = ssh_timeout
         self.log = log
+        self.still_ours = still_ours  # False once the instance is known destroyed
         self.connect = connect
         self.rounds = 0
         self.touches = 0
         self._fed: dict[int, Fed] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a new instance: feed it now, not a round later
         self._thread: threading.Thread | None = None
 
     def note(self, instance_id: int, endpoint: Endpoint, pkey: Any,
              host_key: str | None) -> None:
         with self._lock:
+            new = int(instance_id) not in self._fed
             self._fed[int(instance_id)] = Fed(endpoint, pkey, host_key)
+        if new:
+            self._wake.set()
 
     def forget(self, instance_id: int) -> None:
         with self._lock:
@@ -68,6 +74,7 @@ class HeartbeatFeeder:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.ssh_timeout + 5.0)
 
@@ -79,6 +86,12 @@ class HeartbeatFeeder:
         for iid, where in fed.items():
             if self._stop.is_set():
                 break
+            try:
+                if not self.still_ours(iid):
+                    self.forget(iid)
+                    continue
+            except Exception:  # a closing journal: the next round decides
+                continue
             try:
                 session = self.connect(where.endpoint, where.pkey,
                                        pinned_host_key=where.host_key,
@@ -99,9 +112,12 @@ class HeartbeatFeeder:
         return done
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.feed_once()
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.feed_once()
 
     def _say(self, event: str, iid: int, exc: BaseException) -> None:
         if self.log is not None:
-            self.log("debug", event, instance=iid, error=f"{type(exc).__name__}: {exc}")
+            self.log(event, instance=iid, error=f"{type(exc).__name__}: {exc}")

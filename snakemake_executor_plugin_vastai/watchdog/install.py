@@ -18,7 +18,6 @@ from pathlib import Path
 ONSTART_LIMIT = 4048  # characters Vast.ai accepts in ``onstart``
 STATE_DIR = ".vastai-watchdog"  # below $HOME on the instance
 HEARTBEAT = f"{STATE_DIR}/heartbeat"
-DEFAULT_ORPHAN_TIMEOUT = 600.0  # seconds; see settings.py for why
 
 
 @functools.cache

@@ -83,6 +83,9 @@ class StorageTransport:
         # the exit code is read from the log once running
         return Reattached(status=status, started=status == "running")
 
+    def probe_job(self) -> Reattached:
+        return Reattached(status=None, started=False)
+
     def upload(self) -> Uploaded:
         raise JobFailure("internal: storage mode uploads nothing")
 

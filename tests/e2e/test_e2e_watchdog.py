@@ -1,0 +1,75 @@
+"""The instance-side watchdog end to end (issue 30): ``kill -9`` of the run leaves no
+instance billing compute beyond the orphan timeout, except a job that is still running,
+which stops billing compute when it ends; the next run finishes the workflow with every
+output right and nothing alive."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.harness.e2e import alive, run_snakemake, start_snakemake, wait_for, write_workflow
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+# quick finishes at once and its instance waits, idle, for `final` (which needs long);
+# long runs on past the kill.
+SNAKEFILE = """\
+rule all:
+    input: "final.txt"
+
+rule quick:
+    output: "quick.txt"
+    shell: "echo quick > {output}"
+
+rule long:
+    output: "long.txt"
+    shell: "echo ran >> $HOME/long-runs; sleep 8; echo long > {output}"
+
+rule final:
+    input: "quick.txt", "long.txt"
+    output: "final.txt"
+    shell: "cat {input} > {output}"
+"""
+TIMEOUT = 4.0
+
+
+def test_kill_9_idle_instance_destroys_itself_running_one_stops_after_its_job(
+        tmp_path, simulator):
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": SNAKEFILE})
+    proc = start_snakemake(wf, simulator.url, simulator.api_key, "--vastai-orphan-timeout",
+                           str(TIMEOUT), jobs=2, reuse=True)
+    try:
+        assert wait_for(lambda: (wf / "quick.txt").exists(), timeout=90), "quick never ran"
+        time.sleep(1.0)  # long has started; quick's instance is idle in the pool
+        assert len(alive(simulator.truth())) == 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    killed = time.monotonic()
+    # within the orphan timeout plus a tick, the idle one is gone; long's job still runs
+    assert wait_for(lambda: len(alive(simulator.truth())) == 1, timeout=TIMEOUT + 10)
+    gone_after = time.monotonic() - killed
+    [left] = alive(simulator.truth())
+    assert left["actual_status"] == "running"
+    # when its job ends it stops itself: storage bills, compute does not
+    assert wait_for(lambda: alive(simulator.truth())[0]["actual_status"] == "stopped",
+                    timeout=30)
+    stopped = alive(simulator.truth())[0]
+    assert stopped["user_stopped"] and stopped["stops"] == 1
+    assert gone_after <= TIMEOUT + 4, gone_after
+    # the next run finishes the workflow; nothing stays alive
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock"], cwd=wf,
+                   capture_output=True, check=True, timeout=60)
+    done = run_snakemake(wf, simulator.url, simulator.api_key, jobs=2, reuse=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (wf / "final.txt").read_text() == "quick\nlong\n"
+    truth = simulator.truth()
+    assert alive(truth) == []
+    # long's output came home from the stopped instance, started again: not run twice
+    assert "stopped by its own watchdog; starting it again" in done.stderr
+    assert (simulator.instance_dir(stopped["id"]) / "long-runs").read_text() == "ran\n"
