@@ -107,8 +107,9 @@ class SshTransport:
     # -- renting and booting -------------------------------------------------------------
     def launch(self, label: str) -> dict[str, Any]:
         settings = self.p.settings
+        # --vastai-keep-instances hands the instances to the user: no watchdog ends them
         watchdog = (start_lines(settings.api_url, settings.orphan_timeout)
-                    if settings.orphan_timeout > 0 else "")
+                    if settings.orphan_timeout > 0 and not settings.keep_instances else "")
         return {"onstart": onstart_script(self.p.instances.key.public_line, watchdog),
                 "runtype": "ssh_direc ssh_proxy"}
 
