@@ -62,7 +62,7 @@ from ..workflow.validation import (
     validate_job_resources,
     validate_settings,
 )
-from . import market_check
+from . import market_check, orphans
 from .logs import SECRETS, PluginLogger
 from .market_check import MarketCheckError
 from .redaction import add_environment
@@ -571,6 +571,10 @@ def start_run(executor: Any) -> Run:
             run.close("storage unavailable")
             raise
     run.reconcile(executor.workflow)
+    try:
+        orphans.report(run.api.list_instances, run.journal.label_prefix, log.warning)
+    except VastError as exc:  # a report, not a gate
+        log.warning("could not look for other workflows' instances", error=str(exc))
     log.info("run started", run=run.run_id, api=resolved.api_url, image=resolved.image,
              mode="storage" if mode else "ssh", storage=mode.prefix if mode else None)
     return run

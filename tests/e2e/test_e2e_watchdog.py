@@ -5,6 +5,7 @@ output right and nothing alive."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,14 @@ import time
 
 import pytest
 
-from tests.harness.e2e import alive, run_snakemake, start_snakemake, wait_for, write_workflow
+from tests.harness.e2e import (
+    alive,
+    interrupt,
+    run_snakemake,
+    start_snakemake,
+    wait_for,
+    write_workflow,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -73,3 +81,61 @@ def test_kill_9_idle_instance_destroys_itself_running_one_stops_after_its_job(
     # long's output came home from the stopped instance, started again: not run twice
     assert "stopped by its own watchdog; starting it again" in done.stderr
     assert (simulator.instance_dir(stopped["id"]) / "long-runs").read_text() == "ran\n"
+
+
+ONE_JOB = """\
+rule long:
+    output: "long.txt"
+    shell: "sleep 4; echo long > {output}"
+"""
+
+
+def test_after_a_crash_and_rm_rf_snakemake_the_next_run_names_the_orphan(tmp_path, simulator):
+    """The journal, its id file and Snakemake's lock all went with ``.snakemake``: the
+    watchdog has stopped the crashed run's instance by the time the next run starts, and
+    that run names it (same label prefix: the id comes from machine and directory);
+    ``journal cleanup`` removes it."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": ONE_JOB})
+    proc = start_snakemake(wf, simulator.url, simulator.api_key, "--vastai-orphan-timeout",
+                           str(TIMEOUT), jobs=1)
+    try:
+        assert wait_for(lambda: alive(simulator.truth())
+                        and alive(simulator.truth())[0]["actual_status"] == "running",
+                        timeout=90)
+        time.sleep(1.5)  # the job has started
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    subprocess.run(["rm", "-rf", str(wf / ".snakemake")], check=True)
+    assert wait_for(lambda: alive(simulator.truth())[0]["actual_status"] == "stopped",
+                    timeout=TIMEOUT + 20)
+    [orphan] = alive(simulator.truth())
+    done = run_snakemake(wf, simulator.url, simulator.api_key, jobs=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not in its journal" in done.stderr and str(orphan["id"]) in done.stderr
+    assert (wf / "long.txt").read_text() == "long\n"
+    assert [i["id"] for i in alive(simulator.truth())] == [orphan["id"]]  # named, untouched
+    cleanup = subprocess.run(
+        [sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal", "cleanup",
+         "--yes", "--api-url", simulator.url], cwd=wf, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "VAST_API_KEY": simulator.api_key})
+    assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
+    assert alive(simulator.truth()) == []
+
+
+def test_instances_of_another_workflow_are_reported_never_touched(tmp_path, simulator):
+    other = write_workflow(tmp_path / "other", {"Snakefile": ONE_JOB.replace("sleep 4",
+                                                                             "sleep 60")})
+    proc = start_snakemake(other, simulator.url, simulator.api_key, jobs=1)
+    try:
+        assert wait_for(lambda: len(alive(simulator.truth())) == 1, timeout=90)
+        [theirs] = alive(simulator.truth())
+        wf = write_workflow(tmp_path / "wf", {"Snakefile": ONE_JOB.replace("sleep 4", "true")})
+        done = run_snakemake(wf, simulator.url, simulator.api_key, jobs=1)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert theirs["id"] in [i["id"] for i in alive(simulator.truth())]  # never touched
+        assert "for another workflow directory or machine" in done.stderr
+        assert f"vastai destroy instances {theirs['id']}" in done.stderr
+    finally:
+        interrupt(proc)
+    assert alive(simulator.truth()) == []
