@@ -188,7 +188,7 @@ class JobDriver(RentingSteps):
             if state is not JobState.DESTROYING:
                 self.fire("cancel", detail="cancelled by Snakemake")
         except bids.Preempted as exc:
-            self._preempted(state, str(exc), isinstance(exc, bids.SelfStopped))
+            self._preempted(state, exc)
         except JobFailure as exc:
             self._fail(state, str(exc))
         except JournalError:
@@ -479,9 +479,16 @@ class JobDriver(RentingSteps):
                                    "watchdog had no heartbeat from the run "
                                    "(--vastai-orphan-timeout)")
 
-    def _preempted(self, state: JobState, reason: str, self_stopped: bool = False) -> None:
+    def _preempted(self, state: JobState, exc: bids.Preempted) -> None:
         """Journal the preemption; what the job had done decides where it resumes."""
+        reason, self_stopped = str(exc), isinstance(exc, bids.SelfStopped)
         self.transport.close()
+        if isinstance(exc, bids.InstanceLost):  # nothing of the job's work was on it
+            self.log("warning", "the leased idle instance is gone; renting another",
+                     reason=reason)
+            self.fire("preempted", detail={"reason": reason, "from": state.value,
+                                           "lost": True})
+            return
         self.m.preemptions += 1
         self.m.preempted_at = time.monotonic()
         self.m.self_stopped = self_stopped
@@ -539,6 +546,7 @@ class JobDriver(RentingSteps):
             self.p.market.release(int(self.m.offer["id"]))
         self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
         self.m.bid_price, self.m.key, self.m.destroy_deadline = None, None, None
+        self.m.warm = None  # a later lease or boot sets it anew
         self.m.progress, self.m.exit_code = Progress.NOTHING, None
         fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
         self.fire("rent_again", detail={"destroyed": iid, "next": "on-demand" if fallback or

@@ -163,6 +163,12 @@ def is_outbid(row: Mapping[str, Any]) -> bool:
                                    and row.get("cur_state") == "stopped")
 
 
+class InstanceLost(Preempted):
+    """The idle instance a job leased from the run's pool is gone before the job's process
+    started (its watchdog ended it while the run was away, or the host vanished): nothing
+    of the job's work was on it, so the job rents another rather than failing."""
+
+
 def self_stopped(row: Mapping[str, Any]) -> bool:
     """An on-demand instance stopped on request (its watchdog's, since the run never
     stops one): ``stopped`` and meant to be."""

@@ -139,3 +139,32 @@ def test_instances_of_another_workflow_are_reported_never_touched(tmp_path, simu
     finally:
         interrupt(proc)
     assert alive(simulator.truth()) == []
+
+
+def test_a_run_frozen_past_the_orphan_timeout_carries_on_when_it_wakes(tmp_path, simulator):
+    """A laptop asleep (SIGSTOP) longer than the orphan timeout: the idle instance destroys
+    itself, the running job's instance stops after its job. Woken (SIGCONT), the run starts
+    the stopped one, brings long's output home, rents anew for what the idle one was kept
+    for, and ends with every output right and nothing alive; nothing is billed twice."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": SNAKEFILE})
+    proc = start_snakemake(wf, simulator.url, simulator.api_key, "--vastai-orphan-timeout",
+                           str(TIMEOUT), jobs=2, reuse=True)
+    try:
+        assert wait_for(lambda: (wf / "quick.txt").exists(), timeout=90), "quick never ran"
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGSTOP)
+        assert wait_for(lambda: [i["actual_status"] for i in alive(simulator.truth())]
+                        == ["stopped"], timeout=TIMEOUT + 30)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-3000:]
+    assert (wf / "final.txt").read_text() == "quick\nlong\n"
+    truth = simulator.truth()
+    assert alive(truth) == []
+    [long_instance] = [i for i in truth["instances"] if i["stops"]]
+    runs = simulator.instance_dir(long_instance["id"]) / "long-runs"
+    assert not runs.exists() or runs.read_text() == "ran\n"  # long ran once

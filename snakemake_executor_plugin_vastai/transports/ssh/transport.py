@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...costs.ledger import ByteMeter
+from ...lifecycle.job_machine import Progress
 from ...lifecycle.outcomes import (
     Booted,
     Downloaded,
@@ -44,7 +45,7 @@ from ...run.backoff import Backoff
 from ...run.pool import file_digest
 from ...run.recovery import resumable_state
 from ...settings import download_cap
-from ...vastai.bids import Preempted
+from ...vastai.bids import InstanceLost, Preempted
 from ...watchdog.install import start_lines
 from ...workflow import payload
 from ..progress import TransferProgress, planned_bytes
@@ -480,6 +481,10 @@ class SshTransport:
         if seen is None:
             return
         if seen.row is None:
+            if self.m.warm is not None and self.m.progress in (Progress.NOTHING,
+                                                               Progress.UPLOADED):
+                raise InstanceLost(f"instance {iid}, leased idle from the run's pool, is gone "
+                                   f"(during {self.m.state.value}): renting another")
             raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
         self.steps.check_outbid(seen.row)  # a bid instance stopped by Vast.ai (bids.py)
         status = str(seen.row.get("actual_status") or "")
