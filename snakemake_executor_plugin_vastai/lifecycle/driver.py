@@ -492,6 +492,9 @@ class JobDriver(RentingSteps):
         self.m.preemptions += 1
         self.m.preempted_at = time.monotonic()
         self.m.self_stopped = self_stopped
+        # its watchdog stopped it once the job had ended: once it runs again, what is on
+        # its disk says where the job goes on (its outputs come home, not a second run)
+        self.m.probe_on_boot = self_stopped and not self.transport.skips_ssh
         if self.m.progress is Progress.STARTED and not self_stopped:
             self.m.progress = Progress.UPLOADED  # its process died: run it again, no upload
         with contextlib.suppress(JournalError):

@@ -46,6 +46,11 @@ rule final:
 TIMEOUT = 4.0
 
 
+def long_started(simulator) -> bool:
+    return any((simulator.instance_dir(i["id"]) / "long-runs").exists()
+               for i in alive(simulator.truth()))
+
+
 def test_kill_9_idle_instance_destroys_itself_running_one_stops_after_its_job(
         tmp_path, simulator):
     wf = write_workflow(tmp_path / "wf", {"Snakefile": SNAKEFILE})
@@ -53,7 +58,8 @@ def test_kill_9_idle_instance_destroys_itself_running_one_stops_after_its_job(
                            str(TIMEOUT), jobs=2, reuse=True)
     try:
         assert wait_for(lambda: (wf / "quick.txt").exists(), timeout=90), "quick never ran"
-        time.sleep(1.0)  # long has started; quick's instance is idle in the pool
+        assert wait_for(lambda: long_started(simulator), timeout=60)
+        time.sleep(0.5)  # quick's instance is idle in the pool
         assert len(alive(simulator.truth())) == 2
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -151,7 +157,7 @@ def test_a_run_frozen_past_the_orphan_timeout_carries_on_when_it_wakes(tmp_path,
                            str(TIMEOUT), jobs=2, reuse=True)
     try:
         assert wait_for(lambda: (wf / "quick.txt").exists(), timeout=90), "quick never ran"
-        time.sleep(1.0)
+        assert wait_for(lambda: long_started(simulator), timeout=60)
         os.kill(proc.pid, signal.SIGSTOP)
         assert wait_for(lambda: [i["actual_status"] for i in alive(simulator.truth())]
                         == ["stopped"], timeout=TIMEOUT + 30)
@@ -167,4 +173,4 @@ def test_a_run_frozen_past_the_orphan_timeout_carries_on_when_it_wakes(tmp_path,
     assert alive(truth) == []
     [long_instance] = [i for i in truth["instances"] if i["stops"]]
     runs = simulator.instance_dir(long_instance["id"]) / "long-runs"
-    assert not runs.exists() or runs.read_text() == "ran\n"  # long ran once
+    assert runs.read_text() == "ran\n"  # long ran once: its output came home
