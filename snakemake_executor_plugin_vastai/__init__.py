@@ -106,8 +106,12 @@ class ExecutorSettings(ExecutorSettingsBase):
         "What to do with instances an earlier, crashed run left alive: 'resume' "
         "re-attaches jobs Snakemake runs again and destroys the rest; 'destroy' destroys "
         "them all at start.", "resume", choices=["resume", "destroy"])
-    # -- warm instances (run/pool.py) and the instance-side watchdog (watchdog/);
-    # issue 30's --vastai-keep-warm belongs here, with env=True (and a README options row)
+    # -- warm instances (run/pool.py) and the instance-side watchdog (watchdog/)
+    keep_warm: Optional[float] = option(
+        "Seconds idle warm instances outlive the run's end, for the next run of this "
+        "workflow to adopt (no boot per edit-and-rerun); their watchdog destroys them when "
+        "the time is up, with no process of ours alive. 0 = destroy them at the end.",
+        0.0, env=True)
     orphan_timeout: Optional[float] = option(
         "Seconds an instance goes without the run's heartbeat before its own watchdog "
         "ends its billing (the run killed, the laptop asleep or gone): an idle instance "

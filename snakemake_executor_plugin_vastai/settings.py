@@ -94,6 +94,7 @@ class RunSettings:
     idle_timeout: float = 60.0  # seconds an idle warm instance waits (pool.DEFAULT_IDLE_TIMEOUT)
     offer_wait: float = 1800.0  # seconds a job waits for an offer (lifecycle/renting.py)
     orphan_timeout: float = DEFAULT_ORPHAN_TIMEOUT  # watchdog/: 0 = no watchdog
+    keep_warm: float = 0.0  # seconds idle instances outlive the run (run/pool.py hand-over)
 
 
 DOWNLOAD_SLACK = 64 * 1024 * 1024  # archive headers, logs, rounding of the disk size

@@ -105,7 +105,7 @@ def run_settings(settings: Any, container_image: str | None = None,
         progress_interval=progress_interval(settings), bids=bid_settings,
         reuse=not bool(getattr(settings, "no_reuse", False)),
         idle_timeout=idle_timeout(settings), offer_wait=offer_wait(settings),
-        orphan_timeout=orphan_timeout(settings))
+        orphan_timeout=orphan_timeout(settings), keep_warm=keep_warm(settings))
 
 
 def progress_interval(settings: Any) -> float:
@@ -156,6 +156,22 @@ def orphan_timeout(settings: Any) -> float:
     """--vastai-orphan-timeout: seconds without heartbeat before an instance's watchdog
     acts (>= 0; unset: the default)."""
     return _seconds(settings, "orphan_timeout", DEFAULT_ORPHAN_TIMEOUT, "0 = no watchdog")
+
+
+def keep_warm(settings: Any) -> float:
+    """--vastai-keep-warm: seconds idle instances outlive the run. Only with a watchdog to
+    end them (no process of ours is alive then) and with warm instances on."""
+    seconds = _seconds(settings, "keep_warm", 0.0, "0 = destroy idle instances at the end")
+    if seconds and orphan_timeout(settings) == 0:
+        raise WorkflowError("--vastai-keep-warm needs the instance watchdog to end the kept "
+                            "instances on time: give --vastai-orphan-timeout > 0 (nothing "
+                            "was rented)")
+    if seconds and (getattr(settings, "no_reuse", False)
+                    or getattr(settings, "keep_instances", False)):
+        raise WorkflowError("--vastai-keep-warm keeps idle warm instances: it does not go "
+                            "with --vastai-no-reuse or --vastai-keep-instances (nothing was "
+                            "rented)")
+    return seconds
 
 
 def idle_timeout(settings: Any) -> float:

@@ -11,6 +11,9 @@ written anywhere, nor put on a command line.
 
 The run feeds it a heartbeat: the modification time of ``~/.vastai-watchdog/heartbeat``,
 touched over SSH (``feeder.py``); until the first touch, the watchdog's own start counts.
+A run that keeps an idle instance warm past its end (``--vastai-keep-warm``) sets that
+time so that it turns stale exactly when the window closes (against the timeout this
+watchdog writes to ``~/.vastai-watchdog/timeout``).
 Ages are measured with the instance's clock only, so the laptop's clock does not matter.
 While the heartbeat is younger than the orphan timeout it never acts. Once it is older:
 
@@ -115,7 +118,9 @@ class Watchdog:
         self.pause = 5.0
 
     def heartbeat_age(self):
-        return self.now() - max(mtime(HEARTBEAT, 0.0), self.started)
+        """Since the last heartbeat; until the first one, since the watchdog started. The
+        run may set the heartbeat ahead (keep-warm: stale exactly when the window ends)."""
+        return self.now() - mtime(HEARTBEAT, self.started)
 
     def step(self):
         """One look: None while nothing is to be done, else the action taken."""
@@ -205,6 +210,9 @@ def main(argv):
     url, timeout = argv[1], float(argv[2])
     tick = float(argv[3]) if len(argv) > 3 else min(30.0, max(timeout / 10.0, 1.0))
     os.makedirs(STATE, exist_ok=True)
+    # a run that keeps this instance warm sets the heartbeat against this timeout
+    with open(os.path.join(STATE, "timeout"), "w") as f:
+        f.write(f"{timeout:g}\n")
     Watchdog(url, timeout, tick).loop()
 
 

@@ -25,6 +25,18 @@ from .install import HEARTBEAT, STATE_DIR
 TOUCH = f'mkdir -p "$HOME/{STATE_DIR}" && touch "$HOME/{HEARTBEAT}"'
 
 
+def keep_warm_command(seconds: float) -> str:
+    """Set the heartbeat so that the instance's watchdog finds it stale ``seconds`` from
+    now by the instance's clock: the heartbeat goes to now + seconds - the watchdog's own
+    orphan timeout (which it wrote down; it may differ from this run's option)."""
+    script = ("import os,sys,time;d=os.path.expanduser(sys.argv[1]);"
+              "p=os.path.join(d,'heartbeat');q=os.path.join(d,'timeout');"
+              "o=float(open(q).read()) if os.path.exists(q) else 600.0;"
+              "t=time.time()+float(sys.argv[2])-o;open(p,'a').close();os.utime(p,(t,t))")
+    return (f'mkdir -p "$HOME/{STATE_DIR}" && PY=$(command -v python3 || command -v python) '
+            f'&& "$PY" -c "{script}" "~/{STATE_DIR}" {seconds:.0f}')
+
+
 @dataclass(frozen=True)
 class Fed:
     """How to reach one instance: where, with which key, which host key to expect."""

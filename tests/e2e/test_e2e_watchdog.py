@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -174,3 +175,42 @@ def test_a_run_frozen_past_the_orphan_timeout_carries_on_when_it_wakes(tmp_path,
     [long_instance] = [i for i in truth["instances"] if i["stops"]]
     runs = simulator.instance_dir(long_instance["id"]) / "long-runs"
     assert runs.read_text() == "ran\n"  # long ran once: its output came home
+
+
+EDIT_LOOP = """\
+rule step:
+    input: "params.txt"
+    output: "result.txt"
+    shell: "cat {input} > {output}"
+"""
+
+
+def test_keep_warm_a_second_run_boots_nothing_and_the_window_ends_with_no_process(
+        tmp_path, simulator):
+    """The edit-and-rerun loop: the first run's instance outlives it (--vastai-keep-warm);
+    the second run, after an edit, adopts it and rents nothing; its own short window
+    then closes with no process of ours alive: the watchdog destroys the instance."""
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": EDIT_LOOP, "params.txt": "a\n"},
+                        track=["Snakefile", "params.txt"])
+    # the watchdog's tick is a tenth of its orphan timeout (at most 30 s): 20 s -> 2 s
+    first = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-keep-warm", "60",
+                          "--vastai-orphan-timeout", "20", jobs=1, reuse=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "kept warm for 60s" in first.stderr
+    [kept] = alive(simulator.truth())
+    assert kept["actual_status"] == "running"
+    (wf / "params.txt").write_text("b\n")  # the edit
+    second = run_snakemake(wf, simulator.url, simulator.api_key, "--vastai-keep-warm", "2",
+                           jobs=1, reuse=True)  # this run's default timeout: not the agent's
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (wf / "result.txt").read_text() == "b\n"
+    truth = simulator.truth()
+    assert truth["created_count"] == 1, second.stderr[-4000:]
+    assert "adopted an instance kept warm" in second.stderr
+    # no process of ours is alive now; the window (2 s) closes, the watchdog ends it
+    assert "kept warm for 2s" in second.stderr
+    assert wait_for(lambda: alive(simulator.truth()) == [], timeout=2 + 2 + 15)
+    # the run left it kept (it never asked for a destroy): its watchdog ended it
+    with sqlite3.connect(wf / ".snakemake" / "vastai" / "journal.sqlite") as db:
+        states = db.execute("SELECT state, destroy_requested_at FROM instances").fetchall()
+    assert states == [("kept", None)], states
