@@ -30,7 +30,12 @@ A refused key or an unreachable API is logged and retried with growing pauses (5
 5 min); the watchdog never touches the job for those. Its log is
 ``~/.vastai-watchdog/log``.
 
-Usage: ``python3 agent.py API_URL ORPHAN_TIMEOUT [TICK]``
+In storage mode no SSH reaches the instance, so there is no heartbeat: the container's
+command runs the job under ``--job`` (which ends it past its maximal runtime plus the
+orphan timeout) and, the job ended, stops the instance with ``--stop-now``.
+
+Usage: ``python3 agent.py API_URL ORPHAN_TIMEOUT [TICK]`` (SSH mode),
+``... API_URL ORPHAN_TIMEOUT TICK --job PID MAX_RUNTIME``, ``... API_URL --stop-now``.
 """
 
 import contextlib
@@ -157,11 +162,12 @@ class Watchdog:
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
 
-    def act(self, action):
+    def act(self, action, why=None):
         """Stop or destroy this instance with its own key; on failure, try again later."""
         iid = os.environ.get("CONTAINER_ID", "")
         key = os.environ.get("CONTAINER_API_KEY", "")
-        age = self.heartbeat_age()
+        why = why or (f"no heartbeat for {self.heartbeat_age():.0f} s (orphan timeout "
+                      f"{self.timeout:.0f} s)")
         if not iid or not key:
             say(f"no CONTAINER_ID/CONTAINER_API_KEY in this environment: cannot {action}")
             return self.later(action)
@@ -172,8 +178,7 @@ class Watchdog:
             method, body = "DELETE", None
         request = urllib.request.Request(address, data=body, method=method, headers={
             "Authorization": "Bearer " + key, "Content-Type": "application/json"})
-        say(f"no heartbeat for {age:.0f} s (orphan timeout {self.timeout:.0f} s): "
-            f"{action} instance {iid}")
+        say(f"{why}: {action} instance {iid}")
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 answer.read()
@@ -206,10 +211,45 @@ class Watchdog:
             time.sleep(self.tick)
 
 
+def stop_now(url, tries=6):
+    """Storage mode, the job ended (its outputs are in the bucket, its exit line in the
+    log): stop, so that only storage bills until the run reads the log and destroys it,
+    or, the run gone, until the next run or ``journal cleanup`` does."""
+    dog = Watchdog(url, 0.0, 1.0)
+    for _ in range(tries):
+        if dog.act("stop", "the job ended") == "stop":
+            return 0
+        time.sleep(dog.next_try - dog.now())
+    return 1
+
+
+def watch_job(pid, max_runtime, timeout, tick):
+    """Storage mode, while the job runs (``pid``: its process group): past its maximal
+    runtime plus the orphan timeout the run, had it lived, would have destroyed the
+    instance long ago: end the job (then the container stops itself)."""
+    started, term_at = time.time(), None
+    while alive(pid):
+        over = max_runtime and time.time() - started > max_runtime + timeout
+        if over:
+            term_at = term_at or time.time()
+            sig = signal.SIGTERM if time.time() - term_at < KILL_GRACE else signal.SIGKILL
+            say(f"the job ran past its maximal runtime of {max_runtime:.0f} s with no run "
+                "to end it: ending it")
+            with contextlib.suppress(OSError):
+                os.killpg(pid, sig)
+        time.sleep(tick)
+
+
 def main(argv):
-    url, timeout = argv[1], float(argv[2])
+    url = argv[1]
+    if argv[2] == "--stop-now":
+        sys.exit(stop_now(url))
+    timeout = float(argv[2])
     tick = float(argv[3]) if len(argv) > 3 else min(30.0, max(timeout / 10.0, 1.0))
     os.makedirs(STATE, exist_ok=True)
+    if len(argv) > 5 and argv[4] == "--job":  # storage mode: PID MAX_RUNTIME
+        watch_job(int(argv[5]), float(argv[6]), timeout, tick)
+        return
     # a run that keeps this instance warm sets the heartbeat against this timeout
     with open(os.path.join(STATE, "timeout"), "w") as f:
         f.write(f"{timeout:g}\n")

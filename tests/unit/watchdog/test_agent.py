@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -194,3 +195,37 @@ def test_the_packed_agent_unpacks_and_runs_with_the_start_lines(tmp_path):
         time.sleep(0.1)
     assert "watching (orphan timeout 600 s" in log.read_text()
     subprocess.run(["pkill", "-f", str(tmp_path / ".vastai-watchdog" / "agent.py")])
+
+
+def reaped(argv: list[str]) -> tuple[subprocess.Popen, threading.Thread]:
+    """A job in its own process group, reaped as the container's shell reaps it (the
+    agent is not its parent, so it never sees a zombie)."""
+    proc = subprocess.Popen(argv, start_new_session=True)
+    reaper = threading.Thread(target=proc.wait, daemon=True)
+    reaper.start()
+    return proc, reaper
+
+
+def test_storage_mode_a_job_past_its_runtime_and_the_timeout_is_ended(home):
+    proc, reaper = reaped(["sleep", "30"])
+    started = time.monotonic()
+    agent.watch_job(proc.pid, max_runtime=0.5, timeout=0.5, tick=0.1)
+    reaper.join(5)
+    assert proc.returncode == -15
+    assert time.monotonic() - started >= 1.0  # not before runtime + timeout
+
+
+def test_storage_mode_a_job_within_its_runtime_ends_on_its_own(home):
+    proc, reaper = reaped(["sleep", "0.3"])
+    agent.watch_job(proc.pid, max_runtime=60, timeout=5, tick=0.05)
+    reaper.join(5)
+    assert proc.returncode == 0
+
+
+def test_storage_mode_the_ended_job_stops_its_instance(sim, home, monkeypatch):
+    iid = rented(sim, monkeypatch)
+    assert agent.stop_now(sim.url) == 0
+    deadline = time.monotonic() + 5
+    while truth(sim, iid)["actual_status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert truth(sim, iid)["user_stopped"] is True
