@@ -76,6 +76,7 @@ FATAL_BOOT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 BOOT_FAILED_STATUSES = frozenset({"exited", "stopped", "frozen"})
+MAX_LOST = 3  # instances a job may lose to their watchdogs (the run away) before failing
 HEARTBEAT_LOST_STATUSES = frozenset({"offline", "unknown"})
 
 
@@ -241,6 +242,7 @@ class JobDriver(RentingSteps):
                 continue
             row = seen.row
             if row is None:
+                self.check_ended_itself(iid, "booting")
                 raise JobFailure(f"instance {iid} vanished while booting")
             status = str(row.get("actual_status") or "")
             message = str(row.get("status_msg") or "")
@@ -479,13 +481,29 @@ class JobDriver(RentingSteps):
                                    "watchdog had no heartbeat from the run "
                                    "(--vastai-orphan-timeout)")
 
+    def check_ended_itself(self, iid: int, during: str) -> None:
+        """A vanished instance its own watchdog may have destroyed (the run was away for an
+        orphan timeout) before the job's process started: nothing of the job was on it,
+        so raise InstanceLost (rent another), at most MAX_LOST times per job."""
+        feeder = self.p.feeder
+        if feeder is None or self.m.progress not in (Progress.NOTHING, Progress.UPLOADED):
+            return
+        row = self.p.journal.instance_row(instance_id=iid) or {}
+        if not feeder.may_have_ended_itself(iid, row.get("created_at")):
+            return
+        self.m.lost_instances += 1
+        if self.m.lost_instances > MAX_LOST:
+            return
+        raise bids.InstanceLost(f"instance {iid} is gone (during {during}); its watchdog "
+                                "likely ended it while the run was away: renting another")
+
     def _preempted(self, state: JobState, exc: bids.Preempted) -> None:
         """Journal the preemption; what the job had done decides where it resumes."""
         reason, self_stopped = str(exc), isinstance(exc, bids.SelfStopped)
         self.transport.close()
         if isinstance(exc, bids.InstanceLost):  # nothing of the job's work was on it
-            self.log("warning", "the leased idle instance is gone; renting another",
-                     reason=reason)
+            self.log("warning", "the job's instance is gone before its process started; "
+                     "renting another", reason=reason)
             self.fire("preempted", detail={"reason": reason, "from": state.value,
                                            "lost": True})
             return

@@ -282,10 +282,12 @@ class RentingSteps:
         return []
 
     def _fresh_label(self) -> str:
-        """The job's label; a job renting again after a preemption gets a new one (the
-        journal never reuses a label that named an instance)."""
+        """The job's label; a job renting again after a preemption, or after its instance
+        ended itself while the run was away, gets a new one (the journal never reuses a
+        label that named an instance)."""
         base = f"{self.p.journal.label_prefix}{self.m.job_id}"
-        return f"{base}-p{self.m.preemptions}" if self.m.preemptions else base
+        again = self.m.preemptions + self.m.lost_instances
+        return f"{base}-p{again}" if again else base
 
     def _bid_terms(self, offer: dict, disk_gb: float) -> dict | None:
         """{} on demand; the bid's journaled facts for a bid offer; None if the cap is

@@ -11,9 +11,9 @@ written anywhere, nor put on a command line.
 
 The run feeds it a heartbeat: the modification time of ``~/.vastai-watchdog/heartbeat``,
 touched over SSH (``feeder.py``); until the first touch, the watchdog's own start counts.
-A run that keeps an idle instance warm past its end (``--vastai-keep-warm``) sets that
-time so that it turns stale exactly when the window closes (against the timeout this
-watchdog writes to ``~/.vastai-watchdog/timeout``).
+A run that keeps an idle instance warm past its end (``--vastai-keep-warm``) writes the
+window's end, by this instance's clock, to ``~/.vastai-watchdog/kept_until``; until a
+newer heartbeat comes, that end decides.
 Ages are measured with the instance's clock only, so the laptop's clock does not matter.
 While the heartbeat is younger than the orphan timeout it never acts. Once it is older:
 
@@ -123,13 +123,23 @@ class Watchdog:
         self.pause = 5.0
 
     def heartbeat_age(self):
-        """Since the last heartbeat; until the first one, since the watchdog started. The
-        run may set the heartbeat ahead (keep-warm: stale exactly when the window ends)."""
-        return self.now() - mtime(HEARTBEAT, self.started)
+        """Since the last heartbeat, or since this watchdog started (a boot, a start after
+        a stop) if that is later: a fresh start always gives the run a full timeout."""
+        return self.now() - max(mtime(HEARTBEAT, 0.0), self.started)
+
+    def fresh(self):
+        """Is a run still looking after this instance? A keep-warm window (the run wrote
+        its end, by this clock, after its last heartbeat) counts until it closes."""
+        window = os.path.join(STATE, "kept_until")
+        if mtime(window, -1.0) >= mtime(HEARTBEAT, 0.0):
+            until = read_int(window)
+            if until is not None:
+                return self.now() < until
+        return self.heartbeat_age() < self.timeout
 
     def step(self):
         """One look: None while nothing is to be done, else the action taken."""
-        if self.heartbeat_age() < self.timeout:
+        if self.fresh():
             self.saw_orphaned_job = False
             return None
         busy = [c for c in control_dirs() if running(c)]
@@ -250,9 +260,6 @@ def main(argv):
     if len(argv) > 5 and argv[4] == "--job":  # storage mode: PID MAX_RUNTIME
         watch_job(int(argv[5]), float(argv[6]), timeout, tick)
         return
-    # a run that keeps this instance warm sets the heartbeat against this timeout
-    with open(os.path.join(STATE, "timeout"), "w") as f:
-        f.write(f"{timeout:g}\n")
     Watchdog(url, timeout, tick).loop()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,15 +27,12 @@ TOUCH = f'mkdir -p "$HOME/{STATE_DIR}" && touch "$HOME/{HEARTBEAT}"'
 
 
 def keep_warm_command(seconds: float) -> str:
-    """Set the heartbeat so that the instance's watchdog finds it stale ``seconds`` from
-    now by the instance's clock: the heartbeat goes to now + seconds - the watchdog's own
-    orphan timeout (which it wrote down; it may differ from this run's option)."""
-    script = ("import os,sys,time;d=os.path.expanduser(sys.argv[1]);"
-              "p=os.path.join(d,'heartbeat');q=os.path.join(d,'timeout');"
-              "o=float(open(q).read()) if os.path.exists(q) else 600.0;"
-              "t=time.time()+float(sys.argv[2])-o;open(p,'a').close();os.utime(p,(t,t))")
+    """Write the keep-warm window's end, ``seconds`` from now by the instance's clock, for
+    its watchdog (agent.py reads ``kept_until`` until a newer heartbeat comes)."""
+    script = ("import os,sys,time;p=os.path.expanduser(sys.argv[1]);"
+              "open(p,'w').write('%d' % (time.time()+float(sys.argv[2])))")
     return (f'mkdir -p "$HOME/{STATE_DIR}" && PY=$(command -v python3 || command -v python) '
-            f'&& "$PY" -c "{script}" "~/{STATE_DIR}" {seconds:.0f}')
+            f'&& "$PY" -c "{script}" "~/{STATE_DIR}/kept_until" {seconds:.0f}')
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,9 @@ class HeartbeatFeeder:
         self.connect = connect
         self.rounds = 0
         self.touches = 0
+        self.orphan_timeout = orphan_timeout
         self._fed: dict[int, Fed] = {}
+        self._last_fed: dict[int, float] = {}  # wall clock: it runs on while we are frozen
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # a new instance: feed it now, not a round later
@@ -114,6 +114,8 @@ class HeartbeatFeeder:
             try:
                 if session.run(TOUCH, timeout=self.ssh_timeout).rc == 0:
                     done += 1
+                    with self._lock:
+                        self._last_fed[iid] = time.time()
             except Exception as exc:
                 self._say("feeding the instance's watchdog failed", iid, exc)
             finally:
@@ -122,6 +124,16 @@ class HeartbeatFeeder:
         self.rounds += 1
         self.touches += done
         return done
+
+    def may_have_ended_itself(self, instance_id: int, since: float | None) -> bool:
+        """Could the instance's watchdog have ended it? True when no heartbeat reached it
+        for an orphan timeout (by the wall clock, which runs on while this process is
+        stopped or the laptop asleep), counted from ``since`` (its creation) until the
+        first one did."""
+        with self._lock:
+            last = self._last_fed.get(int(instance_id))
+        start = last if last is not None else since
+        return start is not None and time.time() - start >= self.orphan_timeout
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -485,6 +485,7 @@ class SshTransport:
                                                                Progress.UPLOADED):
                 raise InstanceLost(f"instance {iid}, leased idle from the run's pool, is gone "
                                    f"(during {self.m.state.value}): renting another")
+            self.steps.check_ended_itself(iid, self.m.state.value)
             raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
         self.steps.check_outbid(seen.row)  # a bid instance stopped by Vast.ai (bids.py)
         status = str(seen.row.get("actual_status") or "")
