@@ -28,6 +28,7 @@ from .settings import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_IMAGE,
     DEFAULT_OFFER_WAIT,
+    DEFAULT_ORPHAN_TIMEOUT,
     DEFAULT_PREEMPTION_GRACE,
     DEFAULT_URL,
     __version__,
@@ -105,8 +106,19 @@ class ExecutorSettings(ExecutorSettingsBase):
         "What to do with instances an earlier, crashed run left alive: 'resume' "
         "re-attaches jobs Snakemake runs again and destroys the rest; 'destroy' destroys "
         "them all at start.", "resume", choices=["resume", "destroy"])
-    # -- warm instances (run/pool.py); issue 30's --vastai-orphan-timeout and
-    # --vastai-keep-warm belong here, each with env=True (a README options row each)
+    # -- warm instances (run/pool.py) and the instance-side watchdog (watchdog/)
+    keep_warm: Optional[float] = option(
+        "Seconds idle warm instances outlive the run's end, for the next run of this "
+        "workflow to adopt (no boot per edit-and-rerun); their watchdog destroys them when "
+        "the time is up, with no process of ours alive. 0 = destroy them at the end.",
+        0.0, env=True)
+    orphan_timeout: Optional[float] = option(
+        "Seconds an instance goes without the run's heartbeat before its own watchdog "
+        "ends its billing (the run killed, the laptop asleep or gone): an idle instance "
+        "destroys itself; one with a job lets the job finish (up to its maximal runtime), "
+        "then stops so its outputs wait on its disk at storage price. 10 minutes ride out "
+        "a dropped Wi-Fi or a short sleep; 0 = no watchdog.",
+        DEFAULT_ORPHAN_TIMEOUT, env=True)
     idle_timeout: Optional[float] = option(
         "Warm instances: seconds a booted instance whose job succeeded waits, idle, for "
         "the next job it fits before it is destroyed (about the shortest Vast.ai boot it "

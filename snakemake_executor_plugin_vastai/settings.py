@@ -30,6 +30,10 @@ DEFAULT_BID_FACTOR = 1.0  # vastai/bids.py: the bid as a multiple of the offer's
 DEFAULT_PREEMPTION_GRACE = 300.0  # vastai/bids.py: seconds an outbid instance may stay stopped
 DEFAULT_IDLE_TIMEOUT = 60.0  # run/pool.py: about the shortest Vast.ai boot an idle one saves
 DEFAULT_OFFER_WAIT = 1800.0  # lifecycle/renting.py: seconds a job waits for an offer
+# watchdog/: seconds without the run's heartbeat before an instance ends its own billing.
+# A dropped Wi-Fi or a lid closed for a coffee lasts minutes; 10 of them cost at most ten
+# minutes of an idle instance, and a job that is running is never cut short by it.
+DEFAULT_ORPHAN_TIMEOUT = 600.0
 
 
 def option(help: str, default: Any = None, *, shown: str | None = None, env: bool = False,
@@ -89,6 +93,8 @@ class RunSettings:
     reuse: bool = True  # warm instances (pool.py): a succeeded job's instance serves the next
     idle_timeout: float = 60.0  # seconds an idle warm instance waits (pool.DEFAULT_IDLE_TIMEOUT)
     offer_wait: float = 1800.0  # seconds a job waits for an offer (lifecycle/renting.py)
+    orphan_timeout: float = DEFAULT_ORPHAN_TIMEOUT  # watchdog/: 0 = no watchdog
+    keep_warm: float = 0.0  # seconds idle instances outlive the run (run/pool.py hand-over)
 
 
 DOWNLOAD_SLACK = 64 * 1024 * 1024  # archive headers, logs, rounding of the disk size

@@ -45,8 +45,10 @@ looks like a private key is refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -175,11 +177,28 @@ class Journal(RunsMixin, JobsMixin, InstancesMixin, CostsMixin):
                 self._conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('adopted_after_loss', '1')")
             return kept
+        if fresh and not kept:
+            current = self._derive_workflow_id(current)
         if kept != current:
             fd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(current + "\n")
         return current
+
+    def _derive_workflow_id(self, current: str) -> str:
+        """A new workflow's id, derived from this machine's name and the working
+        directory's real path: a run after ``rm -rf .snakemake`` (which takes the journal
+        and the ``workflow-id`` file with it) gets the same label prefix back, so the
+        instances a crashed run left are found and named, not invisible. (Another
+        directory, or the same path on another machine, gets another id.)"""
+        workdir = os.path.realpath(self.path.parent.parent.parent)
+        seed = f"{socket.gethostname()}\0{workdir}".encode("utf-8", "surrogateescape")
+        derived = hashlib.sha256(seed).hexdigest()[:8]
+        if derived != current:
+            with self._lock:
+                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'workflow_id'",
+                                   [derived])
+        return derived
 
     @classmethod
     def for_workdir(cls, workdir: Path | str, **kwargs: Any) -> Journal:

@@ -79,6 +79,7 @@ FATAL_BOOT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 BOOT_FAILED_STATUSES = frozenset({"exited", "stopped", "frozen"})
+MAX_LOST = 3  # instances a job may lose to their watchdogs (the run away) before failing
 HEARTBEAT_LOST_STATUSES = frozenset({"offline", "unknown"})
 
 
@@ -191,7 +192,7 @@ class JobDriver(RentingSteps):
             if state is not JobState.DESTROYING:
                 self.fire("cancel", detail="cancelled by Snakemake")
         except bids.Preempted as exc:
-            self._preempted(state, str(exc))
+            self._preempted(state, exc)
         except JobFailure as exc:
             self._fail(state, str(exc))
         except JournalError:
@@ -244,6 +245,7 @@ class JobDriver(RentingSteps):
                 continue
             row = seen.row
             if row is None:
+                self.check_ended_itself(iid, "booting")
                 raise JobFailure(f"instance {iid} vanished while booting")
             status = str(row.get("actual_status") or "")
             message = str(row.get("status_msg") or "")
@@ -258,6 +260,7 @@ class JobDriver(RentingSteps):
             if booted is not None:
                 if booted.endpoint is not None:
                     self.m.endpoint = booted.endpoint
+                self._probe_after_boot()
                 self.instance_event("booted", leased_by=self.m.job_id, served=1)
                 if self.m.rented_at is not None and self.p.pool is not None:
                     self.p.pool.boots.append(time.monotonic() - self.m.rented_at)
@@ -270,6 +273,19 @@ class JobDriver(RentingSteps):
             if status in BOOT_FAILED_STATUSES:
                 raise JobFailure(f"instance {iid} went {status} while booting: {message}")
             offline_since = self.heartbeat(iid, status, offline_since)
+
+    def _probe_after_boot(self) -> None:
+        """A resumed job whose instance could not be asked before (it was stopped): what
+        is on its disk decides where the job goes on (a finished job's outputs come home
+        rather than the job running again)."""
+        if not self.m.probe_on_boot:
+            return
+        self.m.probe_on_boot = False
+        found = self.transport.probe_job()
+        if found.exit_code is not None:
+            self.m.exit_code, self.m.progress = found.exit_code, Progress.FINISHED
+        elif found.started:
+            self.m.progress = Progress.STARTED
 
     def _warm_up(self) -> None:
         """SSH mode with warm instances: the instance this job rented may serve later jobs."""
@@ -480,18 +496,50 @@ class JobDriver(RentingSteps):
         if row is not None and bids.is_outbid(row):
             raise bids.Preempted(f"instance {self.m.instance_id} was outbid: "
                                  f"{row.get('status_msg') or row.get('actual_status')}")
+        if row is not None and bids.self_stopped(row):
+            raise bids.SelfStopped(f"instance {self.m.instance_id} stopped itself: its "
+                                   "watchdog had no heartbeat from the run "
+                                   "(--vastai-orphan-timeout)")
 
-    def _preempted(self, state: JobState, reason: str) -> None:
+    def check_ended_itself(self, iid: int, during: str) -> None:
+        """A vanished instance its own watchdog may have destroyed (the run was away for an
+        orphan timeout) before the job's process started: nothing of the job was on it,
+        so raise InstanceLost (rent another), at most MAX_LOST times per job."""
+        feeder = self.p.feeder
+        if feeder is None or self.m.progress not in (Progress.NOTHING, Progress.UPLOADED):
+            return
+        row = self.p.journal.instance_row(instance_id=iid) or {}
+        if not feeder.may_have_ended_itself(iid, row.get("created_at")):
+            return
+        self.m.lost_instances += 1
+        if self.m.lost_instances > MAX_LOST:
+            return
+        raise bids.InstanceLost(f"instance {iid} is gone (during {during}); its watchdog "
+                                "likely ended it while the run was away: renting another")
+
+    def _preempted(self, state: JobState, exc: bids.Preempted) -> None:
         """Journal the preemption; what the job had done decides where it resumes."""
+        reason, self_stopped = str(exc), isinstance(exc, bids.SelfStopped)
         self.transport.close()
+        if isinstance(exc, bids.InstanceLost):  # nothing of the job's work was on it
+            self.log("warning", "the job's instance is gone before its process started; "
+                     "renting another", reason=reason)
+            self.fire("preempted", detail={"reason": reason, "from": state.value,
+                                           "lost": True})
+            return
         self.m.preemptions += 1
         self.m.preempted_at = time.monotonic()
-        if self.m.progress is Progress.STARTED:  # its process died with the container
-            self.m.progress = Progress.UPLOADED  # run it again, without a new upload
+        self.m.self_stopped = self_stopped
+        # its watchdog stopped it once the job had ended: once it runs again, what is on
+        # its disk says where the job goes on (its outputs come home, not a second run)
+        self.m.probe_on_boot = self_stopped and not self.transport.skips_ssh
+        if self.m.progress is Progress.STARTED and not self_stopped:
+            self.m.progress = Progress.UPLOADED  # its process died: run it again, no upload
         with contextlib.suppress(JournalError):
             self.p.journal.record_instance_stop(self.instance_id(), stopped=True)
-        self.log("warning", "bid instance outbid (stopped by Vast.ai)", reason=reason,
-                 preemptions=self.m.preemptions)
+        self.log("warning", "instance stopped by its own watchdog; starting it again"
+                 if self_stopped else "bid instance outbid (stopped by Vast.ai)",
+                 reason=reason, preemptions=self.m.preemptions)
         self.fire("preempted", detail={"reason": reason, "preemptions": self.m.preemptions,
                                        "from": state.value, "bid_price": self.m.bid_price})
 
@@ -504,6 +552,12 @@ class JobDriver(RentingSteps):
         grace = self.p.settings.bids.grace
         since = self.m.preempted_at or time.monotonic()
         generation = watcher.generation
+        if self.m.self_stopped:  # our own stop: ask for the start (its GPU may be gone)
+            self.m.self_stopped = False
+            try:
+                self.p.instances.start(iid)
+            except VastError as exc:
+                self.log("warning", "could not start the stopped instance", error=str(exc))
         while time.monotonic() - since <= grace:
             self.check_cancel()
             generation = watcher.wait_next(generation, timeout=min(5.0, grace + 0.1))
@@ -514,8 +568,8 @@ class JobDriver(RentingSteps):
                 break  # gone for good: rent again
             status = str(seen.row.get("actual_status") or "")
             self.p.journal.update_instance_status(iid, status)
-            if not bids.is_outbid(seen.row) and status in ("running", "loading", "created",
-                                                          "rebooting", ""):
+            if not bids.is_outbid(seen.row) and not bids.self_stopped(seen.row) and \
+                    status in ("running", "loading", "created", "rebooting", ""):
                 self.p.journal.record_instance_stop(iid, stopped=False)
                 self.fire("resumed", detail={"instance": iid, "status": status,
                                              "stopped_for": round(time.monotonic() - since, 1)})
@@ -533,6 +587,7 @@ class JobDriver(RentingSteps):
             self.p.market.release(int(self.m.offer["id"]))
         self.m.instance_id, self.m.label, self.m.offer, self.m.endpoint = None, None, None, None
         self.m.bid_price, self.m.key, self.m.destroy_deadline = None, None, None
+        self.m.warm = None  # a later lease or boot sets it anew
         self.m.progress, self.m.exit_code = Progress.NOTHING, None
         fallback = self.p.settings.bids.on_demand_now(self.m.preemptions)
         self.fire("rent_again", detail={"destroyed": iid, "next": "on-demand" if fallback or

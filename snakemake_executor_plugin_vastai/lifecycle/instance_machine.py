@@ -9,12 +9,16 @@ an append-only row in ``instance_transitions``) *before* the side effect of the
 state it enters, as for jobs. Reading the table top to bottom is reading an instance's life::
 
     renting -> booting -> leased <-> idle -> destroying -> gone
+                                     idle <-> kept (past the run's end, --vastai-keep-warm)
 
 - ``renting``: the label is journaled, the create call may be in flight.
 - ``booting``: Vast.ai answered with an id; the renting job waits for SSH.
 - ``leased``: one job (``leased_by``) uses it; first the job that rented it.
 - ``idle``: its last job succeeded and its outputs are home; it waits up to
   ``--vastai-idle-timeout`` seconds for the next job (``idle_since``).
+- ``kept``: idle when its run ended, left alive for ``--vastai-keep-warm`` seconds for
+  the next run of the workflow, which adopts it (back to ``idle``, in its pool); its
+  watchdog destroys it when the window closes with no run to feed it.
 - ``destroying``: the one teardown (``teardown.py``) was asked to end it.
 - ``gone``: Vast.ai no longer lists it (or the create never rented anything).
 
@@ -35,6 +39,7 @@ class InstanceState(StrEnum):
     BOOTING = "booting"
     LEASED = "leased"
     IDLE = "idle"
+    KEPT = "kept"
     DESTROYING = "destroying"
     GONE = "gone"
 
@@ -44,7 +49,7 @@ class InstanceState(StrEnum):
 
 
 I = InstanceState  # noqa: E741 - the table reads better with a one-letter alias
-HOLDING = [I.RENTING, I.BOOTING, I.LEASED, I.IDLE]
+HOLDING = [I.RENTING, I.BOOTING, I.LEASED, I.IDLE, I.KEPT]
 
 # One dict per transition, in the order an instance meets them (``transitions``'
 # format, so the chart is drawn by the same code as the job's).
@@ -59,6 +64,10 @@ TRANSITIONS: list[dict] = [
     {"trigger": "leased", "source": I.IDLE, "dest": I.LEASED},
     # idle too long (--vastai-idle-timeout), the run ends, Ctrl-C, a failed run
     {"trigger": "expired", "source": I.IDLE, "dest": I.DESTROYING},
+    # the run ended with --vastai-keep-warm: it waits for the next run (its watchdog
+    # ends it when the window closes); the next run's reconcile adopts it into its pool
+    {"trigger": "kept_warm", "source": I.IDLE, "dest": I.KEPT},
+    {"trigger": "adopted", "source": I.KEPT, "dest": I.IDLE},
     # its job failed or was cancelled, or a teardown not driven by a job (recovery)
     {"trigger": "fail", "source": HOLDING, "dest": I.DESTROYING},
     # destroying: the one teardown confirms it gone

@@ -150,8 +150,8 @@ TRANSITIONS: list[dict] = [
     {"trigger": "booted", "source": S.BOOTING, "dest": S.UPLOADING},
     # uploading: sources and declared inputs; transient SSH drops retry in place (also
     # while re-attaching to an earlier run's instance, still in searching)
-    {"trigger": "retry", "source": [S.SEARCHING, S.UPLOADING, S.RUNNING, S.DOWNLOADING],
-     "dest": "="},
+    {"trigger": "retry", "source": [S.SEARCHING, S.BOOTING, S.UPLOADING, S.RUNNING,
+                                    S.DOWNLOADING], "dest": "="},
     {"trigger": "uploaded", "source": S.UPLOADING, "dest": S.RUNNING},
     # running: the job runs detached; its end is seen over SSH (storage mode: in
     # the instance status and log; its outputs are in the bucket, none to download)

@@ -58,6 +58,9 @@ class JobModel:
     bid_price: float | None = None  # $/h bid of the current instance
     preemptions: int = 0  # times this job's instances were outbid
     preempted_at: float | None = None  # monotonic time of the current preemption
+    self_stopped: bool = False  # the instance stopped itself (watchdog): start it again
+    lost_instances: int = 0  # gone while the run was away, before the job started
+    probe_on_boot: bool = False  # a resumed job whose state was unknown: ask once booted
     work_dir: str = REMOTE_DIR  # the job's own directory on its instance (relative to $HOME)
     warm: Any = None  # pool.WarmInstance: the instance may serve the next job (warm instances)
 

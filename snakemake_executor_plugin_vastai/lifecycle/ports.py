@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..transports import Transport
     from ..vastai.instances import Instances
     from ..vastai.market import OfferMarket
+    from ..watchdog.feeder import HeartbeatFeeder
     from ..workflow.jobspec import JobSpec
 
 
@@ -42,3 +43,4 @@ class JobPorts:
     # Jobs still to come per instance of the run (>= 1): how much work an idle instance
     # would do if kept (costs/warm.worth_keeping)
     queue_share: Callable[[], float] = lambda: 1.0
+    feeder: HeartbeatFeeder | None = None  # the watchdogs' heartbeat (watchdog/feeder.py)

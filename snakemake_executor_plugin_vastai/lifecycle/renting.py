@@ -179,7 +179,11 @@ class RentingSteps:
         self.m.key = claim.key
         self.m.bid_price = resumed_bid(claim)  # a bid instance: it may be outbid
         self.m.work_dir = claim.job.get("work_dir") or REMOTE_DIR
-        status = self.reattached(self.transport.resume_status(claim))
+        found = self.transport.resume_status(claim)
+        status = self.reattached(found)
+        # not reachable now (stopped by its watchdog, say): once booted, ask over SSH how
+        # far the job got before uploading anything
+        self.m.probe_on_boot = found.status is None and not self.transport.skips_ssh
         self.p.instances.watcher.watch(self.m.instance_id)
         old = claim.job
         self.fire("resume", detail={"from_job": old["id"], "from_run": old["run_id"],
@@ -278,10 +282,12 @@ class RentingSteps:
         return []
 
     def _fresh_label(self) -> str:
-        """The job's label; a job renting again after a preemption gets a new one (the
-        journal never reuses a label that named an instance)."""
+        """The job's label; a job renting again after a preemption, or after its instance
+        ended itself while the run was away, gets a new one (the journal never reuses a
+        label that named an instance)."""
         base = f"{self.p.journal.label_prefix}{self.m.job_id}"
-        return f"{base}-p{self.m.preemptions}" if self.m.preemptions else base
+        again = self.m.preemptions + self.m.lost_instances
+        return f"{base}-p{again}" if again else base
 
     def _bid_terms(self, offer: dict, disk_gb: float) -> dict | None:
         """{} on demand; the bid's journaled facts for a bid offer; None if the cap is

@@ -53,6 +53,10 @@ class StepPort(Protocol):
     def check_outbid(self, row: dict | None) -> None:
         """Raise Preempted if the listing row shows the bid instance outbid."""
 
+    def check_ended_itself(self, iid: int, during: str) -> None:
+        """Raise InstanceLost if the vanished instance's watchdog may have ended it while
+        the run was away, before the job's process started (the job rents another)."""
+
     def over_runtime_message(self) -> str:
         """The failure message of a job that ran past its runtime cap."""
         ...

@@ -90,11 +90,16 @@ class Pool:
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT, enabled: bool = True,
                  work_ahead: Callable[[], bool] = lambda: True,
                  on_idle: Callable[[], None] = lambda: None,
-                 on_gone: Callable[[dict], None] = lambda offer: None) -> None:
+                 on_gone: Callable[[dict], None] = lambda offer: None,
+                 hand_over: Callable[[WarmInstance], bool] | None = None) -> None:
         self.journal = journal
         self._work_ahead = work_ahead  # may a job still come that an idle instance serves
         self._on_idle = on_idle  # wakes jobs waiting for an instance (market.Vacancies)
         self._on_gone = on_gone  # an idle instance is torn down: its offer's claim ends
+        # --vastai-keep-warm: at the run's end an idle instance is handed over to the next
+        # run (True) instead of torn down; None: nothing outlives the run
+        self._hand_over = hand_over
+        self.kept = 0  # instances handed over to the next run
         self.boots: list[float] = []  # seconds from create to booted, this run's instances
         self.job_times: list[float] = []  # seconds from running to home, this run's jobs
         self._destroy = destroy  # (instance id, label) -> the one teardown, in the background
@@ -174,7 +179,8 @@ class Pool:
             self.expire(warm.label, "the run ended")
             return True
         if not self._work_ahead():  # the run's last wave: waiting would only bill
-            self.expire(warm.label, NO_WORK_AHEAD)
+            if not self._keep(warm.label):  # ... unless the next run is to adopt it
+                self.expire(warm.label, NO_WORK_AHEAD)
             return True
         self._start_reaper()
         self._on_idle()
@@ -218,12 +224,36 @@ class Pool:
         with self._lock:
             return label in self._idle
 
-    def drain(self, reason: str) -> int:
-        """The run ends (or is interrupted, or failed): no instance waits any longer."""
+    def drain(self, reason: str, *, keep: bool = False) -> int:
+        """The run ends (or is interrupted, or failed): no instance waits any longer here.
+        ``keep`` (a normal end with --vastai-keep-warm): idle ones go to the next run."""
         self._stop.set()
         with self._lock:
             labels = list(self._idle)
-        return sum(self.expire(label, reason) for label in labels)
+        return sum(self.expire(label, reason) for label in labels
+                   if not (keep and self._keep(label)))
+
+    def adopt(self, warm: WarmInstance) -> None:
+        """An earlier run's kept instance joins this run's pool (journaled by the caller)."""
+        warm.idle_since = time.monotonic()
+        with self._lock:
+            self._idle[warm.label] = warm
+        self._start_reaper()
+        self._on_idle()
+
+    def _keep(self, label: str) -> bool:
+        """Hand an idle instance over to the next run; False: it is to be torn down."""
+        if self._hand_over is None:
+            return False
+        with self._lock:
+            warm = self._idle.get(label)
+        if warm is None or not self._hand_over(warm):
+            return False
+        with self._lock:
+            if self._idle.pop(label, None) is None:
+                return False
+            self.kept += 1
+        return True
 
     def _start_reaper(self) -> None:
         with self._lock:

@@ -81,7 +81,8 @@ class Recovery:
 
     def __init__(self, journal: Journal, api: VastAPI, *, run_id: str, log: PluginLogger,
                  key_dir: Path, close_old_job: CloseOldJob,
-                 destroy_untracked: DestroyUntracked, policy: str = "resume") -> None:
+                 destroy_untracked: DestroyUntracked, policy: str = "resume",
+                 adopt_kept: Callable[[dict, dict], bool] = lambda row, listed: False) -> None:
         if policy not in POLICIES:
             raise ValueError(f"--vastai-on-restart must be one of {', '.join(POLICIES)}")
         self.journal = journal
@@ -91,11 +92,13 @@ class Recovery:
         self.key_dir = key_dir
         self._close_old_job = close_old_job
         self._destroy_untracked = destroy_untracked
+        self._adopt_kept = adopt_kept  # --vastai-keep-warm: an earlier run's kept instance
         self.policy = policy
         self._claims: dict[str, Claim] = {}
         self._lock = threading.Lock()
         self.resumed = 0
         self.destroyed_at_start = 0
+        self.adopted = 0  # instances kept warm by an earlier run, now in this run's pool
 
     # -- at start ---------------------------------------------------------------------
     def reconcile(self, scheduled: dict[str, dict[str, str]]) -> None:
@@ -251,8 +254,11 @@ class Recovery:
         """Live instances of dead runs whose job is no longer unfinished (e.g. the job row
         reached a terminal state while its destroy was never confirmed)."""
         claimed = {c.instance["label"] for c in self._claims.values()}
-        for label, (instance, _listed) in alive.items():
+        for label, (instance, listed) in alive.items():
             if label in claimed or label in handled:
+                continue
+            if self._adopt_kept(instance, listed):
+                self.adopted += 1
                 continue
             self._destroy_untracked(int(instance["instance_id"]), label=label)
             self.destroyed_at_start += 1

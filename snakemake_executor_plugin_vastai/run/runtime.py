@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import threading
 import time
@@ -22,18 +23,22 @@ from pathlib import Path
 from typing import Any
 
 from ..journal.store import Journal
+from ..lifecycle import instance_life
 from ..lifecycle.driver import JobDriver, build_machine
 from ..lifecycle.job_machine import JobState
 from ..lifecycle.models import JobModel
 from ..lifecycle.ports import JobPorts
 from ..settings import RunSettings
 from ..transports import Transport
-from ..transports.ssh.transport import SshTransport
+from ..transports.ssh.channels import Endpoint
+from ..transports.ssh.session import RemoteSession
+from ..transports.ssh.transport import SshTransport, ssh_endpoint
 from ..transports.storage.setup import StorageSetup
 from ..transports.storage.transport import StorageTransport
 from ..vastai.api import VastAPI
 from ..vastai.instances import Instances
 from ..vastai.market import OfferMarket
+from ..watchdog.feeder import HeartbeatFeeder, keep_warm_command
 from ..workflow import payload
 from ..workflow.jobspec import JobSpec, Workspace
 from ..workflow.rule_settings import JobSettings, container_of, job_settings, runtime_cap_origin
@@ -42,7 +47,7 @@ from . import listing
 from . import liveness as leases
 from .keys import RunKey
 from .logs import SECRETS, PluginLogger
-from .pool import Pool
+from .pool import Pool, WarmInstance
 from .recovery import Recovery, scheduled_fingerprints
 from .teardown import Teardown
 from .verdict import final_states, verdict
@@ -116,23 +121,36 @@ class Run:
                          and hooks.storage is None and not settings.keep_instances,
                          work_ahead=work_ahead(hooks.needrun_jobs, self.running_jobs),
                          on_idle=self.market.vacancies.notify,
-                         on_gone=lambda offer: self.market.release(int(offer["id"])))
+                         on_gone=lambda offer: self.market.release(int(offer["id"])),
+                         hand_over=self._hand_over if settings.keep_warm > 0 else None)
         self.market.own_offers = self.held_offers
         self.drivers: dict[str, JobDriver] = {}
         self.recovery = Recovery(self.journal, self.api, run_id=self.run_id, log=log,
                                  key_dir=self.key_dir, close_old_job=self.close_old_job,
                                  destroy_untracked=self.destroy_untracked,
+                                 adopt_kept=self._adopt_kept,
                                  policy=settings.on_restart)
         self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
         self.balance_before: float | None = None  # account credit at start (ledger.py)
         self._lock = threading.Lock()
         self._closed = False
         self.watcher.start()
+        # The instance-side watchdogs' heartbeat (SSH mode; see watchdog/feeder.py).
+        self.feeder = (HeartbeatFeeder(settings.orphan_timeout, ssh_timeout=settings.ssh_timeout,
+                                       log=self.log.debug, still_ours=self._still_ours)
+                       if settings.orphan_timeout > 0 and hooks.storage is None else None)
+        if self.feeder is not None:
+            self.feeder.start()
         self._beating = threading.Event()
         self._beat_thread = threading.Thread(target=self._heartbeat, name="vastai-heartbeat",
                                              daemon=True)
         self._beat_thread.start()
         atexit.register(self._at_exit)
+
+    def _still_ours(self, instance_id: int) -> bool:
+        """Not yet known destroyed (the heartbeat feeder's filter)."""
+        row = self.journal.instance_row(instance_id=instance_id)
+        return row is not None and row.get("destroyed_at") is None
 
     # -- jobs ---------------------------------------------------------------------
     def fingerprint_parts(self, job: Any) -> dict[str, str]:
@@ -229,7 +247,7 @@ class Run:
         return JobPorts(run_id=self.run_id, journal=self.journal, market=self.market,
                         instances=self.instances, spec=spec, settings=self.settings,
                         log=self.log, transport=self._transport, on_end=self.job_ended,
-                        pool=self.pool, queue_share=self.queue_share)
+                        pool=self.pool, queue_share=self.queue_share, feeder=self.feeder)
 
     def _transport(self, driver: JobDriver) -> Transport:
         """Storage mode when Snakemake has a default storage provider, else SSH mode."""
@@ -262,6 +280,66 @@ class Run:
         """Tear down an instance no job of this run drives (in the background)."""
         self.instances.destroy_in_background(instance_id, label=label, stray=stray,
                                              reason=reason)
+
+    # -- keep-warm: idle instances outlive the run (--vastai-keep-warm) ----------------------
+    def _hand_over(self, warm: WarmInstance) -> bool:
+        """The run ends: set the instance's heartbeat so that its watchdog finds it stale
+        when the keep-warm window closes, then journal it kept for the next run. False
+        (it is torn down instead) when either fails: nothing may outlive the run unwatched."""
+        try:
+            with RemoteSession.connect(warm.endpoint, self.key.pkey,
+                                       pinned_host_key=self.journal.pinned_host_key(
+                                           warm.instance_id),
+                                       timeout=self.settings.ssh_timeout) as session:
+                done = session.run(keep_warm_command(self.settings.keep_warm),
+                                   timeout=self.settings.ssh_timeout)
+            if done.rc != 0:
+                raise RuntimeError(f"exit {done.rc}")
+            # what the next run's pool matches jobs against, as this run's pool knew it
+            instance_life.fire(self.journal, warm.label, "kept_warm",
+                               detail={"keep_warm": self.settings.keep_warm,
+                                       "offer": warm.offer, "image": warm.image,
+                                       "disk_gb": warm.disk_gb})
+        except Exception as exc:
+            self.log.warning("could not keep the idle instance warm; tearing it down",
+                             instance=warm.instance_id, error=f"{type(exc).__name__}: {exc}")
+            return False
+        if self.feeder is not None:
+            self.feeder.forget(warm.instance_id)
+        self.log.info("idle instance kept warm for the next run", instance=warm.instance_id,
+                      seconds=self.settings.keep_warm)
+        return True
+
+    def _adopt_kept(self, row: dict, listed: dict) -> bool:
+        """An earlier run's kept instance, alive: into this run's pool (the take-over is
+        journaled already), with this run's key attached and its heartbeat fed."""
+        if not self.pool.enabled or row.get("state") != "kept" \
+                or listed.get("actual_status") != "running" \
+                or kept_facts(self.journal.instance_history(row["label"])) is None:
+            return False
+        endpoint = ssh_endpoint(listed) or (
+            Endpoint(str(row["ssh_host"]), int(row["ssh_port"])) if row.get("ssh_host") else None)
+        if endpoint is None:
+            return False
+        iid = int(listed["id"])
+        try:
+            self.instances.attach_key(iid)
+            instance_life.fire(self.journal, row["label"], "adopted", idle_since=time.time(),
+                               detail={"from_run": row.get("run_id")})
+        except Exception as exc:
+            self.log.warning("could not adopt a kept instance; tearing it down", instance=iid,
+                             error=f"{type(exc).__name__}: {exc}")
+            return False
+        kept = kept_facts(self.journal.instance_history(row["label"]))
+        warm = WarmInstance(label=row["label"], instance_id=iid, offer=kept["offer"],
+                            image=str(kept["image"]), disk_gb=float(kept["disk_gb"]),
+                            endpoint=endpoint)
+        self.pool.adopt(warm)
+        if self.feeder is not None:
+            self.feeder.note(iid, endpoint, self.key.pkey, row.get("host_key"))
+        self.log.info("adopted an instance kept warm by an earlier run", instance=iid,
+                      label=row["label"])
+        return True
 
     def _destroy_idle(self, instance_id: int, label: str) -> None:
         """An instance of the pool (expired, or refused when given back): the one
@@ -317,7 +395,7 @@ class Run:
     def finish(self) -> None:
         """The scheduler is done: destroy unclaimed leftovers, wait for every job, sweep."""
         self.recovery.release_unclaimed()
-        self.pool.drain("the run ended")
+        self.pool.drain("the run ended", keep=True)
         self.cancel_all()
         self.instances.join(CANCEL_WAIT)
         self.sweep()
@@ -387,6 +465,8 @@ class Run:
             return None
         self._closed = True
         self.watcher.stop()
+        if self.feeder is not None:
+            self.feeder.stop()
         self._beating.set()
         pending = self.teardown.pending_message()
         if pending:
@@ -450,6 +530,9 @@ class Run:
                             "teardown")
         warm = (f", {self.pool.leases} boots avoided (warm instances)"
                 if self.pool.enabled else "")
+        if self.pool.kept:
+            warm += (f", {self.pool.kept} kept warm for {self.settings.keep_warm:g}s "
+                     "(--vastai-keep-warm)")
         ended = verdict(outcome, final_states(
             {"id": m.job_id, "snakemake_jobid": getattr(m.snakemake_job, "jobid", None),
              "attempt": m.attempt, "state": m.state.value} for m in models))
@@ -503,3 +586,19 @@ def public_settings(settings: RunSettings) -> dict:
         "reuse": settings.reuse, "idle_timeout": settings.idle_timeout,
         "offer_wait": settings.offer_wait,
     }
+
+
+def kept_facts(history: list[dict]) -> dict | None:
+    """The offer, image and disk a kept instance was handed over with (its ``kept_warm``
+    move's detail), or None when the journal does not have them."""
+    for move in reversed(history):
+        if move.get("trigger") != "kept_warm":
+            continue
+        try:
+            detail = json.loads(move.get("detail") or "{}")
+        except (TypeError, ValueError):
+            return None
+        if isinstance(detail, dict) and {"offer", "image", "disk_gb"} <= set(detail):
+            return detail
+        return None
+    return None

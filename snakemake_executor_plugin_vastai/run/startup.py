@@ -21,6 +21,7 @@ from ..settings import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_IMAGE,
     DEFAULT_OFFER_WAIT,
+    DEFAULT_ORPHAN_TIMEOUT,
     RunSettings,
     __version__,
     resolve_api_key,
@@ -61,7 +62,7 @@ from ..workflow.validation import (
     validate_job_resources,
     validate_settings,
 )
-from . import market_check
+from . import market_check, orphans
 from .logs import SECRETS, PluginLogger
 from .market_check import MarketCheckError
 from .redaction import add_environment
@@ -103,7 +104,8 @@ def run_settings(settings: Any, container_image: str | None = None,
         max_download_bytes=max_download(settings),
         progress_interval=progress_interval(settings), bids=bid_settings,
         reuse=not bool(getattr(settings, "no_reuse", False)),
-        idle_timeout=idle_timeout(settings), offer_wait=offer_wait(settings))
+        idle_timeout=idle_timeout(settings), offer_wait=offer_wait(settings),
+        orphan_timeout=orphan_timeout(settings), keep_warm=keep_warm(settings))
 
 
 def progress_interval(settings: Any) -> float:
@@ -148,6 +150,28 @@ def max_download(settings: Any) -> int | None:
         raise WorkflowError(f"--vastai-max-download must be a whole number of bytes (0 = no "
                             f"cap), not {value!r}")
     return int(number)
+
+
+def orphan_timeout(settings: Any) -> float:
+    """--vastai-orphan-timeout: seconds without heartbeat before an instance's watchdog
+    acts (>= 0; unset: the default)."""
+    return _seconds(settings, "orphan_timeout", DEFAULT_ORPHAN_TIMEOUT, "0 = no watchdog")
+
+
+def keep_warm(settings: Any) -> float:
+    """--vastai-keep-warm: seconds idle instances outlive the run. Only with a watchdog to
+    end them (no process of ours is alive then) and with warm instances on."""
+    seconds = _seconds(settings, "keep_warm", 0.0, "0 = destroy idle instances at the end")
+    if seconds and orphan_timeout(settings) == 0:
+        raise WorkflowError("--vastai-keep-warm needs the instance watchdog to end the kept "
+                            "instances on time: give --vastai-orphan-timeout > 0 (nothing "
+                            "was rented)")
+    if seconds and (getattr(settings, "no_reuse", False)
+                    or getattr(settings, "keep_instances", False)):
+        raise WorkflowError("--vastai-keep-warm keeps idle warm instances: it does not go "
+                            "with --vastai-no-reuse or --vastai-keep-instances (nothing was "
+                            "rented)")
+    return seconds
 
 
 def idle_timeout(settings: Any) -> float:
@@ -575,6 +599,10 @@ def start_run(executor: Any) -> Run:
             run.close("storage unavailable")
             raise
     run.reconcile(executor.workflow)
+    try:
+        orphans.report(run.api.list_instances, run.journal.label_prefix, log.warning)
+    except VastError as exc:  # a report, not a gate
+        log.warning("could not look for other workflows' instances", error=str(exc))
     log.info("run started", run=run.run_id, api=resolved.api_url, image=resolved.image,
              mode="storage" if mode else "ssh", storage=mode.prefix if mode else None)
     return run

@@ -366,6 +366,11 @@ class SimRequestHandler(BaseHTTPRequestHandler):
         self.server.mark_reset(self.connection)
 
 
+# What an instance's own key (CONTAINER_API_KEY) may call, on that instance only.
+SCOPED_ROUTES = frozenset({"GET /api/v0/instances/{id}/", "PUT /api/v0/instances/{id}/",
+                           "DELETE /api/v0/instances/{id}/"})
+
+
 class App:
     """Routing and the cross-cutting rules (auth, throttling, faults, counting)."""
 
@@ -381,8 +386,10 @@ class App:
         stopping: threading.Event,
         lost_answer: Callable[[str, str, str | None], tuple[str, float] | None] | None = None,
         exchanges: ExchangeLog | None = None,
+        scoped: Callable[[str], int | None] = lambda key: None,
     ) -> None:
         self.api_key = api_key
+        self.scoped = scoped  # an instance's own key (CONTAINER_API_KEY) -> its id
         self.routes = routes
         self.control = control  # /_sim/ routes: no auth, no faults, not counted
         self.effect = effect
@@ -480,19 +487,38 @@ class App:
         if route is None:
             return self._not_found(method, path)
         key = _bearer(h.headers.get("Authorization")) or query.get("api_key")
-        refused = self._admit(route, key or h.client_address[0], key) if route.auth else None
+        refused = (self._admit(route, key or h.client_address[0], key, params)
+                   if route.auth else None)
         return refused or self._call(route, _request(h, route, params, query, key))
 
-    def _admit(self, route: Route, identity: str, key: str | None) -> Response | None:
+    def _admit(self, route: Route, identity: str, key: str | None,
+               params: dict[str, str] | None = None) -> Response | None:
         """Throttle, then check the key: a refusal, or None to go on."""
         if not self.rate_limiter.allow(identity, route.key):
             self.stats.count(self.stats.rejected, "429")
             return throttled(route.key, self.rate_limiter.interval_for(route.key))
+        if key is not None and key != self.api_key:
+            own = self.scoped(key)
+            if own is not None:
+                return self._scoped_admit(route, own, params or {})
         if key != self.api_key:
             self.stats.count(self.stats.rejected, "401")
             return Response(
                 401, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
             )
+        return None
+
+    def _scoped_admit(self, route: Route, own: int, params: dict[str, str]) -> Response | None:
+        """An instance's own key: show, stop/start and destroy that instance; anything
+        else is refused (401 for another endpoint, 403 for another instance)."""
+        if route.key not in SCOPED_ROUTES:
+            self.stats.count(self.stats.rejected, "401")
+            return Response(401, {"success": False, "error": "auth_error",
+                                  "msg": "this key may only manage its own instance"})
+        if params.get("id") != str(own):
+            self.stats.count(self.stats.rejected, "403")
+            return Response(403, {"success": False, "error": "forbidden",
+                                  "msg": "this key may only manage its own instance"})
         return None
 
     def _gateway(

@@ -66,6 +66,9 @@ Instance fault kinds:
   never by itself) it starts again; raising its bid above ``competing_bid`` (default: 1.25
   x its bid) with ``PUT /instances/bid_price/{id}/`` starts it at once. Counted in the
   truth's ``preemptions``.
+- ``start_fails()``: once the instance is stopped (``PUT /instances/{id}/`` with
+  ``state: stopped``), a request to start it again is accepted but the instance stays
+  ``stopped``: its GPUs were rented by someone else meanwhile (``status_msg`` says so).
 
 Service faults (no targeting; ``count`` limits how many requests they hit):
 
@@ -139,6 +142,7 @@ INSTANCE_KINDS: dict[str, dict[str, Any]] = {
     "disk_full": {"after_bytes": _REQUIRED},
     "outbid": {"after_seconds": 0.0, "at_state": "running", "back_after": None,
                "competing_bid": None, "after_bytes_out": None, "chance": 1.0},
+    "start_fails": {},
 }
 SERVICE_KINDS: dict[str, dict[str, Any]] = {
     "api_status": {

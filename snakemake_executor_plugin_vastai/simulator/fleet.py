@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import shutil
 import threading
 import time
@@ -187,6 +188,14 @@ class Fleet:
         with self._lock:
             inst = self._instances.get(iid)
         return inst if inst is not None and not inst.alive and not inst.foreign else None
+
+    def owner_of_key(self, key: str) -> int | None:
+        """The live instance whose own key (CONTAINER_API_KEY) this is, if any."""
+        with self._lock:
+            for inst in self._instances.values():
+                if inst.alive and secrets.compare_digest(inst.api_key, key):
+                    return inst.id
+        return None
 
     def visible(self) -> list[Instance]:
         """Live instances, by id."""

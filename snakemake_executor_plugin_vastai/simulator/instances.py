@@ -9,6 +9,7 @@ Life of an instance (``actual_status``, as the real API reports it)::
                                        |                    |-> exited (args entrypoint ended)
                                        |-> exited/created + error status_msg (boot_fatal)
     reboot: rebooting -> loading -> running        destroy/vanish: gone from the API
+stop/start by request (PUT /instances/{id}/ state): running -> stopped -> loading -> running
 
 The SSH server starts at creation but resets every connection until ``running`` (the port is
 known early, like Vast's SSH proxy port); ``ports["22/tcp"]`` (direct SSH) appears with
@@ -32,6 +33,17 @@ read ``stopped``, and only storage bills (``storage_cost`` $/GB-month for its di
 starts again (after ``back_after`` seconds, or when ``PUT /instances/bid_price/{id}/``
 raises the bid above the competing one) and boots as after a reboot, files kept.
 
+Scoped keys and stop/start (issue 30). Each instance has its own API key, as Vast.ai's
+``CONTAINER_API_KEY``: in the create answer (``instance_api_key``) and in the environment of
+the container's main process (onstart or args, and what they start), never in an SSH
+session's environment, with ``CONTAINER_ID``. The key may show, stop, start and destroy
+that one instance (see ``api.py``). A stop kills every process, refuses SSH and keeps the
+disk; it bills storage only (``storage_cost`` $/GB-month for the disk), as an outbid bid
+instance does. A start boots it again (onstart runs again), unless the ``start_fails``
+fault says its GPUs went to someone else: then it stays stopped. The description does not
+say what a start of such an instance answers; here it is accepted (200) and the status
+says why it stays stopped, so a client must watch the status, not the answer.
+
 Why this module is long: an instance's status, processes, faults and billing clock
 change together under one lock and one boot generation (a fault armed for one boot
 must not fire in the next); split across modules, every fault would reach into the
@@ -45,6 +57,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -190,6 +203,9 @@ class Instance:
         self._competing: float | None = None  # the bid that outbid this one
         self._stopped_seconds = 0.0
         self._stopped_mono: float | None = None
+        self.api_key = secrets.token_hex(32)  # CONTAINER_API_KEY: this instance only
+        self.user_stopped = False  # stopped by request (PUT state), not outbid
+        self.stops = 0
 
     # ----- public
 
@@ -263,7 +279,7 @@ class Instance:
             return True
 
     def stopped_seconds(self) -> float:
-        """Seconds this bid instance spent stopped by being outbid (storage bills only)."""
+        """Seconds spent stopped (outbid or by request): storage bills only."""
         with self._lock:
             total = self._stopped_seconds
             if self._stopped_mono is not None:
@@ -371,7 +387,8 @@ class Instance:
                 "id": self.id,
                 "label": spec.label,
                 "actual_status": status,
-                "intended_status": "stopped" if self.outbid else "running",
+                "intended_status": "stopped" if self.outbid or self.user_stopped
+                else "running",
                 "cur_state": self.cur_state,
                 "next_state": self.cur_state,
                 "status_msg": self.status_msg,
@@ -455,6 +472,8 @@ class Instance:
                                       + self.storage_dph(), 6),
                 "preemptions": self.preemptions,
                 "outbid": self.outbid,
+                "user_stopped": self.user_stopped,
+                "stops": self.stops,
                 "stopped_seconds": stopped,
                 "storage_dph": self.storage_dph(),  # part of dph_total while it runs
                 "storage_dollars_stopped": storage_stopped,
@@ -695,6 +714,53 @@ class Instance:
         self._set("loading", "Bid won again: starting")
         self._boot(gen)
 
+    # ----- stop and start by request (PUT /instances/{id}/ with a state)
+
+    def stop_by_request(self) -> None:
+        self.timeline.after(0, self._stop_requested)
+
+    def start_by_request(self) -> None:
+        self.timeline.after(0, self._start_requested)
+
+    def _stop_requested(self) -> None:
+        """Processes die, SSH refuses, the disk stays; storage bills only."""
+        if self.destroyed_at is not None or self.user_stopped:
+            return
+        with self._lock:
+            self._generation += 1
+            self.user_stopped = True
+            self.stops += 1
+            if self._stopped_mono is None:
+                self._stopped_mono = time.monotonic()
+        self.timeline.clear()
+        self._block("stopped", True)
+        if self.ssh is not None:
+            self.ssh.drop_connections()
+        sandbox.kill_tagged(self.tag)
+        self._set("stopped", "Stopped by request", cur_state="stopped")
+
+    def _start_requested(self) -> None:
+        """Boot again, files kept; or stay stopped when its GPUs were taken (fault)."""
+        if self.destroyed_at is not None or not self.user_stopped:
+            return
+        if self._take({"start_fails"}):
+            self._set("stopped", "Cannot start: the machine's GPUs are rented by another "
+                      "client", cur_state="stopped")
+            return
+        with self._lock:
+            self._generation += 1
+            gen = self._generation
+            self.user_stopped = False
+            if self._stopped_mono is not None and not self.outbid:
+                self._stopped_seconds += max(time.monotonic() - self._stopped_mono, 0.0)
+                self._stopped_mono = None
+        self.timeline.clear()
+        self._block("boot", True)
+        self._block("stopped", False)
+        self._block("exited", False)
+        self._set("loading", "Starting again")
+        self._boot(gen)
+
     def _vanish(self, gen: int) -> None:
         if self._current(gen) and self.end(vanished=True):
             self._on_vanish(self)
@@ -778,7 +844,9 @@ class Instance:
         return f"{shell} {shlex.quote(str(script))}"
 
     def _env_with_port(self) -> dict[str, str]:
-        env = self._env()
+        """The main process's environment (PID 1's, on Vast.ai): the scoped key is here,
+        not in SSH sessions (``_env``), as on the real service."""
+        env = {**self._env(), "CONTAINER_API_KEY": self.api_key}
         if self.ssh_port:
             env["VAST_TCP_PORT_22"] = str(self.ssh_port)
         return env

@@ -140,7 +140,9 @@ class Endpoints:
             raise HttpError(400, "invalid_args", str(exc)) from None
         except FleetClosed as exc:
             raise HttpError(503, "server_error", str(exc)) from None
-        return {"success": True, "new_contract": iid}
+        inst = self.fleet.get(iid)
+        return {"success": True, "new_contract": iid,
+                "instance_api_key": inst.api_key if inst is not None else ""}
 
     # ----- instances
 
@@ -181,11 +183,14 @@ class Endpoints:
         if "label" in body:
             inst.spec.label = None if body["label"] is None else str(body["label"])
             return {"success": True}
-        if body.get("state") == "running" and inst.actual_status == "running":
+        state = body.get("state")
+        if state == "stopped":
+            inst.stop_by_request()
             return {"success": True}
-        raise HttpError(
-            400, "invalid_args", "the simulator supports relabelling only (no stop/start)"
-        )
+        if state == "running":
+            inst.start_by_request()  # a running one stays as it is
+            return {"success": True}
+        raise HttpError(400, "invalid_args", "give a label or a state (stopped or running)")
 
     def destroy(self, req: Request) -> dict[str, Any]:
         iid = _int(req.params["id"])

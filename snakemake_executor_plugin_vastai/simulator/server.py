@@ -148,6 +148,7 @@ class Simulator:
                 control=endpoints.control(),
                 effect=self.plan.api_effect,
                 lost_answer=self.plan.lost_answer,
+                scoped=self.fleet.owner_of_key,
                 rate_limiter=self.rate_limiter,
                 stats=self.stats,
                 stopping=stopping,

@@ -383,6 +383,11 @@ class VastAPI:
 
         self._call("instances/destroy", run, budget=budget)
 
+    def start_instance(self, instance_id: int, budget: float | None = None) -> None:
+        """Start a stopped instance again (its disk kept); the status says when it runs."""
+        self._call("instances/start", lambda: self._sdk.start_instance(instance_id),
+                   budget=budget)
+
     def destroy_instances(self, instance_ids: list[int], budget: float | None = None) -> None:
         """Destroy several instances in one request (``vastai destroy instances``). The
         answer's shape is not documented: callers confirm each instance gone."""

@@ -48,6 +48,13 @@ class Preempted(Exception):
     """The job's bid instance was outbid (stopped by Vast.ai); raised inside a step."""
 
 
+class SelfStopped(Preempted):
+    """The job's on-demand instance stopped itself: its watchdog saw no heartbeat (the run
+    was away, see watchdog/agent.py). Handled as a preemption, except that the job's
+    progress stands: the watchdog stops only once the job has ended, so the instance is
+    started again and what is on its disk is used."""
+
+
 @dataclass(frozen=True)
 class BidSettings:
     """The run's bid options (validated)."""
@@ -154,6 +161,19 @@ def is_outbid(row: Mapping[str, Any]) -> bool:
         return False
     return status == "stopped" or (row.get("intended_status") == "stopped"
                                    and row.get("cur_state") == "stopped")
+
+
+class InstanceLost(Preempted):
+    """The idle instance a job leased from the run's pool is gone before the job's process
+    started (its watchdog ended it while the run was away, or the host vanished): nothing
+    of the job's work was on it, so the job rents another rather than failing."""
+
+
+def self_stopped(row: Mapping[str, Any]) -> bool:
+    """An on-demand instance stopped on request (its watchdog's, since the run never
+    stops one): ``stopped`` and meant to be."""
+    return (not row.get("is_bid") and str(row.get("actual_status") or "") == "stopped"
+            and row.get("intended_status") == "stopped")
 
 
 def default_preemptible_retries(workflow: Any) -> int | None:

@@ -46,6 +46,9 @@ class Instances:
     def find_all_by_label(self, label: str) -> list[dict]:
         return self.api.find_all_by_label(label)
 
+    def start(self, instance_id: int) -> None:
+        self.api.start_instance(instance_id)
+
     def log(self, instance_id: int, tail: int) -> str:
         return self.api.logs(instance_id, tail=tail)
 

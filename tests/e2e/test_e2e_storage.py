@@ -295,9 +295,10 @@ def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_s
                             env={**env, CRASH_ENV: "after_create"})
     assert crashed.returncode < 0  # killed at the crash point
     assert simulator.truth()["created_count"] == 1
-    if finished_meanwhile:
-        assert wait_for(lambda: simulator.truth()["instances"][0]["actual_status"] == "exited",
+    if finished_meanwhile:  # the container stops its instance once the job ended
+        assert wait_for(lambda: simulator.truth()["instances"][0]["actual_status"] == "stopped",
                         timeout=90)
+        assert simulator.truth()["instances"][0]["user_stopped"]  # by itself: storage bills
     subprocess.run([sys.executable, "-m", "snakemake", "--unlock", *args], cwd=wf, env=env,
                    capture_output=True, timeout=120, check=True)
     result = run_snakemake(wf, simulator.url, simulator.api_key, *args, env=env)

@@ -59,7 +59,12 @@ MAX_RUNS = 6
 # in the same directory; the journal locked by another process; the disk under the journal
 # full; the code changed between crash and restart; the directory copied after the crash.
 CLASSES = ("kill", "lost_answers", "failing_destroys", "concurrent_run", "locked_journal",
-           "full_disk", "changed_code", "copied_dir", "lost_keys")
+           "full_disk", "changed_code", "copied_dir", "lost_keys", "frozen", "gone")
+# The instance-side watchdog's classes (issue 30) run with a short orphan timeout: "frozen"
+# stops the first run (SIGSTOP, a laptop asleep) past it instead of killing it, then wakes
+# it; "gone" waits past it after the kill, so the watchdogs act before the restart.
+ORPHAN_TIMEOUT = 3.0
+WATCHDOG_CLASSES = {"frozen", "gone"}
 LOST_MODES = ("reset", "truncate", "html")
 LOGS_ENV = "VASTAI_CHAOS_LOGS"  # a directory: every run's output is kept there
 # Bid instances (issue 15): not in CLASSES (run by tests/e2e/test_chaos_bids.py); the work
@@ -91,6 +96,8 @@ class TrialResult:
     preemptions: int = 0  # outbid faults that fired (the preemptions class)
     reuse: bool = False  # warm instances: a finished job's instance serves the next job
     leased: int = 0  # jobs that leased a warm instance instead of renting
+    env_extra: dict[str, str] = field(default_factory=dict)  # every run's (watchdog classes)
+    frozen: bool = False  # the frozen class: the first run was stopped and woken
 
     @property
     def ok(self) -> bool:
@@ -235,13 +242,17 @@ def run_trial(seed: int, root: Path, adversity: str | None = None,
         foreign = sim.create_foreign_instance(label="not-ours")
         crash_at = rng.choice(CRASH_POINTS) if rng.random() < 0.4 else None
         kill_after = None if crash_at else rng.uniform(0.5, 9.0)
+        if adversity in WATCHDOG_CLASSES:
+            result.env_extra = {"SNAKEMAKE_VASTAI_ORPHAN_TIMEOUT": f"{ORPHAN_TIMEOUT:g}"}
+        if adversity == "frozen":  # not killed: stopped, then woken (see _adversity...)
+            crash_at, kill_after = None, None
         run_kwargs = _adversity_first_run(adversity, wf, sim, rng, result)
         outcome = _run(wf, sim, crash_at=crash_at, kill_after=kill_after, reuse=reuse,
                        **run_kwargs)
         result.runs = 1
         if outcome == "done":
             result.leased += _latest_run(wf)[2]
-        last_kill = crash_at or f"t+{kill_after:.1f}s"
+        last_kill = crash_at or (f"t+{kill_after:.1f}s" if kill_after else "frozen")
         if outcome == "failed" and adversity in ("locked_journal", "full_disk"):
             outcome = "crashed"  # a journal that refused writes may fail run 1; restart
         while outcome in ("killed", "crashed") and result.runs < MAX_RUNS:
@@ -267,6 +278,17 @@ def run_trial(seed: int, root: Path, adversity: str | None = None,
 def _adversity_first_run(adversity: str, wf: Path, sim: Simulator, rng: random.Random,
                          result: TrialResult) -> dict[str, Any]:
     """Faults and companions of the first (killed) run."""
+    if adversity == "frozen":
+        def freeze(proc: subprocess.Popen) -> None:
+            time.sleep(rng.uniform(0.5, 6.0))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGSTOP)
+                time.sleep(ORPHAN_TIMEOUT + rng.uniform(3.0, 8.0))  # past it: watchdogs act
+                os.kill(proc.pid, signal.SIGCONT)
+                result.frozen = True
+        return {"during": freeze, "env_extra": result.env_extra}
+    if adversity == "gone":
+        return {"env_extra": result.env_extra}
     if adversity == "lost_answers":
         sim.add_fault("answer_lost", endpoint="*", fraction=0.2, count=6,
                       mode=rng.choice(LOST_MODES))
@@ -302,6 +324,8 @@ def _between_runs(adversity: str, wf: Path, sim: Simulator, result: TrialResult)
     """After a kill, before the restart: what the adversity changes."""
     sim.clear_faults()
     (wf / ".snakemake/vastai/filler").unlink(missing_ok=True)
+    if adversity == "gone":  # nobody comes back for a while: the watchdogs act meanwhile
+        time.sleep(ORPHAN_TIMEOUT + 6.0)
     if adversity == "changed_code" and TAG_LINE in (wf / "Snakefile").read_text():
         (wf / "Snakefile").write_text(SNAKEFILE.replace(TAG_LINE, 'TAG = "JOB"\n'))
         result.changed_at = time.time()  # jobs started before this may not be resumed
@@ -368,7 +392,7 @@ def _check_restart(wf: Path, sim: Simulator, rng: random.Random, result: TrialRe
     _unlock(wf, sim)
     kill_again = rng.random() < 0.25 and result.runs < 3
     outcome = _run(wf, sim, kill_after=rng.uniform(1.0, 8.0) if kill_again else None,
-                   reuse=result.reuse)
+                   reuse=result.reuse, env_extra=result.env_extra)
     result.runs += 1
     result.last_outcome = outcome
     rented = sim.truth()["created_count"] - truth["created_count"]

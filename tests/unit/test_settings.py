@@ -27,7 +27,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(ExecutorSettings)}
 # The settings a person most often sets once per machine or project (issue 31).
 FROM_ENVIRONMENT = {"api_key", "api_url", "image", "max_price", "max_spend", "disk",
                     "boot_timeout", "offline_grace", "max_runtime", "offer_wait",
-                    "idle_timeout", "preemption_grace"}
+                    "idle_timeout", "preemption_grace", "orphan_timeout",
+                    "keep_warm"}
 
 
 def option_name(name: str) -> str:

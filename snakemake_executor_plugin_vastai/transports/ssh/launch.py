@@ -73,7 +73,8 @@ class DetachedJobs(Uploads):
     """Launching, following and asking after detached jobs, as methods of a session
     (``RemoteSession`` in session.py). An Uploads: ``launch`` sends the job's scripts."""
 
-    def launch(self, job_dir: str, command: str, *, env: Mapping[str, str] | None = None) -> int:
+    def launch(self, job_dir: str, command: str, *, env: Mapping[str, str] | None = None,
+               max_runtime: float = 0.0) -> int:
         """Write job.sh, env (0600) and the wrapper; start the wrapper detached; its pid.
 
         Refuses while a job is running in ``job_dir`` (so a retried launch cannot start
@@ -86,6 +87,8 @@ class DetachedJobs(Uploads):
             scripts.JOB_SCRIPT: (command.encode(), 0o700),
             scripts.ENV_FILE: (scripts.env_file(env or {}), 0o600),
             scripts.WRAPPER: (scripts.WRAPPER_SH.encode(), 0o700),
+            # the instance's watchdog ends the job past it when the run is gone
+            scripts.MAX_RUNTIME_FILE: (f"{max_runtime:.0f}".encode(), 0o600),
         }
         self.upload([], job_dir, extra=extra)
         done = self.run(scripts.launch_command(job_dir), timeout=max(self.timeout, 30))

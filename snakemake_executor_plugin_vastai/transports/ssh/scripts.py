@@ -15,6 +15,8 @@ Layout of a job directory ``D`` (relative to ``$HOME``)::
     D/.vastai/pid      the wrapper's pid, written by the wrapper itself
     D/.vastai/log      stdout + stderr of the wrapper and the job
     D/.vastai/rc       the job's exit code; written last, atomically (tmp + mv)
+    D/.vastai/max_runtime  the job's maximal runtime in seconds (0: none), for the watchdog
+    D/.vastai/home     written by the clean-up after a download: the outputs are home
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ JOB_SCRIPT = f"{CONTROL_DIR}/job.sh"
 ENV_FILE = f"{CONTROL_DIR}/env"
 TAG_FILE = f"{CONTROL_DIR}/tag"  # the job's process tag (a fresh random token per launch)
 WRAPPER = f"{CONTROL_DIR}/run.sh"
+MAX_RUNTIME_FILE = f"{CONTROL_DIR}/max_runtime"  # seconds, 0 = none (watchdog/agent.py)
+HOME_MARK = "home"  # in the control dir: the job's outputs reached the run (agent.py)
 
 # Exit codes of our own snippets (chosen outside what sh/tar use for their errors).
 EXIT_NO_JOB_DIR = 96
@@ -198,8 +202,13 @@ def gpu_apps():
     return len([l for l in out.stdout.split(b"\n") if l.strip()])
 
 def sweep(ctl):
-    # End everything the job started: TERM, a grace, KILL; report what is left.
+    # End everything the job started: TERM, a grace, KILL; report what is left. The
+    # outputs are home by now: mark it, so the watchdog may destroy rather than stop.
     import signal
+    try:
+        open(os.path.join(ctl, "home"), "w").close()
+    except OSError:
+        pass
     try:
         with open(os.path.join(ctl, "tag"), "rb") as f:
             tag = f.read(64).strip().decode("ascii")

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...costs.ledger import ByteMeter
+from ...lifecycle.job_machine import Progress
 from ...lifecycle.outcomes import (
     Booted,
     Downloaded,
@@ -44,7 +45,8 @@ from ...run.backoff import Backoff
 from ...run.pool import file_digest
 from ...run.recovery import resumable_state
 from ...settings import download_cap
-from ...vastai.bids import Preempted
+from ...vastai.bids import InstanceLost, Preempted
+from ...watchdog.install import start_lines
 from ...workflow import payload
 from ..progress import TransferProgress, planned_bytes, terminal_bars
 from .channels import Endpoint
@@ -75,12 +77,14 @@ REMOTE_DIR = payload.REMOTE_DIR
 LINK_ERRORS: tuple[type[BaseException], ...] = (EOFError, ConnectionError, TimeoutError)
 
 
-def onstart_script(public_line: str) -> str:
-    """Authorise our run key and keep Vast.ai's auto-tmux out of our SSH sessions."""
+def onstart_script(public_line: str, watchdog: str = "") -> str:
+    """Authorise our run key, keep Vast.ai's auto-tmux out of our SSH sessions, and start
+    the instance's watchdog (``watchdog`` holds its start lines; see watchdog/install.py)."""
     key = shlex.quote(public_line)
-    return ("mkdir -p ~/.ssh && chmod 700 ~/.ssh && "
-            f"echo {key} >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys && "
-            "touch ~/.no_auto_tmux")
+    lines = ("mkdir -p ~/.ssh && chmod 700 ~/.ssh && "
+             f"echo {key} >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys && "
+             "touch ~/.no_auto_tmux")
+    return f"{lines}\n{watchdog}" if watchdog else lines
 
 
 class SshTransport:
@@ -103,7 +107,11 @@ class SshTransport:
 
     # -- renting and booting -------------------------------------------------------------
     def launch(self, label: str) -> dict[str, Any]:
-        return {"onstart": onstart_script(self.p.instances.key.public_line),
+        settings = self.p.settings
+        # --vastai-keep-instances hands the instances to the user: no watchdog ends them
+        watchdog = (start_lines(settings.api_url, settings.orphan_timeout)
+                    if settings.orphan_timeout > 0 and not settings.keep_instances else "")
+        return {"onstart": onstart_script(self.p.instances.key.public_line, watchdog),
                 "runtype": "ssh_direc ssh_proxy"}
 
     def prepare_boot(self, instance_id: int) -> None:
@@ -152,6 +160,14 @@ class SshTransport:
         """Where the job runs on the instance: its own directory (``JobModel.work_dir``,
         the one warm reuse prunes), or below it under a ``workdir:`` directive."""
         return self.p.spec.workspace.remote_dir(self.m.work_dir)
+
+    def probe_job(self) -> Reattached:
+        """How far the job got in its directory, asked over SSH (a resumed job whose
+        instance was stopped when the run came back)."""
+        status = self.with_ssh("re-attach", lambda s: s.job_status(self.job_dir))
+        started, exit_code = resumable_state(status)
+        return Reattached(status=status, started=started, exit_code=exit_code,
+                          endpoint=self.m.endpoint)
 
     # -- the steps --------------------------------------------------------------------
     def upload(self) -> Uploaded:
@@ -354,7 +370,8 @@ class SshTransport:
                 # (the instance has one job directory, so a job found there is ours).
                 if tries > 1 and session.job_status(self.job_dir) != "absent":
                     return
-                session.launch(self.job_dir, command, env=env)
+                session.launch(self.job_dir, command, env=env,
+                               max_runtime=self.p.spec.max_runtime)
 
             self._log_offset = 0  # a new process: its log starts at its first byte
             self.with_ssh("launch", launch)
@@ -409,6 +426,9 @@ class SshTransport:
             journal.record_instance_contact(iid, ssh_host=endpoint.host,
                                             ssh_port=endpoint.port,
                                             host_key=session.host_key)
+        if self.p.feeder is not None:  # from now on the run feeds its watchdog
+            self.p.feeder.note(iid, endpoint, (self.m.key or self.p.instances.key).pkey,
+                               session.host_key)
         with self._lock:
             old, self.session = self.session, session
         if old is not None:
@@ -474,6 +494,11 @@ class SshTransport:
         if seen is None:
             return
         if seen.row is None:
+            if self.m.warm is not None and self.m.progress in (Progress.NOTHING,
+                                                               Progress.UPLOADED):
+                raise InstanceLost(f"instance {iid}, leased idle from the run's pool, is gone "
+                                   f"(during {self.m.state.value}): renting another")
+            self.steps.check_ended_itself(iid, self.m.state.value)
             raise JobFailure(f"instance {iid} vanished during {self.m.state.value}")
         self.steps.check_outbid(seen.row)  # a bid instance stopped by Vast.ai (bids.py)
         status = str(seen.row.get("actual_status") or "")

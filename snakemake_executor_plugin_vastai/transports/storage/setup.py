@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...watchdog.install import storage_job_lines, storage_stop_line
+
 EXIT_MARKER = "snakemake-vastai-exit"
 GOOGLE_CREDENTIALS_ENV = "SNAKEMAKE_VASTAI_GOOGLE_CREDENTIALS_B64"
 GOOGLE_ADC = Path("~/.config/gcloud/application_default_credentials.json")
@@ -154,17 +156,28 @@ def exit_token(label: str) -> str:
     return hashlib.sha256(f"exit:{label}".encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Watchdog:
+    """The instance-side watchdog in storage mode (watchdog/install.py)."""
+
+    api_url: str
+    orphan_timeout: float
+    max_runtime: float = 0.0
+
+
 def container_args(*, job_command: str, deploy_command: str, mode: StorageMode,
-                   snakemake_version: str, job_dir: str, token: str) -> list[str]:
+                   snakemake_version: str, job_dir: str, token: str,
+                   watchdog: Watchdog | None = None) -> list[str]:
     """The container command (runtype ``args``): a POSIX shell script, no secrets in it."""
     return ["sh", "-c", container_script(job_command=job_command,
                                          deploy_command=deploy_command, mode=mode,
                                          snakemake_version=snakemake_version,
-                                         job_dir=job_dir, token=token)]
+                                         job_dir=job_dir, token=token, watchdog=watchdog)]
 
 
 def container_script(*, job_command: str, deploy_command: str, mode: StorageMode,
-                     snakemake_version: str, job_dir: str, token: str) -> str:
+                     snakemake_version: str, job_dir: str, token: str,
+                     watchdog: Watchdog | None = None) -> str:
     """Prepare, deploy the sources from the bucket, run the job, report its exit code.
 
     The exit line is printed whatever happens inside, so a failed install is
@@ -182,13 +195,19 @@ def container_script(*, job_command: str, deploy_command: str, mode: StorageMode
         "set +e",
         job_command,
     ])
+    if watchdog is None:
+        run, stop = f"( {inner}\n)\nrc=$?", ""
+    else:  # the job under the watchdog's eye; its end stops the instance (watchdog/)
+        run = storage_job_lines(watchdog.api_url, watchdog.orphan_timeout,
+                                watchdog.max_runtime, f"( {inner}\n)")
+        stop = storage_stop_line(watchdog.api_url)
     return "\n".join([
         f'job_dir="$HOME/{job_dir}"',
         'mkdir -p "$job_dir" && cd "$job_dir" || exit 111',
         _google_credentials_lines(),
-        f"( {inner}\n)",
-        "rc=$?",
+        run,
         f'echo "{EXIT_MARKER} {token} $rc"',
+        *([stop] if stop else []),
         'exit "$rc"',
         "",
     ])

@@ -31,7 +31,13 @@ from ...lifecycle.outcomes import (
 from ...vastai import bids
 from ...vastai.api import VastError
 from ..ssh import transport as ssh
-from .setup import StorageSetup, container_args, exit_code_from_log, exit_token
+from .setup import (
+    StorageSetup,
+    Watchdog,
+    container_args,
+    exit_code_from_log,
+    exit_token,
+)
 
 if TYPE_CHECKING:
     from ...lifecycle.step_port import StepPort
@@ -65,8 +71,17 @@ class StorageTransport:
                               deploy_command=self.storage.prepare_command(self.p.spec.job),
                               mode=self.storage.mode,
                               snakemake_version=self.p.spec.workspace.snakemake_version,
-                              job_dir=ssh.REMOTE_DIR, token=exit_token(label))
+                              job_dir=ssh.REMOTE_DIR, token=exit_token(label),
+                              watchdog=self._watchdog())
         return {"env": self.p.spec.environment(), "runtype": "args", "args": args}
+
+    def _watchdog(self) -> Watchdog | None:
+        """The instance-side watchdog (watchdog/): the job under its eye, the instance
+        stopped by itself once the job ended; none without an orphan timeout."""
+        settings = self.p.settings
+        if settings.orphan_timeout <= 0 or settings.keep_instances:
+            return None
+        return Watchdog(settings.api_url, settings.orphan_timeout, self.p.spec.max_runtime)
 
     def prepare_boot(self, instance_id: int) -> None:
         """Nothing to authorise: the plugin never logs in."""
@@ -83,6 +98,9 @@ class StorageTransport:
         status = resume_status(claim.row)
         # the exit code is read from the log once running
         return Reattached(status=status, started=status == "running")
+
+    def probe_job(self) -> Reattached:
+        return Reattached(status=None, started=False)
 
     def upload(self) -> Uploaded:
         raise JobFailure("internal: storage mode uploads nothing")

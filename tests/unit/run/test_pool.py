@@ -57,8 +57,12 @@ def test_every_instance_state_is_reachable_and_every_holding_state_can_fail():
         assert {d for s, d, t in edges() if s == state and t == "fail"} == {I.DESTROYING}
 
 
-def test_idle_is_entered_only_by_giving_back_a_leased_instance():
-    assert [(s, t) for s, d, t in edges() if d == I.IDLE] == [(I.LEASED.value, "given_back")]
+def test_idle_is_entered_only_by_giving_back_a_leased_instance_or_adopting_a_kept_one():
+    """An instance whose outputs are home: given back by its job, or kept warm past an
+    earlier run's end (which it entered from idle) and adopted by the next run."""
+    assert sorted((s, t) for s, d, t in edges() if d == I.IDLE) == [
+        (I.KEPT.value, "adopted"), (I.LEASED.value, "given_back")]
+    assert [(s, t) for s, d, t in edges() if d == I.KEPT] == [(I.IDLE.value, "kept_warm")]
     assert {s for s, d, _ in edges() if d == I.GONE} == {I.DESTROYING.value, I.RENTING.value}
 
 
