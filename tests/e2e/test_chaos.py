@@ -16,11 +16,11 @@ from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_POINTS
 from tests.harness.chaos import CLASSES, assert_clean, run_trial, summarize
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
-TRIALS = 9  # one of each adversity class (chaos.CLASSES, chosen by seed)
+TRIALS = 11  # one of each adversity class (chaos.CLASSES, chosen by seed)
 SEED = 1000
 
 
-# Nine trials in three threads on two cores: more than the suite's 300 s hang guard allows
+# Eleven trials in three threads on two cores: more than the suite's 300 s hang guard allows
 # on a slow day. (A re-attach that meets a refused key used to spend the 180 s SSH budget
 # here; it now boots the job again after 20 s, and the lost_keys class exercises that.)
 @pytest.mark.timeout(600)
@@ -36,8 +36,9 @@ def test_chaos_trials_leak_nothing_lose_nothing_and_resume(tmp_path):
                ) or report["skipped_full_disk"]
     assert report["resumable_after_kill"] > 0  # the trials did exercise resume
     # Each trial's first kill lands at a seeded delay; on a fast machine a run may finish
-    # first (a clean clone once saw 8 kills in 9 trials): most trials must still be killed.
-    assert report["kills"] >= TRIALS - 2
+    # first (a clean clone once saw 8 kills in 9 trials), and the frozen class is stopped and
+    # woken rather than killed: most trials must still be killed.
+    assert report["kills"] >= TRIALS - 3
     assert report["with_reuse"] == TRIALS // 2 and report["leased"] > 0  # reuse was exercised
 
 

@@ -185,7 +185,8 @@ def test_journal_cost_shows_storage_while_stopped_and_the_on_demand_price(tmp_pa
                                                             rel=0.5)
     assert bids["on_demand_dollars"] > bids["dollars"] > 0
     text = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai", "journal",
-                           "cost"], cwd=wf, capture_output=True, text=True, timeout=60).stdout
+                           "cost", "--detail"], cwd=wf, capture_output=True, text=True,
+                          timeout=60).stdout  # the summary leads; the tables are the detail
     assert "storage while stopped" in text and "same on demand" in text
     assert alive(truth) == []
 
