@@ -24,4 +24,4 @@ uv sync --quiet --extra test
 uv run --no-sync ruff check .
 # Three workers: most end-to-end time is spent waiting on simulated boots,
 # SSH round trips and Snakemake start-up, so 3 processes fit 2 cores.
-uv run --no-sync python -m pytest -n 3 --dist loadfile "$@"
+uv run --no-sync python -m pytest -n 3 --dist loadfile --durations=25 "$@"
