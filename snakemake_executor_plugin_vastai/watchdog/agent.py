@@ -44,8 +44,6 @@ import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 
 HOME = os.path.expanduser("~")
 STATE = os.path.join(HOME, ".vastai-watchdog")
@@ -186,6 +184,9 @@ class Watchdog:
             method, body = "PUT", json.dumps({"state": "stopped"}).encode()
         else:
             method, body = "DELETE", None
+        import urllib.error  # here: ssl and http.client cost a start on every instance
+        import urllib.request
+
         request = urllib.request.Request(address, data=body, method=method, headers={
             "Authorization": "Bearer " + key, "Content-Type": "application/json"})
         say(f"{why}: {action} instance {iid}")

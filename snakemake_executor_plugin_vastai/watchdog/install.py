@@ -53,11 +53,18 @@ def unpack_lines() -> str:
 
 
 def start_lines(api_url: str, orphan_timeout: float) -> str:
-    """SSH mode: unpack the agent and start it detached from the start script."""
+    """SSH mode: one Python process, detached from the start script, writes the agent out
+    (for a look at it on the instance) and runs it: every instance pays one interpreter
+    start for its watchdog, not two."""
+    run = ("import base64,sys,zlib;s=zlib.decompress(base64.b64decode(sys.argv[1]));"
+           "p=sys.argv[2];open(p,'wb').write(s);sys.argv=sys.argv[2:];"
+           "exec(compile(s,p,'exec'))")
     return "\n".join([
-        unpack_lines(),
-        f'if [ -n "$WD" ]; then (nohup "$PY" "{AGENT}" {shlex.quote(api_url)} '
-        f'{orphan_timeout:g} >> "{LOG}" 2>&1 < /dev/null &); fi',
+        f'mkdir -p "$HOME/{STATE_DIR}"',
+        "PY=$(command -v python3 || command -v python)",
+        f'if [ -n "$PY" ]; then (nohup "$PY" -c {shlex.quote(run)} {packed_agent()} '
+        f'"{AGENT}" {shlex.quote(api_url)} {orphan_timeout:g} >> "{LOG}" 2>&1 '
+        "< /dev/null &); fi",
     ])
 
 
