@@ -110,12 +110,8 @@ def log_tail(path: str, lines: int = 20) -> str:
     lines: the tail shown is the output before that report, where the job said why it
     failed. The log file itself stays as the host wrote it (raw bytes; shown sanitised).
     """
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(handle.tell() - 65536, 0))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
+    text = _log_end(path)
+    if text is None:
         return ""
     all_lines = text.splitlines()
     report = next((i for i, line in enumerate(all_lines) if REMOTE_REPORT.match(line)), None)
@@ -127,6 +123,17 @@ def log_tail(path: str, lines: int = 20) -> str:
     return ("\n    " + "\n    ".join(tail)) if tail else ""
 
 
+def _log_end(path: str, size: int = 65536) -> str | None:
+    """The last ``size`` bytes of a job's log as text (None: no log to read)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(handle.tell() - size, 0))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
 def command_exit_code(path: str, fallback: int | None) -> int | None:
     """The exit code of the job's own command, as the remote Snakemake logged it.
 
@@ -136,12 +143,8 @@ def command_exit_code(path: str, fallback: int | None) -> int | None:
     exit status 3"); the last such line of the log wins. ``fallback`` (the process's
     own code) when the log has none (a ``run:`` block, a missing output).
     """
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(handle.tell() - 65536, 0))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
+    text = _log_end(path)
+    if text is None:
         return fallback
     found = COMMAND_STATUS.findall(text)
     return int(found[-1]) if found else fallback
