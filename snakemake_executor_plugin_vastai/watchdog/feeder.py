@@ -63,16 +63,15 @@ class HeartbeatFeeder:
         self._last_fed: dict[int, float] = {}  # wall clock: it runs on while we are frozen
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._wake = threading.Event()  # a new instance: feed it now, not a round later
+        self._wake = threading.Event()  # set by stop(): the loop ends at once
         self._thread: threading.Thread | None = None
 
     def note(self, instance_id: int, endpoint: Endpoint, pkey: Any,
              host_key: str | None) -> None:
+        # No feed now: the instance's watchdog counts a full timeout from its own start, and
+        # the first round comes within a quarter of it (an SSH handshake per boot saved).
         with self._lock:
-            new = int(instance_id) not in self._fed
             self._fed[int(instance_id)] = Fed(endpoint, pkey, host_key)
-        if new:
-            self._wake.set()
 
     def forget(self, instance_id: int) -> None:
         with self._lock:

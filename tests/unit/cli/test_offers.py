@@ -58,7 +58,10 @@ def test_offers_refuses_a_bad_query_and_a_missing_key(simulator, key_env, capsys
 
 
 def test_every_subcommand_answers_help_through_python_m():
-    for command in ("demo", "simulate", "offers", "plan", "journal"):
-        done = subprocess.run([sys.executable, "-m", "snakemake_executor_plugin_vastai",
-                               command, "--help"], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0 and "usage" in done.stdout.lower(), (command, done.stderr)
+    commands = ("demo", "simulate", "offers", "plan", "journal")
+    procs = {c: subprocess.Popen([sys.executable, "-m", "snakemake_executor_plugin_vastai", c,
+                                  "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for c in commands}  # side by side: 5 starts
+    for command, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "usage" in out.lower(), (command, err)
