@@ -250,6 +250,7 @@ def by_route(requests: list[dict]) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.load_slow  # 50 s of the suite's 15 minutes; benchmarks/ratelimit.py measures it
 def test_jobs_started_together_under_a_per_endpoint_interval_all_succeed(tmp_path):
     """Every job of a burst searches and rents at once against an endpoint that accepts one
     call per ``RATE_LIMIT`` seconds: the plugin must queue its calls instead of colliding on
