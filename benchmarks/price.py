@@ -27,13 +27,14 @@ Contestants, side by side in one invocation:
    time dollars (running time at dph_total, i.e. compute plus disk) with the floor's.
    Goal: ours/floor <= 1.10.
 3. **The published plugin 0.1.4** (``--published``): same package name, so in a venv of
-   its own (cached, ``--published-venv``), with the Snakemake installed here. It is only
-   run when it can work against the simulator; otherwise the reason is printed. (0.1.4's
-   SSH mode works in the container's absolute ``/snakemake-workdir``: on the simulator its
-   ssh commands would run on this machine's filesystem, all instances in one directory,
-   while its scp is chrooted into the instance's sandbox, so its upload fails. Seen on a
-   2-job trial: ``scp: dest open "/snakemake-workdir/sources.tar.xz": No such file or
-   directory``.) Goal: ours cheaper than it on every workload where ours is faster.
+   its own (cached, ``--published-venv``), with the Snakemake installed here. Its SSH mode
+   works in the container's absolute ``/snakemake-workdir``; a simulated instance is a
+   sandbox on this machine, not a container root (exec sessions run in the sandbox on this
+   machine's filesystem, SFTP is chrooted into it), so it runs with that one constant
+   made relative (``published_argv``); its search, renting, transfers and teardown run as
+   released. Goal: ours cheaper than it on every workload where ours is faster. A
+   workload it does not finish (0.1.4 aborts the whole run once a job finds no free
+   offer) has no price to compare: the verdict says so.
 
 Reported per contestant and N, median [min..max] over ``--repeats``, all from the
 simulator's ground truth (``GET /_sim/truth``) unless said otherwise: dollars (total, and
@@ -125,6 +126,7 @@ def run_once(base: Path, *, who: str, argv: list[str], jobs: int,
         env["VAST_API_KEY"] = sim.api_key
         if who == "published":
             env["VAST_URL"] = sim.url
+            env.pop("PYTHONPATH", None)  # its venv must import 0.1.4, not this checkout
         error = ""
         start = time.monotonic()
         try:
@@ -198,22 +200,28 @@ def published_python(venv: Path) -> tuple[Path | None, str]:
     answer = ask()
     if answer[:1] != [PUBLISHED] or len(answer) < 2:
         return None, f"the venv {venv} does not import the published {PUBLISHED}"
-    workdir = answer[1]
-    if workdir.startswith("/"):
-        return None, (
-            f"{PUBLISHED} works in the container's absolute directory {workdir} (SSH mode; "
-            "its storage mode needs an S3 bucket). A simulated instance is a sandbox on this "
-            "machine: its ssh commands run on this machine's filesystem (so 0.1.4 would "
-            f"create {workdir} here, one directory for all instances) while scp is chrooted "
-            "into the sandbox, so its upload fails (a 2-job trial: 'scp: dest open "
-            f"\"{workdir}/sources.tar.xz\": No such file or directory')")
     return python, ""
 
 
+# 0.1.4 with its one remote directory made relative: everything else of it runs as released.
+RELATIVE_WORKDIR = (
+    "import sys, snakemake_executor_plugin_vastai.sshtransfer as t; "
+    "t.REMOTE_WORKDIR = 'snakemake-workdir'; "
+    "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()")
+
+
 def published_argv(python: Path, parallel: int) -> list[str]:
-    """0.1.4 reaches the API through the vastai SDK, which reads VAST_URL (set by run_once)."""
-    return [str(python), "-m", "snakemake", "--executor", "vastai", "--jobs", str(parallel),
-            "--keep-going"]
+    """0.1.4 reaches the API through the vastai SDK, which reads VAST_URL (set by run_once).
+
+    Its SSH mode works in the container's absolute ``/snakemake-workdir``. A simulated
+    instance is a sandbox on this machine, not a container root: its exec sessions run
+    in the sandbox (cwd and HOME) on this machine's filesystem, while SFTP is chrooted
+    into the sandbox. So 0.1.4 runs with that one constant set to the relative
+    ``snakemake-workdir``, which both resolve inside the sandbox. Its offer search,
+    renting, transfers and teardown, what the race compares, are untouched.
+    """
+    return [str(python), "-c", RELATIVE_WORKDIR, "--executor", "vastai",
+            "--jobs", str(parallel), "--keep-going"]
 
 
 # --------------------------------------------------------------------------- report
@@ -273,7 +281,14 @@ def verdicts(runs: list[dict[str, Any]], parallels: list[int]) -> dict[str, Any]
             "floor_ratio": None if ratio is None else asdict(ratio),
             "floor_goal_met": None if ratio is None else ratio.median <= FLOOR_GOAL,
         }
-        if theirs and ours:
+        incomplete = [r for r in theirs if r["failed"]]
+        if incomplete:
+            # a run that did not do the work is no price to compare with (0.1.4 aborts the
+            # whole run once one job finds no free offer)
+            entry.update(published_goal_met=None, published_incomplete=(
+                f"{len(incomplete)} of {len(theirs)} runs failed jobs (median "
+                f"{median(theirs, 'failed'):.0f} of {theirs[0]['jobs']})"))
+        elif theirs and ours:
             faster = median(ours, "wall") < median(theirs, "wall")
             cheaper = median(ours, "dollars") < median(theirs, "dollars")
             entry.update(ours_faster=faster, ours_cheaper=cheaper,
@@ -316,7 +331,10 @@ def print_report(report: dict[str, Any]) -> None:
         if ratio is not None:
             print(f"ours / floor (time dollars): {fmt(ratio, 2)}   goal <= {FLOOR_GOAL:.2f}: "
                   + ("pass" if v["floor_goal_met"] else "miss"))
-        if v.get("published_goal_met") is None:
+        if v.get("published_incomplete"):
+            print(f"ours vs published {PUBLISHED}: n/a, it did not do the work: "
+                  f"{v['published_incomplete']}")
+        elif v.get("published_goal_met") is None:
             print(f"ours vs published {PUBLISHED}: n/a (not run, see above)")
         else:
             faster = "faster" if v["ours_faster"] else "not faster"
