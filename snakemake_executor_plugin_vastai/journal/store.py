@@ -89,6 +89,8 @@ __all__ = [
     "StaleTransition",
     "UnknownInstance",
     "UnknownJob",
+    "derived_label_prefix",
+    "derived_workflow_id",
 ]
 
 RELATIVE_PATH = Path(".snakemake") / "vastai" / "journal.sqlite"
@@ -191,9 +193,7 @@ class Journal(RunsMixin, JobsMixin, InstancesMixin, CostsMixin):
         and the ``workflow-id`` file with it) gets the same label prefix back, so the
         instances a crashed run left are found and named, not invisible. (Another
         directory, or the same path on another machine, gets another id.)"""
-        workdir = os.path.realpath(self.path.parent.parent.parent)
-        seed = f"{socket.gethostname()}\0{workdir}".encode("utf-8", "surrogateescape")
-        derived = hashlib.sha256(seed).hexdigest()[:8]
+        derived = derived_workflow_id(self.path.parent.parent.parent)
         if derived != current:
             with self._lock:
                 self._conn.execute("UPDATE meta SET value = ? WHERE key = 'workflow_id'",
@@ -497,3 +497,15 @@ def _refuse_newer(path: Path, found: int, known: int) -> None:
         )
 
 
+def derived_workflow_id(workdir: Path | str) -> str:
+    """The workflow id a fresh journal in ``workdir`` takes: eight hex digits of a hash of
+    this machine's name and the directory's real path. ``journal cleanup --orphans`` uses
+    it when ``.snakemake`` is gone, to find what this directory rented without a journal."""
+    real = os.path.realpath(workdir)
+    seed = f"{socket.gethostname()}\0{real}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(seed).hexdigest()[:8]
+
+
+def derived_label_prefix(workdir: Path | str) -> str:
+    """The label prefix of :func:`derived_workflow_id` (as :attr:`Journal.label_prefix`)."""
+    return f"smk-{derived_workflow_id(workdir)}-"

@@ -198,8 +198,9 @@ class Recovery:
             if not stray.known:
                 self.log.warning(
                     "an instance carries this workflow's label prefix but is not in its "
-                    "journal (a copy of this directory elsewhere?); left alone. Destroy it "
-                    "with 'journal cleanup' if it is a leftover", instance=stray.instance_id,
+                    "journal (a copy of this directory elsewhere?); left alone. If it is a "
+                    "leftover, 'journal cleanup --orphans' destroys it once its watchdog has "
+                    "stopped it, 'journal cleanup' at once", instance=stray.instance_id,
                     label=stray.label)
                 continue
             owner = owners.get(stray.label)

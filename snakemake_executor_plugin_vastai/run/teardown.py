@@ -26,7 +26,8 @@ guarantees:
 - it never gives up silently: when the caller stops waiting (``give_up``) the
   instance stays journaled as pending and is listed in :attr:`Teardown.pending`,
   which the run turns into a non-zero exit naming the ids and the command that
-  finishes the job (:data:`CLEANUP_COMMAND`).
+  finishes the job (:func:`cleanup_command`: ``snakemake-vastai journal cleanup``, spelled
+  by ``commands.py`` so that it runs as printed).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from ..lifecycle import instance_life
 from ..lifecycle.outcomes import crash_point
 from ..vastai.api import VastAPI, VastAuthError, VastError, VastUnavailable
 from .backoff import Backoff
+from .commands import own_command
 
-CLEANUP_COMMAND = "python -m snakemake_executor_plugin_vastai journal cleanup"
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 REQUEST_BUDGET = 30.0  # seconds of API retries per destroy request before looking up
@@ -50,6 +51,11 @@ REQUEST_BUDGET = 30.0  # seconds of API retries per destroy request before looki
 # none for this; these are the words a state machine of the service would use).
 GONE_STATES = frozenset({"destroyed", "destroying", "deleted", "deleting", "gone"})
 STATUS_FIELDS = ("actual_status", "intended_status", "cur_state", "next_state")
+
+
+def cleanup_command() -> str:
+    """``snakemake-vastai journal cleanup``, as this machine runs it (``commands.py``)."""
+    return f"{own_command()} journal cleanup"
 
 
 def says_gone(row: dict | None) -> bool:
@@ -102,7 +108,7 @@ class Teardown:
             except VastAuthError as exc:  # waiting will not heal a refused key
                 self.log.error("instance not destroyed: the API key was refused; it may "
                                "still bill", instance=instance_id, label=label, error=str(exc),
-                               command=CLEANUP_COMMAND)
+                               command=cleanup_command())
                 return False
             except Exception as exc:  # VastError, or an answer nobody could parse
                 gone, reason = False, f"{type(exc).__name__}: {exc}"
@@ -115,7 +121,7 @@ class Teardown:
             if self.give_up.is_set() or (deadline is not None and time.monotonic() > deadline):
                 self.log.error("instance not confirmed destroyed; it may still bill",
                                instance=instance_id, label=label, error=reason,
-                               command=CLEANUP_COMMAND)
+                               command=cleanup_command())
                 return False
             if on_retry is not None:
                 on_retry(reason)
@@ -136,7 +142,7 @@ class Teardown:
                 if self.give_up.is_set() or isinstance(exc, VastAuthError) or (
                         deadline is not None and time.monotonic() > deadline):
                     self.log.error("cannot look the instance up by its label; it may bill",
-                                   label=label, error=str(exc), command=CLEANUP_COMMAND)
+                                   label=label, error=str(exc), command=cleanup_command())
                     with self._lock:
                         self.pending_labels.add(label)
                     return []
@@ -203,10 +209,10 @@ class Teardown:
             return None
         what = ", ".join(str(i) for i in ids) or "none known by id"
         extra = f" (and creates in doubt for labels {', '.join(labels)})" if labels else ""
-        todo = (f"Run '{CLEANUP_COMMAND}' in this directory (or snakemake again) to finish")
+        todo = (f"Run '{cleanup_command()}' in this directory (or snakemake again) to finish")
         if self.api.key_refused.is_set():
             todo = ("Vast.ai refused the API key, so they could not be destroyed: set a valid "
-                    f"key (--vastai-api-key / VAST_API_KEY), then run '{CLEANUP_COMMAND}' in "
+                    f"key (--vastai-api-key / VAST_API_KEY), then run '{cleanup_command()}' in "
                     "this directory")
         return (f"Vast.ai did not confirm instance(s) {what}{extra} destroyed; they may still "
                 f"bill. The journal keeps them as pending. {todo}, and check "

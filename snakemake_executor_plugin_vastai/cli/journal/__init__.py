@@ -14,12 +14,13 @@ journal (or the workflow directory) with ``--journal``::
 
 Every subcommand prints aligned tables for people and, with ``--json``, the
 full rows for scripts (epoch-second times, untruncated errors). Reading never
-creates a journal; only ``cleanup`` writes to one, and only the destroy
-bookkeeping (``destroy_requested_at``, ``destroyed_at``).
+creates a journal; only ``cleanup`` writes to one (``cleanup --orphans`` never does),
+and only the destroy bookkeeping (``destroy_requested_at``, ``destroyed_at``).
 
 Vast.ai is asked only by ``instances --alive`` and ``cleanup``: one listing of
 the account, of which only instances whose label starts with this journal's
-label prefix are ever considered. The API key comes from
+label prefix are ever considered (``cleanup --orphans``: also other workflows' ``smk-``
+instances, reported, and destroyed only when named: ``run/orphans.py``). The API key comes from
 ``SNAKEMAKE_VASTAI_API_KEY`` / ``VAST_API_KEY`` or ``--api-key-file`` (never
 from a plain option, which would show in the process list and shell history);
 the URL from ``--api-url``, ``VAST_URL``, the latest run's settings, or the
@@ -43,9 +44,10 @@ help the handler's docstring), opening the journal, and errors as exit codes.
 Each command is a module of its own: ``runs.py``, ``jobs.py`` (with
 ``--follow``), ``show.py``, ``instances.py``, ``cost.py``, ``timeline.py``,
 ``cleanup.py``; each holds its ``cmd_*`` handler and the ``_configure_*`` that
-adds its options. ``api.py`` is the Vast.ai side of ``instances --alive`` and
-``cleanup``; ``common.py`` what several commands share. No command imports this
-module, so the imports run one way: here, commands, ``api.py``, ``common.py``.
+adds its options. ``cleanup --orphans`` is ``orphans.py`` (here, ``main`` picks it
+and opens no journal when there is none). ``api.py`` is the Vast.ai side of
+``instances --alive`` and ``cleanup``; ``common.py`` what several commands share. No
+command imports this module, so the imports run one way: here, commands, ``api.py``, ``common.py``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,7 @@ from .common import PROG, CliError
 from .cost import _configure_cost, cmd_cost
 from .instances import _configure_instances, cmd_instances
 from .jobs import _configure_jobs, cmd_jobs
+from .orphans import cmd_orphans
 from .runs import _configure_runs, cmd_runs
 from .show import _configure_show, cmd_show
 from .timeline import _configure_timeline, cmd_timeline
@@ -91,9 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse printed why
         return int(exc.code or 0)
+    orphans = getattr(args, "orphans", None) is not None  # cleanup --orphans
+    handler = cmd_orphans if orphans else args.handler
     try:
-        with open_journal(args.journal) as journal:
-            return int(args.handler(journal, args))
+        with open_journal(args.journal, missing_ok=orphans) as journal:
+            return int(handler(journal, args))
     except CliError as exc:
         print(f"journal: {exc}", file=sys.stderr)
         return exc.code
@@ -111,14 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def open_journal(path: Path) -> Journal:
+def open_journal(path: Path, missing_ok: bool = False) -> AbstractContextManager[Any]:
     """The existing journal at ``path`` (or in the workflow directory ``path``).
 
     ``Journal()`` creates a missing file, which is right for a run and wrong
     here: a typo in ``--journal`` must not leave an empty journal behind.
+    ``missing_ok`` (``cleanup --orphans``, which works after ``rm -rf .snakemake``):
+    no file gives None.
     """
     if path.is_dir():
         path = path / RELATIVE_PATH
+    if missing_ok and not path.exists():
+        return nullcontext(None)
     if not path.exists():
         raise CliError(
             f"no journal at {path}: run this in the workflow directory (where snakemake ran "

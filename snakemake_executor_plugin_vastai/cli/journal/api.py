@@ -38,7 +38,7 @@ def _api_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_api(journal: Journal, args: argparse.Namespace) -> tuple[VastAPI, str]:
+def open_api(journal: Journal | None, args: argparse.Namespace) -> tuple[VastAPI, str]:
     """The API client and where its key came from (named in errors; the key never is)."""
     key, source = api_key(args.api_key_file)
     url, url_source = api_url(journal, args.api_url)
@@ -55,9 +55,10 @@ def api_key(key_file: Path | None) -> tuple[str, str]:
         raise CliError(str(exc)) from None
 
 
-def api_url(journal: Journal, option: str | None) -> tuple[str, str]:
-    """(URL, where from): ``settings.cli_api_url`` given the latest run's recorded URL."""
-    latest = _latest_run(journal)
+def api_url(journal: Journal | None, option: str | None) -> tuple[str, str]:
+    """(URL, where from): ``settings.cli_api_url`` given the latest run's recorded URL
+    (no journal, as for ``cleanup --orphans`` after ``rm -rf .snakemake``: none)."""
+    latest = _latest_run(journal) if journal is not None else None
     settings = _parse_json(latest["settings"]) if latest is not None else None
     recorded = settings.get("api_url") if isinstance(settings, dict) else None
     try:

@@ -38,6 +38,19 @@ def _configure_cleanup(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="clean up although a run of this workflow is still running (its jobs will fail)",
     )
+    parser.add_argument(
+        "--orphans",
+        nargs="*",
+        type=int,
+        metavar="ID",
+        help="instead: destroy the plugin's instances that no journal here knows once their "
+        "watchdog has stopped them (Vast.ai lists them stopped: no run feeds them); running "
+        "ones may be fed by a live run elsewhere and are only listed, with why. Without IDs: "
+        "this directory's label prefix (works after rm -rf .snakemake); other workflows' "
+        "instances are only reported. With IDs: exactly those, of any workflow, each "
+        "labelled smk-...; an instance the plugin did not rent is refused. Writes nothing "
+        "to the journal",
+    )
     _api_options(parser)
 
 
@@ -69,6 +82,10 @@ def cmd_cleanup(journal: Journal, args: argparse.Namespace) -> int:
     Each destroy is journaled before the call and confirmed by the API.
     With --json the plan and questions go to stderr, the outcome to stdout.
 
+    --orphans [ID ...] removes instead the plugin's instances that no journal
+    here knows, once their watchdog has stopped them (see its help below; the
+    rule is in run/orphans.py); it needs no journal.
+
     Example:
 
         $ snakemake-vastai journal cleanup
@@ -76,6 +93,7 @@ def cmd_cleanup(journal: Journal, args: argparse.Namespace) -> int:
         393107267  smk-b7fb4a81-1c2d3e4f5a6b  running  $0.1343  job 1c2d3e4f5a6b running
         Destroy 1 instance(s)? [y/N] y
         destroyed 393107267 (smk-b7fb4a81-1c2d3e4f5a6b)
+        $ snakemake-vastai journal cleanup --orphans --dry-run
     """
     _refuse_while_running(journal, args)
     _refuse_copied(journal)
