@@ -79,6 +79,9 @@ FATAL_BOOT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 BOOT_FAILED_STATUSES = frozenset({"exited", "stopped", "frozen"})
+# Seconds a job waits for one listing after asking a self-stopped instance to start, even
+# past the preemption grace: the start's answer may have been lost although it started.
+LOOK_AFTER_START = 30.0
 MAX_LOST = 3  # instances a job may lose to their watchdogs (the run away) before failing
 HEARTBEAT_LOST_STATUSES = frozenset({"offline", "unknown"})
 
@@ -552,18 +555,25 @@ class JobDriver(RentingSteps):
         grace = self.p.settings.bids.grace
         since = self.m.preempted_at or time.monotonic()
         generation = watcher.generation
+        look_until = since + grace  # past it, abandon: but never before a look after a start
         if self.m.self_stopped:  # our own stop: ask for the start (its GPU may be gone)
             self.m.self_stopped = False
-            try:
-                self.p.instances.start(iid)
+            try:  # retried within the grace only; an answer lost is not a start refused
+                self.p.instances.start(iid, budget=max(since + grace - time.monotonic(), 1.0))
             except VastError as exc:
                 self.log("warning", "could not start the stopped instance", error=str(exc))
-        while time.monotonic() - since <= grace:
+            # the listing, not the answer, says whether it starts: one taken after the request
+            generation = watcher.generation
+            look_until = max(look_until, time.monotonic() + LOOK_AFTER_START)
+        looked = False
+        while time.monotonic() - since <= grace or (
+                not looked and time.monotonic() <= look_until):
             self.check_cancel()
             generation = watcher.wait_next(generation, timeout=min(5.0, grace + 0.1))
             seen = watcher.sighting(iid)
             if seen is None:
                 continue
+            looked = True
             if seen.row is None:
                 break  # gone for good: rent again
             status = str(seen.row.get("actual_status") or "")
