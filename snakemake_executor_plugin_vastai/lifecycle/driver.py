@@ -285,10 +285,22 @@ class JobDriver(RentingSteps):
             return
         self.m.probe_on_boot = False
         found = self.transport.probe_job()
+        self._date_the_stop(found.stopped_for)
         if found.exit_code is not None:
             self.m.exit_code, self.m.progress = found.exit_code, Progress.FINISHED
         elif found.started:
             self.m.progress = Progress.STARTED
+
+    def _date_the_stop(self, stopped_for: float | None) -> None:
+        """The stop was journaled when the run saw it (woken, or a later run); storage-only
+        billing began when the watchdog stopped the instance: count the time between as
+        stopped too, or the ledger prices it at the running rate."""
+        if stopped_for is None or self.m.preempted_at is None:
+            return
+        unseen = stopped_for - (time.monotonic() - self.m.preempted_at)
+        if unseen > 0:
+            with contextlib.suppress(JournalError):
+                self.p.journal.record_stopped_unseen(self.instance_id(), unseen)
 
     def _warm_up(self) -> None:
         """SSH mode with warm instances: the instance this job rented may serve later jobs."""

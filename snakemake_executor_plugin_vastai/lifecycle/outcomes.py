@@ -44,6 +44,7 @@ class Reattached:
     started: bool  # its process was launched there
     exit_code: int | None = None  # it ended with this code
     endpoint: Any = None  # SSH mode: where the instance answers
+    stopped_for: float | None = None  # seconds since its watchdog stopped it (if it did)
 
 
 @dataclass(frozen=True)
