@@ -243,6 +243,13 @@ class InstancesMixin(TableGroup):
                            "WHERE instance_id = ? AND stopped_since IS NOT NULL",
                            [now, instance_id])
 
+    def record_stopped_unseen(self, instance_id: int, seconds: float) -> None:
+        """A stop the run journaled only when it saw it (its watchdog's, while the run was
+        away) began ``seconds`` earlier: that time billed storage only as well."""
+        with self._write() as db:
+            db.execute("UPDATE instances SET stopped_seconds = COALESCE(stopped_seconds, 0) "
+                       "+ ? WHERE instance_id = ?", [max(float(seconds), 0.0), instance_id])
+
     def record_instance_started(self, instance_id: int, start_date: float) -> None:
         """Vast.ai's ``start_date`` of the instance (the billing clock starts there)."""
         with self._write() as db:

@@ -68,7 +68,7 @@ bills. `claimed_by` is the run that took a dead run's instance over (to resume o
 down); it owns it from then on. `bytes_uploaded` and `bytes_downloaded` are the SSH
 payload it moved, priced at the offer's $/GB (`costs/ledger.py`). Bid instances
 (`vastai/bids.py`) add `bid_price` ($/h, NULL on demand), `storage_dph` (the disk's $/h,
-billed while stopped too), `ondemand_dph` (the same machine on demand, for
+also on demand; billed while stopped), `ondemand_dph` (the same machine on demand, for
 `journal cost`), `stopped_seconds` and `stopped_since` (time stopped by preemptions,
 billed as storage only) and `preemptions`. `state` is its life-cycle state
 (`lifecycle/instance_machine.py`; NULL on rows written before `m006_warm_instances`),

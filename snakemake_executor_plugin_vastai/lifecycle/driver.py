@@ -79,6 +79,9 @@ FATAL_BOOT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 BOOT_FAILED_STATUSES = frozenset({"exited", "stopped", "frozen"})
+# Seconds a job waits for one listing after asking a self-stopped instance to start, even
+# past the preemption grace: the start's answer may have been lost although it started.
+LOOK_AFTER_START = 30.0
 MAX_LOST = 3  # instances a job may lose to their watchdogs (the run away) before failing
 HEARTBEAT_LOST_STATUSES = frozenset({"offline", "unknown"})
 
@@ -282,10 +285,22 @@ class JobDriver(RentingSteps):
             return
         self.m.probe_on_boot = False
         found = self.transport.probe_job()
+        self._date_the_stop(found.stopped_for)
         if found.exit_code is not None:
             self.m.exit_code, self.m.progress = found.exit_code, Progress.FINISHED
         elif found.started:
             self.m.progress = Progress.STARTED
+
+    def _date_the_stop(self, stopped_for: float | None) -> None:
+        """The stop was journaled when the run saw it (woken, or a later run); storage-only
+        billing began when the watchdog stopped the instance: count the time between as
+        stopped too, or the ledger prices it at the running rate."""
+        if stopped_for is None or self.m.preempted_at is None:
+            return
+        unseen = stopped_for - (time.monotonic() - self.m.preempted_at)
+        if unseen > 0:
+            with contextlib.suppress(JournalError):
+                self.p.journal.record_stopped_unseen(self.instance_id(), unseen)
 
     def _warm_up(self) -> None:
         """SSH mode with warm instances: the instance this job rented may serve later jobs."""
@@ -552,18 +567,25 @@ class JobDriver(RentingSteps):
         grace = self.p.settings.bids.grace
         since = self.m.preempted_at or time.monotonic()
         generation = watcher.generation
+        look_until = since + grace  # past it, abandon: but never before a look after a start
         if self.m.self_stopped:  # our own stop: ask for the start (its GPU may be gone)
             self.m.self_stopped = False
-            try:
-                self.p.instances.start(iid)
+            try:  # retried within the grace only; an answer lost is not a start refused
+                self.p.instances.start(iid, budget=max(since + grace - time.monotonic(), 1.0))
             except VastError as exc:
                 self.log("warning", "could not start the stopped instance", error=str(exc))
-        while time.monotonic() - since <= grace:
+            # the listing, not the answer, says whether it starts: one taken after the request
+            generation = watcher.generation
+            look_until = max(look_until, time.monotonic() + LOOK_AFTER_START)
+        looked = False
+        while time.monotonic() - since <= grace or (
+                not looked and time.monotonic() <= look_until):
             self.check_cancel()
             generation = watcher.wait_next(generation, timeout=min(5.0, grace + 0.1))
             seen = watcher.sighting(iid)
             if seen is None:
                 continue
+            looked = True
             if seen.row is None:
                 break  # gone for good: rent again
             status = str(seen.row.get("actual_status") or "")

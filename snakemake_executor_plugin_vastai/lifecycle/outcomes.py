@@ -22,6 +22,9 @@ from ..run.terminal import sanitise
 CRASH_ENV = "SNAKEMAKE_VASTAI_CRASH_AT"
 CRASH_POINTS = ("after_rent_intent", "after_create", "after_launch", "after_download",
                 "after_destroy_request", "after_give_back")
+# The keep-warm hand-over and adoption (run/runtime.py); only runs with --vastai-keep-warm
+# reach them, so the chaos trials, which draw from CRASH_POINTS, leave them out.
+KEEP_WARM_CRASH_POINTS = ("after_keep_warm_write", "adopting", "after_adopted")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Reattached:
     started: bool  # its process was launched there
     exit_code: int | None = None  # it ended with this code
     endpoint: Any = None  # SSH mode: where the instance answers
+    stopped_for: float | None = None  # seconds since its watchdog stopped it (if it did)
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,10 @@ class RentingSteps:
         self.m.rented_at = time.monotonic()
         self.m.offer = offer
         self.m.bid_price = bid.get("bid_price")
-        instance_life.created(journal, label, instance_id, **bid)
+        # the disk's $/h, which alone bills while the instance is stopped (outbid, or by its
+        # watchdog: on demand too), for the ledger's storage component
+        storage = {"storage_dph": round(bids.storage_dph(offer, request.storage_gb), 6)}
+        instance_life.created(journal, label, instance_id, **{**storage, **bid})
         for extra in found[1:]:  # journaled as strays and destroyed, beside this job
             self.p.instances.destroy_in_background(int(extra["id"]), stray=extra, reason=(
                 f"a second instance with label {label} after a lost create answer"))

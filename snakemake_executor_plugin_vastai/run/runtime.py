@@ -27,6 +27,7 @@ from ..lifecycle import instance_life
 from ..lifecycle.driver import JobDriver, build_machine
 from ..lifecycle.job_machine import JobState
 from ..lifecycle.models import JobModel
+from ..lifecycle.outcomes import crash_point
 from ..lifecycle.ports import JobPorts
 from ..settings import RunSettings
 from ..transports import Transport
@@ -295,6 +296,7 @@ class Run:
                                    timeout=self.settings.ssh_timeout)
             if done.rc != 0:
                 raise RuntimeError(f"exit {done.rc}")
+            crash_point("after_keep_warm_write")  # the window is on the instance only
             # what the next run's pool matches jobs against, as this run's pool knew it
             instance_life.fire(self.journal, warm.label, "kept_warm",
                                detail={"keep_warm": self.settings.keep_warm,
@@ -324,8 +326,10 @@ class Run:
         iid = int(listed["id"])
         try:
             self.instances.attach_key(iid)
+            crash_point("adopting")  # taken over (claimed_by), still kept
             instance_life.fire(self.journal, row["label"], "adopted", idle_since=time.time(),
                                detail={"from_run": row.get("run_id")})
+            crash_point("after_adopted")  # idle in the journal, in no pool, not fed
         except Exception as exc:
             self.log.warning("could not adopt a kept instance; tearing it down", instance=iid,
                              error=f"{type(exc).__name__}: {exc}")

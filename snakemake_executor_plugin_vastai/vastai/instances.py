@@ -46,8 +46,9 @@ class Instances:
     def find_all_by_label(self, label: str) -> list[dict]:
         return self.api.find_all_by_label(label)
 
-    def start(self, instance_id: int) -> None:
-        self.api.start_instance(instance_id)
+    def start(self, instance_id: int, budget: float | None = None) -> None:
+        """Ask for a stopped instance to start; ``budget``: seconds of retries."""
+        self.api.start_instance(instance_id, budget=budget)
 
     def log(self, instance_id: int, tail: int) -> str:
         return self.api.logs(instance_id, tail=tail)

@@ -189,6 +189,9 @@ class Watchdog:
 
         request = urllib.request.Request(address, data=body, method=method, headers={
             "Authorization": "Bearer " + key, "Content-Type": "application/json"})
+        if action == "stop":  # the run, back, counts storage-only billing from here
+            with contextlib.suppress(OSError), open(os.path.join(STATE, "stopped_at"), "w") as f:
+                f.write(f"{self.now():.3f}\n")
         say(f"{why}: {action} instance {iid}")
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:

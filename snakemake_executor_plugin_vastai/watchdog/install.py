@@ -18,6 +18,15 @@ from pathlib import Path
 ONSTART_LIMIT = 4048  # characters Vast.ai accepts in ``onstart``
 STATE_DIR = ".vastai-watchdog"  # below $HOME on the instance
 HEARTBEAT = f"{STATE_DIR}/heartbeat"
+STOPPED_AT = f"{STATE_DIR}/stopped_at"  # when the agent stopped the instance, by its clock
+
+
+def stopped_age_command() -> str:
+    """Print the seconds since the agent stopped this instance (its own clock: no skew),
+    then forget it; nothing if it never did. The run, back, counts that time as storage
+    (costs/ledger.py) although it saw the stop only when it came back."""
+    return (f'f="$HOME/{STOPPED_AT}"; if [ -f "$f" ]; then '
+            'awk -v now="$(date +%s.%N)" \'{print now - $1}\' "$f"; rm -f "$f"; fi')
 
 
 @functools.cache

@@ -46,7 +46,7 @@ from ...run.pool import file_digest
 from ...run.recovery import resumable_state
 from ...settings import download_cap
 from ...vastai.bids import InstanceLost, Preempted
-from ...watchdog.install import start_lines
+from ...watchdog.install import start_lines, stopped_age_command
 from ...workflow import payload
 from ..progress import TransferProgress, planned_bytes, terminal_bars
 from .channels import Endpoint
@@ -167,7 +167,18 @@ class SshTransport:
         status = self.with_ssh("re-attach", lambda s: s.job_status(self.job_dir))
         started, exit_code = resumable_state(status)
         return Reattached(status=status, started=started, exit_code=exit_code,
-                          endpoint=self.m.endpoint)
+                          endpoint=self.m.endpoint, stopped_for=self._stopped_for())
+
+    def _stopped_for(self) -> float | None:
+        """Seconds since the instance's watchdog stopped it (None: it did not, or no
+        answer): only for the ledger, so a failure costs nothing but precision."""
+        try:
+            done = self.with_ssh("re-attach", lambda s: s.run(stopped_age_command(),
+                                                               timeout=30))
+            age = float(done.stdout.decode("ascii", "replace").strip())
+        except Exception:  # RemoteError, an empty or garbled answer
+            return None
+        return age if age >= 0 else None
 
     # -- the steps --------------------------------------------------------------------
     def upload(self) -> Uploaded:
