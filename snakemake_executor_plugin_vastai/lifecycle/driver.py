@@ -247,6 +247,13 @@ class JobDriver(RentingSteps):
             if seen is None:
                 continue
             row = seen.row
+            if row is None and self.transport.skips_ssh:
+                # storage mode: the container runs the job from its start, and the watchdog
+                # destroys a succeeded job's instance no run picked up (the run was away):
+                # the running step judges by the bucket whether the job is done
+                self.fire("booted", detail={"status": "gone"}, work_dir=self.m.work_dir,
+                          leased_at=time.time())
+                return
             if row is None:
                 self.check_ended_itself(iid, "booting")
                 raise JobFailure(f"instance {iid} vanished while booting")

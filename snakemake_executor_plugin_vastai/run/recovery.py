@@ -72,7 +72,7 @@ class Claim:
 
     job: dict  # the earlier run's job row
     instance: dict  # its journaled instance row
-    row: dict  # what the listing says about the instance now
+    row: dict | None  # what the listing says about the instance now (None: not listed)
     key: RunKey | None  # the earlier run's SSH key (None: missing, reattach impossible)
 
 
@@ -82,7 +82,8 @@ class Recovery:
     def __init__(self, journal: Journal, api: VastAPI, *, run_id: str, log: PluginLogger,
                  key_dir: Path, close_old_job: CloseOldJob,
                  destroy_untracked: DestroyUntracked, policy: str = "resume",
-                 adopt_kept: Callable[[dict, dict], bool] = lambda row, listed: False) -> None:
+                 adopt_kept: Callable[[dict, dict], bool] = lambda row, listed: False,
+                 resume_gone: Callable[[], bool] = lambda: False) -> None:
         if policy not in POLICIES:
             raise ValueError(f"--vastai-on-restart must be one of {', '.join(POLICIES)}")
         self.journal = journal
@@ -93,6 +94,9 @@ class Recovery:
         self._close_old_job = close_old_job
         self._destroy_untracked = destroy_untracked
         self._adopt_kept = adopt_kept  # --vastai-keep-warm: an earlier run's kept instance
+        # storage mode: a job whose instance is gone may be done (its outputs in the bucket)
+        self._resume_gone = resume_gone
+        self._gone_unasked: set[str] = set()  # labels gone with no destroy asked for
         self.policy = policy
         self._claims: dict[str, Claim] = {}
         self._lock = threading.Lock()
@@ -173,6 +177,8 @@ class Recovery:
         journal = self.journal
         for row in matched.gone:
             if owners.get(row["label"], row["run_id"]) in dead:
+                if row.get("destroy_requested_at") is None and row.get("instance_id"):
+                    self._gone_unasked.add(row["label"])  # it went by itself
                 instance_life.destroyed(journal, label=row["label"])
         for stray in journal.strays_possibly_alive():
             if stray["instance_id"] not in {s.instance_id for s in matched.strays}:
@@ -212,7 +218,7 @@ class Recovery:
 
     def _claim_for(self, job: dict, entry: tuple[dict, dict] | None) -> Claim | None:
         if entry is None:
-            return None
+            return self._claim_gone(job)
         instance, listed = entry
         if instance.get("destroy_requested_at") is not None:
             return None  # a destroy was asked for: only finishing it is right
@@ -222,6 +228,19 @@ class Recovery:
         except KeyFileError:
             key = None
         return Claim(job=job, instance=instance, row=listed, key=key)
+
+    def _claim_gone(self, job: dict) -> Claim | None:
+        """Storage mode: the container ran the job from its start, and its watchdog
+        destroys a succeeded job's instance that no run picked up. So a job whose instance
+        is gone (not by a destroy this workflow asked for) is claimed all the same: the
+        resumed job finds it gone and the bucket decides (outputs written since the
+        instance was created: done; else it runs again)."""
+        if not self._resume_gone() or job.get("label") not in self._gone_unasked:
+            return None
+        instance = self.journal.instance_row(label=job["label"])
+        if not instance or instance.get("instance_id") is None:
+            return None
+        return Claim(job=job, instance=instance, row=None, key=None)
 
     def _say_why(self, job: dict, entry: tuple[dict, dict] | None,
                  scheduled: dict[str, dict[str, str]]) -> None:

@@ -130,7 +130,8 @@ class Run:
                                  key_dir=self.key_dir, close_old_job=self.close_old_job,
                                  destroy_untracked=self.destroy_untracked,
                                  adopt_kept=self._adopt_kept,
-                                 policy=settings.on_restart)
+                                 policy=settings.on_restart,
+                                 resume_gone=lambda: self.storage is not None)
         self.broken_jobs = 0  # job threads that ended by an internal error (torn down)
         self.balance_before: float | None = None  # account credit at start (ledger.py)
         self._lock = threading.Lock()

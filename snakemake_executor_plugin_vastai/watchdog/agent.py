@@ -32,10 +32,16 @@ A refused key or an unreachable API is logged and retried with growing pauses (5
 
 In storage mode no SSH reaches the instance, so there is no heartbeat: the container's
 command runs the job under ``--job`` (which ends it past its maximal runtime plus the
-orphan timeout) and, the job ended, stops the instance with ``--stop-now``.
+orphan timeout) and, the job ended, hands its exit status to ``--ended RC PICKUP``. A
+job that succeeded has its outputs in the bucket: a run that is alive sees them, reads
+the exit line and destroys the instance within a few status intervals; if none has done
+so after PICKUP seconds, the run is away, and the instance DESTROYS itself (the run, back,
+finds the outputs in the bucket). A failed job, or one whose outputs cannot prove its
+end (PICKUP 0: ``directory()`` outputs), STOPS the instance: its log, which only the
+instance has, waits at storage price for the run.
 
 Usage: ``python3 agent.py API_URL ORPHAN_TIMEOUT [TICK]`` (SSH mode),
-``... API_URL ORPHAN_TIMEOUT TICK --job PID MAX_RUNTIME``, ``... API_URL --stop-now``.
+``... API_URL ORPHAN_TIMEOUT TICK --job PID MAX_RUNTIME``, ``... API_URL --ended RC PICKUP``.
 """
 
 import contextlib
@@ -225,16 +231,29 @@ class Watchdog:
             time.sleep(self.tick)
 
 
-def stop_now(url, tries=6):
-    """Storage mode, the job ended (its outputs are in the bucket, its exit line in the
-    log): stop, so that only storage bills until the run reads the log and destroys it,
-    or, the run gone, until the next run or ``journal cleanup`` does."""
+def act_now(url, action, why, tries=6):
+    """Stop or destroy this instance now, retrying with the watchdog's pauses; 0 if asked."""
     dog = Watchdog(url, 0.0, 1.0)
     for _ in range(tries):
-        if dog.act("stop", "the job ended") == "stop":
+        if dog.act(action, why) == action:
             return 0
-        time.sleep(dog.next_try - dog.now())
+        time.sleep(max(dog.next_try - dog.now(), 0.0))
     return 1
+
+
+def job_ended(url, rc, pickup, tries=6):
+    """Storage mode, the job ended and its exit line is in the log (module docstring): a
+    job that succeeded waits ``pickup`` seconds for the run to destroy the instance, then
+    destroys it itself; otherwise (a failure, or ``pickup`` 0) it stops, keeping the log
+    for the run at storage price. A destroy that keeps failing falls back to the stop."""
+    if rc != 0 or pickup <= 0:
+        return act_now(url, "stop", f"the job ended (exit {rc})", tries)
+    say(f"the job succeeded: waiting {pickup:.0f} s for the run to pick it up")
+    time.sleep(pickup)
+    why = f"the job succeeded and no run picked it up within {pickup:.0f} s"
+    if act_now(url, "destroy", why, tries) == 0:
+        return 0
+    return act_now(url, "stop", "the destroy failed", tries)
 
 
 def watch_job(pid, max_runtime, timeout, tick):
@@ -256,8 +275,8 @@ def watch_job(pid, max_runtime, timeout, tick):
 
 def main(argv):
     url = argv[1]
-    if argv[2] == "--stop-now":
-        sys.exit(stop_now(url))
+    if argv[2] == "--ended":
+        sys.exit(job_ended(url, int(argv[3]), float(argv[4])))
     timeout = float(argv[2])
     tick = float(argv[3]) if len(argv) > 3 else min(30.0, max(timeout / 10.0, 1.0))
     os.makedirs(STATE, exist_ok=True)

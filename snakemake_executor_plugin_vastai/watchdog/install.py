@@ -96,7 +96,8 @@ def storage_job_lines(api_url: str, orphan_timeout: float, max_runtime: float,
     ])
 
 
-def storage_stop_line(api_url: str) -> str:
-    """Storage mode, after the exit line: the instance stops itself (storage bills only)."""
-    return (f'if [ -n "$WD" ]; then "$PY" "{AGENT}" {shlex.quote(api_url)} --stop-now '
-            f'>> "{LOG}" 2>&1 < /dev/null; fi')
+def storage_end_line(api_url: str, pickup: float) -> str:
+    """Storage mode, after the exit line: a job that succeeded waits ``pickup`` seconds for
+    the run, then the instance destroys itself; a failed one stops it (agent.job_ended)."""
+    return (f'if [ -n "$WD" ]; then "$PY" "{AGENT}" {shlex.quote(api_url)} --ended "$rc" '
+            f'{pickup:g} >> "{LOG}" 2>&1 < /dev/null; fi')

@@ -276,13 +276,14 @@ rule slow:
 '''
 
 
-@pytest.mark.parametrize("finished_meanwhile", [False, True])
+@pytest.mark.parametrize("meanwhile", ["running", "finished"])
 def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_server,  # noqa: F811
-                                                       finished_meanwhile):
+                                                       meanwhile):
     """SIGKILL right after the create; the restart re-attaches instead of renting again,
     whether the container still runs or has finished while Snakemake was down."""
     import subprocess
     import sys
+    import time
 
     from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_ENV
     from tests.harness.e2e import wait_for
@@ -295,10 +296,9 @@ def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_s
                             env={**env, CRASH_ENV: "after_create"})
     assert crashed.returncode < 0  # killed at the crash point
     assert simulator.truth()["created_count"] == 1
-    if finished_meanwhile:  # the container stops its instance once the job ended
-        assert wait_for(lambda: simulator.truth()["instances"][0]["actual_status"] == "stopped",
-                        timeout=90)
-        assert simulator.truth()["instances"][0]["user_stopped"]  # by itself: storage bills
+    if meanwhile == "finished":  # the job ended; its instance waits for a run to pick it up
+        assert wait_for(lambda: "wf/out/slow.txt" in s3_server.keys(bucket), timeout=90)
+        time.sleep(1.0)  # the exit line follows the last upload
     subprocess.run([sys.executable, "-m", "snakemake", "--unlock", *args], cwd=wf, env=env,
                    capture_output=True, timeout=120, check=True)
     result = run_snakemake(wf, simulator.url, simulator.api_key, *args, env=env)
@@ -309,6 +309,81 @@ def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_s
     assert alive(truth) == []
     resumed = journal_rows(wf, "select count(*) from jobs where resumed_from is not null")
     assert resumed == [(1,)]
+
+
+def test_a_run_asleep_past_the_pickup_finds_its_job_done_and_nothing_billing(
+        tmp_path, simulator, s3_server):  # noqa: F811
+    """The laptop sleeps (SIGSTOP) while a storage-mode job runs: the job ends, no run
+    picks it up within the pickup window (the orphan timeout here), and the instance
+    destroys itself, not stops: its outputs are in the bucket. The run, woken, finds the
+    instance gone and the outputs there: done, not run again, nothing billing."""
+    import signal
+    import subprocess
+
+    from tests.harness.e2e import snakemake_argv, wait_for
+
+    bucket = new_bucket(s3_server)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": SLOW})
+    argv = snakemake_argv(simulator.url, "out/slow.txt", *storage_args(s3_server, bucket),
+                          "--vastai-orphan-timeout", "3", jobs=1)
+    proc = subprocess.Popen(argv, cwd=wf, env=s3_env(simulator.api_key), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: alive(simulator.truth())
+                        and alive(simulator.truth())[0]["actual_status"] == "running",
+                        timeout=90)
+        proc.send_signal(signal.SIGSTOP)  # asleep before the job's end
+        assert wait_for(lambda: not alive(simulator.truth()), timeout=90), "never destroyed"
+        [inst] = [i for i in simulator.truth()["instances"] if not i.get("foreign")]
+        assert inst["stops"] == 0  # destroyed by itself, never stopped
+        assert s3_server.read(bucket, "wf/out/slow.txt") == b"slow-done\n"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-4000:]
+    assert "vanished after its outputs reached storage" in out, out[-3000:]
+    truth = simulator.truth()
+    assert truth["created_count"] == 1  # not run again
+    assert alive(truth) == []
+
+
+def test_after_a_crash_a_job_whose_instance_destroyed_itself_is_done_by_the_bucket(
+        tmp_path, simulator, s3_server):  # noqa: F811
+    """kill -9 while the job runs; nobody picks the succeeded job up, so its instance
+    destroys itself (its outputs are in the bucket). The next run finds the instance
+    gone and the outputs written since it was created: done, not rented nor run again."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.harness.e2e import snakemake_argv, wait_for
+
+    bucket = new_bucket(s3_server)
+    wf = write_workflow(tmp_path / "wf", {"Snakefile": SLOW})
+    args = ["out/slow.txt", *storage_args(s3_server, bucket), "--rerun-incomplete"]
+    env = s3_env(simulator.api_key)
+    proc = subprocess.Popen(snakemake_argv(simulator.url, *args, "--vastai-orphan-timeout",
+                                           "3", jobs=1), cwd=wf, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: alive(simulator.truth())
+                        and alive(simulator.truth())[0]["actual_status"] == "running",
+                        timeout=90)
+        assert wait_for(lambda: journal_rows(
+            wf, "select count(*) from instances where instance_id is not null") == [(1,)])
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert wait_for(lambda: not alive(simulator.truth()), timeout=90), "never destroyed"
+    assert simulator.truth()["instances"][0]["stops"] == 0  # destroyed, not stopped
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock", *args], cwd=wf, env=env,
+                   capture_output=True, timeout=120, check=True)
+    result = run_snakemake(wf, simulator.url, simulator.api_key, *args, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert s3_server.read(bucket, "wf/out/slow.txt") == b"slow-done\n"
+    truth = simulator.truth()
+    assert truth["created_count"] == 1, result.stderr[-4000:]  # not rented nor run again
+    assert alive(truth) == []
 
 
 def test_host_that_never_reports_the_exit_is_caught_by_the_outputs(tmp_path, simulator,

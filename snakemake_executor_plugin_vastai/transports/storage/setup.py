@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...watchdog.install import storage_job_lines, storage_stop_line
+from ...watchdog.install import storage_end_line, storage_job_lines
 
 EXIT_MARKER = "snakemake-vastai-exit"
 GOOGLE_CREDENTIALS_ENV = "SNAKEMAKE_VASTAI_GOOGLE_CREDENTIALS_B64"
@@ -163,6 +163,7 @@ class Watchdog:
     api_url: str
     orphan_timeout: float
     max_runtime: float = 0.0
+    pickup: float = 0.0  # seconds a succeeded job waits for the run; 0: stop at once
 
 
 def container_args(*, job_command: str, deploy_command: str, mode: StorageMode,
@@ -197,10 +198,10 @@ def container_script(*, job_command: str, deploy_command: str, mode: StorageMode
     ])
     if watchdog is None:
         run, stop = f"( {inner}\n)\nrc=$?", ""
-    else:  # the job under the watchdog's eye; its end stops the instance (watchdog/)
+    else:  # the job under the watchdog's eye; its end stops or destroys it (watchdog/)
         run = storage_job_lines(watchdog.api_url, watchdog.orphan_timeout,
                                 watchdog.max_runtime, f"( {inner}\n)")
-        stop = storage_stop_line(watchdog.api_url)
+        stop = storage_end_line(watchdog.api_url, watchdog.pickup)
     return "\n".join([
         f'job_dir="$HOME/{job_dir}"',
         'mkdir -p "$job_dir" && cd "$job_dir" || exit 111',
@@ -296,15 +297,19 @@ class OutputProbe:
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
-    def all_present(self, outputs: Iterable[Any]) -> bool | None:
-        """True if every storage output exists, False if one is missing, None if the
-        job has no storage outputs (nothing to learn from the bucket)."""
+    def all_present(self, outputs: Iterable[Any], since: float | None = None) -> bool | None:
+        """True if every storage output exists (and, with ``since``, was written at or
+        after it: the storage's own clock against the journal's), False if one is missing
+        or older, None if the job has no storage outputs (nothing to learn from the bucket)."""
         objects = [o.storage_object for o in outputs if getattr(o, "is_storage", False)]
         if not objects:
             return None
         with self._lock:
             for obj in objects:
-                if not fresh_object(obj).exists():
+                fresh = fresh_object(obj)
+                if not fresh.exists():
+                    return False
+                if since is not None and fresh.mtime() < since:
                     return False
         return True
 

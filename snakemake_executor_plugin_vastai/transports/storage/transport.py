@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 LOG_LINES = 20000  # lines of an instance log fetched when a job ends
 LOG_WAIT_SECONDS = 120.0  # how long an exited container's log is retried
 ENDED_STATUSES = frozenset({"exited", "stopped", "frozen"})
+PICKUP_MIN_SECONDS = 60.0  # a succeeded job's instance waits at least this for the run
+PICKUP_LOOKS = 4  # ... and at least this many looks at the bucket
 
 
 def resume_status(row: dict) -> str:
@@ -76,12 +78,26 @@ class StorageTransport:
         return {"env": self.p.spec.environment(), "runtype": "args", "args": args}
 
     def _watchdog(self) -> Watchdog | None:
-        """The instance-side watchdog (watchdog/): the job under its eye, the instance
-        stopped by itself once the job ended; none without an orphan timeout."""
+        """The instance-side watchdog (watchdog/): the job under its eye; once it ended,
+        a failed job's instance stops itself and a succeeded one's destroys itself unless
+        this run destroys it first (``pickup``); none without an orphan timeout."""
         settings = self.p.settings
         if settings.orphan_timeout <= 0 or settings.keep_instances:
             return None
-        return Watchdog(settings.api_url, settings.orphan_timeout, self.p.spec.max_runtime)
+        return Watchdog(settings.api_url, settings.orphan_timeout, self.p.spec.max_runtime,
+                        pickup=self.pickup_seconds())
+
+    def pickup_seconds(self) -> float:
+        """How long an instance whose job succeeded waits for this run before destroying
+        itself: several of this run's looks at the bucket (``check_interval``), at least a
+        minute so a short network drop does not cost the job's log, at most the orphan
+        timeout. 0 (stop, do not destroy) when the outputs cannot prove the job's end
+        (``directory()``): only the log can, and it goes with the instance."""
+        job = self.p.spec.job
+        if job is None or any(is_flagged(o, "directory") for o in job.output):
+            return 0.0
+        return min(self.p.settings.orphan_timeout,
+                   max(PICKUP_MIN_SECONDS, PICKUP_LOOKS * self.check_interval))
 
     def prepare_boot(self, instance_id: int) -> None:
         """Nothing to authorise: the plugin never logs in."""
@@ -95,6 +111,8 @@ class StorageTransport:
         """The running step keeps listing it."""
 
     def resume_status(self, claim: Any) -> Reattached:
+        if claim.row is None:  # gone: the running step asks the bucket whether it is done
+            return Reattached(status="gone", started=True)
         status = resume_status(claim.row)
         # the exit code is read from the log once running
         return Reattached(status=status, started=status == "running")
@@ -143,7 +161,7 @@ class StorageTransport:
             generation = watcher.wait_next(generation, timeout=5.0)
             seen = watcher.sighting(iid)
             if seen is not None and seen.row is None:
-                if self.outputs_prove_end():
+                if self.outputs_prove_end(since=self._created_at(iid)):
                     return self._complete(0, "the instance vanished after its outputs "
                                              "reached storage")
                 raise JobFailure(f"instance {iid} vanished while running")
@@ -174,25 +192,34 @@ class StorageTransport:
             if cap and now - started > cap:
                 return self._runtime_exceeded(cap)
 
-    def outputs_prove_end(self) -> bool:
-        """True if the job's outputs alone prove its end: every one exists and none is a
-        ``directory()``. An object is whole once it exists (a PUT is atomic); a directory
-        is uploaded one file at a time, and keys under its prefix prove nothing: for those
-        only the job's exit line in the instance log (printed after the remote Snakemake's
-        last upload) says the job is done."""
+    def outputs_prove_end(self, since: float | None = None) -> bool:
+        """True if the job's outputs alone prove its end: every one exists (written at or
+        after ``since``, wall clock, when given) and none is a ``directory()``. An object
+        is whole once it exists (a PUT is atomic); a directory is uploaded one file at a
+        time, and keys under its prefix prove nothing: for those only the job's exit line
+        in the instance log (printed after the remote Snakemake's last upload) says the
+        job is done."""
         job = self.p.spec.job
         if job is None or any(is_flagged(o, "directory") for o in job.output):
             return False
-        return self.outputs_present()
+        return self.outputs_present(since)
 
-    def outputs_present(self) -> bool:
-        """True if the job has storage outputs and every one of them exists (then its log
-        is worth reading for the exit line)."""
+    def _created_at(self, iid: int) -> float | None:
+        """When this job's instance was created (journal, wall clock): outputs older than
+        that are an earlier run's, not this instance's work."""
+        with contextlib.suppress(Exception):
+            row = self.p.journal.instance_row(instance_id=iid) or {}
+            return float(row["created_at"]) if row.get("created_at") else None
+        return None
+
+    def outputs_present(self, since: float | None = None) -> bool:
+        """True if the job has storage outputs and every one of them exists, written at or
+        after ``since`` when given (then its log is worth reading for the exit line)."""
         job = self.p.spec.job
         if job is None:
             return False
         try:
-            return self.storage.outputs.all_present(job.output) is True
+            return self.storage.outputs.all_present(job.output, since=since) is True
         except Exception as exc:  # any provider error: not (yet) known to be there
             self.steps.log("warning", "cannot check the job's outputs in storage",
                            error=f"{type(exc).__name__}: {exc}")

@@ -144,6 +144,9 @@ def test_output_probe_needs_every_storage_output():
         def exists(self):
             return present[self.query]
 
+        def mtime(self):  # the storage's own clock
+            return 1000.0
+
     def out(exists: bool, storage: bool = True):
         return SimpleNamespace(is_storage=storage,
                                storage_object=Obj("s3://b/yes" if exists else "s3://b/no"))
@@ -152,3 +155,6 @@ def test_output_probe_needs_every_storage_output():
     assert probe.all_present([out(True), out(True)]) is True
     assert probe.all_present([out(True), out(False)]) is False
     assert probe.all_present([out(False, storage=False)]) is None
+    # written before the instance that was to make it was created: an earlier run's
+    assert probe.all_present([out(True)], since=1000.0) is True
+    assert probe.all_present([out(True)], since=1000.5) is False

@@ -222,10 +222,31 @@ def test_storage_mode_a_job_within_its_runtime_ends_on_its_own(home):
     assert proc.returncode == 0
 
 
-def test_storage_mode_the_ended_job_stops_its_instance(sim, home, monkeypatch):
-    iid = rented(sim, monkeypatch)
-    assert agent.stop_now(sim.url) == 0
-    deadline = time.monotonic() + 5
-    while truth(sim, iid)["actual_status"] != "stopped" and time.monotonic() < deadline:
+def wait_status(sim, iid, status: str, seconds: float = 5.0) -> dict:
+    deadline = time.monotonic() + seconds
+    while truth(sim, iid)["actual_status"] != status and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert truth(sim, iid)["user_stopped"] is True
+    return truth(sim, iid)
+
+
+@pytest.mark.parametrize("rc, pickup", [(1, 30.0), (0, 0.0)])
+def test_storage_mode_a_failed_job_or_directory_outputs_stop_the_instance(
+        sim, home, monkeypatch, rc, pickup):
+    """The log, which only the instance holds, waits at storage price for the run."""
+    iid = rented(sim, monkeypatch)
+    started = time.monotonic()
+    assert agent.job_ended(sim.url, rc, pickup) == 0
+    assert time.monotonic() - started < 5  # at once, not after the pickup
+    row = wait_status(sim, iid, "stopped")
+    assert row["alive"] and row["user_stopped"] is True
+
+
+def test_storage_mode_a_succeeded_job_not_picked_up_destroys_the_instance(
+        sim, home, monkeypatch):
+    """Its outputs are in the bucket: with no run to pick it up, nothing bills on."""
+    iid = rented(sim, monkeypatch)
+    started = time.monotonic()
+    assert agent.job_ended(sim.url, 0, 1.0) == 0
+    assert time.monotonic() - started >= 1.0  # the run had its pickup window first
+    row = truth(sim, iid)
+    assert not row["alive"] and row["stops"] == 0
