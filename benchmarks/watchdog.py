@@ -156,6 +156,9 @@ def main(argv_: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--job", type=float, default=2.0, help="the loop's job, s")
     parser.add_argument("--only", choices=("crash", "loop"), default=None)
+    parser.add_argument("--arms", default="keep-warm,cold",
+                        help="loop arms to run (keep-warm alone at --scale 1: the real "
+                        "boot lengths without the cold arm's five boots per repeat)")
     args = parser.parse_args(argv_)
     with tempfile.TemporaryDirectory(prefix="vastai-bench-watchdog-") as tmp:
         base = Path(tmp)
@@ -173,7 +176,9 @@ def main(argv_: list[str] | None = None) -> int:
             print(f"  watchdog / none: {spread(ratios)}")
         if args.only in (None, "loop"):
             rows = {}
-            for arm, keep in (("keep-warm", 600.0), ("cold", 0.0)):
+            arms = [a for a in (("keep-warm", 600.0), ("cold", 0.0))
+                    if a[0] in args.arms.split(",")]
+            for arm, keep in arms:
                 later, dollars, boots = [], [], []
                 for r in range(args.repeats):
                     walls, spent, drawn = loop_once(base / f"{arm}{r}", 200 + r, args.scale,
@@ -181,8 +186,11 @@ def main(argv_: list[str] | None = None) -> int:
                     later += walls[1:]
                     dollars.append(spent)
                     boots += drawn
+                    print(f"  {arm} repeat {r}: {len(drawn)} instance(s) booted, boots "
+                          + ", ".join(f"{b:.1f}" for b in drawn) + " s; walls "
+                          + ", ".join(f"{w:.1f}" for w in walls) + " s", flush=True)
                 rows[arm] = (later, dollars, boots)
-            boot = statistics.median(rows["cold"][2])
+            boot = statistics.median(rows["cold" if "cold" in rows else "keep-warm"][2])
             print(f"edit-and-rerun: {args.runs} runs of a {args.job:g} s job, boots "
                   f"{REAL_BOOT[0] * args.scale:.3g}-{REAL_BOOT[1] * args.scale:.3g} s "
                   f"(median drawn {boot:.3g} s)")
