@@ -272,8 +272,9 @@ class Pool:
             for label in old:
                 self.expire(label, f"idle for {self.idle_timeout:g}s (--vastai-idle-timeout)")
             if len(old) < len(idle) and not self._work_ahead():
-                for w in idle:
-                    self.expire(w.label, NO_WORK_AHEAD)
+                for w in idle:  # as a give-back in the last wave: the next run may adopt it
+                    if w.label not in old and not self._keep(w.label):
+                        self.expire(w.label, NO_WORK_AHEAD)
 
 
 # -- price: keep an idle instance or replace it? -------------------------------------------

@@ -337,6 +337,26 @@ def test_an_idle_instance_goes_once_no_job_is_left_not_after_the_timeout(journal
     assert destroyed == labels  # torn down once
 
 
+def test_with_keep_warm_the_last_idle_instance_is_handed_over_not_torn_down(journal):
+    """The run's last job gave its instance back while Snakemake still counted that job
+    as ahead, so the reaper, not the give-back, saw the work run out: it must hand the
+    instance over to the next run (--vastai-keep-warm) as the give-back would have. It
+    tore it down, and the next run booted (benchmarks/watchdog.py, 2 of 6 repeats)."""
+    ahead = threading.Event()
+    ahead.set()
+    handed = []
+    pool, jobs, labels, destroyed = pool_with(
+        journal, 1, idle_timeout=600, work_ahead=ahead.is_set,
+        hand_over=lambda w: handed.append(w.label) or True)
+    assert pool.give_back(warm(labels[0], image="img"), jobs[0])
+    assert pool.idle_count() == 1 and handed == []
+    ahead.clear()  # Snakemake has taken the job's end in
+    assert wait_until(lambda: handed == labels)
+    assert destroyed == [] and pool.kept == 1 and pool.idle_count() == 0
+    pool.drain("end")
+    assert destroyed == []  # kept for the next run
+
+
 def test_a_journal_that_refuses_the_expiry_still_gets_the_instance_torn_down(journal):
     pool, jobs, labels, destroyed = pool_with(journal, 1, idle_timeout=600,
                                               work_ahead=lambda: False)
