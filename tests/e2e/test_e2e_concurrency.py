@@ -27,9 +27,13 @@ from tests.harness.e2e import (
 
 pytestmark = pytest.mark.e2e
 
+# The slow job runs until the test releases it (a file in its instance's home), once the
+# other run has finished: it is surely still running meanwhile, and nobody waits out a
+# fixed sleep. Unreleased, it ends by itself after about two minutes.
 TWO_TARGETS = {
     "Snakefile": 'rule slow:\n    output: "slow.txt"\n'
-                 '    shell: "sleep 20; echo slow > {output}"\n'
+                 '    shell: "for i in $(seq 600); do [ -e $HOME/release ] && break; '
+                 'sleep 0.2; done; echo slow > {output}"\n'
                  'rule quick:\n    output: "quick.txt"\n    shell: "echo quick > {output}"\n',
 }
 
@@ -45,6 +49,12 @@ def journal_rows(workdir: Path, sql: str) -> list[tuple]:
         return []
 
 
+def release(simulator) -> None:
+    """Let the slow job of every live instance finish (see TWO_TARGETS)."""
+    for instance in alive(simulator.truth()):
+        (simulator.instance_dir(instance["id"]) / "release").touch()
+
+
 def start(workdir: Path, url: str, key: str, *targets: str) -> subprocess.Popen:
     return subprocess.Popen(snakemake_argv(url, *targets, jobs=2), cwd=workdir,
                             env=sim_env(key), stdout=subprocess.PIPE,
@@ -57,6 +67,7 @@ def test_two_live_runs_in_one_directory_each_finish_their_own_jobs(tmp_path, sim
     assert wait_for(lambda: journal_rows(wf, "select 1 from jobs where state = 'running'"),
                     timeout=240)
     second = run_snakemake(wf, simulator.url, simulator.api_key, "quick.txt")
+    release(simulator)
     out, _ = first.communicate(timeout=240)
     assert second.returncode == 0, second.stderr[-4000:]
     assert first.returncode == 0, out[-4000:]
@@ -81,6 +92,7 @@ def test_a_copied_directory_gets_its_own_prefix_and_leaves_the_original_alone(tm
     shutil.copytree(original, copy)  # mid-run: the copied journal shows a running job
     (copy / "quick.txt").unlink()
     result = run_snakemake(copy, simulator.url, simulator.api_key, "quick.txt")
+    release(simulator)
     out, _ = first.communicate(timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     assert first.returncode == 0, out[-4000:]
@@ -112,6 +124,7 @@ def test_a_copy_whose_original_was_renamed_never_destroys_the_originals_instance
                                          "select 1 from jobs where state = 'running'"),
                     timeout=240)
     second = run_snakemake(copy, simulator.url, simulator.api_key, "quick.txt")
+    release(simulator)
     out, _ = first.communicate(timeout=240)
     assert second.returncode == 0, second.stderr[-4000:]
     assert first.returncode == 0, out[-4000:]
