@@ -276,13 +276,28 @@ rule slow:
 '''
 
 
+def restart_finishes_on_the_one_instance(wf, simulator, server, bucket, args, env):
+    """After a crash: unlock, run again; the job's output is in the bucket, no second
+    instance was rented (the job resumed, or the bucket proved it done), none is alive."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "snakemake", "--unlock", *args], cwd=wf, env=env,
+                   capture_output=True, timeout=120, check=True)
+    result = run_snakemake(wf, simulator.url, simulator.api_key, *args, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert server.read(bucket, "wf/out/slow.txt") == b"slow-done\n"
+    truth = simulator.truth()
+    assert truth["created_count"] == 1, result.stderr[-4000:]  # not rented nor run again
+    assert alive(truth) == []
+    return result
+
+
 @pytest.mark.parametrize("meanwhile", ["running", "finished"])
 def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_server,  # noqa: F811
                                                        meanwhile):
     """SIGKILL right after the create; the restart re-attaches instead of renting again,
     whether the container still runs or has finished while Snakemake was down."""
-    import subprocess
-    import sys
     import time
 
     from snakemake_executor_plugin_vastai.lifecycle.driver import CRASH_ENV
@@ -299,14 +314,7 @@ def test_restart_after_a_crash_resumes_the_storage_job(tmp_path, simulator, s3_s
     if meanwhile == "finished":  # the job ended; its instance waits for a run to pick it up
         assert wait_for(lambda: "wf/out/slow.txt" in s3_server.keys(bucket), timeout=90)
         time.sleep(1.0)  # the exit line follows the last upload
-    subprocess.run([sys.executable, "-m", "snakemake", "--unlock", *args], cwd=wf, env=env,
-                   capture_output=True, timeout=120, check=True)
-    result = run_snakemake(wf, simulator.url, simulator.api_key, *args, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert s3_server.read(bucket, "wf/out/slow.txt") == b"slow-done\n"
-    truth = simulator.truth()
-    assert truth["created_count"] == 1  # resumed, not rented again
-    assert alive(truth) == []
+    restart_finishes_on_the_one_instance(wf, simulator, s3_server, bucket, args, env)
     resumed = journal_rows(wf, "select count(*) from jobs where resumed_from is not null")
     assert resumed == [(1,)]
 
@@ -354,7 +362,6 @@ def test_after_a_crash_a_job_whose_instance_destroyed_itself_is_done_by_the_buck
     gone and the outputs written since it was created: done, not rented nor run again."""
     import signal
     import subprocess
-    import sys
 
     from tests.harness.e2e import snakemake_argv, wait_for
 
@@ -376,14 +383,7 @@ def test_after_a_crash_a_job_whose_instance_destroyed_itself_is_done_by_the_buck
         proc.wait(timeout=30)
     assert wait_for(lambda: not alive(simulator.truth()), timeout=90), "never destroyed"
     assert simulator.truth()["instances"][0]["stops"] == 0  # destroyed, not stopped
-    subprocess.run([sys.executable, "-m", "snakemake", "--unlock", *args], cwd=wf, env=env,
-                   capture_output=True, timeout=120, check=True)
-    result = run_snakemake(wf, simulator.url, simulator.api_key, *args, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert s3_server.read(bucket, "wf/out/slow.txt") == b"slow-done\n"
-    truth = simulator.truth()
-    assert truth["created_count"] == 1, result.stderr[-4000:]  # not rented nor run again
-    assert alive(truth) == []
+    restart_finishes_on_the_one_instance(wf, simulator, s3_server, bucket, args, env)
 
 
 def test_host_that_never_reports_the_exit_is_caught_by_the_outputs(tmp_path, simulator,
